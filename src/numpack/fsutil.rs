@@ -1,0 +1,45 @@
+//! Small filesystem helpers shared by the NumPack writer and the conversions.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{IoContext, Result};
+
+/// Writes `bytes` to `dir/name` through a temporary file renamed into place, so that a
+/// reader sees the old content or the new, never a mix. With `durable`, the data is synced
+/// before the rename and the directory after it.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
+    let target = dir.join(name);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".npkio-tmp-")
+        .tempfile_in(dir)
+        .ctx(dir, "creating a temporary file in")?;
+    tmp.write_all(bytes).ctx(tmp.path(), "writing")?;
+    if durable {
+        tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
+    }
+    tmp.persist(&target)
+        .map_err(|e| e.error)
+        .ctx(&target, "renaming a temporary file onto")?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// fsync a directory so that renames inside it survive power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(dir, "syncing directory")
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

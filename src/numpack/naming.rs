@@ -1,0 +1,128 @@
+//! File names for arrays, and the checks that keep every path inside the directory.
+//!
+//! An array whose name is a safe single file name is stored as `data_<name>.npkd`, as
+//! NumPack 0.7 does. Any other name (`/`, `\`, `..`, a leading dot, control or non-ASCII
+//! characters, more than 200 bytes, or a name equal to another array's ignoring case) is
+//! stored as `data_~<32 hex digits>.npkd`, the digits being the start of the SHA-256 of the
+//! name. `~` never appears in a safe name, so the two kinds of file name cannot collide. The
+//! metadata keeps the exact name; readers find the file through the metadata's `data_file`.
+
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Longest name stored under its own file name.
+pub const MAX_PLAIN_NAME: usize = 200;
+
+/// Whether `name` can be used as is in `data_<name>.npkd`.
+pub fn is_plain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PLAIN_NAME
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The hashed stem of a name that cannot be used as is.
+pub fn encoded_stem(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut stem = String::with_capacity(33);
+    stem.push('~');
+    for b in &digest[..16] {
+        stem.push_str(&format!("{b:02x}"));
+    }
+    stem
+}
+
+/// The stem for `name`, given the stems other arrays already use (compared ignoring case).
+pub fn choose_stem<'a>(name: &str, mut taken: impl Iterator<Item = &'a str>) -> String {
+    if is_plain(name) && !taken.any(|t| t.eq_ignore_ascii_case(name)) {
+        name.to_string()
+    } else {
+        encoded_stem(name)
+    }
+}
+
+/// `data_<stem>.npkd`
+pub fn data_file(stem: &str) -> String {
+    format!("data_{stem}.npkd")
+}
+
+/// `deleted_<stem>.npkb`
+pub fn bitmap_file(stem: &str) -> String {
+    format!("deleted_{stem}.npkb")
+}
+
+/// The stem of a data file or manifest name (`data_<stem>.npkd` / `.npkseg`).
+pub fn stem_of(data_file: &str) -> Option<&str> {
+    let rest = data_file.strip_prefix("data_")?;
+    rest.strip_suffix(".npkd")
+        .or_else(|| rest.strip_suffix(".npkseg"))
+}
+
+/// Checks that `rel`, a path read from a file, stays inside its directory: relative, no
+/// `..`, no root or prefix, no NUL, not empty. Returns it as a `PathBuf`.
+pub fn checked_relative(rel: &str) -> Result<PathBuf, String> {
+    if rel.is_empty() {
+        return Err("empty file name".into());
+    }
+    if rel.contains('\0') || rel.contains('\\') {
+        return Err(format!("file name {rel:?} has a NUL or backslash"));
+    }
+    let p = Path::new(rel);
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::CurDir => {}
+            _ => return Err(format!("file name {rel:?} leaves the directory")),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(format!("file name {rel:?} names the directory itself"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_encoded_names() {
+        assert!(is_plain("model.layers.0.attn.q_proj.weight"));
+        for bad in [
+            "", "a/b", "a\\b", "..", "a..b", ".hidden", "sp ace", "c:d", "ß", "a\n",
+        ] {
+            assert!(!is_plain(bad), "{bad:?}");
+        }
+        assert!(!is_plain(&"x".repeat(201)));
+        let s = encoded_stem("layer/0");
+        assert_eq!(s.len(), 33);
+        assert!(s.starts_with('~'));
+        assert_eq!(
+            choose_stem("Case", ["case"].into_iter()),
+            encoded_stem("Case")
+        );
+        assert_eq!(choose_stem("case", ["other"].into_iter()), "case");
+    }
+
+    #[test]
+    fn relative_paths_stay_inside() {
+        assert!(checked_relative("data_x.npkd").is_ok());
+        assert!(checked_relative("data_x_segments/seg_000000.npkd").is_ok());
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a\\..\\x",
+            ".",
+            "a\0b",
+        ] {
+            assert!(checked_relative(bad).is_err(), "{bad:?}");
+        }
+    }
+}

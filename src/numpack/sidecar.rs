@@ -1,0 +1,135 @@
+//! `npkio.json`: what NumPack 0.7 cannot say, kept beside its files.
+//!
+//! NumPack 0.7 ignores files it does not know, so npkio records here, per array, the true
+//! dtype and shape when they differ from what the metadata can hold (BF16 stored as uint16,
+//! FP8 as uint8, F4/F6 as uint8 bytes, a 0-d tensor stored as shape `[1]`), and the
+//! SafeTensors `__metadata__` map of the source, in its original order.
+//!
+//! An entry applies only while the metadata record still matches it exactly (dtype code,
+//! shape, size and `last_modified`): if another tool rewrites the array, the entry is
+//! ignored rather than misapplied. The format is documented in `docs/format.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dtype::DType;
+use crate::numpack::metadata::ArrayRecord;
+
+/// File name of the sidecar inside the directory.
+pub const FILE_NAME: &str = "npkio.json";
+/// Largest sidecar npkio reads.
+pub const MAX_LEN: u64 = 256 << 20;
+
+/// The whole sidecar.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sidecar {
+    /// Always `"npkio"`.
+    #[serde(default = "format_name")]
+    pub format: String,
+    /// Sidecar version, 1.
+    #[serde(default = "one")]
+    pub version: u32,
+    /// The SafeTensors `__metadata__` (key, value) pairs in order; `None` when the source had
+    /// no `__metadata__` at all (an empty list is a present but empty map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Vec<(String, String)>>,
+    /// Per-array entries, sorted by name.
+    #[serde(default)]
+    pub arrays: Vec<Entry>,
+}
+
+impl Default for Sidecar {
+    fn default() -> Self {
+        Sidecar {
+            format: format_name(),
+            version: 1,
+            metadata: None,
+            arrays: Vec::new(),
+        }
+    }
+}
+
+fn format_name() -> String {
+    "npkio".into()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What npkio knows of one array beyond its metadata record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The array's exact name.
+    pub name: String,
+    /// True dtype, by SafeTensors name (or `complex128`).
+    pub dtype: String,
+    /// True shape.
+    pub shape: Vec<u64>,
+    /// The record this entry describes: dtype code, shape, size and time stamp.
+    pub storage_code: u8,
+    /// Shape stored in the metadata.
+    pub storage_shape: Vec<u64>,
+    /// `size_bytes` stored in the metadata.
+    pub size_bytes: u64,
+    /// `last_modified` stored in the metadata.
+    pub last_modified: u64,
+}
+
+impl Entry {
+    /// An entry for `record` holding `dtype` and `shape`.
+    pub fn new(record: &ArrayRecord, dtype: DType, shape: &[u64]) -> Entry {
+        Entry {
+            name: record.name.clone(),
+            dtype: dtype.to_string(),
+            shape: shape.to_vec(),
+            storage_code: record.dtype_code,
+            storage_shape: record.shape.clone(),
+            size_bytes: record.size_bytes,
+            last_modified: record.last_modified,
+        }
+    }
+
+    /// The true dtype and shape, when this entry still describes `record` and is coherent
+    /// (the true dtype stores under the record's code and its bytes equal the record's).
+    pub fn resolve(&self, record: &ArrayRecord) -> Option<(DType, Vec<u64>)> {
+        if self.name != record.name
+            || self.storage_code != record.dtype_code
+            || self.storage_shape != record.shape
+            || self.size_bytes != record.size_bytes
+            || self.last_modified != record.last_modified
+        {
+            return None;
+        }
+        let dtype = DType::from_safetensors_name(&self.dtype)
+            .or_else(|| DType::from_numpy_name(&self.dtype))?;
+        if dtype.storage_code() != record.dtype_code
+            || crate::dtype::byte_len(dtype, &self.shape) != Some(record.size_bytes)
+        {
+            return None;
+        }
+        Some((dtype, self.shape.clone()))
+    }
+}
+
+impl Sidecar {
+    /// Parses a sidecar; `None` if it is not one (a sidecar never makes a directory
+    /// unreadable: without it, arrays read as NumPack 0.7 sees them).
+    pub fn decode(bytes: &[u8]) -> Option<Sidecar> {
+        let s: Sidecar = serde_json::from_slice(bytes).ok()?;
+        (s.format == "npkio" && s.version == 1).then_some(s)
+    }
+
+    /// Serializes the sidecar (pretty JSON, entries sorted by name).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut s = self.clone();
+        s.arrays.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out = serde_json::to_vec_pretty(&s).expect("a sidecar always serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// Whether the sidecar says nothing (no need to write it).
+    pub fn is_empty(&self) -> bool {
+        self.metadata.is_none() && self.arrays.is_empty()
+    }
+}

@@ -1,0 +1,328 @@
+//! Reading SafeTensors files by memory-mapping them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use serde::Deserialize;
+
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, IoContext, Result};
+
+/// One tensor's entry in the header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The tensor's name.
+    pub name: String,
+    /// Its dtype.
+    pub dtype: DType,
+    /// Its shape (empty for a 0-d tensor).
+    pub shape: Vec<u64>,
+    /// `[begin, end)` relative to the start of the data section.
+    pub data_offsets: (u64, u64),
+}
+
+impl TensorInfo {
+    /// Byte length.
+    pub fn len(&self) -> u64 {
+        self.data_offsets.1 - self.data_offsets.0
+    }
+
+    /// Whether the tensor has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A borrowed view of a tensor: its bytes are a slice of the file's mapping.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    /// The tensor's name.
+    pub name: &'a str,
+    /// Its dtype.
+    pub dtype: DType,
+    /// Its shape.
+    pub shape: &'a [u64],
+    /// Its bytes, borrowed from the mapping.
+    pub data: &'a [u8],
+}
+
+/// An owned, zero-copy tensor: it keeps the file's mapping alive, so it may outlive the
+/// [`SafeTensorsFile`] it came from.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    info: Arc<TensorInfo>,
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl Tensor {
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// Its dtype.
+    pub fn dtype(&self) -> DType {
+        self.info.dtype
+    }
+
+    /// Its shape.
+    pub fn shape(&self) -> &[u64] {
+        &self.info.shape
+    }
+
+    /// Its bytes, borrowed from the mapping.
+    pub fn data(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+}
+
+/// A SafeTensors file, mapped and validated.
+///
+/// Opening reads the header only (the crate's validation runs over the mapping, which
+/// touches the header pages alone); tensor bytes are read only when a view's data is used.
+///
+/// The mapping reflects the file: if another process truncates it while views are in use,
+/// touching the missing pages raises SIGBUS. npkio's conversions never read tensor bytes
+/// through the mapping (they use `pread`-style copies that report a short file as an error);
+/// only the zero-copy view API does, and its users must not let the file be truncated.
+#[derive(Debug)]
+pub struct SafeTensorsFile {
+    path: PathBuf,
+    file: File,
+    map: Arc<Mmap>,
+    header_len: u64,
+    tensors: Vec<Arc<TensorInfo>>,
+    index: HashMap<String, usize>,
+    metadata: Option<Vec<(String, String)>>,
+}
+
+#[derive(Deserialize)]
+struct MetadataOnly {
+    #[serde(rename = "__metadata__", default)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl SafeTensorsFile {
+    /// Opens and validates `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
+        let path = path.as_ref();
+        let file = File::open(path).ctx(path, "opening")?;
+        let md = file.metadata().ctx(path, "inspecting")?;
+        if md.is_dir() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "is a directory, not a SafeTensors file",
+            )
+            .at(path));
+        }
+        if md.len() < 8 {
+            return Err(Error::malformed(
+                path,
+                format!(
+                    "not a SafeTensors file: {} bytes, shorter than the 8-byte header length",
+                    md.len()
+                ),
+            ));
+        }
+        // SAFETY: the mapping is read-only. If another process shrinks the file while it is
+        // mapped, touching pages past the new end raises SIGBUS: the header is parsed right
+        // away, and tensor bytes are read through the mapping only by the zero-copy view API,
+        // whose documentation says so. Conversions read through `pread`.
+        let map = unsafe { Mmap::map(&file) }.ctx(path, "mapping")?;
+        let (n, meta) = ::safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+            Error::malformed(path, format!("invalid SafeTensors file: {}", describe(&e)))
+        })?;
+        let header_len = n as u64;
+        let header = &map[8..8 + n];
+        let order = meta.offset_keys();
+        let mut tensors = Vec::with_capacity(order.len());
+        let mut index = HashMap::with_capacity(order.len());
+        for name in order {
+            let info = meta.info(&name).expect("offset_keys names a tensor");
+            let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!("dtype {} is not supported", info.dtype),
+                )
+                .at(path)
+                .array(name.clone())
+            })?;
+            let t = TensorInfo {
+                name: name.clone(),
+                dtype,
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+                data_offsets: (info.data_offsets.0 as u64, info.data_offsets.1 as u64),
+            };
+            index.insert(name, tensors.len());
+            tensors.push(Arc::new(t));
+        }
+        // The crate keeps `__metadata__` in a HashMap; read it again to keep its order.
+        let metadata = if meta.metadata().is_some() {
+            let m: MetadataOnly = serde_json::from_slice(header)
+                .map_err(|e| Error::malformed(path, format!("invalid SafeTensors header: {e}")))?;
+            m.metadata.map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+        } else {
+            None
+        };
+        Ok(SafeTensorsFile {
+            path: path.to_path_buf(),
+            file,
+            map: Arc::new(map),
+            header_len,
+            tensors,
+            index,
+            metadata,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file (for copies that read with `pread`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Offset of the data section in the file: 8 + header length.
+    pub fn data_start(&self) -> u64 {
+        8 + self.header_len
+    }
+
+    /// Total file length.
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Tensors in file order (by data offset).
+    pub fn tensors(&self) -> impl ExactSizeIterator<Item = &TensorInfo> {
+        self.tensors.iter().map(|t| t.as_ref())
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether the file has no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// The position of a tensor in file order.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// A tensor's header entry.
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.position(name).map(|i| self.tensors[i].as_ref())
+    }
+
+    /// The `__metadata__` pairs in file order, `None` when the header has none.
+    pub fn metadata(&self) -> Option<&[(String, String)]> {
+        self.metadata.as_deref()
+    }
+
+    fn range(&self, t: &TensorInfo) -> (usize, usize) {
+        let s = self.data_start() + t.data_offsets.0;
+        let e = self.data_start() + t.data_offsets.1;
+        (s as usize, e as usize)
+    }
+
+    /// A borrowed view of the `i`-th tensor in file order.
+    pub fn view(&self, i: usize) -> Option<TensorView<'_>> {
+        let t = self.tensors.get(i)?;
+        let (s, e) = self.range(t);
+        Some(TensorView {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+            data: &self.map[s..e],
+        })
+    }
+
+    /// A borrowed view of a tensor by name.
+    pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
+        self.view(self.position(name)?)
+    }
+
+    /// An owned zero-copy tensor (keeps the mapping alive).
+    pub fn tensor(&self, i: usize) -> Option<Tensor> {
+        let t = self.tensors.get(i)?;
+        let (start, end) = self.range(t);
+        Some(Tensor {
+            info: Arc::clone(t),
+            map: Arc::clone(&self.map),
+            start,
+            end,
+        })
+    }
+
+    /// Positions of `keys` in the file, in the order given, duplicates dropped; an unknown
+    /// key is an error naming it and listing some tensors that exist.
+    pub fn select<S: AsRef<str>>(&self, keys: Option<&[S]>) -> Result<Vec<usize>> {
+        let Some(keys) = keys else {
+            return Ok((0..self.tensors.len()).collect());
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let k = k.as_ref();
+            let i = self.position(k).ok_or_else(|| self.not_found(k))?;
+            if seen.insert(i) {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The error for an unknown tensor name.
+    pub fn not_found(&self, name: &str) -> Error {
+        let names: Vec<&str> = self.tensors.iter().map(|t| t.name.as_str()).collect();
+        Error::new(
+            ErrorKind::KeyNotFound,
+            format!(
+                "no such tensor (tensors: {})",
+                crate::numpack::store::list_names(&names)
+            ),
+        )
+        .at(&self.path)
+        .array(name)
+    }
+}
+
+/// A readable account of the crate's error.
+fn describe(e: &::safetensors::SafeTensorError) -> String {
+    use ::safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall => "file shorter than the 8-byte header length".into(),
+        E::HeaderTooLarge => "header length above the 100,000,000-byte limit".into(),
+        E::InvalidHeaderLength => "header length points past the end of the file".into(),
+        E::InvalidHeader(_) => "header is not valid UTF-8".into(),
+        E::InvalidHeaderDeserialization(err) => {
+            format!("header is not valid SafeTensors JSON: {err}")
+        }
+        E::InvalidOffset(name) => {
+            format!("tensor {name:?}: data_offsets leave a gap, overlap, or run backwards")
+        }
+        E::ValidationOverflow => "a tensor's element count overflows".into(),
+        E::MisalignedSlice => "a tensor's size is not a whole number of bytes".into(),
+        E::TensorInvalidInfo => "a tensor's shape and dtype do not match its data_offsets".into(),
+        E::MetadataIncompleteBuffer => {
+            "the tensors do not end exactly at the end of the file (truncated, or trailing bytes)"
+                .into()
+        }
+        other => other.to_string(),
+    }
+}

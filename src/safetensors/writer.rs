@@ -1,0 +1,147 @@
+//! The SafeTensors header, laid out exactly as the `safetensors` crate's `serialize` does.
+//!
+//! The crate orders tensors by dtype (descending alignment) then name, packs them with no
+//! padding, serializes its `Metadata` as compact JSON with `__metadata__` first, and pads
+//! the header with spaces to a multiple of 8. npkio builds the tensor part with the crate's
+//! own `Metadata` type and serializer, and writes `__metadata__` entries in the order given
+//! (the crate's `HashMap` has no order of its own), so that a file read and written back by
+//! npkio is byte-identical.
+
+use ::safetensors::tensor::{Metadata, TensorInfo as StInfo};
+
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The crate's limit on the header length.
+pub const MAX_HEADER_SIZE: usize = 100_000_000;
+
+/// A tensor to lay out: name, dtype, shape and byte length.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInput<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Dtype.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: &'a [u64],
+}
+
+/// Where everything goes in the file.
+#[derive(Clone, Debug)]
+pub struct HeaderPlan {
+    /// The first `8 + N` bytes of the file: length and padded JSON.
+    pub header: Vec<u8>,
+    /// Input indices in file order.
+    pub order: Vec<usize>,
+    /// For each input (by input index), its absolute byte range in the file.
+    pub ranges: Vec<(u64, u64)>,
+    /// Total file length.
+    pub file_len: u64,
+}
+
+/// Lays out `tensors` (with optional `__metadata__` pairs, written in the order given).
+pub fn plan_header(
+    tensors: &[PlanInput<'_>],
+    metadata: Option<&[(String, String)]>,
+) -> Result<HeaderPlan> {
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (l, r) = (&tensors[a], &tensors[b]);
+        r.dtype.cmp(&l.dtype).then_with(|| l.name.cmp(r.name))
+    });
+    let mut infos = Vec::with_capacity(tensors.len());
+    let mut rel = vec![(0u64, 0u64); tensors.len()];
+    let mut offset = 0u64;
+    for w in order.windows(2) {
+        if tensors[w[0]].name == tensors[w[1]].name {
+            return Err(
+                Error::invalid_argument("tensor name given twice").array(tensors[w[0]].name)
+            );
+        }
+    }
+    for &i in &order {
+        let t = &tensors[i];
+        let st = t.dtype.to_safetensors().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("SafeTensors has no {} dtype", t.dtype.numpy_name()),
+            )
+            .array(t.name)
+        })?;
+        if t.name == "__metadata__" {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "a tensor cannot be named __metadata__ in SafeTensors (the name is reserved)",
+            )
+            .array(t.name));
+        }
+        let len = crate::dtype::byte_len(t.dtype, t.shape).ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "shape {:?} of {} has no whole byte length",
+                t.shape, t.dtype
+            ))
+            .array(t.name)
+        })?;
+        let shape: Vec<usize> = t
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                Error::invalid_argument("shape too large for this platform").array(t.name)
+            })?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| Error::invalid_argument("total size overflows"))?;
+        infos.push((
+            t.name.to_string(),
+            StInfo {
+                dtype: st,
+                shape,
+                data_offsets: (offset as usize, end as usize),
+            },
+        ));
+        rel[i] = (offset, end);
+        offset = end;
+    }
+    let meta = Metadata::new(None, infos)
+        .map_err(|e| Error::invalid_argument(format!("cannot lay out the header: {e}")))?;
+    let tensors_json = serde_json::to_string(&meta)
+        .map_err(|e| Error::invalid_argument(format!("cannot serialize the header: {e}")))?;
+    let mut json = String::with_capacity(tensors_json.len() + 64);
+    match metadata {
+        Some(pairs) => {
+            let mut map = serde_json::Map::with_capacity(pairs.len());
+            for (k, v) in pairs {
+                map.insert(k.clone(), serde_json::Value::String(v.clone()));
+            }
+            json.push_str("{\"__metadata__\":");
+            json.push_str(&serde_json::to_string(&map).expect("strings serialize"));
+            let rest = &tensors_json[1..]; // after '{'
+            if rest != "}" {
+                json.push(',');
+            }
+            json.push_str(rest);
+        }
+        None => json.push_str(&tensors_json),
+    }
+    let padded = json.len().next_multiple_of(8);
+    if padded > MAX_HEADER_SIZE {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("header of {padded} bytes exceeds the SafeTensors limit of {MAX_HEADER_SIZE}"),
+        ));
+    }
+    let mut header = Vec::with_capacity(8 + padded);
+    header.extend_from_slice(&(padded as u64).to_le_bytes());
+    header.extend_from_slice(json.as_bytes());
+    header.resize(8 + padded, b' ');
+    let base = header.len() as u64;
+    let ranges = rel.into_iter().map(|(s, e)| (base + s, base + e)).collect();
+    Ok(HeaderPlan {
+        header,
+        order,
+        ranges,
+        file_len: base + offset,
+    })
+}
