@@ -417,7 +417,7 @@ impl NumPack {
             dtype: a.dtype,
             shape: &a.logical_shape,
             data: data.as_slice(),
-            borrowed: matches!(data, Data::Mapped(_)),
+            borrowed: !matches!(data, Data::Owned(_)),
         })
     }
 
@@ -903,7 +903,7 @@ fn logical_len(a: &Array) -> u64 {
 }
 
 fn is_zero_copy(a: &Array) -> bool {
-    matches!(a.storage, Storage::Plain(_)) && a.bitmap.is_none()
+    logical_len(a) == 0 || (matches!(a.storage, Storage::Plain(_)) && a.bitmap.is_none())
 }
 
 fn bitmap_path(record: &ArrayRecord) -> PathBuf {

@@ -134,8 +134,32 @@ impl SafeTensorsFile {
         // away, and tensor bytes are read through the mapping only by the zero-copy view API,
         // whose documentation says so. Conversions read through `pread`.
         let map = unsafe { Mmap::map(&file) }.ctx(path, "mapping")?;
+        let declared = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
+        let past_end = declared > md.len() - 8;
+        let over_limit = declared > crate::safetensors::writer::MAX_HEADER_SIZE as u64;
+        if past_end || over_limit {
+            let mut msg = format!("invalid SafeTensors file: header length {declared}");
+            if over_limit {
+                msg.push_str(" is above the 100,000,000-byte limit");
+            }
+            if past_end {
+                if over_limit {
+                    msg.push_str(" and");
+                }
+                msg.push_str(&format!(
+                    " points past the end of the file ({} bytes)",
+                    md.len()
+                ));
+            }
+            return Err(Error::malformed(path, msg));
+        }
         let (n, meta) = ::safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
-            Error::malformed(path, format!("invalid SafeTensors file: {}", describe(&e)))
+            let mut err =
+                Error::malformed(path, format!("invalid SafeTensors file: {}", describe(&e)));
+            if let Some(name) = culprit(&map[8..8 + declared as usize], &e) {
+                err = err.array(name);
+            }
+            err
         })?;
         let header_len = n as u64;
         let header = &map[8..8 + n];
@@ -325,4 +349,42 @@ fn describe(e: &::safetensors::SafeTensorError) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// The tensor a shape error is about: the crate's errors for these cases do not say.
+fn culprit(header: &[u8], e: &::safetensors::SafeTensorError) -> Option<String> {
+    use ::safetensors::SafeTensorError as E;
+    if !matches!(
+        e,
+        E::ValidationOverflow | E::MisalignedSlice | E::TensorInvalidInfo
+    ) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    for (name, t) in v.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t.get("dtype")?.as_str()?;
+        let bits = u64::from(DType::from_safetensors_name(dtype)?.bits());
+        let shape: Option<Vec<u64>> = t
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect();
+        let offsets = t.get("data_offsets")?.as_array()?;
+        let (b, e2) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+        let bytes = crate::dtype::element_count(&shape?).and_then(|n| n.checked_mul(bits));
+        let bad = match (e, bytes) {
+            (E::ValidationOverflow, None) => true,
+            (E::MisalignedSlice, Some(bits)) => bits % 8 != 0,
+            (E::TensorInvalidInfo, Some(bits)) => Some(bits / 8) != e2.checked_sub(b),
+            _ => false,
+        };
+        if bad {
+            return Some(name.clone());
+        }
+    }
+    None
 }
