@@ -1,0 +1,188 @@
+//! `npkio inspect`: a table (or JSON) of a container's tensors, totals and metadata.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use indicatif::BinaryBytes;
+use serde_json::{json, Map, Value};
+
+use crate::container::{Container, Entry, Format};
+use crate::{print_stdout, InspectArgs, Outcome};
+
+/// Runs `npkio inspect`.
+pub fn run(args: &InspectArgs) -> Outcome {
+    let c = Container::open(&args.path)?;
+    let text = if args.json {
+        let mut s = serde_json::to_string_pretty(&to_json(&c)).unwrap_or_default();
+        s.push('\n');
+        s
+    } else {
+        table(&c)
+    };
+    print_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON document of `--json`.
+fn to_json(c: &Container) -> Value {
+    let tensors: Vec<Value> = c.entries.iter().map(tensor_json).collect();
+    let metadata = c.metadata.as_ref().map(|m| {
+        Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect::<Map<_, _>>(),
+        )
+    });
+    let mut doc = json!({
+        "format": c.format.name(),
+        "path": c.path.to_string_lossy(),
+        "tensors": tensors,
+        "tensor_count": c.entries.len(),
+        "total_bytes": c.total_bytes(),
+        "metadata": metadata,
+    });
+    if let (Some(n), Value::Object(o)) = (c.file_bytes, &mut doc) {
+        o.insert("file_bytes".into(), n.into());
+    }
+    doc
+}
+
+fn tensor_json(e: &Entry) -> Value {
+    let mut t = json!({
+        "name": e.name,
+        "dtype": e.dtype.to_string(),
+        "shape": e.shape,
+        "bytes": e.bytes,
+    });
+    let Value::Object(o) = &mut t else {
+        return t;
+    };
+    if let Some((begin, end)) = e.data_offsets {
+        o.insert("data_offsets".into(), json!([begin, end]));
+    }
+    if let Some(info) = &e.numpack {
+        o.insert(
+            "storage_dtype".into(),
+            info.storage_dtype.to_string().into(),
+        );
+        o.insert("storage_shape".into(), json!(info.storage_shape));
+        o.insert("deleted_rows".into(), info.deleted_rows.into());
+        o.insert("segmented".into(), info.segmented.into());
+        o.insert("zero_copy".into(), info.zero_copy.into());
+    }
+    t
+}
+
+/// The human-readable report: a heading, a table of tensors, totals and metadata.
+fn table(c: &Container) -> String {
+    let mut out = String::new();
+    let what = match c.format {
+        Format::SafeTensors => "SafeTensors file",
+        Format::NumPack => "NumPack directory",
+    };
+    let _ = writeln!(out, "{what} {}", c.path.display());
+
+    let mut rows: Vec<[String; 5]> = vec![[
+        "NAME".into(),
+        "DTYPE".into(),
+        "SHAPE".into(),
+        "SIZE".into(),
+        "NOTES".into(),
+    ]];
+    for e in &c.entries {
+        rows.push([
+            printable(&e.name),
+            e.dtype.to_string(),
+            format!("{:?}", e.shape),
+            BinaryBytes(e.bytes).to_string(),
+            notes(e),
+        ]);
+    }
+    let show_notes = rows.iter().skip(1).any(|r| !r[4].is_empty());
+    let columns = if show_notes { 5 } else { 4 };
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    if !c.entries.is_empty() {
+        out.push('\n');
+        for r in &rows {
+            let mut line = String::new();
+            for (i, w) in widths.iter().enumerate() {
+                let cell = &r[i];
+                let pad = w.saturating_sub(cell.chars().count());
+                if i == 3 {
+                    // Sizes right-aligned.
+                    line.push_str(&" ".repeat(pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(pad));
+                }
+                line.push_str("  ");
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+    }
+
+    let total = c.total_bytes();
+    let plural = if c.entries.len() == 1 { "" } else { "s" };
+    let _ = write!(
+        out,
+        "\n{} tensor{plural}, {} ({total} bytes)",
+        c.entries.len(),
+        BinaryBytes(total)
+    );
+    if let Some(n) = c.file_bytes {
+        let _ = write!(out, "; file {} ({n} bytes)", BinaryBytes(n));
+    }
+    out.push('\n');
+
+    match &c.metadata {
+        None => out.push_str("metadata: none\n"),
+        Some(m) if m.is_empty() => out.push_str("metadata: empty\n"),
+        Some(m) => {
+            out.push_str("metadata:\n");
+            for (k, v) in m {
+                let _ = writeln!(out, "  {}: {}", printable(k), printable(v));
+            }
+        }
+    }
+    out
+}
+
+/// NumPack storage details worth knowing: a stand-in storage dtype, deleted rows, segments.
+fn notes(e: &Entry) -> String {
+    let Some(info) = &e.numpack else {
+        return String::new();
+    };
+    let mut notes = Vec::new();
+    if info.storage_dtype != info.dtype {
+        notes.push(format!("stored as {}", info.storage_dtype));
+    }
+    if info.deleted_rows > 0 {
+        let s = if info.deleted_rows == 1 { "" } else { "s" };
+        notes.push(format!("{} deleted row{s}", info.deleted_rows));
+    }
+    if info.segmented {
+        notes.push("segmented".to_string());
+    }
+    notes.join(", ")
+}
+
+/// A name or value as it can be shown in a table: control characters escaped, so that a
+/// hostile name cannot break the layout or drive the terminal.
+pub fn printable(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        s.to_string()
+    }
+}
