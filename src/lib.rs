@@ -5,6 +5,7 @@ pub mod convert;
 pub mod copy;
 pub mod dtype;
 pub mod error;
+pub mod ffi;
 pub mod numpack;
 mod publish;
 pub mod safetensors;

@@ -1,0 +1,175 @@
+//! The seed's conversions that write: SafeTensors file or in-memory tensors to a NumPack
+//! directory, and a NumPack directory to a SafeTensors file. (The seed's `to_safetensors`
+//! is in `tensors.rs`; `get_safetensors_metadata` and `iter_safetensors` in
+//! `safetensors.rs`.)
+//!
+//! Each takes the streaming knobs as plain arguments: `chunk_size` (bytes copied at once;
+//! 0 is `NPKIO_STATUS_INVALID_ARGUMENT`, `NPKIO_DEFAULT_CHUNK_SIZE` is the default),
+//! `threads` (copy threads, 0 picks the default) and `flags` (`NPKIO_FLAG_*` bits; unknown
+//! bits are `NPKIO_STATUS_INVALID_ARGUMENT`).
+
+use std::ffi::c_char;
+
+use super::dtype::{desc_input, NpkioTensorDesc};
+use super::error::{FfiError, FfiResult, NpkioStatus};
+use super::numpack::metadata_arg;
+use super::panic::status_boundary;
+use super::{path_arg, slice_arg, str_list_arg};
+use crate::convert::{
+    from_safetensors_file_with, from_safetensors_with, to_safetensors_file_with, Options,
+};
+
+/// The default `chunk_size`: 8 MiB.
+pub const NPKIO_DEFAULT_CHUNK_SIZE: usize = 8388608;
+
+/// Flag: sync data, then metadata, then directories before the output appears, so that it
+/// survives power loss (slower). Without it, a killed process still leaves the old output
+/// or the complete new one, never a half-written one.
+pub const NPKIO_FLAG_DURABLE: u32 = 1;
+
+const KNOWN_FLAGS: u32 = NPKIO_FLAG_DURABLE;
+
+fn options(chunk_size: usize, threads: usize, flags: u32) -> FfiResult<Options> {
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(FfiError::invalid(format!(
+            "unknown flag bits {:#x}",
+            flags & !KNOWN_FLAGS
+        )));
+    }
+    Ok(Options {
+        chunk_size,
+        threads,
+        durable: flags & NPKIO_FLAG_DURABLE != 0,
+        ..Options::default()
+    })
+}
+
+/// Converts the SafeTensors file `input_path` to the NumPack directory `output_path`,
+/// streaming in bounded memory.
+///
+/// `keys == NULL` converts every tensor; otherwise exactly the `keys_count` tensors named
+/// (`keys_count == 0` converts none). An unknown key is `NPKIO_STATUS_KEY_NOT_FOUND` and
+/// nothing is written. When the output exists and `drop_if_exists` is false, the tensors
+/// are merged into it (same names replaced, others kept); with `drop_if_exists` it is
+/// replaced whole. Either way the output changes in one atomic step. The file's
+/// `__metadata__` is kept beside the arrays, for `npkio_to_safetensors_file`.
+///
+/// # Safety
+///
+/// `input_path`, `output_path` NULL or NUL-terminated strings; `keys` NULL or
+/// `keys_count` pointers to NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_from_safetensors_file(
+    input_path: *const c_char,
+    output_path: *const c_char,
+    keys: *const *const c_char,
+    keys_count: usize,
+    drop_if_exists: bool,
+    chunk_size: usize,
+    threads: usize,
+    flags: u32,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (input, output, keys) = unsafe {
+            (
+                path_arg(input_path, "input_path")?,
+                path_arg(output_path, "output_path")?,
+                str_list_arg(keys, keys_count, "keys")?,
+            )
+        };
+        let opts = options(chunk_size, threads, flags)?;
+        from_safetensors_file_with(input, output, keys.as_deref(), drop_if_exists, &opts)?;
+        Ok(())
+    })
+}
+
+/// Exports arrays of the NumPack directory `input_path` to the SafeTensors file
+/// `output_path`, streaming in bounded memory. Only active rows are exported. The file is
+/// written beside `output_path` and renamed into place.
+///
+/// `array_names == NULL` exports every array (sorted by name); otherwise exactly the
+/// `names_count` arrays named, in that order. `metadata_keys == NULL` writes the
+/// `__metadata__` the directory carries from its SafeTensors source (none if it has
+/// none); otherwise the `metadata_count` pairs `metadata_keys[i]`, `metadata_values[i]`
+/// replace it, in that order (`metadata_count == 0` writes an empty one).
+///
+/// # Safety
+///
+/// Paths NULL or NUL-terminated strings; each string array NULL or its count of pointers
+/// to NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_to_safetensors_file(
+    input_path: *const c_char,
+    output_path: *const c_char,
+    array_names: *const *const c_char,
+    names_count: usize,
+    metadata_keys: *const *const c_char,
+    metadata_values: *const *const c_char,
+    metadata_count: usize,
+    chunk_size: usize,
+    threads: usize,
+    flags: u32,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (input, output, names, metadata) = unsafe {
+            (
+                path_arg(input_path, "input_path")?,
+                path_arg(output_path, "output_path")?,
+                str_list_arg(array_names, names_count, "array_names")?,
+                metadata_arg(metadata_keys, metadata_values, metadata_count)?,
+            )
+        };
+        let opts = options(chunk_size, threads, flags)?;
+        to_safetensors_file_with(input, output, names.as_deref(), metadata.as_deref(), &opts)?;
+        Ok(())
+    })
+}
+
+/// The seed's `from_safetensors`: saves `count` tensors held in the caller's memory to the
+/// NumPack directory `output_path`, with the merge/replace rules and atomicity of
+/// `npkio_from_safetensors_file`. npkio reads the tensors during the call only and keeps
+/// no pointer to them.
+///
+/// # Safety
+///
+/// `tensors` NULL (only when `count` is 0) or `count` descriptions whose pointers follow
+/// `NpkioTensorDesc`'s rules; `output_path` NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_from_safetensors(
+    tensors: *const NpkioTensorDesc,
+    count: usize,
+    output_path: *const c_char,
+    drop_if_exists: bool,
+    chunk_size: usize,
+    threads: usize,
+    flags: u32,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (descs, output) = unsafe {
+            (
+                slice_arg(tensors, count, "tensors")?,
+                path_arg(output_path, "output_path")?,
+            )
+        };
+        let inputs = descs
+            .iter()
+            .enumerate()
+            // SAFETY: each description follows NpkioTensorDesc's rules (the contract).
+            .map(|(i, d)| unsafe { desc_input(d, i) })
+            .collect::<FfiResult<Vec<_>>>()?;
+        let opts = options(chunk_size, threads, flags)?;
+        from_safetensors_with(&inputs, output, drop_if_exists, &opts)?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_chunk_size_is_the_core_default() {
+        assert_eq!(super::NPKIO_DEFAULT_CHUNK_SIZE, crate::DEFAULT_CHUNK_SIZE);
+    }
+}

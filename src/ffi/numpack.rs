@@ -1,0 +1,543 @@
+//! `NpkioNumpack`: a NumPack directory opened for reading and changing.
+
+use std::ffi::c_char;
+use std::sync::Mutex;
+
+use super::dtype::{desc_input, NpkioDtype, NpkioTensorDesc, NpkioTensorView};
+use super::error::{FfiError, FfiResult, NpkioStatus};
+use super::panic::{status_boundary, value_boundary};
+use super::safetensors::metadata_out_of_range;
+use super::{
+    data_ptr, handle_mut, handle_ref, into_handle, path_arg, slice_arg, str_arg, str_list_arg,
+    take_handle, Interner, Out,
+};
+use crate::numpack::NumPack;
+
+/// A NumPack directory (opaque). Made by `npkio_numpack_open` or `npkio_numpack_create`,
+/// freed by `npkio_numpack_free` or `npkio_numpack_close`.
+///
+/// Every name, shape and data pointer it hands out stays valid until it is freed, even
+/// after the array is changed, replaced or deleted through it: the store keeps old
+/// mappings alive (a view then shows the bytes as they were when it was taken).
+#[derive(Debug)]
+pub struct NpkioNumpack {
+    store: NumPack,
+    /// Array names, sorted: what `npkio_numpack_name` indexes. Rebuilt after each change.
+    list: Vec<String>,
+    /// Copies of the names, shapes and metadata handed to C; only grows.
+    strings: Mutex<Interner>,
+}
+
+impl NpkioNumpack {
+    fn new(store: NumPack) -> NpkioNumpack {
+        let mut h = NpkioNumpack {
+            store,
+            list: Vec::new(),
+            strings: Mutex::new(Interner::default()),
+        };
+        h.refresh();
+        h
+    }
+
+    fn refresh(&mut self) {
+        self.list = self.store.names().into_iter().map(str::to_string).collect();
+    }
+
+    fn interner(&self) -> std::sync::MutexGuard<'_, Interner> {
+        // A panic while holding the lock leaves the interner whole (inserts are atomic).
+        self.strings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Opens an existing NumPack directory, validating its metadata and every data file.
+///
+/// On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`
+/// (or `npkio_numpack_close`).
+///
+/// # Safety
+///
+/// `path` NULL or a NUL-terminated string; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_open(
+    path: *const c_char,
+    out: *mut *mut NpkioNumpack,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (path, out) = unsafe { (path_arg(path, "path")?, Out::new(out, "out")?) };
+        out.set(into_handle(NpkioNumpack::new(NumPack::open(path)?)));
+        Ok(())
+    })
+}
+
+/// Opens the NumPack directory at `path`, creating an empty one if there is none. With
+/// `drop_if_exists`, an existing NumPack directory is removed first. A path that exists but
+/// is not a NumPack directory is never removed: that is an error.
+///
+/// On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`.
+///
+/// # Safety
+///
+/// `path` NULL or a NUL-terminated string; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_create(
+    path: *const c_char,
+    drop_if_exists: bool,
+    out: *mut *mut NpkioNumpack,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (path, out) = unsafe { (path_arg(path, "path")?, Out::new(out, "out")?) };
+        let store = NumPack::create(path, drop_if_exists)?;
+        out.set(into_handle(NpkioNumpack::new(store)));
+        Ok(())
+    })
+}
+
+/// Frees a handle. Every change is already on disk, so nothing is lost; every pointer the
+/// handle gave out becomes invalid. NULL is a no-op.
+///
+/// # Safety
+///
+/// `npk` must be NULL or a handle not freed yet; it must not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_free(npk: *mut NpkioNumpack) {
+    // SAFETY: the caller's contract above.
+    value_boundary((), || drop(unsafe { take_handle(npk) }))
+}
+
+/// Closes and frees a handle, reporting any failure to release it. The handle is freed
+/// whatever the status, and every pointer it gave out becomes invalid. NULL is
+/// `NPKIO_STATUS_NULL_ARGUMENT` (and frees nothing).
+///
+/// # Safety
+///
+/// `npk` must be NULL or a handle not freed yet; it must not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_close(npk: *mut NpkioNumpack) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above.
+        let h = unsafe { take_handle(npk) }.ok_or_else(|| FfiError::null("npk"))?;
+        h.store.close()?;
+        Ok(())
+    })
+}
+
+/// With `durable`, every later change through this handle syncs its data before the
+/// metadata points at it, and syncs the directory after. Off by default.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_set_durable(
+    npk: *mut NpkioNumpack,
+    durable: bool,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let h = unsafe { handle_mut(npk, "npk") }?;
+        h.store.set_durable(durable);
+        Ok(())
+    })
+}
+
+/// Writes the number of arrays to `*count`.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle; `count` NULL or a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_count(
+    npk: *const NpkioNumpack,
+    count: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, count) = unsafe { (handle_ref(npk, "npk")?, Out::new(count, "count")?) };
+        count.set(h.list.len());
+        Ok(())
+    })
+}
+
+/// Writes the name of the `index`-th array (names sorted bytewise) as a pointer to UTF-8
+/// bytes followed by a NUL, and its length without the NUL. The indices refer to the
+/// arrays as they are now: a change (save, delete) renumbers them. The string itself stays
+/// valid until the handle is freed.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle; `name` and `name_len` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_name(
+    npk: *const NpkioNumpack,
+    index: usize,
+    name: *mut *const c_char,
+    name_len: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, name_len) = unsafe {
+            (
+                handle_ref(npk, "npk")?,
+                Out::new(name, "name")?,
+                Out::new(name_len, "name_len")?,
+            )
+        };
+        let n = h.list.get(index).ok_or_else(|| {
+            FfiError::new(
+                NpkioStatus::IndexOutOfRange,
+                format!(
+                    "{}: array index {index} is out of range ({} arrays)",
+                    h.store.path().display(),
+                    h.list.len()
+                ),
+            )
+        })?;
+        let (p, len) = h.interner().name(n);
+        name.set(p);
+        name_len.set(len);
+        Ok(())
+    })
+}
+
+/// What `npkio_numpack_info` says about an array. Its pointers belong to the handle and
+/// stay valid until it is freed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NpkioArrayInfo {
+    /// The name: `name_len` bytes of UTF-8 followed by a NUL.
+    pub name: *const c_char,
+    /// Bytes in the name, without the NUL.
+    pub name_len: usize,
+    /// The true dtype (BF16 for an array npkio stored as uint16, and so on).
+    pub dtype: NpkioDtype,
+    /// Number of dimensions of the logical shape.
+    pub ndim: usize,
+    /// The logical shape (rows after deletions); NULL when `ndim` is 0.
+    pub shape: *const u64,
+    /// Logical byte length.
+    pub nbytes: u64,
+    /// The dtype NumPack 0.7 itself sees.
+    pub storage_dtype: NpkioDtype,
+    /// Number of dimensions of the stored shape.
+    pub storage_ndim: usize,
+    /// The shape NumPack 0.7 sees (physical rows, stand-in shapes); NULL when 0-d.
+    pub storage_shape: *const u64,
+    /// Rows deleted by drop and still physically present.
+    pub deleted_rows: u64,
+    /// Whether the array is split into segment files.
+    pub segmented: bool,
+    /// Whether `npkio_numpack_view` maps the data file without copying.
+    pub zero_copy: bool,
+}
+
+/// Fills `*info` with the description of the array called `name`
+/// (`NPKIO_STATUS_KEY_NOT_FOUND` if there is none).
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle; `name` NULL or a NUL-terminated string; `info` NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_info(
+    npk: *const NpkioNumpack,
+    name: *const c_char,
+    info: *mut NpkioArrayInfo,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, out) = unsafe {
+            (
+                handle_ref(npk, "npk")?,
+                str_arg(name, "name")?,
+                Out::new(info, "info")?,
+            )
+        };
+        let i = h.store.info(name)?;
+        let mut strings = h.interner();
+        let (name, name_len) = strings.name(&i.name);
+        out.set(NpkioArrayInfo {
+            name,
+            name_len,
+            dtype: i.dtype.into(),
+            ndim: i.shape.len(),
+            shape: strings.shape(&i.shape),
+            nbytes: i.nbytes,
+            storage_dtype: i.storage_dtype.into(),
+            storage_ndim: i.storage_shape.len(),
+            storage_shape: strings.shape(&i.storage_shape),
+            deleted_rows: i.deleted_rows,
+            segmented: i.segmented,
+            zero_copy: i.zero_copy,
+        });
+        Ok(())
+    })
+}
+
+/// Fills `*view` with the array called `name`: its logical bytes (active rows, in C
+/// order). Zero-copy when the array is one file with no deleted rows; otherwise gathered
+/// once into memory the handle keeps.
+///
+/// The view's pointers stay valid until the handle is freed, even if the array is later
+/// changed or deleted through the handle (the view keeps showing the old bytes). Another
+/// process truncating the data file while the view is used raises SIGBUS.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle; `name` NULL or a NUL-terminated string; `view` NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_view(
+    npk: *const NpkioNumpack,
+    name: *const c_char,
+    view: *mut NpkioTensorView,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, out) = unsafe {
+            (
+                handle_ref(npk, "npk")?,
+                str_arg(name, "name")?,
+                Out::new(view, "view")?,
+            )
+        };
+        let v = h.store.view(name)?;
+        let mut strings = h.interner();
+        let (name, name_len) = strings.name(v.name);
+        out.set(NpkioTensorView {
+            name,
+            name_len,
+            dtype: v.dtype.into(),
+            ndim: v.shape.len(),
+            shape: strings.shape(v.shape),
+            data: data_ptr(v.data),
+            nbytes: v.data.len(),
+        });
+        Ok(())
+    })
+}
+
+/// Saves `count` arrays, replacing any of the same name; all are written or, on failure,
+/// none is visible. npkio copies the bytes during the call and keeps no pointer to
+/// `arrays`.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `arrays` NULL (only when `count` is
+/// 0) or `count` descriptions whose pointers follow `NpkioTensorDesc`'s rules.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_save(
+    npk: *mut NpkioNumpack,
+    arrays: *const NpkioTensorDesc,
+    count: usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, descs) = unsafe { (handle_mut(npk, "npk")?, slice_arg(arrays, count, "arrays")?) };
+        let inputs = descs
+            .iter()
+            .enumerate()
+            // SAFETY: each description follows NpkioTensorDesc's rules (the contract).
+            .map(|(i, d)| unsafe { desc_input(d, i) })
+            .collect::<FfiResult<Vec<_>>>()?;
+        let result = h.store.save(&inputs);
+        h.refresh();
+        result?;
+        Ok(())
+    })
+}
+
+/// Appends rows to the array called `name`: `nbytes` bytes holding whole rows of its dtype
+/// and row shape, in C order.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+/// string; `data` NULL (only when `nbytes` is 0) or `nbytes` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_append(
+    npk: *mut NpkioNumpack,
+    name: *const c_char,
+    data: *const u8,
+    nbytes: usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, data) = unsafe {
+            (
+                handle_mut(npk, "npk")?,
+                str_arg(name, "name")?,
+                slice_arg(data, nbytes, "data")?,
+            )
+        };
+        h.store.append(name, data)?;
+        Ok(())
+    })
+}
+
+/// Deletes rows of the array called `name`: `count` row indices as the array reads now
+/// (logical, 0-based), marked in the deletion bitmap as NumPack does.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+/// string; `rows` NULL (only when `count` is 0) or `count` readable `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_drop_rows(
+    npk: *mut NpkioNumpack,
+    name: *const c_char,
+    rows: *const u64,
+    count: usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, rows) = unsafe {
+            (
+                handle_mut(npk, "npk")?,
+                str_arg(name, "name")?,
+                slice_arg(rows, count, "rows")?,
+            )
+        };
+        h.store.drop_rows(name, rows)?;
+        Ok(())
+    })
+}
+
+/// Deletes the array called `name` and its files. Views of it taken earlier stay valid
+/// until the handle is freed.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+/// string.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_delete(
+    npk: *mut NpkioNumpack,
+    name: *const c_char,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name) = unsafe { (handle_mut(npk, "npk")?, str_arg(name, "name")?) };
+        let result = h.store.delete(name);
+        h.refresh();
+        result?;
+        Ok(())
+    })
+}
+
+/// Writes the number of SafeTensors `__metadata__` entries the directory carries (from
+/// the file it was converted from, or `npkio_numpack_set_metadata`) to `*count`.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle; `count` NULL or a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_metadata_count(
+    npk: *const NpkioNumpack,
+    count: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, count) = unsafe { (handle_ref(npk, "npk")?, Out::new(count, "count")?) };
+        count.set(h.store.safetensors_metadata().map_or(0, <[_]>::len));
+        Ok(())
+    })
+}
+
+/// Writes the `index`-th metadata entry: key and value as pointers to UTF-8 bytes followed
+/// by a NUL, and lengths without the NUL. The strings stay valid until the handle is
+/// freed; the indices refer to the metadata as it is now.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle; the four out-pointers NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_metadata_get(
+    npk: *const NpkioNumpack,
+    index: usize,
+    key: *mut *const c_char,
+    key_len: *mut usize,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, key, key_len, value, value_len) = unsafe {
+            (
+                handle_ref(npk, "npk")?,
+                Out::new(key, "key")?,
+                Out::new(key_len, "key_len")?,
+                Out::new(value, "value")?,
+                Out::new(value_len, "value_len")?,
+            )
+        };
+        let meta = h.store.safetensors_metadata().unwrap_or_default();
+        let (k, v) = meta
+            .get(index)
+            .ok_or_else(|| metadata_out_of_range(index, meta.len()))?;
+        let mut strings = h.interner();
+        let (k, kl) = strings.name(k);
+        let (v, vl) = strings.name(v);
+        key.set(k);
+        key_len.set(kl);
+        value.set(v);
+        value_len.set(vl);
+        Ok(())
+    })
+}
+
+/// Replaces the SafeTensors metadata the directory carries: `keys == NULL` removes it;
+/// otherwise the `count` pairs `keys[i]`, `values[i]` replace it (`count == 0` with
+/// `keys != NULL` leaves an empty one). Keys must be distinct.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `keys` and `values` NULL or `count`
+/// pointers to NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_set_metadata(
+    npk: *mut NpkioNumpack,
+    keys: *const *const c_char,
+    values: *const *const c_char,
+    count: usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, pairs) = unsafe { (handle_mut(npk, "npk")?, metadata_arg(keys, values, count)?) };
+        h.store.set_safetensors_metadata(pairs)?;
+        Ok(())
+    })
+}
+
+/// Metadata pairs from two parallel arrays: `None` when `keys` is NULL.
+///
+/// # Safety
+///
+/// `keys`, `values` NULL or `count` pointers to NUL-terminated strings.
+pub(crate) unsafe fn metadata_arg(
+    keys: *const *const c_char,
+    values: *const *const c_char,
+    count: usize,
+) -> FfiResult<Option<Vec<(String, String)>>> {
+    // SAFETY: forwarded contract.
+    let Some(keys) = (unsafe { str_list_arg(keys, count, "metadata_keys") })? else {
+        return Ok(None);
+    };
+    if values.is_null() && count > 0 {
+        return Err(FfiError::null("metadata_values"));
+    }
+    // SAFETY: forwarded contract; NULL with count 0 gives an empty list.
+    let values = unsafe { str_list_arg(values, count, "metadata_values") }?.unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    let mut pairs = Vec::with_capacity(count);
+    for (k, v) in keys.into_iter().zip(values) {
+        if !seen.insert(k) {
+            return Err(FfiError::invalid(format!(
+                "metadata key {k:?} is given twice"
+            )));
+        }
+        pairs.push((k.to_string(), v.to_string()));
+    }
+    Ok(Some(pairs))
+}

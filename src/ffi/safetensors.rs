@@ -1,0 +1,382 @@
+//! `NpkioSafetensors`: a SafeTensors file, mapped and validated; and
+//! `NpkioSafetensorsIter`, the seed's `iter_safetensors`.
+//!
+//! Opening reads and checks the header only; tensor bytes are read when the caller reads
+//! through a view's `data`. So `npkio_safetensors_open` is also the seed's
+//! `get_safetensors_metadata`: count, views (dtype, shape) and metadata entries, without
+//! reading any tensor byte.
+
+use std::ffi::c_char;
+
+use super::dtype::NpkioTensorView;
+use super::error::{FfiError, FfiResult, NpkioStatus};
+use super::panic::{status_boundary, value_boundary};
+use super::{
+    c_name, data_ptr, handle_mut, handle_ref, into_handle, name_parts, optional_out, path_arg,
+    shape_ptr, str_arg, str_list_arg, take_handle, Out,
+};
+use crate::safetensors::SafeTensorsFile;
+
+/// An open SafeTensors file (opaque). Made by `npkio_safetensors_open`, freed by
+/// `npkio_safetensors_free`.
+#[derive(Debug)]
+pub struct NpkioSafetensors {
+    file: SafeTensorsFile,
+    /// Tensor names as C strings, in file order.
+    names: Vec<Box<[u8]>>,
+    /// `__metadata__` pairs as C strings, in file order.
+    metadata: Vec<CPair>,
+}
+
+/// A key and a value, each a [`c_name`].
+type CPair = (Box<[u8]>, Box<[u8]>);
+
+impl NpkioSafetensors {
+    fn open(path: &std::path::Path) -> FfiResult<NpkioSafetensors> {
+        let file = SafeTensorsFile::open(path)?;
+        let names = file.tensors().map(|t| c_name(&t.name)).collect();
+        let metadata = file
+            .metadata()
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| (c_name(k), c_name(v)))
+            .collect();
+        Ok(NpkioSafetensors {
+            file,
+            names,
+            metadata,
+        })
+    }
+
+    fn view(&self, i: usize) -> FfiResult<NpkioTensorView> {
+        let v = self.file.view(i).ok_or_else(|| {
+            FfiError::new(
+                NpkioStatus::IndexOutOfRange,
+                format!(
+                    "{}: tensor index {i} is out of range ({} tensors)",
+                    self.file.path().display(),
+                    self.file.len()
+                ),
+            )
+        })?;
+        let (name, name_len) = name_parts(&self.names[i]);
+        Ok(NpkioTensorView {
+            name,
+            name_len,
+            dtype: v.dtype.into(),
+            ndim: v.shape.len(),
+            shape: shape_ptr(v.shape),
+            data: data_ptr(v.data),
+            nbytes: v.data.len(),
+        })
+    }
+
+    fn position(&self, name: &str) -> FfiResult<usize> {
+        self.file
+            .position(name)
+            .ok_or_else(|| self.file.not_found(name).into())
+    }
+}
+
+/// Opens a SafeTensors file: maps it and validates its header (offsets, shapes, dtypes).
+/// No tensor byte is read.
+///
+/// On success `*out` receives a new handle, which the caller owns and frees with
+/// `npkio_safetensors_free`. Every view taken from it stays valid until then. The file is
+/// mapped: if another process truncates it while views are in use, reading their data
+/// raises SIGBUS, so do not let the file be changed while it is open.
+///
+/// # Safety
+///
+/// `path` must be NULL or a NUL-terminated string; `out` must be NULL or point to writable
+/// storage for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_open(
+    path: *const c_char,
+    out: *mut *mut NpkioSafetensors,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (path, out) = unsafe { (path_arg(path, "path")?, Out::new(out, "out")?) };
+        out.set(into_handle(NpkioSafetensors::open(path)?));
+        Ok(())
+    })
+}
+
+/// Frees a handle from `npkio_safetensors_open` and unmaps the file. Every view taken from
+/// it becomes invalid. NULL is a no-op.
+///
+/// # Safety
+///
+/// `st` must be NULL or a handle from `npkio_safetensors_open` that was not freed yet; it
+/// must not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_free(st: *mut NpkioSafetensors) {
+    // SAFETY: the caller's contract above.
+    value_boundary((), || drop(unsafe { take_handle(st) }))
+}
+
+/// Writes the number of tensors to `*count`.
+///
+/// # Safety
+///
+/// `st` must be NULL or a live handle; `count` must be NULL or point to a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_count(
+    st: *const NpkioSafetensors,
+    count: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (st, count) = unsafe { (handle_ref(st, "st")?, Out::new(count, "count")?) };
+        count.set(st.file.len());
+        Ok(())
+    })
+}
+
+/// Fills `*view` with the tensor at `index` in file order (by data offset), 0-based.
+/// `NPKIO_STATUS_INDEX_OUT_OF_RANGE` when `index` is not below the count. Looping over
+/// 0..count is the zero-copy iteration: `view->data` points into the mapped file.
+///
+/// The view's pointers stay valid until `npkio_safetensors_free(st)`.
+///
+/// # Safety
+///
+/// `st` must be NULL or a live handle; `view` must be NULL or point to a writable
+/// `NpkioTensorView`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_get(
+    st: *const NpkioSafetensors,
+    index: usize,
+    view: *mut NpkioTensorView,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (st, view) = unsafe { (handle_ref(st, "st")?, Out::new(view, "view")?) };
+        view.set(st.view(index)?);
+        Ok(())
+    })
+}
+
+/// Fills `*view` with the tensor called `name` (exact, case-sensitive UTF-8), and
+/// `*index`, when `index` is not NULL, with its position. `NPKIO_STATUS_KEY_NOT_FOUND`
+/// when there is none.
+///
+/// The view's pointers stay valid until `npkio_safetensors_free(st)`.
+///
+/// # Safety
+///
+/// `st` must be NULL or a live handle; `name` NULL or a NUL-terminated string; `view` NULL
+/// or writable; `index` NULL or a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_find(
+    st: *const NpkioSafetensors,
+    name: *const c_char,
+    view: *mut NpkioTensorView,
+    index: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (st, name, view, index) = unsafe {
+            (
+                handle_ref(st, "st")?,
+                str_arg(name, "name")?,
+                Out::new(view, "view")?,
+                optional_out(index, "index")?,
+            )
+        };
+        let i = st.position(name)?;
+        view.set(st.view(i)?);
+        if let Some(index) = index {
+            index.set(i);
+        }
+        Ok(())
+    })
+}
+
+/// Writes whether the file has a `__metadata__` section to `*present` (a file may have an
+/// empty one, which differs from none).
+///
+/// # Safety
+///
+/// `st` must be NULL or a live handle; `present` NULL or a writable `bool`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_has_metadata(
+    st: *const NpkioSafetensors,
+    present: *mut bool,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (st, present) = unsafe { (handle_ref(st, "st")?, Out::new(present, "present")?) };
+        present.set(st.file.metadata().is_some());
+        Ok(())
+    })
+}
+
+/// Writes the number of `__metadata__` entries to `*count` (0 when there is none).
+///
+/// # Safety
+///
+/// `st` must be NULL or a live handle; `count` NULL or a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_metadata_count(
+    st: *const NpkioSafetensors,
+    count: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (st, count) = unsafe { (handle_ref(st, "st")?, Out::new(count, "count")?) };
+        count.set(st.metadata.len());
+        Ok(())
+    })
+}
+
+/// Writes the `index`-th `__metadata__` entry (file order): key and value, each as a
+/// pointer to UTF-8 bytes followed by a NUL, and a length without the NUL. The strings
+/// belong to the handle and stay valid until `npkio_safetensors_free(st)`.
+///
+/// # Safety
+///
+/// `st` must be NULL or a live handle; the four out-pointers NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_metadata_get(
+    st: *const NpkioSafetensors,
+    index: usize,
+    key: *mut *const c_char,
+    key_len: *mut usize,
+    value: *mut *const c_char,
+    value_len: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (st, key, key_len, value, value_len) = unsafe {
+            (
+                handle_ref(st, "st")?,
+                Out::new(key, "key")?,
+                Out::new(key_len, "key_len")?,
+                Out::new(value, "value")?,
+                Out::new(value_len, "value_len")?,
+            )
+        };
+        let (k, v) = st
+            .metadata
+            .get(index)
+            .ok_or_else(|| metadata_out_of_range(index, st.metadata.len()))?;
+        let (k, kl) = name_parts(k);
+        let (v, vl) = name_parts(v);
+        key.set(k);
+        key_len.set(kl);
+        value.set(v);
+        value_len.set(vl);
+        Ok(())
+    })
+}
+
+pub(crate) fn metadata_out_of_range(index: usize, len: usize) -> FfiError {
+    FfiError::new(
+        NpkioStatus::IndexOutOfRange,
+        format!("metadata index {index} is out of range ({len} entries)"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The seed's iter_safetensors
+
+/// An iteration over a SafeTensors file's tensors (opaque). Made by
+/// `npkio_safetensors_iter_open`, freed by `npkio_safetensors_iter_free`.
+#[derive(Debug)]
+pub struct NpkioSafetensorsIter {
+    st: NpkioSafetensors,
+    order: Vec<usize>,
+    next: usize,
+}
+
+/// Opens `path` and starts an iteration over its tensors: all of them in file order when
+/// `keys` is NULL, else the `keys_count` tensors named in `keys`, in that order
+/// (duplicates skipped; `keys_count == 0` with `keys != NULL` selects none). A key that is
+/// not in the file is an error (`NPKIO_STATUS_KEY_NOT_FOUND`) before anything is yielded.
+///
+/// On success `*out` receives a new iterator owning its own mapping of the file; free it
+/// with `npkio_safetensors_iter_free`. Views it yields stay valid until then.
+///
+/// # Safety
+///
+/// `path` NULL or a NUL-terminated string; `keys` NULL or `keys_count` pointers to
+/// NUL-terminated strings; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_iter_open(
+    path: *const c_char,
+    keys: *const *const c_char,
+    keys_count: usize,
+    out: *mut *mut NpkioSafetensorsIter,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (path, keys, out) = unsafe {
+            (
+                path_arg(path, "path")?,
+                str_list_arg(keys, keys_count, "keys")?,
+                Out::new(out, "out")?,
+            )
+        };
+        let st = NpkioSafetensors::open(path)?;
+        let order = st.file.select(keys.as_deref())?;
+        out.set(into_handle(NpkioSafetensorsIter { st, order, next: 0 }));
+        Ok(())
+    })
+}
+
+/// Advances the iteration. When a tensor remains, fills `*view` with it and sets
+/// `*has_view` to true; at the end sets `*has_view` to false and leaves `*view` alone.
+/// The view's pointers stay valid until `npkio_safetensors_iter_free(iter)`.
+///
+/// ```c
+/// NpkioTensorView v;
+/// bool more;
+/// while (npkio_safetensors_iter_next(it, &v, &more) == NPKIO_STATUS_OK && more) { ... }
+/// ```
+///
+/// # Safety
+///
+/// `iter` NULL or a live iterator (not used concurrently); `view` and `has_view` NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_iter_next(
+    iter: *mut NpkioSafetensorsIter,
+    view: *mut NpkioTensorView,
+    has_view: *mut bool,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (iter, view, has_view) = unsafe {
+            (
+                handle_mut(iter, "iter")?,
+                Out::new(view, "view")?,
+                Out::new(has_view, "has_view")?,
+            )
+        };
+        match iter.order.get(iter.next) {
+            Some(&i) => {
+                let v = iter.st.view(i)?;
+                iter.next += 1;
+                view.set(v);
+                has_view.set(true);
+            }
+            None => has_view.set(false),
+        }
+        Ok(())
+    })
+}
+
+/// Frees an iterator and unmaps its file; every view it yielded becomes invalid. NULL is a
+/// no-op.
+///
+/// # Safety
+///
+/// `iter` must be NULL or an iterator from `npkio_safetensors_iter_open` not freed yet; it
+/// must not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_iter_free(iter: *mut NpkioSafetensorsIter) {
+    // SAFETY: the caller's contract above.
+    value_boundary((), || drop(unsafe { take_handle(iter) }))
+}

@@ -1,0 +1,77 @@
+//! The header drift test: `include/npkio.h` must be exactly what cbindgen generates from
+//! `src/ffi/` and `cbindgen.toml`. Regenerate with `NPKIO_BLESS=1 cargo test --test header`.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn generate(crate_dir: &Path) -> String {
+    let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).expect("cbindgen.toml");
+    let bindings = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(crate_dir.join("src/ffi/mod.rs"))
+        .generate()
+        .expect("cbindgen generates the header");
+    let mut out = Vec::new();
+    bindings.write(&mut out);
+    String::from_utf8(out).expect("UTF-8 header")
+}
+
+#[test]
+fn header_matches_the_source() {
+    let header = root().join("include/npkio.h");
+    let fresh = generate(&root());
+    if std::env::var_os("NPKIO_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&header, &fresh).expect("writing include/npkio.h");
+        return;
+    }
+    let committed = std::fs::read_to_string(&header).unwrap_or_default();
+    if committed != fresh {
+        let line = committed
+            .lines()
+            .zip(fresh.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(committed.lines().count().min(fresh.lines().count()));
+        panic!(
+            "include/npkio.h is stale (first difference at line {}); regenerate it with \
+             `NPKIO_BLESS=1 cargo test --test header` and commit it",
+            line + 1
+        );
+    }
+}
+
+/// The drift check itself: a copy of the crate with one exported signature changed must
+/// generate a different header, so the test above would fail.
+#[test]
+fn a_changed_signature_changes_the_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("src"), &tmp.path().join("src"));
+    let f = tmp.path().join("src/ffi/numpack.rs");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let changed = text.replacen(
+        "    durable: bool,\n) -> NpkioStatus",
+        "    durable: u32,\n) -> NpkioStatus",
+        1,
+    );
+    assert_ne!(text, changed, "the signature to change was not found");
+    std::fs::write(&f, changed).unwrap();
+    let committed = generate(&root());
+    let drifted = generate(tmp.path());
+    assert_ne!(committed, drifted);
+    assert!(drifted.contains("uint32_t durable"));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
