@@ -14,14 +14,15 @@ use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::numpack::fsutil::now_micros;
 use crate::numpack::metadata::{ArrayRecord, Metadata};
-use crate::numpack::sidecar::Sidecar;
+use crate::numpack::sidecar::{ShardRecord, Sharding, Sidecar};
 use crate::numpack::store::{
     existing_kind, make_record, write_dir_metadata, ArrayInput, ArrayView, Existing,
 };
 use crate::numpack::{naming, NumPack};
 use crate::publish;
 use crate::safetensors::writer::PlanInput;
-use crate::safetensors::{plan_header, SafeTensorsFile, Tensor};
+use crate::safetensors::index::{index_json, same_index, shard_file_name, split_into_shards, Checkpoint, INDEX_NAME};
+use crate::safetensors::{plan_header, HeaderPlan, Tensor};
 
 pub use crate::copy::DEFAULT_CHUNK_SIZE;
 
@@ -47,6 +48,11 @@ pub struct Options {
     pub durable: bool,
     /// Called as bytes are copied.
     pub progress: Option<Progress>,
+    /// For exports: write a sharded checkpoint of shards of at most this many tensor bytes
+    /// into the output directory, as `save_pretrained` lays it out
+    /// (`model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json`, or a single
+    /// `model.safetensors` when everything fits in one shard). `None` writes one file.
+    pub max_shard_size: Option<u64>,
 }
 
 impl Default for Options {
@@ -57,6 +63,7 @@ impl Default for Options {
             method: CopyMethod::Auto,
             durable: false,
             progress: None,
+            max_shard_size: None,
         }
     }
 }
@@ -69,6 +76,7 @@ impl std::fmt::Debug for Options {
             .field("method", &self.method)
             .field("durable", &self.durable)
             .field("progress", &self.progress.is_some())
+            .field("max_shard_size", &self.max_shard_size)
             .finish()
     }
 }
@@ -106,52 +114,50 @@ pub struct TensorMeta {
     pub dtype: DType,
     /// Shape.
     pub shape: Vec<u64>,
-    /// `[begin, end)` relative to the data section.
+    /// `[begin, end)` relative to the data section of its file.
     pub data_offsets: (u64, u64),
+    /// The shard file holding it, for a sharded checkpoint.
+    pub shard: Option<String>,
 }
 
 /// What `get_safetensors_metadata` returns: the tensors (in file order) and `__metadata__`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SafeTensorsMetadata {
-    /// (name, tensor) in file order.
+    /// (name, tensor) in file order (shard by shard for a sharded checkpoint).
     pub tensors: Vec<(String, TensorMeta)>,
-    /// The `__metadata__` pairs in file order; `None` when the file has none.
+    /// The `__metadata__` pairs in file order; `None` when the file has none. For a sharded
+    /// checkpoint, the first shard's.
     pub metadata: Option<Vec<(String, String)>>,
 }
 
-/// Reads a SafeTensors file's header: every tensor's dtype, shape and offsets, and its
-/// `__metadata__`. No tensor byte is read, whatever the file's size.
+/// Reads a SafeTensors file's header (or a sharded checkpoint's index and every shard's
+/// header): every tensor's dtype, shape and offsets, and the `__metadata__`. No tensor byte
+/// is read, whatever the file's size.
 pub fn get_safetensors_metadata(path: impl AsRef<Path>) -> Result<SafeTensorsMetadata> {
-    let f = SafeTensorsFile::open(path)?;
-    Ok(SafeTensorsMetadata {
-        tensors: f
-            .tensors()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    TensorMeta {
-                        dtype: t.dtype,
-                        shape: t.shape.clone(),
-                        data_offsets: t.data_offsets,
-                    },
-                )
-            })
-            .collect(),
-        metadata: f.metadata().map(<[_]>::to_vec),
-    })
+    let c = Checkpoint::open(path)?;
+    let names = c.shard_names();
+    let tensors = (0..c.len())
+        .map(|i| {
+            let t = c.info(i);
+            let shard = names.get(c.location(i).0).cloned();
+            let meta = TensorMeta { dtype: t.dtype, shape: t.shape.clone(), data_offsets: t.data_offsets, shard };
+            (t.name.clone(), meta)
+        })
+        .collect();
+    Ok(SafeTensorsMetadata { tensors, metadata: c.metadata().map(<[_]>::to_vec) })
 }
 
-/// Iterator over a SafeTensors file's tensors; see [`iter_safetensors`].
+/// Iterator over a checkpoint's tensors; see [`iter_safetensors`].
 #[derive(Debug)]
 pub struct SafeTensorsIter {
-    file: SafeTensorsFile,
+    checkpoint: Checkpoint,
     order: std::vec::IntoIter<usize>,
 }
 
 impl SafeTensorsIter {
-    /// The file being iterated.
-    pub fn file(&self) -> &SafeTensorsFile {
-        &self.file
+    /// The checkpoint being iterated.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
     }
 }
 
@@ -159,8 +165,7 @@ impl Iterator for SafeTensorsIter {
     type Item = (String, Tensor);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let i = self.order.next()?;
-        let t = self.file.tensor(i)?;
+        let t = self.checkpoint.tensor(self.order.next()?);
         Some((t.name().to_string(), t))
     }
 
@@ -171,25 +176,21 @@ impl Iterator for SafeTensorsIter {
 
 impl ExactSizeIterator for SafeTensorsIter {}
 
-/// Iterates over `(name, tensor)` pairs, in file order or in the order of `keys`. Tensors
-/// are zero-copy views of the mapped file that keep the mapping alive. A key that is not in
-/// the file is an error before anything is yielded.
-pub fn iter_safetensors<S: AsRef<str>>(
-    path: impl AsRef<Path>,
-    keys: Option<&[S]>,
-) -> Result<SafeTensorsIter> {
-    let file = SafeTensorsFile::open(path)?;
-    let order = file.select(keys)?;
-    Ok(SafeTensorsIter {
-        file,
-        order: order.into_iter(),
-    })
+/// Iterates over `(name, tensor)` pairs of a SafeTensors file (or a sharded checkpoint), in
+/// file order or in the order of `keys`. Tensors are zero-copy views of the mapped file that
+/// keep the mapping alive. A key that is not in the file is an error before anything is
+/// yielded.
+pub fn iter_safetensors<S: AsRef<str>>(path: impl AsRef<Path>, keys: Option<&[S]>) -> Result<SafeTensorsIter> {
+    let checkpoint = Checkpoint::open(path)?;
+    let order = checkpoint.select(keys)?;
+    Ok(SafeTensorsIter { checkpoint, order: order.into_iter() })
 }
 
 // ---------------------------------------------------------------------------------------
 // SafeTensors -> NumPack
 
-/// Converts a SafeTensors file to a NumPack directory, streaming in bounded memory.
+/// Converts a SafeTensors file (or a sharded checkpoint: its index, or a directory holding
+/// one) to a NumPack directory, streaming in bounded memory.
 ///
 /// `keys` selects tensors (all when `None`); an unknown key is an error and nothing is
 /// written. When `output` exists and `drop_if_exists` is false, the tensors are merged into
@@ -202,13 +203,7 @@ pub fn from_safetensors_file<S: AsRef<str>>(
     drop_if_exists: bool,
     chunk_size: usize,
 ) -> Result<()> {
-    from_safetensors_file_with(
-        input_path,
-        output_path,
-        keys,
-        drop_if_exists,
-        &Options::with_chunk_size(chunk_size),
-    )
+    from_safetensors_file_with(input_path, output_path, keys, drop_if_exists, &Options::with_chunk_size(chunk_size))
 }
 
 /// [`from_safetensors_file`] with every option.
@@ -220,55 +215,51 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
     opts: &Options,
 ) -> Result<()> {
     let copy_opts = opts.check()?;
-    let src = SafeTensorsFile::open(input_path.as_ref())?;
+    let src = Checkpoint::open(input_path.as_ref())?;
     let selected = src.select(keys)?;
     let arrays: Vec<NewArray> = selected
         .iter()
         .map(|&i| {
-            let t = src.view(i).expect("selected index");
-            NewArray {
-                name: t.name.to_string(),
-                dtype: t.dtype,
-                shape: t.shape.to_vec(),
-                source: i,
-            }
+            let t = src.info(i);
+            NewArray { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), source: i }
         })
         .collect();
-    let data_start = src.data_start();
-    let offsets: Vec<u64> = src
-        .tensors()
-        .map(|t| data_start + t.data_offsets.0)
-        .collect();
-    let input = src.path().to_path_buf();
-    let metadata = src.metadata().map(<[_]>::to_vec);
-    import(
-        output_path.as_ref(),
-        drop_if_exists,
-        opts,
-        &arrays,
-        metadata,
-        |batch, dsts| {
-            let extents: Vec<Extent> = batch
-                .iter()
-                .enumerate()
-                .map(|(d, a)| Extent {
-                    src: 0,
-                    src_offset: offsets[a.source],
-                    dst: d,
-                    dst_offset: 0,
-                    len: a.len(),
-                })
-                .collect();
-            copy::copy_extents(
-                &[src.file()],
-                dsts,
-                &extents,
-                &copy_opts,
-                progress_ref(opts),
-            )
-            .map_err(|e| copy_error(e, &input, batch.iter().map(|a| a.name.as_str()), None))
-        },
-    )
+    let sharding = src.index_text().map(|index| Sharding {
+        index: index.to_string(),
+        shards: src
+            .shards()
+            .iter()
+            .zip(src.shard_names())
+            .map(|(f, name)| ShardRecord {
+                file: name.clone(),
+                metadata: f.metadata().map(<[_]>::to_vec),
+                tensors: f.tensors().map(|t| t.name.clone()).collect(),
+            })
+            .collect(),
+    });
+    let source = SourceMeta { metadata: src.metadata().map(<[_]>::to_vec), sharding };
+    let files: Vec<&File> = src.shards().iter().map(|s| s.file()).collect();
+    import(output_path.as_ref(), drop_if_exists, opts, &arrays, Some(source), |batch, dsts| {
+        let extents: Vec<Extent> = batch
+            .iter()
+            .enumerate()
+            .map(|(d, a)| {
+                let (shard, _) = src.location(a.source);
+                let offset = src.shards()[shard].data_start() + src.info(a.source).data_offsets.0;
+                Extent { src: shard, src_offset: offset, dst: d, dst_offset: 0, len: a.len() }
+            })
+            .collect();
+        copy::copy_extents(&files, dsts, &extents, &copy_opts, progress_ref(opts)).map_err(|e| {
+            let shard = extents.get(e.extent).map_or(0, |x| x.src);
+            copy_error(e, src.shards()[shard].path(), batch.iter().map(|a| a.name.as_str()), None)
+        })
+    })
+}
+
+/// What a SafeTensors source says beyond its tensors.
+struct SourceMeta {
+    metadata: Option<Vec<(String, String)>>,
+    sharding: Option<Sharding>,
 }
 
 /// An in-memory tensor for [`from_safetensors`].
@@ -383,7 +374,7 @@ fn import(
     drop_if_exists: bool,
     opts: &Options,
     arrays: &[NewArray],
-    st_metadata: Option<Vec<(String, String)>>,
+    source: Option<SourceMeta>,
     mut copy: impl FnMut(&[NewArray], &[&File]) -> Result<()>,
 ) -> Result<()> {
     let _lock = publish::lock_output(output)?;
@@ -414,9 +405,17 @@ fn import(
         }
         link_tree(output, &stage, Path::new(""), &skip)?;
         sidecar.metadata = old.safetensors_metadata().map(<[_]>::to_vec);
+        sidecar.sharding = old.sharding().cloned();
     }
-    if st_metadata.is_some() {
-        sidecar.metadata = st_metadata;
+    // What the new source says replaces what the old output recorded; where it says
+    // nothing, the old record stays.
+    if let Some(source) = source {
+        if source.metadata.is_some() {
+            sidecar.metadata = source.metadata;
+        }
+        if source.sharding.is_some() {
+            sidecar.sharding = source.sharding;
+        }
     }
 
     // New arrays: names, records, sidecar entries.
@@ -535,7 +534,8 @@ pub fn to_safetensors_file<S: AsRef<str>>(
     )
 }
 
-/// [`to_safetensors_file`] with every option.
+/// [`to_safetensors_file`] with every option. With `opts.max_shard_size`, `output_path` is
+/// a directory that receives a sharded checkpoint (see [`Options::max_shard_size`]).
 pub fn to_safetensors_file_with<S: AsRef<str>>(
     input_path: impl AsRef<Path>,
     output_path: impl AsRef<Path>,
@@ -547,99 +547,238 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
     let output = output_path.as_ref();
     let store = NumPack::open(input_path.as_ref())?;
     let names = select_arrays(&store, array_names)?;
-    let infos: Vec<_> = names.iter().map(|n| store.info(n)).collect::<Result<_>>()?;
-    let inputs: Vec<PlanInput<'_>> = infos
-        .iter()
-        .map(|i| PlanInput {
-            name: &i.name,
-            dtype: i.dtype,
-            shape: &i.shape,
-        })
-        .collect();
+    if let Some(limit) = opts.max_shard_size {
+        return export_sharded(&store, names, metadata, limit, output, opts);
+    }
     let st_meta: Option<Vec<(String, String)>> = match metadata {
         Some(m) => Some(m.to_vec()),
         None => store.safetensors_metadata().map(<[_]>::to_vec),
     };
-    let plan = plan_header(&inputs, st_meta.as_deref()).map_err(|e| e.at(store.path()))?;
-
+    let plan = plan_for(&store, &names, st_meta.as_deref())?;
     if fs::metadata(output).is_ok_and(|m| m.is_dir()) {
-        return Err(Error::new(
-            ErrorKind::AlreadyExists,
-            "is a directory; the output must be a file path",
-        )
-        .at(output));
+        return Err(Error::new(ErrorKind::AlreadyExists, "is a directory; the output must be a file path").at(output));
     }
     let _lock = publish::lock_output(output)?;
     let tmp = publish::staging_file(output)?;
-    let out = tmp.as_file();
-    copy::preallocate(out, plan.file_len).ctx(output, "allocating space for")?;
-    {
-        use std::os::unix::fs::FileExt;
-        out.write_all_at(&plan.header, 0)
-            .ctx(output, "writing the header of")?;
-    }
+    write_header(tmp.as_file(), &plan, output)?;
+    let dests = [Destination { file: tmp.as_file(), path: output, names: &names, plan: &plan }];
+    copy_arrays(&store, &dests, &copy_opts, opts)?;
+    publish::publish_file(tmp, output, opts.durable)
+}
 
-    // Source extents, a batch of files at a time.
-    let mut sources: Vec<(usize, crate::numpack::SourceExtent, u64)> = Vec::new(); // (array, extent, dst)
-    for (i, name) in names.iter().enumerate() {
-        let mut dst = plan.ranges[i].0;
-        for ext in store.array_extents(name)? {
-            let len = ext.len;
-            sources.push((i, ext, dst));
-            dst += len;
+/// The header plan for `names` of `store`.
+fn plan_for(store: &NumPack, names: &[String], metadata: Option<&[(String, String)]>) -> Result<HeaderPlan> {
+    let infos: Vec<_> = names.iter().map(|n| store.info(n)).collect::<Result<_>>()?;
+    let inputs: Vec<PlanInput<'_>> =
+        infos.iter().map(|i| PlanInput { name: &i.name, dtype: i.dtype, shape: &i.shape }).collect();
+    plan_header(&inputs, metadata).map_err(|e| e.at(store.path()))
+}
+
+/// Sizes the file and writes its header.
+fn write_header(file: &File, plan: &HeaderPlan, path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    copy::preallocate(file, plan.file_len).ctx(path, "allocating space for")?;
+    file.write_all_at(&plan.header, 0).ctx(path, "writing the header of")
+}
+
+/// A SafeTensors file being filled: the arrays `names` at the places `plan` gives.
+struct Destination<'a> {
+    file: &'a File,
+    path: &'a Path,
+    names: &'a [String],
+    plan: &'a HeaderPlan,
+}
+
+/// Copies every destination's arrays from the store: all destinations in one parallel
+/// copy, sources opened a batch at a time.
+fn copy_arrays(store: &NumPack, dests: &[Destination<'_>], copy_opts: &CopyOptions, opts: &Options) -> Result<()> {
+    // (destination, array name, source extent, destination offset)
+    let mut pieces: Vec<(usize, &str, crate::numpack::SourceExtent, u64)> = Vec::new();
+    for (d, dest) in dests.iter().enumerate() {
+        for (i, name) in dest.names.iter().enumerate() {
+            let mut at = dest.plan.ranges[i].0;
+            for ext in store.array_extents(name)? {
+                let len = ext.len;
+                pieces.push((d, name, ext, at));
+                at += len;
+            }
         }
     }
+    let dst_files: Vec<&File> = dests.iter().map(|d| d.file).collect();
     let mut start = 0;
-    while start < sources.len() {
+    while start < pieces.len() {
         let mut files: Vec<File> = Vec::new();
-        let mut file_index: HashMap<PathBuf, usize> = HashMap::new();
+        let mut file_index: HashMap<&Path, usize> = HashMap::new();
         let mut extents = Vec::new();
-        let mut owners = Vec::new();
         let mut end = start;
-        while end < sources.len() {
-            let (arr, ext, dst) = &sources[end];
-            let idx = match file_index.get(&ext.file) {
+        while end < pieces.len() {
+            let (d, name, ext, at) = &pieces[end];
+            let idx = match file_index.get(ext.file.as_path()) {
                 Some(&k) => k,
                 None => {
                     if files.len() == MAX_OPEN_FILES {
                         break;
                     }
                     let p = store.path().join(&ext.file);
-                    let f = File::open(&p)
-                        .ctx(&p, "opening")
-                        .map_err(|e| e.array(names[*arr].clone()))?;
-                    file_index.insert(ext.file.clone(), files.len());
+                    let f = File::open(&p).ctx(&p, "opening").map_err(|e| e.array(*name))?;
+                    file_index.insert(ext.file.as_path(), files.len());
                     files.push(f);
                     files.len() - 1
                 }
             };
-            extents.push(Extent {
-                src: idx,
-                src_offset: ext.offset,
-                dst: 0,
-                dst_offset: *dst,
-                len: ext.len,
-            });
-            owners.push(names[*arr].as_str());
+            extents.push(Extent { src: idx, src_offset: ext.offset, dst: *d, dst_offset: *at, len: ext.len });
             end += 1;
         }
         let srcs: Vec<&File> = files.iter().collect();
-        copy::copy_extents(&srcs, &[out], &extents, &copy_opts, progress_ref(opts)).map_err(
-            |e| {
-                let name = owners.get(e.extent).map(|s| s.to_string());
-                let err = match e.side {
-                    Side::Read => Error::io(store.path(), "reading", e.source),
-                    Side::Write => Error::io(output, "writing", e.source),
-                };
-                match name {
-                    Some(n) => err.array(n),
-                    None => err,
-                }
-            },
-        )?;
+        copy::copy_extents(&srcs, &dst_files, &extents, copy_opts, progress_ref(opts)).map_err(|e| {
+            let piece = pieces.get(start + e.extent);
+            let err = match (e.side, piece) {
+                (Side::Read, Some(p)) => Error::io(store.path().join(&p.2.file), "reading", e.source),
+                (Side::Write, Some(p)) => Error::io(dests[p.0].path, "writing", e.source),
+                (_, None) => Error::io(store.path(), "copying", e.source),
+            };
+            match piece {
+                Some(p) => err.array(p.1),
+                None => err,
+            }
+        })?;
         start = end;
     }
-    publish::publish_file(tmp, output, opts.durable)
+    Ok(())
+}
+
+/// Writes `names` as a sharded checkpoint in the directory `output`, laid out as
+/// `save_pretrained` does for `limit` bytes per shard.
+fn export_sharded(
+    store: &NumPack,
+    names: Vec<String>,
+    metadata: Option<&[(String, String)]>,
+    limit: u64,
+    output: &Path,
+    opts: &Options,
+) -> Result<()> {
+    let copy_opts = opts.check()?;
+    if limit == 0 {
+        return Err(Error::invalid_argument("max_shard_size must be at least 1 byte"));
+    }
+    // The source's tensor order where it is known (shard by shard), then the rest sorted.
+    let mut ordered: Vec<String> = Vec::with_capacity(names.len());
+    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut placed: HashSet<String> = HashSet::new();
+    if let Some(sh) = store.sharding() {
+        for t in sh.shards.iter().flat_map(|s| &s.tensors) {
+            if wanted.contains(t.as_str()) && placed.insert(t.clone()) {
+                ordered.push(t.clone());
+            }
+        }
+    }
+    let mut rest: Vec<String> = names.iter().filter(|n| !placed.contains(*n)).cloned().collect();
+    rest.sort();
+    ordered.extend(rest);
+    let sizes: Vec<u64> = ordered.iter().map(|n| store.info(n).map(|i| i.nbytes)).collect::<Result<_>>()?;
+    let groups = split_into_shards(&sizes, limit);
+    let n = groups.len().max(1);
+    let file_names: Vec<String> =
+        if n == 1 { vec!["model.safetensors".to_string()] } else { (1..=n).map(|k| shard_file_name(k, n)).collect() };
+    let groups: Vec<Vec<String>> = if groups.is_empty() {
+        vec![Vec::new()]
+    } else {
+        groups.into_iter().map(|g| g.into_iter().map(|i| ordered[i].clone()).collect()).collect()
+    };
+    // Each shard's __metadata__: the one given, else the source's shard by shard when the
+    // shard count is the same, else the directory's.
+    let stored = store.sharding().map(|s| &s.shards);
+    let shard_meta = |k: usize| -> Option<Vec<(String, String)>> {
+        if let Some(m) = metadata {
+            return Some(m.to_vec());
+        }
+        match stored {
+            Some(s) if s.len() == n => s[k].metadata.clone(),
+            _ => store.safetensors_metadata().map(<[_]>::to_vec),
+        }
+    };
+    let plans: Vec<HeaderPlan> =
+        groups.iter().enumerate().map(|(k, g)| plan_for(store, g, shard_meta(k).as_deref())).collect::<Result<_>>()?;
+    let index = (n > 1).then(|| {
+        let mut weight_map = std::collections::BTreeMap::new();
+        for (g, f) in groups.iter().zip(&file_names) {
+            for t in g {
+                weight_map.insert(t.clone(), f.clone());
+            }
+        }
+        let fresh = index_json(sizes.iter().sum(), &weight_map);
+        match store.sharding() {
+            Some(s) if same_index(&s.index, &fresh) => s.index.clone(),
+            _ => fresh,
+        }
+    });
+
+    if fs::symlink_metadata(output).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::new(ErrorKind::AlreadyExists, "exists and is not a directory; a sharded checkpoint is written into a directory").at(output));
+    }
+    let _lock = publish::lock_output(output)?;
+    let fresh_dir = fs::symlink_metadata(output).is_err();
+    // A new directory is built whole and renamed into place; an existing one (which may
+    // hold config files) gets each shard renamed in, and the index last.
+    let staging = if fresh_dir { Some(publish::staging_dir(output)?) } else { None };
+    let build_dir = staging.as_ref().map_or(output.to_path_buf(), |s| s.path().to_path_buf());
+    let mut tmps = Vec::with_capacity(n);
+    for (f, plan) in file_names.iter().zip(&plans) {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{f}.npkio-tmp-"))
+            .tempfile_in(&build_dir)
+            .ctx(&build_dir, "creating a temporary file in")?;
+        write_header(tmp.as_file(), plan, &output.join(f))?;
+        tmps.push(tmp);
+    }
+    let paths: Vec<PathBuf> = file_names.iter().map(|f| output.join(f)).collect();
+    let dests: Vec<Destination<'_>> = tmps
+        .iter()
+        .zip(&paths)
+        .zip(groups.iter().zip(&plans))
+        .map(|((t, p), (g, plan))| Destination { file: t.as_file(), path: p, names: g, plan })
+        .collect();
+    copy_arrays(store, &dests, &copy_opts, opts)?;
+    drop(dests);
+    let index_path = build_dir.join(INDEX_NAME);
+    if !fresh_dir {
+        // No index may point at shards that are being replaced.
+        match fs::remove_file(&index_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&index_path, "removing the old index", e)),
+        }
+    }
+    for (tmp, f) in tmps.into_iter().zip(&file_names) {
+        publish::publish_file(tmp, &build_dir.join(f), opts.durable)?;
+    }
+    if let Some(index) = &index {
+        crate::numpack::fsutil::write_atomic(&build_dir, INDEX_NAME, index.as_bytes(), opts.durable)?;
+    }
+    if !fresh_dir {
+        remove_stale_weights(output, &file_names, index.is_some());
+    }
+    if let Some(staging) = staging {
+        publish::publish_dir(staging, output, opts.durable)?;
+    }
+    Ok(())
+}
+
+/// After writing a checkpoint into an existing directory, removes weight files of an
+/// earlier checkpoint that the new one does not use (as `save_pretrained` does): other
+/// `model-*-of-*.safetensors` shards, `model.safetensors`, and the index when none was
+/// written.
+fn remove_stale_weights(dir: &Path, keep: &[String], wrote_index: bool) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_shard = name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
+        let stale = (is_shard || name == "model.safetensors") && !keep.contains(&name)
+            || (name == INDEX_NAME && !wrote_index);
+        if stale {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 fn select_arrays<S: AsRef<str>>(store: &NumPack, names: Option<&[S]>) -> Result<Vec<String>> {

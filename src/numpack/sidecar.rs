@@ -35,6 +35,30 @@ pub struct Sidecar {
     /// Per-array entries, sorted by name.
     #[serde(default)]
     pub arrays: Vec<Entry>,
+    /// How the SafeTensors source was sharded, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<Sharding>,
+}
+
+/// The shard layout of a sharded SafeTensors source, kept so that exporting with the same
+/// shard size limit writes the same shards and index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sharding {
+    /// The index file's text, written again verbatim when the new index says the same.
+    pub index: String,
+    /// The shards in order.
+    pub shards: Vec<ShardRecord>,
+}
+
+/// One shard of a sharded source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// Its file name.
+    pub file: String,
+    /// Its `__metadata__` pairs, `None` when it had none.
+    pub metadata: Option<Vec<(String, String)>>,
+    /// Its tensors in file order.
+    pub tensors: Vec<String>,
 }
 
 impl Default for Sidecar {
@@ -44,6 +68,7 @@ impl Default for Sidecar {
             version: 1,
             metadata: None,
             arrays: Vec::new(),
+            sharding: None,
         }
     }
 }
@@ -130,6 +155,6 @@ impl Sidecar {
 
     /// Whether the sidecar says nothing (no need to write it).
     pub fn is_empty(&self) -> bool {
-        self.metadata.is_none() && self.arrays.is_empty()
+        self.metadata.is_none() && self.arrays.is_empty() && self.sharding.is_none()
     }
 }

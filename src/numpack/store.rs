@@ -209,6 +209,8 @@ pub struct NumPack {
     index: HashMap<String, usize>,
     /// Metadata from the sidecar that is not tied to an array.
     st_metadata: Option<Vec<(String, String)>>,
+    /// The shard layout of the SafeTensors source, if it was sharded.
+    sharding: Option<crate::numpack::sidecar::Sharding>,
     /// Mappings and copies of arrays that were since changed, kept alive for old views.
     retired: Vec<Data>,
     durable: bool,
@@ -270,6 +272,7 @@ impl NumPack {
             arrays: Vec::new(),
             index: HashMap::new(),
             st_metadata: None,
+            sharding: None,
             retired: Vec::new(),
             durable: false,
             last_stamp: 0,
@@ -307,6 +310,7 @@ impl NumPack {
             arrays,
             index,
             st_metadata: sidecar.metadata,
+            sharding: sidecar.sharding,
             retired: Vec::new(),
             durable: false,
             last_stamp,
@@ -383,6 +387,11 @@ impl NumPack {
     /// file (pairs in their original order), `None` if there is none.
     pub fn safetensors_metadata(&self) -> Option<&[(String, String)]> {
         self.st_metadata.as_deref()
+    }
+
+    /// The shard layout of the SafeTensors source, when it was a sharded checkpoint.
+    pub fn sharding(&self) -> Option<&crate::numpack::sidecar::Sharding> {
+        self.sharding.as_ref()
     }
 
     /// Replaces the recorded SafeTensors `__metadata__`.
@@ -789,6 +798,7 @@ impl NumPack {
         };
         let mut sidecar = Sidecar {
             metadata: self.st_metadata.clone(),
+            sharding: self.sharding.clone(),
             ..Sidecar::default()
         };
         for a in &self.arrays {

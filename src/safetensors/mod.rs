@@ -4,6 +4,7 @@
 //! Header parsing and validation are the crate's own (`SafeTensors::read_metadata`); npkio
 //! adds only what the crate does not keep: the order of the `__metadata__` entries.
 
+pub mod index;
 pub mod reader;
 pub mod writer;
 

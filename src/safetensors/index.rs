@@ -1,0 +1,368 @@
+//! Sharded checkpoints: `model.safetensors.index.json` and its shards, read as one
+//! checkpoint, and the `save_pretrained` layout for writing them.
+//!
+//! An index names, for every tensor, the shard file that holds it:
+//!
+//! ```json
+//! { "metadata": {"total_size": 123456},
+//!   "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors", ...} }
+//! ```
+//!
+//! Opening checks it against the shards: every shard present and valid, every tensor in
+//! exactly the shard the index names, no tensor outside the index, and `total_size` equal
+//! to the sum of the tensors' byte lengths.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::numpack::naming::checked_relative;
+use crate::safetensors::reader::{SafeTensorsFile, Tensor, TensorInfo, TensorView};
+
+/// The usual index file name.
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
+/// Largest index npkio reads.
+const MAX_INDEX_LEN: u64 = 256 << 20;
+
+/// A single file or a sharded set, read as one checkpoint.
+#[derive(Debug)]
+pub struct Checkpoint {
+    path: PathBuf,
+    shards: Vec<SafeTensorsFile>,
+    /// Shard file names as the index writes them (empty for a single file).
+    shard_names: Vec<String>,
+    /// (shard, position in shard) of every tensor, shard by shard in file order.
+    tensors: Vec<(usize, usize)>,
+    by_name: HashMap<String, usize>,
+    /// The index file's bytes, for a sharded checkpoint.
+    index_text: Option<String>,
+}
+
+/// Where an index is: `path` itself when it is a file ending in `.json`, or the index
+/// inside `path` when it is a directory. `None` for anything else (a single file).
+pub fn find_index(path: &Path) -> Result<Option<PathBuf>> {
+    if path.is_dir() {
+        let standard = path.join(INDEX_NAME);
+        if standard.is_file() {
+            return Ok(Some(standard));
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .ctx(path, "listing")?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".safetensors.index.json"))
+            .collect();
+        return match found.len() {
+            1 => Ok(found.pop()),
+            0 => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("is a directory without a {INDEX_NAME}; give a .safetensors file or an index"),
+            )
+            .at(path)),
+            _ => Err(Error::new(ErrorKind::InvalidArgument, "holds several *.safetensors.index.json; name one").at(path)),
+        };
+    }
+    Ok(path.to_string_lossy().ends_with(".json").then(|| path.to_path_buf()))
+}
+
+impl Checkpoint {
+    /// Opens a SafeTensors file, an index file, or a directory holding an index.
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let path = path.as_ref();
+        match find_index(path)? {
+            Some(index) => Self::open_index(&index),
+            None => {
+                let f = SafeTensorsFile::open(path)?;
+                let tensors: Vec<(usize, usize)> = (0..f.len()).map(|i| (0, i)).collect();
+                let by_name = f.tensors().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+                Ok(Checkpoint {
+                    path: path.to_path_buf(),
+                    shards: vec![f],
+                    shard_names: Vec::new(),
+                    tensors,
+                    by_name,
+                    index_text: None,
+                })
+            }
+        }
+    }
+
+    fn open_index(index: &Path) -> Result<Checkpoint> {
+        let len = std::fs::metadata(index).ctx(index, "opening")?.len();
+        if len > MAX_INDEX_LEN {
+            return Err(Error::malformed(index, format!("index of {len} bytes is too large")));
+        }
+        let text = std::fs::read_to_string(index).ctx(index, "reading")?;
+        let parsed = parse_index(&text).map_err(|m| Error::malformed(index, m))?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        // Shards in name order (model-00001-of-00002 before model-00002-of-00002).
+        let shard_names: Vec<String> = {
+            let mut v: Vec<String> = parsed.weight_map.values().cloned().collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let mut shards = Vec::with_capacity(shard_names.len());
+        for name in &shard_names {
+            let rel = checked_relative(name)
+                .ok()
+                .filter(|r| r.components().count() == 1)
+                .ok_or_else(|| Error::malformed(index, format!("shard name {name:?} is not a file name in the index's directory")))?;
+            let p = dir.join(rel);
+            if !p.is_file() {
+                return Err(Error::malformed(index, format!("shard {name:?} named in the index is missing")));
+            }
+            shards.push(SafeTensorsFile::open(&p)?);
+        }
+        let shard_of: HashMap<&str, usize> = shard_names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let mut tensors = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut total = 0u64;
+        for (s, f) in shards.iter().enumerate() {
+            for (pos, t) in f.tensors().enumerate() {
+                match parsed.weight_map.get(&t.name) {
+                    None => {
+                        return Err(Error::malformed(
+                            index,
+                            format!("shard {:?} holds a tensor the index does not list", shard_names[s]),
+                        )
+                        .array(t.name.clone()))
+                    }
+                    Some(named) if shard_of[named.as_str()] != s => {
+                        return Err(Error::malformed(
+                            index,
+                            format!("the index puts the tensor in {named:?} but it is in {:?}", shard_names[s]),
+                        )
+                        .array(t.name.clone()))
+                    }
+                    Some(_) => {}
+                }
+                if by_name.insert(t.name.clone(), tensors.len()).is_some() {
+                    return Err(Error::malformed(index, "tensor found in two shards").array(t.name.clone()));
+                }
+                tensors.push((s, pos));
+                total += t.len();
+            }
+        }
+        for (name, shard) in &parsed.weight_map {
+            if !by_name.contains_key(name) {
+                return Err(Error::malformed(index, format!("the index puts the tensor in {shard:?} but it is not there"))
+                    .array(name.clone()));
+            }
+        }
+        if let Some(declared) = parsed.total_size {
+            if declared != total {
+                return Err(Error::malformed(
+                    index,
+                    format!("metadata.total_size is {declared} but the tensors hold {total} bytes"),
+                ));
+            }
+        }
+        Ok(Checkpoint {
+            path: index.to_path_buf(),
+            shards,
+            shard_names,
+            tensors,
+            by_name,
+            index_text: Some(text),
+        })
+    }
+
+    /// The path opened (the index, for a sharded checkpoint).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this is a sharded checkpoint.
+    pub fn is_sharded(&self) -> bool {
+        self.index_text.is_some()
+    }
+
+    /// The shard files, in name order (one for a single file).
+    pub fn shards(&self) -> &[SafeTensorsFile] {
+        &self.shards
+    }
+
+    /// The shard names as the index spells them (empty for a single file).
+    pub fn shard_names(&self) -> &[String] {
+        &self.shard_names
+    }
+
+    /// The index file's text, for a sharded checkpoint.
+    pub fn index_text(&self) -> Option<&str> {
+        self.index_text.as_deref()
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether there are no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// (shard, position) of the `i`-th tensor.
+    pub fn location(&self, i: usize) -> (usize, usize) {
+        self.tensors[i]
+    }
+
+    /// The `i`-th tensor's header entry (shard by shard, file order within each).
+    pub fn info(&self, i: usize) -> &TensorInfo {
+        let (s, p) = self.tensors[i];
+        self.shards[s].tensors().nth(p).expect("valid position")
+    }
+
+    /// All header entries in order.
+    pub fn infos(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.shards.iter().flat_map(|s| s.tensors())
+    }
+
+    /// A borrowed view of the `i`-th tensor.
+    pub fn view(&self, i: usize) -> TensorView<'_> {
+        let (s, p) = self.tensors[i];
+        self.shards[s].view(p).expect("valid position")
+    }
+
+    /// An owned zero-copy tensor.
+    pub fn tensor(&self, i: usize) -> Tensor {
+        let (s, p) = self.tensors[i];
+        self.shards[s].tensor(p).expect("valid position")
+    }
+
+    /// The `__metadata__` of every shard, in shard order.
+    pub fn shard_metadata(&self) -> Vec<Option<Vec<(String, String)>>> {
+        self.shards.iter().map(|s| s.metadata().map(<[_]>::to_vec)).collect()
+    }
+
+    /// The checkpoint's `__metadata__`: the file's, or for shards the first shard's (shards
+    /// written by `save_pretrained` all carry the same).
+    pub fn metadata(&self) -> Option<&[(String, String)]> {
+        self.shards.first().and_then(|s| s.metadata())
+    }
+
+    /// Tensor indices for `keys` (all, in order, when `None`); an unknown key is an error
+    /// naming it and listing some that exist.
+    pub fn select<S: AsRef<str>>(&self, keys: Option<&[S]>) -> Result<Vec<usize>> {
+        let Some(keys) = keys else {
+            return Ok((0..self.tensors.len()).collect());
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let k = k.as_ref();
+            let i = *self.by_name.get(k).ok_or_else(|| {
+                let names: Vec<&str> = self.infos().map(|t| t.name.as_str()).collect();
+                Error::new(
+                    ErrorKind::KeyNotFound,
+                    format!("no such tensor (tensors: {})", crate::numpack::store::list_names(&names)),
+                )
+                .at(&self.path)
+                .array(k)
+            })?;
+            if seen.insert(i) {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct ParsedIndex {
+    total_size: Option<u64>,
+    weight_map: BTreeMap<String, String>,
+}
+
+fn parse_index(text: &str) -> std::result::Result<ParsedIndex, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("index is not valid JSON: {e}"))?;
+    let obj = v.as_object().ok_or("index is not a JSON object")?;
+    let wm = obj
+        .get("weight_map")
+        .and_then(|w| w.as_object())
+        .ok_or("index has no \"weight_map\" object")?;
+    let mut weight_map = BTreeMap::new();
+    for (k, v) in wm {
+        let shard = v.as_str().ok_or_else(|| format!("weight_map entry {k:?} is not a file name"))?;
+        weight_map.insert(k.clone(), shard.to_string());
+    }
+    let total_size = match obj.get("metadata").and_then(|m| m.get("total_size")) {
+        None => None,
+        Some(t) => Some(
+            t.as_u64()
+                .or_else(|| t.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+                .ok_or("metadata.total_size is not a byte count")?,
+        ),
+    };
+    Ok(ParsedIndex { total_size, weight_map })
+}
+
+/// How `save_pretrained` splits tensors into shards of at most `max_shard_size` bytes:
+/// tensors in order; one larger than the limit goes alone into a shard of its own (placed
+/// before the shard being filled); otherwise a tensor that would take the current shard
+/// past the limit starts a new one. Returns lists of input indices.
+pub fn split_into_shards(sizes: &[u64], max_shard_size: u64) -> Vec<Vec<usize>> {
+    let mut shards = Vec::new();
+    let mut current = Vec::new();
+    let mut current_size = 0u64;
+    for (i, &size) in sizes.iter().enumerate() {
+        if size > max_shard_size {
+            shards.push(vec![i]);
+            continue;
+        }
+        if current_size + size > max_shard_size {
+            shards.push(std::mem::take(&mut current));
+            current_size = 0;
+        }
+        current.push(i);
+        current_size += size;
+    }
+    if !current.is_empty() {
+        shards.push(current);
+    }
+    shards
+}
+
+/// Shard file name `model-0000k-of-0000n.safetensors` (1-based `k`).
+pub fn shard_file_name(k: usize, n: usize) -> String {
+    format!("model-{k:05}-of-{n:05}.safetensors")
+}
+
+/// The index JSON for a shard layout, formatted as `save_pretrained` does (2-space indent,
+/// sorted keys, trailing newline).
+pub fn index_json(total_size: u64, weight_map: &BTreeMap<String, String>) -> String {
+    let mut wm = serde_json::Map::new();
+    for (k, v) in weight_map {
+        wm.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    let mut meta = serde_json::Map::new();
+    meta.insert("total_size".into(), total_size.into());
+    let mut root = serde_json::Map::new();
+    root.insert("metadata".into(), serde_json::Value::Object(meta));
+    root.insert("weight_map".into(), serde_json::Value::Object(wm));
+    let mut s = serde_json::to_string_pretty(&serde_json::Value::Object(root)).expect("JSON serializes");
+    s.push('\n');
+    s
+}
+
+/// Whether two index texts say the same thing (same total size and weight map).
+pub fn same_index(a: &str, b: &str) -> bool {
+    match (parse_index(a), parse_index(b)) {
+        (Ok(x), Ok(y)) => x.total_size == y.total_size && x.weight_map == y.weight_map,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_pretrained_layout() {
+        assert_eq!(split_into_shards(&[160, 32, 160, 32], 200), vec![vec![0, 1], vec![2, 3]]);
+        // A tensor over the limit goes alone, before the shard being filled.
+        assert_eq!(split_into_shards(&[10, 500, 10, 100], 100), vec![vec![1], vec![0, 2], vec![3]]);
+        assert_eq!(split_into_shards(&[], 100), Vec::<Vec<usize>>::new());
+        assert_eq!(shard_file_name(2, 13), "model-00002-of-00013.safetensors");
+    }
+}
