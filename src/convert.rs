@@ -20,8 +20,10 @@ use crate::numpack::store::{
 };
 use crate::numpack::{naming, NumPack};
 use crate::publish;
+use crate::safetensors::index::{
+    index_json, same_index, shard_file_name, split_into_shards, Checkpoint, INDEX_NAME,
+};
 use crate::safetensors::writer::PlanInput;
-use crate::safetensors::index::{index_json, same_index, shard_file_name, split_into_shards, Checkpoint, INDEX_NAME};
 use crate::safetensors::{plan_header, HeaderPlan, Tensor};
 
 pub use crate::copy::DEFAULT_CHUNK_SIZE;
@@ -140,11 +142,19 @@ pub fn get_safetensors_metadata(path: impl AsRef<Path>) -> Result<SafeTensorsMet
         .map(|i| {
             let t = c.info(i);
             let shard = names.get(c.location(i).0).cloned();
-            let meta = TensorMeta { dtype: t.dtype, shape: t.shape.clone(), data_offsets: t.data_offsets, shard };
+            let meta = TensorMeta {
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                data_offsets: t.data_offsets,
+                shard,
+            };
             (t.name.clone(), meta)
         })
         .collect();
-    Ok(SafeTensorsMetadata { tensors, metadata: c.metadata().map(<[_]>::to_vec) })
+    Ok(SafeTensorsMetadata {
+        tensors,
+        metadata: c.metadata().map(<[_]>::to_vec),
+    })
 }
 
 /// Iterator over a checkpoint's tensors; see [`iter_safetensors`].
@@ -180,10 +190,16 @@ impl ExactSizeIterator for SafeTensorsIter {}
 /// file order or in the order of `keys`. Tensors are zero-copy views of the mapped file that
 /// keep the mapping alive. A key that is not in the file is an error before anything is
 /// yielded.
-pub fn iter_safetensors<S: AsRef<str>>(path: impl AsRef<Path>, keys: Option<&[S]>) -> Result<SafeTensorsIter> {
+pub fn iter_safetensors<S: AsRef<str>>(
+    path: impl AsRef<Path>,
+    keys: Option<&[S]>,
+) -> Result<SafeTensorsIter> {
     let checkpoint = Checkpoint::open(path)?;
     let order = checkpoint.select(keys)?;
-    Ok(SafeTensorsIter { checkpoint, order: order.into_iter() })
+    Ok(SafeTensorsIter {
+        checkpoint,
+        order: order.into_iter(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -203,7 +219,13 @@ pub fn from_safetensors_file<S: AsRef<str>>(
     drop_if_exists: bool,
     chunk_size: usize,
 ) -> Result<()> {
-    from_safetensors_file_with(input_path, output_path, keys, drop_if_exists, &Options::with_chunk_size(chunk_size))
+    from_safetensors_file_with(
+        input_path,
+        output_path,
+        keys,
+        drop_if_exists,
+        &Options::with_chunk_size(chunk_size),
+    )
 }
 
 /// [`from_safetensors_file`] with every option.
@@ -221,7 +243,12 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
         .iter()
         .map(|&i| {
             let t = src.info(i);
-            NewArray { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), source: i }
+            NewArray {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                source: i,
+            }
         })
         .collect();
     let sharding = src.index_text().map(|index| Sharding {
@@ -237,23 +264,47 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
             })
             .collect(),
     });
-    let source = SourceMeta { metadata: src.metadata().map(<[_]>::to_vec), sharding };
+    let source = SourceMeta {
+        metadata: src.metadata().map(<[_]>::to_vec),
+        sharding,
+    };
     let files: Vec<&File> = src.shards().iter().map(|s| s.file()).collect();
-    import(output_path.as_ref(), drop_if_exists, opts, &arrays, Some(source), |batch, dsts| {
-        let extents: Vec<Extent> = batch
-            .iter()
-            .enumerate()
-            .map(|(d, a)| {
-                let (shard, _) = src.location(a.source);
-                let offset = src.shards()[shard].data_start() + src.info(a.source).data_offsets.0;
-                Extent { src: shard, src_offset: offset, dst: d, dst_offset: 0, len: a.len() }
-            })
-            .collect();
-        copy::copy_extents(&files, dsts, &extents, &copy_opts, progress_ref(opts)).map_err(|e| {
-            let shard = extents.get(e.extent).map_or(0, |x| x.src);
-            copy_error(e, src.shards()[shard].path(), batch.iter().map(|a| a.name.as_str()), None)
-        })
-    })
+    import(
+        output_path.as_ref(),
+        drop_if_exists,
+        opts,
+        &arrays,
+        Some(source),
+        |batch, dsts| {
+            let extents: Vec<Extent> = batch
+                .iter()
+                .enumerate()
+                .map(|(d, a)| {
+                    let (shard, _) = src.location(a.source);
+                    let offset =
+                        src.shards()[shard].data_start() + src.info(a.source).data_offsets.0;
+                    Extent {
+                        src: shard,
+                        src_offset: offset,
+                        dst: d,
+                        dst_offset: 0,
+                        len: a.len(),
+                    }
+                })
+                .collect();
+            copy::copy_extents(&files, dsts, &extents, &copy_opts, progress_ref(opts)).map_err(
+                |e| {
+                    let shard = extents.get(e.extent).map_or(0, |x| x.src);
+                    copy_error(
+                        e,
+                        src.shards()[shard].path(),
+                        batch.iter().map(|a| a.name.as_str()),
+                        None,
+                    )
+                },
+            )
+        },
+    )
 }
 
 /// What a SafeTensors source says beyond its tensors.
@@ -556,21 +607,40 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
     };
     let plan = plan_for(&store, &names, st_meta.as_deref())?;
     if fs::metadata(output).is_ok_and(|m| m.is_dir()) {
-        return Err(Error::new(ErrorKind::AlreadyExists, "is a directory; the output must be a file path").at(output));
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "is a directory; the output must be a file path",
+        )
+        .at(output));
     }
     let _lock = publish::lock_output(output)?;
     let tmp = publish::staging_file(output)?;
     write_header(tmp.as_file(), &plan, output)?;
-    let dests = [Destination { file: tmp.as_file(), path: output, names: &names, plan: &plan }];
+    let dests = [Destination {
+        file: tmp.as_file(),
+        path: output,
+        names: &names,
+        plan: &plan,
+    }];
     copy_arrays(&store, &dests, &copy_opts, opts)?;
     publish::publish_file(tmp, output, opts.durable)
 }
 
 /// The header plan for `names` of `store`.
-fn plan_for(store: &NumPack, names: &[String], metadata: Option<&[(String, String)]>) -> Result<HeaderPlan> {
+fn plan_for(
+    store: &NumPack,
+    names: &[String],
+    metadata: Option<&[(String, String)]>,
+) -> Result<HeaderPlan> {
     let infos: Vec<_> = names.iter().map(|n| store.info(n)).collect::<Result<_>>()?;
-    let inputs: Vec<PlanInput<'_>> =
-        infos.iter().map(|i| PlanInput { name: &i.name, dtype: i.dtype, shape: &i.shape }).collect();
+    let inputs: Vec<PlanInput<'_>> = infos
+        .iter()
+        .map(|i| PlanInput {
+            name: &i.name,
+            dtype: i.dtype,
+            shape: &i.shape,
+        })
+        .collect();
     plan_header(&inputs, metadata).map_err(|e| e.at(store.path()))
 }
 
@@ -578,7 +648,8 @@ fn plan_for(store: &NumPack, names: &[String], metadata: Option<&[(String, Strin
 fn write_header(file: &File, plan: &HeaderPlan, path: &Path) -> Result<()> {
     use std::os::unix::fs::FileExt;
     copy::preallocate(file, plan.file_len).ctx(path, "allocating space for")?;
-    file.write_all_at(&plan.header, 0).ctx(path, "writing the header of")
+    file.write_all_at(&plan.header, 0)
+        .ctx(path, "writing the header of")
 }
 
 /// A SafeTensors file being filled: the arrays `names` at the places `plan` gives.
@@ -591,7 +662,12 @@ struct Destination<'a> {
 
 /// Copies every destination's arrays from the store: all destinations in one parallel
 /// copy, sources opened a batch at a time.
-fn copy_arrays(store: &NumPack, dests: &[Destination<'_>], copy_opts: &CopyOptions, opts: &Options) -> Result<()> {
+fn copy_arrays(
+    store: &NumPack,
+    dests: &[Destination<'_>],
+    copy_opts: &CopyOptions,
+    opts: &Options,
+) -> Result<()> {
     // (destination, array name, source extent, destination offset)
     let mut pieces: Vec<(usize, &str, crate::numpack::SourceExtent, u64)> = Vec::new();
     for (d, dest) in dests.iter().enumerate() {
@@ -620,28 +696,40 @@ fn copy_arrays(store: &NumPack, dests: &[Destination<'_>], copy_opts: &CopyOptio
                         break;
                     }
                     let p = store.path().join(&ext.file);
-                    let f = File::open(&p).ctx(&p, "opening").map_err(|e| e.array(*name))?;
+                    let f = File::open(&p)
+                        .ctx(&p, "opening")
+                        .map_err(|e| e.array(*name))?;
                     file_index.insert(ext.file.as_path(), files.len());
                     files.push(f);
                     files.len() - 1
                 }
             };
-            extents.push(Extent { src: idx, src_offset: ext.offset, dst: *d, dst_offset: *at, len: ext.len });
+            extents.push(Extent {
+                src: idx,
+                src_offset: ext.offset,
+                dst: *d,
+                dst_offset: *at,
+                len: ext.len,
+            });
             end += 1;
         }
         let srcs: Vec<&File> = files.iter().collect();
-        copy::copy_extents(&srcs, &dst_files, &extents, copy_opts, progress_ref(opts)).map_err(|e| {
-            let piece = pieces.get(start + e.extent);
-            let err = match (e.side, piece) {
-                (Side::Read, Some(p)) => Error::io(store.path().join(&p.2.file), "reading", e.source),
-                (Side::Write, Some(p)) => Error::io(dests[p.0].path, "writing", e.source),
-                (_, None) => Error::io(store.path(), "copying", e.source),
-            };
-            match piece {
-                Some(p) => err.array(p.1),
-                None => err,
-            }
-        })?;
+        copy::copy_extents(&srcs, &dst_files, &extents, copy_opts, progress_ref(opts)).map_err(
+            |e| {
+                let piece = pieces.get(start + e.extent);
+                let err = match (e.side, piece) {
+                    (Side::Read, Some(p)) => {
+                        Error::io(store.path().join(&p.2.file), "reading", e.source)
+                    }
+                    (Side::Write, Some(p)) => Error::io(dests[p.0].path, "writing", e.source),
+                    (_, None) => Error::io(store.path(), "copying", e.source),
+                };
+                match piece {
+                    Some(p) => err.array(p.1),
+                    None => err,
+                }
+            },
+        )?;
         start = end;
     }
     Ok(())
@@ -659,7 +747,9 @@ fn export_sharded(
 ) -> Result<()> {
     let copy_opts = opts.check()?;
     if limit == 0 {
-        return Err(Error::invalid_argument("max_shard_size must be at least 1 byte"));
+        return Err(Error::invalid_argument(
+            "max_shard_size must be at least 1 byte",
+        ));
     }
     // The source's tensor order where it is known (shard by shard), then the rest sorted.
     let mut ordered: Vec<String> = Vec::with_capacity(names.len());
@@ -672,18 +762,31 @@ fn export_sharded(
             }
         }
     }
-    let mut rest: Vec<String> = names.iter().filter(|n| !placed.contains(*n)).cloned().collect();
+    let mut rest: Vec<String> = names
+        .iter()
+        .filter(|n| !placed.contains(*n))
+        .cloned()
+        .collect();
     rest.sort();
     ordered.extend(rest);
-    let sizes: Vec<u64> = ordered.iter().map(|n| store.info(n).map(|i| i.nbytes)).collect::<Result<_>>()?;
+    let sizes: Vec<u64> = ordered
+        .iter()
+        .map(|n| store.info(n).map(|i| i.nbytes))
+        .collect::<Result<_>>()?;
     let groups = split_into_shards(&sizes, limit);
     let n = groups.len().max(1);
-    let file_names: Vec<String> =
-        if n == 1 { vec!["model.safetensors".to_string()] } else { (1..=n).map(|k| shard_file_name(k, n)).collect() };
+    let file_names: Vec<String> = if n == 1 {
+        vec!["model.safetensors".to_string()]
+    } else {
+        (1..=n).map(|k| shard_file_name(k, n)).collect()
+    };
     let groups: Vec<Vec<String>> = if groups.is_empty() {
         vec![Vec::new()]
     } else {
-        groups.into_iter().map(|g| g.into_iter().map(|i| ordered[i].clone()).collect()).collect()
+        groups
+            .into_iter()
+            .map(|g| g.into_iter().map(|i| ordered[i].clone()).collect())
+            .collect()
     };
     // Each shard's __metadata__: the one given, else the source's shard by shard when the
     // shard count is the same, else the directory's.
@@ -697,8 +800,11 @@ fn export_sharded(
             _ => store.safetensors_metadata().map(<[_]>::to_vec),
         }
     };
-    let plans: Vec<HeaderPlan> =
-        groups.iter().enumerate().map(|(k, g)| plan_for(store, g, shard_meta(k).as_deref())).collect::<Result<_>>()?;
+    let plans: Vec<HeaderPlan> = groups
+        .iter()
+        .enumerate()
+        .map(|(k, g)| plan_for(store, g, shard_meta(k).as_deref()))
+        .collect::<Result<_>>()?;
     let index = (n > 1).then(|| {
         let mut weight_map = std::collections::BTreeMap::new();
         for (g, f) in groups.iter().zip(&file_names) {
@@ -714,20 +820,27 @@ fn export_sharded(
     });
 
     if fs::symlink_metadata(output).is_ok_and(|m| !m.is_dir()) {
-        return Err(Error::new(ErrorKind::AlreadyExists, "exists and is not a directory; a sharded checkpoint is written into a directory").at(output));
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "exists and is not a directory; a sharded checkpoint is written into a directory",
+        )
+        .at(output));
     }
     let _lock = publish::lock_output(output)?;
     let fresh_dir = fs::symlink_metadata(output).is_err();
     // A new directory is built whole and renamed into place; an existing one (which may
     // hold config files) gets each shard renamed in, and the index last.
-    let staging = if fresh_dir { Some(publish::staging_dir(output)?) } else { None };
-    let build_dir = staging.as_ref().map_or(output.to_path_buf(), |s| s.path().to_path_buf());
+    let staging = if fresh_dir {
+        Some(publish::staging_dir(output)?)
+    } else {
+        None
+    };
+    let build_dir = staging
+        .as_ref()
+        .map_or(output.to_path_buf(), |s| s.path().to_path_buf());
     let mut tmps = Vec::with_capacity(n);
     for (f, plan) in file_names.iter().zip(&plans) {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{f}.npkio-tmp-"))
-            .tempfile_in(&build_dir)
-            .ctx(&build_dir, "creating a temporary file in")?;
+        let tmp = crate::numpack::fsutil::temp_file_in(&build_dir, &format!(".{f}.npkio-tmp-"))?;
         write_header(tmp.as_file(), plan, &output.join(f))?;
         tmps.push(tmp);
     }
@@ -736,7 +849,12 @@ fn export_sharded(
         .iter()
         .zip(&paths)
         .zip(groups.iter().zip(&plans))
-        .map(|((t, p), (g, plan))| Destination { file: t.as_file(), path: p, names: g, plan })
+        .map(|((t, p), (g, plan))| Destination {
+            file: t.as_file(),
+            path: p,
+            names: g,
+            plan,
+        })
         .collect();
     copy_arrays(store, &dests, &copy_opts, opts)?;
     drop(dests);
@@ -753,7 +871,12 @@ fn export_sharded(
         publish::publish_file(tmp, &build_dir.join(f), opts.durable)?;
     }
     if let Some(index) = &index {
-        crate::numpack::fsutil::write_atomic(&build_dir, INDEX_NAME, index.as_bytes(), opts.durable)?;
+        crate::numpack::fsutil::write_atomic(
+            &build_dir,
+            INDEX_NAME,
+            index.as_bytes(),
+            opts.durable,
+        )?;
     }
     if !fresh_dir {
         remove_stale_weights(output, &file_names, index.is_some());
@@ -769,10 +892,13 @@ fn export_sharded(
 /// `model-*-of-*.safetensors` shards, `model.safetensors`, and the index when none was
 /// written.
 fn remove_stale_weights(dir: &Path, keep: &[String], wrote_index: bool) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let is_shard = name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
+        let is_shard =
+            name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
         let stale = (is_shard || name == "model.safetensors") && !keep.contains(&name)
             || (name == INDEX_NAME && !wrote_index);
         if stale {

@@ -92,19 +92,13 @@ pub(crate) fn lock_output(output: &Path) -> Result<OutputLock> {
 /// A fresh staging directory beside `output`.
 pub(crate) fn staging_dir(output: &Path) -> Result<TempDir> {
     let (parent, name) = split(output)?;
-    tempfile::Builder::new()
-        .prefix(&tmp_prefix(&name))
-        .tempdir_in(&parent)
-        .ctx(&parent, "creating a staging directory in")
+    crate::numpack::fsutil::temp_dir_in(&parent, &tmp_prefix(&name))
 }
 
 /// A fresh staging file beside `output`.
 pub(crate) fn staging_file(output: &Path) -> Result<NamedTempFile> {
     let (parent, name) = split(output)?;
-    tempfile::Builder::new()
-        .prefix(&tmp_prefix(&name))
-        .tempfile_in(&parent)
-        .ctx(&parent, "creating a temporary file in")
+    crate::numpack::fsutil::temp_file_in(&parent, &tmp_prefix(&name))
 }
 
 /// Publishes a complete staging directory as `output`, replacing what was there in one
@@ -121,10 +115,7 @@ pub(crate) fn publish_dir(staging: TempDir, output: &Path, durable: bool) -> Res
         let _ = staging.keep();
     } else if !exchange(staging.path(), output)? {
         // No atomic exchange here: move the old output aside, then the new one in.
-        let aside = tempfile::Builder::new()
-            .prefix(&tmp_prefix(&split(output)?.1))
-            .tempdir_in(&parent)
-            .ctx(&parent, "creating a directory in")?;
+        let aside = crate::numpack::fsutil::temp_dir_in(&parent, &tmp_prefix(&split(output)?.1))?;
         let old = aside.path().join("old");
         fs::rename(output, &old).ctx(output, "moving the old output aside")?;
         if let Err(e) = fs::rename(staging.path(), output) {

@@ -228,3 +228,21 @@ fn missing_keys_write_nothing() {
     assert_eq!(err.kind(), npkio::ErrorKind::InvalidArgument);
     assert!(!npk.exists());
 }
+
+#[test]
+fn outputs_get_the_permissions_of_ordinary_new_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let out = tempfile::tempdir().unwrap();
+    let reference = out.path().join("plain");
+    std::fs::File::create(&reference).unwrap();
+    std::fs::create_dir(out.path().join("plain_dir")).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let npk = out.path().join("m.npk");
+    npkio::from_safetensors_file(src("with_metadata"), &npk, ALL, false, 1 << 20).unwrap();
+    let back = out.path().join("m.safetensors");
+    npkio::to_safetensors_file(&npk, &back, ALL, None, 1 << 20).unwrap();
+    assert_eq!(mode(&npk), mode(&out.path().join("plain_dir")));
+    assert_eq!(mode(&back), mode(&reference));
+    assert_eq!(mode(&npk.join("metadata.npkm")), mode(&reference));
+    assert_eq!(mode(&npk.join("data_encoder.bias.npkd")), mode(&reference));
+}

@@ -226,6 +226,7 @@ mod tests {
         assert_eq!(Bitmap::decode(&enc[16..], 130, Path::new("b")).unwrap(), b);
         assert!(Bitmap::decode(&enc[..20], 130, Path::new("b")).is_err());
         b.extend_active(3);
-        assert_eq!(b.active_runs().last(), Some(&(65, 68)));
+        // Row 129 stays deleted; the new rows 130..133 are active.
+        assert_eq!(b.active_runs()[1..], [(65, 64), (130, 3)]);
     }
 }

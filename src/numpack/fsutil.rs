@@ -12,10 +12,7 @@ use crate::error::{IoContext, Result};
 /// before the rename and the directory after it.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
     let target = dir.join(name);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".npkio-tmp-")
-        .tempfile_in(dir)
-        .ctx(dir, "creating a temporary file in")?;
+    let mut tmp = temp_file_in(dir, ".npkio-tmp-")?;
     tmp.write_all(bytes).ctx(tmp.path(), "writing")?;
     if durable {
         tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
@@ -42,4 +39,27 @@ pub fn now_micros() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// A temporary file in `dir` named `<prefix>XXXXXX`, created with the permissions an
+/// ordinary new file gets (0666 less the umask), not tempfile's private 0600: it becomes a
+/// published output.
+pub fn temp_file_in(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .ctx(dir, "creating a temporary file in")
+}
+
+/// A temporary directory in `dir`, created as an ordinary new directory would be (0777
+/// less the umask): it becomes a published output.
+pub fn temp_dir_in(dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o777))
+        .tempdir_in(dir)
+        .ctx(dir, "creating a staging directory in")
 }

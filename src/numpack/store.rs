@@ -590,10 +590,7 @@ impl NumPack {
                 naming::choose_stem(a.name, taken.iter().map(String::as_str))
             });
             new_stems.push(stem.clone());
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".npkio-tmp-")
-                .tempfile_in(&self.dir)
-                .ctx(&self.dir, "creating a temporary file in")?;
+            let mut tmp = crate::numpack::fsutil::temp_file_in(&self.dir, ".npkio-tmp-")?;
             tmp.write_all(a.data)
                 .ctx(tmp.path(), "writing")
                 .map_err(|e| e.array(a.name))?;
