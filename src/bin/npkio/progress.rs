@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// The bar's layout: what it does, a bar, bytes done of total, rate and time left.
+/// The bar's layout: what it does, a bar as wide as the terminal allows, bytes done of
+/// total, rate and time left.
 const TEMPLATE: &str =
-    "{msg} [{bar:32}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, ETA {eta}";
+    "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, ETA {eta}";
 
 /// A byte-counting progress bar, or nothing when standard error is not a terminal or the
 /// user asked for quiet.
