@@ -4,13 +4,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use npkio::numpack::ArrayInfo;
-use npkio::safetensors::SafeTensorsFile;
+use npkio::safetensors::index::Checkpoint;
 use npkio::{DType, Error, ErrorKind, NumPack, Result};
 
 /// The kinds of input the command line recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// A single `.safetensors` file.
+    /// A `.safetensors` file, or a sharded checkpoint: a `*.safetensors.index.json` and its
+    /// shards (named by the index, or by a directory holding it).
     SafeTensors,
     /// A NumPack 0.7 directory (holds `metadata.npkm`).
     NumPack,
@@ -31,50 +32,38 @@ const NUMPACK_METADATA: &str = "metadata.npkm";
 
 /// Decides what `path` is without reading more than a directory listing.
 ///
-/// A directory is a NumPack directory; a file is a SafeTensors file. A sharded checkpoint
-/// (`*.safetensors.index.json`, or a directory holding one and no `metadata.npkm`) is
-/// refused as unsupported: the library does not read sharded checkpoints yet.
+/// A directory holding `metadata.npkm` is a NumPack directory; one holding a
+/// `*.safetensors.index.json` is a sharded SafeTensors checkpoint (the library finds the
+/// index and refuses a directory with several); any other directory is refused. A file is
+/// SafeTensors: a single file, or a sharded checkpoint's `.json` index.
 pub fn detect(path: &Path) -> Result<Format> {
     let md = fs::metadata(path).map_err(|e| Error::io(path, "opening", e))?;
-    if md.is_dir() {
-        if path.join(NUMPACK_METADATA).exists() {
-            return Ok(Format::NumPack);
-        }
-        if let Some(index) = find_index(path) {
-            return Err(sharded_unsupported(&index));
-        }
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "is a directory but not a NumPack directory (no metadata.npkm)",
-        )
-        .at(path));
+    if !md.is_dir() {
+        return Ok(Format::SafeTensors);
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase());
-    if name.is_some_and(|n| n.ends_with(".json")) {
-        return Err(sharded_unsupported(path));
+    if path.join(NUMPACK_METADATA).exists() {
+        return Ok(Format::NumPack);
     }
-    Ok(Format::SafeTensors)
-}
-
-/// A `*.safetensors.index.json` directly inside `dir`, if any.
-fn find_index(dir: &Path) -> Option<PathBuf> {
-    fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with(".safetensors.index.json"))
-        })
-}
-
-fn sharded_unsupported(path: &Path) -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        "sharded checkpoints (a .safetensors.index.json and its shards) are not supported yet; \
-         give one shard at a time",
+    if has_index_file(path) {
+        return Ok(Format::SafeTensors);
+    }
+    Err(Error::new(
+        ErrorKind::InvalidArgument,
+        "is a directory but neither a NumPack directory (no metadata.npkm) nor a sharded \
+         SafeTensors checkpoint (no *.safetensors.index.json)",
     )
-    .at(path)
+    .at(path))
+}
+
+/// Whether `dir` directly holds a `*.safetensors.index.json`.
+fn has_index_file(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(|e| e.ok()).any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".safetensors.index.json")
+        })
+    })
 }
 
 /// One tensor as the command line shows and compares it.
@@ -92,8 +81,21 @@ pub struct Entry {
     pub extents: Vec<(PathBuf, u64, u64)>,
     /// NumPack storage details; `None` for a SafeTensors tensor.
     pub numpack: Option<ArrayInfo>,
-    /// `[begin, end)` in the data section; `None` for a NumPack array.
+    /// `[begin, end)` in the data section (of its shard); `None` for a NumPack array.
     pub data_offsets: Option<(u64, u64)>,
+    /// The shard file holding it, for a sharded checkpoint.
+    pub shard: Option<String>,
+}
+
+/// One shard of a sharded checkpoint.
+#[derive(Clone, Debug)]
+pub struct Shard {
+    /// Its file name, as the index spells it.
+    pub name: String,
+    /// Number of tensors it holds.
+    pub tensors: usize,
+    /// Its file size.
+    pub file_bytes: u64,
 }
 
 /// A container opened for reading: its tensors and metadata. Opening reads headers and
@@ -108,8 +110,11 @@ pub struct Container {
     pub entries: Vec<Entry>,
     /// The SafeTensors `__metadata__` (a NumPack directory's is the one of its source file).
     pub metadata: Option<Vec<(String, String)>>,
-    /// File size of a SafeTensors file; `None` for NumPack.
+    /// File size of a SafeTensors file (all shards' for a sharded checkpoint); `None` for
+    /// NumPack.
     pub file_bytes: Option<u64>,
+    /// The shards of a sharded checkpoint; empty otherwise.
+    pub shards: Vec<Shard>,
 }
 
 impl Container {
@@ -122,11 +127,14 @@ impl Container {
     }
 
     fn open_safetensors(path: &Path) -> Result<Container> {
-        let f = SafeTensorsFile::open(path)?;
-        let start = f.data_start();
-        let entries = f
-            .tensors()
-            .map(|t| {
+        let c = Checkpoint::open(path)?;
+        let shard_names = c.shard_names();
+        let entries = c
+            .infos()
+            .enumerate()
+            .map(|(i, t)| {
+                let (shard, _) = c.location(i);
+                let file = &c.shards()[shard];
                 let len = t.len();
                 Entry {
                     name: t.name.clone(),
@@ -136,19 +144,42 @@ impl Container {
                     extents: if len == 0 {
                         Vec::new()
                     } else {
-                        vec![(path.to_path_buf(), start + t.data_offsets.0, len)]
+                        vec![(
+                            file.path().to_path_buf(),
+                            file.data_start() + t.data_offsets.0,
+                            len,
+                        )]
                     },
                     numpack: None,
                     data_offsets: Some(t.data_offsets),
+                    shard: shard_names.get(shard).cloned(),
                 }
             })
             .collect();
+        let shards = if c.is_sharded() {
+            c.shards()
+                .iter()
+                .zip(shard_names)
+                .map(|(f, name)| Shard {
+                    name: name.clone(),
+                    tensors: f.len(),
+                    file_bytes: f.file_len(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Container {
             format: Format::SafeTensors,
             path: path.to_path_buf(),
             entries,
-            metadata: f.metadata().map(<[_]>::to_vec),
-            file_bytes: Some(f.file_len()),
+            metadata: c.metadata().map(<[_]>::to_vec),
+            file_bytes: Some(
+                c.shards()
+                    .iter()
+                    .fold(0u64, |sum, f| sum.saturating_add(f.file_len())),
+            ),
+            shards,
         })
     }
 
@@ -170,6 +201,7 @@ impl Container {
                 extents,
                 numpack: Some(info),
                 data_offsets: None,
+                shard: None,
             });
         }
         Ok(Container {
@@ -178,7 +210,16 @@ impl Container {
             entries,
             metadata: store.safetensors_metadata().map(<[_]>::to_vec),
             file_bytes: None,
+            shards: Vec::new(),
         })
+    }
+
+    /// What it is, for messages: `safetensors`, `sharded safetensors, 2 shards`, `numpack`.
+    pub fn describe(&self) -> String {
+        match self.shards.len() {
+            0 => self.format.name().to_string(),
+            n => format!("sharded {}, {n} shards", self.format.name()),
+        }
     }
 
     /// Sum of the tensors' logical bytes.

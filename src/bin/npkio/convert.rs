@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 
-use npkio::safetensors::SafeTensorsFile;
+use npkio::safetensors::index::Checkpoint;
 use npkio::{Error, ErrorKind, NumPack, Options};
 
 use crate::container::{detect, Format};
@@ -26,6 +26,11 @@ pub fn run(args: &ConvertArgs) -> Outcome {
              a NumPack directory made from a SafeTensors file keeps that file's metadata",
         ));
     }
+    if format == Format::SafeTensors && args.max_shard_size.is_some() {
+        return Err(usage(
+            "--max-shard-size applies only when converting a NumPack directory to SafeTensors",
+        ));
+    }
     let mut seen = HashSet::new();
     if let Some((k, _)) = args.metadata.iter().find(|(k, _)| !seen.insert(k)) {
         return Err(usage(format!("--metadata gives the key {k:?} twice")));
@@ -34,9 +39,9 @@ pub fn run(args: &ConvertArgs) -> Outcome {
     // Header-only look at the input: the bytes to copy, and unknown keys refused early.
     let (count, total) = match format {
         Format::SafeTensors => {
-            let f = SafeTensorsFile::open(&args.input)?;
-            let selected = f.select(keys)?;
-            let tensors: Vec<_> = f.tensors().collect();
+            let c = Checkpoint::open(&args.input)?;
+            let selected = c.select(keys)?;
+            let tensors: Vec<_> = c.infos().collect();
             let total = selected
                 .iter()
                 .filter_map(|&i| tensors.get(i))
@@ -44,7 +49,7 @@ pub fn run(args: &ConvertArgs) -> Outcome {
             (selected.len(), total)
         }
         Format::NumPack => {
-            refuse_to_overwrite(&args.output, args.force)?;
+            refuse_to_overwrite(&args.output, args.force, args.max_shard_size.is_some())?;
             let store = NumPack::open(&args.input)?;
             let names: Vec<String> = match keys {
                 None => store.names().into_iter().map(str::to_string).collect(),
@@ -68,6 +73,7 @@ pub fn run(args: &ConvertArgs) -> Outcome {
         method: args.method.into(),
         durable: args.durable,
         progress: progress.callback(),
+        max_shard_size: args.max_shard_size.map(|n| n as u64),
     };
     let result = match format {
         Format::SafeTensors => {
@@ -97,17 +103,43 @@ pub fn run(args: &ConvertArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A SafeTensors output that exists is replaced only with `--force`. (A NumPack output is
-/// merged into, which the library does; `--force` replaces it whole.)
-fn refuse_to_overwrite(output: &Path, force: bool) -> Result<(), Error> {
-    match fs::symlink_metadata(output) {
-        Ok(md) if !force && !md.is_dir() => Err(Error::new(
+/// A SafeTensors output that exists is replaced only with `--force`: a file, or for a
+/// sharded export a directory that already holds SafeTensors weights (a directory of config
+/// files alone is written into, as `save_pretrained` does). A NumPack output is merged into
+/// by the library; `--force` replaces it whole.
+fn refuse_to_overwrite(output: &Path, force: bool, sharded: bool) -> Result<(), Error> {
+    if force {
+        return Ok(());
+    }
+    let Ok(md) = fs::symlink_metadata(output) else {
+        return Ok(());
+    };
+    if !md.is_dir() && !sharded {
+        return Err(Error::new(
             ErrorKind::AlreadyExists,
             "exists; pass --force to replace it",
         )
-        .at(output)),
-        _ => Ok(()),
+        .at(output));
     }
+    if md.is_dir() && sharded && holds_weights(output) {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "already holds SafeTensors weights; pass --force to replace them",
+        )
+        .at(output));
+    }
+    // Anything else (a file where a directory should go, ...) the library refuses.
+    Ok(())
+}
+
+/// Whether `dir` holds `*.safetensors` files or a `*.safetensors.index.json`.
+fn holds_weights(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(|e| e.ok()).any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")
+        })
+    })
 }
 
 fn usage(message: impl Into<String>) -> Failure {

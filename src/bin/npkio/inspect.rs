@@ -41,8 +41,21 @@ fn to_json(c: &Container) -> Value {
         "total_bytes": c.total_bytes(),
         "metadata": metadata,
     });
-    if let (Some(n), Value::Object(o)) = (c.file_bytes, &mut doc) {
-        o.insert("file_bytes".into(), n.into());
+    if let Value::Object(o) = &mut doc {
+        if let Some(n) = c.file_bytes {
+            o.insert("file_bytes".into(), n.into());
+        }
+        if c.format == Format::SafeTensors {
+            o.insert("sharded".into(), (!c.shards.is_empty()).into());
+        }
+        if !c.shards.is_empty() {
+            let shards: Vec<Value> = c
+                .shards
+                .iter()
+                .map(|s| json!({"file": s.name, "tensors": s.tensors, "file_bytes": s.file_bytes}))
+                .collect();
+            o.insert("shards".into(), shards.into());
+        }
     }
     doc
 }
@@ -60,6 +73,9 @@ fn tensor_json(e: &Entry) -> Value {
     if let Some((begin, end)) = e.data_offsets {
         o.insert("data_offsets".into(), json!([begin, end]));
     }
+    if let Some(shard) = &e.shard {
+        o.insert("shard".into(), shard.as_str().into());
+    }
     if let Some(info) = &e.numpack {
         o.insert(
             "storage_dtype".into(),
@@ -76,47 +92,75 @@ fn tensor_json(e: &Entry) -> Value {
 /// The human-readable report: a heading, a table of tensors, totals and metadata.
 fn table(c: &Container) -> String {
     let mut out = String::new();
-    let what = match c.format {
-        Format::SafeTensors => "SafeTensors file",
-        Format::NumPack => "NumPack directory",
+    let what = match (c.format, c.shards.len()) {
+        (Format::NumPack, _) => "NumPack directory".to_string(),
+        (Format::SafeTensors, 0) => "SafeTensors file".to_string(),
+        (Format::SafeTensors, n) => format!("sharded SafeTensors checkpoint ({n} shards)"),
     };
     let _ = writeln!(out, "{what} {}", c.path.display());
 
-    let mut rows: Vec<[String; 5]> = vec![[
-        "NAME".into(),
-        "DTYPE".into(),
-        "SHAPE".into(),
-        "SIZE".into(),
-        "NOTES".into(),
-    ]];
-    for e in &c.entries {
-        rows.push([
-            printable(&e.name),
-            e.dtype.to_string(),
-            format!("{:?}", e.shape),
-            BinaryBytes(e.bytes).to_string(),
-            notes(e),
-        ]);
+    // Columns: header, right-aligned, cells. SHARD and NOTES only when they say something.
+    let mut columns: Vec<(&str, bool, Vec<String>)> = vec![
+        (
+            "NAME",
+            false,
+            c.entries.iter().map(|e| printable(&e.name)).collect(),
+        ),
+        (
+            "DTYPE",
+            false,
+            c.entries.iter().map(|e| e.dtype.to_string()).collect(),
+        ),
+        (
+            "SHAPE",
+            false,
+            c.entries.iter().map(|e| format!("{:?}", e.shape)).collect(),
+        ),
+        (
+            "SIZE",
+            true,
+            c.entries
+                .iter()
+                .map(|e| BinaryBytes(e.bytes).to_string())
+                .collect(),
+        ),
+    ];
+    if !c.shards.is_empty() {
+        let shards = c
+            .entries
+            .iter()
+            .map(|e| e.shard.as_deref().map(printable).unwrap_or_default())
+            .collect();
+        columns.push(("SHARD", false, shards));
     }
-    let show_notes = rows.iter().skip(1).any(|r| !r[4].is_empty());
-    let columns = if show_notes { 5 } else { 4 };
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
+    let notes: Vec<String> = c.entries.iter().map(notes).collect();
+    if notes.iter().any(|n| !n.is_empty()) {
+        columns.push(("NOTES", false, notes));
+    }
     if !c.entries.is_empty() {
         out.push('\n');
-        for r in &rows {
+        let widths: Vec<usize> = columns
+            .iter()
+            .map(|(h, _, cells)| {
+                cells
+                    .iter()
+                    .map(|s| s.chars().count())
+                    .chain([h.len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in 0..=c.entries.len() {
             let mut line = String::new();
-            for (i, w) in widths.iter().enumerate() {
-                let cell = &r[i];
-                let pad = w.saturating_sub(cell.chars().count());
-                if i == 3 {
-                    // Sizes right-aligned.
-                    line.push_str(&" ".repeat(pad));
+            for ((header, right, cells), w) in columns.iter().zip(&widths) {
+                let cell = if row == 0 { *header } else { &cells[row - 1] };
+                let pad = " ".repeat(w.saturating_sub(cell.chars().count()));
+                if *right {
+                    line.push_str(&pad);
                     line.push_str(cell);
                 } else {
                     line.push_str(cell);
-                    line.push_str(&" ".repeat(pad));
+                    line.push_str(&pad);
                 }
                 line.push_str("  ");
             }
@@ -133,7 +177,8 @@ fn table(c: &Container) -> String {
         BinaryBytes(total)
     );
     if let Some(n) = c.file_bytes {
-        let _ = write!(out, "; file {} ({n} bytes)", BinaryBytes(n));
+        let files = if c.shards.is_empty() { "file" } else { "files" };
+        let _ = write!(out, "; {files} {} ({n} bytes)", BinaryBytes(n));
     }
     out.push('\n');
 

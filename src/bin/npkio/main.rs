@@ -58,7 +58,8 @@ enum Command {
 /// Arguments of `npkio inspect`.
 #[derive(Args, Debug)]
 struct InspectArgs {
-    /// A SafeTensors file or a NumPack directory.
+    /// A SafeTensors file, a sharded checkpoint (its index, or the directory holding it) or
+    /// a NumPack directory.
     path: PathBuf,
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
@@ -68,9 +69,11 @@ struct InspectArgs {
 /// Arguments of `npkio convert`.
 #[derive(Args, Debug)]
 struct ConvertArgs {
-    /// A SafeTensors file or a NumPack directory.
+    /// A SafeTensors file, a sharded checkpoint (its index, or the directory holding it) or
+    /// a NumPack directory.
     input: PathBuf,
-    /// The NumPack directory (from SafeTensors) or SafeTensors file (from NumPack) to write.
+    /// The NumPack directory (from SafeTensors) or SafeTensors file (from NumPack; a
+    /// directory with --max-shard-size) to write.
     output: PathBuf,
     /// Convert only these tensors, in this order (default: all).
     #[arg(long, num_args = 1.., value_name = "NAME")]
@@ -89,6 +92,11 @@ struct ConvertArgs {
     /// kB, MB, GB, TB (powers of 1000); K, KiB, M, MiB, G, GiB, T, TiB (powers of 1024).
     #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = units::parse_size)]
     chunk_size: usize,
+    /// Write a sharded checkpoint into the OUTPUT directory, as `save_pretrained` lays it out:
+    /// shards of at most SIZE tensor bytes and `model.safetensors.index.json` (or one
+    /// `model.safetensors` when everything fits). NumPack to SafeTensors only.
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    max_shard_size: Option<usize>,
     /// Copy threads; 0 picks a measured default.
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
@@ -107,9 +115,9 @@ struct ConvertArgs {
 /// Arguments of `npkio verify`.
 #[derive(Args, Debug)]
 struct VerifyArgs {
-    /// A SafeTensors file or a NumPack directory.
+    /// A SafeTensors file, a sharded checkpoint or a NumPack directory.
     a: PathBuf,
-    /// A SafeTensors file or a NumPack directory.
+    /// A SafeTensors file, a sharded checkpoint or a NumPack directory.
     b: PathBuf,
     /// Compare the SafeTensors `__metadata__` too (a NumPack directory carries the one of the
     /// file it was made from).

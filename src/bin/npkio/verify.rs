@@ -84,8 +84,8 @@ pub fn run(args: &VerifyArgs) -> Outcome {
     progress.finish(|elapsed| format!("verified {}", rate_summary(total, elapsed)));
 
     let mut out = String::new();
-    let _ = writeln!(out, "A: {} ({})", a.path.display(), a.format.name());
-    let _ = writeln!(out, "B: {} ({})", b.path.display(), b.format.name());
+    let _ = writeln!(out, "A: {} ({})", a.path.display(), a.describe());
+    let _ = writeln!(out, "B: {} ({})", b.path.display(), b.describe());
     for d in &diffs {
         let _ = writeln!(out, "{d}");
     }
