@@ -32,7 +32,7 @@ Exit codes:
   7    key not found (--keys names a tensor that is not there)
   8    unsupported (valid input npkio or the target format cannot represent)
   9    invalid argument
-  10   busy (another process is writing the output)
+  10   busy (another process holds the output)
   101  internal error (a bug: please report it)";
 
 /// Inspect, convert and verify SafeTensors files and NumPack directories.
@@ -80,7 +80,7 @@ struct ConvertArgs {
     keys: Vec<String>,
     /// Replace the output whole if it exists. Without it, SafeTensors to NumPack merges into
     /// an existing NumPack directory (arrays of the same name replaced, others kept), and
-    /// NumPack to SafeTensors refuses to overwrite an existing file.
+    /// NumPack to SafeTensors refuses to overwrite an existing file or sharded weights.
     #[arg(long)]
     force: bool,
     /// A `__metadata__` entry for the SafeTensors file written (NumPack to SafeTensors only).
