@@ -270,8 +270,64 @@ fn inspect_escapes_control_characters_in_names() {
     assert!(!r.stdout.contains("e\nr.bia"));
 }
 
+#[test]
+fn inspect_reads_headers_only_even_of_a_huge_file() {
+    let t = tmp();
+    let path = t.path().join("huge.safetensors");
+    let n: u64 = 64 << 30;
+    let mut header = format!(r#"{{"w":{{"dtype":"U8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#);
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    fs::write(&path, &bytes).unwrap();
+    // Sparse: 64 GiB that occupy no disk.
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(bytes.len() as u64 + n).unwrap();
+    let start = std::time::Instant::now();
+    let doc = inspect_json(&path);
+    assert_eq!(doc["total_bytes"].as_u64(), Some(n));
+    assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
+}
+
 // ---------------------------------------------------------------------------------------
 // convert
+
+/// The quick start of the README and docs/cli.md, as written there.
+#[test]
+fn quick_start_converts_the_shipped_model() {
+    let t = tmp();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tiny-llama.safetensors");
+    let npk = t.path().join("tiny.npk");
+    ok(["convert".as_ref(), model.as_os_str(), npk.as_os_str()]);
+    let r = ok(["inspect".as_ref(), npk.as_os_str()]);
+    assert!(r.stdout.starts_with("NumPack directory "));
+    assert!(
+        r.stdout.contains("21 tensors, 258.25 KiB (264448 bytes)"),
+        "{}",
+        r.stdout
+    );
+    let lm_head = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("lm_head.weight "))
+        .unwrap();
+    assert!(
+        lm_head.contains("BF16") && lm_head.contains("stored as U16"),
+        "{lm_head}"
+    );
+    let r = ok(["verify".as_ref(), model.as_os_str(), npk.as_os_str()]);
+    assert!(
+        r.stdout
+            .ends_with("equal: 21 tensors, 258.25 KiB compared\n"),
+        "{}",
+        r.stdout
+    );
+    let back = t.path().join("tiny-again.safetensors");
+    ok(["convert".as_ref(), npk.as_os_str(), back.as_os_str()]);
+    assert_eq!(fs::read(&model).unwrap(), fs::read(&back).unwrap());
+}
 
 #[test]
 fn convert_round_trip_is_byte_identical_and_verifies() {
