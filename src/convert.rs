@@ -55,6 +55,9 @@ pub struct Options {
     /// (`model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json`, or a single
     /// `model.safetensors` when everything fits in one shard). `None` writes one file.
     pub max_shard_size: Option<u64>,
+    /// When another conversion is writing the same output: wait for it (the default), or
+    /// fail at once with `ErrorKind::Busy`.
+    pub wait_for_lock: bool,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             durable: false,
             progress: None,
             max_shard_size: None,
+            wait_for_lock: true,
         }
     }
 }
@@ -79,6 +83,7 @@ impl std::fmt::Debug for Options {
             .field("durable", &self.durable)
             .field("progress", &self.progress.is_some())
             .field("max_shard_size", &self.max_shard_size)
+            .field("wait_for_lock", &self.wait_for_lock)
             .finish()
     }
 }
@@ -428,7 +433,7 @@ fn import(
     source: Option<SourceMeta>,
     mut copy: impl FnMut(&[NewArray], &[&File]) -> Result<()>,
 ) -> Result<()> {
-    let _lock = publish::lock_output(output)?;
+    let _lock = publish::lock_output(output, opts.wait_for_lock)?;
     let existing = match fs::symlink_metadata(output) {
         Ok(_) => Some(existing_kind(output)?),
         Err(_) => None,
@@ -549,10 +554,8 @@ fn link_tree(from: &Path, to: &Path, rel: &Path, skip: &HashSet<PathBuf>) -> Res
         if ft.is_dir() {
             fs::create_dir(&target).ctx(&target, "creating")?;
             link_tree(from, to, &r, skip)?;
-        } else if ft.is_file() {
-            if fs::hard_link(entry.path(), &target).is_err() {
-                fs::copy(entry.path(), &target).ctx(&target, "copying to")?;
-            }
+        } else if ft.is_file() && fs::hard_link(entry.path(), &target).is_err() {
+            fs::copy(entry.path(), &target).ctx(&target, "copying to")?;
         }
         // Symbolic links and special files are not carried over: nothing npkio wrote.
     }
@@ -613,7 +616,7 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
         )
         .at(output));
     }
-    let _lock = publish::lock_output(output)?;
+    let _lock = publish::lock_output(output, opts.wait_for_lock)?;
     let tmp = publish::staging_file(output)?;
     write_header(tmp.as_file(), &plan, output)?;
     let dests = [Destination {
@@ -826,7 +829,7 @@ fn export_sharded(
         )
         .at(output));
     }
-    let _lock = publish::lock_output(output)?;
+    let _lock = publish::lock_output(output, opts.wait_for_lock)?;
     let fresh_dir = fs::symlink_metadata(output).is_err();
     // A new directory is built whole and renamed into place; an existing one (which may
     // hold config files) gets each shard renamed in, and the index last.

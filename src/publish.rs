@@ -42,9 +42,10 @@ fn tmp_prefix(name: &str) -> String {
     format!(".{name}.npkio-tmp-")
 }
 
-/// Takes the output's lock (waiting for another conversion to finish) and removes what
-/// earlier, interrupted conversions left behind.
-pub(crate) fn lock_output(output: &Path) -> Result<OutputLock> {
+/// Takes the output's lock and removes what earlier, interrupted conversions left behind.
+/// When another conversion holds the lock, waits for it with `wait`, else fails with
+/// [`ErrorKind::Busy`](crate::ErrorKind::Busy).
+pub(crate) fn lock_output(output: &Path, wait: bool) -> Result<OutputLock> {
     let (parent, name) = split(output)?;
     if !parent.is_dir() {
         return Err(Error::new(
@@ -60,15 +61,25 @@ pub(crate) fn lock_output(output: &Path) -> Result<OutputLock> {
         .write(true)
         .open(&lock_path)
         .ctx(&lock_path, "creating lock file")?;
+    let mut op = libc::LOCK_EX | libc::LOCK_NB;
     loop {
         // SAFETY: flock on a descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
         if rc == 0 {
             break;
         }
         let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(Error::io(&lock_path, "locking", err));
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock if wait => op = libc::LOCK_EX,
+            std::io::ErrorKind::WouldBlock => {
+                return Err(Error::new(
+                    crate::ErrorKind::Busy,
+                    "another conversion into this output is running",
+                )
+                .at(output))
+            }
+            _ => return Err(Error::io(&lock_path, "locking", err)),
         }
     }
     let prefix = tmp_prefix(&name);

@@ -1033,3 +1033,26 @@ fn progress_bar_is_silenced_by_quiet_and_absent_when_piped() {
     ]);
     assert_eq!(r.stdout, "");
 }
+
+#[test]
+fn convert_no_wait_exits_10_when_the_output_is_busy() {
+    use std::os::unix::io::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("busy.npk");
+    let lock = std::fs::File::create(dir.path().join(".busy.npk.npkio-lock")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tiny-llama.safetensors");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_npkio"))
+        .args(["convert", "--no-wait"])
+        .arg(&src)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(10));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("another conversion"), "{err}");
+    assert!(!out.exists());
+}

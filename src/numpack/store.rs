@@ -482,11 +482,7 @@ impl NumPack {
             Storage::Segmented { segments, .. } => segments.clone(),
         };
         let rows = physical_rows(a);
-        let row_bytes = if rows == 0 {
-            0
-        } else {
-            a.record.size_bytes / rows
-        };
+        let row_bytes = a.record.size_bytes.checked_div(rows).unwrap_or(0);
         let runs = match &a.bitmap {
             Some(b) => b.active_runs(),
             None => vec![(0, rows)],
@@ -899,12 +895,12 @@ fn logical_len(a: &Array) -> u64 {
     match &a.bitmap {
         None => a.record.size_bytes,
         Some(b) => {
-            let rows = physical_rows(a);
-            if rows == 0 {
-                0
-            } else {
-                a.record.size_bytes / rows * b.active_count()
-            }
+            let row_bytes = a
+                .record
+                .size_bytes
+                .checked_div(physical_rows(a))
+                .unwrap_or(0);
+            row_bytes * b.active_count()
         }
     }
 }
@@ -1020,7 +1016,7 @@ fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<
         let mpath = dir.join(&manifest);
         let bytes = read_limited(&mpath, segments::MAX_MANIFEST_LEN)?;
         let segs = segments::decode(&bytes, &mpath)?;
-        let row_bytes = if rows == 0 { 0 } else { size / rows };
+        let row_bytes = size.checked_div(rows).unwrap_or(0);
         let (mut total_rows, mut total_bytes) = (0u64, 0u64);
         let mut out = Vec::with_capacity(segs.len());
         for Segment {

@@ -74,6 +74,7 @@ pub fn run(args: &ConvertArgs) -> Outcome {
         durable: args.durable,
         progress: progress.callback(),
         max_shard_size: args.max_shard_size.map(|n| n as u64),
+        wait_for_lock: !args.no_wait,
     };
     let result = match format {
         Format::SafeTensors => {

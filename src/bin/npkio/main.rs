@@ -104,6 +104,10 @@ struct ConvertArgs {
     /// power loss.
     #[arg(long)]
     durable: bool,
+    /// Fail at once (exit 10) when another conversion is writing OUTPUT, instead of waiting
+    /// for it to finish.
+    #[arg(long)]
+    no_wait: bool,
     /// How bytes are copied (a tuning knob; the default is the fastest measured).
     #[arg(long, value_enum, default_value_t = Method::Auto, hide_short_help = true)]
     method: Method,
