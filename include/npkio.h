@@ -247,8 +247,8 @@ typedef uint32_t NpkioDtype;
 typedef struct NpkioNumpack NpkioNumpack;
 
 /**
- * An open SafeTensors file (opaque). Made by `npkio_safetensors_open`, freed by
- * `npkio_safetensors_free`.
+ * An open SafeTensors file or sharded checkpoint (opaque). Made by
+ * `npkio_safetensors_open`, freed by `npkio_safetensors_free`.
  */
 typedef struct NpkioSafetensors NpkioSafetensors;
 
@@ -450,6 +450,31 @@ NpkioStatus npkio_to_safetensors_file(const char *input_path,
                                       size_t chunk_size,
                                       size_t threads,
                                       uint32_t flags);
+
+/**
+ * `npkio_to_safetensors_file` writing a sharded checkpoint: shards of at most
+ * `max_shard_size` tensor bytes, laid out in the output directory `output_path` as
+ * `save_pretrained` does (`model-0000k-of-0000n.safetensors` plus
+ * `model.safetensors.index.json`, or a single `model.safetensors` when everything fits
+ * in one shard). A tensor larger than `max_shard_size` gets a shard of its own.
+ * `max_shard_size == 0` is `NPKIO_STATUS_INVALID_ARGUMENT`. The other arguments are
+ * those of `npkio_to_safetensors_file`.
+ *
+ * # Safety
+ *
+ * As `npkio_to_safetensors_file`.
+ */
+NpkioStatus npkio_to_safetensors_file_sharded(const char *input_path,
+                                              const char *output_path,
+                                              const char *const *array_names,
+                                              size_t names_count,
+                                              const char *const *metadata_keys,
+                                              const char *const *metadata_values,
+                                              size_t metadata_count,
+                                              uint64_t max_shard_size,
+                                              size_t chunk_size,
+                                              size_t threads,
+                                              uint32_t flags);
 
 /**
  * The seed's `from_safetensors`: saves `count` tensors held in the caller's memory to the
@@ -746,7 +771,10 @@ NpkioStatus npkio_numpack_set_metadata(struct NpkioNumpack *npk,
 
 /**
  * Opens a SafeTensors file: maps it and validates its header (offsets, shapes, dtypes).
- * No tensor byte is read.
+ * No tensor byte is read. `path` may also be a sharded checkpoint's
+ * `*.safetensors.index.json`, or a directory holding one: every shard is then opened and
+ * checked against the index, and the handle reads as one file whose tensors run shard by
+ * shard (shards in name order) and whose `__metadata__` is the first shard's.
  *
  * On success `*out` receives a new handle, which the caller owns and frees with
  * `npkio_safetensors_free`. Every view taken from it stays valid until then. The file is
@@ -816,6 +844,20 @@ NpkioStatus npkio_safetensors_find(const struct NpkioSafetensors *st,
                                    size_t *index);
 
 /**
+ * Writes the `index`-th tensor's `data_offsets` (file order, as `npkio_safetensors_get`
+ * numbers them): `[*begin, *end)` in bytes, relative to the start of the data section of
+ * the file holding it (its shard, for a sharded checkpoint), as the header states them.
+ *
+ * # Safety
+ *
+ * `st` must be NULL or a live handle; `begin` and `end` NULL or writable `uint64_t`s.
+ */
+NpkioStatus npkio_safetensors_data_offsets(const struct NpkioSafetensors *st,
+                                           size_t index,
+                                           uint64_t *begin,
+                                           uint64_t *end);
+
+/**
  * Writes whether the file has a `__metadata__` section to `*present` (a file may have an
  * empty one, which differs from none).
  *
@@ -853,7 +895,8 @@ NpkioStatus npkio_safetensors_metadata_get(const struct NpkioSafetensors *st,
                                            size_t *value_len);
 
 /**
- * Opens `path` and starts an iteration over its tensors: all of them in file order when
+ * Opens `path` (a file, or a sharded checkpoint as `npkio_safetensors_open` takes it) and
+ * starts an iteration over its tensors: all of them in file order when
  * `keys` is NULL, else the `keys_count` tensors named in `keys`, in that order
  * (duplicates skipped; `keys_count == 0` with `keys != NULL` selects none). A key that is
  * not in the file is an error (`NPKIO_STATUS_KEY_NOT_FOUND`) before anything is yielded.

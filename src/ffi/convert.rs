@@ -127,6 +127,50 @@ pub unsafe extern "C" fn npkio_to_safetensors_file(
     })
 }
 
+/// `npkio_to_safetensors_file` writing a sharded checkpoint: shards of at most
+/// `max_shard_size` tensor bytes, laid out in the output directory `output_path` as
+/// `save_pretrained` does (`model-0000k-of-0000n.safetensors` plus
+/// `model.safetensors.index.json`, or a single `model.safetensors` when everything fits
+/// in one shard). A tensor larger than `max_shard_size` gets a shard of its own.
+/// `max_shard_size == 0` is `NPKIO_STATUS_INVALID_ARGUMENT`. The other arguments are
+/// those of `npkio_to_safetensors_file`.
+///
+/// # Safety
+///
+/// As `npkio_to_safetensors_file`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_to_safetensors_file_sharded(
+    input_path: *const c_char,
+    output_path: *const c_char,
+    array_names: *const *const c_char,
+    names_count: usize,
+    metadata_keys: *const *const c_char,
+    metadata_values: *const *const c_char,
+    metadata_count: usize,
+    max_shard_size: u64,
+    chunk_size: usize,
+    threads: usize,
+    flags: u32,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (input, output, names, metadata) = unsafe {
+            (
+                path_arg(input_path, "input_path")?,
+                path_arg(output_path, "output_path")?,
+                str_list_arg(array_names, names_count, "array_names")?,
+                metadata_arg(metadata_keys, metadata_values, metadata_count)?,
+            )
+        };
+        let opts = Options {
+            max_shard_size: Some(max_shard_size),
+            ..options(chunk_size, threads, flags)?
+        };
+        to_safetensors_file_with(input, output, names.as_deref(), metadata.as_deref(), &opts)?;
+        Ok(())
+    })
+}
+
 /// The seed's `from_safetensors`: saves `count` tensors held in the caller's memory to the
 /// NumPack directory `output_path`, with the merge/replace rules and atomicity of
 /// `npkio_from_safetensors_file`. npkio reads the tensors during the call only and keeps

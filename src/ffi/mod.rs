@@ -34,7 +34,7 @@ pub mod tensors;
 
 pub use convert::{
     npkio_from_safetensors, npkio_from_safetensors_file, npkio_to_safetensors_file,
-    NPKIO_DEFAULT_CHUNK_SIZE, NPKIO_FLAG_DURABLE,
+    npkio_to_safetensors_file_sharded, NPKIO_DEFAULT_CHUNK_SIZE, NPKIO_FLAG_DURABLE,
 };
 pub use dtype::{
     npkio_dtype_bits, npkio_dtype_name, npkio_dtype_numpy_name, NpkioDtype, NpkioTensorDesc,

@@ -3,8 +3,12 @@
 //!
 //! Opening reads and checks the header only; tensor bytes are read when the caller reads
 //! through a view's `data`. So `npkio_safetensors_open` is also the seed's
-//! `get_safetensors_metadata`: count, views (dtype, shape) and metadata entries, without
-//! reading any tensor byte.
+//! `get_safetensors_metadata`: count, views (dtype, shape), data offsets and metadata
+//! entries, without reading any tensor byte.
+//!
+//! Both handles read a checkpoint: a single file, or a sharded one given by its
+//! `*.safetensors.index.json` or a directory holding it, as the Rust core's
+//! `get_safetensors_metadata` and `iter_safetensors` do.
 
 use std::ffi::c_char;
 
@@ -15,13 +19,13 @@ use super::{
     c_name, data_ptr, handle_mut, handle_ref, into_handle, name_parts, optional_out, path_arg,
     shape_ptr, str_arg, str_list_arg, take_handle, Out,
 };
-use crate::safetensors::SafeTensorsFile;
+use crate::safetensors::index::Checkpoint;
 
-/// An open SafeTensors file (opaque). Made by `npkio_safetensors_open`, freed by
-/// `npkio_safetensors_free`.
+/// An open SafeTensors file or sharded checkpoint (opaque). Made by
+/// `npkio_safetensors_open`, freed by `npkio_safetensors_free`.
 #[derive(Debug)]
 pub struct NpkioSafetensors {
-    file: SafeTensorsFile,
+    file: Checkpoint,
     /// Tensor names as C strings, in file order.
     names: Vec<Box<[u8]>>,
     /// `__metadata__` pairs as C strings, in file order.
@@ -33,8 +37,8 @@ type CPair = (Box<[u8]>, Box<[u8]>);
 
 impl NpkioSafetensors {
     fn open(path: &std::path::Path) -> FfiResult<NpkioSafetensors> {
-        let file = SafeTensorsFile::open(path)?;
-        let names = file.tensors().map(|t| c_name(&t.name)).collect();
+        let file = Checkpoint::open(path)?;
+        let names = file.infos().map(|t| c_name(&t.name)).collect();
         let metadata = file
             .metadata()
             .unwrap_or_default()
@@ -48,17 +52,23 @@ impl NpkioSafetensors {
         })
     }
 
+    fn check_index(&self, i: usize) -> FfiResult<()> {
+        if i < self.file.len() {
+            return Ok(());
+        }
+        Err(FfiError::new(
+            NpkioStatus::IndexOutOfRange,
+            format!(
+                "{}: tensor index {i} is out of range ({} tensors)",
+                self.file.path().display(),
+                self.file.len()
+            ),
+        ))
+    }
+
     fn view(&self, i: usize) -> FfiResult<NpkioTensorView> {
-        let v = self.file.view(i).ok_or_else(|| {
-            FfiError::new(
-                NpkioStatus::IndexOutOfRange,
-                format!(
-                    "{}: tensor index {i} is out of range ({} tensors)",
-                    self.file.path().display(),
-                    self.file.len()
-                ),
-            )
-        })?;
+        self.check_index(i)?;
+        let v = self.file.view(i);
         let (name, name_len) = name_parts(&self.names[i]);
         Ok(NpkioTensorView {
             name,
@@ -72,14 +82,16 @@ impl NpkioSafetensors {
     }
 
     fn position(&self, name: &str) -> FfiResult<usize> {
-        self.file
-            .position(name)
-            .ok_or_else(|| self.file.not_found(name).into())
+        // `select` of one key: its index, or KEY_NOT_FOUND naming the checkpoint.
+        Ok(self.file.select(Some(&[name]))?[0])
     }
 }
 
 /// Opens a SafeTensors file: maps it and validates its header (offsets, shapes, dtypes).
-/// No tensor byte is read.
+/// No tensor byte is read. `path` may also be a sharded checkpoint's
+/// `*.safetensors.index.json`, or a directory holding one: every shard is then opened and
+/// checked against the index, and the handle reads as one file whose tensors run shard by
+/// shard (shards in name order) and whose `__metadata__` is the first shard's.
 ///
 /// On success `*out` receives a new handle, which the caller owns and frees with
 /// `npkio_safetensors_free`. Every view taken from it stays valid until then. The file is
@@ -194,6 +206,37 @@ pub unsafe extern "C" fn npkio_safetensors_find(
     })
 }
 
+/// Writes the `index`-th tensor's `data_offsets` (file order, as `npkio_safetensors_get`
+/// numbers them): `[*begin, *end)` in bytes, relative to the start of the data section of
+/// the file holding it (its shard, for a sharded checkpoint), as the header states them.
+///
+/// # Safety
+///
+/// `st` must be NULL or a live handle; `begin` and `end` NULL or writable `uint64_t`s.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_data_offsets(
+    st: *const NpkioSafetensors,
+    index: usize,
+    begin: *mut u64,
+    end: *mut u64,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (st, begin, end) = unsafe {
+            (
+                handle_ref(st, "st")?,
+                Out::new(begin, "begin")?,
+                Out::new(end, "end")?,
+            )
+        };
+        st.check_index(index)?;
+        let (b, e) = st.file.info(index).data_offsets;
+        begin.set(b);
+        end.set(e);
+        Ok(())
+    })
+}
+
 /// Writes whether the file has a `__metadata__` section to `*present` (a file may have an
 /// empty one, which differs from none).
 ///
@@ -291,7 +334,8 @@ pub struct NpkioSafetensorsIter {
     next: usize,
 }
 
-/// Opens `path` and starts an iteration over its tensors: all of them in file order when
+/// Opens `path` (a file, or a sharded checkpoint as `npkio_safetensors_open` takes it) and
+/// starts an iteration over its tensors: all of them in file order when
 /// `keys` is NULL, else the `keys_count` tensors named in `keys`, in that order
 /// (duplicates skipped; `keys_count == 0` with `keys != NULL` selects none). A key that is
 /// not in the file is an error (`NPKIO_STATUS_KEY_NOT_FOUND`) before anything is yielded.
