@@ -831,6 +831,10 @@ fn export_sharded(
     }
     let _lock = publish::lock_output(output, opts.wait_for_lock)?;
     let fresh_dir = fs::symlink_metadata(output).is_err();
+    if !fresh_dir {
+        // Temporary shards of a conversion killed while writing into this directory.
+        publish::remove_leftovers_inside(output);
+    }
     // A new directory is built whole and renamed into place; an existing one (which may
     // hold config files) gets each shard renamed in, and the index last.
     let staging = if fresh_dir {

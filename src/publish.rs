@@ -100,6 +100,23 @@ pub(crate) fn lock_output(output: &Path, wait: bool) -> Result<OutputLock> {
     Ok(OutputLock { _file: file })
 }
 
+/// Removes what an interrupted conversion left *inside* the existing directory `dir`: the
+/// temporary files of a sharded checkpoint written into it (`.<shard>.npkio-tmp-*`, and the
+/// index's `.npkio-tmp-*`). Call it holding `dir`'s lock, so that no live conversion owns
+/// them.
+pub(crate) fn remove_leftovers_inside(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { continue };
+        let shard_tmp = n.starts_with('.') && n.contains(".safetensors.npkio-tmp-");
+        let ours = shard_tmp || n.starts_with(".npkio-tmp-");
+        if ours && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A fresh staging directory beside `output`.
 pub(crate) fn staging_dir(output: &Path) -> Result<TempDir> {
     let (parent, name) = split(output)?;
