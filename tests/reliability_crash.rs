@@ -1,0 +1,538 @@
+//! Crash safety: a conversion killed with SIGKILL at any moment leaves its output either
+//! exactly as it was (or absent, when there was none) or exactly the complete new result,
+//! verified tensor by tensor; and the next conversion to the same output removes whatever
+//! the killed one left behind.
+//!
+//! Each conversion runs in a child process (this test binary, re-executed) that the test
+//! kills after a random delay drawn from a seeded generator (the seed is printed; replay
+//! with `NPKIO_SEED`). Both directions, merge and replace, fresh outputs, single-file and
+//! sharded exports, with and without `durable`, on 8 to 32 MiB sources and on a 300 MiB
+//! one.
+//!
+//! Knobs for longer runs: `NPKIO_CRASH_KILLS` (kills that must land on a running
+//! conversion, small and medium sources; default 60), `NPKIO_CRASH_BIG_KILLS` (same for
+//! the 300 MiB source; default 4).
+
+mod reliability_support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use npkio::{DType, Options};
+use reliability_support::*;
+
+const CHILD_ENV: &str = "NPKIO_CRASH_CHILD";
+const ALL: Option<&[&str]> = None;
+
+/// Runs in the child: one conversion as the spec says, then reports how long it took.
+#[test]
+fn child_entry() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let p: Vec<&str> = spec.split('|').collect();
+    let (mode, src, out) = (p[0], p[1], p[2]);
+    let opts = Options {
+        durable: p[3] == "durable",
+        chunk_size: p[4].parse().unwrap(),
+        max_shard_size: p[5].parse().ok(),
+        ..Options::default()
+    };
+    let t = Instant::now();
+    let r = match mode {
+        "import-merge" => npkio::from_safetensors_file_with(src, out, ALL, false, &opts),
+        "import-replace" => npkio::from_safetensors_file_with(src, out, ALL, true, &opts),
+        "export" => npkio::to_safetensors_file_with(src, out, ALL, None, &opts),
+        other => panic!("unknown mode {other}"),
+    };
+    println!("CHILD-MICROS: {}", t.elapsed().as_micros());
+    if let Err(e) = r {
+        println!("CHILD-ERROR: {e}");
+        std::process::exit(3);
+    }
+}
+
+/// How the output must look: which kind of container, and what it may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Mode {
+    /// SafeTensors into an existing NumPack, merging.
+    ImportMerge,
+    /// SafeTensors into an existing NumPack, replacing it.
+    ImportReplace,
+    /// SafeTensors into a new NumPack.
+    ImportFresh,
+    /// NumPack over an existing SafeTensors file.
+    ExportReplace,
+    /// NumPack to a new SafeTensors file.
+    ExportFresh,
+    /// NumPack to a new sharded checkpoint directory.
+    ShardedFresh,
+    /// NumPack to a sharded checkpoint in an existing checkpoint directory.
+    ShardedExisting,
+}
+
+const MODES: [Mode; 7] = [
+    Mode::ImportMerge,
+    Mode::ImportReplace,
+    Mode::ImportFresh,
+    Mode::ExportReplace,
+    Mode::ExportFresh,
+    Mode::ShardedFresh,
+    Mode::ShardedExisting,
+];
+
+/// Sources and old outputs for one source size, made once.
+struct Fixture {
+    dir: PathBuf,
+    st_src: PathBuf,
+    npk_src: PathBuf,
+    src: Contents,
+    total: u64,
+    old_npk: PathBuf,
+    old_npk_c: Contents,
+    old_st: PathBuf,
+    old_st_c: Contents,
+    old_ckpt: PathBuf,
+    old_ckpt_c: Contents,
+}
+
+/// Tensors adding up to about `mib` MiB: a few large ones, several small ones, an empty
+/// one, and one name ("shared.weight") that the old outputs also hold with other bytes.
+fn source_contents(mib: usize, tag: u64) -> Contents {
+    let total = mib << 20;
+    let dtypes = [DType::F32, DType::BF16, DType::U8, DType::I64, DType::F16];
+    let mut c = Contents::new();
+    let mut left = total;
+    let mut i = 0u64;
+    while left > 64 << 10 {
+        let size = if i < 4 {
+            left / 2
+        } else {
+            left.min((total / 40).max(96 << 10))
+        };
+        let dtype = dtypes[i as usize % dtypes.len()];
+        c.insert(
+            format!("model.layers.{i}.weight"),
+            tensor(tag * 1000 + i, dtype, size),
+        );
+        left -= size.min(left);
+        i += 1;
+    }
+    c.insert(
+        "shared.weight".into(),
+        tensor(tag * 1000 + 999, DType::F32, 40_000),
+    );
+    c.insert(
+        "tiny".into(),
+        Expected {
+            dtype: DType::I32,
+            shape: vec![],
+            data: vec![1, 2, 3, 4],
+        },
+    );
+    c.insert(
+        "empty".into(),
+        Expected {
+            dtype: DType::F32,
+            shape: vec![0, 8],
+            data: vec![],
+        },
+    );
+    c
+}
+
+fn old_contents(tag: u64) -> Contents {
+    let mut c = Contents::new();
+    c.insert("shared.weight".into(), tensor(tag + 1, DType::F32, 300_000));
+    c.insert("old_only.a".into(), tensor(tag + 2, DType::U8, 700_000));
+    c.insert("old_only.b".into(), tensor(tag + 3, DType::BF16, 50_000));
+    c
+}
+
+impl Fixture {
+    fn new(dir: &Path, mib: usize, tag: u64) -> Fixture {
+        let dir = dir.join(format!("{mib}mib"));
+        std::fs::create_dir_all(dir.join("golden")).unwrap();
+        let src = source_contents(mib, tag);
+        let total = src.values().map(|t| t.data.len() as u64).sum();
+        let st_src = dir.join("golden/src.safetensors");
+        write_safetensors(&src, &st_src);
+        let npk_src = dir.join("golden/src.npk");
+        write_numpack(&src, &npk_src);
+        let old_npk_c = old_contents(tag * 7);
+        let old_npk = dir.join("golden/old.npk");
+        write_numpack(&old_npk_c, &old_npk);
+        let old_st_c = old_contents(tag * 11);
+        let old_st = dir.join("golden/old.safetensors");
+        write_safetensors(&old_st_c, &old_st);
+        // An existing checkpoint directory: two shards, an index, and a config file that
+        // every conversion into it must keep.
+        let old_ckpt_c = old_contents(tag * 13);
+        let old_ckpt = dir.join("golden/old-ckpt");
+        let scratch = dir.join("golden/old-ckpt.npk");
+        write_numpack(&old_ckpt_c, &scratch);
+        let opts = Options {
+            max_shard_size: Some(400_000),
+            ..Options::default()
+        };
+        npkio::to_safetensors_file_with(&scratch, &old_ckpt, ALL, None, &opts).unwrap();
+        std::fs::write(old_ckpt.join("config.json"), b"{\"kept\": true}").unwrap();
+        assert_eq!(read_safetensors(&old_ckpt).unwrap(), old_ckpt_c);
+        Fixture {
+            dir,
+            st_src,
+            npk_src,
+            src,
+            total,
+            old_npk,
+            old_npk_c,
+            old_st,
+            old_st_c,
+            old_ckpt,
+            old_ckpt_c,
+        }
+    }
+
+    fn output(&self, mode: Mode) -> PathBuf {
+        let name = match mode {
+            Mode::ImportMerge | Mode::ImportReplace | Mode::ImportFresh => "out.npk",
+            Mode::ExportReplace | Mode::ExportFresh => "out.safetensors",
+            Mode::ShardedFresh | Mode::ShardedExisting => "out-ckpt",
+        };
+        self.dir.join("work").join(name)
+    }
+
+    /// Puts the old output in place (a real copy of the golden one), or removes it.
+    fn reset(&self, mode: Mode) -> PathBuf {
+        let out = self.output(mode);
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        remove(&out);
+        if let Some((golden, _)) = self.old(mode) {
+            copy_tree(golden, &out);
+        }
+        out
+    }
+
+    fn old(&self, mode: Mode) -> Option<(&Path, &Contents)> {
+        match mode {
+            Mode::ImportMerge | Mode::ImportReplace => Some((&self.old_npk, &self.old_npk_c)),
+            Mode::ExportReplace => Some((&self.old_st, &self.old_st_c)),
+            Mode::ShardedExisting => Some((&self.old_ckpt, &self.old_ckpt_c)),
+            _ => None,
+        }
+    }
+
+    fn new_contents(&self, mode: Mode) -> Contents {
+        match mode {
+            Mode::ImportMerge => merged(&self.old_npk_c, &self.src),
+            _ => self.src.clone(),
+        }
+    }
+
+    fn spec(&self, mode: Mode, durable: bool, chunk: usize) -> String {
+        let out = self.output(mode);
+        let (kind, src, shard) = match mode {
+            Mode::ImportMerge | Mode::ImportFresh => ("import-merge", &self.st_src, None),
+            Mode::ImportReplace => ("import-replace", &self.st_src, None),
+            Mode::ExportReplace | Mode::ExportFresh => ("export", &self.npk_src, None),
+            Mode::ShardedFresh | Mode::ShardedExisting => {
+                ("export", &self.npk_src, Some(self.total / 3 + 1))
+            }
+        };
+        format!(
+            "{kind}|{}|{}|{}|{chunk}|{}",
+            src.display(),
+            out.display(),
+            if durable { "durable" } else { "fast" },
+            shard.map_or("-".to_string(), |s| s.to_string())
+        )
+    }
+
+    /// Runs the conversion in this process, as the cleanup after a kill.
+    fn convert(&self, mode: Mode) {
+        let out = self.output(mode);
+        let r = match mode {
+            Mode::ImportMerge | Mode::ImportFresh => {
+                npkio::from_safetensors_file(&self.st_src, &out, ALL, false, 8 << 20)
+            }
+            Mode::ImportReplace => {
+                npkio::from_safetensors_file(&self.st_src, &out, ALL, true, 8 << 20)
+            }
+            Mode::ExportReplace | Mode::ExportFresh => {
+                npkio::to_safetensors_file(&self.npk_src, &out, ALL, None, 8 << 20)
+            }
+            Mode::ShardedFresh | Mode::ShardedExisting => {
+                let opts = Options {
+                    max_shard_size: Some(self.total / 3 + 1),
+                    ..Options::default()
+                };
+                npkio::to_safetensors_file_with(&self.npk_src, &out, ALL, None, &opts)
+            }
+        };
+        r.unwrap_or_else(|e| panic!("{mode:?}: the conversion after a kill failed: {e}"));
+    }
+}
+
+/// What a killed conversion left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Found {
+    Absent,
+    Old,
+    New,
+    /// Only for a sharded checkpoint written into an existing directory: the old index is
+    /// gone and the new one not yet written, so the directory does not open as a
+    /// checkpoint (readers get an error, never a mix).
+    NoIndex,
+}
+
+fn read(mode: Mode, out: &Path) -> Result<Contents, String> {
+    match mode {
+        Mode::ImportMerge | Mode::ImportReplace | Mode::ImportFresh => read_numpack(out),
+        _ => read_safetensors(out),
+    }
+}
+
+/// Checks the output after a kill: old-complete, absent (only where there was no old one),
+/// or new-complete, tensor by tensor. Panics with the difference otherwise.
+fn classify(fx: &Fixture, mode: Mode, context: &str) -> Found {
+    let out = fx.output(mode);
+    let new = fx.new_contents(mode);
+    if mode == Mode::ShardedExisting {
+        let config = std::fs::read(out.join("config.json"));
+        assert_eq!(
+            config.as_deref().ok(),
+            Some(&b"{\"kept\": true}"[..]),
+            "{context}: config.json of the checkpoint directory"
+        );
+    }
+    if !out.exists() {
+        assert!(
+            fx.old(mode).is_none(),
+            "{context}: the old output disappeared"
+        );
+        return Found::Absent;
+    }
+    match read(mode, &out) {
+        Ok(got) if got == new => Found::New,
+        Ok(got) => match fx.old(mode) {
+            Some((_, old)) if &got == old => Found::Old,
+            Some((_, old)) => panic!(
+                "{context}: neither old nor new.\n vs old: {}\n vs new: {}",
+                diff(&got, old),
+                diff(&got, &new)
+            ),
+            None => panic!("{context}: not the new output: {}", diff(&got, &new)),
+        },
+        Err(e) if mode == Mode::ShardedExisting && e.contains("index") => Found::NoIndex,
+        Err(e) => panic!("{context}: the output does not open: {e}"),
+    }
+}
+
+/// After the cleanup conversion: the new output, nothing left behind, and for a checkpoint
+/// directory no stale shards of the old checkpoint.
+fn check_clean(fx: &Fixture, mode: Mode, context: &str) {
+    let out = fx.output(mode);
+    let got = read(mode, &out).unwrap_or_else(|e| panic!("{context}: after cleanup: {e}"));
+    let new = fx.new_contents(mode);
+    assert!(got == new, "{context}: after cleanup: {}", diff(&got, &new));
+    let tmps = temporaries(out.parent().unwrap(), 2);
+    assert!(tmps.is_empty(), "{context}: left behind: {tmps:?}");
+    if matches!(mode, Mode::ShardedFresh | Mode::ShardedExisting) {
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors"))
+            .collect();
+        names.sort();
+        let suffix = format!("-of-{:05}.safetensors", names.len());
+        assert!(
+            names.len() > 1 && names.iter().all(|n| n.ends_with(&suffix)),
+            "{context}: stale or missing shards: {names:?}"
+        );
+    }
+}
+
+struct Child {
+    micros: Option<u64>,
+    wall: Duration,
+    killed: bool,
+}
+
+fn run_child(spec: &str, kill_after: Option<Duration>) -> Child {
+    let start = Instant::now();
+    let mut c = child("child_entry", CHILD_ENV, spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(d) = kill_after {
+        std::thread::sleep(d);
+        let _ = c.kill(); // SIGKILL; fails only if the child already exited
+    }
+    let out = c.wait_with_output().unwrap();
+    let wall = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    use std::os::unix::process::ExitStatusExt;
+    let killed = out.status.signal() == Some(libc::SIGKILL);
+    if !killed {
+        assert!(
+            out.status.success(),
+            "child failed ({:?}): {stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let micros = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CHILD-MICROS: "))
+        .and_then(|m| m.parse().ok());
+    Child {
+        micros,
+        wall,
+        killed,
+    }
+}
+
+/// Kills conversions over `fixtures` until `target` kills have landed on running children.
+fn kill_loop(fixtures: &[Fixture], modes: &[Mode], target: u64, rng: &mut Rng, label: &str) {
+    let mut calib: HashMap<(usize, Mode, bool), (Duration, Duration)> = HashMap::new();
+    let mut found: HashMap<(Mode, Found), u64> = HashMap::new();
+    let (mut landed, mut attempts, mut leftovers) = (0u64, 0u64, 0u64);
+    while landed < target {
+        attempts += 1;
+        assert!(
+            attempts <= target * 4 + 20,
+            "{label}: only {landed} of {attempts} kills landed on a running conversion"
+        );
+        let f = rng.below(fixtures.len() as u64) as usize;
+        let fx = &fixtures[f];
+        let mode = modes[rng.below(modes.len() as u64) as usize];
+        let durable = rng.chance(30);
+        let chunk = if rng.chance(50) { 1 << 20 } else { 8 << 20 };
+        let spec = fx.spec(mode, durable, chunk);
+        // First use of a (source, mode, durability): run it to completion to learn how long the child
+        // lives and how long the conversion inside it takes.
+        let (wall, conv) = *calib.entry((f, mode, durable)).or_insert_with(|| {
+            fx.reset(mode);
+            let c = run_child(&spec, None);
+            let context = format!("{label}: calibration {mode:?}");
+            assert_eq!(classify(fx, mode, &context), Found::New, "{context}");
+            check_clean(fx, mode, &context);
+            (c.wall, Duration::from_micros(c.micros.unwrap_or(0)))
+        });
+        // Most kills land while the conversion runs; some anywhere in the child's life.
+        let wall_us = wall.as_micros() as u64;
+        let conv_us = (conv.as_micros() as u64 * 6 / 5).min(wall_us).max(1);
+        let delay_us = if rng.chance(85) {
+            wall_us - conv_us + rng.below(conv_us)
+        } else {
+            rng.below(wall_us.max(1))
+        };
+        fx.reset(mode);
+        let c = run_child(&spec, Some(Duration::from_micros(delay_us)));
+        let context = format!(
+            "{label}: attempt {attempts} {mode:?} {} MiB durable={durable} chunk={chunk} \
+             kill after {delay_us} us (killed: {})",
+            fx.total >> 20,
+            c.killed
+        );
+        let state = classify(fx, mode, &context);
+        if c.killed {
+            landed += 1;
+            *found.entry((mode, state)).or_default() += 1;
+        } else {
+            assert_eq!(
+                state,
+                Found::New,
+                "{context}: finished, yet not the new output"
+            );
+        }
+        if !temporaries(fx.output(mode).parent().unwrap(), 2).is_empty() {
+            leftovers += 1;
+        }
+        fx.convert(mode);
+        check_clean(fx, mode, &context);
+    }
+    let mut summary: Vec<String> = found
+        .iter()
+        .map(|((m, s), n)| format!("{m:?}/{s:?}: {n}"))
+        .collect();
+    summary.sort();
+    eprintln!(
+        "{label}: {landed} kills landed in {attempts} attempts; {leftovers} left temporaries \
+         that the next conversion removed; outcomes: {}",
+        summary.join(", ")
+    );
+}
+
+#[test]
+fn sigkill_at_random_moments_leaves_old_or_new_output_small_and_medium_sources() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let mut rng = Rng::from_env("crash small/medium");
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures: Vec<Fixture> = [8, 16, 32]
+        .iter()
+        .enumerate()
+        .map(|(i, &mib)| Fixture::new(dir.path(), mib, i as u64 + 1))
+        .collect();
+    let target = env_num("NPKIO_CRASH_KILLS", 60);
+    kill_loop(&fixtures, &MODES, target, &mut rng, "small/medium");
+}
+
+#[test]
+fn sigkill_at_random_moments_leaves_old_or_new_output_300_mib_source() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let mut rng = Rng::from_env("crash 300 MiB");
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = [Fixture::new(dir.path(), 300, 9)];
+    let target = env_num("NPKIO_CRASH_BIG_KILLS", 4);
+    // The modes whose commit step differs: merge and replace into a directory, a file
+    // over a file, shards into an existing directory.
+    let modes = [
+        Mode::ImportMerge,
+        Mode::ImportReplace,
+        Mode::ExportReplace,
+        Mode::ShardedExisting,
+    ];
+    kill_loop(&fixtures, &modes, target, &mut rng, "300 MiB");
+}
+
+/// Regression: a conversion killed while writing a sharded checkpoint into an existing
+/// directory leaves `.model-*.safetensors.npkio-tmp-*` files inside that directory (not
+/// beside it, where the output's lock cleans up); the next conversion into it must remove
+/// them too.
+#[test]
+fn sharded_export_into_existing_directory_removes_temporary_shards_left_inside_it() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = old_contents(5);
+    let npk = dir.path().join("src.npk");
+    write_numpack(&src, &npk);
+    let out = dir.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    let left = [
+        ".model-00001-of-00002.safetensors.npkio-tmp-AbC123",
+        ".model.safetensors.npkio-tmp-XyZ789",
+        ".npkio-tmp-Index1",
+    ];
+    for name in left {
+        std::fs::write(out.join(name), vec![0u8; 4096]).unwrap();
+    }
+    std::fs::write(out.join("config.json"), b"{}").unwrap();
+    let opts = Options {
+        max_shard_size: Some(400_000),
+        ..Options::default()
+    };
+    npkio::to_safetensors_file_with(&npk, &out, ALL, None, &opts).unwrap();
+    assert_eq!(temporaries(dir.path(), 2), Vec::<PathBuf>::new());
+    assert_eq!(read_safetensors(&out).unwrap(), src);
+    assert!(out.join("config.json").exists(), "other files are kept");
+}

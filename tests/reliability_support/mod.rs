@@ -1,0 +1,272 @@
+//! Helpers shared by the `reliability_*` tests: child processes, test data, and checks that
+//! an output holds exactly the tensors it should.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use npkio::numpack::ArrayInput;
+use npkio::{DType, NumPack};
+
+/// A small, fast, seeded random number generator (SplitMix64): the tests print the seed so
+/// that a failure can be replayed with `NPKIO_SEED=<seed>`.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The seed from `NPKIO_SEED`, else one from the clock; printed either way.
+    pub fn from_env(test: &str) -> Rng {
+        let seed = std::env::var("NPKIO_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{test}: seed {seed} (replay with NPKIO_SEED={seed})");
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Reads an environment variable as a number, with a default.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A tensor held in memory: what an output must contain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+/// Name to tensor.
+pub type Contents = BTreeMap<String, Expected>;
+
+/// Bytes in which every 4 KiB page is distinct (tensor tag, page number) so that a page
+/// written to the wrong place, or not written, cannot pass for the right one.
+pub fn pattern(tag: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![(tag as u8).wrapping_mul(31).wrapping_add(7); len];
+    for (page, chunk) in v.chunks_mut(4096).enumerate() {
+        let stamp = (tag << 40) ^ (page as u64).wrapping_mul(0x9E37_79B9) ^ 0x5A5A;
+        for (i, b) in stamp.to_le_bytes().iter().enumerate() {
+            if let Some(slot) = chunk.get_mut(i) {
+                *slot = *b;
+            }
+        }
+        if let Some(last) = chunk.last_mut() {
+            *last = page as u8 ^ tag as u8;
+        }
+    }
+    v
+}
+
+/// A tensor of `dtype` with about `bytes` bytes (rounded to whole rows of 256 elements).
+pub fn tensor(tag: u64, dtype: DType, bytes: usize) -> Expected {
+    let item = (dtype.bits() as usize / 8).max(1);
+    let row = 256 * item;
+    let rows = (bytes / row).max(1);
+    Expected {
+        dtype,
+        shape: vec![rows as u64, 256],
+        data: pattern(tag, rows * row),
+    }
+}
+
+/// Writes `contents` as a SafeTensors file (through a NumPack built in memory, then exported).
+pub fn write_safetensors(contents: &Contents, path: &Path) {
+    let scratch = path.with_extension("scratch.npk");
+    write_numpack(contents, &scratch);
+    let r = npkio::to_safetensors_file(&scratch, path, None::<&[&str]>, None, 8 << 20);
+    fs::remove_dir_all(&scratch).unwrap();
+    r.unwrap();
+}
+
+/// Writes `contents` as a new NumPack directory (replacing any).
+pub fn write_numpack(contents: &Contents, path: &Path) {
+    let inputs: Vec<ArrayInput<'_>> = contents
+        .iter()
+        .map(|(name, t)| ArrayInput {
+            name,
+            dtype: t.dtype,
+            shape: &t.shape,
+            data: &t.data,
+        })
+        .collect();
+    npkio::from_safetensors(&inputs, path, true).unwrap();
+}
+
+/// Everything in a NumPack directory, or why it cannot be read.
+pub fn read_numpack(path: &Path) -> Result<Contents, String> {
+    let np = NumPack::open(path).map_err(|e| e.to_string())?;
+    let mut out = Contents::new();
+    for name in np.names() {
+        let v = np.view(name).map_err(|e| e.to_string())?;
+        out.insert(
+            name.to_string(),
+            Expected {
+                dtype: v.dtype,
+                shape: v.shape.to_vec(),
+                data: v.data.to_vec(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Everything in a SafeTensors file or a sharded checkpoint, or why it cannot be read.
+pub fn read_safetensors(path: &Path) -> Result<Contents, String> {
+    let it = npkio::iter_safetensors(path, None::<&[&str]>).map_err(|e| e.to_string())?;
+    Ok(it
+        .map(|(name, t)| {
+            (
+                name,
+                Expected {
+                    dtype: t.dtype(),
+                    shape: t.shape().to_vec(),
+                    data: t.data().to_vec(),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Where two contents differ, for an assertion message (never dumps bytes).
+pub fn diff(got: &Contents, want: &Contents) -> String {
+    let mut out = Vec::new();
+    for (n, w) in want {
+        match got.get(n) {
+            None => out.push(format!("missing {n:?}")),
+            Some(g) if g.dtype != w.dtype || g.shape != w.shape => out.push(format!(
+                "{n:?}: {} {:?} instead of {} {:?}",
+                g.dtype, g.shape, w.dtype, w.shape
+            )),
+            Some(g) if g.data != w.data => {
+                let at = g.data.iter().zip(&w.data).position(|(a, b)| a != b);
+                out.push(format!("{n:?}: bytes differ (first at {at:?})"));
+            }
+            _ => {}
+        }
+    }
+    for n in got.keys().filter(|n| !want.contains_key(*n)) {
+        out.push(format!("unexpected {n:?}"));
+    }
+    out.join("; ")
+}
+
+/// `old` with `new` merged in (arrays of the same name replaced).
+pub fn merged(old: &Contents, new: &Contents) -> Contents {
+    let mut m = old.clone();
+    m.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
+    m
+}
+
+/// Entries of `dir` whose names contain `.npkio-tmp` (the staging files and directories
+/// that a finished or cleaned-up conversion must not leave), searched `depth` levels down.
+pub fn temporaries(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains("npkio-tmp") {
+            found.push(e.path());
+        } else if depth > 0 && e.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(temporaries(&e.path(), depth - 1));
+        }
+    }
+    found
+}
+
+/// Every file under `path` (a file or a directory) with its bytes, sorted by path: a
+/// snapshot to prove an output was not touched.
+pub fn snapshot(path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, p: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        let md = fs::symlink_metadata(p).unwrap();
+        let rel = p.strip_prefix(base).unwrap().to_path_buf();
+        if md.is_dir() {
+            out.push((rel, Vec::new()));
+            for e in fs::read_dir(p).unwrap() {
+                walk(base, &e.unwrap().path(), out);
+            }
+        } else {
+            out.push((rel, fs::read(p).unwrap()));
+        }
+    }
+    if path.exists() {
+        walk(path, path, &mut out);
+    }
+    out.sort();
+    out
+}
+
+/// Copies a file or a directory tree (real copies, never links: the copy must not share
+/// storage with the original that a buggy conversion could write through).
+pub fn copy_tree(from: &Path, to: &Path) {
+    if fs::metadata(from).unwrap().is_dir() {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        }
+    } else {
+        fs::copy(from, to).unwrap();
+    }
+}
+
+/// Removes a file or a directory tree if it exists.
+pub fn remove(path: &Path) {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).unwrap(),
+        Ok(_) => fs::remove_file(path).unwrap(),
+        Err(_) => {}
+    }
+}
+
+/// A command that re-runs this test binary as a child, running only the test `entry`
+/// with `env_var` set to `spec`.
+pub fn child(entry: &str, env_var: &str, spec: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", entry, "--nocapture", "--test-threads=1"])
+        .env(env_var, spec)
+        .stdin(Stdio::null());
+    c
+}
+
+/// The line a child prints after `CHILD-ERROR: `, if any.
+pub fn child_error(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("CHILD-ERROR: ").map(|p| p.1.to_string()))
+}
