@@ -1,0 +1,81 @@
+"""npkio: zero-copy conversion between SafeTensors files and NumPack directories.
+
+A ``ctypes`` package over the ``libnpkio`` shared library (no compiled extension module).
+
+* :mod:`npkio.io`: the seed's ``numpack.io`` SafeTensors API (``from_safetensors``,
+  ``to_safetensors``, ``from_safetensors_file``, ``to_safetensors_file``,
+  ``get_safetensors_metadata``, ``iter_safetensors``, ``DEFAULT_CHUNK_SIZE``).
+* :class:`npkio.NumPack`: a NumPack directory (``load``, ``save``, ``append``, ``drop``,
+  ``get_member_list``, ``get_shape``), usable as a context manager.
+* :class:`npkio.NpkioError` and its subclasses, each also a built-in exception
+  (``KeyError``, ``FileNotFoundError``, ``FileExistsError``, ``ValueError``, ...).
+* :func:`npkio.dtype_of`, :func:`npkio.raw_dtype`: dtypes NumPy lacks (BF16, FP8, F4, F6).
+
+Environment: ``NPKIO_LIBRARY`` names the shared library to load (for development);
+``NPKIO_NO_ML_DTYPES=1`` returns BF16/FP8 as raw unsigned arrays even when ``ml_dtypes``
+is installed.
+"""
+
+from __future__ import annotations
+
+from . import io
+from ._dtypes import DTYPE_NAMES, dtype_of, raw_dtype, use_ml_dtypes
+from ._errors import (
+    NpkioBusyError,
+    NpkioError,
+    NpkioFileExistsError,
+    NpkioFileNotFoundError,
+    NpkioIndexError,
+    NpkioInternalError,
+    NpkioKeyError,
+    NpkioMalformedError,
+    NpkioOSError,
+    NpkioUnsupportedError,
+    NpkioValueError,
+)
+from ._lib import lib as _clib
+from ._lib import library_path
+from .io import (
+    DEFAULT_CHUNK_SIZE,
+    from_safetensors,
+    from_safetensors_file,
+    get_safetensors_metadata,
+    iter_safetensors,
+    to_safetensors,
+    to_safetensors_file,
+)
+from .numpack import NumPack
+
+#: The version of this package.
+__version__ = "0.1.0"
+#: The version of the loaded ``libnpkio``.
+library_version: str = _clib.npkio_version().decode("ascii")
+
+__all__ = [
+    "io",
+    "NumPack",
+    "DEFAULT_CHUNK_SIZE",
+    "from_safetensors",
+    "to_safetensors",
+    "from_safetensors_file",
+    "to_safetensors_file",
+    "get_safetensors_metadata",
+    "iter_safetensors",
+    "dtype_of",
+    "raw_dtype",
+    "use_ml_dtypes",
+    "DTYPE_NAMES",
+    "library_path",
+    "library_version",
+    "NpkioError",
+    "NpkioKeyError",
+    "NpkioFileNotFoundError",
+    "NpkioFileExistsError",
+    "NpkioMalformedError",
+    "NpkioValueError",
+    "NpkioUnsupportedError",
+    "NpkioOSError",
+    "NpkioBusyError",
+    "NpkioIndexError",
+    "NpkioInternalError",
+]

@@ -1,0 +1,286 @@
+"""Loading ``libnpkio`` and declaring the C ABI of ``include/npkio.h`` for :mod:`ctypes`.
+
+The shared library is looked for, in order:
+
+1. the path in the ``NPKIO_LIBRARY`` environment variable (and only there, when it is set);
+2. the copy installed inside this package (``npkio/libnpkio.so``) by ``pip install ./python``;
+3. for development from a checkout: ``$CARGO_TARGET_DIR`` or ``<repo>/target``, ``release``
+   then ``debug``.
+
+Everything here is private; the public API is in :mod:`npkio.io` and :mod:`npkio.numpack`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from ctypes import POINTER, c_bool, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from ._errors import error_for_status
+
+__all__ = ["lib", "library_path", "check", "Handle", "TensorView", "TensorDesc", "ArrayInfo"]
+
+if sys.platform == "darwin":
+    _LIB_NAME = "libnpkio.dylib"
+elif sys.platform == "win32":
+    _LIB_NAME = "npkio.dll"
+else:
+    _LIB_NAME = "libnpkio.so"
+
+
+def _candidates() -> List[Path]:
+    env = os.environ.get("NPKIO_LIBRARY")
+    if env:
+        return [Path(env)]
+    here = Path(__file__).resolve().parent
+    found = [here / _LIB_NAME]
+    repo = here.parent.parent
+    if (repo / "Cargo.toml").is_file():
+        target = Path(os.environ.get("CARGO_TARGET_DIR") or repo / "target")
+        if not target.is_absolute():
+            target = repo / target
+        found += [target / "release" / _LIB_NAME, target / "debug" / _LIB_NAME]
+    return found
+
+
+def _load() -> "tuple[ctypes.CDLL, Path]":
+    tried = []
+    for path in _candidates():
+        if path.is_file():
+            return ctypes.CDLL(str(path)), path
+        tried.append(str(path))
+    raise ImportError(
+        "npkio: cannot find the shared library (tried: "
+        + ", ".join(tried)
+        + "). Install the package with `pip install ./python`, or set NPKIO_LIBRARY to "
+        "the path of libnpkio built by `cargo build --release`."
+    )
+
+
+lib, _path = _load()
+
+
+def library_path() -> Path:
+    """The path of the ``libnpkio`` shared library this package loaded."""
+    return _path
+
+
+# ----------------------------------------------------------------------------------------
+# Structs (include/npkio.h)
+
+
+class TensorView(ctypes.Structure):
+    """``NpkioTensorView``: a borrowed view; its pointers belong to the handle that filled it."""
+
+    _fields_ = [
+        ("name", c_void_p),
+        ("name_len", c_size_t),
+        ("dtype", c_uint32),
+        ("ndim", c_size_t),
+        ("shape", POINTER(c_uint64)),
+        ("data", c_void_p),
+        ("nbytes", c_size_t),
+    ]
+
+
+class TensorDesc(ctypes.Structure):
+    """``NpkioTensorDesc``: a tensor handed to npkio, read during the call only."""
+
+    _fields_ = [
+        ("name", c_char_p),
+        ("dtype", c_uint32),
+        ("ndim", c_size_t),
+        ("shape", POINTER(c_uint64)),
+        ("data", c_void_p),
+        ("nbytes", c_size_t),
+    ]
+
+
+class ArrayInfo(ctypes.Structure):
+    """``NpkioArrayInfo``: what ``npkio_numpack_info`` says about an array."""
+
+    _fields_ = [
+        ("name", c_void_p),
+        ("name_len", c_size_t),
+        ("dtype", c_uint32),
+        ("ndim", c_size_t),
+        ("shape", POINTER(c_uint64)),
+        ("nbytes", c_uint64),
+        ("storage_dtype", c_uint32),
+        ("storage_ndim", c_size_t),
+        ("storage_shape", POINTER(c_uint64)),
+        ("deleted_rows", c_uint64),
+        ("segmented", c_bool),
+        ("zero_copy", c_bool),
+    ]
+
+
+# ----------------------------------------------------------------------------------------
+# Prototypes. Every status is a uint32 checked by `check`.
+
+_status = c_uint32
+_pp = POINTER(c_char_p)  # const char *const *
+_handle = c_void_p
+_out_handle = POINTER(c_void_p)
+_out_str = POINTER(c_void_p)
+
+
+def _proto(name: str, restype, *argtypes) -> None:
+    fn = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+
+
+_proto("npkio_version", c_char_p)
+_proto("npkio_last_error_message", c_char_p)
+_proto("npkio_last_error_status", _status)
+_proto("npkio_status_name", c_char_p, c_uint32)
+_proto("npkio_dtype_name", c_char_p, c_uint32)
+_proto("npkio_dtype_numpy_name", c_char_p, c_uint32)
+_proto("npkio_dtype_bits", c_uint32, c_uint32)
+
+_proto(
+    "npkio_from_safetensors_file",
+    _status, c_char_p, c_char_p, _pp, c_size_t, c_bool, c_size_t, c_size_t, c_uint32,
+)
+_proto(
+    "npkio_to_safetensors_file",
+    _status, c_char_p, c_char_p, _pp, c_size_t, _pp, _pp, c_size_t, c_size_t, c_size_t, c_uint32,
+)
+_proto(
+    "npkio_to_safetensors_file_sharded",
+    _status, c_char_p, c_char_p, _pp, c_size_t, _pp, _pp, c_size_t, c_uint64, c_size_t,
+    c_size_t, c_uint32,
+)
+_proto(
+    "npkio_from_safetensors",
+    _status, POINTER(TensorDesc), c_size_t, c_char_p, c_bool, c_size_t, c_size_t, c_uint32,
+)
+
+_proto("npkio_safetensors_open", _status, c_char_p, _out_handle)
+_proto("npkio_safetensors_free", None, _handle)
+_proto("npkio_safetensors_count", _status, _handle, POINTER(c_size_t))
+_proto("npkio_safetensors_get", _status, _handle, c_size_t, POINTER(TensorView))
+_proto("npkio_safetensors_data_offsets", _status, _handle, c_size_t, POINTER(c_uint64),
+       POINTER(c_uint64))
+_proto("npkio_safetensors_has_metadata", _status, _handle, POINTER(c_bool))
+_proto("npkio_safetensors_metadata_count", _status, _handle, POINTER(c_size_t))
+_proto("npkio_safetensors_metadata_get", _status, _handle, c_size_t, _out_str,
+       POINTER(c_size_t), _out_str, POINTER(c_size_t))
+_proto("npkio_safetensors_iter_open", _status, c_char_p, _pp, c_size_t, _out_handle)
+_proto("npkio_safetensors_iter_next", _status, _handle, POINTER(TensorView), POINTER(c_bool))
+_proto("npkio_safetensors_iter_free", None, _handle)
+
+_proto("npkio_to_safetensors", _status, c_char_p, _pp, c_size_t, _out_handle)
+_proto("npkio_tensors_free", None, _handle)
+_proto("npkio_tensors_count", _status, _handle, POINTER(c_size_t))
+_proto("npkio_tensors_get", _status, _handle, c_size_t, POINTER(TensorView))
+
+_proto("npkio_numpack_open", _status, c_char_p, _out_handle)
+_proto("npkio_numpack_create", _status, c_char_p, c_bool, _out_handle)
+_proto("npkio_numpack_free", None, _handle)
+_proto("npkio_numpack_set_durable", _status, _handle, c_bool)
+_proto("npkio_numpack_count", _status, _handle, POINTER(c_size_t))
+_proto("npkio_numpack_name", _status, _handle, c_size_t, _out_str, POINTER(c_size_t))
+_proto("npkio_numpack_info", _status, _handle, c_char_p, POINTER(ArrayInfo))
+_proto("npkio_numpack_view", _status, _handle, c_char_p, POINTER(TensorView))
+_proto("npkio_numpack_save", _status, _handle, POINTER(TensorDesc), c_size_t)
+_proto("npkio_numpack_append", _status, _handle, c_char_p, c_void_p, c_size_t)
+_proto("npkio_numpack_drop_rows", _status, _handle, c_char_p, POINTER(c_uint64), c_size_t)
+_proto("npkio_numpack_delete", _status, _handle, c_char_p)
+
+NPKIO_FLAG_DURABLE = 1
+
+
+def check(status: int) -> None:
+    """Raise the exception for a failed call, with the calling thread's last error message."""
+    if status == 0:
+        return
+    raw = lib.npkio_last_error_message() or b""
+    name = lib.npkio_status_name(status)
+    raise error_for_status(
+        status,
+        raw.decode("utf-8", "replace"),
+        name.decode("ascii") if name else f"status {status}",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Arguments
+
+
+def path_arg(path: "os.PathLike[str] | str | bytes") -> bytes:
+    """A path as the NUL-terminated bytes the C ABI takes."""
+    b = os.fsencode(os.fspath(path))
+    if b"\0" in b:
+        raise ValueError(f"path {path!r} contains a NUL character")
+    return b
+
+
+def name_arg(name: str, what: str = "name") -> bytes:
+    """A tensor name as NUL-terminated UTF-8."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if "\0" in name:
+        raise ValueError(f"{what} {name!r} contains a NUL character")
+    return name.encode("utf-8")
+
+
+def str_list(names: Optional[Sequence[str]], what: str) -> "tuple[Optional[ctypes.Array], int]":
+    """A list of names as ``(const char *const *, count)``; ``None`` gives ``(NULL, 0)``.
+
+    A single ``str`` is taken as a list of one name.
+    """
+    if names is None:
+        return None, 0
+    if isinstance(names, str):
+        names = [names]
+    encoded = [name_arg(n, what) for n in names]
+    arr = (c_char_p * max(len(encoded), 1))(*encoded)
+    return arr, len(encoded)
+
+
+def take_str(ptr: Optional[int], length: int) -> str:
+    """A string npkio handed out as pointer and length."""
+    if not length:
+        return ""
+    return ctypes.string_at(ptr, length).decode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------
+# Handles
+
+
+class Handle:
+    """Owns one C handle and frees it when the last Python reference to it goes.
+
+    Arrays that borrow memory from the handle reference this object (through their
+    ``.base``), so the handle, and the mapping behind their data, lives at least as long as
+    they do. ``lock`` serialises calls on the handle.
+    """
+
+    __slots__ = ("ptr", "_free", "lock", "__weakref__")
+
+    def __init__(self, ptr: int, free: Callable[[int], None]) -> None:
+        self.ptr = ptr
+        self._free = free
+        self.lock = threading.Lock()
+
+    def __del__(self) -> None:
+        ptr, self.ptr = self.ptr, None
+        if ptr:
+            self._free(ptr)
+
+    def __repr__(self) -> str:
+        return f"<npkio handle {self.ptr:#x}>" if self.ptr else "<npkio handle (freed)>"
+
+
+def open_handle(opener: Callable[..., int], free: Callable[[int], None], *args) -> Handle:
+    """Call an ``npkio_*_open``-style function whose last argument is the out-handle."""
+    out = c_void_p()
+    check(opener(*args, ctypes.byref(out)))
+    return Handle(out.value, free)

@@ -1,0 +1,367 @@
+"""The seed's SafeTensors conversion API over npkio: same names, signatures, defaults and
+return types as ``numpack.io``, so ``from npkio.io import ...`` is the only change.
+
+Memory functions
+    :func:`from_safetensors` (dict of arrays to a NumPack directory),
+    :func:`to_safetensors` (NumPack directory to a dict of zero-copy arrays).
+File functions (streaming, bounded memory)
+    :func:`from_safetensors_file`, :func:`to_safetensors_file`.
+Utility functions
+    :func:`get_safetensors_metadata`, :func:`iter_safetensors`.
+
+Extras beyond the seed are keyword-only: ``threads`` (copy threads, 0 picks the default),
+``durable`` (sync to disk before the output appears, so it survives power loss) and, for
+:func:`to_safetensors_file`, ``max_shard_size`` (write a sharded checkpoint). Reading
+functions accept a sharded checkpoint's ``*.safetensors.index.json`` or a directory holding
+one wherever they accept a ``.safetensors`` file.
+
+Arrays that npkio returns are read-only NumPy views of the mapped files (or of memory the
+library holds); each keeps what it points into alive, however long it lives. See
+:mod:`npkio._dtypes` for dtypes NumPy lacks (BF16, FP8, F4, F6).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from ctypes import c_bool, c_size_t, c_uint64, c_void_p
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _lib
+from ._dtypes import array_input, view_to_array
+from ._lib import Handle, TensorDesc, TensorView, check, lib, path_arg, str_list, take_str
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "from_safetensors",
+    "to_safetensors",
+    "from_safetensors_file",
+    "to_safetensors_file",
+    "get_safetensors_metadata",
+    "iter_safetensors",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Default chunk size for streaming conversions: 8 MiB (``NPKIO_DEFAULT_CHUNK_SIZE``).
+DEFAULT_CHUNK_SIZE: int = 8 * 1024 * 1024
+
+
+def _flags(durable: bool) -> int:
+    return _lib.NPKIO_FLAG_DURABLE if durable else 0
+
+
+def _count(value: Any, what: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, not {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------
+# Memory functions
+
+
+def descriptions(tensors: Mapping[str, Any], what: str) -> "Tuple[ctypes.Array, List[Any]]":
+    """``NpkioTensorDesc`` for each array of ``tensors``, and the objects to keep alive
+    while C reads them."""
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"{what} must be a dict of name to array, not {type(tensors).__name__}")
+    keep: List[Any] = []
+    descs = (TensorDesc * max(len(tensors), 1))()
+    for i, (name, value) in enumerate(tensors.items()):
+        name_b = _lib.name_arg(name, f"{what} key")
+        inp = array_input(value, f"{what}[{name!r}]")
+        shape = (c_uint64 * max(len(inp.shape), 1))(*inp.shape)
+        keep += [name_b, inp.array, shape]
+        d = descs[i]
+        d.name = name_b
+        d.dtype = inp.number
+        d.ndim = len(inp.shape)
+        d.shape = ctypes.cast(shape, ctypes.POINTER(c_uint64))
+        d.data = inp.array.ctypes.data if inp.array.nbytes else None
+        d.nbytes = inp.array.nbytes
+    return descs, keep
+
+
+def from_safetensors(
+    tensors: Dict[str, np.ndarray],
+    output_path: PathLike,
+    drop_if_exists: bool = False,
+    *,
+    threads: int = 0,
+    durable: bool = False,
+) -> None:
+    """Save a dictionary of tensors to a NumPack directory.
+
+    Args:
+        tensors: name to array (anything ``np.asarray`` takes). Non-contiguous arrays are
+            written in C order (copied first); big-endian ones are byte-swapped; 0-d arrays,
+            bool and complex128 work; BF16/FP8 as ``ml_dtypes`` arrays or tagged raw bits.
+        output_path: the NumPack directory. If it exists and ``drop_if_exists`` is false,
+            the tensors are merged into it (same names replaced, others kept); with
+            ``drop_if_exists`` it is replaced whole. Either way in one atomic step.
+        drop_if_exists: replace an existing directory instead of merging into it.
+        threads: copy threads (0 picks the default).
+        durable: sync everything to disk before the output appears.
+
+    Raises:
+        TypeError: an array of a dtype npkio cannot store.
+        FileExistsError: ``output_path`` exists and is not a NumPack directory.
+    """
+    descs, keep = descriptions(tensors, "tensors")
+    check(
+        lib.npkio_from_safetensors(
+            descs, len(tensors), path_arg(output_path), bool(drop_if_exists),
+            DEFAULT_CHUNK_SIZE, _count(threads, "threads"), _flags(durable),
+        )
+    )
+    del keep
+
+
+def to_safetensors(
+    input_path: PathLike, array_names: Optional[List[str]] = None
+) -> Dict[str, np.ndarray]:
+    """Load NumPack arrays as a dictionary of tensors.
+
+    Args:
+        input_path: the NumPack directory.
+        array_names: arrays to load, in that order (all, sorted by name, if ``None``).
+
+    Returns:
+        name to read-only array. Arrays are zero-copy views of the mapped data files where
+        the array is one file with no deleted rows, else gathered once into memory the
+        library holds; either way each array keeps that memory alive.
+
+    Raises:
+        KeyError: a name not in the directory.
+        FileNotFoundError: no such directory.
+    """
+    names, count = str_list(array_names, "array_names")
+    h = _lib.open_handle(
+        lib.npkio_to_safetensors, lib.npkio_tensors_free, path_arg(input_path), names, count
+    )
+    n = c_size_t()
+    check(lib.npkio_tensors_count(h.ptr, ctypes.byref(n)))
+    out: Dict[str, np.ndarray] = {}
+    v = TensorView()
+    for i in range(n.value):
+        check(lib.npkio_tensors_get(h.ptr, i, ctypes.byref(v)))
+        name, arr = view_to_array(h, v)
+        out[name] = arr
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# File functions
+
+
+def from_safetensors_file(
+    input_path: PathLike,
+    output_path: PathLike,
+    keys: Optional[List[str]] = None,
+    drop_if_exists: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    threads: int = 0,
+    durable: bool = False,
+) -> None:
+    """Convert a SafeTensors file (or a sharded checkpoint) to a NumPack directory,
+    streaming in bounded memory.
+
+    Args:
+        input_path: a ``.safetensors`` file, a ``*.safetensors.index.json``, or a
+            directory holding one.
+        output_path: the NumPack directory (merged into when it exists, as in
+            :func:`from_safetensors`). The file's ``__metadata__`` is kept with the arrays
+            and written back by :func:`to_safetensors_file`.
+        keys: tensors to import (all if ``None``). An unknown key raises ``KeyError`` and
+            nothing is written.
+        drop_if_exists: replace an existing directory instead of merging into it.
+        chunk_size: bytes copied at once (the bound on memory per thread).
+        threads: copy threads (0 picks the default).
+        durable: sync everything to disk before the output appears.
+    """
+    names, count = str_list(keys, "keys")
+    check(
+        lib.npkio_from_safetensors_file(
+            path_arg(input_path), path_arg(output_path), names, count, bool(drop_if_exists),
+            _count(chunk_size, "chunk_size", 1), _count(threads, "threads"), _flags(durable),
+        )
+    )
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_size(size: Union[int, str]) -> int:
+    """Bytes in ``size``: an int, or a string such as ``"5GB"`` (10^9 bytes each) or
+    ``"500MiB"`` (2^20 bytes each), as ``transformers``' ``max_shard_size`` takes them."""
+    if isinstance(size, str):
+        m = _SIZE_RE.match(size)
+        if not m:
+            raise ValueError(f"cannot read {size!r} as a size (examples: 5GB, 500MiB, 1000000)")
+        n = int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+    else:
+        n = _count(size, "max_shard_size")
+    if n < 1:
+        raise ValueError(f"max_shard_size must be at least 1 byte, not {size!r}")
+    return n
+
+
+def to_safetensors_file(
+    input_path: PathLike,
+    output_path: PathLike,
+    array_names: Optional[List[str]] = None,
+    metadata: Optional[Dict[str, str]] = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    max_shard_size: Union[int, str, None] = None,
+    threads: int = 0,
+    durable: bool = False,
+) -> None:
+    """Export NumPack arrays to a SafeTensors file, streaming in bounded memory.
+
+    Args:
+        input_path: the NumPack directory. Only active rows are exported.
+        output_path: the ``.safetensors`` file (written beside it and renamed into place);
+            with ``max_shard_size``, a directory that receives a sharded checkpoint.
+        array_names: arrays to export, in that order (all, sorted by name, if ``None``).
+        metadata: the ``__metadata__`` to write (str to str). ``None`` writes the metadata
+            the directory carries from its SafeTensors source, if any.
+        chunk_size: bytes copied at once.
+        max_shard_size: write shards of at most this many tensor bytes (an int, or a string
+            such as ``"5GB"`` or ``"500MiB"``) into the directory ``output_path``, laid out
+            as ``save_pretrained`` does: ``model-0000k-of-0000n.safetensors`` and
+            ``model.safetensors.index.json``, or one ``model.safetensors`` when everything
+            fits.
+        threads: copy threads (0 picks the default).
+        durable: sync everything to disk before the output appears.
+
+    Raises:
+        TypeError: ``metadata`` keys or values that are not strings; an array of a dtype
+            SafeTensors lacks (complex128).
+    """
+    names, count = str_list(array_names, "array_names")
+    if metadata is None:
+        mkeys = mvalues = None
+        mcount = 0
+    else:
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a dict of str to str, not {type(metadata).__name__}")
+        for k, val in metadata.items():
+            if not isinstance(k, str) or not isinstance(val, str):
+                raise TypeError(
+                    f"metadata must map str to str; got {k!r}: {type(val).__name__}"
+                )
+        mkeys, mcount = str_list(list(metadata.keys()), "metadata key")
+        mvalues, _ = str_list(list(metadata.values()), "metadata value")
+    common = (path_arg(input_path), path_arg(output_path), names, count, mkeys, mvalues, mcount)
+    knobs = (_count(chunk_size, "chunk_size", 1), _count(threads, "threads"), _flags(durable))
+    if max_shard_size is None:
+        check(lib.npkio_to_safetensors_file(*common, *knobs))
+    else:
+        check(lib.npkio_to_safetensors_file_sharded(*common, parse_size(max_shard_size), *knobs))
+
+
+# ----------------------------------------------------------------------------------------
+# Utility functions
+
+
+def get_safetensors_metadata(path: PathLike) -> Dict[str, Any]:
+    """Get metadata from a SafeTensors file without loading tensors.
+
+    Only the header is read, whatever the file's size. ``path`` may also be a sharded
+    checkpoint (its index, or a directory holding one): its tensors are listed shard by
+    shard and its ``'metadata'`` is the first shard's.
+
+    Returns:
+        ``{'tensors': {name: {'shape': [768, 768], 'dtype': 'F32', 'data_offsets': [b, e]},
+        ...}, 'metadata': {key: value, ...}}``. Tensors are in file order; ``data_offsets``
+        are the header's (relative to the data section of the file holding the tensor);
+        ``'metadata'`` is the ``__metadata__`` section, ``{}`` when the file has none.
+    """
+    h = _lib.open_handle(lib.npkio_safetensors_open, lib.npkio_safetensors_free, path_arg(path))
+    n = c_size_t()
+    check(lib.npkio_safetensors_count(h.ptr, ctypes.byref(n)))
+    tensors: Dict[str, Dict[str, Any]] = {}
+    v = TensorView()
+    begin, end = c_uint64(), c_uint64()
+    for i in range(n.value):
+        check(lib.npkio_safetensors_get(h.ptr, i, ctypes.byref(v)))
+        check(lib.npkio_safetensors_data_offsets(h.ptr, i, ctypes.byref(begin), ctypes.byref(end)))
+        dtype = lib.npkio_dtype_name(v.dtype).decode("ascii")
+        tensors[take_str(v.name, v.name_len)] = {
+            "shape": [int(v.shape[d]) for d in range(v.ndim)],
+            "dtype": dtype,
+            "data_offsets": [begin.value, end.value],
+        }
+    check(lib.npkio_safetensors_metadata_count(h.ptr, ctypes.byref(n)))
+    metadata: Dict[str, str] = {}
+    k, kl, val, vl = c_void_p(), c_size_t(), c_void_p(), c_size_t()
+    for i in range(n.value):
+        check(
+            lib.npkio_safetensors_metadata_get(
+                h.ptr, i, ctypes.byref(k), ctypes.byref(kl), ctypes.byref(val), ctypes.byref(vl)
+            )
+        )
+        metadata[take_str(k.value, kl.value)] = take_str(val.value, vl.value)
+    return {"tensors": tensors, "metadata": metadata}
+
+
+class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
+    """What :func:`iter_safetensors` returns: yields ``(name, array)`` pairs.
+
+    The file is opened (and the keys checked) when it is made, not at the first ``next``.
+    Each array is a read-only zero-copy view of the mapped file that keeps the mapping
+    alive; the iterator itself can be dropped at any time.
+    """
+
+    def __init__(self, path: PathLike, keys: Optional[List[str]] = None) -> None:
+        names, count = str_list(keys, "keys")
+        self._handle: Optional[Handle] = _lib.open_handle(
+            lib.npkio_safetensors_iter_open, lib.npkio_safetensors_iter_free,
+            path_arg(path), names, count,
+        )
+
+    def __iter__(self) -> "SafeTensorsIterator":
+        return self
+
+    def __next__(self) -> Tuple[str, np.ndarray]:
+        h = self._handle
+        if h is None:
+            raise StopIteration
+        v, more = TensorView(), c_bool()
+        with h.lock:
+            check(lib.npkio_safetensors_iter_next(h.ptr, ctypes.byref(v), ctypes.byref(more)))
+        if not more.value:
+            self._handle = None  # the arrays yielded keep the mapping alive
+            raise StopIteration
+        return view_to_array(h, v)
+
+
+def iter_safetensors(
+    path: PathLike, keys: Optional[List[str]] = None
+) -> Iterator[Tuple[str, np.ndarray]]:
+    """Iterate over tensors in a SafeTensors file (or a sharded checkpoint).
+
+    Args:
+        path: a ``.safetensors`` file, a ``*.safetensors.index.json``, or a directory
+            holding one.
+        keys: tensors to yield, in that order (all, in file order, if ``None``). An unknown
+            key raises ``KeyError`` here, before anything is yielded.
+
+    Returns:
+        an iterator of ``(name, array)``; arrays are read-only zero-copy views of the mapped
+        file, valid for as long as they are referenced.
+    """
+    return SafeTensorsIterator(path, keys)
