@@ -300,11 +300,13 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
             copy::copy_extents(&files, dsts, &extents, &copy_opts, progress_ref(opts)).map_err(
                 |e| {
                     let shard = extents.get(e.extent).map_or(0, |x| x.src);
+                    // A failed write is about the output, not the source.
+                    let outs = vec![output_path.as_ref().to_path_buf(); batch.len()];
                     copy_error(
                         e,
                         src.shards()[shard].path(),
                         batch.iter().map(|a| a.name.as_str()),
-                        None,
+                        Some(&outs),
                     )
                 },
             )
@@ -459,7 +461,7 @@ fn import(
                 sidecar.arrays.extend(old.sidecar_entry(name)?);
             }
         }
-        link_tree(output, &stage, Path::new(""), &skip)?;
+        link_tree(output, &stage, Path::new(""), &skip).map_err(|e| e.staged(&stage, output))?;
         sidecar.metadata = old.safetensors_metadata().map(<[_]>::to_vec);
         sidecar.sharding = old.sharding().cloned();
     }
@@ -506,7 +508,7 @@ fn import(
                 .create_new(true)
                 .open(&path)
                 .ctx(&path, "creating")
-                .map_err(|e| e.array(a.name.clone()))?;
+                .map_err(|e| e.array(a.name.clone()).staged(&stage, output))?;
             copy::preallocate(&f, a.len())
                 .ctx(output, "allocating space for")
                 .map_err(|e| e.array(a.name.clone()))?;
@@ -527,9 +529,10 @@ fn import(
         total_size: 0,
         arrays: records,
     };
-    write_dir_metadata(&stage, &meta, &sidecar, opts.durable)?;
+    write_dir_metadata(&stage, &meta, &sidecar, opts.durable)
+        .map_err(|e| e.staged(&stage, output))?;
     drop(old);
-    publish::publish_dir(staging, output, opts.durable)
+    publish::publish_dir(staging, output, opts.durable).map_err(|e| e.staged(&stage, output))
 }
 
 /// Hard-links (or copies, where links fail) every file of `from/rel` into `to/rel`, except
@@ -845,9 +848,18 @@ fn export_sharded(
     let build_dir = staging
         .as_ref()
         .map_or(output.to_path_buf(), |s| s.path().to_path_buf());
+    // Errors about the staging directory name the output instead.
+    let aim = |e: Error| {
+        if fresh_dir {
+            e.staged(&build_dir, output)
+        } else {
+            e
+        }
+    };
     let mut tmps = Vec::with_capacity(n);
     for (f, plan) in file_names.iter().zip(&plans) {
-        let tmp = crate::numpack::fsutil::temp_file_in(&build_dir, &format!(".{f}.npkio-tmp-"))?;
+        let tmp = crate::numpack::fsutil::temp_file_in(&build_dir, &format!(".{f}.npkio-tmp-"))
+            .map_err(aim)?;
         write_header(tmp.as_file(), plan, &output.join(f))?;
         tmps.push(tmp);
     }
@@ -875,7 +887,7 @@ fn export_sharded(
         }
     }
     for (tmp, f) in tmps.into_iter().zip(&file_names) {
-        publish::publish_file(tmp, &build_dir.join(f), opts.durable)?;
+        publish::publish_file(tmp, &build_dir.join(f), opts.durable).map_err(aim)?;
     }
     if let Some(index) = &index {
         crate::numpack::fsutil::write_atomic(
@@ -883,13 +895,14 @@ fn export_sharded(
             INDEX_NAME,
             index.as_bytes(),
             opts.durable,
-        )?;
+        )
+        .map_err(aim)?;
     }
     if !fresh_dir {
         remove_stale_weights(output, &file_names, index.is_some());
     }
     if let Some(staging) = staging {
-        publish::publish_dir(staging, output, opts.durable)?;
+        publish::publish_dir(staging, output, opts.durable).map_err(aim)?;
     }
     Ok(())
 }
