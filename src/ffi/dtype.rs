@@ -1,12 +1,11 @@
 //! Dtypes and the two tensor structs C sees: [`NpkioTensorView`] (out) and
 //! [`NpkioTensorDesc`] (in).
 
-use std::ffi::{c_char, c_void, CString};
-use std::sync::OnceLock;
+use std::ffi::{c_char, c_void, CStr};
 
 use super::error::{FfiError, FfiResult};
 use super::{slice_arg, str_arg};
-use crate::dtype::{DType, ALL};
+use crate::dtype::DType;
 use crate::numpack::ArrayInput;
 
 /// An element type. The numbers are stable (they are the Rust core's `DType` numbers).
@@ -104,24 +103,34 @@ pub(crate) fn dtype_arg(n: u32) -> FfiResult<DType> {
         .ok_or_else(|| FfiError::invalid(format!("{n} is not an NpkioDtype number")))
 }
 
-struct Names {
-    safetensors: Vec<CString>,
-    numpy: Vec<CString>,
-}
-
-fn names() -> &'static Names {
-    static NAMES: OnceLock<Names> = OnceLock::new();
-    NAMES.get_or_init(|| Names {
-        safetensors: ALL
-            .iter()
-            .map(|d| CString::new(d.to_string()).expect("no NUL in dtype names"))
-            .collect(),
-        numpy: ALL
-            .iter()
-            .map(|d| CString::new(d.numpy_name()).expect("no NUL in dtype names"))
-            .collect(),
-    })
-}
+/// The SafeTensors names (NumPy's for complex128) and NumPy names, by dtype number, as
+/// static C strings: no allocation, nothing for a leak checker to see. A test checks them
+/// against the core's table.
+const NAMES: [(&CStr, &CStr); 23] = [
+    (c"BOOL", c"bool"),
+    (c"F4", c"float4_e2m1fn"),
+    (c"F6_E2M3", c"float6_e2m3fn"),
+    (c"F6_E3M2", c"float6_e3m2fn"),
+    (c"U8", c"uint8"),
+    (c"I8", c"int8"),
+    (c"F8_E5M2", c"float8_e5m2"),
+    (c"F8_E4M3", c"float8_e4m3fn"),
+    (c"F8_E8M0", c"float8_e8m0fnu"),
+    (c"F8_E4M3FNUZ", c"float8_e4m3fnuz"),
+    (c"F8_E5M2FNUZ", c"float8_e5m2fnuz"),
+    (c"I16", c"int16"),
+    (c"U16", c"uint16"),
+    (c"F16", c"float16"),
+    (c"BF16", c"bfloat16"),
+    (c"I32", c"int32"),
+    (c"U32", c"uint32"),
+    (c"F32", c"float32"),
+    (c"C64", c"complex64"),
+    (c"F64", c"float64"),
+    (c"I64", c"int64"),
+    (c"U64", c"uint64"),
+    (c"complex128", c"complex128"),
+];
 
 /// The name of a dtype number: its SafeTensors name (`"F32"`, `"BF16"`), or `"complex128"`
 /// for `NPKIO_DTYPE_C128`, which SafeTensors lacks. NULL for a number that is no dtype.
@@ -129,7 +138,7 @@ fn names() -> &'static Names {
 #[no_mangle]
 pub extern "C" fn npkio_dtype_name(dtype: u32) -> *const c_char {
     super::panic::value_boundary(std::ptr::null(), || match dtype_arg(dtype) {
-        Ok(d) => names().safetensors[d as usize].as_ptr(),
+        Ok(d) => NAMES[d as usize].0.as_ptr(),
         Err(_) => std::ptr::null(),
     })
 }
@@ -140,7 +149,7 @@ pub extern "C" fn npkio_dtype_name(dtype: u32) -> *const c_char {
 #[no_mangle]
 pub extern "C" fn npkio_dtype_numpy_name(dtype: u32) -> *const c_char {
     super::panic::value_boundary(std::ptr::null(), || match dtype_arg(dtype) {
-        Ok(d) => names().numpy[d as usize].as_ptr(),
+        Ok(d) => NAMES[d as usize].1.as_ptr(),
         Err(_) => std::ptr::null(),
     })
 }
@@ -217,6 +226,7 @@ pub(crate) unsafe fn desc_input<'a>(d: &NpkioTensorDesc, i: usize) -> FfiResult<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::ALL;
 
     #[test]
     fn npkio_dtype_numbers_are_the_core_numbers() {
@@ -225,6 +235,12 @@ mod tests {
             assert_eq!(dtype_arg(d as u32).unwrap(), d);
         }
         assert!(dtype_arg(23).is_err());
+        assert_eq!(NAMES.len(), ALL.len());
+        for d in ALL {
+            let (st, np) = NAMES[d as usize];
+            assert_eq!(st.to_str().unwrap(), d.to_string(), "{d}");
+            assert_eq!(np.to_str().unwrap(), d.numpy_name(), "{d}");
+        }
         assert!(dtype_arg(256 + 17).is_err());
     }
 }
