@@ -408,6 +408,13 @@ fn null_everywhere_on_the_numpack_handle() {
             NpkioStatus::KeyNotFound
         );
         assert!(v.name.is_null() && info.name.is_null() && p.is_null());
+        // A count whose byte size overflows is refused before anything is read.
+        let row = 0u64;
+        assert_eq!(
+            npkio_numpack_drop_rows(h, c"x".as_ptr(), &row, usize::MAX),
+            NpkioStatus::InvalidArgument
+        );
+        assert!(last_message().contains("too large"));
         assert_eq!(npkio_numpack_close(h), NpkioStatus::Ok);
     }
 }

@@ -127,13 +127,13 @@ pub(crate) unsafe fn slice_arg<'a, T>(p: *const T, count: usize, what: &str) -> 
             "argument `{what}` is not aligned for its type"
         )));
     }
-    if count
-        .checked_mul(std::mem::size_of::<T>())
-        .map_or(true, |n| n > isize::MAX as usize)
-    {
-        return Err(FfiError::invalid(format!(
-            "argument `{what}`: count {count} is too large"
-        )));
+    match count.checked_mul(std::mem::size_of::<T>()) {
+        Some(bytes) if bytes <= isize::MAX as usize => {}
+        _ => {
+            return Err(FfiError::invalid(format!(
+                "argument `{what}`: count {count} is too large"
+            )))
+        }
     }
     // SAFETY: not NULL, aligned, the size fits in isize, and the caller guarantees `count`
     // initialised elements that live for 'a.
