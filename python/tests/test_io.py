@@ -1,0 +1,319 @@
+"""npkio.io against the safetensors package, the memory API's input handling, sharded
+export, errors and keyword extras."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+import npkio
+from npkio.io import (
+    DEFAULT_CHUNK_SIZE,
+    from_safetensors,
+    from_safetensors_file,
+    get_safetensors_metadata,
+    iter_safetensors,
+    to_safetensors,
+    to_safetensors_file,
+)
+
+from conftest import FIXTURES, REPO
+
+TINY_LLAMA = REPO / "examples" / "tiny-llama.safetensors"
+NUMPY_FILES = [
+    FIXTURES / "safetensors" / "with_metadata.safetensors",
+    FIXTURES / "safetensors" / "edge_cases.safetensors",
+    FIXTURES / "safetensors" / "sharded" / "model-00001-of-00002.safetensors",
+    TINY_LLAMA,
+]
+
+
+def test_default_chunk_size_is_the_library_default():
+    assert DEFAULT_CHUNK_SIZE == 8 * 1024 * 1024
+
+
+def header_bytes(path) -> dict:
+    """name -> (dtype, shape, bytes) read straight from the file, for tensors the
+    safetensors package cannot give as NumPy arrays (BF16 without ml_dtypes)."""
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header.pop("__metadata__", None)
+    return {
+        k: (v["dtype"], v["shape"], raw[8 + n + v["data_offsets"][0] : 8 + n + v["data_offsets"][1]])
+        for k, v in header.items()
+    }
+
+
+def assert_same_as_safetensors(got: dict, path) -> None:
+    """``got`` equals what the safetensors package loads from ``path``: the arrays
+    ``safetensors.numpy`` can make compared as arrays (dtype, shape, values), the others
+    (BF16 when ml_dtypes is absent, or npkio's raw form) by dtype name and bytes."""
+    raw = header_bytes(path)
+    assert set(got) == set(raw)
+    with safe_open(path, framework="np") as f:
+        for name in f.keys():
+            dtype, shape, data = raw[name]
+            assert npkio.dtype_of(got[name]) == dtype, name
+            assert got[name].tobytes() == data, name
+            if got[name].dtype.metadata:  # npkio's raw form: bits compared above
+                continue
+            try:
+                want = f.get_tensor(name)
+            except TypeError:  # a dtype NumPy lacks and ml_dtypes is not there
+                continue
+            assert got[name].dtype == want.dtype, name
+            assert got[name].shape == want.shape, name
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
+@pytest.mark.parametrize("path", NUMPY_FILES, ids=lambda p: p.name)
+def test_iter_equals_safetensors_load(path, dtype_mode):
+    got = dict(iter_safetensors(path))
+    assert list(got) == list(get_safetensors_metadata(path)["tensors"])
+    assert_same_as_safetensors(got, path)
+    if dtype_mode == "ml_dtypes":  # safetensors.numpy.load_file handles every dtype then
+        want = load_file(path)
+        for name, arr in want.items():
+            assert got[name].dtype == arr.dtype
+            np.testing.assert_array_equal(got[name], arr, err_msg=name)
+
+
+@pytest.mark.parametrize("path", NUMPY_FILES, ids=lambda p: p.name)
+def test_conversion_round_trip_is_read_back_by_safetensors(path, tmp_path, dtype_mode):
+    from_safetensors_file(path, tmp_path / "m.npk")
+    assert_same_as_safetensors(to_safetensors(tmp_path / "m.npk"), path)
+    to_safetensors_file(tmp_path / "m.npk", tmp_path / "back.safetensors")
+    back = tmp_path / "back.safetensors"
+    assert_same_as_safetensors(dict(iter_safetensors(back)), path)
+    assert {k: (d, s, b) for k, (d, s, b) in header_bytes(back).items()} == header_bytes(path)
+    # the source's __metadata__ travels with the arrays
+    with safe_open(path, framework="np") as f:
+        src_meta = f.metadata()
+    with safe_open(back, framework="np") as f:
+        assert f.metadata() == src_meta
+
+
+def test_metadata_layout_and_offsets_match_the_header():
+    path = FIXTURES / "safetensors" / "with_metadata.safetensors"
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    meta = get_safetensors_metadata(path)
+    assert set(meta) == {"tensors", "metadata"}
+    assert meta["metadata"] == header.pop("__metadata__")
+    assert meta["tensors"] == {
+        k: {"shape": v["shape"], "dtype": v["dtype"], "data_offsets": v["data_offsets"]}
+        for k, v in header.items()
+    }
+    # no __metadata__ at all: an empty dict
+    assert get_safetensors_metadata(FIXTURES / "safetensors" / "edge_cases.safetensors")[
+        "metadata"
+    ] == {}
+
+
+def test_from_safetensors_writes_what_numpy_holds(tmp_path):
+    base = np.arange(24, dtype=np.int32).reshape(4, 6)
+    tensors = {
+        "transposed": base.T,  # not C-contiguous: saved in logical C order
+        "strided": base[:, ::2],
+        "scalar": np.float64(2.5),
+        "zero_d": np.array(7, dtype=np.int16),
+        "bool": np.array([True, False, True]),
+        "c128": np.array([1 + 2j, -3j]),
+        "c64": np.array([1 + 1j], dtype=np.complex64),
+        "big_endian": np.arange(5, dtype=">f4"),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "list": [[1.0, 2.0], [3.0, 4.0]],
+    }
+    from_safetensors(tensors, tmp_path / "m.npk")
+    got = to_safetensors(tmp_path / "m.npk")
+    for name, value in tensors.items():
+        want = np.asarray(value)
+        assert got[name].shape == want.shape, name
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    assert got["transposed"].flags.c_contiguous
+    assert got["big_endian"].dtype == np.dtype("<f4")
+    assert got["c128"].dtype == np.complex128
+    assert got["scalar"].shape == () and got["scalar"][()] == 2.5
+    # the file side: everything but complex128 exports and safetensors reads it back
+    del tensors["c128"]
+    from_safetensors(tensors, tmp_path / "st.npk")
+    to_safetensors_file(tmp_path / "st.npk", tmp_path / "m.safetensors")
+    back = load_file(tmp_path / "m.safetensors")
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(back[name], np.asarray(value), err_msg=name)
+
+
+def test_from_safetensors_merges_or_drops(tmp_path):
+    out = tmp_path / "m.npk"
+    from_safetensors({"a": np.ones(2), "b": np.zeros(3)}, out)
+    from_safetensors({"a": np.full(2, 5.0)}, out)
+    got = to_safetensors(out)
+    assert sorted(got) == ["a", "b"] and got["a"][0] == 5.0
+    from_safetensors({"c": np.ones(1)}, out, drop_if_exists=True)
+    assert list(to_safetensors(out)) == ["c"]
+
+
+def test_to_safetensors_selects_in_order(tmp_path):
+    from_safetensors({"a": np.ones(1), "b": np.ones(2), "c": np.ones(3)}, tmp_path / "m.npk")
+    assert list(to_safetensors(tmp_path / "m.npk", ["c", "a"])) == ["c", "a"]
+    assert list(to_safetensors(tmp_path / "m.npk", "b")) == ["b"]
+    assert to_safetensors(tmp_path / "m.npk", []) == {}
+
+
+def test_to_safetensors_file_selection_and_metadata(tmp_path):
+    from_safetensors({"a": np.ones(1), "b": np.ones(2)}, tmp_path / "m.npk")
+    to_safetensors_file(tmp_path / "m.npk", tmp_path / "o.safetensors", ["b"], {"k": "v"})
+    with safe_open(tmp_path / "o.safetensors", framework="np") as f:
+        assert list(f.keys()) == ["b"]
+        assert f.metadata() == {"k": "v"}
+    with pytest.raises(TypeError):
+        to_safetensors_file(tmp_path / "m.npk", tmp_path / "x.safetensors", metadata={"k": 1})
+
+
+def test_sharded_export_is_a_save_pretrained_checkpoint(tmp_path):
+    rng = np.random.default_rng(2)
+    tensors = {f"layer.{i}": rng.random((64, 64), dtype=np.float32) for i in range(5)}
+    from_safetensors(tensors, tmp_path / "m.npk")
+    out = tmp_path / "ckpt"
+    to_safetensors_file(tmp_path / "m.npk", out, max_shard_size="40KB")  # 16 KiB tensors
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) == 3 and shards[0] == "model-00001-of-00003.safetensors"
+    assert index["metadata"]["total_size"] == 5 * 64 * 64 * 4
+    for name, arr in tensors.items():
+        np.testing.assert_array_equal(load_file(out / index["weight_map"][name])[name], arr)
+    # and it reads back as one checkpoint
+    assert set(get_safetensors_metadata(out)["tensors"]) == set(tensors)
+    back = dict(iter_safetensors(out / "model.safetensors.index.json"))
+    for name, arr in tensors.items():
+        np.testing.assert_array_equal(back[name], arr)
+    from_safetensors_file(out, tmp_path / "again.npk")
+    assert set(to_safetensors(tmp_path / "again.npk")) == set(tensors)
+    # everything in one shard: a single model.safetensors
+    to_safetensors_file(tmp_path / "m.npk", tmp_path / "one", max_shard_size=10**9)
+    assert os.listdir(tmp_path / "one") == ["model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "text,n",
+    [("5GB", 5 * 10**9), ("500MiB", 500 * 2**20), ("1.5 kb", 1500), ("123", 123), (7, 7)],
+)
+def test_max_shard_size_strings(text, n):
+    from npkio.io import parse_size
+
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("bad", ["", "5 GBs", "-1", 0, "0B", 1.5, True])
+def test_bad_max_shard_sizes(bad, tmp_path):
+    with pytest.raises((TypeError, ValueError)):
+        to_safetensors_file(tmp_path / "m.npk", tmp_path / "o", max_shard_size=bad)
+
+
+def test_keyword_extras(tmp_path):
+    src = FIXTURES / "safetensors" / "with_metadata.safetensors"
+    from_safetensors_file(src, tmp_path / "m.npk", threads=2, durable=True, chunk_size=1)
+    to_safetensors_file(tmp_path / "m.npk", tmp_path / "o.safetensors", threads=1, durable=True)
+    from_safetensors({"x": np.ones(3)}, tmp_path / "x.npk", threads=1, durable=True)
+    assert load_file(tmp_path / "o.safetensors").keys() == load_file(src).keys()
+    with pytest.raises(TypeError):
+        from_safetensors_file(src, tmp_path / "m.npk", None, False, DEFAULT_CHUNK_SIZE, 2)
+    with pytest.raises(ValueError):
+        from_safetensors_file(src, tmp_path / "m.npk", chunk_size=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Errors
+
+
+def test_unknown_keys_raise_key_error(tmp_path):
+    src = FIXTURES / "safetensors" / "with_metadata.safetensors"
+    with pytest.raises(KeyError) as info:
+        iter_safetensors(src, keys=["nope"])  # raised at the call, before iterating
+    assert isinstance(info.value, npkio.NpkioKeyError)
+    assert "nope" in str(info.value)
+    with pytest.raises(npkio.NpkioKeyError):
+        from_safetensors_file(src, tmp_path / "m.npk", keys=["encoder.weight", "nope"])
+    assert not (tmp_path / "m.npk").exists()
+    from_safetensors_file(src, tmp_path / "m.npk")
+    with pytest.raises(KeyError):
+        to_safetensors(tmp_path / "m.npk", ["nope"])
+    with pytest.raises(KeyError):
+        to_safetensors_file(tmp_path / "m.npk", tmp_path / "o.safetensors", ["nope"])
+
+
+def test_missing_inputs_raise_file_not_found(tmp_path):
+    for call in (
+        lambda: get_safetensors_metadata(tmp_path / "none.safetensors"),
+        lambda: iter_safetensors(tmp_path / "none.safetensors"),
+        lambda: from_safetensors_file(tmp_path / "none.safetensors", tmp_path / "o.npk"),
+        lambda: to_safetensors(tmp_path / "none.npk"),
+        lambda: to_safetensors_file(tmp_path / "none.npk", tmp_path / "o.safetensors"),
+    ):
+        with pytest.raises(FileNotFoundError) as info:
+            call()
+        assert isinstance(info.value, npkio.NpkioError)
+        assert "none." in str(info.value)
+
+
+def test_an_output_that_is_not_numpack_is_not_touched(tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises((FileExistsError, ValueError)) as info:
+        from_safetensors({"a": np.ones(1)}, tmp_path / "precious", drop_if_exists=True)
+    assert isinstance(info.value, npkio.NpkioError)
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def test_complex128_cannot_go_to_safetensors(tmp_path):
+    from_safetensors({"c": np.ones(2, dtype=np.complex128)}, tmp_path / "m.npk")
+    with pytest.raises(npkio.NpkioUnsupportedError) as info:
+        to_safetensors_file(tmp_path / "m.npk", tmp_path / "o.safetensors")
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array(["a"]),
+        np.array([object()]),
+        np.zeros(1, "datetime64[s]"),
+        np.zeros(1, dtype=[("a", "i4")]),
+    ],
+    ids=["str", "object", "datetime", "structured"],
+)
+def test_unstorable_dtypes_raise_type_error(value, tmp_path):
+    with pytest.raises(TypeError):
+        from_safetensors({"x": value}, tmp_path / "m.npk")
+    assert not (tmp_path / "m.npk").exists()
+
+
+def test_bad_names_and_paths(tmp_path):
+    with pytest.raises(ValueError):
+        from_safetensors({"a\0b": np.ones(1)}, tmp_path / "m.npk")
+    with pytest.raises(TypeError):
+        from_safetensors({1: np.ones(1)}, tmp_path / "m.npk")
+    with pytest.raises(ValueError):
+        get_safetensors_metadata("")
+    with pytest.raises(ValueError):
+        get_safetensors_metadata("a\0b")
+
+
+def test_error_classes_are_both_kinds():
+    for cls, base in [
+        (npkio.NpkioKeyError, KeyError),
+        (npkio.NpkioFileNotFoundError, FileNotFoundError),
+        (npkio.NpkioFileExistsError, FileExistsError),
+        (npkio.NpkioMalformedError, ValueError),
+        (npkio.NpkioValueError, ValueError),
+        (npkio.NpkioOSError, OSError),
+        (npkio.NpkioBusyError, BlockingIOError),
+    ]:
+        assert issubclass(cls, npkio.NpkioError) and issubclass(cls, base)
