@@ -28,7 +28,7 @@ def _prefer_installed() -> None:
         spec = importlib.util.find_spec("npkio")
     finally:
         sys.path[:] = saved
-    if spec is not None and spec.origin and (Path(spec.origin).parent / "libnpkio.so").exists():
+    if spec is not None and spec.origin and any(Path(spec.origin).parent.glob("libnpkio.*")):
         sys.path[:] = rest
 
 

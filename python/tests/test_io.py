@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 import npkio
 from npkio.io import (

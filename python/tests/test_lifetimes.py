@@ -11,7 +11,6 @@ import weakref
 
 import numpy as np
 
-import npkio
 from npkio import NumPack
 from npkio._lib import Handle
 from npkio.io import from_safetensors, iter_safetensors, to_safetensors

@@ -5,7 +5,6 @@ shared/spec/seed-safetensors-api.md) run as written, with only the import lines 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +158,14 @@ def test_model_conversion_pipeline(workdir, capsys):
     np.testing.assert_array_equal(got["encoder.bias"], original["encoder.bias"])
     with safe_open("quantized.safetensors", framework="np") as f:
         assert f.metadata() == {"quantization": "int8"}
+
+
+def test_the_readme_example_runs(workdir, capsys):
+    readme = (TESTS.parent / "README.md").read_text(encoding="utf-8")
+    (code,) = python_blocks(readme)
+    run(code)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "{'weight': {'shape': [768, 768], 'dtype': 'F32', 'data_offsets': [0, 2359296]}}"
+    assert out[1] == "{'framework': 'pytorch'}"
+    assert out[2] == "weight: (768, 768)"
+    assert np.asarray(load_npk("model.npk")["weight"]).dtype == np.int8
