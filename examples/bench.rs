@@ -1,0 +1,597 @@
+//! npkio's benchmark: conversions against `cp` of the same bytes, in one run.
+//!
+//! ```sh
+//! cargo run --release --example bench -- --size 1GiB
+//! cargo run --release --example bench -- --size 1GiB --f32-only   # a model the reference can read
+//! ```
+//!
+//! It writes a synthetic Llama-shaped model (BF16 weights, F32 norms; hundreds of tensors)
+//! of about `--size` bytes into `--dir` (default: a temporary directory under the current
+//! directory, so on the same filesystem as the outputs), warms the page cache, and times
+//! each operation as a whole child process (this binary run again), `--reps` times. It
+//! prints medians, throughput, the ratio to `cp` measured in the same run, and the child's
+//! peak resident memory (`wait4`'s `ru_maxrss`; the `true` row shows the floor any child
+//! starts from). `sync` runs before every timed run so that one run's writeback does not
+//! land in the next one's time. When a Python with `numpack` 0.7 is found
+//! (`NPKIO_BENCH_PYTHON`, else `python3`), the reference converter is timed too.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use npkio::safetensors::writer::{plan_header, PlanInput};
+use npkio::{DType, Options};
+
+struct Args {
+    size: u64,
+    reps: usize,
+    dir: Option<PathBuf>,
+    f32_only: bool,
+    threads: Vec<usize>,
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    Some((n * mult as f64) as u64)
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut a = Args {
+        size: 1 << 30,
+        reps: 3,
+        dir: None,
+        f32_only: false,
+        threads: Vec::new(),
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--size" => {
+                a.size = it
+                    .next()
+                    .and_then(|s| parse_size(&s))
+                    .expect("--size SIZE (e.g. 1GiB)")
+            }
+            "--reps" => a.reps = it.next().and_then(|s| s.parse().ok()).expect("--reps N"),
+            "--dir" => a.dir = it.next().map(PathBuf::from),
+            "--f32-only" => a.f32_only = true,
+            "--threads" => {
+                a.threads = it
+                    .next()
+                    .expect("--threads 1,2,4")
+                    .split(',')
+                    .map(|t| t.parse().expect("thread count"))
+                    .collect()
+            }
+            "-h" | "--help" => {
+                println!("usage: bench [--size 1GiB] [--reps 3] [--dir DIR] [--f32-only] [--threads 1,2,4]");
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if a.threads.is_empty() {
+        a.threads = vec![1, 2, 4, ncpu];
+        a.threads.sort_unstable();
+        a.threads.dedup();
+    }
+    a.reps = a.reps.max(1);
+    a
+}
+
+/// The tensors of a Llama-shaped model of about `size` bytes: (name, dtype, shape).
+fn model(size: u64, f32_only: bool) -> Vec<(String, DType, Vec<u64>)> {
+    let (hidden, vocab) = if size >= 256 << 20 {
+        (1024u64, 32000u64)
+    } else {
+        (256, 4000)
+    };
+    let inter = hidden * 11 / 4;
+    let wide = if f32_only { DType::F32 } else { DType::BF16 };
+    let w = u64::from(wide.bits() / 8);
+    let per_layer = w * (4 * hidden * hidden + 3 * hidden * inter) + 2 * 4 * hidden;
+    let fixed = 2 * w * vocab * hidden + 4 * hidden;
+    let layers = (size.saturating_sub(fixed) / per_layer).max(1);
+    let mut t = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            wide,
+            vec![vocab, hidden],
+        ),
+        ("model.norm.weight".to_string(), DType::F32, vec![hidden]),
+        ("lm_head.weight".to_string(), wide, vec![vocab, hidden]),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            t.push((
+                format!("{p}.self_attn.{proj}.weight"),
+                wide,
+                vec![hidden, hidden],
+            ));
+        }
+        t.push((
+            format!("{p}.mlp.gate_proj.weight"),
+            wide,
+            vec![inter, hidden],
+        ));
+        t.push((format!("{p}.mlp.up_proj.weight"), wide, vec![inter, hidden]));
+        t.push((
+            format!("{p}.mlp.down_proj.weight"),
+            wide,
+            vec![hidden, inter],
+        ));
+        t.push((
+            format!("{p}.input_layernorm.weight"),
+            DType::F32,
+            vec![hidden],
+        ));
+        t.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            DType::F32,
+            vec![hidden],
+        ));
+    }
+    t
+}
+
+/// Writes the model as a SafeTensors file, streaming (memory stays small).
+fn write_model(path: &Path, tensors: &[(String, DType, Vec<u64>)]) -> u64 {
+    let inputs: Vec<PlanInput<'_>> = tensors
+        .iter()
+        .map(|(n, d, s)| PlanInput {
+            name: n,
+            dtype: *d,
+            shape: s,
+        })
+        .collect();
+    let plan = plan_header(&inputs, Some(&[("format".to_string(), "pt".to_string())])).unwrap();
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, File::create(path).unwrap());
+    f.write_all(&plan.header).unwrap();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = plan.file_len - plan.header.len() as u64;
+    while left > 0 {
+        for c in buf.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            c.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    plan.file_len
+}
+
+/// Reads a file once so that its pages are in the page cache.
+fn warm(path: &Path) {
+    let mut f = File::open(path).unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    while f.read(&mut buf).unwrap() > 0 {}
+}
+
+fn remove(path: &Path) {
+    if path.is_dir() {
+        let _ = std::fs::remove_dir_all(path);
+    } else {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Runs `cmd`, returning its wall time and peak RSS in bytes: the child's own report
+/// (`VmHWM`, printed by this binary's child mode) when it gives one, else `wait4`'s
+/// `ru_maxrss`, which cannot go below the resident size of the process that spawned it.
+fn run(cmd: &mut Command) -> (Duration, u64) {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning a child");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: wait4 writes into the status and rusage we pass; the pid is our child's.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = start.elapsed();
+    assert_eq!(rc, pid, "wait4 failed");
+    let st = std::process::ExitStatus::from_raw(status);
+    assert!(st.success(), "child {cmd:?} failed: {st}");
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    std::mem::forget(child); // already reaped
+    let hwm = out
+        .lines()
+        .find_map(|l| l.strip_prefix("VMHWM "))
+        .and_then(|kb| kb.trim().parse::<u64>().ok());
+    (wall, hwm.unwrap_or(ru.ru_maxrss as u64) * 1024)
+}
+
+/// This process's peak resident set in KiB (`VmHWM`).
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Row {
+    name: String,
+    secs: f64,
+    rss: u64,
+    bytes: u64,
+}
+
+/// Child mode: `bench --child OP ARGS...` performs one operation and exits.
+fn child(mut it: impl Iterator<Item = String>) {
+    let op = it.next().unwrap();
+    let a: Vec<String> = it.collect();
+    let threads = |s: &str| s.parse::<usize>().unwrap();
+    match op.as_str() {
+        "generate" => {
+            let tensors = model(a[1].parse().unwrap(), a[2] == "f32");
+            let len = write_model(Path::new(&a[0]), &tensors);
+            println!("{} {len}", tensors.len());
+        }
+        "from" => {
+            let opts = Options {
+                threads: threads(&a[2]),
+                durable: a[3] == "durable",
+                ..Options::default()
+            };
+            npkio::from_safetensors_file_with(&a[0], &a[1], None::<&[&str]>, true, &opts).unwrap();
+        }
+        "to" => {
+            let opts = Options {
+                threads: threads(&a[2]),
+                durable: a[3] == "durable",
+                ..Options::default()
+            };
+            npkio::to_safetensors_file_with(&a[0], &a[1], None::<&[&str]>, None, &opts).unwrap();
+        }
+        "metadata" => {
+            let m = npkio::get_safetensors_metadata(&a[0]).unwrap();
+            assert!(!m.tensors.is_empty());
+        }
+        "iterate" => {
+            // Zero-copy iteration: every tensor's view, touching no tensor byte.
+            let mut n = 0u64;
+            for (_, t) in npkio::iter_safetensors(&a[0], None::<&[&str]>).unwrap() {
+                n += t.data().len() as u64;
+            }
+            assert!(n > 0);
+        }
+        "memory" => {
+            // In-memory from_safetensors against one plain write of the same bytes; the
+            // load is not timed. Prints both times.
+            let file = npkio::safetensors::SafeTensorsFile::open(&a[0]).unwrap();
+            let owned: Vec<(String, DType, Vec<u64>, Vec<u8>)> = (0..file.len())
+                .map(|i| {
+                    let v = file.view(i).unwrap();
+                    (
+                        v.name.to_string(),
+                        v.dtype,
+                        v.shape.to_vec(),
+                        v.data.to_vec(),
+                    )
+                })
+                .collect();
+            let inputs: Vec<npkio::TensorInput<'_>> = owned
+                .iter()
+                .map(|(n, d, s, b)| npkio::TensorInput {
+                    name: n,
+                    dtype: *d,
+                    shape: s,
+                    data: b,
+                })
+                .collect();
+            let t0 = Instant::now();
+            npkio::from_safetensors(&inputs, &a[1], true).unwrap();
+            let ours = t0.elapsed();
+            let t1 = Instant::now();
+            let mut f = File::create(&a[2]).unwrap();
+            for (_, _, _, b) in &owned {
+                f.write_all(b).unwrap();
+            }
+            drop(f);
+            let plain = t1.elapsed();
+            println!("{} {}", ours.as_secs_f64(), plain.as_secs_f64());
+        }
+        other => panic!("unknown child op {other}"),
+    }
+    println!("VMHWM {}", vm_hwm_kib());
+}
+
+fn find_reference_python() -> Option<String> {
+    let py = std::env::var("NPKIO_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import numpack, numpack.io"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(py)
+}
+
+fn main() {
+    let mut argv = std::env::args().skip(1).peekable();
+    if argv.peek().map(String::as_str) == Some("--child") {
+        argv.next();
+        child(argv);
+        return;
+    }
+    let args = parse_args(argv);
+    let me = std::env::current_exe().unwrap();
+    let tmp = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir_in(".").unwrap(),
+    };
+    let dir = tmp.path();
+    let src = dir.join("model.safetensors");
+    // Generated in a child so that this process stays small: a child's peak RSS as reported
+    // by wait4 includes the resident size of the process that spawned it.
+    let out = Command::new(&me)
+        .args(["--child", "generate"])
+        .arg(&src)
+        .arg(args.size.to_string())
+        .arg(if args.f32_only { "f32" } else { "mixed" })
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let first = printed.lines().next().unwrap_or_default();
+    let mut p = first.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+    let (count, len) = (p.next().unwrap(), p.next().unwrap());
+    warm(&src);
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "npkio bench: {} tensors ({}), {:.1} MiB, {} reps, {} CPUs, dir {}",
+        count,
+        if args.f32_only { "F32" } else { "BF16 + F32" },
+        len as f64 / (1 << 20) as f64,
+        args.reps,
+        ncpu,
+        dir.display()
+    );
+
+    let npk = dir.join("model.npk");
+    let back = dir.join("back.safetensors");
+    let cp_dst = dir.join("cp.safetensors");
+    let mut rows: Vec<Row> = Vec::new();
+    let mut time = |name: String, bytes: u64, setup: &dyn Fn(), cmd: &dyn Fn() -> Command| {
+        let (mut secs, mut rss) = (Vec::new(), 0u64);
+        for _ in 0..args.reps {
+            setup();
+            // Flush earlier runs' dirty pages so that their writeback does not land in
+            // this run's time; the page cache stays warm.
+            // SAFETY: sync(2) takes no arguments.
+            unsafe { libc::sync() };
+            let (d, r) = run(&mut cmd());
+            secs.push(d.as_secs_f64());
+            rss = rss.max(r);
+        }
+        rows.push(Row {
+            name,
+            secs: median(secs),
+            rss,
+            bytes,
+        });
+    };
+
+    time("true (process start, RSS floor)".into(), 0, &|| {}, &|| {
+        Command::new("true")
+    });
+    time("cp".into(), len, &|| remove(&cp_dst), &|| {
+        let mut c = Command::new("cp");
+        c.arg(&src).arg(&cp_dst);
+        c
+    });
+    let child = |op: &str, a: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut c = Command::new(&me);
+        c.arg("--child").arg(op);
+        for x in a {
+            c.arg(x);
+        }
+        c
+    };
+    // Default threads first (what users get), then the scaling figures.
+    let mut counts = vec![0usize];
+    counts.extend(&args.threads);
+    for &t in &counts {
+        let label = if t == 0 {
+            "default".to_string()
+        } else {
+            format!("{t} thr")
+        };
+        let ts = t.to_string();
+        time(
+            format!("SafeTensors -> NumPack ({label})"),
+            len,
+            &|| remove(&npk),
+            &|| child("from", &[&src, &npk, &ts, &"fast"]),
+        );
+        // The NumPack side must exist for the export.
+        if !npk.exists() {
+            run(&mut child("from", &[&src, &npk, &"0", &"fast"]));
+        }
+        time(
+            format!("NumPack -> SafeTensors ({label})"),
+            len,
+            &|| remove(&back),
+            &|| child("to", &[&npk, &back, &ts, &"fast"]),
+        );
+    }
+    time(
+        "SafeTensors -> NumPack (durable)".into(),
+        len,
+        &|| remove(&npk),
+        &|| child("from", &[&src, &npk, &"0", &"durable"]),
+    );
+    if !npk.exists() {
+        run(&mut child("from", &[&src, &npk, &"0", &"fast"]));
+    }
+    time(
+        "NumPack -> SafeTensors (durable)".into(),
+        len,
+        &|| remove(&back),
+        &|| child("to", &[&npk, &back, &"0", &"durable"]),
+    );
+    time("get_safetensors_metadata".into(), 0, &|| {}, &|| {
+        child("metadata", &[&src])
+    });
+    time("iter_safetensors (zero-copy)".into(), 0, &|| {}, &|| {
+        child("iterate", &[&src])
+    });
+
+    // In-memory from_safetensors vs a plain single write, timed inside the child.
+    let mut ours = Vec::new();
+    let mut plain = Vec::new();
+    let mem_npk = dir.join("mem.npk");
+    let mem_plain = dir.join("mem.bin");
+    for _ in 0..args.reps {
+        remove(&mem_npk);
+        remove(&mem_plain);
+        // SAFETY: sync(2) takes no arguments.
+        unsafe { libc::sync() };
+        let out = child("memory", &[&src, &mem_npk, &mem_plain])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = String::from_utf8_lossy(&out.stdout);
+        let first = s.lines().next().unwrap_or_default();
+        let mut p = first.split_whitespace().map(|x| x.parse::<f64>().unwrap());
+        ours.push(p.next().unwrap());
+        plain.push(p.next().unwrap());
+    }
+
+    let reference = find_reference_python();
+    if let Some(py) = &reference {
+        if args.f32_only {
+            let code_from = "import sys; from numpack.io import from_safetensors_file as f; f(sys.argv[1], sys.argv[2], drop_if_exists=True)";
+            let code_to = "import sys; from numpack.io import to_safetensors_file as f; f(sys.argv[1], sys.argv[2])";
+            let code_meta =
+                "import sys; from numpack.io import get_safetensors_metadata as f; f(sys.argv[1])";
+            let ref_npk = dir.join("ref.npk");
+            let ref_back = dir.join("ref.safetensors");
+            time(
+                "reference from_safetensors_file".into(),
+                len,
+                &|| remove(&ref_npk),
+                &|| {
+                    let mut c = Command::new(py);
+                    c.args(["-c", code_from]).arg(&src).arg(&ref_npk);
+                    c
+                },
+            );
+            time(
+                "reference to_safetensors_file".into(),
+                len,
+                &|| remove(&ref_back),
+                &|| {
+                    let mut c = Command::new(py);
+                    c.args(["-c", code_to]).arg(&ref_npk).arg(&ref_back);
+                    c
+                },
+            );
+            time(
+                "reference get_safetensors_metadata".into(),
+                0,
+                &|| {},
+                &|| {
+                    let mut c = Command::new(py);
+                    c.args(["-c", code_meta]).arg(&src);
+                    c
+                },
+            );
+        }
+    }
+
+    let cp = rows.iter().find(|r| r.name == "cp").map_or(1.0, |r| r.secs);
+    println!();
+    println!(
+        "{:<40} {:>10} {:>9} {:>8} {:>10}",
+        "operation", "median s", "GB/s", "x cp", "peak RSS"
+    );
+    for r in &rows {
+        let gbs = if r.bytes > 0 {
+            format!("{:.2}", r.bytes as f64 / r.secs / 1e9)
+        } else {
+            "-".into()
+        };
+        let ratio = if r.bytes > 0 {
+            format!("{:.2}", r.secs / cp)
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:<40} {:>10.4} {:>9} {:>8} {:>8.1} MiB",
+            r.name,
+            r.secs,
+            gbs,
+            ratio,
+            r.rss as f64 / (1 << 20) as f64
+        );
+    }
+    let (o, p) = (median(ours), median(plain));
+    println!(
+        "{:<40} {:>10.4} {:>9.2} {:>8} (plain write {:.4} s: {:.2} x)",
+        "from_safetensors (in memory)",
+        o,
+        len as f64 / o / 1e9,
+        "-",
+        p,
+        o / p
+    );
+    match (&reference, args.f32_only) {
+        (None, _) => println!(
+            "\nreference NumPack: not found (set NPKIO_BENCH_PYTHON to a Python with numpack 0.7)"
+        ),
+        (Some(_), false) => println!(
+            "\nreference NumPack: found, not timed (it cannot read BF16; rerun with --f32-only)"
+        ),
+        (Some(py), true) => println!("\nreference NumPack: timed with {py}"),
+    }
+}
