@@ -440,6 +440,25 @@ impl NumPack {
             let file = File::open(&path)
                 .ctx(&path, "opening")
                 .map_err(|e| e.array(name))?;
+            // The file may have been replaced since the store was opened (a conversion into
+            // this directory puts new files under the same names): mapping past its end
+            // would fault on first touch, so check it still holds the array.
+            let len = file
+                .metadata()
+                .ctx(&path, "inspecting")
+                .map_err(|e| e.array(name))?
+                .len();
+            if len < a.record.size_bytes {
+                return Err(Error::malformed(
+                    &path,
+                    format!(
+                        "data file is {len} bytes, shorter than the {} recorded when the store \
+                         was opened (replaced since? open the store again)",
+                        a.record.size_bytes
+                    ),
+                )
+                .array(name));
+            }
             // SAFETY: the mapping is read-only and private to this store. Another process
             // could still truncate or rewrite the file; npkio itself never does that to a
             // published data file (changes go through new files renamed into place), and the
