@@ -337,3 +337,48 @@ fn without_waiting_a_second_writer_gets_busy_and_the_first_result_stands() {
     }
     eprintln!("no-wait writers: {busy} Busy errors, {both} rounds without collision");
 }
+
+/// Runs in a child: opens a store, lets the parent-given conversion replace it with smaller
+/// arrays under the same file names, then views an array it had not viewed yet.
+#[test]
+fn stale_handle_child_entry() {
+    let Ok(spec) = std::env::var("NPKIO_STALE_HANDLE_CHILD") else {
+        return;
+    };
+    let (out, src) = spec.split_once('|').unwrap();
+    let np = NumPack::open(out).unwrap();
+    npkio::from_safetensors_file(src, out, ALL, true, 1 << 20).unwrap();
+    match np.view("w") {
+        Ok(v) => {
+            let sum: u64 = v.data.iter().map(|&b| u64::from(b)).sum();
+            println!("VIEW-OK {} {sum}", v.data.len());
+        }
+        Err(e) => println!("CHILD-ERROR: {:?}: {e}", e.kind()),
+    }
+}
+
+/// A `NumPack` opened before its directory was replaced by a conversion, asked afterwards
+/// for an array it had not mapped yet, finds the new, shorter data file under the old
+/// name: that must be an error, not a SIGBUS from mapping past the file's end.
+#[test]
+fn store_opened_before_a_replacement_errors_instead_of_faulting_on_a_shorter_file() {
+    if std::env::var(CHILD_ENV).is_ok() || std::env::var("NPKIO_STALE_HANDLE_CHILD").is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.npk");
+    write_numpack(&contents(1, &["w"], 4 << 20), &out);
+    let src = dir.path().join("small.safetensors");
+    write_safetensors(&contents(2, &["w"], 64 << 10), &src);
+    let o = child(
+        "stale_handle_child_entry",
+        "NPKIO_STALE_HANDLE_CHILD",
+        &format!("{}|{}", out.display(), src.display()),
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "child died: {:?}: {stdout}", o.status);
+    let err = child_error(&stdout).unwrap_or_else(|| panic!("no error: {stdout}"));
+    assert!(err.contains("data_w.npkd"), "{err}");
+}
