@@ -4,14 +4,15 @@
 //! the killed one left behind.
 //!
 //! Each conversion runs in a child process (this test binary, re-executed) that the test
-//! kills after a random delay drawn from a seeded generator (the seed is printed; replay
-//! with `NPKIO_SEED`). Both directions, merge and replace, fresh outputs, single-file and
+//! kills with a delay drawn from a seeded generator (the seed is printed; replay with
+//! `NPKIO_SEED`): mostly a delay after the child says it is starting the conversion,
+//! within the conversion's measured duration; sometimes any moment after spawning. Both directions, merge and replace, fresh outputs, single-file and
 //! sharded exports, with and without `durable`, on 8 to 32 MiB sources and on a 300 MiB
 //! one.
 //!
 //! Knobs for longer runs: `NPKIO_CRASH_KILLS` (kills that must land on a running
-//! conversion, small and medium sources; default 60), `NPKIO_CRASH_BIG_KILLS` (same for
-//! the 300 MiB source; default 4).
+//! conversion, small and medium sources; default 100), `NPKIO_CRASH_BIG_KILLS` (same for
+//! the 300 MiB source; default 6).
 
 mod reliability_support;
 
@@ -40,6 +41,8 @@ fn child_entry() {
         max_shard_size: p[5].parse().ok(),
         ..Options::default()
     };
+    println!("CHILD-START");
+    std::io::Write::flush(&mut std::io::stdout()).unwrap();
     let t = Instant::now();
     let r = match mode {
         "import-merge" => npkio::from_safetensors_file_with(src, out, ALL, false, &opts),
@@ -360,39 +363,70 @@ struct Child {
     killed: bool,
 }
 
-fn run_child(spec: &str, kill_after: Option<Duration>) -> Child {
+fn run_child(spec: &str, kill: Option<Kill>) -> Child {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::process::ExitStatusExt;
     let start = Instant::now();
     let mut c = child("child_entry", CHILD_ENV, spec)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    if let Some(d) = kill_after {
-        std::thread::sleep(d);
+    let mut stdout = BufReader::new(c.stdout.take().unwrap());
+    let mut text = String::new();
+    match kill {
+        Some(Kill::AfterSpawn(d)) => std::thread::sleep(d),
+        Some(Kill::AfterStart(d)) => {
+            // Wait for the child to be about to convert (libtest may prefix the line).
+            loop {
+                let mut line = String::new();
+                if stdout.read_line(&mut line).unwrap() == 0 {
+                    break;
+                }
+                text.push_str(&line);
+                if line.trim_end().ends_with("CHILD-START") {
+                    break;
+                }
+            }
+            std::thread::sleep(d);
+        }
+        None => {}
+    }
+    if kill.is_some() {
         let _ = c.kill(); // SIGKILL; fails only if the child already exited
     }
-    let out = c.wait_with_output().unwrap();
+    stdout.read_to_string(&mut text).unwrap();
+    let mut stderr = String::new();
+    c.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = c.wait().unwrap();
     let wall = start.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    use std::os::unix::process::ExitStatusExt;
-    let killed = out.status.signal() == Some(libc::SIGKILL);
+    let killed = status.signal() == Some(libc::SIGKILL);
     if !killed {
         assert!(
-            out.status.success(),
-            "child failed ({:?}): {stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            status.success(),
+            "child failed ({status:?}): {text}\n{stderr}"
         );
     }
-    let micros = stdout
+    let micros = text
         .lines()
-        .find_map(|l| l.strip_prefix("CHILD-MICROS: "))
+        .find_map(|l| l.split_once("CHILD-MICROS: ").map(|p| p.1))
         .and_then(|m| m.parse().ok());
     Child {
         micros,
         wall,
         killed,
     }
+}
+
+/// When to kill a child: a delay after it starts converting, or after it was spawned.
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    AfterStart(Duration),
+    AfterSpawn(Duration),
 }
 
 /// Kills conversions over `fixtures` until `target` kills have landed on running children.
@@ -423,18 +457,20 @@ fn kill_loop(fixtures: &[Fixture], modes: &[Mode], target: u64, rng: &mut Rng, l
             (c.wall, Duration::from_micros(c.micros.unwrap_or(0)))
         });
         // Most kills land while the conversion runs; some anywhere in the child's life.
-        let wall_us = wall.as_micros() as u64;
-        let conv_us = (conv.as_micros() as u64 * 6 / 5).min(wall_us).max(1);
-        let delay_us = if rng.chance(85) {
-            wall_us - conv_us + rng.below(conv_us)
+        let kill = if rng.chance(85) {
+            Kill::AfterStart(Duration::from_micros(
+                rng.below(conv.as_micros() as u64 + 1),
+            ))
         } else {
-            rng.below(wall_us.max(1))
+            Kill::AfterSpawn(Duration::from_micros(
+                rng.below(wall.as_micros() as u64 + 1),
+            ))
         };
         fx.reset(mode);
-        let c = run_child(&spec, Some(Duration::from_micros(delay_us)));
+        let c = run_child(&spec, Some(kill));
         let context = format!(
             "{label}: attempt {attempts} {mode:?} {} MiB durable={durable} chunk={chunk} \
-             kill after {delay_us} us (killed: {})",
+             {kill:?} (killed: {})",
             fx.total >> 20,
             c.killed
         );
@@ -479,7 +515,7 @@ fn sigkill_at_random_moments_leaves_old_or_new_output_small_and_medium_sources()
         .enumerate()
         .map(|(i, &mib)| Fixture::new(dir.path(), mib, i as u64 + 1))
         .collect();
-    let target = env_num("NPKIO_CRASH_KILLS", 60);
+    let target = env_num("NPKIO_CRASH_KILLS", 100);
     kill_loop(&fixtures, &MODES, target, &mut rng, "small/medium");
 }
 
@@ -491,7 +527,7 @@ fn sigkill_at_random_moments_leaves_old_or_new_output_300_mib_source() {
     let mut rng = Rng::from_env("crash 300 MiB");
     let dir = tempfile::tempdir().unwrap();
     let fixtures = [Fixture::new(dir.path(), 300, 9)];
-    let target = env_num("NPKIO_CRASH_BIG_KILLS", 4);
+    let target = env_num("NPKIO_CRASH_BIG_KILLS", 6);
     // The modes whose commit step differs: merge and replace into a directory, a file
     // over a file, shards into an existing directory.
     let modes = [
