@@ -11,7 +11,9 @@
 //! interleaved. Each run happens in a child process (this program re-executed with `--child`)
 //! which times itself (create + preallocate + copy of the destination, a fresh file each time)
 //! and reports its peak resident set from `getrusage(RUSAGE_SELF).ru_maxrss`, so the peak is
-//! per run. `cp` is timed from the parent. The table shows medians and the ratio to `cp`.
+//! per run. `cp` is timed from the parent. The table shows medians (and minima) and the ratio of
+//! medians to `cp`. With `--sync`, `sync(2)` runs before every run so that earlier runs' dirty
+//! pages are not written back in the middle of a later one.
 //!
 //! Memory rows (`mem-*`) copy from a `Vec<u8>` holding the file (filled before the clock starts,
 //! so their peak RSS includes the whole buffer) and compare with one single-threaded `write_all`
@@ -92,6 +94,7 @@ fn parent(args: &[String]) -> Res<()> {
     let mut size = 1u64 << 30;
     let mut dir = std::env::temp_dir();
     let mut reps = 3usize;
+    let mut sync = false;
     let mut threads = vec![1usize, 2, 4];
     let mut chunks: Vec<u64> = [1u64, 4, 8, 16, 64].iter().map(|m| m << 20).collect();
     let mut methods: Vec<String> = [
@@ -112,6 +115,7 @@ fn parent(args: &[String]) -> Res<()> {
             "--size" => size = parse_size(val()?)?,
             "--dir" => dir = PathBuf::from(val()?),
             "--reps" => reps = val()?.parse()?,
+            "--sync" => sync = true,
             "--threads" => {
                 threads = val()?
                     .split(',')
@@ -176,6 +180,7 @@ fn parent(args: &[String]) -> Res<()> {
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut rss: Vec<u64> = vec![0; configs.len()];
     for rep in 0..reps {
+        settle(sync);
         let t0 = Instant::now();
         let st = Command::new("cp").arg(&src).arg(&dst).status()?;
         cp_times.push(t0.elapsed().as_secs_f64());
@@ -184,6 +189,7 @@ fn parent(args: &[String]) -> Res<()> {
         }
         std::fs::remove_file(&dst)?;
         for (i, c) in configs.iter().enumerate() {
+            settle(sync);
             let out = Command::new(&exe)
                 .args([
                     "--child",
@@ -217,15 +223,16 @@ fn parent(args: &[String]) -> Res<()> {
     }
     let cp = median(&mut cp_times);
     println!(
-        "{:<14} {:>3} {:>6} {:>9} {:>7} {:>7} {:>8}",
-        "method", "thr", "chunk", "median s", "GiB/s", "x cp", "peakRSS"
+        "{:<14} {:>3} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8}",
+        "method", "thr", "chunk", "median s", "min s", "GiB/s", "x cp", "peakRSS"
     );
     println!(
-        "{:<14} {:>3} {:>6} {:>9.3} {:>7.2} {:>7.2} {:>8}",
+        "{:<14} {:>3} {:>6} {:>9.3} {:>7.3} {:>7.2} {:>7.2} {:>8}",
         "cp",
         1,
         "-",
         cp,
+        cp_times[0],
         size as f64 / cp / (1u64 << 30) as f64,
         1.0,
         "-"
@@ -233,7 +240,7 @@ fn parent(args: &[String]) -> Res<()> {
     for (i, c) in configs.iter().enumerate() {
         let m = median(&mut times[i]);
         println!(
-            "{:<14} {:>3} {:>6} {:>9.3} {:>7.2} {:>7.2} {:>6}Mi",
+            "{:<14} {:>3} {:>6} {:>9.3} {:>7.3} {:>7.2} {:>7.2} {:>6}Mi",
             c.method,
             c.threads,
             if c.chunk == 0 {
@@ -242,12 +249,21 @@ fn parent(args: &[String]) -> Res<()> {
                 fmt_size(c.chunk)
             },
             m,
+            times[i][0],
             size as f64 / m / (1u64 << 30) as f64,
             m / cp,
             rss[i] / 1024
         );
     }
     Ok(())
+}
+
+/// With `--sync`, flush the previous runs' dirty pages so every run starts from the same state.
+fn settle(sync: bool) {
+    if sync {
+        // SAFETY: sync takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -17,9 +17,34 @@
 //! at most one chunk long and unmapped as soon as the chunk is done, so mapped pages never pile
 //! up in the resident set.
 //!
-//! # Measurements
+//! # Measurements (`examples/copy_methods.rs`)
 //!
-//! See [`CopyMethod`] for the measured numbers behind the defaults.
+//! 2 vCPUs (AMD EPYC VM), ext4 on a virtual disk, Linux 6.18, 1 GiB file in warm page cache,
+//! one child process per run, 3 runs with `sync` between runs, minimum seconds (the medians
+//! on this shared VM swing 2-5x from run to run, so minima are the comparable figure); `cp`
+//! itself is one `copy_file_range` call (coreutils 9.1), minimum 0.33 s over the calmer runs.
+//!
+//! | method (threads, chunk)      | 1 MiB | 4 MiB | 8 MiB | 16 MiB | 64 MiB | peak RSS (8 MiB) |
+//! |------------------------------|-------|-------|-------|--------|--------|------------------|
+//! | CopyFileRange, 1 thread      | 0.55  | 0.33  | 0.32  | 0.23   | 0.30   | 10 MiB           |
+//! | CopyFileRange, 2 threads     | 0.31  | 0.27  | 0.27  | 0.30   | 0.27   | 10 MiB           |
+//! | MmapSource, 2 threads        | 2.72  | 0.33  | 0.34  | 0.43   | 1.03   | 18 MiB           |
+//! | ReadWrite, 2 threads         | 0.37  | 0.27  | 0.79  | 0.47   | 0.47   | 18 MiB           |
+//! | Mmap (mapped dst), 2 threads | 6.64  | 0.52  | 0.57  | 0.80   | 1.08   | 18 MiB           |
+//! | from memory, ReadWrite, 2 t. | 0.96  | 0.32  | 0.42  | 1.24   | 0.24   | (+ the buffer)   |
+//! | from memory, one `write_all` | 0.35  |       |       |        |        |                  |
+//!
+//! A second run of 7 repetitions at 8 MiB: `cp` 0.33, CopyFileRange 0.24 (1 and 2 threads),
+//! MmapSource 0.37, Mmap 0.40, ReadWrite 0.63; from memory, 2 threads 0.42 against one
+//! `write_all` 0.43. Peak RSS is the child's `ru_maxrss`, about 10 MiB of it being the
+//! process itself; it grows with threads × chunk for the mapped and buffered methods only.
+//!
+//! Findings: `copy_file_range` is the fastest and steadiest here and costs no memory, so it
+//! is `Auto` for files (and, on filesystems with reflinks, it shares blocks). A mapped
+//! destination is slow on ext4: each write fault on the fallocated (unwritten) file starts
+//! read-ahead that zero-fills pages (`ext4_mpage_readpages` → `memset` in `perf`), which is
+//! pathological with 1 MiB windows. From memory, `pwrite` straight from the slice on 2 threads
+//! is at parity with one `write_all` (within noise), so it is `Auto` from memory.
 
 use std::fmt;
 use std::fs::File;
@@ -29,11 +54,11 @@ use std::sync::{Mutex, OnceLock};
 
 /// Default chunk size in bytes: 8 MiB.
 ///
-/// Each worker holds at most one chunk in flight (one mapped destination window, or one
-/// buffer for [`CopyMethod::ReadWrite`]), so with the default thread count the engine's
-/// own peak footprint stays around `threads × 8 MiB`, far below 64 MiB. Measured: chunks from
-/// 4 to 16 MiB are within noise of each other; 1 MiB is slower (more system calls and
-/// mapping set-up per byte); 64 MiB buys nothing and costs resident memory.
+/// Each worker holds at most one chunk in flight (one mapped window, or one buffer for
+/// [`CopyMethod::ReadWrite`]; nothing for `copy_file_range`), so the engine's own footprint is
+/// at most `threads × 8 MiB` (16 MiB with the default 2 threads), far below 64 MiB. Measured
+/// (module docs): 4 to 16 MiB are within noise of each other; 1 MiB is much slower for the
+/// mapped methods; 64 MiB buys nothing and costs resident memory.
 pub const DEFAULT_CHUNK_SIZE: usize = 8 << 20;
 
 /// The `extent` of a [`CopyError`] that is not about one extent (for example a `chunk_size` of 0).
@@ -45,15 +70,17 @@ pub const NO_EXTENT: usize = usize::MAX;
 /// [`Side::Read`] error, never a signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum CopyMethod {
-    /// The fastest method measured on Linux (see the table on [`CopyMethod`]):
-    /// currently [`CopyMethod::Mmap`] for files and [`CopyMethod::ReadWrite`] from memory.
+    /// The fastest method measured (see the module docs): [`CopyMethod::CopyFileRange`] for
+    /// files (itself falling back to `ReadWrite` where unsupported), [`CopyMethod::ReadWrite`]
+    /// from memory.
     #[default]
     Auto,
     /// A window of the destination (at most one chunk) is mapped, and the source is `pread`
     /// straight into it by the kernel: one copy, no bounce buffer, and no user-space access to
     /// the source. From memory, the bytes are copied into the window. The window is unmapped
     /// after each chunk. Where a destination is shorter than an extent's end, that chunk is
-    /// written with [`CopyMethod::ReadWrite`] instead. Non-unix platforms use `ReadWrite`.
+    /// written with [`CopyMethod::ReadWrite`] instead, as is every chunk of a destination that
+    /// cannot be mapped (for example one opened write-only). Slow on ext4 (see the module docs).
     Mmap,
     /// `pread` into a buffer of `chunk_size` bytes per worker, then `pwrite` (from memory:
     /// `pwrite` straight from the slice).
@@ -173,9 +200,9 @@ impl CopyError {
 
 /// The thread count that `threads: 0` resolves to: `min(available_parallelism, 2)`.
 ///
-/// Measured (see [`CopyMethod`]): a second worker helps because one thread cannot keep both
-/// the page-cache copy and the destination's page faults busy, but past two the copy is bound
-/// by memory bandwidth and page-cache locking, and more threads make it slower.
+/// Measured on 2 cores (module docs): a second worker helps the buffered and mapped methods and
+/// is neutral for `copy_file_range`; 4 threads on 2 cores are never better. The issue's
+/// 16-core numbers also got worse past a few threads (memory bandwidth, page-cache locking).
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -438,14 +465,14 @@ fn validate(
         }
         let src_end = e.src_offset.checked_add(e.len);
         let dst_end = e.dst_offset.checked_add(e.len);
-        if src_end.is_none_or(|end| end > i64::MAX as u64) {
+        if !matches!(src_end, Some(end) if end <= i64::MAX as u64) {
             return Err(CopyError::invalid(
                 i,
                 Side::Read,
                 "source offset + length overflows".into(),
             ));
         }
-        if dst_end.is_none_or(|end| end > i64::MAX as u64) {
+        if !matches!(dst_end, Some(end) if end <= i64::MAX as u64) {
             return Err(CopyError::invalid(
                 i,
                 Side::Write,
@@ -490,7 +517,8 @@ enum Strategy {
 fn strategy(method: CopyMethod, from_memory: bool) -> Strategy {
     let s = match method {
         CopyMethod::Auto if from_memory => Strategy::ReadWrite,
-        CopyMethod::Auto | CopyMethod::Mmap => Strategy::MapDst,
+        CopyMethod::Auto => Strategy::CopyFileRange,
+        CopyMethod::Mmap => Strategy::MapDst,
         CopyMethod::ReadWrite => Strategy::ReadWrite,
         CopyMethod::CopyFileRange if from_memory => Strategy::ReadWrite,
         CopyMethod::CopyFileRange => Strategy::CopyFileRange,
@@ -565,16 +593,22 @@ fn run(
     if threads == 1 {
         worker(&shared);
     } else {
-        let pool = rayon::ThreadPoolBuilder::new()
+        // A scoped pool: its threads are joined before this returns, so no worker outlives
+        // the call (a C host may fork, or unload the library, right after it).
+        rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("npkio-copy-{i}"))
-            .build()
+            .build_scoped(
+                |thread| thread.run(),
+                |pool| {
+                    pool.broadcast(|_| worker(&shared));
+                },
+            )
             .map_err(|e| CopyError {
                 extent: NO_EXTENT,
                 side: Side::Write,
                 source: io::Error::other(e),
             })?;
-        pool.broadcast(|_| worker(&shared));
     }
     let error = match shared.error.into_inner() {
         Ok(e) => e,
@@ -607,7 +641,7 @@ fn worker(sh: &Shared<'_>) {
                     Ok(g) => g,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                if slot.as_ref().is_none_or(|(first, _)| k < *first) {
+                if !matches!(slot.as_ref(), Some((first, _)) if *first <= k) {
                     *slot = Some((
                         k,
                         CopyError {
@@ -634,21 +668,31 @@ fn copy_chunk(sh: &Shared<'_>, c: &Chunk, buf: &mut Vec<u8>) -> ChunkResult {
             let start = c.src_offset as usize;
             let src = &m[c.src][start..start + len];
             if sh.strategy == Strategy::MapDst && fits(sh, c) {
-                mapdst_from_memory(src, dst, c.dst_offset)
-            } else {
-                write_all_at(dst, src, c.dst_offset).map_err(|e| (Side::Write, e))
+                if let Some(map) = map_window(dst, c.dst_offset, len, true) {
+                    return mapdst_from_memory(src, &map);
+                }
             }
+            write_all_at(dst, src, c.dst_offset).map_err(|e| (Side::Write, e))
         }
         Sources::Files { files, .. } => {
             let src = files[c.src];
             match sh.strategy {
-                Strategy::MapDst if fits(sh, c) => mapdst_from_file(src, dst, c),
-                Strategy::MapSrc => mapsrc(src, dst, c),
-                Strategy::CopyFileRange if !sh.cfr_unsupported.load(Ordering::Relaxed) => {
-                    copy_range(sh, src, dst, c, buf)
+                Strategy::MapDst if fits(sh, c) => {
+                    if let Some(map) = map_window(dst, c.dst_offset, len, true) {
+                        return mapdst_from_file(src, &map, c.src_offset);
+                    }
                 }
-                _ => read_write(src, dst, c.src_offset, c.dst_offset, len, buf),
+                Strategy::MapSrc => {
+                    if let Some(map) = map_window(src, c.src_offset, len, false) {
+                        return mapsrc(src, dst, &map, c);
+                    }
+                }
+                Strategy::CopyFileRange if !sh.cfr_unsupported.load(Ordering::Relaxed) => {
+                    return copy_range(sh, src, dst, c, buf);
+                }
+                _ => {}
             }
+            read_write(src, dst, c.src_offset, c.dst_offset, len, buf)
         }
     }
 }
@@ -677,35 +721,43 @@ fn read_write(
     write_all_at(dst, b, dst_offset).map_err(|e| (Side::Write, e))
 }
 
-/// Map the destination window of the chunk, let the kernel pread the source into it, unmap.
-fn mapdst_from_file(src: &File, dst: &File, c: &Chunk) -> ChunkResult {
-    let map = map_dst_window(dst, c.dst_offset, c.len as usize)?;
-    // SAFETY: `map` is a fresh shared, writable mapping of exactly `c.len` bytes of the
+/// Map a window of `len` bytes at `offset` of `file` (writable or read-only), or `None` if the
+/// file cannot be mapped (for example a destination opened write-only), in which case the
+/// caller falls back to pread/pwrite. Dropping the window unmaps it.
+fn map_window(file: &File, offset: u64, len: usize, writable: bool) -> Option<memmap2::MmapRaw> {
+    let mut o = memmap2::MmapOptions::new();
+    o.offset(offset).len(len);
+    let map = if writable {
+        o.map_raw(file)
+    } else {
+        o.map_raw_read_only(file)
+    };
+    map.ok()
+}
+
+/// Let the kernel pread the source straight into the mapped destination window `map`.
+fn mapdst_from_file(src: &File, map: &memmap2::MmapRaw, src_offset: u64) -> ChunkResult {
+    // SAFETY: `map` is a fresh shared, writable mapping of `map.len()` bytes of the
     // destination, which lies within the file's length (checked by `fits`) and is not accessed
     // through any other pointer while this slice lives (chunks never overlap in a destination,
     // and the window is private to this worker). The destination is the caller's own file; even
     // if it shrank, the only access to this memory is the kernel's copy in pread below, which
     // reports EFAULT rather than raising SIGBUS.
     let window = unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr(), map.len()) };
-    read_exact_at(src, window, c.src_offset).map_err(|e| {
+    read_exact_at(src, window, src_offset).map_err(|e| {
         #[cfg(unix)]
         if e.raw_os_error() == Some(libc::EFAULT) {
             return (Side::Write, e);
         }
         (Side::Read, e)
     })
-    // `map` drops here: munmap, so the window's pages leave our resident set.
+    // The caller drops `map` next: munmap, so the window's pages leave our resident set.
 }
 
-/// Map the source window of the chunk read-only and pwrite from it.
+/// pwrite the chunk to the destination straight from the mapped source window `map`.
 #[cfg(unix)]
-fn mapsrc(src: &File, dst: &File, c: &Chunk) -> ChunkResult {
+fn mapsrc(src: &File, dst: &File, map: &memmap2::MmapRaw, c: &Chunk) -> ChunkResult {
     use std::os::unix::io::AsRawFd;
-    let map = memmap2::MmapOptions::new()
-        .offset(c.src_offset)
-        .len(c.len as usize)
-        .map_raw_read_only(src)
-        .map_err(|e| (Side::Read, e))?;
     let base = map.as_ptr();
     let mut done = 0usize;
     let len = c.len as usize;
@@ -750,7 +802,7 @@ fn mapsrc(src: &File, dst: &File, c: &Chunk) -> ChunkResult {
 }
 
 #[cfg(not(unix))]
-fn mapsrc(src: &File, dst: &File, c: &Chunk) -> ChunkResult {
+fn mapsrc(src: &File, dst: &File, _map: &memmap2::MmapRaw, c: &Chunk) -> ChunkResult {
     let mut buf = Vec::new();
     read_write(
         src,
@@ -762,9 +814,8 @@ fn mapsrc(src: &File, dst: &File, c: &Chunk) -> ChunkResult {
     )
 }
 
-/// Map the destination window of the chunk and copy the slice into it.
-fn mapdst_from_memory(src: &[u8], dst: &File, dst_offset: u64) -> ChunkResult {
-    let map = map_dst_window(dst, dst_offset, src.len())?;
+/// Copy the slice into the mapped destination window `map` (of the same length).
+fn mapdst_from_memory(src: &[u8], map: &memmap2::MmapRaw) -> ChunkResult {
     // SAFETY: as in `mapdst_from_file`, the window is a fresh writable mapping of `src.len()`
     // bytes inside the destination file (checked by `fits`), used by this worker only. The
     // destination is the caller's own fresh file, which nobody else truncates, so the user-space
@@ -772,19 +823,6 @@ fn mapdst_from_memory(src: &[u8], dst: &File, dst_offset: u64) -> ChunkResult {
     let window = unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr(), map.len()) };
     window.copy_from_slice(src);
     Ok(())
-}
-
-fn map_dst_window(
-    dst: &File,
-    offset: u64,
-    len: usize,
-) -> Result<memmap2::MmapRaw, (Side, io::Error)> {
-    let map = memmap2::MmapOptions::new()
-        .offset(offset)
-        .len(len)
-        .map_raw(dst)
-        .map_err(|e| (Side::Write, e))?;
-    Ok(map)
 }
 
 /// copy_file_range, falling back to pread/pwrite from where it stopped.
