@@ -105,7 +105,9 @@ pub(crate) fn lock_output(output: &Path, wait: bool) -> Result<OutputLock> {
 /// index's `.npkio-tmp-*`). Call it holding `dir`'s lock, so that no live conversion owns
 /// them.
 pub(crate) fn remove_leftovers_inside(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(n) = name.to_str() else { continue };

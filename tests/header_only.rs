@@ -51,5 +51,8 @@ fn metadata_and_iteration_do_not_touch_tensor_data() {
     let faults = minor_faults() - before;
     // 16 GiB is 4,194,304 pages; a header-only path needs a few dozen faults at most
     // (allocator and code pages included).
-    assert!(faults < 2_000, "{faults} page faults: tensor data was touched");
+    assert!(
+        faults < 2_000,
+        "{faults} page faults: tensor data was touched"
+    );
 }

@@ -17,14 +17,22 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
         .collect();
     v.sort();
     v
 }
 
 fn export(npk: &Path, out: &Path, limit: u64) {
-    let opts = Options { max_shard_size: Some(limit), ..Options::default() };
+    let opts = Options {
+        max_shard_size: Some(limit),
+        ..Options::default()
+    };
     npkio::to_safetensors_file_with(npk, out, ALL, None, &opts).unwrap();
 }
 
@@ -34,10 +42,20 @@ fn fixture_round_trips_byte_identical() {
     let npk = tmp.path().join("m.npk");
     // The directory, and the index file itself, are both accepted.
     npkio::from_safetensors_file(sharded(), &npk, ALL, false, 1 << 20).unwrap();
-    npkio::from_safetensors_file(sharded().join("model.safetensors.index.json"), &npk, ALL, true, 1 << 20).unwrap();
+    npkio::from_safetensors_file(
+        sharded().join("model.safetensors.index.json"),
+        &npk,
+        ALL,
+        true,
+        1 << 20,
+    )
+    .unwrap();
     let store = NumPack::open(&npk).unwrap();
     assert_eq!(store.len(), 4);
-    assert_eq!(store.info("layers.0.weight").unwrap().dtype, npkio::DType::BF16);
+    assert_eq!(
+        store.info("layers.0.weight").unwrap().dtype,
+        npkio::DType::BF16
+    );
     let out = tmp.path().join("out");
     export(&npk, &out, 200);
     assert_eq!(files(&out), files(&sharded()));
@@ -57,13 +75,34 @@ fn fixture_round_trips_byte_identical() {
 fn metadata_and_iteration_span_shards() {
     let meta = npkio::get_safetensors_metadata(sharded()).unwrap();
     let names: Vec<&str> = meta.tensors.iter().map(|t| t.0.as_str()).collect();
-    assert_eq!(names, ["embed.weight", "layers.0.weight", "lm_head.weight", "layers.1.weight"]);
-    assert_eq!(meta.tensors[2].1.shard.as_deref(), Some("model-00002-of-00002.safetensors"));
+    assert_eq!(
+        names,
+        [
+            "embed.weight",
+            "layers.0.weight",
+            "lm_head.weight",
+            "layers.1.weight"
+        ]
+    );
+    assert_eq!(
+        meta.tensors[2].1.shard.as_deref(),
+        Some("model-00002-of-00002.safetensors")
+    );
     assert_eq!(meta.metadata, Some(vec![("format".into(), "pt".into())]));
     let exp = expected("safetensors");
     let mut seen = 0;
-    for (name, t) in npkio::iter_safetensors(sharded(), Some(&["lm_head.weight", "embed.weight"])).unwrap() {
-        let shard = meta.tensors.iter().find(|m| m.0 == name).unwrap().1.shard.clone().unwrap();
+    for (name, t) in
+        npkio::iter_safetensors(sharded(), Some(&["lm_head.weight", "embed.weight"])).unwrap()
+    {
+        let shard = meta
+            .tensors
+            .iter()
+            .find(|m| m.0 == name)
+            .unwrap()
+            .1
+            .shard
+            .clone()
+            .unwrap();
         let want = &exp[format!("sharded/{shard}")]["tensors"][&name];
         assert_eq!(sha256(t.data()), want["sha256"].as_str().unwrap(), "{name}");
         seen += 1;
@@ -128,34 +167,61 @@ fn edit_index(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 #[test]
 fn index_inconsistencies_are_errors_naming_tensor_and_shard() {
     let e = broken(|d| {
-        edit_index(d, |v| v["weight_map"]["lm_head.weight"] = "model-00001-of-00002.safetensors".into())
+        edit_index(d, |v| {
+            v["weight_map"]["lm_head.weight"] = "model-00001-of-00002.safetensors".into()
+        })
     });
-    assert_eq!((e.kind(), e.array_name()), (ErrorKind::Malformed, Some("lm_head.weight")));
-    assert!(e.to_string().contains("model-00002-of-00002.safetensors"), "{e}");
+    assert_eq!(
+        (e.kind(), e.array_name()),
+        (ErrorKind::Malformed, Some("lm_head.weight"))
+    );
+    assert!(
+        e.to_string().contains("model-00002-of-00002.safetensors"),
+        "{e}"
+    );
 
     let e = broken(|d| std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap());
-    assert!(e.to_string().contains("model-00002-of-00002.safetensors") && e.to_string().contains("missing"), "{e}");
+    assert!(
+        e.to_string().contains("model-00002-of-00002.safetensors")
+            && e.to_string().contains("missing"),
+        "{e}"
+    );
 
     let e = broken(|d| edit_index(d, |v| v["metadata"]["total_size"] = 999.into()));
     assert!(e.to_string().contains("total_size is 999"), "{e}");
 
     let e = broken(|d| {
         edit_index(d, |v| {
-            v["weight_map"].as_object_mut().unwrap().remove("layers.1.weight");
+            v["weight_map"]
+                .as_object_mut()
+                .unwrap()
+                .remove("layers.1.weight");
         })
     });
     assert_eq!(e.array_name(), Some("layers.1.weight"));
     assert!(e.to_string().contains("does not list"), "{e}");
 
-    let e = broken(|d| edit_index(d, |v| v["weight_map"]["ghost"] = "model-00001-of-00002.safetensors".into()));
+    let e = broken(|d| {
+        edit_index(d, |v| {
+            v["weight_map"]["ghost"] = "model-00001-of-00002.safetensors".into()
+        })
+    });
     assert_eq!(e.array_name(), Some("ghost"));
 
     // The same tensor in two shards: the second shard is replaced by a copy of the first.
     let e = broken(|d| {
-        std::fs::copy(d.join("model-00001-of-00002.safetensors"), d.join("model-00002-of-00002.safetensors")).unwrap();
+        std::fs::copy(
+            d.join("model-00001-of-00002.safetensors"),
+            d.join("model-00002-of-00002.safetensors"),
+        )
+        .unwrap();
     });
     assert_eq!(e.kind(), ErrorKind::Malformed);
 
-    let e = broken(|d| edit_index(d, |v| v["weight_map"]["embed.weight"] = "../escape.safetensors".into()));
+    let e = broken(|d| {
+        edit_index(d, |v| {
+            v["weight_map"]["embed.weight"] = "../escape.safetensors".into()
+        })
+    });
     assert!(e.to_string().contains("not a file name"), "{e}");
 }

@@ -56,13 +56,22 @@ pub fn find_index(path: &Path) -> Result<Option<PathBuf>> {
             1 => Ok(found.pop()),
             0 => Err(Error::new(
                 ErrorKind::InvalidArgument,
-                format!("is a directory without a {INDEX_NAME}; give a .safetensors file or an index"),
+                format!(
+                    "is a directory without a {INDEX_NAME}; give a .safetensors file or an index"
+                ),
             )
             .at(path)),
-            _ => Err(Error::new(ErrorKind::InvalidArgument, "holds several *.safetensors.index.json; name one").at(path)),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "holds several *.safetensors.index.json; name one",
+            )
+            .at(path)),
         };
     }
-    Ok(path.to_string_lossy().ends_with(".json").then(|| path.to_path_buf()))
+    Ok(path
+        .to_string_lossy()
+        .ends_with(".json")
+        .then(|| path.to_path_buf()))
 }
 
 impl Checkpoint {
@@ -74,7 +83,11 @@ impl Checkpoint {
             None => {
                 let f = SafeTensorsFile::open(path)?;
                 let tensors: Vec<(usize, usize)> = (0..f.len()).map(|i| (0, i)).collect();
-                let by_name = f.tensors().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+                let by_name = f
+                    .tensors()
+                    .enumerate()
+                    .map(|(i, t)| (t.name.clone(), i))
+                    .collect();
                 Ok(Checkpoint {
                     path: path.to_path_buf(),
                     shards: vec![f],
@@ -90,7 +103,10 @@ impl Checkpoint {
     fn open_index(index: &Path) -> Result<Checkpoint> {
         let len = std::fs::metadata(index).ctx(index, "opening")?.len();
         if len > MAX_INDEX_LEN {
-            return Err(Error::malformed(index, format!("index of {len} bytes is too large")));
+            return Err(Error::malformed(
+                index,
+                format!("index of {len} bytes is too large"),
+            ));
         }
         let text = std::fs::read_to_string(index).ctx(index, "reading")?;
         let parsed = parse_index(&text).map_err(|m| Error::malformed(index, m))?;
@@ -107,14 +123,26 @@ impl Checkpoint {
             let rel = checked_relative(name)
                 .ok()
                 .filter(|r| r.components().count() == 1)
-                .ok_or_else(|| Error::malformed(index, format!("shard name {name:?} is not a file name in the index's directory")))?;
+                .ok_or_else(|| {
+                    Error::malformed(
+                        index,
+                        format!("shard name {name:?} is not a file name in the index's directory"),
+                    )
+                })?;
             let p = dir.join(rel);
             if !p.is_file() {
-                return Err(Error::malformed(index, format!("shard {name:?} named in the index is missing")));
+                return Err(Error::malformed(
+                    index,
+                    format!("shard {name:?} named in the index is missing"),
+                ));
             }
             shards.push(SafeTensorsFile::open(&p)?);
         }
-        let shard_of: HashMap<&str, usize> = shard_names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let shard_of: HashMap<&str, usize> = shard_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
         let mut tensors = Vec::new();
         let mut by_name = HashMap::new();
         let mut total = 0u64;
@@ -124,21 +152,29 @@ impl Checkpoint {
                     None => {
                         return Err(Error::malformed(
                             index,
-                            format!("shard {:?} holds a tensor the index does not list", shard_names[s]),
+                            format!(
+                                "shard {:?} holds a tensor the index does not list",
+                                shard_names[s]
+                            ),
                         )
                         .array(t.name.clone()))
                     }
                     Some(named) if shard_of[named.as_str()] != s => {
                         return Err(Error::malformed(
                             index,
-                            format!("the index puts the tensor in {named:?} but it is in {:?}", shard_names[s]),
+                            format!(
+                                "the index puts the tensor in {named:?} but it is in {:?}",
+                                shard_names[s]
+                            ),
                         )
                         .array(t.name.clone()))
                     }
                     Some(_) => {}
                 }
                 if by_name.insert(t.name.clone(), tensors.len()).is_some() {
-                    return Err(Error::malformed(index, "tensor found in two shards").array(t.name.clone()));
+                    return Err(
+                        Error::malformed(index, "tensor found in two shards").array(t.name.clone())
+                    );
                 }
                 tensors.push((s, pos));
                 total += t.len();
@@ -146,8 +182,11 @@ impl Checkpoint {
         }
         for (name, shard) in &parsed.weight_map {
             if !by_name.contains_key(name) {
-                return Err(Error::malformed(index, format!("the index puts the tensor in {shard:?} but it is not there"))
-                    .array(name.clone()));
+                return Err(Error::malformed(
+                    index,
+                    format!("the index puts the tensor in {shard:?} but it is not there"),
+                )
+                .array(name.clone()));
             }
         }
         if let Some(declared) = parsed.total_size {
@@ -233,7 +272,10 @@ impl Checkpoint {
 
     /// The `__metadata__` of every shard, in shard order.
     pub fn shard_metadata(&self) -> Vec<Option<Vec<(String, String)>>> {
-        self.shards.iter().map(|s| s.metadata().map(<[_]>::to_vec)).collect()
+        self.shards
+            .iter()
+            .map(|s| s.metadata().map(<[_]>::to_vec))
+            .collect()
     }
 
     /// The checkpoint's `__metadata__`: the file's, or for shards the first shard's (shards
@@ -256,7 +298,10 @@ impl Checkpoint {
                 let names: Vec<&str> = self.infos().map(|t| t.name.as_str()).collect();
                 Error::new(
                     ErrorKind::KeyNotFound,
-                    format!("no such tensor (tensors: {})", crate::numpack::store::list_names(&names)),
+                    format!(
+                        "no such tensor (tensors: {})",
+                        crate::numpack::store::list_names(&names)
+                    ),
                 )
                 .at(&self.path)
                 .array(k)
@@ -275,7 +320,8 @@ struct ParsedIndex {
 }
 
 fn parse_index(text: &str) -> std::result::Result<ParsedIndex, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("index is not valid JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("index is not valid JSON: {e}"))?;
     let obj = v.as_object().ok_or("index is not a JSON object")?;
     let wm = obj
         .get("weight_map")
@@ -283,18 +329,27 @@ fn parse_index(text: &str) -> std::result::Result<ParsedIndex, String> {
         .ok_or("index has no \"weight_map\" object")?;
     let mut weight_map = BTreeMap::new();
     for (k, v) in wm {
-        let shard = v.as_str().ok_or_else(|| format!("weight_map entry {k:?} is not a file name"))?;
+        let shard = v
+            .as_str()
+            .ok_or_else(|| format!("weight_map entry {k:?} is not a file name"))?;
         weight_map.insert(k.clone(), shard.to_string());
     }
     let total_size = match obj.get("metadata").and_then(|m| m.get("total_size")) {
         None => None,
         Some(t) => Some(
             t.as_u64()
-                .or_else(|| t.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+                .or_else(|| {
+                    t.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                        .map(|f| f as u64)
+                })
                 .ok_or("metadata.total_size is not a byte count")?,
         ),
     };
-    Ok(ParsedIndex { total_size, weight_map })
+    Ok(ParsedIndex {
+        total_size,
+        weight_map,
+    })
 }
 
 /// How `save_pretrained` splits tensors into shards of at most `max_shard_size` bytes:
@@ -340,7 +395,8 @@ pub fn index_json(total_size: u64, weight_map: &BTreeMap<String, String>) -> Str
     let mut root = serde_json::Map::new();
     root.insert("metadata".into(), serde_json::Value::Object(meta));
     root.insert("weight_map".into(), serde_json::Value::Object(wm));
-    let mut s = serde_json::to_string_pretty(&serde_json::Value::Object(root)).expect("JSON serializes");
+    let mut s =
+        serde_json::to_string_pretty(&serde_json::Value::Object(root)).expect("JSON serializes");
     s.push('\n');
     s
 }
@@ -359,9 +415,15 @@ mod tests {
 
     #[test]
     fn save_pretrained_layout() {
-        assert_eq!(split_into_shards(&[160, 32, 160, 32], 200), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(
+            split_into_shards(&[160, 32, 160, 32], 200),
+            vec![vec![0, 1], vec![2, 3]]
+        );
         // A tensor over the limit goes alone, before the shard being filled.
-        assert_eq!(split_into_shards(&[10, 500, 10, 100], 100), vec![vec![1], vec![0, 2], vec![3]]);
+        assert_eq!(
+            split_into_shards(&[10, 500, 10, 100], 100),
+            vec![vec![1], vec![0, 2], vec![3]]
+        );
         assert_eq!(split_into_shards(&[], 100), Vec::<Vec<usize>>::new());
         assert_eq!(shard_file_name(2, 13), "model-00002-of-00013.safetensors");
     }
