@@ -878,6 +878,18 @@ fn export_sharded(
     copy_arrays(store, &dests, &copy_opts, opts)?;
     drop(dests);
     let index_path = build_dir.join(INDEX_NAME);
+    // The new index is written before anything visible changes, so that a full disk fails
+    // here with the old checkpoint intact.
+    let index_tmp = match &index {
+        Some(text) => {
+            let mut t =
+                crate::numpack::fsutil::temp_file_in(&build_dir, ".npkio-tmp-").map_err(aim)?;
+            std::io::Write::write_all(&mut t, text.as_bytes())
+                .ctx(output.join(INDEX_NAME), "writing")?;
+            Some(t)
+        }
+        None => None,
+    };
     if !fresh_dir {
         // No index may point at shards that are being replaced.
         match fs::remove_file(&index_path) {
@@ -889,14 +901,8 @@ fn export_sharded(
     for (tmp, f) in tmps.into_iter().zip(&file_names) {
         publish::publish_file(tmp, &build_dir.join(f), opts.durable).map_err(aim)?;
     }
-    if let Some(index) = &index {
-        crate::numpack::fsutil::write_atomic(
-            &build_dir,
-            INDEX_NAME,
-            index.as_bytes(),
-            opts.durable,
-        )
-        .map_err(aim)?;
+    if let Some(t) = index_tmp {
+        publish::publish_file(t, &index_path, opts.durable).map_err(aim)?;
     }
     if !fresh_dir {
         remove_stale_weights(output, &file_names, index.is_some());
