@@ -155,3 +155,45 @@ fn malformed_safetensors_files_are_refused() {
         assert!(npkio::iter_safetensors(&path, None::<&[&str]>).is_err());
     }
 }
+
+#[test]
+fn symbolic_links_out_of_the_directory_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    let mut store = NumPack::create(&dir, false).unwrap();
+    let data = [7u8; 16];
+    store
+        .save(&[npkio::numpack::ArrayInput {
+            name: "w",
+            dtype: npkio::DType::U8,
+            shape: &[16],
+            data: &data,
+        }])
+        .unwrap();
+    drop(store);
+    // A data file that is a link to a file inside the directory is fine.
+    std::fs::rename(dir.join("data_w.npkd"), dir.join("real.bin")).unwrap();
+    std::os::unix::fs::symlink("real.bin", dir.join("data_w.npkd")).unwrap();
+    assert_eq!(NumPack::open(&dir).unwrap().view("w").unwrap().data, &data);
+    // A link leading out of it is refused, whatever it points at.
+    std::fs::write(tmp.path().join("secret"), [1u8; 16]).unwrap();
+    std::fs::remove_file(dir.join("data_w.npkd")).unwrap();
+    std::os::unix::fs::symlink("../secret", dir.join("data_w.npkd")).unwrap();
+    let e = NumPack::open(&dir).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Malformed);
+    assert!(e.to_string().contains("leads outside the directory"), "{e}");
+    // Also through a linked directory on the way.
+    std::fs::remove_file(dir.join("data_w.npkd")).unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("data_w.npkd"), data).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("sub")).unwrap();
+    let meta_path = dir.join("metadata.npkm");
+    let mut meta =
+        npkio::numpack::metadata::Metadata::decode(&std::fs::read(&meta_path).unwrap(), &meta_path)
+            .unwrap();
+    meta.arrays[0].data_file = "sub/data_w.npkd".into();
+    std::fs::write(&meta_path, meta.encode()).unwrap();
+    let e = NumPack::open(&dir).unwrap_err();
+    assert!(e.to_string().contains("leads outside the directory"), "{e}");
+}

@@ -972,20 +972,34 @@ fn read_sidecar(dir: &Path) -> Option<Sidecar> {
 fn resolve_inside(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
     let checked =
         naming::checked_relative(rel).map_err(|m| Error::malformed(dir, format!("{what}: {m}")))?;
-    let full = dir.join(&checked);
-    let canon_dir = dir.canonicalize().ctx(dir, "resolving")?;
-    let canon = full.canonicalize().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::new(ErrorKind::Malformed, format!("{what} {rel:?} is missing")).at(dir)
-        } else {
-            Error::io(&full, "resolving", e)
+    let missing = || Error::new(ErrorKind::Malformed, format!("{what} {rel:?} is missing")).at(dir);
+    // `checked` has only plain components, so it can leave the directory only through a
+    // symbolic link. One lstat per component finds them; only then resolve the whole path.
+    let mut prefix = dir.to_path_buf();
+    let mut through_link = false;
+    for c in checked.components() {
+        prefix.push(c);
+        match fs::symlink_metadata(&prefix) {
+            Ok(md) => through_link |= md.file_type().is_symlink(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+            Err(e) => return Err(Error::io(&prefix, "inspecting", e)),
         }
-    })?;
-    if !canon.starts_with(&canon_dir) {
-        return Err(Error::malformed(
-            dir,
-            format!("{what} {rel:?} leads outside the directory"),
-        ));
+    }
+    if through_link {
+        let canon_dir = dir.canonicalize().ctx(dir, "resolving")?;
+        let canon = prefix.canonicalize().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                missing()
+            } else {
+                Error::io(&prefix, "resolving", e)
+            }
+        })?;
+        if !canon.starts_with(&canon_dir) {
+            return Err(Error::malformed(
+                dir,
+                format!("{what} {rel:?} leads outside the directory"),
+            ));
+        }
     }
     Ok(checked)
 }
