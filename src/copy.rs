@@ -201,8 +201,8 @@ impl CopyError {
 /// The thread count that `threads: 0` resolves to: `min(available_parallelism, 2)`.
 ///
 /// Measured on 2 cores (module docs): a second worker helps the buffered and mapped methods and
-/// is neutral for `copy_file_range`; 4 threads on 2 cores are never better. The issue's
-/// 16-core numbers also got worse past a few threads (memory bandwidth, page-cache locking).
+/// is neutral for `copy_file_range`; 4 threads on 2 cores are never better. Measurements on
+/// a 16-core machine also got worse past a few threads (memory bandwidth, page-cache locking).
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
