@@ -134,8 +134,17 @@ impl SafeTensorsFile {
         // away, and tensor bytes are read through the mapping only by the zero-copy view API,
         // whose documentation says so. Conversions read through `pread`.
         let map = unsafe { Mmap::map(&file) }.ctx(path, "mapping")?;
-        let declared = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
-        let past_end = declared > md.len() - 8;
+        // The mapping's length is the file's at mapping time: if the file shrank since the
+        // check above, refuse it rather than index past the mapping.
+        let Some(len_bytes) = map.get(..8) else {
+            return Err(Error::malformed(
+                path,
+                "not a SafeTensors file: it shrank below 8 bytes while being opened",
+            ));
+        };
+        let declared = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
+        let file_len = map.len() as u64;
+        let past_end = declared > file_len - 8;
         let over_limit = declared > crate::safetensors::writer::MAX_HEADER_SIZE as u64;
         if past_end || over_limit {
             let mut msg = format!("invalid SafeTensors file: header length {declared}");
@@ -148,7 +157,7 @@ impl SafeTensorsFile {
                 }
                 msg.push_str(&format!(
                     " points past the end of the file ({} bytes)",
-                    md.len()
+                    file_len
                 ));
             }
             return Err(Error::malformed(path, msg));
