@@ -32,6 +32,9 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test (library, CLI, C ABI, doc tests)"
+# The shared library the C-example test links against is built by `cargo build`, not by
+# `cargo test` alone.
+cargo build
 cargo test
 
 if [ -f examples-c/Makefile ]; then

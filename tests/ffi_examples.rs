@@ -18,7 +18,7 @@ fn lib_dir() -> PathBuf {
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/<profile>
     assert!(
         dir.join("libnpkio.so").exists(),
-        "no libnpkio.so beside the test binary in {}",
+        "no libnpkio.so beside the test binary in {} (run `cargo build` before `cargo test`)",
         dir.display()
     );
     dir
