@@ -301,38 +301,6 @@ impl SafeTensorsFile {
             end,
         })
     }
-
-    /// Positions of `keys` in the file, in the order given, duplicates dropped; an unknown
-    /// key is an error naming it and listing some tensors that exist.
-    pub fn select<S: AsRef<str>>(&self, keys: Option<&[S]>) -> Result<Vec<usize>> {
-        let Some(keys) = keys else {
-            return Ok((0..self.tensors.len()).collect());
-        };
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            let k = k.as_ref();
-            let i = self.position(k).ok_or_else(|| self.not_found(k))?;
-            if seen.insert(i) {
-                out.push(i);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The error for an unknown tensor name.
-    pub fn not_found(&self, name: &str) -> Error {
-        let names: Vec<&str> = self.tensors.iter().map(|t| t.name.as_str()).collect();
-        Error::new(
-            ErrorKind::KeyNotFound,
-            format!(
-                "no such tensor (tensors: {})",
-                crate::numpack::store::list_names(&names)
-            ),
-        )
-        .at(&self.path)
-        .array(name)
-    }
 }
 
 /// A readable account of the crate's error.
