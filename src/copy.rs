@@ -81,6 +81,11 @@ pub enum CopyMethod {
     /// after each chunk. Where a destination is shorter than an extent's end, that chunk is
     /// written with [`CopyMethod::ReadWrite`] instead, as is every chunk of a destination that
     /// cannot be mapped (for example one opened write-only). Slow on ext4 (see the module docs).
+    ///
+    /// Caution: from memory, bytes are stored through the mapping by user space. On a
+    /// filesystem where [`preallocate`] could not reserve the blocks (no `fallocate`), a disk
+    /// that fills up during the copy then raises SIGBUS instead of returning an error. Every
+    /// other method, and this one between files, reports a full disk as an error.
     Mmap,
     /// `pread` into a buffer of `chunk_size` bytes per worker, then `pwrite` (from memory:
     /// `pwrite` straight from the slice).
