@@ -23,6 +23,7 @@ use crate::publish;
 use crate::safetensors::index::{
     index_json, same_index, shard_file_name, split_into_shards, Checkpoint, INDEX_NAME,
 };
+use crate::safetensors::writer::plan_from_header;
 use crate::safetensors::writer::PlanInput;
 use crate::safetensors::{plan_header, HeaderPlan, Tensor};
 
@@ -266,12 +267,17 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
                 file: name.clone(),
                 metadata: f.metadata().map(<[_]>::to_vec),
                 tensors: f.tensors().map(|t| t.name.clone()).collect(),
+                header: unusual_header(f),
             })
             .collect(),
     });
+    let whole_file = !src.is_sharded() && selected.len() == src.len();
     let source = SourceMeta {
         metadata: src.metadata().map(<[_]>::to_vec),
         sharding,
+        header: whole_file
+            .then(|| unusual_header(&src.shards()[0]))
+            .flatten(),
     };
     let files: Vec<&File> = src.shards().iter().map(|s| s.file()).collect();
     import(
@@ -318,6 +324,25 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
 struct SourceMeta {
     metadata: Option<Vec<(String, String)>>,
     sharding: Option<Sharding>,
+    /// The file's header, when the crate would lay it out differently.
+    header: Option<String>,
+}
+
+/// A file's header JSON when the `safetensors` crate would not write the same one for its
+/// tensors and metadata (another writer's tensor order, spacing or padding); `None` when
+/// it would, which is the case for every file the crate writes.
+fn unusual_header(f: &crate::safetensors::SafeTensorsFile) -> Option<String> {
+    let inputs: Vec<PlanInput<'_>> = f
+        .tensors()
+        .map(|t| PlanInput {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+        })
+        .collect();
+    let ours = plan_header(&inputs, f.metadata()).ok();
+    let same = ours.is_some_and(|p| p.header.get(8..) == Some(f.header_json().as_bytes()));
+    (!same).then(|| f.header_json().to_string())
 }
 
 /// An in-memory tensor for [`from_safetensors`].
@@ -474,6 +499,8 @@ fn import(
         if source.sharding.is_some() {
             sidecar.sharding = source.sharding;
         }
+        // A header describes one source's exact tensor set: the newest import's, or none.
+        sidecar.source_header = source.header;
     }
 
     // New arrays: names, records, sidecar entries.
@@ -611,7 +638,7 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
         Some(m) => Some(m.to_vec()),
         None => store.safetensors_metadata().map(<[_]>::to_vec),
     };
-    let plan = plan_for(&store, &names, st_meta.as_deref())?;
+    let plan = plan_for(&store, &names, st_meta.as_deref(), store.source_header())?;
     if fs::metadata(output).is_ok_and(|m| m.is_dir()) {
         return Err(Error::new(
             ErrorKind::AlreadyExists,
@@ -637,6 +664,7 @@ fn plan_for(
     store: &NumPack,
     names: &[String],
     metadata: Option<&[(String, String)]>,
+    stored_header: Option<&str>,
 ) -> Result<HeaderPlan> {
     let infos: Vec<_> = names.iter().map(|n| store.info(n)).collect::<Result<_>>()?;
     let inputs: Vec<PlanInput<'_>> = infos
@@ -647,6 +675,9 @@ fn plan_for(
             shape: &i.shape,
         })
         .collect();
+    if let Some(plan) = stored_header.and_then(|h| plan_from_header(h, &inputs, metadata)) {
+        return Ok(plan);
+    }
     plan_header(&inputs, metadata).map_err(|e| e.at(store.path()))
 }
 
@@ -809,7 +840,14 @@ fn export_sharded(
     let plans: Vec<HeaderPlan> = groups
         .iter()
         .enumerate()
-        .map(|(k, g)| plan_for(store, g, shard_meta(k).as_deref()))
+        .map(|(k, g)| {
+            // The source shard's own header, when the shard count is the same (a header
+            // that does not describe exactly this group is not used).
+            let header = stored
+                .filter(|s| s.len() == n)
+                .and_then(|s| s[k].header.as_deref());
+            plan_for(store, g, shard_meta(k).as_deref(), header)
+        })
         .collect::<Result<_>>()?;
     let index = (n > 1).then(|| {
         let mut weight_map = std::collections::BTreeMap::new();

@@ -246,3 +246,65 @@ fn outputs_get_the_permissions_of_ordinary_new_files() {
     assert_eq!(mode(&npk.join("metadata.npkm")), mode(&reference));
     assert_eq!(mode(&npk.join("data_encoder.bias.npkd")), mode(&reference));
 }
+
+/// Writes a valid SafeTensors file the way another writer might: tensors in name order
+/// (not the crate's dtype order), spaces in the JSON, `__metadata__` last, header padded to
+/// 16 bytes rather than 8.
+fn foreign_file(path: &Path) -> Vec<u8> {
+    let a: Vec<u8> = (0..8u8).collect(); // "a": U8 [8]
+    let b: Vec<u8> = (0..16u8).map(|x| x * 3).collect(); // "b": F32 [4]
+    let c: Vec<u8> = vec![7, 0, 9, 0]; // "c": BF16 [2]
+    let mut json = String::from(
+        r#"{"a": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}, "c": {"dtype": "BF16", "shape": [2], "data_offsets": [24, 28]}, "__metadata__": {"z": "last", "a": "first"}}"#,
+    );
+    while json.len() % 16 != 0 {
+        json.push(' ');
+    }
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.extend_from_slice(&a);
+    bytes.extend_from_slice(&b);
+    bytes.extend_from_slice(&c);
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn files_laid_out_by_other_writers_also_round_trip_byte_identical() {
+    let out = tempfile::tempdir().unwrap();
+    let foreign = out.path().join("foreign.safetensors");
+    let original = foreign_file(&foreign);
+    safetensors::SafeTensors::deserialize(&original).expect("a valid file");
+    let npk = out.path().join("f.npk");
+    npkio::from_safetensors_file(&foreign, &npk, ALL, false, 1 << 20).unwrap();
+    let back = out.path().join("back.safetensors");
+    npkio::to_safetensors_file(&npk, &back, ALL, None, 1 << 20).unwrap();
+    assert!(
+        std::fs::read(&back).unwrap() == original,
+        "not byte-identical"
+    );
+
+    // Exporting a subset, or other metadata, gets the crate's layout instead.
+    npkio::to_safetensors_file(&npk, &back, Some(&["a", "b"]), None, 1 << 20).unwrap();
+    let sub = std::fs::read(&back).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&sub).unwrap();
+    assert_eq!(st.len(), 2);
+    let data = 8 + u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    assert_eq!(
+        st.tensor("b").unwrap().data(),
+        &original[data + 8..data + 24]
+    );
+    let meta = vec![("k".to_string(), "v".to_string())];
+    npkio::to_safetensors_file(&npk, &back, ALL, Some(&meta), 1 << 20).unwrap();
+    let st_bytes = std::fs::read(&back).unwrap();
+    let (_, m) = safetensors::SafeTensors::read_metadata(&st_bytes).unwrap();
+    assert_eq!(m.metadata().as_ref().unwrap()["k"], "v");
+
+    // A file the crate writes needs no stored header.
+    let npk2 = out.path().join("m.npk");
+    npkio::from_safetensors_file(src("with_metadata"), &npk2, ALL, false, 1 << 20).unwrap();
+    let side = std::fs::read_to_string(npk2.join("npkio.json")).unwrap();
+    assert!(!side.contains("source_header"), "{side}");
+    let side = std::fs::read_to_string(npk.join("npkio.json")).unwrap();
+    assert!(side.contains("source_header"), "{side}");
+}

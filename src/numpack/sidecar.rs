@@ -38,6 +38,11 @@ pub struct Sidecar {
     /// How the SafeTensors source was sharded, when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sharding: Option<Sharding>,
+    /// The source file's header JSON, kept only when the `safetensors` crate would lay the
+    /// same tensors out differently (another writer's order, spacing or padding): exporting
+    /// the same tensors writes it back, so that the file comes back byte-identical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_header: Option<String>,
 }
 
 /// The shard layout of a sharded SafeTensors source, kept so that exporting with the same
@@ -59,6 +64,9 @@ pub struct ShardRecord {
     pub metadata: Option<Vec<(String, String)>>,
     /// Its tensors in file order.
     pub tensors: Vec<String>,
+    /// Its header JSON, kept only when the crate would lay it out differently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
 }
 
 impl Default for Sidecar {
@@ -69,6 +77,7 @@ impl Default for Sidecar {
             metadata: None,
             arrays: Vec::new(),
             sharding: None,
+            source_header: None,
         }
     }
 }
@@ -155,6 +164,9 @@ impl Sidecar {
 
     /// Whether the sidecar says nothing (no need to write it).
     pub fn is_empty(&self) -> bool {
-        self.metadata.is_none() && self.arrays.is_empty() && self.sharding.is_none()
+        self.metadata.is_none()
+            && self.arrays.is_empty()
+            && self.sharding.is_none()
+            && self.source_header.is_none()
     }
 }

@@ -211,6 +211,8 @@ pub struct NumPack {
     st_metadata: Option<Vec<(String, String)>>,
     /// The shard layout of the SafeTensors source, if it was sharded.
     sharding: Option<crate::numpack::sidecar::Sharding>,
+    /// The source's header, when it is not laid out as the crate would.
+    source_header: Option<String>,
     /// Mappings and copies of arrays that were since changed, kept alive for old views.
     retired: Vec<Data>,
     durable: bool,
@@ -273,6 +275,7 @@ impl NumPack {
             index: HashMap::new(),
             st_metadata: None,
             sharding: None,
+            source_header: None,
             retired: Vec::new(),
             durable: false,
             last_stamp: 0,
@@ -311,6 +314,7 @@ impl NumPack {
             index,
             st_metadata: sidecar.metadata,
             sharding: sidecar.sharding,
+            source_header: sidecar.source_header,
             retired: Vec::new(),
             durable: false,
             last_stamp,
@@ -392,6 +396,12 @@ impl NumPack {
     /// The shard layout of the SafeTensors source, when it was a sharded checkpoint.
     pub fn sharding(&self) -> Option<&crate::numpack::sidecar::Sharding> {
         self.sharding.as_ref()
+    }
+
+    /// The SafeTensors source's header JSON, kept when its layout differs from the one the
+    /// `safetensors` crate writes (see `numpack::sidecar`).
+    pub fn source_header(&self) -> Option<&str> {
+        self.source_header.as_deref()
     }
 
     /// Replaces the recorded SafeTensors `__metadata__`.
@@ -811,6 +821,7 @@ impl NumPack {
         let mut sidecar = Sidecar {
             metadata: self.st_metadata.clone(),
             sharding: self.sharding.clone(),
+            source_header: self.source_header.clone(),
             ..Sidecar::default()
         };
         for a in &self.arrays {

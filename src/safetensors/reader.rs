@@ -232,6 +232,12 @@ impl SafeTensorsFile {
         8 + self.header_len
     }
 
+    /// The header JSON, padding included (the crate has checked that it is UTF-8).
+    pub fn header_json(&self) -> &str {
+        let bytes = &self.map[8..8 + self.header_len as usize];
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
     /// Total file length.
     pub fn file_len(&self) -> u64 {
         self.map.len() as u64

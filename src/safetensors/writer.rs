@@ -145,3 +145,58 @@ pub fn plan_header(
         file_len: base + offset,
     })
 }
+
+/// The layout of an existing header, reused when it describes exactly `tensors` (same names,
+/// dtypes and shapes) and `metadata` (same pairs in the same order): writing it back keeps a
+/// file byte-identical even when its original writer laid it out differently from the
+/// `safetensors` crate (another tensor order, other JSON spacing or padding). `None` when it
+/// does not describe them, or is not a valid header.
+pub fn plan_from_header(
+    header_json: &str,
+    tensors: &[PlanInput<'_>],
+    metadata: Option<&[(String, String)]>,
+) -> Option<HeaderPlan> {
+    #[derive(serde::Deserialize)]
+    struct MetadataOnly {
+        #[serde(rename = "__metadata__", default)]
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    }
+    // The crate's own parser and validation (contiguous offsets, sizes that match shapes).
+    let meta: Metadata = serde_json::from_str(header_json).ok()?;
+    let stored: Option<Vec<(String, String)>> = serde_json::from_str::<MetadataOnly>(header_json)
+        .ok()?
+        .metadata
+        .map(|m| {
+            m.into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        });
+    if stored.as_deref() != metadata || meta.tensors().len() != tensors.len() {
+        return None;
+    }
+    if header_json.len() > MAX_HEADER_SIZE {
+        return None;
+    }
+    let base = 8 + header_json.len() as u64;
+    let mut ranges = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let info = meta.info(t.name)?;
+        let shape: Vec<u64> = info.shape.iter().map(|&d| d as u64).collect();
+        if DType::from_safetensors(info.dtype) != Some(t.dtype) || shape != t.shape {
+            return None;
+        }
+        let (s, e) = info.data_offsets;
+        ranges.push((base + s as u64, base + e as u64));
+    }
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&i| ranges[i].0);
+    let mut header = Vec::with_capacity(8 + header_json.len());
+    header.extend_from_slice(&(header_json.len() as u64).to_le_bytes());
+    header.extend_from_slice(header_json.as_bytes());
+    Some(HeaderPlan {
+        header,
+        order,
+        ranges,
+        file_len: base + meta.data_len() as u64,
+    })
+}
