@@ -111,20 +111,17 @@ pub unsafe extern "C" fn npkio_to_safetensors_file(
     threads: usize,
     flags: u32,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (input, output, names, metadata) = unsafe {
-            (
-                path_arg(input_path, "input_path")?,
-                path_arg(output_path, "output_path")?,
-                str_list_arg(array_names, names_count, "array_names")?,
-                metadata_arg(metadata_keys, metadata_values, metadata_count)?,
-            )
-        };
-        let opts = options(chunk_size, threads, flags)?;
-        to_safetensors_file_with(input, output, names.as_deref(), metadata.as_deref(), &opts)?;
-        Ok(())
-    })
+    // SAFETY: the caller's contract above is the one `export` needs.
+    unsafe {
+        export(
+            input_path,
+            output_path,
+            (array_names, names_count),
+            (metadata_keys, metadata_values, metadata_count),
+            None,
+            (chunk_size, threads, flags),
+        )
+    }
 }
 
 /// `npkio_to_safetensors_file` writing a sharded checkpoint: shards of at most
@@ -152,8 +149,38 @@ pub unsafe extern "C" fn npkio_to_safetensors_file_sharded(
     threads: usize,
     flags: u32,
 ) -> NpkioStatus {
+    // SAFETY: the caller's contract above is the one `export` needs.
+    unsafe {
+        export(
+            input_path,
+            output_path,
+            (array_names, names_count),
+            (metadata_keys, metadata_values, metadata_count),
+            Some(max_shard_size),
+            (chunk_size, threads, flags),
+        )
+    }
+}
+
+/// The body of `npkio_to_safetensors_file` and `npkio_to_safetensors_file_sharded`.
+///
+/// # Safety
+///
+/// As `npkio_to_safetensors_file`.
+unsafe fn export(
+    input_path: *const c_char,
+    output_path: *const c_char,
+    (array_names, names_count): (*const *const c_char, usize),
+    (metadata_keys, metadata_values, metadata_count): (
+        *const *const c_char,
+        *const *const c_char,
+        usize,
+    ),
+    max_shard_size: Option<u64>,
+    (chunk_size, threads, flags): (usize, usize, u32),
+) -> NpkioStatus {
     status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
+        // SAFETY: the caller's contract, checked for NULL inside.
         let (input, output, names, metadata) = unsafe {
             (
                 path_arg(input_path, "input_path")?,
@@ -163,7 +190,7 @@ pub unsafe extern "C" fn npkio_to_safetensors_file_sharded(
             )
         };
         let opts = Options {
-            max_shard_size: Some(max_shard_size),
+            max_shard_size,
             ..options(chunk_size, threads, flags)?
         };
         to_safetensors_file_with(input, output, names.as_deref(), metadata.as_deref(), &opts)?;
