@@ -7,9 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::copy::{self, CopyError, CopyMethod, CopyOptions, Extent, Side};
+use crate::copy::{self, CopyError, CopyMethod, CopyOptions, Extent, NewFiles, Side};
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::numpack::fsutil::now_micros;
@@ -326,7 +326,7 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
                     }
                 })
                 .collect();
-            copy::copy_extents(&files, dsts, &extents, &copy_opts, progress_ref(opts)).map_err(
+            copy::copy_extents_into(&files, dsts, &extents, &copy_opts, progress_ref(opts)).map_err(
                 |e| {
                     let shard = extents.get(e.extent).map_or(0, |x| x.src);
                     // A failed write is about the output, not the source.
@@ -428,7 +428,7 @@ pub fn from_safetensors_with(
                     len: a.len(),
                 })
                 .collect();
-            copy::copy_from_memory(&slices, dsts, &extents, &copy_opts, progress_ref(opts))
+            copy::copy_from_memory_into(&slices, dsts, &extents, &copy_opts, progress_ref(opts))
                 .map_err(|e| copy_error(e, output, batch.iter().map(|a| a.name.as_str()), None))
         },
     )
@@ -481,7 +481,7 @@ fn import(
     opts: &Options,
     arrays: &[NewArray],
     source: Option<SourceMeta>,
-    mut copy: impl FnMut(&[NewArray], &[&File]) -> Result<()>,
+    mut copy: impl FnMut(&[NewArray], &NewFiles<'_>) -> Result<()>,
 ) -> Result<()> {
     let _lock = publish::lock_output(output, opts.wait_for_lock)?;
     let existing = match fs::symlink_metadata(output) {
@@ -547,30 +547,51 @@ fn import(
         data_files[i] = data_file;
     }
 
-    // Copy, a batch of files at a time.
+    // Copy, a batch of files at a time. The copy workers create the data files as they reach
+    // them, so that creating hundreds of files (serialized by the kernel on the directory)
+    // overlaps with copying; files with nothing to copy are created afterwards.
     for (batch_idx, batch) in arrays.chunks(MAX_OPEN_FILES).enumerate() {
-        let mut files = Vec::with_capacity(batch.len());
-        for (j, a) in batch.iter().enumerate() {
-            let path = stage.join(&data_files[batch_idx * MAX_OPEN_FILES + j]);
+        let paths: Vec<PathBuf> = (0..batch.len())
+            .map(|j| stage.join(&data_files[batch_idx * MAX_OPEN_FILES + j]))
+            .collect();
+        // The first creation error, with its file and array named.
+        let create_error: Mutex<Option<Error>> = Mutex::new(None);
+        let create = |j: usize| -> Result<File> {
+            let a = &batch[j];
             let f = File::options()
                 .read(true)
                 .write(true)
                 .create_new(true)
-                .open(&path)
-                .ctx(&path, "creating")
+                .open(&paths[j])
+                .ctx(&paths[j], "creating")
                 .map_err(|e| e.array(a.name.clone()).staged(&stage, output))?;
             copy::preallocate(&f, a.len())
                 .ctx(output, "allocating space for")
                 .map_err(|e| e.array(a.name.clone()))?;
-            files.push(f);
+            Ok(f)
+        };
+        let new_files = NewFiles::new(batch.len(), |j| {
+            create(j).map_err(|e| {
+                let io = std::io::Error::new(e.io_kind(), e.to_string());
+                let mut slot = create_error.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(e);
+                io
+            })
+        });
+        if let Err(e) = copy(batch, &new_files) {
+            drop(new_files);
+            let created = create_error.into_inner().unwrap_or_else(|p| p.into_inner());
+            return Err(created.unwrap_or(e));
         }
-        let refs: Vec<&File> = files.iter().collect();
-        copy(batch, &refs)?;
-        if opts.durable {
-            for (f, a) in files.iter().zip(batch) {
+        for (j, slot) in new_files.into_files().into_iter().enumerate() {
+            let f = match slot {
+                Some(f) => f,
+                None => create(j)?,
+            };
+            if opts.durable {
                 f.sync_all()
                     .ctx(output, "syncing")
-                    .map_err(|e| e.array(a.name.clone()))?;
+                    .map_err(|e| e.array(batch[j].name.clone()))?;
             }
         }
     }

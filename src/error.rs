@@ -109,6 +109,13 @@ impl Error {
         self
     }
 
+    /// The kind of the underlying OS error, if any (`Other` when there is none).
+    pub(crate) fn io_kind(&self) -> io::ErrorKind {
+        self.source
+            .as_ref()
+            .map_or(io::ErrorKind::Other, io::Error::kind)
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind

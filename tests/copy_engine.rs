@@ -6,8 +6,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use npkio::copy::{
-    copy_extents, copy_from_memory, default_threads, preallocate, CopyMethod, CopyOptions, Extent,
-    Side, DEFAULT_CHUNK_SIZE, NO_EXTENT,
+    copy_extents, copy_extents_into, copy_from_memory, copy_from_memory_into, default_threads,
+    preallocate, CopyMethod, CopyOptions, Extent, NewFiles, Side, DEFAULT_CHUNK_SIZE, NO_EXTENT,
 };
 use proptest::prelude::*;
 
@@ -69,8 +69,9 @@ fn opts(method: CopyMethod, threads: usize, chunk_size: usize) -> CopyOptions {
     }
 }
 
-/// Copies with every method, thread counts 1 and 4, from files and from memory, and compares
-/// each destination with the reference; also checks that progress adds up to the total.
+/// Copies with every method, thread counts 1 and 4, from files and from memory, into open
+/// files and into files created on first use, and compares each destination with the
+/// reference; also checks that progress adds up to the total.
 fn check_layout(srcs: &[Vec<u8>], dst_lens: &[u64], extents: &[Extent], chunk: usize) {
     let want = reference(srcs, dst_lens, extents);
     let total: u64 = extents.iter().map(|e| e.len).sum();
@@ -80,27 +81,51 @@ fn check_layout(srcs: &[Vec<u8>], dst_lens: &[u64], extents: &[Extent], chunk: u
     for method in METHODS {
         for threads in [1, 4] {
             for from_memory in [false, true] {
-                let dsts: Vec<File> = dst_lens.iter().map(|&l| dst_file(l)).collect();
-                let dst_refs: Vec<&File> = dsts.iter().collect();
+                let label = format!("{method:?} threads={threads} memory={from_memory}");
                 let done = AtomicU64::new(0);
                 let progress = |n: u64| {
                     done.fetch_add(n, Ordering::Relaxed);
                 };
                 let o = opts(method, threads, chunk);
+                let dsts: Vec<File> = dst_lens.iter().map(|&l| dst_file(l)).collect();
+                let dst_refs: Vec<&File> = dsts.iter().collect();
                 let r = if from_memory {
                     copy_from_memory(&mem_refs, &dst_refs, extents, &o, Some(&progress))
                 } else {
                     copy_extents(&src_refs, &dst_refs, extents, &o, Some(&progress))
                 };
-                r.unwrap_or_else(|e| panic!("{method:?} t{threads} mem={from_memory}: {e}"));
+                r.unwrap_or_else(|e| panic!("{label}: {e}"));
                 for (i, d) in dsts.iter().enumerate() {
                     assert!(
                         contents(d) == want[i],
-                        "{method:?} threads={threads} memory={from_memory} chunk={chunk}: \
-                         destination {i} differs"
+                        "{label} chunk={chunk}: destination {i} differs"
                     );
                 }
-                assert_eq!(done.load(Ordering::Relaxed), total, "{method:?} progress");
+                assert_eq!(done.load(Ordering::Relaxed), total, "{label}: progress");
+
+                // The same into files the workers create, each exactly once.
+                let created: Vec<AtomicU64> = dst_lens.iter().map(|_| AtomicU64::new(0)).collect();
+                let new_files = NewFiles::new(dst_lens.len(), |i| {
+                    created[i].fetch_add(1, Ordering::Relaxed);
+                    Ok(dst_file(dst_lens[i]))
+                });
+                let r = if from_memory {
+                    copy_from_memory_into(&mem_refs, &new_files, extents, &o, None)
+                } else {
+                    copy_extents_into(&src_refs, &new_files, extents, &o, None)
+                };
+                r.unwrap_or_else(|e| panic!("{label}, created on first use: {e}"));
+                for (i, f) in new_files.into_files().into_iter().enumerate() {
+                    let needed = extents.iter().any(|e| e.dst == i && e.len > 0);
+                    assert_eq!(created[i].load(Ordering::Relaxed), u64::from(needed));
+                    match f {
+                        Some(f) => assert!(
+                            contents(&f) == want[i],
+                            "{label} chunk={chunk}: created destination {i} differs"
+                        ),
+                        None => assert!(!needed, "{label}: destination {i} was not created"),
+                    }
+                }
             }
         }
     }
@@ -264,6 +289,41 @@ fn source_truncated_during_the_copy_is_a_read_error_not_a_signal() {
                 std::io::ErrorKind::UnexpectedEof,
                 "{method:?} t{threads}: {err}"
             );
+        }
+    }
+}
+
+#[test]
+fn a_destination_that_cannot_be_created_is_a_write_error_of_its_extent() {
+    let src = pattern(300_000, 14);
+    let s = file_with(&src);
+    let e = [
+        ext(0, 0, 0, 0, 100_000),
+        ext(0, 100_000, 1, 0, 100_000),
+        ext(0, 200_000, 2, 0, 100_000),
+    ];
+    for method in METHODS {
+        for threads in [1, 4] {
+            let new_files = NewFiles::new(3, |i| {
+                if i == 1 {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "creating destination 1: refused",
+                    ))
+                } else {
+                    Ok(dst_file(100_000))
+                }
+            });
+            let err = copy_extents_into(&[&s], &new_files, &e, &opts(method, threads, 8192), None)
+                .expect_err("destination 1 cannot be created");
+            assert_eq!(
+                (err.extent, err.side),
+                (1, Side::Write),
+                "{method:?} t{threads}"
+            );
+            assert_eq!(err.source.kind(), std::io::ErrorKind::PermissionDenied);
+            assert!(err.to_string().contains("refused"), "{err}");
+            assert!(new_files.into_files()[1].is_none());
         }
     }
 }
