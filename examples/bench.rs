@@ -8,8 +8,10 @@
 //! It writes a synthetic Llama-shaped model (BF16 weights, F32 norms; hundreds of tensors)
 //! of about `--size` bytes into `--dir` (default: a temporary directory under the current
 //! directory, so on the same filesystem as the outputs), warms the page cache, and times
-//! each operation as a whole child process (this binary run again), `--reps` times. It
-//! prints medians, throughput, the ratio to `cp` measured in the same run, and the child's
+//! each operation as a whole child process (this binary run again), `--reps` times, each
+//! time right after a `cp` of the same bytes. It prints medians, throughput, the median and
+//! range of the per-run ratios to that `cp` (paired, because this kind of shared machine
+//! drifts in speed from one second to the next), and the child's
 //! peak resident memory (`wait4`'s `ru_maxrss`; the `true` row shows the floor any child
 //! starts from). `sync` runs before every timed run so that one run's writeback does not
 //! land in the next one's time. When a Python with `numpack` 0.7 is found
@@ -256,6 +258,8 @@ struct Row {
     secs: f64,
     rss: u64,
     bytes: u64,
+    /// Per-repetition ratios to the `cp` run just before it (empty for rows without bytes).
+    ratios: Vec<f64>,
 }
 
 /// Child mode: `bench --child OP ARGS...` performs one operation and exits.
@@ -397,16 +401,36 @@ fn main() {
     let back = dir.join("back.safetensors");
     let cp_dst = dir.join("cp.safetensors");
     let mut rows: Vec<Row> = Vec::new();
+    // Every cp run, for the cp row.
+    let mut cp_secs: Vec<f64> = Vec::new();
+    let mut cp_rss = 0u64;
+    let cp_cmd = || {
+        let mut c = Command::new("cp");
+        c.arg(&src).arg(&cp_dst);
+        c
+    };
     let mut time = |name: String, bytes: u64, setup: &dyn Fn(), cmd: &dyn Fn() -> Command| {
-        let (mut secs, mut rss) = (Vec::new(), 0u64);
+        let (mut secs, mut ratios, mut rss) = (Vec::new(), Vec::new(), 0u64);
         for _ in 0..args.reps {
+            // A cp of the same bytes right before each run that moves bytes: this VM's speed
+            // drifts over seconds, so a ratio to a cp timed minutes earlier says little.
+            let cp = (bytes > 0).then(|| {
+                remove(&cp_dst);
+                // Flush earlier runs' dirty pages so that their writeback does not land in
+                // this run's time; the page cache stays warm.
+                // SAFETY: sync(2) takes no arguments.
+                unsafe { libc::sync() };
+                let (d, r) = run(&mut cp_cmd());
+                cp_secs.push(d.as_secs_f64());
+                cp_rss = cp_rss.max(r);
+                d.as_secs_f64()
+            });
             setup();
-            // Flush earlier runs' dirty pages so that their writeback does not land in
-            // this run's time; the page cache stays warm.
-            // SAFETY: sync(2) takes no arguments.
+            // SAFETY: as above.
             unsafe { libc::sync() };
             let (d, r) = run(&mut cmd());
             secs.push(d.as_secs_f64());
+            ratios.extend(cp.map(|c| d.as_secs_f64() / c));
             rss = rss.max(r);
         }
         rows.push(Row {
@@ -414,16 +438,12 @@ fn main() {
             secs: median(secs),
             rss,
             bytes,
+            ratios,
         });
     };
 
     time("true (process start, RSS floor)".into(), 0, &|| {}, &|| {
         Command::new("true")
-    });
-    time("cp".into(), len, &|| remove(&cp_dst), &|| {
-        let mut c = Command::new("cp");
-        c.arg(&src).arg(&cp_dst);
-        c
     });
     let child = |op: &str, a: &[&dyn AsRef<std::ffi::OsStr>]| {
         let mut c = Command::new(&me);
@@ -549,11 +569,18 @@ fn main() {
         }
     }
 
-    let cp = rows.iter().find(|r| r.name == "cp").map_or(1.0, |r| r.secs);
+    let cp_row = Row {
+        name: format!("cp (all {} runs)", cp_secs.len()),
+        secs: median(cp_secs.clone()),
+        rss: cp_rss,
+        bytes: len,
+        ratios: vec![1.0],
+    };
+    rows.insert(1, cp_row);
     println!();
     println!(
-        "{:<40} {:>10} {:>9} {:>8} {:>10}",
-        "operation", "median s", "GB/s", "x cp", "peak RSS"
+        "{:<40} {:>10} {:>9} {:>8} {:>13} {:>10}",
+        "operation", "median s", "GB/s", "x cp", "x cp range", "peak RSS"
     );
     for r in &rows {
         let gbs = if r.bytes > 0 {
@@ -561,17 +588,23 @@ fn main() {
         } else {
             "-".into()
         };
-        let ratio = if r.bytes > 0 {
-            format!("{:.2}", r.secs / cp)
+        let (ratio, range) = if r.ratios.is_empty() {
+            ("-".to_string(), "-".to_string())
         } else {
-            "-".into()
+            let lo = r.ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = r.ratios.iter().copied().fold(0.0, f64::max);
+            (
+                format!("{:.2}", median(r.ratios.clone())),
+                format!("{lo:.2}-{hi:.2}"),
+            )
         };
         println!(
-            "{:<40} {:>10.4} {:>9} {:>8} {:>8.1} MiB",
+            "{:<40} {:>10.4} {:>9} {:>8} {:>13} {:>6.1} MiB",
             r.name,
             r.secs,
             gbs,
             ratio,
+            range,
             r.rss as f64 / (1 << 20) as f64
         );
     }

@@ -29,10 +29,6 @@ use crate::safetensors::{plan_header, HeaderPlan, Tensor};
 
 pub use crate::copy::DEFAULT_CHUNK_SIZE;
 
-/// Largest chunk an export copies at once with the default method (see
-/// `Options::check_export`): small enough that each thread's buffer stays in cache.
-const EXPORT_CHUNK: usize = 1 << 20;
-
 /// Most files a conversion keeps open at once; larger conversions go in batches.
 const MAX_OPEN_FILES: usize = 256;
 
@@ -47,9 +43,8 @@ pub struct Options {
     pub chunk_size: usize,
     /// Copy threads; 0 picks the measured default (`copy::default_threads`).
     pub threads: usize,
-    /// Copy method; `Auto` picks the measured default: `copy_file_range` for imports (each
-    /// tensor to its own file), `pread`/`pwrite` in chunks of at most 1 MiB for exports (many
-    /// tensors into one file).
+    /// Copy method; `Auto` picks the measured default: `pread`/`pwrite` through a small
+    /// page-aligned buffer per thread (see `copy::CopyMethod::Auto`).
     pub method: CopyMethod,
     /// Sync data, then metadata, then directories before the output appears, so that it
     /// survives power loss. Off by default: a killed process still leaves a consistent
@@ -115,23 +110,6 @@ impl Options {
             threads: self.threads,
             method: self.method,
         })
-    }
-
-    /// The copy options for an export: many sources into one SafeTensors file (or a few
-    /// shards). With the `Auto` method this is `pread`/`pwrite` in chunks of at most
-    /// [`EXPORT_CHUNK`]: buffered writes into one file are serialized by its inode lock on
-    /// ext4, so `copy_file_range` cannot use a second thread there, while with a buffer the
-    /// reads run in parallel and every write fills whole destination pages (the tensors sit
-    /// at offsets that are not page-aligned, which `copy_file_range` pays for).
-    /// Measured on 1 GiB: 0.22–0.24 s against 0.35–0.40 s for `copy_file_range` and
-    /// 0.31–0.36 s for `cp` (docs/benchmarks.md).
-    fn check_export(&self) -> Result<CopyOptions> {
-        let mut c = self.check()?;
-        if c.method == CopyMethod::Auto {
-            c.method = CopyMethod::ReadWrite;
-            c.chunk_size = c.chunk_size.min(EXPORT_CHUNK);
-        }
-        Ok(c)
     }
 }
 
@@ -671,7 +649,7 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
     metadata: Option<&[(String, String)]>,
     opts: &Options,
 ) -> Result<()> {
-    let copy_opts = opts.check_export()?;
+    let copy_opts = opts.check()?;
     let output = output_path.as_ref();
     let store = NumPack::open(input_path.as_ref())?;
     let names = select_arrays(&store, array_names)?;
@@ -826,7 +804,7 @@ fn export_sharded(
     output: &Path,
     opts: &Options,
 ) -> Result<()> {
-    let copy_opts = opts.check_export()?;
+    let copy_opts = opts.check()?;
     if limit == 0 {
         return Err(Error::invalid_argument(
             "max_shard_size must be at least 1 byte",

@@ -24,32 +24,43 @@
 //!
 //! # Measurements (`examples/copy_methods.rs`)
 //!
-//! 2 vCPUs (AMD EPYC VM), ext4 on a virtual disk, Linux 6.18, 1 GiB file in warm page cache,
-//! one child process per run, 3 runs with `sync` between runs, minimum seconds (the medians
-//! on this shared VM swing 2-5x from run to run, so minima are the comparable figure); `cp`
-//! itself is one `copy_file_range` call (coreutils 9.1), minimum 0.33 s over the calmer runs.
+//! 2 vCPUs (AMD EPYC VM, 1 MiB L2 per core), ext4 on a virtual disk, Linux 6.18, one 1 GiB
+//! file to one new file, warm page cache, one child process per run, `sync` between runs,
+//! 5 runs interleaved, median seconds; `cp` (coreutils 9.1, one `copy_file_range` call) took
+//! 0.28-0.30 s in the same runs. Peak RSS about 10 MiB, most of it the process itself.
 //!
-//! | method (threads, chunk)      | 1 MiB | 4 MiB | 8 MiB | 16 MiB | 64 MiB | peak RSS (8 MiB) |
-//! |------------------------------|-------|-------|-------|--------|--------|------------------|
-//! | CopyFileRange, 1 thread      | 0.55  | 0.33  | 0.32  | 0.23   | 0.30   | 10 MiB           |
-//! | CopyFileRange, 2 threads     | 0.31  | 0.27  | 0.27  | 0.30   | 0.27   | 10 MiB           |
-//! | MmapSource, 2 threads        | 2.72  | 0.33  | 0.34  | 0.43   | 1.03   | 18 MiB           |
-//! | ReadWrite, 2 threads         | 0.37  | 0.27  | 0.79  | 0.47   | 0.47   | 18 MiB           |
-//! | Mmap (mapped dst), 2 threads | 6.64  | 0.52  | 0.57  | 0.80   | 1.08   | 18 MiB           |
-//! | from memory, ReadWrite, 2 t. | 0.96  | 0.32  | 0.42  | 1.24   | 0.24   | (+ the buffer)   |
-//! | from memory, one `write_all` | 0.35  |       |       |        |        |                  |
+//! | method, threads             | 512 KiB chunks | 8 MiB chunks |
+//! |-----------------------------|----------------|--------------|
+//! | ReadWrite, 1                | 0.22           | 0.22-0.24    |
+//! | ReadWrite, 2                | 0.15           | 0.16         |
+//! | ReadWrite, 4                | 0.16           | 0.16         |
+//! | CopyFileRange, 1 / 2 / 4    | 0.22 / 0.22 / 0.22 | 0.21 / 0.21 / 0.24 |
+//! | MmapSource, 1 / 2           | 0.30 / 0.32    | 0.20 / 0.28  |
+//! | Mmap (mapped dst), 1 / 2    | 5.7 / 4.8      | 0.33 / 0.29  |
+//! | from memory (Auto), 1 / 2   | 0.19 / 0.20    | 0.19 / 0.20  |
+//! | from memory, one `write_all`| 0.31-2.85 from run to run | |
 //!
-//! A second run of 7 repetitions at 8 MiB: `cp` 0.33, CopyFileRange 0.24 (1 and 2 threads),
-//! MmapSource 0.37, Mmap 0.40, ReadWrite 0.63; from memory, 2 threads 0.42 against one
-//! `write_all` 0.43. Peak RSS is the child's `ru_maxrss`, about 10 MiB of it being the
-//! process itself; it grows with threads × chunk for the mapped and buffered methods only.
+//! Findings:
+//! - Buffered `pread`/`pwrite` is the fastest method and the only one that gains from a second
+//!   thread, but only with a buffer the kernel copies into and out of quickly: page-aligned
+//!   like the destination offset, and small enough to stay in the core's cache
+//!   ([`BOUNCE_SIZE`]). With a `malloc`ed buffer (16 bytes past a page boundary) and 8 MiB
+//!   pieces, the same copy took 1.1-1.6 s. Each chunk goes through the buffer in pieces of
+//!   [`BOUNCE_SIZE`], so the chunk size does not matter to speed.
+//! - Large `write`s straight from user memory are erratic here: one `write_all` of 1 GiB took
+//!   0.31 s in one run and 2.85 s in another, and 8 MiB `pwrite`s from memory 1.1-2.3 s, while
+//!   the same bytes in [`BOUNCE_SIZE`] pieces took 0.19-0.20 s every time. From memory, the
+//!   engine writes in such pieces.
+//! - `copy_file_range` is steady but does not scale (buffered writes into one file are
+//!   serialized on its inode lock, and splicing costs about what `cp` costs); it gains nothing
+//!   for npkio's layouts, where tensors never sit at block-aligned offsets in both files, so
+//!   filesystems with reflinks could not share blocks either.
+//! - A mapped destination is slow on ext4: each write fault on the fallocated (unwritten)
+//!   file starts read-ahead that zero-fills pages (`ext4_mpage_readpages` → `memset` in
+//!   `perf`), which is pathological with small windows.
 //!
-//! Findings: `copy_file_range` is the fastest and steadiest here and costs no memory, so it
-//! is `Auto` for files (and, on filesystems with reflinks, it shares blocks). A mapped
-//! destination is slow on ext4: each write fault on the fallocated (unwritten) file starts
-//! read-ahead that zero-fills pages (`ext4_mpage_readpages` → `memset` in `perf`), which is
-//! pathological with 1 MiB windows. From memory, `pwrite` straight from the slice on 2 threads
-//! is at parity with one `write_all` (within noise), so it is `Auto` from memory.
+//! So [`CopyMethod::Auto`] is `pread`/`pwrite` (from memory: `pwrite`), in pieces of
+//! [`BOUNCE_SIZE`] bytes.
 
 use std::fmt;
 use std::fs::File;
@@ -59,11 +70,12 @@ use std::sync::{Mutex, OnceLock};
 
 /// Default chunk size in bytes: 8 MiB.
 ///
-/// Each worker holds at most one chunk in flight (one mapped window, or one buffer for
-/// [`CopyMethod::ReadWrite`]; nothing for `copy_file_range`), so the engine's own footprint is
-/// at most `threads × 8 MiB` (16 MiB with the default 2 threads), far below 64 MiB. Measured
-/// (module docs): 4 to 16 MiB are within noise of each other; 1 MiB is much slower for the
-/// mapped methods; 64 MiB buys nothing and costs resident memory.
+/// A chunk is the unit workers take from the queue (and progress is reported in). Each worker
+/// holds at most one chunk's mapped window in flight with the mapped methods, and one buffer of
+/// [`BOUNCE_SIZE`] with `pread`/`pwrite`, so the engine's own footprint is at most
+/// `threads × 8 MiB` (16 MiB with the default 2 threads), far below 64 MiB, and 1 MiB with the
+/// default method. Measured (module docs): `pread`/`pwrite` runs as fast with 8 MiB chunks as
+/// with 512 KiB; the mapped methods are much slower with small chunks.
 pub const DEFAULT_CHUNK_SIZE: usize = 8 << 20;
 
 /// The `extent` of a [`CopyError`] that is not about one extent (for example a `chunk_size` of 0).
@@ -75,9 +87,7 @@ pub const NO_EXTENT: usize = usize::MAX;
 /// [`Side::Read`] error, never a signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum CopyMethod {
-    /// The fastest method measured (see the module docs): [`CopyMethod::CopyFileRange`] for
-    /// files (itself falling back to `ReadWrite` where unsupported), [`CopyMethod::ReadWrite`]
-    /// from memory.
+    /// The fastest method measured (see the module docs): [`CopyMethod::ReadWrite`].
     #[default]
     Auto,
     /// A window of the destination (at most one chunk) is mapped, and the source is `pread`
@@ -92,8 +102,8 @@ pub enum CopyMethod {
     /// that fills up during the copy then raises SIGBUS instead of returning an error. Every
     /// other method, and this one between files, reports a full disk as an error.
     Mmap,
-    /// `pread` into a buffer of `chunk_size` bytes per worker, then `pwrite` (from memory:
-    /// `pwrite` straight from the slice).
+    /// `pread` into a page-aligned buffer per worker, then `pwrite`, [`BOUNCE_SIZE`] bytes at
+    /// a time (from memory: `pwrite` straight from the slice, in pieces of the same size).
     ReadWrite,
     /// Linux `copy_file_range`, which may share blocks (reflink) or copy inside the kernel.
     /// Falls back to [`CopyMethod::ReadWrite`] on `EXDEV`, `ENOSYS`, `EOPNOTSUPP` and `EINVAL`,
@@ -210,8 +220,8 @@ impl CopyError {
 
 /// The thread count that `threads: 0` resolves to: `min(available_parallelism, 2)`.
 ///
-/// Measured on 2 cores (module docs): a second worker helps the buffered and mapped methods and
-/// is neutral for `copy_file_range`; 4 threads on 2 cores are never better. Measurements on
+/// Measured on 2 cores (module docs): a second worker makes `pread`/`pwrite` about 1.4x faster
+/// and is neutral for `copy_file_range`; 4 threads on 2 cores are never better. Measurements on
 /// a 16-core machine also got worse past a few threads (memory bandwidth, page-cache locking).
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()
@@ -650,8 +660,7 @@ enum Strategy {
 
 fn strategy(method: CopyMethod, from_memory: bool) -> Strategy {
     let s = match method {
-        CopyMethod::Auto if from_memory => Strategy::ReadWrite,
-        CopyMethod::Auto => Strategy::CopyFileRange,
+        CopyMethod::Auto => Strategy::ReadWrite,
         CopyMethod::Mmap => Strategy::MapDst,
         CopyMethod::ReadWrite => Strategy::ReadWrite,
         CopyMethod::CopyFileRange if from_memory => Strategy::ReadWrite,
@@ -815,7 +824,7 @@ fn run(
 }
 
 fn worker(sh: &Shared<'_>) {
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = Bounce::default();
     let mut done = None;
     while !sh.failed.load(Ordering::Relaxed) {
         let Some((k, c)) = sh.sched.next(&sh.plan, done.take()) else {
@@ -852,7 +861,7 @@ fn worker(sh: &Shared<'_>) {
 
 type ChunkResult = Result<(), (Side, io::Error)>;
 
-fn copy_chunk(sh: &Shared<'_>, c: &Chunk, buf: &mut Vec<u8>) -> ChunkResult {
+fn copy_chunk(sh: &Shared<'_>, c: &Chunk, buf: &mut Bounce) -> ChunkResult {
     let dst = sh.dsts.get(c.dst).map_err(|e| (Side::Write, e))?;
     // Bounds were checked in validate; the slicing below cannot fail.
     let len = c.len as usize;
@@ -865,7 +874,13 @@ fn copy_chunk(sh: &Shared<'_>, c: &Chunk, buf: &mut Vec<u8>) -> ChunkResult {
                     return mapdst_from_memory(src, &map);
                 }
             }
-            write_all_at(dst, src, c.dst_offset).map_err(|e| (Side::Write, e))
+            // In pieces: one large pwrite from user memory was measured up to 10x slower
+            // than the same bytes in BOUNCE_SIZE pieces (module docs).
+            for (i, piece) in src.chunks(BOUNCE_SIZE).enumerate() {
+                let at = c.dst_offset + (i * BOUNCE_SIZE) as u64;
+                write_all_at(dst, piece, at).map_err(|e| (Side::Write, e))?;
+            }
+            Ok(())
         }
         Sources::Files { files, .. } => {
             let src = files[c.src];
@@ -900,22 +915,58 @@ fn fits(sh: &Shared<'_>, c: &Chunk) -> bool {
     matches!(len, Some(l) if c.dst_offset + c.len <= l)
 }
 
-/// pread into a reused buffer, then pwrite.
+/// Largest piece a worker moves through its buffer with one `pread` and one `pwrite`.
+///
+/// Small enough that the buffer stays in the core's cache between the two copies (the kernel
+/// copies into it, then out of it), large enough that the system calls do not show. Measured
+/// on 1 GiB, 2 threads, page-aligned buffer (module docs): 512 KiB 0.21 s both ways, 256 KiB
+/// 0.25 s, 1 MiB 0.22 s for an export but 0.50-0.83 s for an import; `cp` 0.30-0.36 s.
+pub const BOUNCE_SIZE: usize = 512 << 10;
+
+/// A worker's buffer for `pread`/`pwrite`, reused from chunk to chunk.
+///
+/// The kernel's copies to and from user memory are much slower when the buffer is not aligned
+/// like the file offset it is written to: with the buffer 16 bytes past a page boundary (where
+/// `malloc` puts a large block), a 1 GiB copy in 8 MiB chunks took 1.1-1.6 s instead of
+/// 0.24-0.27 s. So the slice handed out sits at the destination offset's position within a
+/// page (after the first chunk of an extent, that is a page boundary).
+#[derive(Default)]
+struct Bounce {
+    buf: Vec<u8>,
+}
+
+impl Bounce {
+    /// `len` bytes whose address is congruent to `dst_offset` modulo the page size.
+    fn slice(&mut self, len: usize, dst_offset: u64) -> &mut [u8] {
+        let page = page_size() as usize;
+        if self.buf.len() < len + page {
+            self.buf = vec![0; len + page];
+        }
+        let want = (dst_offset % page as u64) as usize;
+        let start = (want + page - self.buf.as_ptr() as usize % page) % page;
+        &mut self.buf[start..start + len]
+    }
+}
+
+/// pread into the worker's buffer, then pwrite, [`BOUNCE_SIZE`] bytes at a time.
 fn read_write(
     src: &File,
     dst: &File,
     src_offset: u64,
     dst_offset: u64,
     len: usize,
-    buf: &mut Vec<u8>,
+    buf: &mut Bounce,
 ) -> ChunkResult {
-    if buf.len() < len {
-        buf.clear();
-        buf.resize(len, 0);
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(BOUNCE_SIZE);
+        let (s, d) = (src_offset + done as u64, dst_offset + done as u64);
+        let b = buf.slice(n, d);
+        read_exact_at(src, b, s).map_err(|e| (Side::Read, e))?;
+        write_all_at(dst, b, d).map_err(|e| (Side::Write, e))?;
+        done += n;
     }
-    let b = &mut buf[..len];
-    read_exact_at(src, b, src_offset).map_err(|e| (Side::Read, e))?;
-    write_all_at(dst, b, dst_offset).map_err(|e| (Side::Write, e))
+    Ok(())
 }
 
 /// Map a window of `len` bytes at `offset` of `file` (writable or read-only), or `None` if the
@@ -1000,7 +1051,7 @@ fn mapsrc(src: &File, dst: &File, map: &memmap2::MmapRaw, c: &Chunk) -> ChunkRes
 
 #[cfg(not(unix))]
 fn mapsrc(src: &File, dst: &File, _map: &memmap2::MmapRaw, c: &Chunk) -> ChunkResult {
-    let mut buf = Vec::new();
+    let mut buf = Bounce::default();
     read_write(
         src,
         dst,
@@ -1024,13 +1075,7 @@ fn mapdst_from_memory(src: &[u8], map: &memmap2::MmapRaw) -> ChunkResult {
 
 /// copy_file_range, falling back to pread/pwrite from where it stopped.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn copy_range(
-    sh: &Shared<'_>,
-    src: &File,
-    dst: &File,
-    c: &Chunk,
-    buf: &mut Vec<u8>,
-) -> ChunkResult {
+fn copy_range(sh: &Shared<'_>, src: &File, dst: &File, c: &Chunk, buf: &mut Bounce) -> ChunkResult {
     use std::os::unix::io::AsRawFd;
     let mut src_off = c.src_offset as libc::loff_t;
     let mut dst_off = c.dst_offset as libc::loff_t;
@@ -1081,7 +1126,7 @@ fn copy_range(
     src: &File,
     dst: &File,
     c: &Chunk,
-    buf: &mut Vec<u8>,
+    buf: &mut Bounce,
 ) -> ChunkResult {
     read_write(src, dst, c.src_offset, c.dst_offset, c.len as usize, buf)
 }
@@ -1144,4 +1189,30 @@ fn write_all_at(f: &File, mut buf: &[u8], mut off: u64) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounce_slices_sit_like_the_destination_offset_within_a_page() {
+        let page = page_size() as usize;
+        let mut b = Bounce::default();
+        for (len, dst_offset) in [
+            (1, 0),
+            (4096, 1),
+            (BOUNCE_SIZE, 4095),
+            (10, 100),
+            (70_000, 8),
+        ] {
+            let s = b.slice(len, dst_offset as u64);
+            assert_eq!(s.len(), len);
+            assert_eq!(
+                s.as_ptr() as usize % page,
+                dst_offset % page,
+                "{len} at {dst_offset}"
+            );
+        }
+    }
 }
