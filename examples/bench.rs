@@ -32,6 +32,7 @@ struct Args {
     reps: usize,
     dir: Option<PathBuf>,
     f32_only: bool,
+    verbose: bool,
     threads: Vec<usize>,
 }
 
@@ -59,9 +60,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut a = Args {
         size: 1 << 30,
-        reps: 3,
+        reps: 5,
         dir: None,
         f32_only: false,
+        verbose: false,
         threads: Vec::new(),
     };
     while let Some(arg) = it.next() {
@@ -75,6 +77,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
             "--reps" => a.reps = it.next().and_then(|s| s.parse().ok()).expect("--reps N"),
             "--dir" => a.dir = it.next().map(PathBuf::from),
             "--f32-only" => a.f32_only = true,
+            "--verbose" => a.verbose = true,
             "--threads" => {
                 a.threads = it
                     .next()
@@ -84,7 +87,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
                     .collect()
             }
             "-h" | "--help" => {
-                println!("usage: bench [--size 1GiB] [--reps 3] [--dir DIR] [--f32-only] [--threads 1,2,4]");
+                println!("usage: bench [--size 1GiB] [--reps 5] [--dir DIR] [--f32-only] [--threads 1,2,4] [--verbose]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other:?} (try --help)"),
@@ -187,9 +190,18 @@ fn write_model(path: &Path, tensors: &[(String, DType, Vec<u64>)]) -> u64 {
 }
 
 /// Reads a file once so that its pages are in the page cache.
+/// Reads a file, or every file under a directory, so that it is in the page cache. Before
+/// each timed run, not only once: some virtual machines reclaim page cache that has not been
+/// touched for a minute (DAMON `pageout`), which would turn a warm-cache run into a disk read.
 fn warm(path: &Path) {
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            warm(&e.unwrap().path());
+        }
+        return;
+    }
     let mut f = File::open(path).unwrap();
-    let mut buf = vec![0u8; 8 << 20];
+    let mut buf = vec![0u8; 1 << 20];
     while f.read(&mut buf).unwrap() > 0 {}
 }
 
@@ -411,11 +423,22 @@ fn main() {
     };
     let mut time = |name: String, bytes: u64, setup: &dyn Fn(), cmd: &dyn Fn() -> Command| {
         let (mut secs, mut ratios, mut rss) = (Vec::new(), Vec::new(), 0u64);
+        if bytes > 0 {
+            // One untimed warm-up run. On this kind of virtual machine, the first run after
+            // a different operation is often 3-10x slower than the next ones (it gets pages
+            // the guest has not used for a while, which the host must bring back); the runs
+            // after it measure the steady state, as cp's runs do.
+            setup();
+            // SAFETY: sync(2) takes no arguments.
+            unsafe { libc::sync() };
+            run(&mut cmd());
+        }
         for _ in 0..args.reps {
             // A cp of the same bytes right before each run that moves bytes: this VM's speed
             // drifts over seconds, so a ratio to a cp timed minutes earlier says little.
             let cp = (bytes > 0).then(|| {
                 remove(&cp_dst);
+                warm(&src);
                 // Flush earlier runs' dirty pages so that their writeback does not land in
                 // this run's time; the page cache stays warm.
                 // SAFETY: sync(2) takes no arguments.
@@ -431,6 +454,10 @@ fn main() {
             let (d, r) = run(&mut cmd());
             secs.push(d.as_secs_f64());
             ratios.extend(cp.map(|c| d.as_secs_f64() / c));
+            if args.verbose {
+                let cp = cp.map_or(String::new(), |c| format!(" (cp before it: {c:.4} s)"));
+                eprintln!("{name}: {:.4} s{cp}", d.as_secs_f64());
+            }
             rss = rss.max(r);
         }
         rows.push(Row {
@@ -466,7 +493,10 @@ fn main() {
         time(
             format!("SafeTensors -> NumPack ({label})"),
             len,
-            &|| remove(&npk),
+            &|| {
+                remove(&npk);
+                warm(&src);
+            },
             &|| child("from", &[&src, &npk, &ts, &"fast"]),
         );
         // The NumPack side must exist for the export.
@@ -476,14 +506,20 @@ fn main() {
         time(
             format!("NumPack -> SafeTensors ({label})"),
             len,
-            &|| remove(&back),
+            &|| {
+                remove(&back);
+                warm(&npk);
+            },
             &|| child("to", &[&npk, &back, &ts, &"fast"]),
         );
     }
     time(
         "SafeTensors -> NumPack (durable)".into(),
         len,
-        &|| remove(&npk),
+        &|| {
+            remove(&npk);
+            warm(&src);
+        },
         &|| child("from", &[&src, &npk, &"0", &"durable"]),
     );
     if !npk.exists() {
@@ -492,7 +528,10 @@ fn main() {
     time(
         "NumPack -> SafeTensors (durable)".into(),
         len,
-        &|| remove(&back),
+        &|| {
+            remove(&back);
+            warm(&npk);
+        },
         &|| child("to", &[&npk, &back, &"0", &"durable"]),
     );
     time("get_safetensors_metadata".into(), 0, &|| {}, &|| {
@@ -539,7 +578,10 @@ fn main() {
             time(
                 "reference from_safetensors_file".into(),
                 len,
-                &|| remove(&ref_npk),
+                &|| {
+                    remove(&ref_npk);
+                    warm(&src);
+                },
                 &|| {
                     let mut c = Command::new(py);
                     c.args(["-c", code_from]).arg(&src).arg(&ref_npk);
@@ -549,7 +591,10 @@ fn main() {
             time(
                 "reference to_safetensors_file".into(),
                 len,
-                &|| remove(&ref_back),
+                &|| {
+                    remove(&ref_back);
+                    warm(&ref_npk);
+                },
                 &|| {
                     let mut c = Command::new(py);
                     c.args(["-c", code_to]).arg(&ref_npk).arg(&ref_back);
