@@ -57,35 +57,6 @@ fn child_entry() {
     }
 }
 
-/// How the output must look: which kind of container, and what it may hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Mode {
-    /// SafeTensors into an existing NumPack, merging.
-    ImportMerge,
-    /// SafeTensors into an existing NumPack, replacing it.
-    ImportReplace,
-    /// SafeTensors into a new NumPack.
-    ImportFresh,
-    /// NumPack over an existing SafeTensors file.
-    ExportReplace,
-    /// NumPack to a new SafeTensors file.
-    ExportFresh,
-    /// NumPack to a new sharded checkpoint directory.
-    ShardedFresh,
-    /// NumPack to a sharded checkpoint in an existing checkpoint directory.
-    ShardedExisting,
-}
-
-const MODES: [Mode; 7] = [
-    Mode::ImportMerge,
-    Mode::ImportReplace,
-    Mode::ImportFresh,
-    Mode::ExportReplace,
-    Mode::ExportFresh,
-    Mode::ShardedFresh,
-    Mode::ShardedExisting,
-];
-
 /// Sources and old outputs for one source size, made once.
 struct Fixture {
     dir: PathBuf,

@@ -23,27 +23,6 @@ const ALL: Option<&[&str]> = None;
 const CHILD_ENV: &str = "NPKIO_FULL_DISK_CHILD";
 const PAGE: u64 = 4096;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    ImportMerge,
-    ImportReplace,
-    ImportFresh,
-    ExportReplace,
-    ExportFresh,
-    ShardedFresh,
-    ShardedExisting,
-}
-
-const MODES: [Mode; 7] = [
-    Mode::ImportMerge,
-    Mode::ImportReplace,
-    Mode::ImportFresh,
-    Mode::ExportReplace,
-    Mode::ExportFresh,
-    Mode::ShardedFresh,
-    Mode::ShardedExisting,
-];
-
 /// Sources (outside the small filesystem) and golden old outputs.
 struct Fixture {
     st_src: PathBuf,

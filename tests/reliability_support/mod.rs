@@ -270,3 +270,32 @@ pub fn child_error(stdout: &str) -> Option<String> {
         .lines()
         .find_map(|l| l.split_once("CHILD-ERROR: ").map(|p| p.1.to_string()))
 }
+
+/// What a reliability test converts into: which kind of container, new or over an old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// SafeTensors into an existing NumPack, merging.
+    ImportMerge,
+    /// SafeTensors into an existing NumPack, replacing it.
+    ImportReplace,
+    /// SafeTensors into a new NumPack.
+    ImportFresh,
+    /// NumPack over an existing SafeTensors file.
+    ExportReplace,
+    /// NumPack to a new SafeTensors file.
+    ExportFresh,
+    /// NumPack to a new sharded checkpoint directory.
+    ShardedFresh,
+    /// NumPack to a sharded checkpoint in an existing checkpoint directory.
+    ShardedExisting,
+}
+
+pub const MODES: [Mode; 7] = [
+    Mode::ImportMerge,
+    Mode::ImportReplace,
+    Mode::ImportFresh,
+    Mode::ExportReplace,
+    Mode::ExportFresh,
+    Mode::ShardedFresh,
+    Mode::ShardedExisting,
+];
