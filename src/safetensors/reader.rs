@@ -95,6 +95,8 @@ pub struct SafeTensorsFile {
     path: PathBuf,
     file: File,
     map: Arc<Mmap>,
+    /// The header JSON, padding included, as read with `pread`.
+    header: String,
     header_len: u64,
     tensors: Vec<Arc<TensorInfo>>,
     index: HashMap<String, usize>,
@@ -129,21 +131,25 @@ impl SafeTensorsFile {
                 ),
             ));
         }
-        // SAFETY: the mapping is read-only. If another process shrinks the file while it is
-        // mapped, touching pages past the new end raises SIGBUS: the header is parsed right
-        // away, and tensor bytes are read through the mapping only by the zero-copy view API,
-        // whose documentation says so. Conversions read through `pread`.
-        let map = unsafe { Mmap::map(&file) }.ctx(path, "mapping")?;
-        // The mapping's length is the file's at mapping time: if the file shrank since the
-        // check above, refuse it rather than index past the mapping.
-        let Some(len_bytes) = map.get(..8) else {
-            return Err(Error::malformed(
+        let file_len = md.len();
+        // The header is read with pread, not through a mapping: a file that another process
+        // truncates while we open it yields an error, never SIGBUS.
+        let shrank = || {
+            Error::malformed(
                 path,
-                "not a SafeTensors file: it shrank below 8 bytes while being opened",
-            ));
+                "not a SafeTensors file any more: it shrank while being opened",
+            )
         };
-        let declared = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
-        let file_len = map.len() as u64;
+        let read_at = |buf: &mut [u8], at: u64| -> Result<()> {
+            use std::os::unix::fs::FileExt;
+            match file.read_exact_at(buf, at) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(shrank()),
+                r => r.ctx(path, "reading"),
+            }
+        };
+        let mut len_bytes = [0u8; 8];
+        read_at(&mut len_bytes, 0)?;
+        let declared = u64::from_le_bytes(len_bytes);
         let past_end = declared > file_len - 8;
         let over_limit = declared > crate::safetensors::writer::MAX_HEADER_SIZE as u64;
         if past_end || over_limit {
@@ -162,16 +168,35 @@ impl SafeTensorsFile {
             }
             return Err(Error::malformed(path, msg));
         }
-        let (n, meta) = ::safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+        let mut head = vec![0u8; 8 + declared as usize];
+        head[..8].copy_from_slice(&len_bytes);
+        read_at(&mut head[8..], 8)?;
+        let (n, meta) = read_metadata(&head, file_len).map_err(|e| {
             let mut err =
                 Error::malformed(path, format!("invalid SafeTensors file: {}", describe(&e)));
-            if let Some(name) = culprit(&map[8..8 + declared as usize], &e) {
+            if let Some(name) = culprit(&head[8..], &e) {
                 err = err.array(name);
             }
             err
         })?;
+        // The mapping serves the zero-copy views only. It must show the file that was
+        // validated: if the file changed size since, refuse it.
+        // SAFETY: the mapping is read-only. If another process shrinks the file while it is
+        // mapped, touching pages past the new end raises SIGBUS; only the zero-copy view API
+        // reads through the mapping, and its documentation says so. Conversions read through
+        // `pread`.
+        let map = unsafe { Mmap::map(&file) }.ctx(path, "mapping")?;
+        if map.len() as u64 != file_len {
+            return Err(Error::malformed(
+                path,
+                "the file changed size while being opened",
+            ));
+        }
+        head.drain(..8);
+        let header = String::from_utf8(head).map_err(|_| {
+            Error::malformed(path, "invalid SafeTensors file: header is not valid UTF-8")
+        })?;
         let header_len = n as u64;
-        let header = &map[8..8 + n];
         let order = meta.offset_keys();
         let mut tensors = Vec::with_capacity(order.len());
         let mut index = HashMap::with_capacity(order.len());
@@ -196,7 +221,7 @@ impl SafeTensorsFile {
         }
         // The crate keeps `__metadata__` in a HashMap; read it again to keep its order.
         let metadata = if meta.metadata().is_some() {
-            let m: MetadataOnly = serde_json::from_slice(header)
+            let m: MetadataOnly = serde_json::from_str(&header)
                 .map_err(|e| Error::malformed(path, format!("invalid SafeTensors header: {e}")))?;
             m.metadata.map(|m| {
                 m.into_iter()
@@ -210,6 +235,7 @@ impl SafeTensorsFile {
             path: path.to_path_buf(),
             file,
             map: Arc::new(map),
+            header,
             header_len,
             tensors,
             index,
@@ -234,8 +260,7 @@ impl SafeTensorsFile {
 
     /// The header JSON, padding included (the crate has checked that it is UTF-8).
     pub fn header_json(&self) -> &str {
-        let bytes = &self.map[8..8 + self.header_len as usize];
-        std::str::from_utf8(bytes).unwrap_or_default()
+        &self.header
     }
 
     /// Total file length.
@@ -310,6 +335,30 @@ impl SafeTensorsFile {
 }
 
 /// A readable account of the crate's error.
+/// The crate's `read_metadata` for a file of `file_len` bytes whose first bytes (the length and
+/// the header) are `head`.
+///
+/// `read_metadata` wants a buffer as long as the whole file but reads only `head`'s bytes of
+/// it and its length. So `head` is copied into an anonymous mapping of the file's length,
+/// reserved without swap (`MAP_NORESERVE`): only the pages it touches ever exist, and
+/// anonymous memory cannot raise SIGBUS the way a mapping of a shrinking file can. Where
+/// such a mapping cannot be made (an address-space limit below the file's size), that is an
+/// I/O error.
+fn read_metadata(
+    head: &[u8],
+    file_len: u64,
+) -> std::result::Result<(usize, ::safetensors::tensor::Metadata), ::safetensors::SafeTensorError> {
+    let len =
+        usize::try_from(file_len).map_err(|_| ::safetensors::SafeTensorError::HeaderTooLarge)?;
+    let mut buf = memmap2::MmapOptions::new()
+        .len(len)
+        .no_reserve_swap()
+        .map_anon()
+        .map_err(::safetensors::SafeTensorError::IoError)?;
+    buf[..head.len()].copy_from_slice(head);
+    ::safetensors::SafeTensors::read_metadata(&buf)
+}
+
 fn describe(e: &::safetensors::SafeTensorError) -> String {
     use ::safetensors::SafeTensorError as E;
     match e {
