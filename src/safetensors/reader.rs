@@ -334,7 +334,6 @@ impl SafeTensorsFile {
     }
 }
 
-/// A readable account of the crate's error.
 /// The crate's `read_metadata` for a file of `file_len` bytes whose first bytes (the length and
 /// the header) are `head`.
 ///
@@ -359,6 +358,7 @@ fn read_metadata(
     ::safetensors::SafeTensors::read_metadata(&buf)
 }
 
+/// A readable account of the crate's error.
 fn describe(e: &::safetensors::SafeTensorError) -> String {
     use ::safetensors::SafeTensorError as E;
     match e {
