@@ -7,15 +7,16 @@
 //!
 //! It writes a synthetic Llama-shaped model (BF16 weights, F32 norms; hundreds of tensors)
 //! of about `--size` bytes into `--dir` (default: a temporary directory under the current
-//! directory, so on the same filesystem as the outputs), warms the page cache, and times
-//! each operation as a whole child process (this binary run again), `--reps` times, each
-//! time right after a `cp` of the same bytes. It prints medians, throughput, the median and
-//! range of the per-run ratios to that `cp` (paired, because this kind of shared machine
-//! drifts in speed from one second to the next), and the child's
-//! peak resident memory (`wait4`'s `ru_maxrss`; the `true` row shows the floor any child
-//! starts from). `sync` runs before every timed run so that one run's writeback does not
-//! land in the next one's time. When a Python with `numpack` 0.7 is found
-//! (`NPKIO_BENCH_PYTHON`, else `python3`), the reference converter is timed too.
+//! directory, so on the same filesystem as the outputs) and times each operation as a whole
+//! child process (this binary run again): one untimed warm-up run, then `--reps` runs (default
+//! 5), each right after a `cp` of the same bytes. Before every run it reads the run's input so
+//! that the page cache is warm, and calls `sync` so that one run's writeback does not land in
+//! the next one's time. It prints medians, throughput, the median and range of the per-run
+//! ratios to that `cp` (paired, because this kind of shared machine drifts in speed from one
+//! second to the next), and the child's peak resident memory (its own `VmHWM`, else `wait4`'s
+//! `ru_maxrss`; the `true` row shows the floor). `--verbose` prints every run. When a Python
+//! with `numpack` 0.7 is found (`NPKIO_BENCH_PYTHON`, else `python3`), the reference converter
+//! is timed too.
 
 use std::fs::File;
 use std::io::{Read, Write};
