@@ -291,15 +291,7 @@ pub fn copy_extents(
     opts: &CopyOptions,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<(), CopyError> {
-    let mut src_lens = Vec::with_capacity(srcs.len());
-    for f in srcs {
-        src_lens.push(regular_len(f));
-    }
-    let sources = Sources::Files {
-        files: srcs,
-        lens: &src_lens,
-    };
-    run(&sources, &Dsts::Open(dsts), extents, opts, progress)
+    run_files(srcs, &Dsts::Open(dsts), extents, opts, progress)
 }
 
 /// Copy every extent from memory to files: `Extent.src` indexes `srcs` and `src_offset` is an
@@ -391,12 +383,7 @@ pub fn copy_extents_into(
     opts: &CopyOptions,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<(), CopyError> {
-    let src_lens: Vec<Option<u64>> = srcs.iter().map(|f| regular_len(f)).collect();
-    let sources = Sources::Files {
-        files: srcs,
-        lens: &src_lens,
-    };
-    run(&sources, &Dsts::New(dsts), extents, opts, progress)
+    run_files(srcs, &Dsts::New(dsts), extents, opts, progress)
 }
 
 /// [`copy_from_memory`] into files created on first use (see [`NewFiles`]).
@@ -752,6 +739,22 @@ struct Shared<'a> {
     /// First failure in copy order: (chunk number, error).
     error: Mutex<Option<(u64, CopyError)>>,
     progress: Option<&'a (dyn Fn(u64) + Sync)>,
+}
+
+/// [`run`] from source files, whose lengths at the start bound the extents.
+fn run_files(
+    srcs: &[&File],
+    dsts: &Dsts<'_>,
+    extents: &[Extent],
+    opts: &CopyOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<(), CopyError> {
+    let src_lens: Vec<Option<u64>> = srcs.iter().map(|f| regular_len(f)).collect();
+    let sources = Sources::Files {
+        files: srcs,
+        lens: &src_lens,
+    };
+    run(&sources, dsts, extents, opts, progress)
 }
 
 fn run(
