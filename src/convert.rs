@@ -12,12 +12,10 @@ use std::sync::{Arc, Mutex};
 use crate::copy::{self, CopyError, CopyMethod, CopyOptions, Extent, NewFiles, Side};
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::numpack::fsutil::now_micros;
+use crate::fsutil::now_micros;
 use crate::numpack::metadata::{ArrayRecord, Metadata};
 use crate::numpack::sidecar::{ShardRecord, Sharding, Sidecar};
-use crate::numpack::store::{
-    existing_kind, make_record, write_dir_metadata, ArrayInput, ArrayView, Existing,
-};
+use crate::numpack::store::{existing_kind, make_record, write_dir_metadata, ArrayInput, Existing};
 use crate::numpack::{naming, NumPack};
 use crate::publish;
 use crate::safetensors::index::{
@@ -26,6 +24,7 @@ use crate::safetensors::index::{
 use crate::safetensors::writer::plan_from_header;
 use crate::safetensors::writer::PlanInput;
 use crate::safetensors::{plan_header, HeaderPlan, Tensor};
+use crate::view::TensorView;
 
 pub use crate::copy::DEFAULT_CHUNK_SIZE;
 
@@ -918,8 +917,8 @@ fn export_sharded(
     };
     let mut tmps = Vec::with_capacity(n);
     for (f, plan) in file_names.iter().zip(&plans) {
-        let tmp = crate::numpack::fsutil::temp_file_in(&build_dir, &format!(".{f}.npkio-tmp-"))
-            .map_err(aim)?;
+        let tmp =
+            crate::fsutil::temp_file_in(&build_dir, &format!(".{f}.npkio-tmp-")).map_err(aim)?;
         write_header(tmp.as_file(), plan, &output.join(f))?;
         tmps.push(tmp);
     }
@@ -942,8 +941,7 @@ fn export_sharded(
     // here with the old checkpoint intact.
     let index_tmp = match &index {
         Some(text) => {
-            let mut t =
-                crate::numpack::fsutil::temp_file_in(&build_dir, ".npkio-tmp-").map_err(aim)?;
+            let mut t = crate::fsutil::temp_file_in(&build_dir, ".npkio-tmp-").map_err(aim)?;
             std::io::Write::write_all(&mut t, text.as_bytes())
                 .ctx(output.join(INDEX_NAME), "writing")?;
             Some(t)
@@ -1028,7 +1026,7 @@ impl Tensors {
 
     /// A tensor by name: zero-copy when the array is one file with no deleted rows,
     /// otherwise gathered once and kept by this object. Valid as long as `self`.
-    pub fn get(&self, name: &str) -> Result<ArrayView<'_>> {
+    pub fn get(&self, name: &str) -> Result<TensorView<'_>> {
         if !self.names.iter().any(|n| n == name) {
             return Err(self.store.not_found(name));
         }
@@ -1036,7 +1034,7 @@ impl Tensors {
     }
 
     /// (name, view) for every selected tensor.
-    pub fn iter(&self) -> impl Iterator<Item = Result<ArrayView<'_>>> {
+    pub fn iter(&self) -> impl Iterator<Item = Result<TensorView<'_>>> {
         self.names.iter().map(|n| self.store.view(n))
     }
 

@@ -11,6 +11,7 @@
 //!   [`to_safetensors_file`], [`from_safetensors`], [`to_safetensors`],
 //!   [`get_safetensors_metadata`], [`iter_safetensors`]); outputs are built beside their
 //!   target and appear in one rename.
+//! - [`view`]: [`TensorView`], the borrowed view of a tensor that both formats hand out.
 //! - [`copy`]: the one place that moves bytes, in parallel page-aligned chunks.
 //! - [`ffi`]: the C ABI (`include/npkio.h`), a thin skin over the above.
 //!
@@ -45,9 +46,13 @@ pub mod copy;
 pub mod dtype;
 pub mod error;
 pub mod ffi;
+mod fsutil;
+mod names;
 pub mod numpack;
+mod paths;
 mod publish;
 pub mod safetensors;
+pub mod view;
 
 pub use convert::{
     from_safetensors, from_safetensors_file, from_safetensors_file_with, from_safetensors_with,
@@ -58,3 +63,4 @@ pub use convert::{
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
 pub use numpack::NumPack;
+pub use view::TensorView;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tempfile::{NamedTempFile, TempDir};
 
 use crate::error::{Error, IoContext, Result};
-use crate::numpack::fsutil::sync_dir;
+use crate::fsutil::sync_dir;
 
 /// An exclusive lock on an output, held until dropped.
 #[derive(Debug)]
@@ -122,13 +122,13 @@ pub(crate) fn remove_leftovers_inside(dir: &Path) {
 /// A fresh staging directory beside `output`.
 pub(crate) fn staging_dir(output: &Path) -> Result<TempDir> {
     let (parent, name) = split(output)?;
-    crate::numpack::fsutil::temp_dir_in(&parent, &tmp_prefix(&name))
+    crate::fsutil::temp_dir_in(&parent, &tmp_prefix(&name))
 }
 
 /// A fresh staging file beside `output`.
 pub(crate) fn staging_file(output: &Path) -> Result<NamedTempFile> {
     let (parent, name) = split(output)?;
-    crate::numpack::fsutil::temp_file_in(&parent, &tmp_prefix(&name))
+    crate::fsutil::temp_file_in(&parent, &tmp_prefix(&name))
 }
 
 /// Publishes a complete staging directory as `output`, replacing what was there in one
@@ -145,7 +145,7 @@ pub(crate) fn publish_dir(staging: TempDir, output: &Path, durable: bool) -> Res
         let _ = staging.keep();
     } else if !exchange(staging.path(), output)? {
         // No atomic exchange here: move the old output aside, then the new one in.
-        let aside = crate::numpack::fsutil::temp_dir_in(&parent, &tmp_prefix(&split(output)?.1))?;
+        let aside = crate::fsutil::temp_dir_in(&parent, &tmp_prefix(&split(output)?.1))?;
         let old = aside.path().join("old");
         fs::rename(output, &old).ctx(output, "moving the old output aside")?;
         if let Err(e) = fs::rename(staging.path(), output) {

@@ -4,11 +4,10 @@
 //! The on-disk format is described in `docs/format.md`.
 
 pub mod bitmap;
-pub mod fsutil;
 pub mod metadata;
 pub mod naming;
 pub mod segments;
 pub mod sidecar;
 pub mod store;
 
-pub use store::{storage_shape, ArrayInfo, ArrayInput, ArrayView, NumPack, SourceExtent};
+pub use store::{storage_shape, ArrayInfo, ArrayInput, NumPack, SourceExtent};

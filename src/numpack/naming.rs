@@ -1,4 +1,4 @@
-//! File names for arrays, and the checks that keep every path inside the directory.
+//! File names for arrays.
 //!
 //! An array whose name is a safe single file name is stored as `data_<name>.npkd`, as
 //! NumPack 0.7 does. Any other name (`/`, `\`, `..`, a leading dot, control or non-ASCII
@@ -6,8 +6,6 @@
 //! stored as `data_~<32 hex digits>.npkd`, the digits being the start of the SHA-256 of the
 //! name. `~` never appears in a safe name, so the two kinds of file name cannot collide. The
 //! metadata keeps the exact name; readers find the file through the metadata's `data_file`.
-
-use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -62,30 +60,6 @@ pub fn stem_of(data_file: &str) -> Option<&str> {
         .or_else(|| rest.strip_suffix(".npkseg"))
 }
 
-/// Checks that `rel`, a path read from a file, stays inside its directory: relative, no
-/// `..`, no root or prefix, no NUL, not empty. Returns it as a `PathBuf`.
-pub fn checked_relative(rel: &str) -> Result<PathBuf, String> {
-    if rel.is_empty() {
-        return Err("empty file name".into());
-    }
-    if rel.contains('\0') || rel.contains('\\') {
-        return Err(format!("file name {rel:?} has a NUL or backslash"));
-    }
-    let p = Path::new(rel);
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(s) => out.push(s),
-            Component::CurDir => {}
-            _ => return Err(format!("file name {rel:?} leaves the directory")),
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(format!("file name {rel:?} names the directory itself"));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,22 +81,5 @@ mod tests {
             encoded_stem("Case")
         );
         assert_eq!(choose_stem("case", ["other"].into_iter()), "case");
-    }
-
-    #[test]
-    fn relative_paths_stay_inside() {
-        assert!(checked_relative("data_x.npkd").is_ok());
-        assert!(checked_relative("data_x_segments/seg_000000.npkd").is_ok());
-        for bad in [
-            "",
-            "/etc/passwd",
-            "../x",
-            "a/../../x",
-            "a\\..\\x",
-            ".",
-            "a\0b",
-        ] {
-            assert!(checked_relative(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -16,8 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::numpack::naming::checked_relative;
-use crate::safetensors::reader::{SafeTensorsFile, Tensor, TensorInfo, TensorView};
+use crate::names::list_names;
+use crate::paths::checked_relative;
+use crate::safetensors::reader::{SafeTensorsFile, Tensor, TensorInfo};
+use crate::view::TensorView;
 
 /// The usual index file name.
 pub const INDEX_NAME: &str = "model.safetensors.index.json";
@@ -298,10 +300,7 @@ impl Checkpoint {
                 let names: Vec<&str> = self.infos().map(|t| t.name.as_str()).collect();
                 Error::new(
                     ErrorKind::KeyNotFound,
-                    format!(
-                        "no such tensor (tensors: {})",
-                        crate::numpack::store::list_names(&names)
-                    ),
+                    format!("no such tensor (tensors: {})", list_names(&names)),
                 )
                 .at(&self.path)
                 .array(k)

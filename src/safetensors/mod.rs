@@ -8,5 +8,5 @@ pub mod index;
 pub mod reader;
 pub mod writer;
 
-pub use reader::{SafeTensorsFile, Tensor, TensorInfo, TensorView};
+pub use reader::{SafeTensorsFile, Tensor, TensorInfo};
 pub use writer::{plan_header, HeaderPlan};

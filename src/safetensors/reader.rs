@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::view::TensorView;
 
 /// One tensor's entry in the header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,19 +35,6 @@ impl TensorInfo {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// A borrowed view of a tensor: its bytes are a slice of the file's mapping.
-#[derive(Clone, Copy, Debug)]
-pub struct TensorView<'a> {
-    /// The tensor's name.
-    pub name: &'a str,
-    /// Its dtype.
-    pub dtype: DType,
-    /// Its shape.
-    pub shape: &'a [u64],
-    /// Its bytes, borrowed from the mapping.
-    pub data: &'a [u8],
 }
 
 /// An owned, zero-copy tensor: it keeps the file's mapping alive, so it may outlive the
@@ -313,6 +301,7 @@ impl SafeTensorsFile {
             dtype: t.dtype,
             shape: &t.shape,
             data: &self.map[s..e],
+            borrowed: true,
         })
     }
 

@@ -1,0 +1,97 @@
+//! The NumPack store: open a directory, list and view arrays, save, append, drop, delete.
+//!
+//! [`NumPack`] is defined here; its methods live beside the concept they belong to:
+//!
+//! - `layout`: how an array's true dtype and shape map to what NumPack 0.7 stores, and
+//!   which files hold its bytes.
+//! - `open`: opening and creating a directory, and the validation done at open time.
+//! - `query`: names, descriptions, views and extents of the arrays.
+//! - `mutate`: save, append, drop rows, delete, and writing the metadata.
+
+mod layout;
+mod mutate;
+mod open;
+mod query;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use memmap2::Mmap;
+
+use crate::dtype::DType;
+use crate::numpack::bitmap::Bitmap;
+use crate::numpack::metadata::ArrayRecord;
+
+pub use layout::{make_record, storage_shape, Storage};
+pub use mutate::{write_dir_metadata, ArrayInput};
+pub(crate) use open::{existing_kind, Existing};
+pub use query::{ArrayInfo, SourceExtent};
+
+/// An array's bytes held by the store: a mapping of its file, or a copy gathered from
+/// segments or active rows.
+enum Data {
+    Empty,
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Data {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Empty => &[],
+            Data::Mapped(m) => m,
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+/// One array as the store holds it: its record and what opening derived from it.
+struct Array {
+    record: ArrayRecord,
+    /// True dtype (from the sidecar when it still applies, else the record's code).
+    dtype: DType,
+    /// True shape before deletions.
+    shape: Vec<u64>,
+    /// True shape after deletions: what load and export show.
+    logical_shape: Vec<u64>,
+    storage: Storage,
+    bitmap: Option<Bitmap>,
+    data: OnceLock<Data>,
+}
+
+/// A NumPack 0.7 directory.
+///
+/// Opening validates everything: the metadata, every data file's size, segment manifests
+/// and deletion bitmaps, and that every path stays inside the directory. Array bytes are
+/// mapped on first view and stay mapped until the store is dropped, so views handed out
+/// earlier stay valid even after the array is replaced (the old file is renamed over, not
+/// truncated).
+///
+/// Every change (`save`, `append`, `drop_rows`, `delete`) is written at once: data files
+/// through temporary files renamed into place, then `metadata.npkm` likewise, so a reader
+/// never sees metadata pointing at data that is not complete.
+pub struct NumPack {
+    dir: PathBuf,
+    arrays: Vec<Array>,
+    index: HashMap<String, usize>,
+    /// Metadata from the sidecar that is not tied to an array.
+    st_metadata: Option<Vec<(String, String)>>,
+    /// The shard layout of the SafeTensors source, if it was sharded.
+    sharding: Option<crate::numpack::sidecar::Sharding>,
+    /// The source's header, when it is not laid out as the crate would.
+    source_header: Option<String>,
+    /// Mappings and copies of arrays that were since changed, kept alive for old views.
+    retired: Vec<Data>,
+    durable: bool,
+    last_stamp: u64,
+}
+
+impl std::fmt::Debug for NumPack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NumPack")
+            .field("dir", &self.dir)
+            .field("arrays", &self.arrays.len())
+            .finish()
+    }
+}

@@ -1,0 +1,349 @@
+//! Opening and creating a store, and the validation done at open time: every path stays
+//! inside the directory, every file is as long as the metadata says, and bounded reads of
+//! the small files (metadata, sidecar, manifests, bitmaps).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::dtype::{self, DType};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::numpack::bitmap::Bitmap;
+use crate::numpack::metadata::{self, ArrayRecord, Metadata};
+use crate::numpack::segments::{self, Segment};
+use crate::numpack::sidecar::{self, Entry, Sidecar};
+use crate::paths::checked_relative;
+
+use super::layout::{bitmap_path, Storage};
+use super::{Array, NumPack};
+
+impl NumPack {
+    /// Opens an existing NumPack directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<NumPack> {
+        let dir = path.as_ref();
+        let meta_path = dir.join(metadata::FILE_NAME);
+        let md = fs::metadata(dir).ctx(dir, "opening NumPack directory")?;
+        if !md.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                "not a NumPack directory (not a directory)",
+            )
+            .at(dir));
+        }
+        let bytes = read_limited(&meta_path, u64::from(u32::MAX))?;
+        let meta = Metadata::decode(&bytes, &meta_path)?;
+        let sidecar = read_sidecar(dir);
+        Self::from_parts(dir, meta, sidecar)
+    }
+
+    /// Opens the NumPack at `path`, creating an empty one if there is none. With
+    /// `drop_if_exists`, an existing one is removed first. A path that exists but is not a
+    /// NumPack directory (a file, or a non-empty directory without `metadata.npkm`) is never
+    /// removed: that is an error.
+    pub fn create(path: impl AsRef<Path>, drop_if_exists: bool) -> Result<NumPack> {
+        let dir = path.as_ref();
+        match fs::symlink_metadata(dir) {
+            Ok(_) => {
+                let kind = existing_kind(dir)?;
+                if kind == Existing::NumPack && !drop_if_exists {
+                    return NumPack::open(dir);
+                }
+                if kind == Existing::NumPack {
+                    fs::remove_dir_all(dir).ctx(dir, "removing")?;
+                    fs::create_dir(dir).ctx(dir, "creating directory")?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).ctx(dir, "creating directory")?;
+            }
+            Err(e) => return Err(Error::io(dir, "inspecting", e)),
+        }
+        let store = NumPack {
+            dir: dir.to_path_buf(),
+            arrays: Vec::new(),
+            index: HashMap::new(),
+            st_metadata: None,
+            sharding: None,
+            source_header: None,
+            retired: Vec::new(),
+            durable: false,
+            last_stamp: 0,
+        };
+        store.write_metadata()?;
+        Ok(store)
+    }
+
+    /// Builds a store from decoded metadata, validating every array.
+    fn from_parts(dir: &Path, meta: Metadata, sidecar: Option<Sidecar>) -> Result<NumPack> {
+        let sidecar = sidecar.unwrap_or_default();
+        let entries: HashMap<&str, &Entry> = sidecar
+            .arrays
+            .iter()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        let mut arrays = Vec::with_capacity(meta.arrays.len());
+        let mut index = HashMap::with_capacity(meta.arrays.len());
+        let mut last_stamp = 0;
+        for record in meta.arrays {
+            let name = record.name.clone();
+            if index.contains_key(&name) {
+                return Err(
+                    Error::malformed(dir, "the metadata lists this array twice").array(name)
+                );
+            }
+            last_stamp = last_stamp.max(record.last_modified);
+            let array = load_array(dir, record, entries.get(name.as_str()).copied())
+                .map_err(|e| e.array(name.clone()).at(dir))?;
+            index.insert(name, arrays.len());
+            arrays.push(array);
+        }
+        Ok(NumPack {
+            dir: dir.to_path_buf(),
+            arrays,
+            index,
+            st_metadata: sidecar.metadata,
+            sharding: sidecar.sharding,
+            source_header: sidecar.source_header,
+            retired: Vec::new(),
+            durable: false,
+            last_stamp,
+        })
+    }
+}
+
+/// What an existing path is, for `create`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// A directory with `metadata.npkm`.
+    NumPack,
+    /// An empty directory.
+    EmptyDir,
+}
+
+/// Classifies an existing path; anything else than a NumPack or empty directory is an
+/// error that protects the user's files from `drop_if_exists`.
+pub(crate) fn existing_kind(dir: &Path) -> Result<Existing> {
+    let md = fs::symlink_metadata(dir).ctx(dir, "inspecting")?;
+    if !md.is_dir() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "exists and is not a directory; refusing to replace it",
+        )
+        .at(dir));
+    }
+    if dir.join(metadata::FILE_NAME).is_file() {
+        return Ok(Existing::NumPack);
+    }
+    let mut entries = fs::read_dir(dir).ctx(dir, "listing")?;
+    if entries.next().is_none() {
+        Ok(Existing::EmptyDir)
+    } else {
+        Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "exists and is not a NumPack directory (no metadata.npkm); refusing to replace it",
+        )
+        .at(dir))
+    }
+}
+
+/// Reads a whole file of at most `limit` bytes.
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let file = File::open(path).ctx(path, "opening")?;
+    let len = file.metadata().ctx(path, "inspecting")?.len();
+    if len > limit {
+        return Err(Error::malformed(
+            path,
+            format!("{len} bytes, more than the {limit} allowed"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(limit)
+        .read_to_end(&mut buf)
+        .ctx(path, "reading")?;
+    Ok(buf)
+}
+
+fn read_sidecar(dir: &Path) -> Option<Sidecar> {
+    let bytes = read_limited(&dir.join(sidecar::FILE_NAME), sidecar::MAX_LEN).ok()?;
+    Sidecar::decode(&bytes)
+}
+
+/// Resolves `rel` inside `dir`, following no path outside it (symbolic links included).
+fn resolve_inside(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
+    let checked =
+        checked_relative(rel).map_err(|m| Error::malformed(dir, format!("{what}: {m}")))?;
+    let missing = || Error::new(ErrorKind::Malformed, format!("{what} {rel:?} is missing")).at(dir);
+    // `checked` has only plain components, so it can leave the directory only through a
+    // symbolic link. One lstat per component finds them; only then resolve the whole path.
+    let mut prefix = dir.to_path_buf();
+    let mut through_link = false;
+    for c in checked.components() {
+        prefix.push(c);
+        match fs::symlink_metadata(&prefix) {
+            Ok(md) => through_link |= md.file_type().is_symlink(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+            Err(e) => return Err(Error::io(&prefix, "inspecting", e)),
+        }
+    }
+    if through_link {
+        let canon_dir = dir.canonicalize().ctx(dir, "resolving")?;
+        let canon = prefix.canonicalize().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                missing()
+            } else {
+                Error::io(&prefix, "resolving", e)
+            }
+        })?;
+        if !canon.starts_with(&canon_dir) {
+            return Err(Error::malformed(
+                dir,
+                format!("{what} {rel:?} leads outside the directory"),
+            ));
+        }
+    }
+    Ok(checked)
+}
+
+fn file_len(dir: &Path, rel: &Path) -> Result<u64> {
+    let p = dir.join(rel);
+    let md = fs::metadata(&p).ctx(&p, "inspecting")?;
+    if !md.is_file() {
+        return Err(Error::malformed(&p, "is not a regular file"));
+    }
+    Ok(md.len())
+}
+
+fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<Array> {
+    let code_dtype = DType::from_numpack_code(record.dtype_code).ok_or_else(|| {
+        Error::malformed(
+            dir,
+            format!(
+                "unknown dtype code {} (NumPack 0.7 knows 0 to 13)",
+                record.dtype_code
+            ),
+        )
+    })?;
+    if record.compression != 0 {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "compressed array (algorithm {}); npkio reads uncompressed arrays only",
+                record.compression
+            ),
+        ));
+    }
+    let size = dtype::byte_len(code_dtype, &record.shape)
+        .ok_or_else(|| Error::malformed(dir, format!("shape {:?} overflows", record.shape)))?;
+    if size != record.size_bytes {
+        return Err(Error::malformed(
+            dir,
+            format!(
+                "size_bytes is {} but shape {:?} of {} needs {size}",
+                record.size_bytes, record.shape, code_dtype
+            ),
+        ));
+    }
+    let rows = record.shape.first().copied().unwrap_or(1);
+    let storage = if record.data_file.ends_with(".npkseg") {
+        let manifest = resolve_inside(dir, &record.data_file, "segment manifest")?;
+        let mpath = dir.join(&manifest);
+        let bytes = read_limited(&mpath, segments::MAX_MANIFEST_LEN)?;
+        let segs = segments::decode(&bytes, &mpath)?;
+        let row_bytes = size.checked_div(rows).unwrap_or(0);
+        let (mut total_rows, mut total_bytes) = (0u64, 0u64);
+        let mut out = Vec::with_capacity(segs.len());
+        for Segment {
+            file,
+            rows: srows,
+            bytes: sbytes,
+        } in segs
+        {
+            let rel = resolve_inside(dir, &file, "segment file")?;
+            if srows.checked_mul(row_bytes) != Some(sbytes) {
+                return Err(Error::malformed(
+                    &mpath,
+                    format!("segment {file:?}: {srows} rows cannot be {sbytes} bytes"),
+                ));
+            }
+            let len = file_len(dir, &rel)?;
+            if len < sbytes {
+                return Err(Error::malformed(
+                    &mpath,
+                    format!("segment {file:?} is {len} bytes, shorter than its {sbytes}"),
+                ));
+            }
+            total_rows = total_rows
+                .checked_add(srows)
+                .ok_or_else(|| Error::malformed(&mpath, "row count overflows"))?;
+            total_bytes = total_bytes
+                .checked_add(sbytes)
+                .ok_or_else(|| Error::malformed(&mpath, "byte count overflows"))?;
+            out.push((rel, srows, sbytes));
+        }
+        if total_rows != rows || total_bytes != size {
+            return Err(Error::malformed(
+                &mpath,
+                format!("segments hold {total_rows} rows in {total_bytes} bytes; the metadata says {rows} rows in {size}"),
+            ));
+        }
+        Storage::Segmented {
+            manifest,
+            segments: out,
+        }
+    } else {
+        let rel = resolve_inside(dir, &record.data_file, "data file")?;
+        let len = file_len(dir, &rel)?;
+        if len < size {
+            return Err(Error::malformed(
+                dir.join(&rel),
+                format!("data file is {len} bytes, shorter than the {size} that shape {:?} of {code_dtype} needs", record.shape),
+            ));
+        }
+        Storage::Plain(rel)
+    };
+    let bpath = dir.join(bitmap_path(&record));
+    let bitmap = match fs::metadata(&bpath) {
+        Ok(md) if md.is_file() => {
+            if record.shape.is_empty() {
+                return Err(Error::malformed(&bpath, "deletion bitmap for a 0-d array"));
+            }
+            // Bound the read by what the row count allows before reading anything.
+            let max = rows.div_ceil(64).saturating_mul(8).saturating_add(16);
+            if md.len() > max {
+                return Err(Error::malformed(
+                    &bpath,
+                    format!(
+                        "deletion bitmap is {} bytes; an array of {rows} rows needs at most {max}",
+                        md.len()
+                    ),
+                ));
+            }
+            let bytes = read_limited(&bpath, max)?;
+            Some(Bitmap::decode(&bytes, rows, &bpath)?)
+        }
+        _ => None,
+    };
+    // A sidecar entry whose rows differ from the record's cannot be combined with a
+    // deletion bitmap (the bitmap counts the record's rows): read as NumPack sees it.
+    let (dtype, shape) = entry
+        .and_then(|e| e.resolve(&record))
+        .filter(|(_, s)| bitmap.is_none() || s.first() == record.shape.first())
+        .unwrap_or((code_dtype, record.shape.clone()));
+    let mut logical_shape = shape.clone();
+    if let Some(b) = &bitmap {
+        if shape.first() == record.shape.first() {
+            logical_shape[0] = b.active_count();
+        }
+    }
+    Ok(Array {
+        record,
+        dtype,
+        shape,
+        logical_shape,
+        storage,
+        bitmap,
+        data: OnceLock::new(),
+    })
+}

@@ -1,0 +1,310 @@
+//! Queries: names, descriptions, views and extents of a store's arrays.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapOptions;
+
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::names::list_names;
+use crate::numpack::metadata::{ArrayRecord, Metadata};
+use crate::numpack::sidecar::{Entry, Sidecar};
+use crate::view::TensorView;
+
+use super::layout::{bitmap_path, is_zero_copy, logical_len, physical_rows, Storage};
+use super::{Array, Data, NumPack};
+
+/// Describes one array of a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArrayInfo {
+    /// The exact name.
+    pub name: String,
+    /// The true dtype (BF16 for an array npkio stored as uint16, etc.).
+    pub dtype: DType,
+    /// The logical shape: rows after deletions.
+    pub shape: Vec<u64>,
+    /// Logical byte length.
+    pub nbytes: u64,
+    /// The dtype NumPack 0.7 sees.
+    pub storage_dtype: DType,
+    /// The shape NumPack 0.7 sees (physical rows, stand-in shapes).
+    pub storage_shape: Vec<u64>,
+    /// Rows deleted by `drop` and still physically present.
+    pub deleted_rows: u64,
+    /// Whether the array is split into segment files.
+    pub segmented: bool,
+    /// Whether [`NumPack::view`] borrows the mapped file (no copy).
+    pub zero_copy: bool,
+}
+
+/// A run of bytes inside one of an array's files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceExtent {
+    /// File relative to the directory.
+    pub file: PathBuf,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl NumPack {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Array names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.arrays.iter().map(|a| a.record.name.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Number of arrays.
+    pub fn len(&self) -> usize {
+        self.arrays.len()
+    }
+
+    /// Whether the store has no arrays.
+    pub fn is_empty(&self) -> bool {
+        self.arrays.is_empty()
+    }
+
+    /// Whether an array of that name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn get(&self, name: &str) -> Result<&Array> {
+        self.index
+            .get(name)
+            .map(|&i| &self.arrays[i])
+            .ok_or_else(|| self.not_found(name))
+    }
+
+    /// The error for an unknown array name, listing some of the arrays that exist.
+    pub fn not_found(&self, name: &str) -> Error {
+        Error::new(
+            ErrorKind::KeyNotFound,
+            format!("no such array (arrays: {})", list_names(&self.names())),
+        )
+        .at(&self.dir)
+        .array(name)
+    }
+
+    /// Describes an array.
+    pub fn info(&self, name: &str) -> Result<ArrayInfo> {
+        let a = self.get(name)?;
+        Ok(ArrayInfo {
+            name: a.record.name.clone(),
+            dtype: a.dtype,
+            shape: a.logical_shape.clone(),
+            nbytes: logical_len(a),
+            storage_dtype: DType::from_numpack_code(a.record.dtype_code).unwrap_or(DType::I32),
+            storage_shape: a.record.shape.clone(),
+            deleted_rows: a.bitmap.as_ref().map_or(0, |b| b.deleted_count()),
+            segmented: matches!(a.storage, Storage::Segmented { .. }),
+            zero_copy: is_zero_copy(a),
+        })
+    }
+
+    /// The SafeTensors `__metadata__` recorded when the directory was made from a SafeTensors
+    /// file (pairs in their original order), `None` if there is none.
+    pub fn safetensors_metadata(&self) -> Option<&[(String, String)]> {
+        self.st_metadata.as_deref()
+    }
+
+    /// The shard layout of the SafeTensors source, when it was a sharded checkpoint.
+    pub fn sharding(&self) -> Option<&crate::numpack::sidecar::Sharding> {
+        self.sharding.as_ref()
+    }
+
+    /// The SafeTensors source's header JSON, kept when its layout differs from the one the
+    /// `safetensors` crate writes (see `numpack::sidecar`).
+    pub fn source_header(&self) -> Option<&str> {
+        self.source_header.as_deref()
+    }
+
+    /// A view of an array's logical bytes. It borrows the mapped data file when the array is
+    /// one file with no deleted rows (`borrowed` is true); otherwise the active rows are
+    /// gathered into one buffer, once, kept by the store.
+    ///
+    /// A mapping reflects the file: if another process truncates a data file while it is
+    /// mapped, touching the missing pages raises SIGBUS. npkio never truncates a file it has
+    /// published; replacing an array writes a new file.
+    pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
+        let a = self.get(name)?;
+        let data = match a.data.get() {
+            Some(d) => d,
+            None => {
+                let d = self.load_data(a)?;
+                // Another thread may have won the race; either value is the same bytes.
+                let _ = a.data.set(d);
+                a.data.get().expect("just set")
+            }
+        };
+        Ok(TensorView {
+            name: &a.record.name,
+            dtype: a.dtype,
+            shape: &a.logical_shape,
+            data: data.as_slice(),
+            borrowed: !matches!(data, Data::Owned(_)),
+        })
+    }
+
+    fn load_data(&self, a: &Array) -> Result<Data> {
+        let name = &a.record.name;
+        if logical_len(a) == 0 {
+            return Ok(Data::Empty);
+        }
+        if let (Storage::Plain(rel), None) = (&a.storage, &a.bitmap) {
+            let path = self.dir.join(rel);
+            let file = File::open(&path)
+                .ctx(&path, "opening")
+                .map_err(|e| e.array(name))?;
+            // The file may have been replaced since the store was opened (a conversion into
+            // this directory puts new files under the same names): mapping past its end
+            // would fault on first touch, so check it still holds the array.
+            let len = file
+                .metadata()
+                .ctx(&path, "inspecting")
+                .map_err(|e| e.array(name))?
+                .len();
+            if len < a.record.size_bytes {
+                return Err(Error::malformed(
+                    &path,
+                    format!(
+                        "data file is {len} bytes, shorter than the {} recorded when the store \
+                         was opened (replaced since? open the store again)",
+                        a.record.size_bytes
+                    ),
+                )
+                .array(name));
+            }
+            // SAFETY: the mapping is read-only and private to this store. Another process
+            // could still truncate or rewrite the file; npkio itself never does that to a
+            // published data file (changes go through new files renamed into place), and the
+            // view documents the risk for files changed by others.
+            let map = unsafe {
+                MmapOptions::new()
+                    .len(a.record.size_bytes as usize)
+                    .map(&file)
+            }
+            .ctx(&path, "mapping")
+            .map_err(|e| e.array(name))?;
+            return Ok(Data::Mapped(map));
+        }
+        let mut out = vec![0u8; logical_len(a) as usize];
+        let mut pos = 0usize;
+        for ext in self.extents(a) {
+            let path = self.dir.join(ext.file);
+            let file = File::open(&path)
+                .ctx(&path, "opening")
+                .map_err(|e| e.array(name))?;
+            let end = pos + ext.len as usize;
+            file.read_exact_at(&mut out[pos..end], ext.offset)
+                .ctx(&path, "reading")
+                .map_err(|e| e.array(name))?;
+            pos = end;
+        }
+        Ok(Data::Owned(out))
+    }
+
+    /// Where an array's logical bytes are, in order: one extent per run of active rows
+    /// within each file. Empty extents are omitted.
+    pub fn array_extents(&self, name: &str) -> Result<Vec<SourceExtent>> {
+        let a = self.get(name)?;
+        Ok(self.extents(a))
+    }
+
+    fn extents(&self, a: &Array) -> Vec<SourceExtent> {
+        let files: Vec<(PathBuf, u64, u64)> = match &a.storage {
+            Storage::Plain(p) => vec![(p.clone(), physical_rows(a), a.record.size_bytes)],
+            Storage::Segmented { segments, .. } => segments.clone(),
+        };
+        let rows = physical_rows(a);
+        let row_bytes = a.record.size_bytes.checked_div(rows).unwrap_or(0);
+        let runs = match &a.bitmap {
+            Some(b) => b.active_runs(),
+            None => vec![(0, rows)],
+        };
+        let mut out = Vec::new();
+        let mut file_start = 0u64; // first row of the current file
+        let mut fi = 0usize;
+        for (start, len) in runs {
+            let (mut row, end) = (start, start + len);
+            while row < end && fi < files.len() {
+                let (ref path, frows, _) = files[fi];
+                if row >= file_start + frows {
+                    file_start += frows;
+                    fi += 1;
+                    continue;
+                }
+                let take = (end - row).min(file_start + frows - row);
+                if take * row_bytes > 0 {
+                    out.push(SourceExtent {
+                        file: path.clone(),
+                        offset: (row - file_start) * row_bytes,
+                        len: take * row_bytes,
+                    });
+                }
+                row += take;
+            }
+        }
+        out
+    }
+
+    /// Files that make up an array, relative to the directory: data file or manifest and
+    /// segments, and the deletion bitmap if any.
+    pub fn array_files(&self, name: &str) -> Result<Vec<PathBuf>> {
+        let a = self.get(name)?;
+        let mut files = Vec::new();
+        match &a.storage {
+            Storage::Plain(p) => files.push(p.clone()),
+            Storage::Segmented { manifest, segments } => {
+                files.push(manifest.clone());
+                files.extend(segments.iter().map(|s| s.0.clone()));
+            }
+        }
+        if a.bitmap.is_some() {
+            files.push(bitmap_path(&a.record));
+        }
+        Ok(files)
+    }
+
+    /// The metadata record of an array, as on disk.
+    pub fn record(&self, name: &str) -> Result<&ArrayRecord> {
+        Ok(&self.get(name)?.record)
+    }
+
+    /// The sidecar entry that applies to an array, if any.
+    pub fn sidecar_entry(&self, name: &str) -> Result<Option<Entry>> {
+        let a = self.get(name)?;
+        let r = &a.record;
+        let native = DType::from_numpack_code(r.dtype_code) == Some(a.dtype) && a.shape == r.shape;
+        Ok((!native).then(|| Entry::new(r, a.dtype, &a.shape)))
+    }
+
+    /// The metadata and sidecar that describe the store now.
+    pub fn snapshot(&self) -> (Metadata, Sidecar) {
+        let meta = Metadata {
+            total_size: 0,
+            arrays: self.arrays.iter().map(|a| a.record.clone()).collect(),
+        };
+        let mut sidecar = Sidecar {
+            metadata: self.st_metadata.clone(),
+            sharding: self.sharding.clone(),
+            source_header: self.source_header.clone(),
+            ..Sidecar::default()
+        };
+        for a in &self.arrays {
+            if let Ok(Some(e)) = self.sidecar_entry(&a.record.name) {
+                sidecar.arrays.push(e);
+            }
+        }
+        (meta, sidecar)
+    }
+}
