@@ -322,8 +322,8 @@ pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
 /// boundaries in the destination (the first chunk of an extent ends at a page boundary, the
 /// following ones are whole pages), and copied by `threads` workers on a rayon pool, in
 /// order of the extents except that a worker skips ahead (a bounded distance) to a
-/// destination no other worker is writing. Extents must not overlap in a destination, nor a destination range
-/// overlap a source range of the same file.
+/// destination no other worker is writing. Extents must not overlap in a destination, nor a
+/// destination range overlap a source range of the same file.
 ///
 /// A source shorter than `src_offset + len`, at the start or because it shrinks during the
 /// copy, is an error (`Side::Read`, `io::ErrorKind::UnexpectedEof`), never a hang or a signal.
@@ -444,7 +444,8 @@ impl<'a> NewFiles<'a> {
 }
 
 /// [`copy_extents`] into files created on first use (see [`NewFiles`]). A failure to create
-/// a destination is a [`Side::Write`] error of the extent that needed it.
+/// a destination is a [`Side::Write`] error of the extent that needed it, whose cause is the
+/// error creating it returned.
 pub fn copy_extents_into(
     srcs: &[&File],
     dsts: &NewFiles<'_>,

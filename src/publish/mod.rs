@@ -131,9 +131,9 @@ pub(crate) fn remove_leftovers_inside(dir: &Path) {
 /// A directory output being built: a staging directory beside the output, and the output.
 ///
 /// Errors about anything inside the staging directory are reported against the output, the
-/// staging path kept in the message: `dir/out.npk: creating dir/.out.npk.npkio-tmp-X/a.npy
-/// (staged for this output): No space left on device`. Dropping it unpublished removes the
-/// staging directory.
+/// staging path kept in the message: `dir/out.npk: creating
+/// dir/.out.npk.npkio-tmp-X/data_a.npkd (staged for this output): No space left on device`.
+/// Dropping it unpublished removes the staging directory.
 #[derive(Debug)]
 pub(crate) struct Staging {
     dir: TempDir,
