@@ -98,17 +98,6 @@ impl Error {
         self
     }
 
-    /// Re-aims an error about a file in the staging area `stage` at the `output` being
-    /// built there: users know the output's name, not the temporary one (which stays in the
-    /// message). Errors about other paths (a source being read) are returned unchanged.
-    pub(crate) fn staged(mut self, stage: &Path, output: &Path) -> Self {
-        if let Some(p) = self.path.take_if(|p| p.starts_with(stage)) {
-            self.message = format!("{} {} (staged for this output)", self.message, p.display());
-            self.path = Some(output.to_path_buf());
-        }
-        self
-    }
-
     /// The kind of the underlying OS error, if any (`Other` when there is none).
     pub(crate) fn io_kind(&self) -> io::ErrorKind {
         self.source

@@ -1,0 +1,318 @@
+//! NumPack to SafeTensors: [`to_safetensors_file`] writes one file, staged beside the output
+//! and renamed into place, or (with [`Options::max_shard_size`]) a sharded checkpoint, whose
+//! layout is planned here and published by `publish::sharded`. Tensor bytes go from the
+//! store's data files to their places in the output in one parallel copy.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use super::{progress_ref, select_arrays, Options, MAX_OPEN_FILES};
+use crate::copy::{self, Cause, CopyOptions, Extent, Side};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::numpack::NumPack;
+use crate::publish::{self, sharded::ShardedOutput};
+use crate::safetensors::index::{index_json, same_index, shard_file_name, split_into_shards};
+use crate::safetensors::writer::{plan_from_header, PlanInput};
+use crate::safetensors::{plan_header, HeaderPlan};
+
+/// Exports NumPack arrays to a SafeTensors file, streaming in bounded memory.
+///
+/// Only active rows are exported (deletion bitmaps honoured, segments joined). The file is
+/// byte-identical to what the `safetensors` crate's `serialize_to_file` writes for the same
+/// tensors and metadata. `metadata = None` writes the `__metadata__` the directory carries
+/// from its SafeTensors source (none if it has none); `Some` replaces it, pairs written in
+/// the order given. The file is written beside `output_path` and renamed into place.
+pub fn to_safetensors_file<S: AsRef<str>>(
+    input_path: impl AsRef<Path>,
+    output_path: impl AsRef<Path>,
+    array_names: Option<&[S]>,
+    metadata: Option<&[(String, String)]>,
+    chunk_size: usize,
+) -> Result<()> {
+    to_safetensors_file_with(
+        input_path,
+        output_path,
+        array_names,
+        metadata,
+        &Options::with_chunk_size(chunk_size),
+    )
+}
+
+/// [`to_safetensors_file`] with every option. With `opts.max_shard_size`, `output_path` is
+/// a directory that receives a sharded checkpoint (see [`Options::max_shard_size`]).
+pub fn to_safetensors_file_with<S: AsRef<str>>(
+    input_path: impl AsRef<Path>,
+    output_path: impl AsRef<Path>,
+    array_names: Option<&[S]>,
+    metadata: Option<&[(String, String)]>,
+    opts: &Options,
+) -> Result<()> {
+    let copy_opts = opts.check()?;
+    let output = output_path.as_ref();
+    let store = NumPack::open(input_path.as_ref())?;
+    let names = select_arrays(&store, array_names)?;
+    if let Some(limit) = opts.max_shard_size {
+        return export_sharded(&store, names, metadata, limit, output, opts);
+    }
+    let st_meta: Option<Vec<(String, String)>> = match metadata {
+        Some(m) => Some(m.to_vec()),
+        None => store.safetensors_metadata().map(<[_]>::to_vec),
+    };
+    let plan = plan_for(&store, &names, st_meta.as_deref(), store.source_header())?;
+    if fs::metadata(output).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "is a directory; the output must be a file path",
+        )
+        .at(output));
+    }
+    let _lock = publish::lock_output(output, opts.wait_for_lock)?;
+    let tmp = publish::staging_file(output)?;
+    write_header(tmp.as_file(), &plan, output)?;
+    let dests = [Destination {
+        file: tmp.as_file(),
+        path: output,
+        names: &names,
+        plan: &plan,
+    }];
+    copy_arrays(&store, &dests, &copy_opts, opts)?;
+    publish::publish_file(tmp, output, opts.durable)
+}
+
+/// The header plan for `names` of `store`.
+fn plan_for(
+    store: &NumPack,
+    names: &[String],
+    metadata: Option<&[(String, String)]>,
+    stored_header: Option<&str>,
+) -> Result<HeaderPlan> {
+    let infos: Vec<_> = names.iter().map(|n| store.info(n)).collect::<Result<_>>()?;
+    let inputs: Vec<PlanInput<'_>> = infos
+        .iter()
+        .map(|i| PlanInput {
+            name: &i.name,
+            dtype: i.dtype,
+            shape: &i.shape,
+        })
+        .collect();
+    if let Some(plan) = stored_header.and_then(|h| plan_from_header(h, &inputs, metadata)) {
+        return Ok(plan);
+    }
+    plan_header(&inputs, metadata).map_err(|e| e.at(store.path()))
+}
+
+/// Sizes the file and writes its header.
+fn write_header(file: &File, plan: &HeaderPlan, path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    copy::preallocate(file, plan.file_len).ctx(path, "allocating space for")?;
+    file.write_all_at(&plan.header, 0)
+        .ctx(path, "writing the header of")
+}
+
+/// A SafeTensors file being filled: the arrays `names` at the places `plan` gives.
+struct Destination<'a> {
+    file: &'a File,
+    path: &'a Path,
+    names: &'a [String],
+    plan: &'a HeaderPlan,
+}
+
+/// Copies every destination's arrays from the store: all destinations in one parallel
+/// copy, sources opened a batch at a time.
+fn copy_arrays(
+    store: &NumPack,
+    dests: &[Destination<'_>],
+    copy_opts: &CopyOptions,
+    opts: &Options,
+) -> Result<()> {
+    // (destination, array name, source extent, destination offset)
+    let mut pieces: Vec<(usize, &str, crate::numpack::SourceExtent, u64)> = Vec::new();
+    for (d, dest) in dests.iter().enumerate() {
+        for (i, name) in dest.names.iter().enumerate() {
+            let mut at = dest.plan.ranges[i].0;
+            for ext in store.array_extents(name)? {
+                let len = ext.len;
+                pieces.push((d, name, ext, at));
+                at += len;
+            }
+        }
+    }
+    let dst_files: Vec<&File> = dests.iter().map(|d| d.file).collect();
+    let mut start = 0;
+    while start < pieces.len() {
+        let mut files: Vec<File> = Vec::new();
+        let mut file_index: HashMap<&Path, usize> = HashMap::new();
+        let mut extents = Vec::new();
+        let mut end = start;
+        while end < pieces.len() {
+            let (d, name, ext, at) = &pieces[end];
+            let idx = match file_index.get(ext.file.as_path()) {
+                Some(&k) => k,
+                None => {
+                    if files.len() == MAX_OPEN_FILES {
+                        break;
+                    }
+                    let p = store.path().join(&ext.file);
+                    let f = File::open(&p)
+                        .ctx(&p, "opening")
+                        .map_err(|e| e.array(*name))?;
+                    file_index.insert(ext.file.as_path(), files.len());
+                    files.push(f);
+                    files.len() - 1
+                }
+            };
+            extents.push(Extent {
+                src: idx,
+                src_offset: ext.offset,
+                dst: *d,
+                dst_offset: *at,
+                len: ext.len,
+            });
+            end += 1;
+        }
+        let srcs: Vec<&File> = files.iter().collect();
+        copy::copy_extents(&srcs, &dst_files, &extents, copy_opts, progress_ref(opts)).map_err(
+            |e| {
+                let piece = pieces.get(start + e.extent);
+                let source = match e.source {
+                    Cause::Io(io) => io,
+                    // Destinations here are open files: nothing is created.
+                    Cause::Create(err) => return err,
+                };
+                let err = match (e.side, piece) {
+                    (Side::Read, Some(p)) => {
+                        Error::io(store.path().join(&p.2.file), "reading", source)
+                    }
+                    (Side::Write, Some(p)) => Error::io(dests[p.0].path, "writing", source),
+                    (_, None) => Error::io(store.path(), "copying", source),
+                };
+                match piece {
+                    Some(p) => err.array(p.1),
+                    None => err,
+                }
+            },
+        )?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Writes `names` as a sharded checkpoint in the directory `output`, laid out as
+/// `save_pretrained` does for `limit` bytes per shard: plans the shards, their headers and
+/// the index here, and leaves writing and publishing them to `publish::sharded`.
+fn export_sharded(
+    store: &NumPack,
+    names: Vec<String>,
+    metadata: Option<&[(String, String)]>,
+    limit: u64,
+    output: &Path,
+    opts: &Options,
+) -> Result<()> {
+    let copy_opts = opts.check()?;
+    if limit == 0 {
+        return Err(Error::invalid_argument(
+            "max_shard_size must be at least 1 byte",
+        ));
+    }
+    // The source's tensor order where it is known (shard by shard), then the rest sorted.
+    let mut ordered: Vec<String> = Vec::with_capacity(names.len());
+    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut placed: HashSet<String> = HashSet::new();
+    if let Some(sh) = store.sharding() {
+        for t in sh.shards.iter().flat_map(|s| &s.tensors) {
+            if wanted.contains(t.as_str()) && placed.insert(t.clone()) {
+                ordered.push(t.clone());
+            }
+        }
+    }
+    let mut rest: Vec<String> = names
+        .iter()
+        .filter(|n| !placed.contains(*n))
+        .cloned()
+        .collect();
+    rest.sort();
+    ordered.extend(rest);
+    let sizes: Vec<u64> = ordered
+        .iter()
+        .map(|n| store.info(n).map(|i| i.nbytes))
+        .collect::<Result<_>>()?;
+    let groups = split_into_shards(&sizes, limit);
+    let n = groups.len().max(1);
+    let file_names: Vec<String> = if n == 1 {
+        vec!["model.safetensors".to_string()]
+    } else {
+        (1..=n).map(|k| shard_file_name(k, n)).collect()
+    };
+    let groups: Vec<Vec<String>> = if groups.is_empty() {
+        vec![Vec::new()]
+    } else {
+        groups
+            .into_iter()
+            .map(|g| g.into_iter().map(|i| ordered[i].clone()).collect())
+            .collect()
+    };
+    // Each shard's __metadata__: the one given, else the source's shard by shard when the
+    // shard count is the same, else the directory's.
+    let stored = store.sharding().map(|s| &s.shards);
+    let shard_meta = |k: usize| -> Option<Vec<(String, String)>> {
+        if let Some(m) = metadata {
+            return Some(m.to_vec());
+        }
+        match stored {
+            Some(s) if s.len() == n => s[k].metadata.clone(),
+            _ => store.safetensors_metadata().map(<[_]>::to_vec),
+        }
+    };
+    let plans: Vec<HeaderPlan> = groups
+        .iter()
+        .enumerate()
+        .map(|(k, g)| {
+            // The source shard's own header, when the shard count is the same (a header
+            // that does not describe exactly this group is not used).
+            let header = stored
+                .filter(|s| s.len() == n)
+                .and_then(|s| s[k].header.as_deref());
+            plan_for(store, g, shard_meta(k).as_deref(), header)
+        })
+        .collect::<Result<_>>()?;
+    let index = (n > 1).then(|| {
+        let mut weight_map = std::collections::BTreeMap::new();
+        for (g, f) in groups.iter().zip(&file_names) {
+            for t in g {
+                weight_map.insert(t.clone(), f.clone());
+            }
+        }
+        let fresh = index_json(sizes.iter().sum(), &weight_map);
+        match store.sharding() {
+            Some(s) if same_index(&s.index, &fresh) => s.index.clone(),
+            _ => fresh,
+        }
+    });
+
+    let paths: Vec<PathBuf> = file_names.iter().map(|f| output.join(f)).collect();
+    ShardedOutput {
+        dir: output,
+        files: &file_names,
+        index: index.as_deref(),
+        wait_for_lock: opts.wait_for_lock,
+        durable: opts.durable,
+    }
+    .write(
+        |k, file| write_header(file, &plans[k], &paths[k]),
+        |files| {
+            let dests: Vec<Destination<'_>> = files
+                .iter()
+                .zip(&paths)
+                .zip(groups.iter().zip(&plans))
+                .map(|((file, path), (names, plan))| Destination {
+                    file,
+                    path,
+                    names,
+                    plan,
+                })
+                .collect();
+            copy_arrays(store, &dests, &copy_opts, opts)
+        },
+    )
+}

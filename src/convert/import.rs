@@ -1,0 +1,455 @@
+//! SafeTensors to NumPack: [`from_safetensors_file`] from a file or sharded checkpoint,
+//! [`from_safetensors`] from memory. Both build the new directory in a staging directory
+//! beside the output (arrays kept from an old output hard-linked in), the copy workers
+//! creating the data files as they reach them, and publish it in one step.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use super::{progress_ref, Options, MAX_OPEN_FILES};
+use crate::copy::{self, Cause, CopyError, Extent, NewFiles, Side};
+use crate::dtype::DType;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::now_micros;
+use crate::numpack::metadata::{self, ArrayRecord, Metadata};
+use crate::numpack::sidecar::{self, ShardRecord, Sharding, Sidecar};
+use crate::numpack::store::{existing_kind, make_record, ArrayInput, Existing};
+use crate::numpack::{naming, NumPack};
+use crate::publish::{self, Staging};
+use crate::safetensors::index::Checkpoint;
+use crate::safetensors::plan_header;
+use crate::safetensors::writer::PlanInput;
+
+/// Converts a SafeTensors file (or a sharded checkpoint: its index, or a directory holding
+/// one) to a NumPack directory, streaming in bounded memory.
+///
+/// `keys` selects tensors (all when `None`); an unknown key is an error and nothing is
+/// written. When `output` exists and `drop_if_exists` is false, the tensors are merged into
+/// it: arrays of the same name are replaced, others kept. With `drop_if_exists`, the output
+/// is replaced whole. Either way the output changes in one atomic step.
+pub fn from_safetensors_file<S: AsRef<str>>(
+    input_path: impl AsRef<Path>,
+    output_path: impl AsRef<Path>,
+    keys: Option<&[S]>,
+    drop_if_exists: bool,
+    chunk_size: usize,
+) -> Result<()> {
+    from_safetensors_file_with(
+        input_path,
+        output_path,
+        keys,
+        drop_if_exists,
+        &Options::with_chunk_size(chunk_size),
+    )
+}
+
+/// [`from_safetensors_file`] with every option.
+pub fn from_safetensors_file_with<S: AsRef<str>>(
+    input_path: impl AsRef<Path>,
+    output_path: impl AsRef<Path>,
+    keys: Option<&[S]>,
+    drop_if_exists: bool,
+    opts: &Options,
+) -> Result<()> {
+    let copy_opts = opts.check()?;
+    let src = Checkpoint::open(input_path.as_ref())?;
+    let selected = src.select(keys)?;
+    let arrays: Vec<NewArray> = selected
+        .iter()
+        .map(|&i| {
+            let t = src.info(i);
+            NewArray {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                source: i,
+            }
+        })
+        .collect();
+    let sharding = src.index_text().map(|index| Sharding {
+        index: index.to_string(),
+        shards: src
+            .shards()
+            .iter()
+            .zip(src.shard_names())
+            .map(|(f, name)| ShardRecord {
+                file: name.clone(),
+                metadata: f.metadata().map(<[_]>::to_vec),
+                tensors: f.tensors().map(|t| t.name.clone()).collect(),
+                header: unusual_header(f),
+            })
+            .collect(),
+    });
+    let whole_file = !src.is_sharded() && selected.len() == src.len();
+    let source = SourceMeta {
+        metadata: src.metadata().map(<[_]>::to_vec),
+        sharding,
+        header: whole_file
+            .then(|| unusual_header(&src.shards()[0]))
+            .flatten(),
+    };
+    let files: Vec<&File> = src.shards().iter().map(|s| s.file()).collect();
+    import(
+        output_path.as_ref(),
+        drop_if_exists,
+        opts,
+        &arrays,
+        Some(source),
+        |batch, dsts| {
+            let extents: Vec<Extent> = batch
+                .iter()
+                .enumerate()
+                .map(|(d, a)| {
+                    let (shard, _) = src.location(a.source);
+                    let offset =
+                        src.shards()[shard].data_start() + src.info(a.source).data_offsets.0;
+                    Extent {
+                        src: shard,
+                        src_offset: offset,
+                        dst: d,
+                        dst_offset: 0,
+                        len: a.len(),
+                    }
+                })
+                .collect();
+            copy::copy_extents_into(&files, dsts, &extents, &copy_opts, progress_ref(opts)).map_err(
+                |e| {
+                    let shard = extents.get(e.extent).map_or(0, |x| x.src);
+                    // A failed write is about the output, not the source.
+                    let outs = vec![output_path.as_ref().to_path_buf(); batch.len()];
+                    copy_error(
+                        e,
+                        src.shards()[shard].path(),
+                        batch.iter().map(|a| a.name.as_str()),
+                        Some(&outs),
+                    )
+                },
+            )
+        },
+    )
+}
+
+/// What a SafeTensors source says beyond its tensors.
+struct SourceMeta {
+    metadata: Option<Vec<(String, String)>>,
+    sharding: Option<Sharding>,
+    /// The file's header, when the crate would lay it out differently.
+    header: Option<String>,
+}
+
+/// A file's header JSON when the `safetensors` crate would not write the same one for its
+/// tensors and metadata (another writer's tensor order, spacing or padding); `None` when
+/// it would, which is the case for every file the crate writes.
+fn unusual_header(f: &crate::safetensors::SafeTensorsFile) -> Option<String> {
+    let inputs: Vec<PlanInput<'_>> = f
+        .tensors()
+        .map(|t| PlanInput {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+        })
+        .collect();
+    let ours = plan_header(&inputs, f.metadata()).ok();
+    let same = ours.is_some_and(|p| p.header.get(8..) == Some(f.header_json().as_bytes()));
+    (!same).then(|| f.header_json().to_string())
+}
+
+/// An in-memory tensor for [`from_safetensors`].
+pub type TensorInput<'a> = ArrayInput<'a>;
+
+/// Saves tensors held in memory to a NumPack directory, with the same merge/replace rules
+/// and atomicity as [`from_safetensors_file`].
+pub fn from_safetensors(
+    tensors: &[TensorInput<'_>],
+    output_path: impl AsRef<Path>,
+    drop_if_exists: bool,
+) -> Result<()> {
+    from_safetensors_with(tensors, output_path, drop_if_exists, &Options::default())
+}
+
+/// [`from_safetensors`] with every option.
+pub fn from_safetensors_with(
+    tensors: &[TensorInput<'_>],
+    output_path: impl AsRef<Path>,
+    drop_if_exists: bool,
+    opts: &Options,
+) -> Result<()> {
+    let copy_opts = opts.check()?;
+    let output = output_path.as_ref();
+    let mut seen = HashSet::new();
+    for t in tensors {
+        t.check().map_err(|e| e.at(output))?;
+        if !seen.insert(t.name) {
+            return Err(Error::invalid_argument("tensor given twice")
+                .array(t.name)
+                .at(output));
+        }
+    }
+    let arrays: Vec<NewArray> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| NewArray {
+            name: t.name.to_string(),
+            dtype: t.dtype,
+            shape: t.shape.to_vec(),
+            source: i,
+        })
+        .collect();
+    let slices: Vec<&[u8]> = tensors.iter().map(|t| t.data).collect();
+    import(
+        output,
+        drop_if_exists,
+        opts,
+        &arrays,
+        None,
+        |batch, dsts| {
+            let extents: Vec<Extent> = batch
+                .iter()
+                .enumerate()
+                .map(|(d, a)| Extent {
+                    src: a.source,
+                    src_offset: 0,
+                    dst: d,
+                    dst_offset: 0,
+                    len: a.len(),
+                })
+                .collect();
+            copy::copy_from_memory_into(&slices, dsts, &extents, &copy_opts, progress_ref(opts))
+                .map_err(|e| copy_error(e, output, batch.iter().map(|a| a.name.as_str()), None))
+        },
+    )
+}
+
+/// A tensor on its way into a NumPack directory.
+struct NewArray {
+    name: String,
+    dtype: DType,
+    shape: Vec<u64>,
+    /// Index of its source (tensor position, or input slice).
+    source: usize,
+}
+
+impl NewArray {
+    fn len(&self) -> u64 {
+        crate::dtype::byte_len(self.dtype, &self.shape).unwrap_or(0)
+    }
+}
+
+/// Names the file and tensor a copy failed on. A destination that could not be created
+/// failed with an error that already says so: it is returned as it is.
+fn copy_error<'a>(
+    e: CopyError,
+    src: &Path,
+    mut names: impl Iterator<Item = &'a str>,
+    dsts: Option<&[PathBuf]>,
+) -> Error {
+    let source = match e.source {
+        Cause::Io(io) => io,
+        Cause::Create(err) => return err,
+    };
+    let name = names.nth(e.extent).map(str::to_string);
+    let (path, doing) = match (e.side, dsts) {
+        (Side::Read, _) => (src.to_path_buf(), "reading"),
+        (Side::Write, Some(d)) => (d.get(e.extent).cloned().unwrap_or_default(), "writing"),
+        (Side::Write, None) => (src.to_path_buf(), "writing the output for"),
+    };
+    let mut err = Error::io(path, doing, source);
+    if let Some(n) = name {
+        err = err.array(n);
+    }
+    err
+}
+
+/// Builds the new output in a staging directory and publishes it. `copy` fills a batch of
+/// preallocated data files (one per array, in batch order).
+fn import(
+    output: &Path,
+    drop_if_exists: bool,
+    opts: &Options,
+    arrays: &[NewArray],
+    source: Option<SourceMeta>,
+    mut copy: impl FnMut(&[NewArray], &NewFiles<'_>) -> Result<()>,
+) -> Result<()> {
+    let _lock = publish::lock_output(output, opts.wait_for_lock)?;
+    let existing = match fs::symlink_metadata(output) {
+        Ok(_) => Some(existing_kind(output)?),
+        Err(_) => None,
+    };
+    let old = match existing {
+        Some(Existing::NumPack) if !drop_if_exists => Some(NumPack::open(output)?),
+        _ => None,
+    };
+    let staging = Staging::new(output)?;
+
+    // Arrays kept from the old output, their files linked into the staging directory.
+    let replaced: HashSet<&str> = arrays.iter().map(|a| a.name.as_str()).collect();
+    let mut records: Vec<ArrayRecord> = Vec::new();
+    let mut sidecar = Sidecar::default();
+    if let Some(old) = &old {
+        let mut skip: HashSet<PathBuf> = HashSet::new();
+        for name in old.names() {
+            if replaced.contains(name) {
+                skip.extend(old.array_files(name)?);
+            } else {
+                records.push(old.record(name)?.clone());
+                sidecar.arrays.extend(old.sidecar_entry(name)?);
+            }
+        }
+        link_tree(output, &staging, Path::new(""), &skip)?;
+        sidecar.metadata = old.safetensors_metadata().map(<[_]>::to_vec);
+        sidecar.sharding = old.sharding().cloned();
+    }
+    // What the new source says replaces what the old output recorded; where it says
+    // nothing, the old record stays.
+    if let Some(source) = source {
+        if source.metadata.is_some() {
+            sidecar.metadata = source.metadata;
+        }
+        if source.sharding.is_some() {
+            sidecar.sharding = source.sharding;
+        }
+        // A header describes one source's exact tensor set: the newest import's, or none.
+        sidecar.source_header = source.header;
+    }
+
+    // New arrays: names, records, sidecar entries.
+    let mut stems: Vec<String> = records
+        .iter()
+        .filter_map(|r| naming::stem_of(&r.data_file).map(str::to_string))
+        .collect();
+    let mut order: Vec<usize> = (0..arrays.len()).collect();
+    order.sort_by(|&a, &b| arrays[a].name.cmp(&arrays[b].name));
+    let stamp = now_micros();
+    let mut data_files = vec![String::new(); arrays.len()];
+    for &i in &order {
+        let a = &arrays[i];
+        let stem = naming::choose_stem(&a.name, stems.iter().map(String::as_str));
+        stems.push(stem.clone());
+        let data_file = naming::data_file(&stem);
+        let (record, entry) = make_record(&a.name, data_file.clone(), a.dtype, &a.shape, stamp)
+            .map_err(|e| e.at(output))?;
+        records.push(record);
+        sidecar.arrays.extend(entry);
+        data_files[i] = data_file;
+    }
+
+    // Copy, a batch of files at a time. The copy workers create the data files as they reach
+    // them, so that creating hundreds of files (serialized by the kernel on the directory)
+    // overlaps with copying; files with nothing to copy are created afterwards.
+    for (batch_idx, batch) in arrays.chunks(MAX_OPEN_FILES).enumerate() {
+        let paths: Vec<PathBuf> = (0..batch.len())
+            .map(|j| {
+                staging
+                    .path()
+                    .join(&data_files[batch_idx * MAX_OPEN_FILES + j])
+            })
+            .collect();
+        let create = |j: usize| -> Result<File> {
+            let a = &batch[j];
+            let created = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&paths[j]);
+            let f = staging
+                .ctx(created, &paths[j], "creating")
+                .map_err(|e| e.array(a.name.clone()))?;
+            copy::preallocate(&f, a.len())
+                .ctx(output, "allocating space for")
+                .map_err(|e| e.array(a.name.clone()))?;
+            Ok(f)
+        };
+        // A file that cannot be created fails the copy with `create`'s error, unchanged.
+        let new_files = NewFiles::with_npkio_errors(batch.len(), create);
+        copy(batch, &new_files)?;
+        for (j, slot) in new_files.into_files().into_iter().enumerate() {
+            let f = match slot {
+                Some(f) => f,
+                None => create(j)?,
+            };
+            if opts.durable {
+                f.sync_all()
+                    .ctx(output, "syncing")
+                    .map_err(|e| e.array(batch[j].name.clone()))?;
+            }
+        }
+    }
+
+    // The staging directory holds neither the metadata nor the sidecar yet (`link_tree`
+    // leaves them out): write them, the sidecar only when it says something.
+    let meta = Metadata {
+        total_size: 0,
+        arrays: records,
+    };
+    if !sidecar.is_empty() {
+        staging.write_file(sidecar::FILE_NAME, &sidecar.encode(), opts.durable)?;
+    }
+    staging.write_file(metadata::FILE_NAME, &meta.encode(), opts.durable)?;
+    drop(old);
+    staging.publish(opts.durable)
+}
+
+/// Hard-links (or copies, where links fail) every file of `from/rel` into the staging
+/// directory at `rel`, except the metadata, the sidecar, stale temporary files and `skip`.
+fn link_tree(from: &Path, to: &Staging, rel: &Path, skip: &HashSet<PathBuf>) -> Result<()> {
+    let dir = from.join(rel);
+    for entry in fs::read_dir(&dir).ctx(&dir, "listing")? {
+        let entry = entry.ctx(&dir, "listing")?;
+        let name = entry.file_name();
+        let r = rel.join(&name);
+        let n = name.to_string_lossy();
+        if rel.as_os_str().is_empty() && (n == metadata::FILE_NAME || n == sidecar::FILE_NAME) {
+            continue;
+        }
+        if n.starts_with(".npkio-tmp-") || skip.contains(&r) {
+            continue;
+        }
+        let ft = entry.file_type().ctx(entry.path(), "inspecting")?;
+        let target = to.path().join(&r);
+        if ft.is_dir() {
+            to.ctx(fs::create_dir(&target), &target, "creating")?;
+            link_tree(from, to, &r, skip)?;
+        } else if ft.is_file() && fs::hard_link(entry.path(), &target).is_err() {
+            to.ctx(fs::copy(entry.path(), &target), &target, "copying to")?;
+        }
+        // Symbolic links and special files are not carried over: nothing npkio wrote.
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DType, ErrorKind, TensorInput};
+
+    /// A data file that cannot be created in the staging directory (here a stray file of the
+    /// old output, linked in, holds its name) fails the import with an error about the
+    /// output and the array, the staging path only in the message.
+    #[test]
+    fn a_data_file_that_cannot_be_created_names_the_output_and_array() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.npk");
+        let t = |name, data| TensorInput {
+            name,
+            dtype: DType::U8,
+            shape: &[4],
+            data,
+        };
+        crate::from_safetensors(&[t("a", &[1, 2, 3, 4])], &out, false).unwrap();
+        std::fs::write(out.join("data_b.npkd"), b"stray").unwrap();
+        let err = crate::from_safetensors(&[t("b", &[5, 6, 7, 8])], &out, false)
+            .expect_err("data_b.npkd is taken");
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+        assert_eq!(err.path(), Some(out.as_path()));
+        assert_eq!(err.array_name(), Some("b"));
+        assert!(err.message().starts_with("creating "), "{err}");
+        assert!(
+            err.message()
+                .ends_with("data_b.npkd (staged for this output)"),
+            "{err}"
+        );
+        // The old output is untouched.
+        let old = crate::NumPack::open(&out).unwrap();
+        assert_eq!(old.names(), ["a"]);
+    }
+}

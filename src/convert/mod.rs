@@ -1,0 +1,148 @@
+//! The six conversion functions of the API: SafeTensors to NumPack and back, in memory and
+//! streaming.
+//!
+//! - `import`: SafeTensors to NumPack ([`from_safetensors_file`], [`from_safetensors`]): the
+//!   new directory is built in a staging directory beside the output, the arrays kept from an
+//!   old output linked in.
+//! - `export`: NumPack to SafeTensors ([`to_safetensors_file`]): one file, or a sharded
+//!   checkpoint handed to `publish::sharded`.
+//! - `read`: the functions that only read ([`get_safetensors_metadata`],
+//!   [`iter_safetensors`], [`to_safetensors`]).
+//!
+//! Every conversion that writes builds its output beside the target and publishes it in
+//! one rename (see `publish`): a failure or a crash at any moment leaves the old output
+//! as it was, or no output, never a half-written one.
+
+mod export;
+mod import;
+mod read;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::copy::{CopyMethod, CopyOptions};
+use crate::error::{Error, Result};
+use crate::numpack::NumPack;
+
+pub use crate::copy::DEFAULT_CHUNK_SIZE;
+pub use export::{to_safetensors_file, to_safetensors_file_with};
+pub use import::{
+    from_safetensors, from_safetensors_file, from_safetensors_file_with, from_safetensors_with,
+    TensorInput,
+};
+pub use read::{
+    get_safetensors_metadata, iter_safetensors, to_safetensors, SafeTensorsIter,
+    SafeTensorsMetadata, TensorMeta, Tensors,
+};
+
+/// Most files a conversion keeps open at once; larger conversions go in batches.
+const MAX_OPEN_FILES: usize = 256;
+
+/// A progress callback: called with the number of bytes just copied, from any thread.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Knobs shared by the conversions. `Options::default()` (with the `chunk_size` given) is
+/// what the conversion functions without `_with` use.
+#[derive(Clone)]
+pub struct Options {
+    /// Largest piece copied at once, and so the bound on buffers and mapped windows per
+    /// thread. Must not be 0.
+    pub chunk_size: usize,
+    /// Copy threads; 0 picks the measured default (`copy::default_threads`).
+    pub threads: usize,
+    /// Copy method; `Auto` picks the measured default: `pread`/`pwrite` through a small
+    /// page-aligned buffer per thread (see `copy::CopyMethod::Auto`).
+    pub method: CopyMethod,
+    /// Sync data, then metadata, then directories before the output appears, so that it
+    /// survives power loss. Off by default: a killed process still leaves a consistent
+    /// output, since the kernel keeps what was written.
+    pub durable: bool,
+    /// Called as bytes are copied.
+    pub progress: Option<Progress>,
+    /// For exports: write a sharded checkpoint of shards of at most this many tensor bytes
+    /// into the output directory, as `save_pretrained` lays it out
+    /// (`model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json`, or a single
+    /// `model.safetensors` when everything fits in one shard). `None` writes one file.
+    pub max_shard_size: Option<u64>,
+    /// When another conversion is writing the same output: wait for it (the default), or
+    /// fail at once with `ErrorKind::Busy`.
+    pub wait_for_lock: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            threads: 0,
+            method: CopyMethod::Auto,
+            durable: false,
+            progress: None,
+            max_shard_size: None,
+            wait_for_lock: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("chunk_size", &self.chunk_size)
+            .field("threads", &self.threads)
+            .field("method", &self.method)
+            .field("durable", &self.durable)
+            .field("progress", &self.progress.is_some())
+            .field("max_shard_size", &self.max_shard_size)
+            .field("wait_for_lock", &self.wait_for_lock)
+            .finish()
+    }
+}
+
+impl Options {
+    /// The defaults with another chunk size.
+    pub fn with_chunk_size(chunk_size: usize) -> Options {
+        Options {
+            chunk_size,
+            ..Options::default()
+        }
+    }
+
+    fn check(&self) -> Result<CopyOptions> {
+        if self.chunk_size == 0 {
+            return Err(Error::invalid_argument(
+                "chunk_size must be at least 1 byte",
+            ));
+        }
+        Ok(CopyOptions {
+            chunk_size: self.chunk_size,
+            threads: self.threads,
+            method: self.method,
+        })
+    }
+}
+
+/// The progress callback of `opts` as the copy engine takes it.
+fn progress_ref(opts: &Options) -> Option<&(dyn Fn(u64) + Sync)> {
+    opts.progress.as_deref().map(|p| p as &(dyn Fn(u64) + Sync))
+}
+
+/// The arrays `names` of `store` (all, sorted, when `None`), each once, in the order given;
+/// an unknown name is an error.
+fn select_arrays<S: AsRef<str>>(store: &NumPack, names: Option<&[S]>) -> Result<Vec<String>> {
+    match names {
+        None => Ok(store.names().into_iter().map(str::to_string).collect()),
+        Some(names) => {
+            let mut seen = HashSet::new();
+            let mut out = Vec::with_capacity(names.len());
+            for n in names {
+                let n = n.as_ref();
+                if !store.contains(n) {
+                    return Err(store.not_found(n));
+                }
+                if seen.insert(n) {
+                    out.push(n.to_string());
+                }
+            }
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The copy engine: the one place in npkio that moves bytes, file to file or memory to file.
+//!
+//! A copy is described as a list of [`Extent`]s (`len` bytes from a source at an offset to a
+//! destination at an offset). [`copy_extents`] and [`copy_from_memory`] cut every extent into
+//! chunks of at most [`CopyOptions::chunk_size`] bytes whose boundaries fall on page boundaries
+//! of the destination, and hand the chunks to a small pool of worker threads: in order, except
+//! that a worker prefers a destination that no other worker is writing, since Linux serializes
+//! buffered writes to one file on its inode lock (with two workers on one tensor file, `perf`
+//! showed 7% of the import's time spinning on that lock). With [`NewFiles`], the workers also
+//! create the destination files as they reach them, so that creating hundreds of files (which
+//! the kernel serializes on their directory) overlaps with copying.
+//!
+//! # Sources that change under us
+//!
+//! A source file may be truncated by another process while we copy it. npkio never reads a
+//! source file through a user-space mapping, so that can never raise `SIGBUS`: source bytes
+//! only ever reach us through `pread` or `copy_file_range`, where the kernel reports a short
+//! read (turned into [`Side::Read`] with [`io::ErrorKind::UnexpectedEof`]). The only mapping
+//! npkio touches is a window of the *destination*, which is the caller's own fresh file; and
+//! even there, on the file-to-file path, the bytes are written into the window by the kernel
+//! (`pread` into the mapped window), so a fault surfaces as `EFAULT`, not as a signal. Windows are
+//! at most one chunk long and unmapped as soon as the chunk is done, so mapped pages never pile
+//! up in the resident set.
+//!
+//! # Measurements (`examples/copy_methods.rs`)
+//!
+//! 2 vCPUs (AMD EPYC VM, 1 MiB L2 per core), ext4 on a virtual disk, Linux 6.18, one 1 GiB
+//! file to one new file, warm page cache, one child process per run, `sync` between runs,
+//! 5 runs interleaved, median seconds; `cp` (coreutils 9.1, one `copy_file_range` call) took
+//! 0.28-0.30 s in the same runs. Peak RSS about 10 MiB, most of it the process itself.
+//!
+//! | method, threads             | 512 KiB chunks | 8 MiB chunks |
+//! |-----------------------------|----------------|--------------|
+//! | ReadWrite, 1                | 0.22           | 0.22-0.24    |
+//! | ReadWrite, 2                | 0.15           | 0.16         |
+//! | ReadWrite, 4                | 0.16           | 0.16         |
+//! | CopyFileRange, 1 / 2 / 4    | 0.22 / 0.22 / 0.22 | 0.21 / 0.21 / 0.24 |
+//! | MmapSource, 1 / 2           | 0.30 / 0.32    | 0.20 / 0.28  |
+//! | Mmap (mapped dst), 1 / 2    | 5.7 / 4.8      | 0.33 / 0.29  |
+//! | from memory (Auto), 1 / 2   | 0.19 / 0.20    | 0.19 / 0.20  |
+//! | from memory, one `write_all`| 0.31-2.85 from run to run | |
+//!
+//! Findings:
+//! - Buffered `pread`/`pwrite` is the fastest method and the only one that gains from a second
+//!   thread, but only with a buffer the kernel copies into and out of quickly: page-aligned
+//!   like the destination offset, and small enough to stay in the core's cache
+//!   ([`BOUNCE_SIZE`]). With a `malloc`ed buffer (16 bytes past a page boundary) and 8 MiB
+//!   pieces, the same copy took 1.1-1.6 s. Each chunk goes through the buffer in pieces of
+//!   [`BOUNCE_SIZE`], so the chunk size does not matter to speed.
+//! - Large `write`s straight from user memory are erratic here: one `write_all` of 1 GiB took
+//!   0.31 s in one run and 2.85 s in another, and 8 MiB `pwrite`s from memory 1.1-2.3 s, while
+//!   the same bytes in [`BOUNCE_SIZE`] pieces took 0.19-0.20 s every time. From memory, the
+//!   engine writes in such pieces.
+//! - `copy_file_range` is steady but does not scale (buffered writes into one file are
+//!   serialized on its inode lock, and splicing costs about what `cp` costs); it gains nothing
+//!   for npkio's layouts, where tensors never sit at block-aligned offsets in both files, so
+//!   filesystems with reflinks could not share blocks either.
+//! - A mapped destination is slow on ext4: each write fault on the fallocated (unwritten)
+//!   file starts read-ahead that zero-fills pages (`ext4_mpage_readpages` → `memset` in
+//!   `perf`), which is pathological with small windows.
+//!
+//! So [`CopyMethod::Auto`] is `pread`/`pwrite` (from memory: `pwrite`), in pieces of
+//! [`BOUNCE_SIZE`] bytes.
+//!
+//! # Layout
+//!
+//! This file holds the public types and entry points; `plan` cuts extents into chunks and
+//! checks a request, `scheduler` runs the workers and hands them chunks, `methods` moves one
+//! chunk's bytes by each [`CopyMethod`].
+
+mod methods;
+mod plan;
+mod scheduler;
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::sync::OnceLock;
+
+pub use methods::BOUNCE_SIZE;
+use plan::{regular_len, Dsts, Sources};
+use scheduler::{run, run_files};
+
+/// Default chunk size in bytes: 8 MiB.
+///
+/// A chunk is the unit workers take from the queue (and progress is reported in). Each worker
+/// holds at most one chunk's mapped window in flight with the mapped methods, and one buffer of
+/// [`BOUNCE_SIZE`] with `pread`/`pwrite`, so the engine's own footprint is at most
+/// `threads × 8 MiB` (16 MiB with the default 2 threads), far below 64 MiB, and 1 MiB with the
+/// default method. Measured (module docs): `pread`/`pwrite` runs as fast with 8 MiB chunks as
+/// with 512 KiB; the mapped methods are much slower with small chunks.
+pub const DEFAULT_CHUNK_SIZE: usize = 8 << 20;
+
+/// The `extent` of a [`CopyError`] that is not about one extent (for example a `chunk_size` of 0).
+pub const NO_EXTENT: usize = usize::MAX;
+
+/// How bytes travel from source to destination.
+///
+/// Every method is safe against a source truncated during the copy: it yields a
+/// [`Side::Read`] error, never a signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CopyMethod {
+    /// The fastest method measured (see the module docs): [`CopyMethod::ReadWrite`].
+    #[default]
+    Auto,
+    /// A window of the destination (at most one chunk) is mapped, and the source is `pread`
+    /// straight into it by the kernel: one copy, no bounce buffer, and no user-space access to
+    /// the source. From memory, the bytes are copied into the window. The window is unmapped
+    /// after each chunk. Where a destination is shorter than an extent's end, that chunk is
+    /// written with [`CopyMethod::ReadWrite`] instead, as is every chunk of a destination that
+    /// cannot be mapped (for example one opened write-only). Slow on ext4 (see the module docs).
+    ///
+    /// Caution: from memory, bytes are stored through the mapping by user space. On a
+    /// filesystem where [`preallocate`] could not reserve the blocks (no `fallocate`), a disk
+    /// that fills up during the copy then raises SIGBUS instead of returning an error. Every
+    /// other method, and this one between files, reports a full disk as an error.
+    Mmap,
+    /// `pread` into a page-aligned buffer per worker, then `pwrite`, [`BOUNCE_SIZE`] bytes at
+    /// a time (from memory: `pwrite` straight from the slice, in pieces of the same size).
+    ReadWrite,
+    /// Linux `copy_file_range`, which may share blocks (reflink) or copy inside the kernel.
+    /// Falls back to [`CopyMethod::ReadWrite`] on `EXDEV`, `ENOSYS`, `EOPNOTSUPP` and `EINVAL`,
+    /// for the rest of the call, and on non-Linux platforms. From memory it is `ReadWrite`.
+    CopyFileRange,
+    /// A window of the source (at most one chunk) is mapped read-only and handed to `pwrite`,
+    /// so the kernel copies from it; a truncated source makes `pwrite` fail with `EFAULT`
+    /// (never `SIGBUS`, as user space never touches the window). Unix only; elsewhere, and from
+    /// memory, it is `ReadWrite`.
+    MmapSource,
+}
+
+/// Tuning knobs for [`copy_extents`] and [`copy_from_memory`].
+#[derive(Clone, Debug)]
+pub struct CopyOptions {
+    /// Largest chunk a worker copies at once, in bytes; must not be 0. When it is at least a
+    /// page, chunks are cut on page boundaries of the destination.
+    pub chunk_size: usize,
+    /// Worker threads; 0 means [`default_threads`].
+    pub threads: usize,
+    /// How the bytes travel.
+    pub method: CopyMethod,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            threads: 0,
+            method: CopyMethod::Auto,
+        }
+    }
+}
+
+/// One contiguous run of bytes: `len` bytes from `srcs[src]` at `src_offset` to `dsts[dst]` at
+/// `dst_offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Index into the sources.
+    pub src: usize,
+    /// Byte offset in the source.
+    pub src_offset: u64,
+    /// Index into the destinations.
+    pub dst: usize,
+    /// Byte offset in the destination.
+    pub dst_offset: u64,
+    /// Number of bytes; 0 does nothing.
+    pub len: u64,
+}
+
+/// Which side of an extent failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Reading the source failed, or the source was shorter than the extent.
+    Read,
+    /// Writing the destination failed (or the request itself was invalid).
+    Write,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Read => "reading the source",
+            Side::Write => "writing the destination",
+        })
+    }
+}
+
+/// A failed copy: which extent (index into the slice given, or [`NO_EXTENT`]), which side, and
+/// why.
+///
+/// Invalid requests (an index out of range, an offset overflow, a `chunk_size` of 0) are
+/// [`io::ErrorKind::InvalidInput`]; a source shorter than an extent is [`Side::Read`] with
+/// [`io::ErrorKind::UnexpectedEof`].
+#[derive(Debug)]
+pub struct CopyError {
+    /// Index of the failing extent in the slice given, or [`NO_EXTENT`].
+    pub extent: usize,
+    /// Which side failed.
+    pub side: Side,
+    /// The underlying error.
+    pub source: Cause,
+}
+
+/// Why a copy failed: an OS error, or the error a destination's creation returned, as it
+/// returned it.
+#[derive(Debug)]
+pub enum Cause {
+    /// An I/O error: reading, writing, an invalid request, or creating a destination of
+    /// [`NewFiles::new`].
+    Io(io::Error),
+    /// The npkio error with which creating a destination failed, unchanged (its path, array
+    /// and message stay the creator's): the conversions create their data files this way.
+    Create(crate::Error),
+}
+
+impl Cause {
+    /// The kind of the OS error (for [`Cause::Create`], of the OS error inside it; `Other`
+    /// when there is none).
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            Cause::Io(e) => e.kind(),
+            Cause::Create(e) => e.io_kind(),
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Io(e) => e.fmt(f),
+            Cause::Create(e) => e.fmt(f),
+        }
+    }
+}
+
+impl fmt::Display for CopyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.extent == NO_EXTENT {
+            write!(f, "copy failed {}: {}", self.side, self.source)
+        } else {
+            write!(
+                f,
+                "copy of extent {} failed {}: {}",
+                self.extent, self.side, self.source
+            )
+        }
+    }
+}
+
+impl std::error::Error for CopyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(match &self.source {
+            Cause::Io(e) => e,
+            Cause::Create(e) => e,
+        })
+    }
+}
+
+impl CopyError {
+    fn invalid(extent: usize, side: Side, msg: String) -> Self {
+        CopyError {
+            extent,
+            side,
+            source: Cause::Io(io::Error::new(io::ErrorKind::InvalidInput, msg)),
+        }
+    }
+}
+
+/// The thread count that `threads: 0` resolves to: `min(available_parallelism, 2)`.
+///
+/// Measured on 2 cores (module docs): a second worker makes `pread`/`pwrite` about 1.4x faster
+/// and is neutral for `copy_file_range`; 4 threads on 2 cores are never better. Measurements on
+/// a 16-core machine also got worse past a few threads (memory bandwidth, page-cache locking).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 2)
+}
+
+/// Size `file` to `len` bytes, reserving the blocks where the filesystem can.
+///
+/// On Linux this is `fallocate` (which never shrinks), falling back to `set_len` where the
+/// filesystem does not support it; the file is then set to exactly `len` bytes. Elsewhere it is
+/// `set_len`.
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::io::AsRawFd;
+        if len > 0 {
+            let off_len = libc::off_t::try_from(len).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "length does not fit in off_t")
+            })?;
+            loop {
+                // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
+                // `file`, which outlives the call.
+                let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+                if rc == 0 {
+                    break;
+                }
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
+                    _ => return Err(err),
+                }
+            }
+        }
+    }
+    // fallocate grows but never shrinks; set_len makes the length exactly `len` (a no-op when
+    // fallocate already did it).
+    if file.metadata()?.len() != len {
+        file.set_len(len)?;
+    }
+    Ok(())
+}
+
+/// Copy every extent from files to files.
+///
+/// Destinations are already preallocated by the caller to at least the extents' ends (see
+/// [`preallocate`]). Extents are cut into chunks of at most `chunk_size`, aligned to page
+/// boundaries in the destination (the first chunk of an extent ends at a page boundary, the
+/// following ones are whole pages), and copied by `threads` workers on a rayon pool, in
+/// order of the extents except that a worker skips ahead (a bounded distance) to a
+/// destination no other worker is writing. Extents must not overlap in a destination, nor a
+/// destination range overlap a source range of the same file.
+///
+/// A source shorter than `src_offset + len`, at the start or because it shrinks during the
+/// copy, is an error (`Side::Read`, `io::ErrorKind::UnexpectedEof`), never a hang or a signal.
+/// On error the first failing chunk (in copy order) is reported; chunks in flight on other
+/// workers finish, no new ones start, and the destinations are left partly written.
+///
+/// `progress`, if given, is called with the number of bytes of each chunk just completed, from
+/// any worker thread.
+pub fn copy_extents(
+    srcs: &[&File],
+    dsts: &[&File],
+    extents: &[Extent],
+    opts: &CopyOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<(), CopyError> {
+    run_files(srcs, &Dsts::Open(dsts), extents, opts, progress)
+}
+
+/// Copy every extent from memory to files: `Extent.src` indexes `srcs` and `src_offset` is an
+/// offset into that slice.
+///
+/// Everything else is as in [`copy_extents`]; an extent beyond the end of its slice is
+/// `Side::Read` with `io::ErrorKind::UnexpectedEof`.
+pub fn copy_from_memory(
+    srcs: &[&[u8]],
+    dsts: &[&File],
+    extents: &[Extent],
+    opts: &CopyOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<(), CopyError> {
+    run(
+        &Sources::Memory(srcs),
+        &Dsts::Open(dsts),
+        extents,
+        opts,
+        progress,
+    )
+}
+
+/// Destination files that the workers create themselves, each just before its first chunk.
+///
+/// Creating a file is serialized by the kernel on its directory; when hundreds of files are
+/// created by the workers rather than up front, one worker creates while the other copies. A
+/// file with no bytes to copy is never created here: [`NewFiles::into_files`] says which were.
+pub struct NewFiles<'a> {
+    create: Box<dyn Fn(usize) -> Result<File, Cause> + Sync + 'a>,
+    /// Per destination, once tried: the file, or `None` when creating it failed (its error
+    /// went to the worker that tried).
+    slots: Vec<OnceLock<Option<Created>>>,
+}
+
+struct Created {
+    file: File,
+    /// Its length just after creation (None: not a regular file).
+    len: Option<u64>,
+}
+
+impl<'a> NewFiles<'a> {
+    /// `count` destinations; destination `i` is `create(i)`, called at most once, from
+    /// whichever worker first needs it. `create` should size the file (see [`preallocate`]).
+    /// Its error is the [`Cause::Io`] of the copy's error.
+    pub fn new(count: usize, create: impl Fn(usize) -> io::Result<File> + Sync + 'a) -> Self {
+        Self::with_cause(count, move |i| create(i).map_err(Cause::Io))
+    }
+
+    /// [`NewFiles::new`] for a `create` that fails with an npkio error (naming the output and
+    /// array as the caller wants them named): the copy's error carries it unchanged, as
+    /// [`Cause::Create`].
+    pub(crate) fn with_npkio_errors(
+        count: usize,
+        create: impl Fn(usize) -> crate::Result<File> + Sync + 'a,
+    ) -> Self {
+        Self::with_cause(count, move |i| create(i).map_err(Cause::Create))
+    }
+
+    fn with_cause(count: usize, create: impl Fn(usize) -> Result<File, Cause> + Sync + 'a) -> Self {
+        NewFiles {
+            create: Box::new(create),
+            slots: (0..count).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Number of destinations.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are no destinations.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Destination `i`, created on the first call. When creating it fails, the caller that
+    /// tried gets `Err(Some(error))` and every later caller `Err(None)`.
+    fn get(&self, i: usize) -> Result<&Created, Option<Cause>> {
+        let mut failed = None;
+        let slot = self.slots[i].get_or_init(|| match (self.create)(i) {
+            Ok(file) => {
+                let len = regular_len(&file);
+                Some(Created { file, len })
+            }
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+        slot.as_ref().ok_or(failed)
+    }
+
+    /// The files created, in destination order (`None` where none was: no bytes went there,
+    /// the copy stopped first, or creating it failed).
+    pub fn into_files(self) -> Vec<Option<File>> {
+        self.slots
+            .into_iter()
+            .map(|s| s.into_inner().flatten().map(|c| c.file))
+            .collect()
+    }
+}
+
+/// [`copy_extents`] into files created on first use (see [`NewFiles`]). A failure to create
+/// a destination is a [`Side::Write`] error of the extent that needed it, whose cause is the
+/// error creating it returned.
+pub fn copy_extents_into(
+    srcs: &[&File],
+    dsts: &NewFiles<'_>,
+    extents: &[Extent],
+    opts: &CopyOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<(), CopyError> {
+    run_files(srcs, &Dsts::New(dsts), extents, opts, progress)
+}
+
+/// [`copy_from_memory`] into files created on first use (see [`NewFiles`]).
+pub fn copy_from_memory_into(
+    srcs: &[&[u8]],
+    dsts: &NewFiles<'_>,
+    extents: &[Extent],
+    opts: &CopyOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<(), CopyError> {
+    run(
+        &Sources::Memory(srcs),
+        &Dsts::New(dsts),
+        extents,
+        opts,
+        progress,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Whichever worker tries to create a destination, and whichever chunk of it reports the
+    /// failure, the caller gets the creation's own npkio error, path and array included.
+    #[test]
+    fn a_destination_that_cannot_be_created_fails_with_its_own_npkio_error() {
+        let len = 40_000u64;
+        let mut src = tempfile::tempfile().unwrap();
+        src.write_all(&vec![7u8; 3 * len as usize]).unwrap();
+        let extents: Vec<Extent> = (0..3)
+            .map(|i| Extent {
+                src: 0,
+                src_offset: i as u64 * len,
+                dst: i,
+                dst_offset: 0,
+                len,
+            })
+            .collect();
+        for method in [CopyMethod::ReadWrite, CopyMethod::Mmap] {
+            for threads in [1, 2, 4] {
+                for _ in 0..20 {
+                    let new_files = NewFiles::with_npkio_errors(3, |i| {
+                        if i == 1 {
+                            let refused = io::Error::from(io::ErrorKind::PermissionDenied);
+                            return Err(
+                                crate::Error::io("/out/b.npy", "creating", refused).array("b")
+                            );
+                        }
+                        let f = tempfile::tempfile().unwrap();
+                        preallocate(&f, len).unwrap();
+                        Ok(f)
+                    });
+                    let opts = CopyOptions {
+                        chunk_size: 4096,
+                        threads,
+                        method,
+                    };
+                    let err = copy_extents_into(&[&src], &new_files, &extents, &opts, None)
+                        .expect_err("destination 1 cannot be created");
+                    assert_eq!((err.extent, err.side), (1, Side::Write));
+                    assert_eq!(err.source.kind(), io::ErrorKind::PermissionDenied);
+                    let Cause::Create(e) = err.source else {
+                        panic!("{method:?} t{threads}: not the creation's error: {err}");
+                    };
+                    assert_eq!(e.path(), Some(std::path::Path::new("/out/b.npy")));
+                    assert_eq!(e.array_name(), Some("b"));
+                    assert!(new_files.into_files()[1].is_none());
+                }
+            }
+        }
+    }
+}

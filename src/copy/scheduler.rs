@@ -1,0 +1,274 @@
+//! Running a copy: a scoped pool of workers pulling chunks from a scheduler that keeps them
+//! off each other's destinations, and the first failure in copy order.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::methods::{copy_chunk, Bounce, Fault};
+use super::plan::{regular_len, validate, Chunk, Dsts, Plan, Sources};
+use super::{default_threads, Cause, CopyError, CopyMethod, CopyOptions, Extent, Side, NO_EXTENT};
+
+/// How a chunk's bytes travel, as [`CopyMethod`] resolves for the sources and platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Strategy {
+    ReadWrite,
+    CopyFileRange,
+    MapDst,
+    MapSrc,
+}
+
+/// The strategy for `method`, for sources in memory or in files.
+fn strategy(method: CopyMethod, from_memory: bool) -> Strategy {
+    let s = match method {
+        CopyMethod::Auto => Strategy::ReadWrite,
+        CopyMethod::Mmap => Strategy::MapDst,
+        CopyMethod::ReadWrite => Strategy::ReadWrite,
+        CopyMethod::CopyFileRange if from_memory => Strategy::ReadWrite,
+        CopyMethod::CopyFileRange => Strategy::CopyFileRange,
+        CopyMethod::MmapSource if from_memory => Strategy::ReadWrite,
+        CopyMethod::MmapSource => Strategy::MapSrc,
+    };
+    match s {
+        Strategy::CopyFileRange if !cfg!(any(target_os = "linux", target_os = "android")) => {
+            Strategy::ReadWrite
+        }
+        Strategy::MapSrc if !cfg!(unix) => Strategy::ReadWrite,
+        s => s,
+    }
+}
+
+/// Hands out chunks to workers: in copy order, except that a worker prefers a destination no
+/// other worker is writing, so that workers do not queue on one file's lock (Linux serializes
+/// buffered writes to one inode). With one destination (or one worker) the order is strict.
+struct Scheduler {
+    state: Mutex<SchedState>,
+}
+
+struct SchedState {
+    /// Per extent: its next chunk to hand out.
+    next: Vec<u64>,
+    /// First extent that may still have chunks to hand out.
+    lo: usize,
+    /// Per destination: workers copying into it right now.
+    busy: Vec<u32>,
+}
+
+/// How far past the first unfinished extent a worker looks for an idle destination.
+const LOOKAHEAD: usize = 64;
+
+impl Scheduler {
+    fn new(plan: &Plan<'_>, n_dsts: usize) -> Self {
+        Scheduler {
+            state: Mutex::new(SchedState {
+                next: vec![0; plan.extents.len()],
+                lo: 0,
+                busy: vec![0; n_dsts],
+            }),
+        }
+    }
+
+    /// The next chunk for a worker that has just finished a chunk into `done` (if any), as
+    /// (global chunk number, chunk); `None` when every chunk has been handed out.
+    fn next(&self, plan: &Plan<'_>, done: Option<usize>) -> Option<(u64, Chunk)> {
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(d) = done {
+            st.busy[d] -= 1;
+        }
+        let n = plan.extents.len();
+        while st.lo < n && st.next[st.lo] >= plan.chunks_of(st.lo) {
+            st.lo += 1;
+        }
+        if st.lo == n {
+            return None;
+        }
+        let open = |st: &SchedState, i: usize| st.next[i] < plan.chunks_of(i);
+        let idle = (st.lo..n.min(st.lo + LOOKAHEAD))
+            .find(|&i| open(&st, i) && st.busy[plan.extents[i].dst] == 0);
+        let i = idle.unwrap_or(st.lo);
+        let j = st.next[i];
+        st.next[i] += 1;
+        st.busy[plan.extents[i].dst] += 1;
+        Some((plan.first[i] + j, plan.chunk(i, j)))
+    }
+}
+
+/// State shared by the workers of one call.
+pub(super) struct Shared<'a> {
+    pub(super) sources: &'a Sources<'a>,
+    pub(super) dsts: &'a Dsts<'a>,
+    /// Destination lengths at the start, for the caller's open files (None: not a regular
+    /// file); mapped windows past the end would not reach the file, so such chunks are written
+    /// with pwrite.
+    pub(super) dst_lens: Vec<Option<u64>>,
+    plan: Plan<'a>,
+    sched: Scheduler,
+    pub(super) strategy: Strategy,
+    failed: AtomicBool,
+    /// Set once copy_file_range reported it cannot serve these files.
+    pub(super) cfr_unsupported: AtomicBool,
+    failures: Mutex<Failures>,
+    progress: Option<&'a (dyn Fn(u64) + Sync)>,
+}
+
+/// What went wrong in one call.
+#[derive(Default)]
+struct Failures {
+    /// The first failure in copy order: (chunk number, extent, side, fault), where a
+    /// [`Fault::Create`] has given its cause to `creating`.
+    first: Option<(u64, usize, Side, Fault)>,
+    /// Why each destination that could not be created failed, from the worker that tried
+    /// (whichever chunk reports the failure, it is this error that the caller gets).
+    creating: Vec<(usize, Cause)>,
+}
+
+impl Failures {
+    fn record(&mut self, k: u64, extent: usize, side: Side, fault: Fault) {
+        let fault = match fault {
+            Fault::Create { dst, cause } => {
+                self.creating.extend(cause.map(|c| (dst, c)));
+                Fault::Create { dst, cause: None }
+            }
+            f => f,
+        };
+        if !matches!(self.first, Some((first, ..)) if first <= k) {
+            self.first = Some((k, extent, side, fault));
+        }
+    }
+
+    /// The first failure as the caller sees it.
+    fn into_error(mut self) -> Option<CopyError> {
+        let (_, extent, side, fault) = self.first?;
+        let source = match fault {
+            Fault::Io(e) => Cause::Io(e),
+            Fault::Create { dst, .. } => match self.creating.iter().position(|(d, _)| *d == dst) {
+                Some(at) => self.creating.swap_remove(at).1,
+                // Not reached: the worker that tried to create `dst` recorded why.
+                None => Cause::Io(io::Error::other("creating the destination failed")),
+            },
+        };
+        Some(CopyError {
+            extent,
+            side,
+            source,
+        })
+    }
+}
+
+/// [`run`] from source files, whose lengths at the start bound the extents.
+pub(super) fn run_files(
+    srcs: &[&File],
+    dsts: &Dsts<'_>,
+    extents: &[Extent],
+    opts: &CopyOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<(), CopyError> {
+    let src_lens: Vec<Option<u64>> = srcs.iter().map(|f| regular_len(f)).collect();
+    let sources = Sources::Files {
+        files: srcs,
+        lens: &src_lens,
+    };
+    run(&sources, dsts, extents, opts, progress)
+}
+
+/// Copies every extent: validates, plans, and runs the workers.
+pub(super) fn run(
+    sources: &Sources<'_>,
+    dsts: &Dsts<'_>,
+    extents: &[Extent],
+    opts: &CopyOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<(), CopyError> {
+    validate(sources, dsts, extents, opts)?;
+    let plan = Plan::new(extents, opts.chunk_size as u64);
+    let total = plan.total();
+    if total == 0 {
+        return Ok(());
+    }
+    let strategy = strategy(opts.method, matches!(sources, Sources::Memory(_)));
+    let dst_lens = match dsts {
+        Dsts::Open(files) if strategy == Strategy::MapDst => {
+            files.iter().map(|f| regular_len(f)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let shared = Shared {
+        sources,
+        dsts,
+        dst_lens,
+        sched: Scheduler::new(&plan, dsts.len()),
+        plan,
+        strategy,
+        failed: AtomicBool::new(false),
+        cfr_unsupported: AtomicBool::new(false),
+        failures: Mutex::new(Failures::default()),
+        progress,
+    };
+    let threads = match opts.threads {
+        0 => default_threads(),
+        n => n,
+    };
+    let threads = usize::try_from(total)
+        .map_or(threads, |t| threads.min(t))
+        .max(1);
+    if threads == 1 {
+        worker(&shared);
+    } else {
+        // A scoped pool: its threads are joined before this returns, so no worker outlives
+        // the call (a C host may fork, or unload the library, right after it).
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("npkio-copy-{i}"))
+            .build_scoped(
+                |thread| thread.run(),
+                |pool| {
+                    pool.broadcast(|_| worker(&shared));
+                },
+            )
+            .map_err(|e| CopyError {
+                extent: NO_EXTENT,
+                side: Side::Write,
+                source: Cause::Io(io::Error::other(e)),
+            })?;
+    }
+    let failures = match shared.failures.into_inner() {
+        Ok(f) => f,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match failures.into_error() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// One worker: takes chunks and copies them until none is left or a copy has failed.
+fn worker(sh: &Shared<'_>) {
+    let mut buf = Bounce::default();
+    let mut done = None;
+    while !sh.failed.load(Ordering::Relaxed) {
+        let Some((k, c)) = sh.sched.next(&sh.plan, done.take()) else {
+            break;
+        };
+        done = Some(c.dst);
+        match copy_chunk(sh, &c, &mut buf) {
+            Ok(()) => {
+                if let Some(p) = sh.progress {
+                    p(c.len);
+                }
+            }
+            Err((side, fault)) => {
+                sh.failed.store(true, Ordering::Relaxed);
+                let mut failures = match sh.failures.lock() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                failures.record(k, c.extent, side, fault);
+                break;
+            }
+        }
+    }
+}

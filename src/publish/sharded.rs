@@ -1,0 +1,147 @@
+//! Publishing a sharded checkpoint into a directory, laid out as `save_pretrained` lays it out:
+//! shards `model-0000k-of-0000n.safetensors` and the index `model.safetensors.index.json`, or a
+//! single `model.safetensors`.
+//!
+//! A directory that does not exist is built whole in a [`Staging`] directory and renamed into
+//! place. An existing directory (which may hold config files) is updated in place, in an order
+//! that never leaves an index pointing at a shard that is not its own: every shard and the new
+//! index are written to temporary files first (so that a full disk fails with the old
+//! checkpoint intact), then the old index is removed, each shard renamed in, the index last,
+//! and the weights of an earlier checkpoint that the new one does not use removed.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use tempfile::NamedTempFile;
+
+use super::{lock_output, publish_file, remove_leftovers_inside, Staging};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::fsutil;
+use crate::safetensors::index::INDEX_NAME;
+
+/// A sharded checkpoint to write into a directory.
+pub(crate) struct ShardedOutput<'a> {
+    /// The directory that receives it.
+    pub(crate) dir: &'a Path,
+    /// The shards' file names, in order.
+    pub(crate) files: &'a [String],
+    /// The index's text; `None` writes no index (a single `model.safetensors`).
+    pub(crate) index: Option<&'a str>,
+    /// Wait for another conversion into `dir` (else fail with `ErrorKind::Busy`).
+    pub(crate) wait_for_lock: bool,
+    /// Sync data and directories before the checkpoint appears.
+    pub(crate) durable: bool,
+}
+
+impl ShardedOutput<'_> {
+    /// Writes the checkpoint: `prepare(k, file)` sizes shard `k` and writes its header, just
+    /// after the shard's temporary file is created; `fill(files)` then copies every tensor into
+    /// the shards (in the order of [`ShardedOutput::files`]). The checkpoint is published only
+    /// when both succeed.
+    pub(crate) fn write(
+        &self,
+        mut prepare: impl FnMut(usize, &File) -> Result<()>,
+        fill: impl FnOnce(&[&File]) -> Result<()>,
+    ) -> Result<()> {
+        let output = self.dir;
+        if fs::symlink_metadata(output).is_ok_and(|m| !m.is_dir()) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                "exists and is not a directory; a sharded checkpoint is written into a directory",
+            )
+            .at(output));
+        }
+        let _lock = lock_output(output, self.wait_for_lock)?;
+        let build = if fs::symlink_metadata(output).is_err() {
+            Build::Fresh(Staging::new(output)?)
+        } else {
+            // Temporary shards of a conversion killed while writing into this directory.
+            remove_leftovers_inside(output);
+            Build::Existing(output)
+        };
+        let mut tmps = Vec::with_capacity(self.files.len());
+        for (k, f) in self.files.iter().enumerate() {
+            let tmp = build.temp_file(&format!(".{f}.npkio-tmp-"))?;
+            prepare(k, tmp.as_file())?;
+            tmps.push(tmp);
+        }
+        fill(&tmps.iter().map(NamedTempFile::as_file).collect::<Vec<_>>())?;
+        // The new index is written before anything visible changes, so that a full disk fails
+        // here with the old checkpoint intact.
+        let index_tmp = match self.index {
+            Some(text) => {
+                let mut t = build.temp_file(".npkio-tmp-")?;
+                t.write_all(text.as_bytes())
+                    .ctx(output.join(INDEX_NAME), "writing")?;
+                Some(t)
+            }
+            None => None,
+        };
+        if let Build::Existing(dir) = &build {
+            // No index may point at shards that are being replaced.
+            let index_path = dir.join(INDEX_NAME);
+            match fs::remove_file(&index_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&index_path, "removing the old index", e)),
+            }
+        }
+        for (tmp, f) in tmps.into_iter().zip(self.files) {
+            build.publish_file(tmp, f, self.durable)?;
+        }
+        if let Some(t) = index_tmp {
+            build.publish_file(t, INDEX_NAME, self.durable)?;
+        }
+        match build {
+            Build::Existing(dir) => remove_stale_weights(dir, self.files, self.index.is_some()),
+            Build::Fresh(staging) => staging.publish(self.durable)?,
+        }
+        Ok(())
+    }
+}
+
+/// Where the checkpoint is built: a staging directory that becomes the output, or the
+/// existing output directory itself.
+enum Build<'a> {
+    Fresh(Staging),
+    Existing(&'a Path),
+}
+
+impl Build<'_> {
+    /// A new temporary file `<prefix>XXXXXX` where the checkpoint is built.
+    fn temp_file(&self, prefix: &str) -> Result<NamedTempFile> {
+        match self {
+            Build::Fresh(staging) => staging.temp_file(prefix),
+            Build::Existing(dir) => fsutil::temp_file_in(dir, prefix),
+        }
+    }
+
+    /// Renames the complete `tmp` onto the file `name` where the checkpoint is built.
+    fn publish_file(&self, tmp: NamedTempFile, name: &str, durable: bool) -> Result<()> {
+        match self {
+            Build::Fresh(staging) => staging.publish_file(tmp, name, durable),
+            Build::Existing(dir) => publish_file(tmp, &dir.join(name), durable),
+        }
+    }
+}
+
+/// After writing a checkpoint into an existing directory, removes weight files of an
+/// earlier checkpoint that the new one does not use (as `save_pretrained` does): other
+/// `model-*-of-*.safetensors` shards, `model.safetensors`, and the index when none was
+/// written.
+fn remove_stale_weights(dir: &Path, keep: &[String], wrote_index: bool) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_shard =
+            name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
+        let stale = (is_shard || name == "model.safetensors") && !keep.contains(&name)
+            || (name == INDEX_NAME && !wrote_index);
+        if stale {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
