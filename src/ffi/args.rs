@@ -1,5 +1,6 @@
 //! Arguments in: every pointer C hands npkio goes through one of these, which check it for
 //! NULL (where a value is required), alignment, size and UTF-8 before the core sees it.
+//! Out-parameters are checked up front the same way ([`Out`]) and written only on success.
 
 use std::collections::HashSet;
 use std::ffi::{c_char, CStr};

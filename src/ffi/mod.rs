@@ -19,13 +19,14 @@
 //!   as `const`; a function that takes it non-`const` must not run concurrently with any
 //!   other use of the same handle.
 //! - A panic inside npkio becomes `NPKIO_STATUS_PANIC`, never an abort.
-
 //!
 //! The files: one a handle (`safetensors.rs`, `tensors.rs`, `numpack.rs`) or a group of
 //! functions (`convert.rs`, `dtype.rs`, `last_error.rs`); and the shared machinery,
 //! `args.rs` (arguments in), `handle.rs` (handle ownership and what handles hand out),
 //! `list.rs` (the count/get/find functions), `error.rs` (statuses and the last error) and
-//! `panic.rs` (the boundary every exported function runs behind).
+//! `panic.rs` (the boundary every exported function runs behind). Every exported
+//! function is written out, because cbindgen reads items as written and does not expand
+//! macros; what they share is in those helpers, so each body is a few lines.
 
 use std::ffi::{c_char, CStr};
 
@@ -68,6 +69,3 @@ const VERSION: &CStr =
         Ok(v) => v,
         Err(_) => panic!("the version has no NUL"),
     };
-
-// ---------------------------------------------------------------------------------------
-// Arguments in
