@@ -232,6 +232,23 @@ pub(crate) mod tests {
     use super::*;
 
     #[test]
+    fn core_kinds_keep_their_numbers() {
+        let kinds = [
+            ErrorKind::Io,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::Malformed,
+            ErrorKind::KeyNotFound,
+            ErrorKind::Unsupported,
+            ErrorKind::InvalidArgument,
+            ErrorKind::Busy,
+        ];
+        for k in kinds {
+            assert_eq!(NpkioStatus::from(k) as u32, k as u32, "{k:?}");
+        }
+    }
+
+    #[test]
     fn numbers_are_unique_and_round_trip() {
         for (s, _) in STATUS_NAMES {
             assert_eq!(NpkioStatus::from_u32(s as u32), Some(s));
