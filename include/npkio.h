@@ -124,7 +124,11 @@ typedef uint32_t NpkioStatus;
 #endif // __cplusplus
 
 /**
- * An element type. The numbers are stable (they are the Rust core's `DType` numbers).
+ * An element type: the SafeTensors dtypes by their SafeTensors names (`NPKIO_DTYPE_BF16`
+ * is SafeTensors' `BF16`), plus NumPack's complex128 (`NPKIO_DTYPE_C128`). The numbers
+ * are stable (they are the Rust core's `DType` numbers). `npkio_dtype_name`,
+ * `npkio_dtype_numpy_name` and `npkio_dtype_bits` describe each one (F4 takes 4 bits an
+ * element, the F6 kinds 6).
  *
  * npkio hands dtypes out as this enum (a 32-bit unsigned integer). Functions and structs
  * that take a dtype from the caller take a plain `uint32_t` and check it, so any number
@@ -135,97 +139,28 @@ enum NpkioDtype
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-    /**
-     * Boolean, one byte.
-     */
     NPKIO_DTYPE_BOOL = 0,
-    /**
-     * MX FP4 (E2M1), 4 bits an element.
-     */
     NPKIO_DTYPE_F4 = 1,
-    /**
-     * MX FP6 E2M3, 6 bits an element.
-     */
     NPKIO_DTYPE_F6_E2M3 = 2,
-    /**
-     * MX FP6 E3M2, 6 bits an element.
-     */
     NPKIO_DTYPE_F6_E3M2 = 3,
-    /**
-     * Unsigned 8-bit integer.
-     */
     NPKIO_DTYPE_U8 = 4,
-    /**
-     * Signed 8-bit integer.
-     */
     NPKIO_DTYPE_I8 = 5,
-    /**
-     * FP8 E5M2.
-     */
     NPKIO_DTYPE_F8_E5M2 = 6,
-    /**
-     * FP8 E4M3 (finite, NaN only).
-     */
     NPKIO_DTYPE_F8_E4M3 = 7,
-    /**
-     * FP8 E8M0 (MX scale).
-     */
     NPKIO_DTYPE_F8_E8M0 = 8,
-    /**
-     * FP8 E4M3 FNUZ.
-     */
     NPKIO_DTYPE_F8_E4M3FNUZ = 9,
-    /**
-     * FP8 E5M2 FNUZ.
-     */
     NPKIO_DTYPE_F8_E5M2FNUZ = 10,
-    /**
-     * Signed 16-bit integer.
-     */
     NPKIO_DTYPE_I16 = 11,
-    /**
-     * Unsigned 16-bit integer.
-     */
     NPKIO_DTYPE_U16 = 12,
-    /**
-     * IEEE half precision.
-     */
     NPKIO_DTYPE_F16 = 13,
-    /**
-     * bfloat16.
-     */
     NPKIO_DTYPE_BF16 = 14,
-    /**
-     * Signed 32-bit integer.
-     */
     NPKIO_DTYPE_I32 = 15,
-    /**
-     * Unsigned 32-bit integer.
-     */
     NPKIO_DTYPE_U32 = 16,
-    /**
-     * IEEE single precision.
-     */
     NPKIO_DTYPE_F32 = 17,
-    /**
-     * Complex of two f32.
-     */
     NPKIO_DTYPE_C64 = 18,
-    /**
-     * IEEE double precision.
-     */
     NPKIO_DTYPE_F64 = 19,
-    /**
-     * Signed 64-bit integer.
-     */
     NPKIO_DTYPE_I64 = 20,
-    /**
-     * Unsigned 64-bit integer.
-     */
     NPKIO_DTYPE_U64 = 21,
-    /**
-     * Complex of two f64 (NumPack only; SafeTensors has no such dtype).
-     */
     NPKIO_DTYPE_C128 = 22,
 };
 #ifndef __cplusplus
@@ -477,8 +412,8 @@ NpkioStatus npkio_to_safetensors_file_sharded(const char *input_path,
                                               uint32_t flags);
 
 /**
- * The seed's `from_safetensors`: saves `count` tensors held in the caller's memory to the
- * NumPack directory `output_path`, with the merge/replace rules and atomicity of
+ * Saves `count` tensors held in the caller's memory to the NumPack directory
+ * `output_path`, with the merge/replace rules and atomicity of
  * `npkio_from_safetensors_file`. npkio reads the tensors during the call only and keeps
  * no pointer to them.
  *
@@ -946,11 +881,10 @@ NpkioStatus npkio_safetensors_iter_next(struct NpkioSafetensorsIter *iter,
 void npkio_safetensors_iter_free(struct NpkioSafetensorsIter *iter);
 
 /**
- * The seed's `to_safetensors`: opens the NumPack directory `input_path` and selects
- * arrays to read as tensors: all of them (sorted by name) when `array_names` is NULL,
- * else the `names_count` arrays named, in that order (duplicates skipped;
- * `names_count == 0` with `array_names != NULL` selects none). An unknown name is
- * `NPKIO_STATUS_KEY_NOT_FOUND`.
+ * Opens the NumPack directory `input_path` and selects arrays to read as tensors: all
+ * of them (sorted by name) when `array_names` is NULL, else the `names_count` arrays
+ * named, in that order (duplicates skipped; `names_count == 0` with `array_names != NULL`
+ * selects none). An unknown name is `NPKIO_STATUS_KEY_NOT_FOUND`.
  *
  * On success `*out` receives a new handle that the caller frees with
  * `npkio_tensors_free`. Views are zero-copy where the array is one file with no deleted

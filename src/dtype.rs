@@ -1,65 +1,158 @@
 //! One dtype model for both formats.
 //!
-//! [`DType`] covers the 22 SafeTensors dtypes and NumPack's `complex128`. The single table
-//! [`DTYPES`] says, for each, its width in bits, its SafeTensors name, its NumPy name (the
-//! `ml_dtypes` name for types NumPy lacks), its native NumPack code if it has one, and the
-//! NumPack code it is *stored* under. Types NumPack 0.7 cannot name (BF16, the FP8 kinds,
-//! F4, F6) are stored under an unsigned integer code of the same storage width; the
-//! conversion layer records the true dtype beside the data (see `numpack::sidecar`).
+//! [`DType`] covers the 22 SafeTensors dtypes and NumPack's `complex128`. Everything npkio
+//! knows about a dtype is written once, in one row of the table inside `dtype_table!`
+//! below: its stable number, its doc, its width in bits, its SafeTensors name (also the
+//! `safetensors` crate's variant), its NumPy name (the `ml_dtypes` name for types NumPy
+//! lacks), and its NumPack code: `numpack N` for a dtype NumPack 0.7 can name, `stored_as
+//! N` for one it cannot (BF16, the FP8 kinds, F4, F6), whose bytes are stored under an
+//! unsigned integer code of the same storage width while the conversion layer records the
+//! true dtype beside the data (see `numpack::sidecar`).
+//!
+//! From that one table, `define_dtypes!` generates [`DType`], [`DTYPES`] (the table as
+//! data, indexed by number), [`ALL`] and the conversions to and from the `safetensors`
+//! crate's `Dtype`. The C ABI reads the same table (`crate::ffi::dtype` hands it to its own
+//! macro) to derive its names and the conversions to its `NpkioDtype`, so a dtype added here
+//! appears in the C API, or the crate fails to compile until `NpkioDtype` lists it.
 
 use std::fmt;
 
-/// An element type. The discriminants are stable: the C ABI exposes them as `NpkioDtype`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum DType {
-    /// Boolean, one byte.
-    Bool = 0,
-    /// MX FP4 (E2M1), 4 bits an element.
-    F4 = 1,
-    /// MX FP6 E2M3, 6 bits an element.
-    F6E2M3 = 2,
-    /// MX FP6 E3M2, 6 bits an element.
-    F6E3M2 = 3,
-    /// Unsigned 8-bit integer.
-    U8 = 4,
-    /// Signed 8-bit integer.
-    I8 = 5,
-    /// FP8 E5M2.
-    F8E5M2 = 6,
-    /// FP8 E4M3 (the "fn" variant: finite, NaN only).
-    F8E4M3 = 7,
-    /// FP8 E8M0 (MX scale).
-    F8E8M0 = 8,
-    /// FP8 E4M3 FNUZ.
-    F8E4M3Fnuz = 9,
-    /// FP8 E5M2 FNUZ.
-    F8E5M2Fnuz = 10,
-    /// Signed 16-bit integer.
-    I16 = 11,
-    /// Unsigned 16-bit integer.
-    U16 = 12,
-    /// IEEE half precision.
-    F16 = 13,
-    /// bfloat16.
-    BF16 = 14,
-    /// Signed 32-bit integer.
-    I32 = 15,
-    /// Unsigned 32-bit integer.
-    U32 = 16,
-    /// IEEE single precision.
-    F32 = 17,
-    /// Complex of two f32.
-    C64 = 18,
-    /// IEEE double precision.
-    F64 = 19,
-    /// Signed 64-bit integer.
-    I64 = 20,
-    /// Unsigned 64-bit integer.
-    U64 = 21,
-    /// Complex of two f64 (NumPack only; SafeTensors has no such dtype).
-    C128 = 22,
+/// The dtype table: one row a dtype, in number order (a compile-time check enforces it).
+/// Expands to `$then! { rows }`, so each user of the table writes one macro that reads the
+/// rows instead of copying them.
+///
+/// A row: doc, `Variant = number, bits B, [safetensors NAME,] numpy "name",` then
+/// `numpack CODE` (NumPack names the dtype) or `stored_as CODE` (it does not; the bytes
+/// are stored under that code). `NAME` is the SafeTensors spelling, which is also the
+/// variant of the `safetensors` crate's `Dtype` and of the C enum; a dtype without one
+/// (complex128) keeps its own name in C.
+macro_rules! dtype_table {
+    ($then:ident) => {
+        $then! {
+            /// Boolean, one byte.
+            Bool = 0, bits 8, safetensors BOOL, numpy "bool", numpack 0;
+            /// MX FP4 (E2M1), 4 bits an element.
+            F4 = 1, bits 4, safetensors F4, numpy "float4_e2m1fn", stored_as 1;
+            /// MX FP6 E2M3, 6 bits an element.
+            F6E2M3 = 2, bits 6, safetensors F6_E2M3, numpy "float6_e2m3fn", stored_as 1;
+            /// MX FP6 E3M2, 6 bits an element.
+            F6E3M2 = 3, bits 6, safetensors F6_E3M2, numpy "float6_e3m2fn", stored_as 1;
+            /// Unsigned 8-bit integer.
+            U8 = 4, bits 8, safetensors U8, numpy "uint8", numpack 1;
+            /// Signed 8-bit integer.
+            I8 = 5, bits 8, safetensors I8, numpy "int8", numpack 5;
+            /// FP8 E5M2.
+            F8E5M2 = 6, bits 8, safetensors F8_E5M2, numpy "float8_e5m2", stored_as 1;
+            /// FP8 E4M3 (the "fn" variant: finite, NaN only).
+            F8E4M3 = 7, bits 8, safetensors F8_E4M3, numpy "float8_e4m3fn", stored_as 1;
+            /// FP8 E8M0 (MX scale).
+            F8E8M0 = 8, bits 8, safetensors F8_E8M0, numpy "float8_e8m0fnu", stored_as 1;
+            /// FP8 E4M3 FNUZ.
+            F8E4M3Fnuz = 9, bits 8, safetensors F8_E4M3FNUZ, numpy "float8_e4m3fnuz",
+                stored_as 1;
+            /// FP8 E5M2 FNUZ.
+            F8E5M2Fnuz = 10, bits 8, safetensors F8_E5M2FNUZ, numpy "float8_e5m2fnuz",
+                stored_as 1;
+            /// Signed 16-bit integer.
+            I16 = 11, bits 16, safetensors I16, numpy "int16", numpack 6;
+            /// Unsigned 16-bit integer.
+            U16 = 12, bits 16, safetensors U16, numpy "uint16", numpack 2;
+            /// IEEE half precision.
+            F16 = 13, bits 16, safetensors F16, numpy "float16", numpack 9;
+            /// bfloat16.
+            BF16 = 14, bits 16, safetensors BF16, numpy "bfloat16", stored_as 2;
+            /// Signed 32-bit integer.
+            I32 = 15, bits 32, safetensors I32, numpy "int32", numpack 7;
+            /// Unsigned 32-bit integer.
+            U32 = 16, bits 32, safetensors U32, numpy "uint32", numpack 3;
+            /// IEEE single precision.
+            F32 = 17, bits 32, safetensors F32, numpy "float32", numpack 10;
+            /// Complex of two f32.
+            C64 = 18, bits 64, safetensors C64, numpy "complex64", numpack 12;
+            /// IEEE double precision.
+            F64 = 19, bits 64, safetensors F64, numpy "float64", numpack 11;
+            /// Signed 64-bit integer.
+            I64 = 20, bits 64, safetensors I64, numpy "int64", numpack 8;
+            /// Unsigned 64-bit integer.
+            U64 = 21, bits 64, safetensors U64, numpy "uint64", numpack 4;
+            /// Complex of two f64 (NumPack only; SafeTensors has no such dtype).
+            C128 = 22, bits 128, numpy "complex128", numpack 13;
+        }
+    };
 }
+pub(crate) use dtype_table;
+
+/// `Some` of the one argument, `None` for none.
+macro_rules! optional {
+    () => {
+        None
+    };
+    ($x:expr) => {
+        Some($x)
+    };
+}
+
+/// Reads the table's rows into [`DType`], [`DTYPES`] and the `safetensors` conversions.
+macro_rules! define_dtypes {
+    ($(
+        $(#[doc = $doc:literal])*
+        $v:ident = $n:literal, bits $bits:literal, $(safetensors $st:ident,)? numpy $np:literal,
+        $(numpack $code:literal)? $(stored_as $stored:literal)?;
+    )*) => {
+        /// An element type. The numbers are stable: the C ABI exposes them as `NpkioDtype`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        #[non_exhaustive]
+        pub enum DType {
+            $($(#[doc = $doc])* $v = $n,)*
+        }
+
+        /// The table, indexed by the `DType` number.
+        pub const DTYPES: [DTypeInfo; [$($n),*].len()] = [$(
+            DTypeInfo {
+                dtype: DType::$v,
+                bits: $bits,
+                safetensors: optional!($(stringify!($st))?),
+                numpy: $np,
+                numpack_code: optional!($($code)?),
+                // Exactly one of `numpack` and `stored_as` per row.
+                storage_code: $($code)? $($stored)?,
+            },
+        )*];
+
+        impl DType {
+            /// The `safetensors` crate's `Dtype`, `None` for complex128.
+            pub fn to_safetensors(self) -> Option<::safetensors::Dtype> {
+                match self {
+                    $(DType::$v => optional!($(::safetensors::Dtype::$st)?),)*
+                }
+            }
+
+            /// From the `safetensors` crate's `Dtype` (`None` for a dtype newer than this
+            /// table).
+            pub fn from_safetensors(dtype: ::safetensors::Dtype) -> Option<DType> {
+                match dtype {
+                    $($(::safetensors::Dtype::$st => Some(DType::$v),)?)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+dtype_table!(define_dtypes);
+
+// The rows are in number order, so `DTYPES[d as usize]` is `d`'s row.
+const _: () = {
+    let mut i = 0;
+    while i < DTYPES.len() {
+        assert!(
+            DTYPES[i].dtype as usize == i,
+            "dtype rows out of number order"
+        );
+        i += 1;
+    }
+};
 
 /// One row of the dtype table.
 #[derive(Clone, Copy, Debug)]
@@ -79,70 +172,11 @@ pub struct DTypeInfo {
     pub storage_code: u8,
 }
 
-const fn row(
-    dtype: DType,
-    bits: u32,
-    safetensors: Option<&'static str>,
-    numpy: &'static str,
-    numpack_code: Option<u8>,
-    storage_code: u8,
-) -> DTypeInfo {
-    DTypeInfo {
-        dtype,
-        bits,
-        safetensors,
-        numpy,
-        numpack_code,
-        storage_code,
-    }
-}
-
-/// The table, indexed by the `DType` discriminant.
-pub const DTYPES: [DTypeInfo; 23] = [
-    row(DType::Bool, 8, Some("BOOL"), "bool", Some(0), 0),
-    row(DType::F4, 4, Some("F4"), "float4_e2m1fn", None, 1),
-    row(DType::F6E2M3, 6, Some("F6_E2M3"), "float6_e2m3fn", None, 1),
-    row(DType::F6E3M2, 6, Some("F6_E3M2"), "float6_e3m2fn", None, 1),
-    row(DType::U8, 8, Some("U8"), "uint8", Some(1), 1),
-    row(DType::I8, 8, Some("I8"), "int8", Some(5), 5),
-    row(DType::F8E5M2, 8, Some("F8_E5M2"), "float8_e5m2", None, 1),
-    row(DType::F8E4M3, 8, Some("F8_E4M3"), "float8_e4m3fn", None, 1),
-    row(DType::F8E8M0, 8, Some("F8_E8M0"), "float8_e8m0fnu", None, 1),
-    row(
-        DType::F8E4M3Fnuz,
-        8,
-        Some("F8_E4M3FNUZ"),
-        "float8_e4m3fnuz",
-        None,
-        1,
-    ),
-    row(
-        DType::F8E5M2Fnuz,
-        8,
-        Some("F8_E5M2FNUZ"),
-        "float8_e5m2fnuz",
-        None,
-        1,
-    ),
-    row(DType::I16, 16, Some("I16"), "int16", Some(6), 6),
-    row(DType::U16, 16, Some("U16"), "uint16", Some(2), 2),
-    row(DType::F16, 16, Some("F16"), "float16", Some(9), 9),
-    row(DType::BF16, 16, Some("BF16"), "bfloat16", None, 2),
-    row(DType::I32, 32, Some("I32"), "int32", Some(7), 7),
-    row(DType::U32, 32, Some("U32"), "uint32", Some(3), 3),
-    row(DType::F32, 32, Some("F32"), "float32", Some(10), 10),
-    row(DType::C64, 64, Some("C64"), "complex64", Some(12), 12),
-    row(DType::F64, 64, Some("F64"), "float64", Some(11), 11),
-    row(DType::I64, 64, Some("I64"), "int64", Some(8), 8),
-    row(DType::U64, 64, Some("U64"), "uint64", Some(4), 4),
-    row(DType::C128, 128, None, "complex128", Some(13), 13),
-];
-
-/// Every dtype, in discriminant order.
-pub const ALL: [DType; 23] = {
-    let mut all = [DType::Bool; 23];
+/// Every dtype, in number order.
+pub const ALL: [DType; DTYPES.len()] = {
+    let mut all = [DType::Bool; DTYPES.len()];
     let mut i = 0;
-    while i < 23 {
+    while i < all.len() {
         all[i] = DTYPES[i].dtype;
         i += 1;
     }
@@ -215,43 +249,6 @@ impl DType {
     /// The dtype with the stable number `n` (the C ABI's `NpkioDtype`).
     pub fn from_u8(n: u8) -> Option<DType> {
         ALL.get(usize::from(n)).copied()
-    }
-
-    /// The `safetensors` crate's `Dtype`, `None` for complex128.
-    pub fn to_safetensors(self) -> Option<::safetensors::Dtype> {
-        use ::safetensors::Dtype as S;
-        Some(match self {
-            DType::Bool => S::BOOL,
-            DType::F4 => S::F4,
-            DType::F6E2M3 => S::F6_E2M3,
-            DType::F6E3M2 => S::F6_E3M2,
-            DType::U8 => S::U8,
-            DType::I8 => S::I8,
-            DType::F8E5M2 => S::F8_E5M2,
-            DType::F8E4M3 => S::F8_E4M3,
-            DType::F8E8M0 => S::F8_E8M0,
-            DType::F8E4M3Fnuz => S::F8_E4M3FNUZ,
-            DType::F8E5M2Fnuz => S::F8_E5M2FNUZ,
-            DType::I16 => S::I16,
-            DType::U16 => S::U16,
-            DType::F16 => S::F16,
-            DType::BF16 => S::BF16,
-            DType::I32 => S::I32,
-            DType::U32 => S::U32,
-            DType::F32 => S::F32,
-            DType::C64 => S::C64,
-            DType::F64 => S::F64,
-            DType::I64 => S::I64,
-            DType::U64 => S::U64,
-            DType::C128 => return None,
-        })
-    }
-
-    /// From the `safetensors` crate's `Dtype` (`None` for a dtype newer than this table).
-    pub fn from_safetensors(dtype: ::safetensors::Dtype) -> Option<DType> {
-        ALL.iter()
-            .copied()
-            .find(|d| d.to_safetensors() == Some(dtype))
     }
 
     /// Bytes taken by `elements` elements, `None` on overflow or when the bit count is not

@@ -8,28 +8,48 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// What kind of failure an [`Error`] is. The numbers are stable (the C ABI exposes them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// An operating-system I/O error (permission denied, disk full, ...).
-    Io = 1,
-    /// A file or directory that should exist does not.
-    NotFound = 2,
-    /// The output exists and the operation was asked not to touch it.
-    AlreadyExists = 3,
-    /// The input is not a valid file of its format (corrupt, truncated or hostile).
-    Malformed = 4,
-    /// A tensor or array name that is not in the container.
-    KeyNotFound = 5,
-    /// Valid input that npkio or the target format cannot represent (e.g. complex128 in
-    /// SafeTensors, a compressed NumPack array).
-    Unsupported = 6,
-    /// A bad argument from the caller (chunk size 0, shape and data disagreeing, ...).
-    InvalidArgument = 7,
-    /// Another process holds the output's lock.
-    Busy = 8,
+/// The error kinds: one row a kind, its doc and its stable number. Expands to
+/// `$then! { rows }`: `define_error_kind!` below makes [`ErrorKind`] of it, and the C ABI
+/// (`crate::ffi::error`) maps each kind to the C status of the same name and number, so a
+/// kind added here fails to compile until the C status enum has it.
+macro_rules! error_kinds {
+    ($then:ident) => {
+        $then! {
+            /// An operating-system I/O error (permission denied, disk full, ...).
+            Io = 1,
+            /// A file or directory that should exist does not.
+            NotFound = 2,
+            /// The output exists and the operation was asked not to touch it.
+            AlreadyExists = 3,
+            /// The input is not a valid file of its format (corrupt, truncated or hostile).
+            Malformed = 4,
+            /// A tensor or array name that is not in the container.
+            KeyNotFound = 5,
+            /// Valid input that npkio or the target format cannot represent (e.g. complex128
+            /// in SafeTensors, a compressed NumPack array).
+            Unsupported = 6,
+            /// A bad argument from the caller (chunk size 0, shape and data disagreeing, ...).
+            InvalidArgument = 7,
+            /// Another process holds the output's lock.
+            Busy = 8,
+        }
+    };
 }
+pub(crate) use error_kinds;
+
+macro_rules! define_error_kind {
+    ($($(#[doc = $doc:literal])* $kind:ident = $n:literal,)*) => {
+        /// What kind of failure an [`Error`] is. The numbers are stable (the C ABI exposes
+        /// them).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ErrorKind {
+            $($(#[doc = $doc])* $kind = $n,)*
+        }
+    };
+}
+
+error_kinds!(define_error_kind);
 
 /// The error type of every fallible npkio operation.
 #[derive(Debug)]

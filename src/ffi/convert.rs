@@ -1,7 +1,7 @@
-//! The seed's conversions that write: SafeTensors file or in-memory tensors to a NumPack
-//! directory, and a NumPack directory to a SafeTensors file. (The seed's `to_safetensors`
-//! is in `tensors.rs`; `get_safetensors_metadata` and `iter_safetensors` in
-//! `safetensors.rs`.)
+//! The conversions that write: a SafeTensors file or tensors in the caller's memory to a
+//! NumPack directory, and a NumPack directory to a SafeTensors file (single or sharded).
+//! Reading NumPack arrays as tensors is `npkio_to_safetensors` in `tensors.rs`; reading
+//! a SafeTensors file's description or iterating over its tensors is in `safetensors.rs`.
 //!
 //! Each takes the streaming knobs as plain arguments: `chunk_size` (bytes copied at once;
 //! 0 is `NPKIO_STATUS_INVALID_ARGUMENT`, `NPKIO_DEFAULT_CHUNK_SIZE` is the default),
@@ -10,11 +10,10 @@
 
 use std::ffi::c_char;
 
-use super::dtype::{desc_input, NpkioTensorDesc};
+use super::args::{desc_input, metadata_arg, path_arg, slice_arg, str_list_arg};
+use super::dtype::NpkioTensorDesc;
 use super::error::{FfiError, FfiResult, NpkioStatus};
-use super::numpack::metadata_arg;
 use super::panic::status_boundary;
-use super::{path_arg, slice_arg, str_list_arg};
 use crate::convert::{
     from_safetensors_file_with, from_safetensors_with, to_safetensors_file_with, Options,
 };
@@ -198,8 +197,8 @@ unsafe fn export(
     })
 }
 
-/// The seed's `from_safetensors`: saves `count` tensors held in the caller's memory to the
-/// NumPack directory `output_path`, with the merge/replace rules and atomicity of
+/// Saves `count` tensors held in the caller's memory to the NumPack directory
+/// `output_path`, with the merge/replace rules and atomicity of
 /// `npkio_from_safetensors_file`. npkio reads the tensors during the call only and keeps
 /// no pointer to them.
 ///

@@ -1,15 +1,25 @@
-//! Status codes and the calling thread's last error.
+//! Status codes, the failure type of the C ABI's function bodies, and the calling thread's
+//! last-error record.
 //!
 //! Every function that can fail returns an [`NpkioStatus`]. On failure it also records a
-//! message for the calling thread, read with [`npkio_last_error_message`] or copied with
-//! [`npkio_last_error_copy`]. Each status-returning function clears the record when it
-//! starts, so after `NPKIO_STATUS_OK` the message is empty. The functions that do not
-//! return a status (`npkio_*_free`, `npkio_version`, the name functions and the
-//! `npkio_last_error_*` functions themselves) leave the record alone, so freeing handles
-//! while cleaning up after a failure keeps its message.
+//! message for the calling thread, read with `npkio_last_error_message` or copied with
+//! `npkio_last_error_copy` (both in `last_error.rs`). Each status-returning function
+//! clears the record when it starts, so after `NPKIO_STATUS_OK` the message is empty. The
+//! functions that do not return a status (`npkio_*_free`, `npkio_version`, the name
+//! functions and the `npkio_last_error_*` functions themselves) leave the record alone, so
+//! freeing handles while cleaning up after a failure keeps its message.
+//!
+//! `NpkioStatus` is written out below because it is the C contract: cbindgen reads this
+//! enum, and it does not expand macros. Its values 1 to 8 are the core's
+//! [`ErrorKind`]s: the mapping between the two is generated from the core's kind table
+//! (`crate::error::error_kinds!`), with a compile-time check that each kind has the C
+//! status of the same name and number.
+//!
+//! This module depends on nothing else in `ffi`; `panic.rs` builds on it.
 
 use std::cell::RefCell;
-use std::ffi::{c_char, CString};
+use std::ffi::{CStr, CString};
+use std::path::Path;
 
 use crate::error::{Error, ErrorKind};
 
@@ -51,62 +61,75 @@ pub enum NpkioStatus {
     Panic = 104,
 }
 
-impl NpkioStatus {
-    /// The status for a core error kind (a match, so a new kind fails to compile here).
-    pub(crate) fn from_kind(kind: ErrorKind) -> NpkioStatus {
-        match kind {
-            ErrorKind::Io => NpkioStatus::Io,
-            ErrorKind::NotFound => NpkioStatus::NotFound,
-            ErrorKind::AlreadyExists => NpkioStatus::AlreadyExists,
-            ErrorKind::Malformed => NpkioStatus::Malformed,
-            ErrorKind::KeyNotFound => NpkioStatus::KeyNotFound,
-            ErrorKind::Unsupported => NpkioStatus::Unsupported,
-            ErrorKind::InvalidArgument => NpkioStatus::InvalidArgument,
-            ErrorKind::Busy => NpkioStatus::Busy,
+/// Reads the core's kind table into `From<ErrorKind> for NpkioStatus`.
+macro_rules! status_of_kind {
+    ($($(#[doc = $doc:literal])* $kind:ident = $n:literal,)*) => {
+        impl From<ErrorKind> for NpkioStatus {
+            /// The status of the same name and number (a match, so a new kind fails to
+            /// compile here until `NpkioStatus` has it).
+            fn from(kind: ErrorKind) -> NpkioStatus {
+                match kind {
+                    $(ErrorKind::$kind => NpkioStatus::$kind,)*
+                }
+            }
         }
-    }
 
-    /// Every status, for tables and tests.
-    const ALL: [NpkioStatus; 14] = [
-        NpkioStatus::Ok,
-        NpkioStatus::Io,
-        NpkioStatus::NotFound,
-        NpkioStatus::AlreadyExists,
-        NpkioStatus::Malformed,
-        NpkioStatus::KeyNotFound,
-        NpkioStatus::Unsupported,
+        // Each kind keeps its number in C.
+        const _: () = {
+            $(assert!(
+                NpkioStatus::$kind as u32 == $n && ErrorKind::$kind as u32 == $n,
+                concat!("NpkioStatus::", stringify!($kind), " is not ErrorKind's number"),
+            );)*
+        };
+    };
+}
+
+crate::error::error_kinds!(status_of_kind);
+
+/// Every status and its name as the header spells it. (cbindgen writes the names; a test
+/// checks this table against the committed header, which the drift test checks against
+/// this enum.)
+const STATUS_NAMES: [(NpkioStatus, &CStr); 14] = [
+    (NpkioStatus::Ok, c"NPKIO_STATUS_OK"),
+    (NpkioStatus::Io, c"NPKIO_STATUS_IO"),
+    (NpkioStatus::NotFound, c"NPKIO_STATUS_NOT_FOUND"),
+    (NpkioStatus::AlreadyExists, c"NPKIO_STATUS_ALREADY_EXISTS"),
+    (NpkioStatus::Malformed, c"NPKIO_STATUS_MALFORMED"),
+    (NpkioStatus::KeyNotFound, c"NPKIO_STATUS_KEY_NOT_FOUND"),
+    (NpkioStatus::Unsupported, c"NPKIO_STATUS_UNSUPPORTED"),
+    (
         NpkioStatus::InvalidArgument,
-        NpkioStatus::Busy,
-        NpkioStatus::NullArgument,
-        NpkioStatus::InvalidUtf8,
+        c"NPKIO_STATUS_INVALID_ARGUMENT",
+    ),
+    (NpkioStatus::Busy, c"NPKIO_STATUS_BUSY"),
+    (NpkioStatus::NullArgument, c"NPKIO_STATUS_NULL_ARGUMENT"),
+    (NpkioStatus::InvalidUtf8, c"NPKIO_STATUS_INVALID_UTF8"),
+    (
         NpkioStatus::BufferTooSmall,
+        c"NPKIO_STATUS_BUFFER_TOO_SMALL",
+    ),
+    (
         NpkioStatus::IndexOutOfRange,
-        NpkioStatus::Panic,
-    ];
+        c"NPKIO_STATUS_INDEX_OUT_OF_RANGE",
+    ),
+    (NpkioStatus::Panic, c"NPKIO_STATUS_PANIC"),
+];
 
+impl NpkioStatus {
     /// The status with number `n`, if there is one.
     pub fn from_u32(n: u32) -> Option<NpkioStatus> {
-        NpkioStatus::ALL.iter().copied().find(|s| *s as u32 == n)
+        STATUS_NAMES
+            .iter()
+            .map(|&(s, _)| s)
+            .find(|&s| s as u32 == n)
     }
 
     /// The name as the header spells it, NUL-terminated.
-    fn c_name(self) -> &'static std::ffi::CStr {
-        match self {
-            NpkioStatus::Ok => c"NPKIO_STATUS_OK",
-            NpkioStatus::Io => c"NPKIO_STATUS_IO",
-            NpkioStatus::NotFound => c"NPKIO_STATUS_NOT_FOUND",
-            NpkioStatus::AlreadyExists => c"NPKIO_STATUS_ALREADY_EXISTS",
-            NpkioStatus::Malformed => c"NPKIO_STATUS_MALFORMED",
-            NpkioStatus::KeyNotFound => c"NPKIO_STATUS_KEY_NOT_FOUND",
-            NpkioStatus::Unsupported => c"NPKIO_STATUS_UNSUPPORTED",
-            NpkioStatus::InvalidArgument => c"NPKIO_STATUS_INVALID_ARGUMENT",
-            NpkioStatus::Busy => c"NPKIO_STATUS_BUSY",
-            NpkioStatus::NullArgument => c"NPKIO_STATUS_NULL_ARGUMENT",
-            NpkioStatus::InvalidUtf8 => c"NPKIO_STATUS_INVALID_UTF8",
-            NpkioStatus::BufferTooSmall => c"NPKIO_STATUS_BUFFER_TOO_SMALL",
-            NpkioStatus::IndexOutOfRange => c"NPKIO_STATUS_INDEX_OUT_OF_RANGE",
-            NpkioStatus::Panic => c"NPKIO_STATUS_PANIC",
-        }
+    pub(crate) fn c_name(self) -> &'static CStr {
+        STATUS_NAMES
+            .iter()
+            .find(|&&(s, _)| s == self)
+            .map_or(c"", |&(_, name)| name)
     }
 }
 
@@ -139,18 +162,35 @@ impl FfiError {
     pub(crate) fn invalid(message: impl Into<String>) -> FfiError {
         FfiError::new(NpkioStatus::InvalidArgument, message)
     }
+
+    /// `index` at or past `len`: "`path`: `noun` index `index` is out of range (`len`
+    /// `nouns`)", the path left out when there is none.
+    pub(crate) fn out_of_range(
+        path: Option<&Path>,
+        noun: &str,
+        index: usize,
+        len: usize,
+        nouns: &str,
+    ) -> FfiError {
+        let at = path.map_or(String::new(), |p| format!("{}: ", p.display()));
+        FfiError::new(
+            NpkioStatus::IndexOutOfRange,
+            format!("{at}{noun} index {index} is out of range ({len} {nouns})"),
+        )
+    }
 }
 
 impl From<Error> for FfiError {
     fn from(e: Error) -> FfiError {
-        FfiError::new(NpkioStatus::from_kind(e.kind()), e.to_string())
+        FfiError::new(e.kind().into(), e.to_string())
     }
 }
 
-struct LastError {
-    status: NpkioStatus,
+/// The calling thread's last error.
+pub(crate) struct LastError {
+    pub(crate) status: NpkioStatus,
     /// The message, NUL-terminated; empty after a success.
-    message: CString,
+    pub(crate) message: CString,
 }
 
 thread_local! {
@@ -182,90 +222,13 @@ pub(crate) fn set_last_error(e: FfiError) {
     });
 }
 
-/// The message of the calling thread's last failed call, as a NUL-terminated UTF-8
-/// string; the empty string when the last status-returning call succeeded (or there was
-/// none). Never NULL.
-///
-/// The string belongs to npkio. It stays valid until the calling thread next calls a
-/// function that returns an `NpkioStatus`; copy it to keep it. Other threads have their
-/// own messages.
-#[no_mangle]
-pub extern "C" fn npkio_last_error_message() -> *const c_char {
-    super::panic::value_boundary(c"".as_ptr(), || {
-        LAST_ERROR.with(|l| l.borrow().message.as_ptr())
-    })
-}
-
-/// The status of the calling thread's last status-returning call (`NPKIO_STATUS_OK` if it
-/// succeeded or there was none).
-#[no_mangle]
-pub extern "C" fn npkio_last_error_status() -> NpkioStatus {
-    super::panic::value_boundary(NpkioStatus::Panic, || {
-        LAST_ERROR.with(|l| l.borrow().status)
-    })
-}
-
-/// Copies the calling thread's last error message into `buf`, NUL-terminated.
-///
-/// `*needed`, when `needed` is not NULL, receives the bytes the whole message takes with
-/// its NUL. If `buf_len` is at least that, the message is copied and the result is
-/// `NPKIO_STATUS_OK`; otherwise as much as fits is copied (still NUL-terminated, when
-/// `buf_len > 0`) and the result is `NPKIO_STATUS_BUFFER_TOO_SMALL`. `buf` may be NULL
-/// only when `buf_len` is 0 (to ask for the size). This function does not change the
-/// last error.
-///
-/// # Safety
-///
-/// `buf` must be NULL or point to `buf_len` writable bytes; `needed` must be NULL or point
-/// to a writable `size_t`.
-#[no_mangle]
-pub unsafe extern "C" fn npkio_last_error_copy(
-    buf: *mut c_char,
-    buf_len: usize,
-    needed: *mut usize,
-) -> NpkioStatus {
-    super::panic::value_boundary(NpkioStatus::Panic, || {
-        LAST_ERROR.with(|l| {
-            let l = l.borrow();
-            let bytes = l.message.as_bytes_with_nul();
-            if !needed.is_null() {
-                // SAFETY: the caller passes NULL or a writable, aligned `size_t`.
-                unsafe { needed.write(bytes.len()) };
-            }
-            if buf_len == 0 {
-                // Even the empty message needs one byte for its NUL.
-                return NpkioStatus::BufferTooSmall;
-            }
-            if buf.is_null() {
-                return NpkioStatus::NullArgument;
-            }
-            let n = bytes.len().min(buf_len);
-            // SAFETY: `buf` points to `buf_len >= n` writable bytes (the caller's contract),
-            // and npkio's message cannot overlap the caller's buffer.
-            unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), buf, n);
-                *buf.add(n - 1) = 0;
-            }
-            if n == bytes.len() {
-                NpkioStatus::Ok
-            } else {
-                NpkioStatus::BufferTooSmall
-            }
-        })
-    })
-}
-
-/// The name of a status number as the header spells it (`"NPKIO_STATUS_MALFORMED"`), or
-/// NULL for a number that is no status. The string is static: never free it.
-#[no_mangle]
-pub extern "C" fn npkio_status_name(status: u32) -> *const c_char {
-    super::panic::value_boundary(std::ptr::null(), || {
-        NpkioStatus::from_u32(status).map_or(std::ptr::null(), |s| s.c_name().as_ptr())
-    })
+/// Runs `f` on the calling thread's last error.
+pub(crate) fn with_last_error<T>(f: impl FnOnce(&LastError) -> T) -> T {
+    LAST_ERROR.with(|l| f(&l.borrow()))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -281,16 +244,39 @@ mod tests {
             ErrorKind::Busy,
         ];
         for k in kinds {
-            assert_eq!(NpkioStatus::from_kind(k) as u32, k as u32, "{k:?}");
+            assert_eq!(NpkioStatus::from(k) as u32, k as u32, "{k:?}");
         }
     }
 
     #[test]
     fn numbers_are_unique_and_round_trip() {
-        for s in NpkioStatus::ALL {
+        for (s, _) in STATUS_NAMES {
             assert_eq!(NpkioStatus::from_u32(s as u32), Some(s));
         }
         assert_eq!(NpkioStatus::from_u32(9), None);
         assert_eq!(NpkioStatus::from_u32(u32::MAX), None);
+    }
+
+    #[test]
+    fn names_are_the_header_names() {
+        let header = include_str!("../../include/npkio.h");
+        let in_header = enum_values(header, "NPKIO_STATUS_");
+        let ours: Vec<(String, u32)> = STATUS_NAMES
+            .iter()
+            .map(|&(s, n)| (n.to_str().unwrap().to_string(), s as u32))
+            .collect();
+        assert_eq!(ours, in_header);
+    }
+
+    /// `(NAME, value)` of every `    PREFIX... = value,` line of the header.
+    pub(crate) fn enum_values(header: &str, prefix: &str) -> Vec<(String, u32)> {
+        header
+            .lines()
+            .filter_map(|l| {
+                let (name, value) = l.trim().strip_suffix(',')?.split_once(" = ")?;
+                let value = value.parse().ok()?;
+                name.starts_with(prefix).then(|| (name.to_string(), value))
+            })
+            .collect()
     }
 }

@@ -3,14 +3,14 @@
 use std::ffi::c_char;
 use std::sync::Mutex;
 
-use super::dtype::{desc_input, NpkioDtype, NpkioTensorDesc, NpkioTensorView};
+use super::args::{desc_input, metadata_arg, path_arg, slice_arg, str_arg, Out};
+use super::dtype::{NpkioDtype, NpkioTensorDesc, NpkioTensorView};
 use super::error::{FfiError, FfiResult, NpkioStatus};
-use super::panic::{status_boundary, value_boundary};
-use super::safetensors::metadata_out_of_range;
-use super::{
-    data_ptr, handle_mut, handle_ref, into_handle, path_arg, slice_arg, str_arg, str_list_arg,
-    take_handle, Interner, Out,
+use super::handle::{
+    free_handle, handle_mut, handle_ref, into_handle, shape_ptr, take_handle, Handle, Interner,
 };
+use super::list::{self, MetadataList};
+use super::panic::status_boundary;
 use crate::numpack::NumPack;
 
 /// A NumPack directory (opaque). Made by `npkio_numpack_open` or `npkio_numpack_create`,
@@ -46,6 +46,22 @@ impl NpkioNumpack {
     fn interner(&self) -> std::sync::MutexGuard<'_, Interner> {
         // A panic while holding the lock leaves the interner whole (inserts are atomic).
         self.strings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Handle for NpkioNumpack {
+    const ARG: &'static str = "npk";
+}
+
+impl MetadataList for NpkioNumpack {
+    fn metadata_len(&self) -> usize {
+        self.store.safetensors_metadata().map_or(0, <[_]>::len)
+    }
+
+    fn metadata_entry(&self, i: usize) -> FfiResult<[(*const c_char, usize); 2]> {
+        let (k, v) = &self.store.safetensors_metadata().unwrap_or_default()[i];
+        let mut strings = self.interner();
+        Ok([strings.name(k), strings.name(v)])
     }
 }
 
@@ -103,7 +119,7 @@ pub unsafe extern "C" fn npkio_numpack_create(
 #[no_mangle]
 pub unsafe extern "C" fn npkio_numpack_free(npk: *mut NpkioNumpack) {
     // SAFETY: the caller's contract above.
-    value_boundary((), || drop(unsafe { take_handle(npk) }))
+    unsafe { free_handle(npk) }
 }
 
 /// Closes and frees a handle, reporting any failure to release it. The handle is freed
@@ -152,12 +168,8 @@ pub unsafe extern "C" fn npkio_numpack_count(
     npk: *const NpkioNumpack,
     count: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (h, count) = unsafe { (handle_ref(npk, "npk")?, Out::new(count, "count")?) };
-        count.set(h.list.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::count(npk, count, |h| h.list.len()) }
 }
 
 /// Writes the name of the `index`-th array (names sorted bytewise) as a pointer to UTF-8
@@ -185,14 +197,8 @@ pub unsafe extern "C" fn npkio_numpack_name(
             )
         };
         let n = h.list.get(index).ok_or_else(|| {
-            FfiError::new(
-                NpkioStatus::IndexOutOfRange,
-                format!(
-                    "{}: array index {index} is out of range ({} arrays)",
-                    h.store.path().display(),
-                    h.list.len()
-                ),
-            )
+            let path = Some(h.store.path());
+            FfiError::out_of_range(path, "array", index, h.list.len(), "arrays")
         })?;
         let (p, len) = h.interner().name(n);
         name.set(p);
@@ -262,11 +268,11 @@ pub unsafe extern "C" fn npkio_numpack_info(
             name_len,
             dtype: i.dtype.into(),
             ndim: i.shape.len(),
-            shape: strings.shape(&i.shape),
+            shape: shape_ptr(strings.shape(&i.shape)),
             nbytes: i.nbytes,
             storage_dtype: i.storage_dtype.into(),
             storage_ndim: i.storage_shape.len(),
-            storage_shape: strings.shape(&i.storage_shape),
+            storage_shape: shape_ptr(strings.shape(&i.storage_shape)),
             deleted_rows: i.deleted_rows,
             segmented: i.segmented,
             zero_copy: i.zero_copy,
@@ -304,16 +310,13 @@ pub unsafe extern "C" fn npkio_numpack_view(
         };
         let v = h.store.view(name)?;
         let mut strings = h.interner();
-        let (name, name_len) = strings.name(v.name);
-        out.set(NpkioTensorView {
+        let name = strings.name(v.name);
+        out.set(NpkioTensorView::new(
             name,
-            name_len,
-            dtype: v.dtype.into(),
-            ndim: v.shape.len(),
-            shape: strings.shape(v.shape),
-            data: data_ptr(v.data),
-            nbytes: v.data.len(),
-        });
+            v.dtype,
+            strings.shape(v.shape),
+            v.data,
+        ));
         Ok(())
     })
 }
@@ -437,12 +440,8 @@ pub unsafe extern "C" fn npkio_numpack_metadata_count(
     npk: *const NpkioNumpack,
     count: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (h, count) = unsafe { (handle_ref(npk, "npk")?, Out::new(count, "count")?) };
-        count.set(h.store.safetensors_metadata().map_or(0, <[_]>::len));
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::count(npk, count, MetadataList::metadata_len) }
 }
 
 /// Writes the `index`-th metadata entry: key and value as pointers to UTF-8 bytes followed
@@ -461,30 +460,8 @@ pub unsafe extern "C" fn npkio_numpack_metadata_get(
     value: *mut *const c_char,
     value_len: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (h, key, key_len, value, value_len) = unsafe {
-            (
-                handle_ref(npk, "npk")?,
-                Out::new(key, "key")?,
-                Out::new(key_len, "key_len")?,
-                Out::new(value, "value")?,
-                Out::new(value_len, "value_len")?,
-            )
-        };
-        let meta = h.store.safetensors_metadata().unwrap_or_default();
-        let (k, v) = meta
-            .get(index)
-            .ok_or_else(|| metadata_out_of_range(index, meta.len()))?;
-        let mut strings = h.interner();
-        let (k, kl) = strings.name(k);
-        let (v, vl) = strings.name(v);
-        key.set(k);
-        key_len.set(kl);
-        value.set(v);
-        value_len.set(vl);
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::metadata_get(npk, index, key, key_len, value, value_len) }
 }
 
 /// Replaces the SafeTensors metadata the directory carries: `keys == NULL` removes it;
@@ -508,36 +485,4 @@ pub unsafe extern "C" fn npkio_numpack_set_metadata(
         h.store.set_safetensors_metadata(pairs)?;
         Ok(())
     })
-}
-
-/// Metadata pairs from two parallel arrays: `None` when `keys` is NULL.
-///
-/// # Safety
-///
-/// `keys`, `values` NULL or `count` pointers to NUL-terminated strings.
-pub(crate) unsafe fn metadata_arg(
-    keys: *const *const c_char,
-    values: *const *const c_char,
-    count: usize,
-) -> FfiResult<Option<Vec<(String, String)>>> {
-    // SAFETY: forwarded contract.
-    let Some(keys) = (unsafe { str_list_arg(keys, count, "metadata_keys") })? else {
-        return Ok(None);
-    };
-    if values.is_null() && count > 0 {
-        return Err(FfiError::null("metadata_values"));
-    }
-    // SAFETY: forwarded contract; NULL with count 0 gives an empty list.
-    let values = unsafe { str_list_arg(values, count, "metadata_values") }?.unwrap_or_default();
-    let mut seen = std::collections::HashSet::new();
-    let mut pairs = Vec::with_capacity(count);
-    for (k, v) in keys.into_iter().zip(values) {
-        if !seen.insert(k) {
-            return Err(FfiError::invalid(format!(
-                "metadata key {k:?} is given twice"
-            )));
-        }
-        pairs.push((k.to_string(), v.to_string()));
-    }
-    Ok(Some(pairs))
 }

@@ -2,6 +2,8 @@
 //! panic in npkio becomes `NPKIO_STATUS_PANIC` (or a no-op for `_free`), never an abort and
 //! never an unwind into C.
 //!
+//! It depends on `error.rs` alone (the status type and the last-error record).
+//!
 //! The crate keeps the default `panic = "unwind"` so that `catch_unwind` works. After a
 //! panic the handle involved may hold a half-done change: the only safe thing left to do
 //! with it is to free it.
@@ -54,7 +56,7 @@ fn payload_text(payload: &(dyn Any + Send)) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ffi::error::{npkio_last_error_message, npkio_last_error_status};
+    use crate::ffi::last_error::{npkio_last_error_message, npkio_last_error_status};
     use std::ffi::CStr;
 
     #[test]

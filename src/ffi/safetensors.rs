@@ -1,24 +1,24 @@
 //! `NpkioSafetensors`: a SafeTensors file, mapped and validated; and
-//! `NpkioSafetensorsIter`, the seed's `iter_safetensors`.
+//! `NpkioSafetensorsIter`, an iteration over some or all of its tensors.
 //!
 //! Opening reads and checks the header only; tensor bytes are read when the caller reads
-//! through a view's `data`. So `npkio_safetensors_open` is also the seed's
-//! `get_safetensors_metadata`: count, views (dtype, shape), data offsets and metadata
-//! entries, without reading any tensor byte.
+//! through a view's `data`. So `npkio_safetensors_open` also gives a file's description
+//! without reading any tensor byte: count, views (dtype, shape), data offsets and
+//! metadata entries.
 //!
 //! Both handles read a checkpoint: a single file, or a sharded one given by its
 //! `*.safetensors.index.json` or a directory holding it, as the Rust core's
 //! `get_safetensors_metadata` and `iter_safetensors` do.
 
 use std::ffi::c_char;
+use std::path::Path;
 
+use super::args::{path_arg, str_list_arg, Out};
 use super::dtype::NpkioTensorView;
-use super::error::{FfiError, FfiResult, NpkioStatus};
-use super::panic::{status_boundary, value_boundary};
-use super::{
-    c_name, data_ptr, handle_mut, handle_ref, into_handle, name_parts, optional_out, path_arg,
-    shape_ptr, str_arg, str_list_arg, take_handle, Out,
-};
+use super::error::{FfiResult, NpkioStatus};
+use super::handle::{c_name, free_handle, handle_mut, handle_ref, into_handle, name_parts, Handle};
+use super::list::{self, MetadataList, TensorList};
+use super::panic::status_boundary;
 use crate::safetensors::index::Checkpoint;
 
 /// An open SafeTensors file or sharded checkpoint (opaque). Made by
@@ -36,7 +36,7 @@ pub struct NpkioSafetensors {
 type CPair = (Box<[u8]>, Box<[u8]>);
 
 impl NpkioSafetensors {
-    fn open(path: &std::path::Path) -> FfiResult<NpkioSafetensors> {
+    fn open(path: &Path) -> FfiResult<NpkioSafetensors> {
         let file = Checkpoint::open(path)?;
         let names = file.infos().map(|t| c_name(&t.name)).collect();
         let metadata = file
@@ -51,39 +51,45 @@ impl NpkioSafetensors {
             metadata,
         })
     }
+}
 
-    fn check_index(&self, i: usize) -> FfiResult<()> {
-        if i < self.file.len() {
-            return Ok(());
-        }
-        Err(FfiError::new(
-            NpkioStatus::IndexOutOfRange,
-            format!(
-                "{}: tensor index {i} is out of range ({} tensors)",
-                self.file.path().display(),
-                self.file.len()
-            ),
-        ))
+impl Handle for NpkioSafetensors {
+    const ARG: &'static str = "st";
+}
+
+impl TensorList for NpkioSafetensors {
+    fn len(&self) -> usize {
+        self.file.len()
+    }
+
+    fn path(&self) -> &Path {
+        self.file.path()
     }
 
     fn view(&self, i: usize) -> FfiResult<NpkioTensorView> {
-        self.check_index(i)?;
         let v = self.file.view(i);
-        let (name, name_len) = name_parts(&self.names[i]);
-        Ok(NpkioTensorView {
-            name,
-            name_len,
-            dtype: v.dtype.into(),
-            ndim: v.shape.len(),
-            shape: shape_ptr(v.shape),
-            data: data_ptr(v.data),
-            nbytes: v.data.len(),
-        })
+        Ok(NpkioTensorView::new(
+            name_parts(&self.names[i]),
+            v.dtype,
+            v.shape,
+            v.data,
+        ))
     }
 
     fn position(&self, name: &str) -> FfiResult<usize> {
         // `select` of one key: its index, or KEY_NOT_FOUND naming the checkpoint.
         Ok(self.file.select(Some(&[name]))?[0])
+    }
+}
+
+impl MetadataList for NpkioSafetensors {
+    fn metadata_len(&self) -> usize {
+        self.metadata.len()
+    }
+
+    fn metadata_entry(&self, i: usize) -> FfiResult<[(*const c_char, usize); 2]> {
+        let (k, v) = &self.metadata[i];
+        Ok([name_parts(k), name_parts(v)])
     }
 }
 
@@ -125,7 +131,7 @@ pub unsafe extern "C" fn npkio_safetensors_open(
 #[no_mangle]
 pub unsafe extern "C" fn npkio_safetensors_free(st: *mut NpkioSafetensors) {
     // SAFETY: the caller's contract above.
-    value_boundary((), || drop(unsafe { take_handle(st) }))
+    unsafe { free_handle(st) }
 }
 
 /// Writes the number of tensors to `*count`.
@@ -138,12 +144,8 @@ pub unsafe extern "C" fn npkio_safetensors_count(
     st: *const NpkioSafetensors,
     count: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (st, count) = unsafe { (handle_ref(st, "st")?, Out::new(count, "count")?) };
-        count.set(st.file.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::count(st, count, TensorList::len) }
 }
 
 /// Fills `*view` with the tensor at `index` in file order (by data offset), 0-based.
@@ -162,12 +164,8 @@ pub unsafe extern "C" fn npkio_safetensors_get(
     index: usize,
     view: *mut NpkioTensorView,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (st, view) = unsafe { (handle_ref(st, "st")?, Out::new(view, "view")?) };
-        view.set(st.view(index)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::get(st, index, view) }
 }
 
 /// Fills `*view` with the tensor called `name` (exact, case-sensitive UTF-8), and
@@ -187,23 +185,8 @@ pub unsafe extern "C" fn npkio_safetensors_find(
     view: *mut NpkioTensorView,
     index: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (st, name, view, index) = unsafe {
-            (
-                handle_ref(st, "st")?,
-                str_arg(name, "name")?,
-                Out::new(view, "view")?,
-                optional_out(index, "index")?,
-            )
-        };
-        let i = st.position(name)?;
-        view.set(st.view(i)?);
-        if let Some(index) = index {
-            index.set(i);
-        }
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::find(st, name, view, index) }
 }
 
 /// Writes the `index`-th tensor's `data_offsets` (file order, as `npkio_safetensors_get`
@@ -229,8 +212,7 @@ pub unsafe extern "C" fn npkio_safetensors_data_offsets(
                 Out::new(end, "end")?,
             )
         };
-        st.check_index(index)?;
-        let (b, e) = st.file.info(index).data_offsets;
+        let (b, e) = st.file.info(st.check_index(index)?).data_offsets;
         begin.set(b);
         end.set(e);
         Ok(())
@@ -266,12 +248,8 @@ pub unsafe extern "C" fn npkio_safetensors_metadata_count(
     st: *const NpkioSafetensors,
     count: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (st, count) = unsafe { (handle_ref(st, "st")?, Out::new(count, "count")?) };
-        count.set(st.metadata.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::count(st, count, MetadataList::metadata_len) }
 }
 
 /// Writes the `index`-th `__metadata__` entry (file order): key and value, each as a
@@ -290,40 +268,12 @@ pub unsafe extern "C" fn npkio_safetensors_metadata_get(
     value: *mut *const c_char,
     value_len: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (st, key, key_len, value, value_len) = unsafe {
-            (
-                handle_ref(st, "st")?,
-                Out::new(key, "key")?,
-                Out::new(key_len, "key_len")?,
-                Out::new(value, "value")?,
-                Out::new(value_len, "value_len")?,
-            )
-        };
-        let (k, v) = st
-            .metadata
-            .get(index)
-            .ok_or_else(|| metadata_out_of_range(index, st.metadata.len()))?;
-        let (k, kl) = name_parts(k);
-        let (v, vl) = name_parts(v);
-        key.set(k);
-        key_len.set(kl);
-        value.set(v);
-        value_len.set(vl);
-        Ok(())
-    })
-}
-
-pub(crate) fn metadata_out_of_range(index: usize, len: usize) -> FfiError {
-    FfiError::new(
-        NpkioStatus::IndexOutOfRange,
-        format!("metadata index {index} is out of range ({len} entries)"),
-    )
+    // SAFETY: the caller's contract above.
+    unsafe { list::metadata_get(st, index, key, key_len, value, value_len) }
 }
 
 // ---------------------------------------------------------------------------------------
-// The seed's iter_safetensors
+// Iteration
 
 /// An iteration over a SafeTensors file's tensors (opaque). Made by
 /// `npkio_safetensors_iter_open`, freed by `npkio_safetensors_iter_free`.
@@ -422,5 +372,5 @@ pub unsafe extern "C" fn npkio_safetensors_iter_next(
 #[no_mangle]
 pub unsafe extern "C" fn npkio_safetensors_iter_free(iter: *mut NpkioSafetensorsIter) {
     // SAFETY: the caller's contract above.
-    value_boundary((), || drop(unsafe { take_handle(iter) }))
+    unsafe { free_handle(iter) }
 }

@@ -1,14 +1,14 @@
-//! `NpkioTensors`: the seed's `to_safetensors`, NumPack arrays as tensors.
+//! `NpkioTensors`: arrays of a NumPack directory read as tensors (`npkio_to_safetensors`).
 
 use std::ffi::c_char;
+use std::path::Path;
 
+use super::args::{path_arg, str_list_arg, Out};
 use super::dtype::NpkioTensorView;
 use super::error::{FfiError, FfiResult, NpkioStatus};
-use super::panic::{status_boundary, value_boundary};
-use super::{
-    c_name, data_ptr, handle_ref, into_handle, name_parts, optional_out, path_arg, shape_ptr,
-    str_arg, str_list_arg, take_handle, Out,
-};
+use super::handle::{c_name, free_handle, into_handle, name_parts, Handle};
+use super::list::{self, TensorList};
+use super::panic::status_boundary;
 use crate::convert::{to_safetensors, Tensors};
 
 /// NumPack arrays loaded as tensors (opaque). Made by `npkio_to_safetensors`, freed by
@@ -20,38 +20,42 @@ pub struct NpkioTensors {
     names: Vec<Box<[u8]>>,
 }
 
-impl NpkioTensors {
+impl Handle for NpkioTensors {
+    const ARG: &'static str = "tensors";
+}
+
+impl TensorList for NpkioTensors {
+    fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    fn path(&self) -> &Path {
+        self.tensors.store().path()
+    }
+
     fn view(&self, i: usize) -> FfiResult<NpkioTensorView> {
-        let names = self.tensors.names();
-        let name = names.get(i).ok_or_else(|| {
-            FfiError::new(
-                NpkioStatus::IndexOutOfRange,
-                format!(
-                    "{}: tensor index {i} is out of range ({} tensors)",
-                    self.tensors.store().path().display(),
-                    names.len()
-                ),
-            )
-        })?;
-        let v = self.tensors.get(name)?;
-        let (name, name_len) = name_parts(&self.names[i]);
-        Ok(NpkioTensorView {
-            name,
-            name_len,
-            dtype: v.dtype.into(),
-            ndim: v.shape.len(),
-            shape: shape_ptr(v.shape),
-            data: data_ptr(v.data),
-            nbytes: v.data.len(),
-        })
+        let v = self.tensors.get(&self.tensors.names()[i])?;
+        Ok(NpkioTensorView::new(
+            name_parts(&self.names[i]),
+            v.dtype,
+            v.shape,
+            v.data,
+        ))
+    }
+
+    fn position(&self, name: &str) -> FfiResult<usize> {
+        self.tensors
+            .names()
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| FfiError::from(self.tensors.store().not_found(name)))
     }
 }
 
-/// The seed's `to_safetensors`: opens the NumPack directory `input_path` and selects
-/// arrays to read as tensors: all of them (sorted by name) when `array_names` is NULL,
-/// else the `names_count` arrays named, in that order (duplicates skipped;
-/// `names_count == 0` with `array_names != NULL` selects none). An unknown name is
-/// `NPKIO_STATUS_KEY_NOT_FOUND`.
+/// Opens the NumPack directory `input_path` and selects arrays to read as tensors: all
+/// of them (sorted by name) when `array_names` is NULL, else the `names_count` arrays
+/// named, in that order (duplicates skipped; `names_count == 0` with `array_names != NULL`
+/// selects none). An unknown name is `NPKIO_STATUS_KEY_NOT_FOUND`.
 ///
 /// On success `*out` receives a new handle that the caller frees with
 /// `npkio_tensors_free`. Views are zero-copy where the array is one file with no deleted
@@ -94,7 +98,7 @@ pub unsafe extern "C" fn npkio_to_safetensors(
 #[no_mangle]
 pub unsafe extern "C" fn npkio_tensors_free(tensors: *mut NpkioTensors) {
     // SAFETY: the caller's contract above.
-    value_boundary((), || drop(unsafe { take_handle(tensors) }))
+    unsafe { free_handle(tensors) }
 }
 
 /// Writes the number of selected tensors to `*count`.
@@ -107,12 +111,8 @@ pub unsafe extern "C" fn npkio_tensors_count(
     tensors: *const NpkioTensors,
     count: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (t, count) = unsafe { (handle_ref(tensors, "tensors")?, Out::new(count, "count")?) };
-        count.set(t.tensors.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::count(tensors, count, TensorList::len) }
 }
 
 /// Fills `*view` with the `index`-th selected tensor (`NPKIO_STATUS_INDEX_OUT_OF_RANGE`
@@ -127,12 +127,8 @@ pub unsafe extern "C" fn npkio_tensors_get(
     index: usize,
     view: *mut NpkioTensorView,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (t, view) = unsafe { (handle_ref(tensors, "tensors")?, Out::new(view, "view")?) };
-        view.set(t.view(index)?);
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::get(tensors, index, view) }
 }
 
 /// Fills `*view` with the selected tensor called `name`, and `*index` (when not NULL) with
@@ -150,26 +146,6 @@ pub unsafe extern "C" fn npkio_tensors_find(
     view: *mut NpkioTensorView,
     index: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (t, name, view, index) = unsafe {
-            (
-                handle_ref(tensors, "tensors")?,
-                str_arg(name, "name")?,
-                Out::new(view, "view")?,
-                optional_out(index, "index")?,
-            )
-        };
-        let i = t
-            .tensors
-            .names()
-            .iter()
-            .position(|n| n == name)
-            .ok_or_else(|| FfiError::from(t.tensors.store().not_found(name)))?;
-        view.set(t.view(i)?);
-        if let Some(index) = index {
-            index.set(i);
-        }
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::find(tensors, name, view, index) }
 }
