@@ -2,7 +2,7 @@
 
 A ``ctypes`` package over the ``libnpkio`` shared library (no compiled extension module).
 
-* :mod:`npkio.io`: the seed's ``numpack.io`` SafeTensors API (``from_safetensors``,
+* :mod:`npkio.io`: the SafeTensors API of ``numpack.io`` (``from_safetensors``,
   ``to_safetensors``, ``from_safetensors_file``, ``to_safetensors_file``,
   ``get_safetensors_metadata``, ``iter_safetensors``, ``DEFAULT_CHUNK_SIZE``).
 * :class:`npkio.NumPack`: a NumPack directory (``load``, ``save``, ``append``, ``drop``,

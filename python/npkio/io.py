@@ -1,4 +1,4 @@
-"""The seed's SafeTensors conversion API over npkio: same names, signatures, defaults and
+"""The SafeTensors API of ``numpack.io`` over npkio: same names, signatures, defaults and
 return types as ``numpack.io``, so ``from npkio.io import ...`` is the only change.
 
 Memory functions
@@ -9,7 +9,7 @@ File functions (streaming, bounded memory)
 Utility functions
     :func:`get_safetensors_metadata`, :func:`iter_safetensors`.
 
-Extras beyond the seed are keyword-only: ``threads`` (copy threads, 0 picks the
+Extras beyond ``numpack.io`` are keyword-only: ``threads`` (copy threads, 0 picks the
 default), ``durable`` (sync to disk before the output appears, so it survives power loss),
 ``wait_for_lock`` (``False`` raises :class:`~npkio.NpkioBusyError` at once when another
 conversion into the same output is running, instead of waiting for it) and, for
