@@ -35,6 +35,15 @@
 #include <stdint.h>
 
 /**
+ * The version of npkio this header belongs to (its Cargo.toml version); npkio_version()
+ * returns the same string at run time.
+ */
+#define NPKIO_VERSION_MAJOR 0
+#define NPKIO_VERSION_MINOR 1
+#define NPKIO_VERSION_PATCH 0
+#define NPKIO_VERSION_STRING "0.1.0"
+
+/**
  * The default `chunk_size`: 8 MiB.
  */
 #define NPKIO_DEFAULT_CHUNK_SIZE 8388608
@@ -45,6 +54,12 @@
  * or the complete new one, never a half-written one.
  */
 #define NPKIO_FLAG_DURABLE 1
+
+/**
+ * Flag: when another conversion into the same output is running (it holds the output's
+ * lock), fail at once with `NPKIO_STATUS_BUSY` instead of waiting for it to finish.
+ */
+#define NPKIO_FLAG_NO_WAIT 2
 
 /**
  * The outcome of an npkio call. The numbers are stable and never reused: 1 to 8 are the
@@ -330,7 +345,8 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library's version (`"0.1.0"`), NUL-terminated. The string is static: never free it.
+ * The library's version, the same as `NPKIO_VERSION_STRING`, NUL-terminated. The string
+ * is static: never free it.
  */
 const char *npkio_version(void);
 

@@ -1,7 +1,11 @@
 """Build step of the npkio Python package: ``cargo build --release`` of the crate one
-directory up, then the shared library (``libnpkio.so`` / ``.dylib``) copied into the
+directory up (the library alone: ``--no-default-features`` leaves out the command line's
+dependencies), then the shared library (``libnpkio.so`` / ``.dylib``) copied into the
 package. The package loads it with ctypes; it is not a Python extension module, so the
 wheel is tagged ``py3-none-<platform>``.
+
+The package's version is the crate's: ``version`` in ``[package]`` of ``../Cargo.toml``, the
+one place it is written.
 
 Environment: ``CARGO`` (the cargo to run), ``CARGO_TARGET_DIR`` (honoured by cargo), and
 ``NPKIO_CARGO_PROFILE`` (``release`` by default; ``dev`` for a quicker debug build).
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +35,26 @@ MANIFEST = HERE.parent / "Cargo.toml"
 LIB_SUFFIXES = (".so", ".dylib", ".dll")
 
 
+def crate_version() -> str:
+    """The ``version`` of ``[package]`` in Cargo.toml."""
+    if not MANIFEST.is_file():
+        raise SystemExit(
+            f"npkio: {MANIFEST} not found; build the package from the npkio repository "
+            "(pip install ./python)"
+        )
+    section = None
+    for line in MANIFEST.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        header = re.fullmatch(r"\[([^\[\]]+)\]", line)
+        if header:
+            section = header.group(1).strip()
+            continue
+        m = re.fullmatch(r'version\s*=\s*"([^"]+)"', line)
+        if section == "package" and m:
+            return m.group(1)
+    raise SystemExit(f"npkio: no version in [package] of {MANIFEST}")
+
+
 def build_library() -> Path:
     """Run cargo and return the path of the cdylib it built."""
     if not MANIFEST.is_file():
@@ -45,7 +70,8 @@ def build_library() -> Path:
         )
     profile = os.environ.get("NPKIO_CARGO_PROFILE", "release")
     cmd = [
-        cargo, "build", "--lib", "--profile", profile, "--manifest-path", str(MANIFEST),
+        cargo, "build", "--lib", "--no-default-features", "--profile", profile,
+        "--manifest-path", str(MANIFEST),
         "--message-format=json-render-diagnostics",
     ]
     print("npkio: " + " ".join(cmd), file=sys.stderr, flush=True)
@@ -102,6 +128,7 @@ class BinaryDistribution(Distribution):
 
 
 setup(
+    version=crate_version(),
     distclass=BinaryDistribution,
     cmdclass={"build_py": BuildPyWithLibrary, "bdist_wheel": PlatformWheel},
 )

@@ -268,6 +268,136 @@ fn conversions_round_trip_with_keys_metadata_and_drop() {
     }
 }
 
+/// Holds the lock a running conversion into `output` holds, until dropped.
+fn hold_output_lock(output: &Path) -> std::fs::File {
+    use std::os::unix::io::AsRawFd;
+    let name = output.file_name().unwrap().to_str().unwrap();
+    let lock = std::fs::File::create(output.with_file_name(format!(".{name}.npkio-lock"))).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    lock
+}
+
+/// A one-dimensional U8 tensor named "t" over `data`.
+fn u8_tensor(data: &[u8], shape: &[u64]) -> NpkioTensorDesc {
+    NpkioTensorDesc {
+        name: c"t".as_ptr(),
+        dtype: NpkioDtype::U8 as u32,
+        ndim: shape.len(),
+        shape: shape.as_ptr(),
+        data: data.as_ptr().cast(),
+        nbytes: data.len(),
+    }
+}
+
+#[test]
+fn no_wait_flag_fails_fast_on_a_busy_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = c(fixture("safetensors/with_metadata.safetensors"));
+    let npk_path = tmp.path().join("m.npk");
+    let npk = c(&npk_path);
+    // SAFETY: valid C strings.
+    unsafe {
+        ok(npkio_from_safetensors_file(
+            src.as_ptr(),
+            npk.as_ptr(),
+            ptr::null(),
+            0,
+            false,
+            NPKIO_DEFAULT_CHUNK_SIZE,
+            0,
+            0,
+        ));
+    }
+    let busy_npk = tmp.path().join("busy.npk");
+    let busy_st = tmp.path().join("busy.safetensors");
+    let busy_ckpt = tmp.path().join("busy-ckpt");
+    std::fs::create_dir(&busy_ckpt).unwrap();
+    let (c_npk, c_st, c_ckpt) = (c(&busy_npk), c(&busy_st), c(&busy_ckpt));
+    let locks = [
+        hold_output_lock(&busy_npk),
+        hold_output_lock(&busy_st),
+        hold_output_lock(&busy_ckpt),
+    ];
+    let (data, shape) = ([1u8, 2, 3, 4], [4u64]);
+    let desc = u8_tensor(&data, &shape);
+    let flags = NPKIO_FLAG_NO_WAIT | NPKIO_FLAG_DURABLE;
+    // SAFETY: valid C strings and arrays.
+    let statuses = unsafe {
+        [
+            npkio_from_safetensors_file(
+                src.as_ptr(),
+                c_npk.as_ptr(),
+                ptr::null(),
+                0,
+                false,
+                NPKIO_DEFAULT_CHUNK_SIZE,
+                0,
+                flags,
+            ),
+            npkio_from_safetensors(&desc, 1, c_npk.as_ptr(), false, 4096, 0, flags),
+            npkio_to_safetensors_file(
+                npk.as_ptr(),
+                c_st.as_ptr(),
+                ptr::null(),
+                0,
+                ptr::null(),
+                ptr::null(),
+                0,
+                NPKIO_DEFAULT_CHUNK_SIZE,
+                0,
+                flags,
+            ),
+            npkio_to_safetensors_file_sharded(
+                npk.as_ptr(),
+                c_ckpt.as_ptr(),
+                ptr::null(),
+                0,
+                ptr::null(),
+                ptr::null(),
+                0,
+                16,
+                NPKIO_DEFAULT_CHUNK_SIZE,
+                0,
+                flags,
+            ),
+        ]
+    };
+    for (i, st) in statuses.into_iter().enumerate() {
+        assert_eq!(st, NpkioStatus::Busy, "call {i}: {}", last_message());
+        assert_eq!(npkio_last_error_status(), NpkioStatus::Busy);
+    }
+    assert!(!busy_npk.exists() && !busy_st.exists());
+    assert_eq!(std::fs::read_dir(&busy_ckpt).unwrap().count(), 0);
+    // Without the flag a conversion waits for the lock and then runs (it never reports
+    // Busy); with it, a free output converts as usual.
+    let waiter = std::thread::spawn(move || {
+        let desc = u8_tensor(&data, &shape);
+        // SAFETY: a valid C string; the description points into this thread's arrays.
+        unsafe { npkio_from_safetensors(&desc, 1, c_npk.as_ptr(), false, 4096, 0, 0) }
+    });
+    drop(locks);
+    ok(waiter.join().unwrap());
+    let c_npk = c(&busy_npk);
+    // SAFETY: valid C strings.
+    unsafe {
+        ok(npkio_to_safetensors_file(
+            c_npk.as_ptr(),
+            c_st.as_ptr(),
+            ptr::null(),
+            0,
+            ptr::null(),
+            ptr::null(),
+            0,
+            NPKIO_DEFAULT_CHUNK_SIZE,
+            0,
+            NPKIO_FLAG_NO_WAIT,
+        ));
+    }
+    let meta = npkio::get_safetensors_metadata(&busy_st).unwrap();
+    assert_eq!(meta.tensors.len(), 1);
+}
+
 #[test]
 fn in_memory_tensors_and_the_to_safetensors_handle() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,5 +1,10 @@
 //! The header drift test: `include/npkio.h` must be exactly what cbindgen generates from
-//! `src/ffi/` and `cbindgen.toml`. Regenerate with `NPKIO_BLESS=1 cargo test --test header`.
+//! `src/ffi/` and `cbindgen.toml`, plus the version macros below. Regenerate with
+//! `NPKIO_BLESS=1 cargo test --test header`.
+//!
+//! The version is written in one place, `Cargo.toml`. cbindgen reads only literal values, so
+//! the `NPKIO_VERSION_*` macros are made here from the crate's version and put after the
+//! header's includes: a version bump makes the committed header stale until regenerated.
 
 use std::path::{Path, PathBuf};
 
@@ -7,8 +12,28 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `NPKIO_VERSION_*` macros for the crate's version.
+fn version_macros() -> String {
+    format!(
+        "\n/**\n * The version of npkio this header belongs to (its Cargo.toml version); \
+         npkio_version()\n * returns the same string at run time.\n */\n\
+         #define NPKIO_VERSION_MAJOR {}\n#define NPKIO_VERSION_MINOR {}\n\
+         #define NPKIO_VERSION_PATCH {}\n#define NPKIO_VERSION_STRING \"{}\"",
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_PATCH"),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
 fn generate(crate_dir: &Path) -> String {
-    let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).expect("cbindgen.toml");
+    let mut config =
+        cbindgen::Config::from_file(root().join("cbindgen.toml")).expect("cbindgen.toml");
+    assert!(
+        config.after_includes.is_none(),
+        "cbindgen.toml sets after_includes; the version macros would replace it"
+    );
+    config.after_includes = Some(version_macros());
     let bindings = cbindgen::Builder::new()
         .with_config(config)
         .with_src(crate_dir.join("src/ffi/mod.rs"))
@@ -40,6 +65,24 @@ fn header_matches_the_source() {
             line + 1
         );
     }
+}
+
+#[test]
+fn the_header_states_the_crate_version() {
+    let header = generate(&root());
+    let version = |what: &str| {
+        let prefix = format!("#define NPKIO_VERSION_{what} ");
+        let line = header.lines().find(|l| l.starts_with(&prefix)).unwrap();
+        line[prefix.len()..].to_string()
+    };
+    let numbers = [version("MAJOR"), version("MINOR"), version("PATCH")].join(".");
+    let string = version("STRING");
+    assert_eq!(string, format!("\"{}\"", env!("CARGO_PKG_VERSION")));
+    // Without a pre-release or build suffix the three numbers are the whole version.
+    assert!(env!("CARGO_PKG_VERSION").starts_with(&numbers));
+    // SAFETY: npkio_version returns a static NUL-terminated string.
+    let runtime = unsafe { std::ffi::CStr::from_ptr(npkio::ffi::npkio_version()) };
+    assert_eq!(format!("\"{}\"", runtime.to_str().unwrap()), string);
 }
 
 /// The drift check itself: a copy of the crate with one exported signature changed must

@@ -23,6 +23,24 @@ const ALL: Option<&[&str]> = None;
 const CHILD_ENV: &str = "NPKIO_FULL_DISK_CHILD";
 const PAGE: u64 = 4096;
 
+/// Held by each test of this file for its whole run, so that they never run side by side.
+///
+/// The file-size-limit test starts child processes. A child starts as a copy of this
+/// process: until it calls `exec`, it holds every file this process has open, and every
+/// shared mapping, close-on-exec or not. Were the tmpfs test running meanwhile, a child could
+/// catch its filler file or a conversion's staging file open and keep their space on the
+/// small tmpfs after the test had closed and removed them, for as long as the child took to
+/// reach `exec` (long, on a loaded machine): the next attempt's set-up would then find the
+/// filesystem still full and fail with ENOSPC.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`SERIAL`], whether or not a test that held it failed.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Sources (outside the small filesystem) and golden old outputs.
 struct Fixture {
     st_src: PathBuf,
@@ -302,6 +320,7 @@ fn full_tmpfs_at_every_stage_leaves_old_output_and_no_temporaries() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
+    let _serial = serial();
     let fs = match Tmpfs::mount("16m") {
         Ok(fs) => fs,
         Err(why) => {
@@ -376,6 +395,7 @@ fn file_size_limit_at_each_file_leaves_old_output_and_no_temporaries() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let fx_dir = dir.path().join("fixture");
     std::fs::create_dir(&fx_dir).unwrap();

@@ -2,7 +2,7 @@
 
 A ``ctypes`` package over the ``libnpkio`` shared library (no compiled extension module).
 
-* :mod:`npkio.io`: the seed's ``numpack.io`` SafeTensors API (``from_safetensors``,
+* :mod:`npkio.io`: the SafeTensors API of ``numpack.io`` (``from_safetensors``,
   ``to_safetensors``, ``from_safetensors_file``, ``to_safetensors_file``,
   ``get_safetensors_metadata``, ``iter_safetensors``, ``DEFAULT_CHUNK_SIZE``).
 * :class:`npkio.NumPack`: a NumPack directory (``load``, ``save``, ``append``, ``drop``,
@@ -46,10 +46,11 @@ from .io import (
 )
 from .numpack import NumPack
 
-#: The version of this package.
-__version__ = "0.1.0"
-#: The version of the loaded ``libnpkio``.
+#: The version of the loaded ``libnpkio``, which is this package's version: the package is
+#: built with the library, both from the crate's Cargo.toml.
 library_version: str = _clib.npkio_version().decode("ascii")
+#: The version of this package (``library_version``).
+__version__ = library_version
 
 __all__ = [
     "io",

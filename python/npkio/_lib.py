@@ -194,6 +194,7 @@ _proto("npkio_numpack_drop_rows", _status, _handle, c_char_p, POINTER(c_uint64),
 _proto("npkio_numpack_delete", _status, _handle, c_char_p)
 
 NPKIO_FLAG_DURABLE = 1
+NPKIO_FLAG_NO_WAIT = 2
 
 
 def check(status: int) -> None:

@@ -1,4 +1,4 @@
-"""The seed's SafeTensors conversion API over npkio: same names, signatures, defaults and
+"""The SafeTensors API of ``numpack.io`` over npkio: same names, signatures, defaults and
 return types as ``numpack.io``, so ``from npkio.io import ...`` is the only change.
 
 Memory functions
@@ -9,8 +9,10 @@ File functions (streaming, bounded memory)
 Utility functions
     :func:`get_safetensors_metadata`, :func:`iter_safetensors`.
 
-Extras beyond the seed are keyword-only: ``threads`` (copy threads, 0 picks the default),
-``durable`` (sync to disk before the output appears, so it survives power loss) and, for
+Extras beyond ``numpack.io`` are keyword-only: ``threads`` (copy threads, 0 picks the
+default), ``durable`` (sync to disk before the output appears, so it survives power loss),
+``wait_for_lock`` (``False`` raises :class:`~npkio.NpkioBusyError` at once when another
+conversion into the same output is running, instead of waiting for it) and, for
 :func:`to_safetensors_file`, ``max_shard_size`` (write a sharded checkpoint). Reading
 functions accept a sharded checkpoint's ``*.safetensors.index.json`` or a directory holding
 one wherever they accept a ``.safetensors`` file.
@@ -50,8 +52,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_CHUNK_SIZE: int = 8 * 1024 * 1024
 
 
-def _flags(durable: bool) -> int:
-    return _lib.NPKIO_FLAG_DURABLE if durable else 0
+def _flags(durable: bool, wait_for_lock: bool) -> int:
+    flags = _lib.NPKIO_FLAG_DURABLE if durable else 0
+    if not wait_for_lock:
+        flags |= _lib.NPKIO_FLAG_NO_WAIT
+    return flags
 
 
 def _count(value: Any, what: str, minimum: int = 0) -> int:
@@ -96,6 +101,7 @@ def from_safetensors(
     *,
     threads: int = 0,
     durable: bool = False,
+    wait_for_lock: bool = True,
 ) -> None:
     """Save a dictionary of tensors to a NumPack directory.
 
@@ -109,6 +115,8 @@ def from_safetensors(
         drop_if_exists: replace an existing directory instead of merging into it.
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
+        wait_for_lock: when another conversion into the same output is running, wait for
+            it to finish (the default); with ``False``, raise ``NpkioBusyError`` at once.
 
     Raises:
         TypeError: an array of a dtype npkio cannot store.
@@ -118,7 +126,7 @@ def from_safetensors(
     check(
         lib.npkio_from_safetensors(
             descs, len(tensors), path_arg(output_path), bool(drop_if_exists),
-            DEFAULT_CHUNK_SIZE, _count(threads, "threads"), _flags(durable),
+            DEFAULT_CHUNK_SIZE, _count(threads, "threads"), _flags(durable, wait_for_lock),
         )
     )
     del keep
@@ -170,6 +178,7 @@ def from_safetensors_file(
     *,
     threads: int = 0,
     durable: bool = False,
+    wait_for_lock: bool = True,
 ) -> None:
     """Convert a SafeTensors file (or a sharded checkpoint) to a NumPack directory,
     streaming in bounded memory.
@@ -186,12 +195,15 @@ def from_safetensors_file(
         chunk_size: bytes copied at once (the bound on memory per thread).
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
+        wait_for_lock: when another conversion into the same output is running, wait for
+            it to finish (the default); with ``False``, raise ``NpkioBusyError`` at once.
     """
     names, count = str_list(keys, "keys")
     check(
         lib.npkio_from_safetensors_file(
             path_arg(input_path), path_arg(output_path), names, count, bool(drop_if_exists),
-            _count(chunk_size, "chunk_size", 1), _count(threads, "threads"), _flags(durable),
+            _count(chunk_size, "chunk_size", 1), _count(threads, "threads"),
+            _flags(durable, wait_for_lock),
         )
     )
 
@@ -228,6 +240,7 @@ def to_safetensors_file(
     max_shard_size: Union[int, str, None] = None,
     threads: int = 0,
     durable: bool = False,
+    wait_for_lock: bool = True,
 ) -> None:
     """Export NumPack arrays to a SafeTensors file, streaming in bounded memory.
 
@@ -246,6 +259,8 @@ def to_safetensors_file(
             fits.
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
+        wait_for_lock: when another conversion into the same output is running, wait for
+            it to finish (the default); with ``False``, raise ``NpkioBusyError`` at once.
 
     Raises:
         TypeError: ``metadata`` keys or values that are not strings; an array of a dtype
@@ -266,7 +281,11 @@ def to_safetensors_file(
         mkeys, mcount = str_list(list(metadata.keys()), "metadata key")
         mvalues, _ = str_list(list(metadata.values()), "metadata value")
     common = (path_arg(input_path), path_arg(output_path), names, count, mkeys, mvalues, mcount)
-    knobs = (_count(chunk_size, "chunk_size", 1), _count(threads, "threads"), _flags(durable))
+    knobs = (
+        _count(chunk_size, "chunk_size", 1),
+        _count(threads, "threads"),
+        _flags(durable, wait_for_lock),
+    )
     if max_shard_size is None:
         check(lib.npkio_to_safetensors_file(*common, *knobs))
     else:

@@ -1,4 +1,4 @@
-"""``NumPack``: a NumPack directory, as the seed's pipeline uses it::
+"""``NumPack``: a NumPack directory, as a conversion pipeline uses it::
 
     with NumPack('model.npk') as npk:
         weight = npk.load('encoder.weight')

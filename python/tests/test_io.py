@@ -229,6 +229,58 @@ def test_keyword_extras(tmp_path):
         from_safetensors_file(src, tmp_path / "m.npk", chunk_size=0)
 
 
+class HeldLock:
+    """Holds the lock that a running conversion into ``output`` holds."""
+
+    def __init__(self, output):
+        import fcntl
+
+        self.file = open(output.parent / f".{output.name}.npkio-lock", "w")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+
+    def release(self):
+        self.file.close()
+
+
+def test_wait_for_lock_false_fails_fast_on_a_busy_output(tmp_path):
+    import threading
+
+    src = FIXTURES / "safetensors" / "with_metadata.safetensors"
+    from_safetensors_file(src, tmp_path / "m.npk")
+    npk, st, ckpt = tmp_path / "busy.npk", tmp_path / "busy.safetensors", tmp_path / "ckpt"
+    locks = [HeldLock(npk), HeldLock(st), HeldLock(ckpt)]
+    calls = [
+        lambda **kw: from_safetensors_file(src, npk, **kw),
+        lambda **kw: from_safetensors({"x": np.ones(3)}, npk, **kw),
+        lambda **kw: to_safetensors_file(tmp_path / "m.npk", st, **kw),
+        lambda **kw: to_safetensors_file(tmp_path / "m.npk", ckpt, max_shard_size=16, **kw),
+    ]
+    for call in calls:
+        with pytest.raises(npkio.NpkioBusyError, match="another conversion") as e:
+            call(wait_for_lock=False, durable=True)
+        assert isinstance(e.value, BlockingIOError)
+    assert not npk.exists() and not st.exists() and not ckpt.exists()
+    # The default waits for the lock, then converts.
+    errors = []
+
+    def convert():
+        try:
+            from_safetensors_file(src, npk)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    waiter = threading.Thread(target=convert)
+    waiter.start()
+    for lock in locks:
+        lock.release()
+    waiter.join()
+    assert errors == []
+    to_safetensors_file(npk, st, wait_for_lock=False)
+    assert load_file(st).keys() == load_file(src).keys()
+    with pytest.raises(TypeError):
+        from_safetensors_file(src, npk, None, False, DEFAULT_CHUNK_SIZE, 0, False, False)
+
+
 # ---------------------------------------------------------------------------------------
 # Errors
 
@@ -317,3 +369,19 @@ def test_error_classes_are_both_kinds():
         (npkio.NpkioBusyError, BlockingIOError),
     ]:
         assert issubclass(cls, npkio.NpkioError) and issubclass(cls, base)
+
+
+def test_versions_come_from_cargo_toml():
+    import importlib.metadata
+    import re
+
+    text = (REPO / "Cargo.toml").read_text(encoding="utf-8")
+    package = text.split("[package]", 1)[1].split("\n[", 1)[0]
+    crate = re.search(r'^version\s*=\s*"([^"]+)"', package, re.MULTILINE).group(1)
+    assert npkio.library_version == crate
+    assert npkio.__version__ == crate
+    try:
+        installed = importlib.metadata.version("npkio")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("npkio is not installed: no distribution metadata to compare")
+    assert installed == crate

@@ -26,7 +26,11 @@ pub const NPKIO_DEFAULT_CHUNK_SIZE: usize = 8388608;
 /// or the complete new one, never a half-written one.
 pub const NPKIO_FLAG_DURABLE: u32 = 1;
 
-const KNOWN_FLAGS: u32 = NPKIO_FLAG_DURABLE;
+/// Flag: when another conversion into the same output is running (it holds the output's
+/// lock), fail at once with `NPKIO_STATUS_BUSY` instead of waiting for it to finish.
+pub const NPKIO_FLAG_NO_WAIT: u32 = 2;
+
+const KNOWN_FLAGS: u32 = NPKIO_FLAG_DURABLE | NPKIO_FLAG_NO_WAIT;
 
 fn options(chunk_size: usize, threads: usize, flags: u32) -> FfiResult<Options> {
     if flags & !KNOWN_FLAGS != 0 {
@@ -39,6 +43,7 @@ fn options(chunk_size: usize, threads: usize, flags: u32) -> FfiResult<Options> 
         chunk_size,
         threads,
         durable: flags & NPKIO_FLAG_DURABLE != 0,
+        wait_for_lock: flags & NPKIO_FLAG_NO_WAIT == 0,
         ..Options::default()
     })
 }

@@ -45,6 +45,7 @@ pub mod tensors;
 pub use convert::{
     npkio_from_safetensors, npkio_from_safetensors_file, npkio_to_safetensors_file,
     npkio_to_safetensors_file_sharded, NPKIO_DEFAULT_CHUNK_SIZE, NPKIO_FLAG_DURABLE,
+    NPKIO_FLAG_NO_WAIT,
 };
 pub use dtype::{
     npkio_dtype_bits, npkio_dtype_name, npkio_dtype_numpy_name, NpkioDtype, NpkioTensorDesc,
@@ -58,7 +59,8 @@ pub use numpack::*;
 pub use safetensors::*;
 pub use tensors::*;
 
-/// The library's version (`"0.1.0"`), NUL-terminated. The string is static: never free it.
+/// The library's version, the same as `NPKIO_VERSION_STRING`, NUL-terminated. The string
+/// is static: never free it.
 #[no_mangle]
 pub extern "C" fn npkio_version() -> *const c_char {
     panic::value_boundary(std::ptr::null(), || VERSION.as_ptr())
