@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use npkio::safetensors::writer::{plan_header, PlanInput};
+use npkio::internals::safetensors::writer::{plan_header, PlanInput};
 use npkio::{DType, Options};
 
 struct Args {
@@ -317,7 +317,7 @@ fn child(mut it: impl Iterator<Item = String>) {
         "memory" => {
             // In-memory from_safetensors against one plain write of the same bytes; the
             // load is not timed. Prints both times.
-            let file = npkio::safetensors::SafeTensorsFile::open(&a[0]).unwrap();
+            let file = npkio::SafeTensorsFile::open(&a[0]).unwrap();
             let owned: Vec<(String, DType, Vec<u64>, Vec<u8>)> = (0..file.len())
                 .map(|i| {
                     let v = file.view(i).unwrap();

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use npkio::copy::{copy_extents, copy_from_memory, preallocate, CopyMethod, CopyOptions, Extent};
+use npkio::internals::copy::{
+    copy_extents, copy_from_memory, preallocate, CopyMethod, CopyOptions, Extent,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

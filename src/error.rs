@@ -51,6 +51,14 @@ macro_rules! define_error_kind {
 
 error_kinds!(define_error_kind);
 
+impl ErrorKind {
+    /// The kind's stable number: the value of the C status of the same name
+    /// (`NPKIO_STATUS_IO` is 1, ...). The command line exits with this number plus 2.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
 /// The error type of every fallible npkio operation.
 #[derive(Debug)]
 pub struct Error {

@@ -39,28 +39,54 @@
 //! # Ok(())
 //! # }
 //! ```
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
-pub mod convert;
-pub mod copy;
-pub mod dtype;
-pub mod error;
+mod convert;
+mod copy;
+mod dtype;
+mod error;
 pub mod ffi;
 mod fsutil;
 mod names;
-pub mod numpack;
+mod numpack;
 mod paths;
 mod publish;
-pub mod safetensors;
-pub mod view;
+mod safetensors;
+mod view;
 
 pub use convert::{
     from_safetensors, from_safetensors_file, from_safetensors_file_with, from_safetensors_with,
     get_safetensors_metadata, iter_safetensors, to_safetensors, to_safetensors_file,
-    to_safetensors_file_with, Options, SafeTensorsIter, SafeTensorsMetadata, TensorInput,
+    to_safetensors_file_with, Options, Progress, SafeTensorsIter, SafeTensorsMetadata, TensorInput,
     TensorMeta, Tensors, DEFAULT_CHUNK_SIZE,
 };
+pub use copy::CopyMethod;
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
-pub use numpack::NumPack;
+pub use numpack::{ArrayInfo, ArrayInput, NumPack};
+pub use safetensors::index::Checkpoint;
+pub use safetensors::{SafeTensorsFile, Tensor, TensorInfo};
 pub use view::TensorView;
+
+/// Building blocks that npkio's own tests, benchmarks and fuzz targets exercise directly:
+/// the copy engine, the NumPack metadata, bitmap and segment codecs, the SafeTensors header
+/// writer, and the dtype tables. Not part of the API: they change without notice.
+#[doc(hidden)]
+pub mod internals {
+    /// The copy engine.
+    pub mod copy {
+        pub use crate::copy::*;
+    }
+    /// Dtype tables and sizes.
+    pub mod dtype {
+        pub use crate::dtype::*;
+    }
+    /// The NumPack format's codecs.
+    pub mod numpack {
+        pub use crate::numpack::{bitmap, metadata, segments, sidecar};
+    }
+    /// The SafeTensors header writer.
+    pub mod safetensors {
+        pub use crate::safetensors::writer;
+    }
+}

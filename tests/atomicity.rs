@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::ALL;
-use npkio::numpack::ArrayInput;
+use npkio::ArrayInput;
 use npkio::{DType, NumPack};
 
 const CHILD_ENV: &str = "NPKIO_ATOMICITY_CHILD";

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use npkio::copy::{
+use npkio::internals::copy::{
     copy_extents, copy_extents_into, copy_from_memory, copy_from_memory_into, default_threads,
     preallocate, CopyMethod, CopyOptions, Extent, NewFiles, Side, DEFAULT_CHUNK_SIZE, NO_EXTENT,
 };

@@ -163,7 +163,7 @@ fn symbolic_links_out_of_the_directory_are_refused() {
     let mut store = NumPack::create(&dir, false).unwrap();
     let data = [7u8; 16];
     store
-        .save(&[npkio::numpack::ArrayInput {
+        .save(&[npkio::ArrayInput {
             name: "w",
             dtype: npkio::DType::U8,
             shape: &[16],
@@ -189,9 +189,11 @@ fn symbolic_links_out_of_the_directory_are_refused() {
     std::fs::write(outside.join("data_w.npkd"), data).unwrap();
     std::os::unix::fs::symlink(&outside, dir.join("sub")).unwrap();
     let meta_path = dir.join("metadata.npkm");
-    let mut meta =
-        npkio::numpack::metadata::Metadata::decode(&std::fs::read(&meta_path).unwrap(), &meta_path)
-            .unwrap();
+    let mut meta = npkio::internals::numpack::metadata::Metadata::decode(
+        &std::fs::read(&meta_path).unwrap(),
+        &meta_path,
+    )
+    .unwrap();
     meta.arrays[0].data_file = "sub/data_w.npkd".into();
     std::fs::write(&meta_path, meta.encode()).unwrap();
     let e = NumPack::open(&dir).unwrap_err();

@@ -114,7 +114,7 @@ fn eight_threads_read_one_file_and_one_directory_while_another_process_converts_
         t.shape[0] -= 4;
         t.data = keep;
     }
-    let shared_st = Arc::new(npkio::safetensors::SafeTensorsFile::open(&st).unwrap());
+    let shared_st = Arc::new(npkio::SafeTensorsFile::open(&st).unwrap());
     let shared_np = Arc::new(NumPack::open(&npk).unwrap());
     let out_npk = dir.path().join("converted.npk");
     let out_st = dir.path().join("converted.safetensors");

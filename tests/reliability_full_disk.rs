@@ -300,7 +300,7 @@ fn attempt(fx: &Fixture, fs: &Tmpfs, mode: Mode, free: u64, durable: bool) -> bo
     let filler = std::fs::File::create(&filler_path).unwrap();
     let fill = fs.free().saturating_sub(free);
     if fill > 0 {
-        npkio::copy::preallocate(&filler, fill).unwrap();
+        npkio::internals::copy::preallocate(&filler, fill).unwrap();
     }
     let before = snapshot(&out);
     let context = format!("{mode:?} with {free} bytes free (durable={durable})");

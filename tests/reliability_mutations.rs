@@ -15,9 +15,9 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use npkio::numpack::bitmap::Bitmap;
-use npkio::numpack::metadata::Metadata;
-use npkio::numpack::segments;
+use npkio::internals::numpack::bitmap::Bitmap;
+use npkio::internals::numpack::metadata::Metadata;
+use npkio::internals::numpack::segments;
 use npkio::NumPack;
 use proptest::prelude::*;
 
@@ -347,7 +347,7 @@ fn safetensors_fixtures() -> Vec<PathBuf> {
 
 /// Opens a SafeTensors file and reads every tensor's bytes.
 fn open_and_read_safetensors(path: &Path) -> Result<u64, npkio::Error> {
-    let f = npkio::safetensors::SafeTensorsFile::open(path)?;
+    let f = npkio::SafeTensorsFile::open(path)?;
     let mut sum = 0u64;
     for i in 0..f.len() {
         let v = f.view(i).expect("a view per tensor");

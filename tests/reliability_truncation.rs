@@ -20,7 +20,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 
-use npkio::copy::CopyMethod;
+use npkio::CopyMethod;
 use npkio::{DType, Options};
 use reliability_support::*;
 
@@ -252,7 +252,7 @@ fn view_child_entry() {
     let Ok(path) = std::env::var("NPKIO_TRUNCATION_VIEW_CHILD") else {
         return;
     };
-    let f = npkio::safetensors::SafeTensorsFile::open(&path).unwrap();
+    let f = npkio::SafeTensorsFile::open(&path).unwrap();
     let v = f.get("w").unwrap();
     std::fs::OpenOptions::new()
         .write(true)

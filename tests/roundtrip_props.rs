@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::ALL;
-use npkio::dtype::{byte_len, ALL as DTYPES};
-use npkio::numpack::ArrayInput;
+use npkio::internals::dtype::{byte_len, ALL as DTYPES};
+use npkio::ArrayInput;
 use npkio::{DType, NumPack};
 use proptest::prelude::*;
 

@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{expected, fixtures, sha256, shape_of, ALL};
-use npkio::numpack::metadata::{Metadata, FILE_NAME};
-use npkio::numpack::sidecar::Sidecar;
+use npkio::internals::numpack::metadata::{Metadata, FILE_NAME};
+use npkio::internals::numpack::sidecar::Sidecar;
 use npkio::{DType, NumPack};
 
 const FILES: [&str; 3] = ["all_dtypes", "with_metadata", "edge_cases"];
@@ -61,7 +61,7 @@ fn tensors_match_expected_json_on_both_sides() {
             let shape = shape_of(&t["shape"]);
             let sha = t["sha256"].as_str().unwrap();
             // SafeTensors side, zero-copy.
-            let file = npkio::safetensors::SafeTensorsFile::open(src(f)).unwrap();
+            let file = npkio::SafeTensorsFile::open(src(f)).unwrap();
             let view = file.get(name).unwrap();
             assert_eq!(
                 (view.dtype, view.shape),
@@ -109,7 +109,7 @@ fn numpack_side_is_what_numpack_reads() {
             assert!(r.dtype_code <= 13);
             let storage = DType::from_numpack_code(r.dtype_code).unwrap();
             assert_eq!(
-                npkio::dtype::byte_len(storage, &r.shape),
+                npkio::internals::dtype::byte_len(storage, &r.shape),
                 Some(r.size_bytes),
                 "{}",
                 r.name
@@ -204,10 +204,9 @@ fn iter_safetensors_in_file_or_key_order_and_missing_keys() {
 
 #[test]
 fn owned_tensors_outlive_their_iterator() {
-    let kept: Vec<(String, npkio::safetensors::Tensor)> =
-        npkio::iter_safetensors(src("all_dtypes"), ALL)
-            .unwrap()
-            .collect();
+    let kept: Vec<(String, npkio::Tensor)> = npkio::iter_safetensors(src("all_dtypes"), ALL)
+        .unwrap()
+        .collect();
     let exp = expected("safetensors");
     for (name, t) in &kept {
         let want = &exp["all_dtypes.safetensors"]["tensors"][name];

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use npkio::numpack::bitmap::Bitmap;
+use npkio::internals::numpack::bitmap::Bitmap;
 
 fuzz_target!(|data: &[u8]| {
     let Some((rows, bytes)) = data.split_first_chunk::<8>() else {

@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         let info = np.info(name).expect("a listed array has info");
         let view = np.view(name).expect("a listed array has a view");
         assert_eq!(view.data.len() as u64, info.nbytes, "array {name:?}");
-        let want = npkio::dtype::byte_len(info.dtype, &info.shape);
+        let want = npkio::internals::dtype::byte_len(info.dtype, &info.shape);
         assert_eq!(want, Some(info.nbytes), "array {name:?}");
         let extents = np.array_extents(name).expect("extents");
         assert_eq!(extents.iter().map(|e| e.len).sum::<u64>(), info.nbytes);
@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
         let out = dir.join("out.safetensors");
         // Export may refuse (complex dtypes have no SafeTensors name); it must not panic.
         if npkio::to_safetensors_file(&store, &out, None::<&[&str]>, None, 1 << 16).is_ok() {
-            let back = npkio::safetensors::SafeTensorsFile::open(&out).expect("export reads back");
+            let back = npkio::SafeTensorsFile::open(&out).expect("export reads back");
             assert_eq!(back.len(), np.len());
         }
     }

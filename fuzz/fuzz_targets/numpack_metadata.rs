@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use npkio::numpack::metadata::Metadata;
+use npkio::internals::numpack::metadata::Metadata;
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz/metadata.npkm");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use npkio::safetensors::SafeTensorsFile;
+use npkio::SafeTensorsFile;
 
 fn scratch() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let mut sum = 0u8;
     for i in 0..f.len() {
         let v = f.view(i).expect("every position has a view");
-        let want = npkio::dtype::byte_len(v.dtype, v.shape).expect("validated shape");
+        let want = npkio::internals::dtype::byte_len(v.dtype, v.shape).expect("validated shape");
         assert_eq!(v.data.len() as u64, want, "tensor {:?}", v.name);
         sum = v.data.iter().fold(sum, |a, &b| a.wrapping_add(b));
         assert_eq!(

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use npkio::numpack::segments;
+use npkio::internals::numpack::segments;
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz/data_x.npkseg");

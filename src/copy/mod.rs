@@ -77,6 +77,7 @@ use std::fs::File;
 use std::io;
 use std::sync::OnceLock;
 
+pub use crate::fsutil::preallocate;
 pub use methods::BOUNCE_SIZE;
 use plan::{regular_len, Dsts, Sources};
 use scheduler::{run, run_files};
@@ -276,43 +277,6 @@ pub fn default_threads() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 2)
-}
-
-/// Size `file` to `len` bytes, reserving the blocks where the filesystem can.
-///
-/// On Linux this is `fallocate` (which never shrinks), falling back to `set_len` where the
-/// filesystem does not support it; the file is then set to exactly `len` bytes. Elsewhere it is
-/// `set_len`.
-pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::unix::io::AsRawFd;
-        if len > 0 {
-            let off_len = libc::off_t::try_from(len).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, "length does not fit in off_t")
-            })?;
-            loop {
-                // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
-                // `file`, which outlives the call.
-                let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
-                if rc == 0 {
-                    break;
-                }
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
-                    _ => return Err(err),
-                }
-            }
-        }
-    }
-    // fallocate grows but never shrinks; set_len makes the length exactly `len` (a no-op when
-    // fallocate already did it).
-    if file.metadata()?.len() != len {
-        file.set_len(len)?;
-    }
-    Ok(())
 }
 
 /// Copy every extent from files to files.

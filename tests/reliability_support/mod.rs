@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use npkio::numpack::ArrayInput;
+use npkio::ArrayInput;
 use npkio::{DType, NumPack};
 
 /// A small, fast, seeded random number generator (SplitMix64): the tests print the seed so

@@ -3,8 +3,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use npkio::numpack::ArrayInfo;
-use npkio::safetensors::index::Checkpoint;
+use npkio::ArrayInfo;
+use npkio::Checkpoint;
 use npkio::{DType, Error, ErrorKind, NumPack, Result};
 
 /// The kinds of input the command line recognises.

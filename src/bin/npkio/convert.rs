@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 
-use npkio::safetensors::index::Checkpoint;
+use npkio::Checkpoint;
 use npkio::{Error, ErrorKind, NumPack, Options};
 
 use crate::container::{detect, Format};

@@ -23,8 +23,8 @@ use crate::dtype::DType;
 use crate::numpack::bitmap::Bitmap;
 use crate::numpack::metadata::ArrayRecord;
 
-pub use layout::{make_record, storage_shape, Storage};
-pub use mutate::{write_dir_metadata, ArrayInput};
+pub use layout::{make_record, Storage};
+pub use mutate::ArrayInput;
 pub(crate) use open::{existing_kind, Existing};
 pub use query::{ArrayInfo, SourceExtent};
 
