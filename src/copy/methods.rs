@@ -4,11 +4,53 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::plan::{page_size, regular_len, short_source, Chunk, Dsts, Sources};
-use super::scheduler::{Shared, Strategy};
-use super::{Cause, Side};
+use super::{Cause, CopyMethod, Side};
+
+/// How a chunk's bytes travel, as [`CopyMethod`] resolves for the sources and platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Strategy {
+    ReadWrite,
+    CopyFileRange,
+    MapDst,
+    MapSrc,
+}
+
+/// The strategy for `method`, for sources in memory or in files.
+pub(super) fn strategy(method: CopyMethod, from_memory: bool) -> Strategy {
+    let s = match method {
+        CopyMethod::Auto => Strategy::ReadWrite,
+        CopyMethod::Mmap => Strategy::MapDst,
+        CopyMethod::ReadWrite => Strategy::ReadWrite,
+        CopyMethod::CopyFileRange if from_memory => Strategy::ReadWrite,
+        CopyMethod::CopyFileRange => Strategy::CopyFileRange,
+        CopyMethod::MmapSource if from_memory => Strategy::ReadWrite,
+        CopyMethod::MmapSource => Strategy::MapSrc,
+    };
+    match s {
+        Strategy::CopyFileRange if !cfg!(any(target_os = "linux", target_os = "android")) => {
+            Strategy::ReadWrite
+        }
+        Strategy::MapSrc if !cfg!(unix) => Strategy::ReadWrite,
+        s => s,
+    }
+}
+
+/// Where a call's chunks come from and go to, and how their bytes travel: what a worker
+/// needs to copy one chunk.
+pub(super) struct Route<'a> {
+    pub(super) sources: &'a Sources<'a>,
+    pub(super) dsts: &'a Dsts<'a>,
+    /// Destination lengths at the start, for the caller's open files (None: not a regular
+    /// file); mapped windows past the end would not reach the file, so such chunks are written
+    /// with pwrite.
+    pub(super) dst_lens: Vec<Option<u64>>,
+    pub(super) strategy: Strategy,
+    /// Set once copy_file_range reported it cannot serve these files.
+    pub(super) cfr_unsupported: AtomicBool,
+}
 
 /// Why a chunk failed.
 pub(super) enum Fault {
@@ -23,11 +65,7 @@ pub(super) enum Fault {
 type ChunkResult = Result<(), (Side, io::Error)>;
 
 /// Copies chunk `c`, creating its destination first if it is a new file not yet created.
-pub(super) fn copy_chunk(
-    sh: &Shared<'_>,
-    c: &Chunk,
-    buf: &mut Bounce,
-) -> Result<(), (Side, Fault)> {
+pub(super) fn copy_chunk(sh: &Route<'_>, c: &Chunk, buf: &mut Bounce) -> Result<(), (Side, Fault)> {
     let dst = sh
         .dsts
         .get(c.dst)
@@ -36,7 +74,7 @@ pub(super) fn copy_chunk(
 }
 
 /// Copies chunk `c` into `dst` with the call's strategy.
-fn copy_chunk_to(sh: &Shared<'_>, c: &Chunk, dst: &File, buf: &mut Bounce) -> ChunkResult {
+fn copy_chunk_to(sh: &Route<'_>, c: &Chunk, dst: &File, buf: &mut Bounce) -> ChunkResult {
     // Bounds were checked in validate; the slicing below cannot fail.
     let len = c.len as usize;
     match sh.sources {
@@ -81,7 +119,7 @@ fn copy_chunk_to(sh: &Shared<'_>, c: &Chunk, dst: &File, buf: &mut Bounce) -> Ch
 
 /// Whether the chunk lies within the destination as it was at the start (so a mapped window
 /// reaches the file).
-fn fits(sh: &Shared<'_>, c: &Chunk) -> bool {
+fn fits(sh: &Route<'_>, c: &Chunk) -> bool {
     let len = match sh.dsts {
         Dsts::Open(_) => sh.dst_lens.get(c.dst).copied().flatten(),
         Dsts::New(n) => n.get(c.dst).ok().and_then(|f| f.len),
@@ -249,7 +287,7 @@ fn mapdst_from_memory(src: &[u8], map: &memmap2::MmapRaw) -> ChunkResult {
 
 /// copy_file_range, falling back to pread/pwrite from where it stopped.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn copy_range(sh: &Shared<'_>, src: &File, dst: &File, c: &Chunk, buf: &mut Bounce) -> ChunkResult {
+fn copy_range(sh: &Route<'_>, src: &File, dst: &File, c: &Chunk, buf: &mut Bounce) -> ChunkResult {
     use std::os::unix::io::AsRawFd;
     let mut src_off = c.src_offset as libc::loff_t;
     let mut dst_off = c.dst_offset as libc::loff_t;
@@ -295,13 +333,7 @@ fn copy_range(sh: &Shared<'_>, src: &File, dst: &File, c: &Chunk, buf: &mut Boun
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn copy_range(
-    _sh: &Shared<'_>,
-    src: &File,
-    dst: &File,
-    c: &Chunk,
-    buf: &mut Bounce,
-) -> ChunkResult {
+fn copy_range(_sh: &Route<'_>, src: &File, dst: &File, c: &Chunk, buf: &mut Bounce) -> ChunkResult {
     read_write(src, dst, c.src_offset, c.dst_offset, c.len as usize, buf)
 }
 

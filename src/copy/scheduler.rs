@@ -6,38 +6,9 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::methods::{copy_chunk, Bounce, Fault};
+use super::methods::{copy_chunk, strategy, Bounce, Fault, Route, Strategy};
 use super::plan::{regular_len, validate, Chunk, Dsts, Plan, Sources};
-use super::{default_threads, Cause, CopyError, CopyMethod, CopyOptions, Extent, Side, NO_EXTENT};
-
-/// How a chunk's bytes travel, as [`CopyMethod`] resolves for the sources and platform.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Strategy {
-    ReadWrite,
-    CopyFileRange,
-    MapDst,
-    MapSrc,
-}
-
-/// The strategy for `method`, for sources in memory or in files.
-fn strategy(method: CopyMethod, from_memory: bool) -> Strategy {
-    let s = match method {
-        CopyMethod::Auto => Strategy::ReadWrite,
-        CopyMethod::Mmap => Strategy::MapDst,
-        CopyMethod::ReadWrite => Strategy::ReadWrite,
-        CopyMethod::CopyFileRange if from_memory => Strategy::ReadWrite,
-        CopyMethod::CopyFileRange => Strategy::CopyFileRange,
-        CopyMethod::MmapSource if from_memory => Strategy::ReadWrite,
-        CopyMethod::MmapSource => Strategy::MapSrc,
-    };
-    match s {
-        Strategy::CopyFileRange if !cfg!(any(target_os = "linux", target_os = "android")) => {
-            Strategy::ReadWrite
-        }
-        Strategy::MapSrc if !cfg!(unix) => Strategy::ReadWrite,
-        s => s,
-    }
-}
+use super::{default_threads, Cause, CopyError, CopyOptions, Extent, Side, NO_EXTENT};
 
 /// Hands out chunks to workers: in copy order, except that a worker prefers a destination no
 /// other worker is writing, so that workers do not queue on one file's lock (Linux serializes
@@ -99,18 +70,11 @@ impl Scheduler {
 
 /// State shared by the workers of one call.
 pub(super) struct Shared<'a> {
-    pub(super) sources: &'a Sources<'a>,
-    pub(super) dsts: &'a Dsts<'a>,
-    /// Destination lengths at the start, for the caller's open files (None: not a regular
-    /// file); mapped windows past the end would not reach the file, so such chunks are written
-    /// with pwrite.
-    pub(super) dst_lens: Vec<Option<u64>>,
+    /// Where chunks come from and go to, and how their bytes travel.
+    route: Route<'a>,
     plan: Plan<'a>,
     sched: Scheduler,
-    pub(super) strategy: Strategy,
     failed: AtomicBool,
-    /// Set once copy_file_range reported it cannot serve these files.
-    pub(super) cfr_unsupported: AtomicBool,
     failures: Mutex<Failures>,
     progress: Option<&'a (dyn Fn(u64) + Sync)>,
 }
@@ -197,14 +161,16 @@ pub(super) fn run(
         _ => Vec::new(),
     };
     let shared = Shared {
-        sources,
-        dsts,
-        dst_lens,
+        route: Route {
+            sources,
+            dsts,
+            dst_lens,
+            strategy,
+            cfr_unsupported: AtomicBool::new(false),
+        },
         sched: Scheduler::new(&plan, dsts.len()),
         plan,
-        strategy,
         failed: AtomicBool::new(false),
-        cfr_unsupported: AtomicBool::new(false),
         failures: Mutex::new(Failures::default()),
         progress,
     };
@@ -254,7 +220,7 @@ fn worker(sh: &Shared<'_>) {
             break;
         };
         done = Some(c.dst);
-        match copy_chunk(sh, &c, &mut buf) {
+        match copy_chunk(&sh.route, &c, &mut buf) {
             Ok(()) => {
                 if let Some(p) = sh.progress {
                     p(c.len);

@@ -6,9 +6,8 @@ use std::collections::HashSet;
 use std::ffi::{c_char, CStr};
 use std::path::Path;
 
-use super::dtype::NpkioTensorDesc;
+use super::dtype::{dtype_arg, NpkioTensorDesc};
 use super::error::{FfiError, FfiResult, NpkioStatus};
-use crate::dtype::DType;
 use crate::numpack::ArrayInput;
 
 /// A NUL-terminated string argument, as bytes.
@@ -186,14 +185,6 @@ pub(crate) unsafe fn metadata_arg(
         pairs.push((k.to_string(), v.to_string()));
     }
     Ok(Some(pairs))
-}
-
-/// The dtype of a number taken from C.
-pub(crate) fn dtype_arg(n: u32) -> FfiResult<DType> {
-    u8::try_from(n)
-        .ok()
-        .and_then(DType::from_u8)
-        .ok_or_else(|| FfiError::invalid(format!("{n} is not an NpkioDtype number")))
 }
 
 /// The core's input for a C description.

@@ -17,7 +17,7 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
-use super::args::dtype_arg;
+use super::error::{FfiError, FfiResult};
 use super::handle::{data_ptr, shape_ptr};
 use super::panic::value_boundary;
 use crate::dtype::DType;
@@ -136,6 +136,14 @@ macro_rules! c_dtypes {
 }
 
 crate::dtype::dtype_table!(c_dtypes);
+
+/// The dtype of a number taken from C.
+pub(crate) fn dtype_arg(n: u32) -> FfiResult<DType> {
+    u8::try_from(n)
+        .ok()
+        .and_then(DType::from_u8)
+        .ok_or_else(|| FfiError::invalid(format!("{n} is not an NpkioDtype number")))
+}
 
 /// The name of a dtype number: its SafeTensors name (`"F32"`, `"BF16"`), or `"complex128"`
 /// for `NPKIO_DTYPE_C128`, which SafeTensors lacks. NULL for a number that is no dtype.
