@@ -964,6 +964,18 @@ NpkioStatus npkio_tensors_find(const struct NpkioTensors *tensors,
                                struct NpkioTensorView *view,
                                size_t *index);
 
+/**
+ * Parses a byte size such as `"4096"`, `"64MB"` (powers of 1000), `"100MiB"` or `"8M"`
+ * (powers of 1024), `"1.5GiB"` (a fraction rounds down to whole bytes) into `*out`. Zero
+ * and sizes past 2^64 - 1 are refused with `NPKIO_STATUS_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ *
+ * `text` NULL or a NUL-terminated string; `out` NULL or writable.
+ */
+NpkioStatus npkio_parse_size(const char *text,
+                             uint64_t *out);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

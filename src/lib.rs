@@ -52,6 +52,7 @@ mod numpack;
 mod paths;
 mod publish;
 mod safetensors;
+mod units;
 mod view;
 
 pub use convert::{
@@ -66,6 +67,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use numpack::{ArrayInfo, ArrayInput, NumPack};
 pub use safetensors::index::Checkpoint;
 pub use safetensors::{SafeTensorsFile, Tensor, TensorInfo};
+pub use units::parse_size;
 pub use view::TensorView;
 
 /// Building blocks that npkio's own tests, benchmarks and fuzz targets exercise directly:

@@ -41,6 +41,7 @@ pub mod numpack;
 pub(crate) mod panic;
 pub mod safetensors;
 pub mod tensors;
+pub mod units;
 
 pub use convert::{
     npkio_from_safetensors, npkio_from_safetensors_file, npkio_to_safetensors_file,
@@ -58,6 +59,7 @@ pub use last_error::{
 pub use numpack::*;
 pub use safetensors::*;
 pub use tensors::*;
+pub use units::npkio_parse_size;
 
 /// The library's version, the same as `NPKIO_VERSION_STRING`, NUL-terminated. The string
 /// is static: never free it.
