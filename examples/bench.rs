@@ -287,19 +287,15 @@ fn child(mut it: impl Iterator<Item = String>) {
             println!("{} {len}", tensors.len());
         }
         "from" => {
-            let opts = Options {
-                threads: threads(&a[2]),
-                durable: a[3] == "durable",
-                ..Options::default()
-            };
+            let mut opts = Options::default();
+            opts.threads = threads(&a[2]);
+            opts.durable = a[3] == "durable";
             npkio::from_safetensors_file_with(&a[0], &a[1], None::<&[&str]>, true, &opts).unwrap();
         }
         "to" => {
-            let opts = Options {
-                threads: threads(&a[2]),
-                durable: a[3] == "durable",
-                ..Options::default()
-            };
+            let mut opts = Options::default();
+            opts.threads = threads(&a[2]);
+            opts.durable = a[3] == "durable";
             npkio::to_safetensors_file_with(&a[0], &a[1], None::<&[&str]>, None, &opts).unwrap();
         }
         "metadata" => {

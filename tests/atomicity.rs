@@ -182,10 +182,8 @@ fn a_busy_output_waits_or_fails_fast() {
     let lock = std::fs::File::create(dir.path().join(".busy.npk.npkio-lock")).unwrap();
     // SAFETY: flock on a descriptor we own.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let opts = npkio::Options {
-        wait_for_lock: false,
-        ..npkio::Options::default()
-    };
+    let mut opts = npkio::Options::default();
+    opts.wait_for_lock = false;
     let e = npkio::from_safetensors_file_with(&st, &out, ALL, false, &opts).unwrap_err();
     assert_eq!(e.kind(), npkio::ErrorKind::Busy, "{e}");
     assert!(!out.exists());

@@ -25,11 +25,9 @@ fn child_entry() {
     };
     let p: Vec<&str> = spec.split('|').collect();
     let (mode, src, out) = (p[0], p[1], p[2]);
-    let opts = Options {
-        wait_for_lock: p[3] == "wait",
-        chunk_size: 1 << 20,
-        ..Options::default()
-    };
+    let mut opts = Options::default();
+    opts.wait_for_lock = p[3] == "wait";
+    opts.chunk_size = 1 << 20;
     let rounds: usize = p[4].parse().unwrap();
     for _ in 0..rounds {
         let r = match mode {

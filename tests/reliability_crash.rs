@@ -35,12 +35,10 @@ fn child_entry() {
     };
     let p: Vec<&str> = spec.split('|').collect();
     let (mode, src, out) = (p[0], p[1], p[2]);
-    let opts = Options {
-        durable: p[3] == "durable",
-        chunk_size: p[4].parse().unwrap(),
-        max_shard_size: p[5].parse().ok(),
-        ..Options::default()
-    };
+    let mut opts = Options::default();
+    opts.durable = p[3] == "durable";
+    opts.chunk_size = p[4].parse().unwrap();
+    opts.max_shard_size = p[5].parse().ok();
     println!("CHILD-START");
     std::io::Write::flush(&mut std::io::stdout()).unwrap();
     let t = Instant::now();
@@ -147,10 +145,8 @@ impl Fixture {
         let old_ckpt = dir.join("golden/old-ckpt");
         let scratch = dir.join("golden/old-ckpt.npk");
         write_numpack(&old_ckpt_c, &scratch);
-        let opts = Options {
-            max_shard_size: Some(400_000),
-            ..Options::default()
-        };
+        let mut opts = Options::default();
+        opts.max_shard_size = Some(400_000);
         npkio::to_safetensors_file_with(&scratch, &old_ckpt, ALL, None, &opts).unwrap();
         std::fs::write(old_ckpt.join("config.json"), b"{\"kept\": true}").unwrap();
         assert_eq!(read_safetensors(&old_ckpt).unwrap(), old_ckpt_c);
@@ -238,10 +234,8 @@ impl Fixture {
                 npkio::to_safetensors_file(&self.npk_src, &out, ALL, None, 8 << 20)
             }
             Mode::ShardedFresh | Mode::ShardedExisting => {
-                let opts = Options {
-                    max_shard_size: Some(self.total / 3 + 1),
-                    ..Options::default()
-                };
+                let mut opts = Options::default();
+                opts.max_shard_size = Some(self.total / 3 + 1);
                 npkio::to_safetensors_file_with(&self.npk_src, &out, ALL, None, &opts)
             }
         };
@@ -534,10 +528,8 @@ fn sharded_export_into_existing_directory_removes_temporary_shards_left_inside_i
         std::fs::write(out.join(name), vec![0u8; 4096]).unwrap();
     }
     std::fs::write(out.join("config.json"), b"{}").unwrap();
-    let opts = Options {
-        max_shard_size: Some(400_000),
-        ..Options::default()
-    };
+    let mut opts = Options::default();
+    opts.max_shard_size = Some(400_000);
     npkio::to_safetensors_file_with(&npk, &out, ALL, None, &opts).unwrap();
     assert_eq!(temporaries(dir.path(), 2), Vec::<PathBuf>::new());
     assert_eq!(read_safetensors(&out).unwrap(), src);

@@ -87,10 +87,8 @@ impl Fixture {
         let old_ckpt = dir.join("old-ckpt");
         let scratch = dir.join("old-ckpt.npk");
         write_numpack(&old_ckpt_c, &scratch);
-        let opts = Options {
-            max_shard_size: Some(300_000),
-            ..Options::default()
-        };
+        let mut opts = Options::default();
+        opts.max_shard_size = Some(300_000);
         npkio::to_safetensors_file_with(&scratch, &old_ckpt, ALL, None, &opts).unwrap();
         std::fs::write(old_ckpt.join("config.json"), b"{}").unwrap();
         Fixture {
@@ -148,11 +146,9 @@ impl Fixture {
     }
 
     fn convert(&self, mode: Mode, out: &Path, durable: bool) -> npkio::Result<()> {
-        let mut opts = Options {
-            durable,
-            chunk_size: 1 << 20,
-            ..Options::default()
-        };
+        let mut opts = Options::default();
+        opts.durable = durable;
+        opts.chunk_size = 1 << 20;
         match mode {
             Mode::ImportMerge | Mode::ImportFresh => {
                 npkio::from_safetensors_file_with(&self.st_src, out, ALL, false, &opts)

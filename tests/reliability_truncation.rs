@@ -69,11 +69,9 @@ fn child_entry() {
             }
         }
     };
-    let opts = Options {
-        method: method(p[3]),
-        progress: Some(Arc::new(progress)),
-        ..Options::default()
-    };
+    let mut opts = Options::default();
+    opts.method = method(p[3]);
+    opts.progress = Some(Arc::new(progress));
     let r = match dir {
         "import" => npkio::from_safetensors_file_with(src, out, ALL, false, &opts),
         _ => npkio::to_safetensors_file_with(src, out, ALL, None, &opts),

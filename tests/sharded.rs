@@ -29,10 +29,8 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 fn export(npk: &Path, out: &Path, limit: u64) {
-    let opts = Options {
-        max_shard_size: Some(limit),
-        ..Options::default()
-    };
+    let mut opts = Options::default();
+    opts.max_shard_size = Some(limit);
     npkio::to_safetensors_file_with(npk, out, ALL, None, &opts).unwrap();
 }
 

@@ -43,7 +43,11 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Knobs shared by the conversions. `Options::default()` (with the `chunk_size` given) is
 /// what the conversion functions without `_with` use.
+///
+/// New knobs may be added in later versions: build it from `Options::default()` and set the
+/// fields you need.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Options {
     /// Largest piece copied at once, and so the bound on buffers and mapped windows per
     /// thread. Must not be 0.

@@ -67,15 +67,14 @@ pub fn run(args: &ConvertArgs) -> Outcome {
     };
 
     let progress = Progress::new(total, "converting", args.quiet);
-    let opts = Options {
-        chunk_size: args.chunk_size,
-        threads: args.threads,
-        method: args.method.into(),
-        durable: args.durable,
-        progress: progress.callback(),
-        max_shard_size: args.max_shard_size.map(|n| n as u64),
-        wait_for_lock: !args.no_wait,
-    };
+    let mut opts = Options::default();
+    opts.chunk_size = args.chunk_size;
+    opts.threads = args.threads;
+    opts.method = args.method.into();
+    opts.durable = args.durable;
+    opts.progress = progress.callback();
+    opts.max_shard_size = args.max_shard_size.map(|n| n as u64);
+    opts.wait_for_lock = !args.no_wait;
     let result = match format {
         Format::SafeTensors => {
             npkio::from_safetensors_file_with(&args.input, &args.output, keys, args.force, &opts)
