@@ -1,19 +1,23 @@
 //! npkio: lossless, zero-copy conversion between SafeTensors files and NumPack directories.
 //!
-//! The design in one screen:
+//! The design in one screen (modules in `src/`; the API is what this page lists):
 //!
-//! - [`dtype`]: one [`DType`] for both formats and the table that maps between them.
-//! - [`numpack`]: the NumPack 0.7 format (metadata, bitmaps, segments, file naming, the
+//! - `dtype`: one [`DType`] for both formats and C, generated from one table.
+//! - `numpack`: the NumPack 0.7 format (metadata, bitmaps, segments, file naming, the
 //!   `npkio.json` sidecar) and the [`NumPack`] store.
-//! - [`safetensors`](mod@safetensors): the reader (a mapped file, tensors as borrowed views),
-//!   the header writer byte-compatible with the `safetensors` crate, sharded checkpoints.
-//! - [`convert`]: the six functions of the API ([`from_safetensors_file`],
+//! - `safetensors`: the reader ([`SafeTensorsFile`], tensors as borrowed views), the header
+//!   writer byte-compatible with the `safetensors` crate, sharded checkpoints
+//!   ([`Checkpoint`]).
+//! - `convert`: the six functions of the API ([`from_safetensors_file`],
 //!   [`to_safetensors_file`], [`from_safetensors`], [`to_safetensors`],
-//!   [`get_safetensors_metadata`], [`iter_safetensors`]); outputs are built beside their
-//!   target and appear in one rename.
-//! - [`view`]: [`TensorView`], the borrowed view of a tensor that both formats hand out.
-//! - [`copy`]: the one place that moves bytes, in parallel page-aligned chunks.
+//!   [`get_safetensors_metadata`], [`iter_safetensors`]) and their [`Options`].
+//! - `publish`: outputs are built beside their target under a lock and appear in one
+//!   rename.
+//! - `view`: [`TensorView`], the borrowed view of a tensor that both formats hand out.
+//! - `copy`: the one place that moves bytes between files, in parallel page-aligned chunks
+//!   ([`CopyMethod`]).
 //! - [`ffi`]: the C ABI (`include/npkio.h`), a thin skin over the above.
+//! - `error`: one [`Error`] whose [`ErrorKind`] is the C status and the CLI's exit code.
 //!
 //! ```
 //! # fn main() -> npkio::Result<()> {
