@@ -86,7 +86,7 @@ impl NumPack {
     }
 
     /// The error for an unknown array name, listing some of the arrays that exist.
-    pub fn not_found(&self, name: &str) -> Error {
+    pub(crate) fn not_found(&self, name: &str) -> Error {
         Error::new(
             ErrorKind::KeyNotFound,
             format!("no such array (arrays: {})", list_names(&self.names())),
@@ -118,13 +118,13 @@ impl NumPack {
     }
 
     /// The shard layout of the SafeTensors source, when it was a sharded checkpoint.
-    pub fn sharding(&self) -> Option<&crate::numpack::sidecar::Sharding> {
+    pub(crate) fn sharding(&self) -> Option<&crate::numpack::sidecar::Sharding> {
         self.sharding.as_ref()
     }
 
     /// The SafeTensors source's header JSON, kept when its layout differs from the one the
     /// `safetensors` crate writes (see `numpack::sidecar`).
-    pub fn source_header(&self) -> Option<&str> {
+    pub(crate) fn source_header(&self) -> Option<&str> {
         self.source_header.as_deref()
     }
 
@@ -215,6 +215,7 @@ impl NumPack {
 
     /// Where an array's logical bytes are, in order: one extent per run of active rows
     /// within each file. Empty extents are omitted.
+    #[doc(hidden)]
     pub fn array_extents(&self, name: &str) -> Result<Vec<SourceExtent>> {
         let a = self.get(name)?;
         Ok(self.extents(a))
@@ -259,6 +260,7 @@ impl NumPack {
 
     /// Files that make up an array, relative to the directory: data file or manifest and
     /// segments, and the deletion bitmap if any.
+    #[doc(hidden)]
     pub fn array_files(&self, name: &str) -> Result<Vec<PathBuf>> {
         let a = self.get(name)?;
         let mut files = Vec::new();
@@ -276,12 +278,13 @@ impl NumPack {
     }
 
     /// The metadata record of an array, as on disk.
+    #[doc(hidden)]
     pub fn record(&self, name: &str) -> Result<&ArrayRecord> {
         Ok(&self.get(name)?.record)
     }
 
     /// The sidecar entry that applies to an array, if any.
-    pub fn sidecar_entry(&self, name: &str) -> Result<Option<Entry>> {
+    pub(crate) fn sidecar_entry(&self, name: &str) -> Result<Option<Entry>> {
         let a = self.get(name)?;
         let r = &a.record;
         let native = DType::from_numpack_code(r.dtype_code) == Some(a.dtype) && a.shape == r.shape;
@@ -289,7 +292,7 @@ impl NumPack {
     }
 
     /// The metadata and sidecar that describe the store now.
-    pub fn snapshot(&self) -> (Metadata, Sidecar) {
+    pub(crate) fn snapshot(&self) -> (Metadata, Sidecar) {
         let meta = Metadata {
             total_size: 0,
             arrays: self.arrays.iter().map(|a| a.record.clone()).collect(),
