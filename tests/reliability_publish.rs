@@ -148,6 +148,7 @@ fn kill_at_every_step(
             assert!(n < 400, "{context}: never completes");
         }
     }
+    eprintln!("{} kills: {seen:?}", seen.len());
     seen
 }
 

@@ -28,7 +28,10 @@ fn tensors(spec: &[(&str, u8, usize)]) -> Tensors {
         .collect()
 }
 
-fn inputs(t: &Tensors) -> (Vec<[u64; 1]>, Vec<(&str, &[u8])>) {
+/// Shapes and (name, bytes) pairs of tensors.
+type Inputs<'a> = (Vec<[u64; 1]>, Vec<(&'a str, &'a [u8])>);
+
+fn inputs(t: &Tensors) -> Inputs<'_> {
     let shapes = t.values().map(|v| [v.len() as u64]).collect();
     let named = t.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
     (shapes, named)
@@ -695,7 +698,8 @@ fn a_merge_keeps_the_links_the_reader_follows() {
     let d = tmp.path();
     let old = tensors(&[("a", 1, 40), ("b", 2, 40), ("c", 3, 16), ("d", 4, 8)]);
     let new = tensors(&[("b", 9, 40), ("e", 5, 12)]);
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Setup = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Setup)> = vec![
         (
             "relative link into a subdirectory",
             Box::new(|npk: &Path| {
