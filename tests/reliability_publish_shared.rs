@@ -543,6 +543,25 @@ fn an_output_that_is_inside_or_holds_the_input_is_refused_before_anything_change
             "{input:?} -> {out:?}: {e}"
         );
     }
+    // The C API too.
+    let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let (c_in, c_out) = (c(&npk), c(&npk.join("metadata.npkm")));
+    // SAFETY: valid NUL-terminated strings; no lists.
+    let status = unsafe {
+        npkio::ffi::npkio_to_safetensors_file(
+            c_in.as_ptr(),
+            c_out.as_ptr(),
+            std::ptr::null(),
+            0,
+            std::ptr::null(),
+            std::ptr::null(),
+            0,
+            4096,
+            0,
+            0,
+        )
+    };
+    assert_eq!(status, npkio::ffi::NpkioStatus::InvalidArgument);
     // The command line says so with exit 9, even with --force.
     let o = cli(&[p("convert"), &npk, &npk.join("metadata.npkm"), p("--force")]);
     assert_eq!(o.status.code(), Some(9), "{o:?}");
@@ -615,6 +634,7 @@ fn replaced_and_merged_outputs_keep_their_permissions_new_ones_follow_the_umask(
         (0o750, 0o640),
         (0o775, 0o664),
         (0o711, 0o604),
+        (0o555, 0o444),
     ] {
         for force in [false, true] {
             let npk = d.join(format!("old{old_dir:o}{force}.npk"));

@@ -424,15 +424,8 @@ fn recover(parent: &Path, name: &str, output: &Path) -> Result<()> {
             )?;
         }
     }
-    if exists(output) {
-        for w in &marked {
-            discard(w);
-        }
-    } else {
-        // Nothing was aside: only unpublished staging directories.
-        for w in marked.iter().filter(|w| !exists(&w.join("old"))) {
-            discard(w);
-        }
+    for w in &marked {
+        discard(w, output);
     }
     Ok(())
 }
@@ -492,10 +485,15 @@ fn marker_text(name: &str) -> String {
     format!("{MARKER_MAGIC}\n{name}\n")
 }
 
-/// Removes the marked staging directory `w`, best effort. An old output in it is first
-/// renamed to `trash`, so that a removal cut short never leaves a partial old output that
-/// recovery would restore; the marker goes last.
-fn discard(w: &Path) {
+/// Removes the marked staging directory `w` of `output`, best effort. An old output in it
+/// (`old`) is removed only while `output` exists: with `output` absent, `w` stays, for
+/// recovery to restore it. The old output is first renamed to `trash`, so that a removal cut
+/// short never leaves a partial old output that recovery would restore; the marker goes
+/// last.
+fn discard(w: &Path, output: &Path) {
+    if exists(&w.join("old")) && !exists(output) {
+        return;
+    }
     let trash = w.join("trash");
     if exists(&trash) {
         let _ = fs::remove_dir_all(&trash);
@@ -613,7 +611,7 @@ pub(crate) struct Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.done {
-            discard(&self.wrapper);
+            discard(&self.wrapper, &self.output);
         }
     }
 }
@@ -752,11 +750,22 @@ impl Staging {
     pub(crate) fn publish(mut self, durable: bool) -> Result<()> {
         let output = self.output.clone();
         let (parent, _) = split(&output)?;
-        if let Some(k) = self.kept {
-            // Now, not earlier: a read-only old mode would have kept npkio from writing.
-            let dir = File::open(&self.new);
-            let set = dir.and_then(|d| set_owner_mode(&d, k.gid, k.dir_mode));
-            self.ctx(set, &self.new.clone(), "setting the permissions of")?;
+        // The old directory's mode, set now (a read-only one would have kept npkio from
+        // writing), or for a mode without the owner's write permission just after the
+        // rename (renaming a directory to another parent needs it).
+        let kept = self.kept;
+        let set_mode = |dir: &Path| {
+            kept.map_or(Ok(()), |k| {
+                File::open(dir).and_then(|d| set_owner_mode(&d, k.gid, k.dir_mode))
+            })
+        };
+        let writable = kept.is_none_or(|k| k.dir_mode & 0o200 != 0);
+        if writable {
+            self.ctx(
+                set_mode(&self.new),
+                &self.new.clone(),
+                "setting the permissions of",
+            )?;
         }
         if durable {
             self.sync_dir(&self.new.clone())?;
@@ -773,12 +782,15 @@ impl Staging {
                 return Err(Error::io(&output, "renaming the finished output onto", e));
             }
         }
+        if !writable {
+            set_mode(&output).ctx(&output, "setting the permissions of")?;
+        }
         if durable {
             sync_dir(&parent)?;
         }
         // The old output (swapped into `new`, or in `old`) goes with the staging directory.
         self.done = true;
-        discard(&self.wrapper);
+        discard(&self.wrapper, &output);
         Ok(())
     }
 
@@ -933,5 +945,44 @@ mod tests {
         let other = std::thread::spawn(move || lock_output(&a, false).map(drop));
         other.join().unwrap().unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A NumPack store change holds the lock of the directory holding the store: a
+    /// conversion into the store, or into any other output of that directory, waits for it
+    /// (or fails fast with Busy).
+    #[test]
+    fn a_store_change_and_conversions_into_its_directory_exclude_each_other() {
+        use crate::{DType, Options, TensorInput};
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s.npk");
+        let t = [TensorInput {
+            name: "a",
+            dtype: DType::U8,
+            shape: &[2],
+            data: &[1, 2],
+        }];
+        crate::from_safetensors(&t, &store, false).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                let _lock = lock_store(&store, true).unwrap();
+                tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+            }
+        });
+        rx.recv().unwrap();
+        let no_wait = Options {
+            wait_for_lock: false,
+            ..Options::default()
+        };
+        for out in [store.clone(), dir.path().join("other.npk")] {
+            let e = crate::from_safetensors_with(&t, &out, false, &no_wait).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Busy, "{out:?}: {e}");
+        }
+        done_tx.send(()).unwrap();
+        holder.join().unwrap();
+        crate::from_safetensors_with(&t, &store, false, &no_wait).unwrap();
     }
 }
