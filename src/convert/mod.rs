@@ -65,9 +65,10 @@ pub struct Options {
     /// (`model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json`, or a single
     /// `model.safetensors` when everything fits in one shard). `None` writes one file.
     pub max_shard_size: Option<u64>,
-    /// When another conversion is writing the same output: wait for it (the default), or
-    /// fail at once with `ErrorKind::Busy`. Conversions into one directory (whatever their
-    /// output's name) and changes to NumPack stores in it share one lock: they run one after
+    /// When another writer holds the lock of the output's directory: wait for it (the
+    /// default), or fail at once with `ErrorKind::Busy`. Conversions into one directory
+    /// (whatever their output's name) and changes to NumPack stores in it share that lock
+    /// (`flock` on the directory; nothing is created beside the output): they run one after
     /// the other.
     pub wait_for_lock: bool,
     /// For exports: never replace existing weights. An output file that exists, or (with
