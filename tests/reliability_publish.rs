@@ -312,6 +312,85 @@ fn file_export_killed_at_every_step_is_old_or_new() {
     assert!(seen.contains(&State::Old), "{seen:?}");
 }
 
+/// A sharded export into a new directory, killed at every step: no checkpoint (the old
+/// state) or the complete new one, and the next export completes it leaving nothing behind.
+#[test]
+fn fresh_sharded_export_killed_at_every_step_is_absent_or_new() {
+    let test = "fresh sharded export";
+    if !have_strace(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let t = tensors(&[("a", 1, 3000), ("b", 2, 2000), ("c", 3, 1000)]);
+    let st = d.join("t.st");
+    write_st(&st, &t);
+    let npk = d.join("t.npk");
+    assert!(npkio(&[Path::new("convert"), &st, &npk]).status.success());
+    let work = d.join("work");
+    fs::create_dir(&work).unwrap();
+    let out = work.join("ckpt");
+    let read_ckpt = || -> Result<Tensors, String> {
+        let c = npkio::safetensors::index::Checkpoint::open(&out).map_err(|e| e.to_string())?;
+        let mut got = Tensors::new();
+        for f in c.shards() {
+            let shard = read_st(f.path())?;
+            got.extend(shard);
+        }
+        Ok(got)
+    };
+    let reset = || {
+        if out.exists() {
+            fs::remove_dir_all(&out).unwrap();
+        }
+        for n in leftovers(&work) {
+            let _ = fs::remove_dir_all(work.join(&n));
+        }
+    };
+    let check = |context: &str| -> State {
+        if !out.exists() {
+            return State::Old;
+        }
+        let got = read_ckpt().unwrap_or_else(|e| panic!("{context}: does not open: {e}"));
+        assert_eq!(got, t, "{context}: not the new checkpoint");
+        State::New
+    };
+    let size = Path::new("2500");
+    let args: Vec<&Path> = vec![
+        Path::new("convert"),
+        &npk,
+        &out,
+        Path::new("--max-shard-size"),
+        size,
+    ];
+    let recover = |context: &str, _: &State| {
+        let o = npkio(&[
+            Path::new("convert"),
+            &npk,
+            &out,
+            Path::new("--max-shard-size"),
+            size,
+            Path::new("--force"),
+        ]);
+        assert!(o.status.success(), "{context}: {o:?}");
+        assert_eq!(read_ckpt().unwrap(), t, "{context}");
+        assert_eq!(
+            leftovers(&work),
+            Vec::<String>::new(),
+            "{context}: left behind"
+        );
+        assert_eq!(
+            leftovers(&out),
+            Vec::<String>::new(),
+            "{context}: left inside"
+        );
+    };
+    let mut steps = STEPS.to_vec();
+    steps.push("renameat2");
+    let seen = kill_at_every_step(&[], &steps, &args, &reset, &check, &recover);
+    assert!(seen.contains(&State::Old), "{seen:?}");
+}
+
 /// The lock falls back to a `.npkio-lock` file where `flock` on a directory is refused
 /// (made to fail here as NFS does): conversions still exclude each other, and anything but
 /// a regular file at that name is refused, never followed or waited on.

@@ -481,6 +481,26 @@ fn output_names_up_to_255_bytes_work() {
 }
 
 #[test]
+fn output_names_that_are_not_utf8_work() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let t1 = tensors(&[("a", 1, 40)]);
+    let t2 = tensors(&[("b", 2, 30)]);
+    for raw in [&b"bad\xff.npk"[..], &[0xfe; 255][..]] {
+        let out = d.join(std::ffi::OsStr::from_bytes(raw));
+        write_npk(&out, &t1, false).unwrap();
+        write_npk(&out, &t2, false).unwrap();
+        let merged: Tensors = t1.clone().into_iter().chain(t2.clone()).collect();
+        assert_eq!(read_npk(&out).unwrap(), merged);
+        write_npk(&out, &t2, true).unwrap();
+        assert_eq!(read_npk(&out).unwrap(), t2);
+        fs::remove_dir_all(&out).unwrap();
+        assert_eq!(fs::read_dir(d).unwrap().count(), 0);
+    }
+}
+
+#[test]
 fn an_output_that_is_inside_or_holds_the_input_is_refused_before_anything_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();

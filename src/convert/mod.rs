@@ -136,8 +136,8 @@ impl Options {
 /// (after resolving links and `..` in the paths), before anything is touched: publishing it
 /// would destroy the input it reads. A missing path is left to the conversion to report.
 fn refuse_overlap(inputs: &[&Path], output: &Path) -> Result<()> {
-    let (parent, name) = crate::publish::split(output)?;
-    let Ok(parent) = parent.canonicalize() else {
+    let (parent, _) = crate::publish::split(output)?;
+    let (Ok(parent), Some(name)) = (parent.canonicalize(), output.file_name()) else {
         return Ok(());
     };
     let mut outs = vec![parent.join(name)];

@@ -105,17 +105,18 @@ fn held() -> std::sync::MutexGuard<'static, Vec<Held>> {
     HELD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The directory holding `output` and the output's file name.
+/// The directory holding `output` and the output's file name (as staging names spell it:
+/// bytes that are not UTF-8 replaced).
 pub(crate) fn split(output: &Path) -> Result<(PathBuf, String)> {
     let name = output
         .file_name()
-        .and_then(|n| n.to_str())
+        .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| Error::invalid_argument("output path has no usable file name").at(output))?;
     let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    Ok((parent, name.to_string()))
+    Ok((parent, name))
 }
 
 /// Takes the lock of the directory holding `output` (see the module docs) and recovers what
