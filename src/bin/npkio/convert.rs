@@ -75,6 +75,8 @@ pub fn run(args: &ConvertArgs) -> Outcome {
     opts.progress = progress.callback();
     opts.max_shard_size = args.max_shard_size.map(|n| n as u64);
     opts.wait_for_lock = !args.no_wait;
+    // Checked again by the library under the output's lock (the check above is early).
+    opts.no_clobber = format == Format::NumPack && !args.force;
     let result = match format {
         Format::SafeTensors => {
             npkio::from_safetensors_file_with(&args.input, &args.output, keys, args.force, &opts)
