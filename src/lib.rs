@@ -51,6 +51,7 @@ mod names;
 pub mod numpack;
 mod paths;
 mod publish;
+mod safe_open;
 pub mod safetensors;
 pub mod view;
 

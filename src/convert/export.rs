@@ -153,9 +153,7 @@ fn copy_arrays(
                     if files.len() == MAX_OPEN_FILES {
                         break;
                     }
-                    let p = store.path().join(&ext.file);
-                    let f = File::open(&p)
-                        .ctx(&p, "opening")
+                    let f = crate::numpack::store::open_file(store.path(), &ext.file)
                         .map_err(|e| e.array(*name))?;
                     file_index.insert(ext.file.as_path(), files.len());
                     files.push(f);

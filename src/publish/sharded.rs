@@ -78,6 +78,12 @@ impl ShardedOutput<'_> {
             }
             None => None,
         };
+        // The weight files the directory's current index names: the earlier checkpoint's
+        // shards, whatever their names, removed below when the new one does not use them.
+        let previous = match &build {
+            Build::Existing(dir) => indexed_files(dir),
+            Build::Fresh(_) => Vec::new(),
+        };
         if let Build::Existing(dir) = &build {
             // No index may point at shards that are being replaced.
             let index_path = dir.join(INDEX_NAME);
@@ -94,7 +100,9 @@ impl ShardedOutput<'_> {
             build.publish_file(t, INDEX_NAME, self.durable)?;
         }
         match build {
-            Build::Existing(dir) => remove_stale_weights(dir, self.files, self.index.is_some()),
+            Build::Existing(dir) => {
+                remove_stale_weights(dir, self.files, &previous, self.index.is_some())
+            }
             Build::Fresh(staging) => staging.publish(self.durable)?,
         }
         Ok(())
@@ -126,21 +134,72 @@ impl Build<'_> {
     }
 }
 
-/// After writing a checkpoint into an existing directory, removes weight files of an
-/// earlier checkpoint that the new one does not use (as `save_pretrained` does): other
-/// `model-*-of-*.safetensors` shards, `model.safetensors`, and the index when none was
-/// written.
-fn remove_stale_weights(dir: &Path, keep: &[String], wrote_index: bool) {
+/// The file names the index in `dir` maps tensors to, when there is a readable index: only
+/// plain names of files in `dir` itself.
+fn indexed_files(dir: &Path) -> Vec<String> {
+    let Ok(Some(opened)) = crate::safe_open::open_inside_if_present(dir, INDEX_NAME, "index")
+    else {
+        return Vec::new();
+    };
+    let Ok(bytes) = crate::safe_open::read_to_vec(opened, 256 << 20, "index") else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Vec::new();
+    };
+    let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str())
+        .filter(|f| {
+            crate::paths::checked_relative(f)
+                .is_ok_and(|p| p.components().count() == 1 && p.as_os_str() == *f)
+        })
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether `name` is a shard name exactly as `save_pretrained` writes it:
+/// `model-NNNNN-of-NNNNN.safetensors`, five digits each.
+pub(crate) fn is_shard_name(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("model-")
+        .and_then(|r| r.strip_suffix(".safetensors"))
+    else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.len() == 14
+        && b[..5].iter().all(u8::is_ascii_digit)
+        && &b[5..9] == b"-of-"
+        && b[9..].iter().all(u8::is_ascii_digit)
+}
+
+/// After writing a checkpoint into an existing directory, removes the weight files of an
+/// earlier checkpoint that the new one does not use (as `save_pretrained` does): the files
+/// the earlier index named (`previous`), shards named exactly
+/// `model-NNNNN-of-NNNNN.safetensors`, `model.safetensors`, and the index when none was
+/// written. Only regular files are removed: never a directory, a symbolic link (nor what it
+/// points at) or anything else, and no other name.
+fn remove_stale_weights(dir: &Path, keep: &[String], previous: &[String], wrote_index: bool) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let is_shard =
-            name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
-        let stale = (is_shard || name == "model.safetensors") && !keep.contains(&name)
-            || (name == INDEX_NAME && !wrote_index);
-        if stale {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let weights = is_shard_name(&name)
+            || name == "model.safetensors"
+            || previous.binary_search(&name).is_ok();
+        let stale = weights && !keep.contains(&name) || (name == INDEX_NAME && !wrote_index);
+        // `DirEntry::file_type` does not follow links: a link is not a regular file here.
+        if stale && e.file_type().is_ok_and(|t| t.is_file()) {
             let _ = fs::remove_file(e.path());
         }
     }

@@ -103,14 +103,17 @@ impl Checkpoint {
     }
 
     fn open_index(index: &Path) -> Result<Checkpoint> {
-        let len = std::fs::metadata(index).ctx(index, "opening")?.len();
-        if len > MAX_INDEX_LEN {
+        // Opened without blocking, a regular file, its length checked before reading.
+        let opened = crate::safe_open::open_regular(index, "index")?;
+        if opened.len > MAX_INDEX_LEN {
             return Err(Error::malformed(
                 index,
-                format!("index of {len} bytes is too large"),
+                format!("index of {} bytes is too large", opened.len),
             ));
         }
-        let text = std::fs::read_to_string(index).ctx(index, "reading")?;
+        let bytes = crate::safe_open::read_to_vec(opened, MAX_INDEX_LEN, "index")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::malformed(index, "index is not valid UTF-8"))?;
         let parsed = parse_index(&text).map_err(|m| Error::malformed(index, m))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         // Shards in name order (model-00001-of-00002 before model-00002-of-00002).
@@ -131,14 +134,17 @@ impl Checkpoint {
                         format!("shard name {name:?} is not a file name in the index's directory"),
                     )
                 })?;
-            let p = dir.join(rel);
-            if !p.is_file() {
-                return Err(Error::malformed(
-                    index,
-                    format!("shard {name:?} named in the index is missing"),
-                ));
-            }
-            shards.push(SafeTensorsFile::open(&p)?);
+            let shard = SafeTensorsFile::open_inside(dir, &rel.to_string_lossy()).map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Error::malformed(
+                        index,
+                        format!("shard {name:?} named in the index is missing"),
+                    )
+                } else {
+                    e
+                }
+            })?;
+            shards.push(shard);
         }
         let shard_of: HashMap<&str, usize> = shard_names
             .iter()

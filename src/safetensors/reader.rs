@@ -99,16 +99,42 @@ struct MetadataOnly {
 
 impl SafeTensorsFile {
     /// Opens and validates `path`.
+    ///
+    /// The file is opened without blocking (a FIFO is refused, not waited on) and must be a
+    /// regular file.
     pub fn open(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
-        let file = File::open(path).ctx(path, "opening")?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .ctx(path, "opening")?;
         let md = file.metadata().ctx(path, "inspecting")?;
+        Self::from_file(path, file, md)
+    }
+
+    /// Opens `name`, a shard file name read from an index, inside `dir` (see `safe_open`:
+    /// never through a link leading out, never blocking, a regular file).
+    pub(crate) fn open_inside(dir: &Path, name: &str) -> Result<SafeTensorsFile> {
+        let opened = crate::safe_open::open_inside(dir, name, "shard")?;
+        let md = opened.file.metadata().ctx(&opened.path, "inspecting")?;
+        Self::from_file(&opened.path, opened.file, md)
+    }
+
+    fn from_file(path: &Path, file: File, md: std::fs::Metadata) -> Result<SafeTensorsFile> {
         if md.is_dir() {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "is a directory, not a SafeTensors file",
             )
             .at(path));
+        }
+        if !md.is_file() {
+            return Err(Error::malformed(
+                path,
+                "not a SafeTensors file: not a regular file (a FIFO, socket or device)",
+            ));
         }
         if md.len() < 8 {
             return Err(Error::malformed(
@@ -156,7 +182,17 @@ impl SafeTensorsFile {
             }
             return Err(Error::malformed(path, msg));
         }
-        let mut head = vec![0u8; 8 + declared as usize];
+        // The header is at most 100 MB (checked above); failing to get that memory is a
+        // resource error, not a malformed file.
+        let mut head = Vec::new();
+        head.try_reserve_exact(8 + declared as usize).map_err(|_| {
+            Error::io(
+                path,
+                "allocating memory for the header of",
+                std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+            )
+        })?;
+        head.resize(8 + declared as usize, 0);
         head[..8].copy_from_slice(&len_bytes);
         read_at(&mut head[8..], 8)?;
         let (n, meta) = read_metadata(&head, file_len).map_err(|e| {
@@ -323,28 +359,39 @@ impl SafeTensorsFile {
     }
 }
 
-/// The crate's `read_metadata` for a file of `file_len` bytes whose first bytes (the length and
-/// the header) are `head`.
+/// The crate's header parsing and validation for a file of `file_len` bytes whose first
+/// bytes (the length and the header) are `head`, without a buffer as long as the file.
 ///
-/// `read_metadata` wants a buffer as long as the whole file but reads only `head`'s bytes of
-/// it and its length. So `head` is copied into an anonymous mapping of the file's length,
-/// reserved without swap (`MAP_NORESERVE`): only the pages it touches ever exist, and
-/// anonymous memory cannot raise SIGBUS the way a mapping of a shrinking file can. Where
-/// such a mapping cannot be made (an address-space limit below the file's size), that is an
-/// I/O error.
+/// The crate's `read_metadata` wants the whole file as one buffer, though it reads only the
+/// header and the buffer's length. Instead, the header is parsed into the crate's `Metadata`
+/// (whose deserialization runs the crate's own validation: offsets in order without gaps,
+/// shapes and dtypes agreeing with the offsets), and the one check left, that the tensors
+/// end exactly at the end of the file, is made here. When parsing fails, the crate's
+/// `read_metadata` runs on `head` alone to name the error exactly as the crate does.
 fn read_metadata(
     head: &[u8],
     file_len: u64,
 ) -> std::result::Result<(usize, ::safetensors::tensor::Metadata), ::safetensors::SafeTensorError> {
-    let len =
-        usize::try_from(file_len).map_err(|_| ::safetensors::SafeTensorError::HeaderTooLarge)?;
-    let mut buf = memmap2::MmapOptions::new()
-        .len(len)
-        .no_reserve_swap()
-        .map_anon()
-        .map_err(::safetensors::SafeTensorError::IoError)?;
-    buf[..head.len()].copy_from_slice(head);
-    ::safetensors::SafeTensors::read_metadata(&buf)
+    use ::safetensors::SafeTensorError as E;
+    let n = head.len() - 8;
+    let parsed = std::str::from_utf8(&head[8..])
+        .ok()
+        .and_then(|text| serde_json::from_str::<::safetensors::tensor::Metadata>(text).ok());
+    let Some(meta) = parsed else {
+        return match ::safetensors::SafeTensors::read_metadata(head) {
+            // Everything but the length check passed: cannot be, since parsing failed.
+            Ok(_) | Err(E::MetadataIncompleteBuffer) => Err(E::InvalidHeaderDeserialization(
+                serde_json::from_slice::<::safetensors::tensor::Metadata>(&head[8..])
+                    .expect_err("parsing failed above"),
+            )),
+            Err(e) => Err(e),
+        };
+    };
+    let end = (meta.data_len() as u64).checked_add(head.len() as u64);
+    if end != Some(file_len) {
+        return Err(E::MetadataIncompleteBuffer);
+    }
+    Ok((n, meta))
 }
 
 /// A readable account of the crate's error.
