@@ -45,6 +45,7 @@ pub mod convert;
 pub mod copy;
 pub mod dtype;
 pub mod error;
+mod fdlimit;
 pub mod ffi;
 mod fsutil;
 mod names;

@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
-use tempfile::NamedTempFile;
+use tempfile::{NamedTempFile, TempPath};
 
 use super::{lock_output, publish_file, remove_leftovers_inside, Staging};
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -36,13 +36,18 @@ pub(crate) struct ShardedOutput<'a> {
 
 impl ShardedOutput<'_> {
     /// Writes the checkpoint: `prepare(k, file)` sizes shard `k` and writes its header, just
-    /// after the shard's temporary file is created; `fill(files)` then copies every tensor into
-    /// the shards (in the order of [`ShardedOutput::files`]). The checkpoint is published only
-    /// when both succeed.
+    /// after the shard's temporary file is created; `fill(first, files)` then copies every
+    /// tensor into the shards, a batch of consecutive shards at a time (`files` are shards
+    /// `first..first + files.len()` of [`ShardedOutput::files`]). The checkpoint is published
+    /// only when both succeed.
+    ///
+    /// Only a batch of shards is open at a time (half the open-file budget, see `fdlimit`;
+    /// the other half is for the sources), so that any number of shards can be written
+    /// under a low open-file limit.
     pub(crate) fn write(
         &self,
         mut prepare: impl FnMut(usize, &File) -> Result<()>,
-        fill: impl FnOnce(&[&File]) -> Result<()>,
+        mut fill: impl FnMut(usize, &[&File]) -> Result<()>,
     ) -> Result<()> {
         let output = self.dir;
         if fs::symlink_metadata(output).is_ok_and(|m| !m.is_dir()) {
@@ -60,13 +65,19 @@ impl ShardedOutput<'_> {
             remove_leftovers_inside(output);
             Build::Existing(output)
         };
-        let mut tmps = Vec::with_capacity(self.files.len());
+        // Each shard's temporary file is closed once its header is written (the path stays,
+        // removed on drop), and opened again for its batch and for publishing.
+        let mut tmps: Vec<TempPath> = Vec::with_capacity(self.files.len());
         for (k, f) in self.files.iter().enumerate() {
             let tmp = build.temp_file(&format!(".{f}.npkio-tmp-"))?;
             prepare(k, tmp.as_file())?;
-            tmps.push(tmp);
+            tmps.push(tmp.into_temp_path());
         }
-        fill(&tmps.iter().map(NamedTempFile::as_file).collect::<Vec<_>>())?;
+        let batch = (crate::fdlimit::open_file_budget() / 2).max(1);
+        for (b, paths) in tmps.chunks(batch).enumerate() {
+            let files: Vec<File> = paths.iter().map(reopen).collect::<Result<_>>()?;
+            fill(b * batch, &files.iter().collect::<Vec<_>>())?;
+        }
         // The new index is written before anything visible changes, so that a full disk fails
         // here with the old checkpoint intact.
         let index_tmp = match self.index {
@@ -94,7 +105,8 @@ impl ShardedOutput<'_> {
             }
         }
         for (tmp, f) in tmps.into_iter().zip(self.files) {
-            build.publish_file(tmp, f, self.durable)?;
+            let file = reopen(&tmp)?;
+            build.publish_file(NamedTempFile::from_parts(file, tmp), f, self.durable)?;
         }
         if let Some(t) = index_tmp {
             build.publish_file(t, INDEX_NAME, self.durable)?;
@@ -107,6 +119,15 @@ impl ShardedOutput<'_> {
         }
         Ok(())
     }
+}
+
+/// Opens a shard's temporary file again, for writing.
+fn reopen(path: &TempPath) -> Result<File> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .ctx(path, "opening again")
 }
 
 /// Where the checkpoint is built: a staging directory that becomes the output, or the

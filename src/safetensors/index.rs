@@ -103,6 +103,8 @@ impl Checkpoint {
     }
 
     fn open_index(index: &Path) -> Result<Checkpoint> {
+        // Every shard stays open: use the hard open-file limit where the process may.
+        crate::fdlimit::raise_soft_limit();
         // Opened without blocking, a regular file, its length checked before reading.
         let opened = crate::safe_open::open_regular(index, "index")?;
         if opened.len > MAX_INDEX_LEN {
