@@ -1,6 +1,5 @@
 //! Reading SafeTensors files by memory-mapping them.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,7 +40,8 @@ impl TensorInfo {
 /// [`SafeTensorsFile`] it came from.
 #[derive(Clone, Debug)]
 pub struct Tensor {
-    info: Arc<TensorInfo>,
+    infos: Arc<Vec<TensorInfo>>,
+    i: usize,
     map: Arc<Mmap>,
     start: usize,
     end: usize,
@@ -50,17 +50,17 @@ pub struct Tensor {
 impl Tensor {
     /// The tensor's name.
     pub fn name(&self) -> &str {
-        &self.info.name
+        &self.infos[self.i].name
     }
 
     /// Its dtype.
     pub fn dtype(&self) -> DType {
-        self.info.dtype
+        self.infos[self.i].dtype
     }
 
     /// Its shape.
     pub fn shape(&self) -> &[u64] {
-        &self.info.shape
+        &self.infos[self.i].shape
     }
 
     /// Its bytes, borrowed from the mapping.
@@ -86,8 +86,11 @@ pub struct SafeTensorsFile {
     /// The header JSON, padding included, as read with `pread`.
     header: String,
     header_len: u64,
-    tensors: Vec<Arc<TensorInfo>>,
-    index: HashMap<String, usize>,
+    /// In file order; shared with the [`Tensor`]s handed out.
+    tensors: Arc<Vec<TensorInfo>>,
+    /// Positions in `tensors` sorted by name, for lookups by name (no second copy of every
+    /// name, as a hash map would keep).
+    by_name: Vec<usize>,
     metadata: Option<Vec<(String, String)>>,
 }
 
@@ -223,7 +226,6 @@ impl SafeTensorsFile {
         let header_len = n as u64;
         let order = meta.offset_keys();
         let mut tensors = Vec::with_capacity(order.len());
-        let mut index = HashMap::with_capacity(order.len());
         for name in order {
             let info = meta.info(&name).expect("offset_keys names a tensor");
             let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
@@ -234,14 +236,15 @@ impl SafeTensorsFile {
                 .at(path)
                 .array(name.clone())
             })?;
+            let shape = info.shape.iter().map(|&d| d as u64).collect();
+            let data_offsets = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
             let t = TensorInfo {
-                name: name.clone(),
+                name,
                 dtype,
-                shape: info.shape.iter().map(|&d| d as u64).collect(),
-                data_offsets: (info.data_offsets.0 as u64, info.data_offsets.1 as u64),
+                shape,
+                data_offsets,
             };
-            index.insert(name, tensors.len());
-            tensors.push(Arc::new(t));
+            tensors.push(t);
         }
         // The crate keeps `__metadata__` in a HashMap; read it again to keep its order.
         let metadata = if meta.metadata().is_some() {
@@ -261,8 +264,8 @@ impl SafeTensorsFile {
             map: Arc::new(map),
             header,
             header_len,
-            tensors,
-            index,
+            by_name: sorted_by_name(&tensors),
+            tensors: Arc::new(tensors),
             metadata,
         })
     }
@@ -294,7 +297,7 @@ impl SafeTensorsFile {
 
     /// Tensors in file order (by data offset).
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = &TensorInfo> {
-        self.tensors.iter().map(|t| t.as_ref())
+        self.tensors.iter()
     }
 
     /// Number of tensors.
@@ -309,12 +312,20 @@ impl SafeTensorsFile {
 
     /// The position of a tensor in file order.
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        self.by_name
+            .binary_search_by(|&i| self.tensors[i].name.as_str().cmp(name))
+            .ok()
+            .map(|k| self.by_name[k])
     }
 
     /// A tensor's header entry.
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.position(name).map(|i| self.tensors[i].as_ref())
+        self.position(name).map(|i| &self.tensors[i])
+    }
+
+    /// The `i`-th tensor's header entry, in file order.
+    pub fn tensor_info(&self, i: usize) -> Option<&TensorInfo> {
+        self.tensors.get(i)
     }
 
     /// The `__metadata__` pairs in file order, `None` when the header has none.
@@ -351,12 +362,20 @@ impl SafeTensorsFile {
         let t = self.tensors.get(i)?;
         let (start, end) = self.range(t);
         Some(Tensor {
-            info: Arc::clone(t),
+            infos: Arc::clone(&self.tensors),
+            i,
             map: Arc::clone(&self.map),
             start,
             end,
         })
     }
+}
+
+/// Positions of `tensors` sorted by name.
+fn sorted_by_name(tensors: &[TensorInfo]) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..tensors.len()).collect();
+    v.sort_unstable_by(|&a, &b| tensors[a].name.cmp(&tensors[b].name));
+    v
 }
 
 /// The crate's header parsing and validation for a file of `file_len` bytes whose first
