@@ -44,7 +44,7 @@ fn write_json(c: &Container, out: &mut dyn Write) -> io::Result<()> {
     });
     let head = pretty(&head)?;
     // `{\n  "format": ...,\n  "path": ...\n}` without its closing line.
-    out.write_all(head[..head.len() - 2].as_bytes())?;
+    out.write_all(&head.as_bytes()[..head.len() - 2])?;
     out.write_all(b",\n  \"tensors\": [")?;
     let mut line = String::new();
     for (i, e) in c.entries.iter().enumerate() {
@@ -63,7 +63,7 @@ fn write_json(c: &Container, out: &mut dyn Write) -> io::Result<()> {
     let tail = pretty(&tail_json(c))?;
     // The remaining members, without the tail's braces.
     out.write_all(b",")?;
-    out.write_all(tail[1..tail.len() - 1].as_bytes())?;
+    out.write_all(&tail.as_bytes()[1..tail.len() - 1])?;
     out.write_all(b"}\n")
 }
 
