@@ -196,6 +196,22 @@ impl SafeTensorsFile {
             )
         })?;
         head.resize(8 + declared as usize, 0);
+        // Parsing a header takes several times its length in memory (names, shapes, maps),
+        // and an allocation that fails while parsing aborts the process. Make sure that much
+        // address space can be had first, so that a header too large for the memory
+        // available (as under `ulimit -v`) is an error, not an abort.
+        if declared > PARSE_PROBE_FROM {
+            let mut probe: Vec<u8> = Vec::new();
+            probe
+                .try_reserve_exact((declared as usize).saturating_mul(PARSE_MEMORY_FACTOR))
+                .map_err(|_| {
+                    Error::io(
+                        path,
+                        "finding memory to parse the header of",
+                        std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                    )
+                })?;
+        }
         head[..8].copy_from_slice(&len_bytes);
         read_at(&mut head[8..], 8)?;
         let (n, meta) = read_metadata(&head, file_len).map_err(|e| {
@@ -370,6 +386,13 @@ impl SafeTensorsFile {
         })
     }
 }
+
+/// Headers longer than this are parsed only when [`PARSE_MEMORY_FACTOR`] times their length
+/// can be reserved.
+const PARSE_PROBE_FROM: u64 = 1 << 20;
+/// Memory a header takes while parsed, per byte of header (measured: about 7 for a header
+/// of a million one-dimensional tensors).
+const PARSE_MEMORY_FACTOR: usize = 10;
 
 /// Positions of `tensors` sorted by name.
 fn sorted_by_name(tensors: &[TensorInfo]) -> Vec<usize> {
