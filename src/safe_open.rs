@@ -58,7 +58,8 @@ fn openat(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
 /// Opens the directory `dir` itself (the caller named it: links to it are followed).
 fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
     let c = cstr(dir.as_os_str())?;
-    openat(libc::AT_FDCWD, &c, libc::O_RDONLY | libc::O_DIRECTORY)
+    // O_PATH: searching a directory needs only its execute permission, as for any path.
+    openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY)
 }
 
 /// What kind of non-regular file a type is, for messages.
@@ -98,7 +99,11 @@ fn walk(root: &OwnedFd, comps: &[&OsStr]) -> std::result::Result<(File, u64), Fa
     for c in dirs {
         let cur = owned.as_ref().unwrap_or(root).as_raw_fd();
         let name = cstr(c).map_err(Failure::Io)?;
-        match openat(cur, &name, nofollow | libc::O_DIRECTORY) {
+        match openat(
+            cur,
+            &name,
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+        ) {
             Ok(fd) => owned = Some(fd),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(Failure::Link),
             // O_DIRECTORY|O_NOFOLLOW on a link may also say ENOTDIR: look at what it is.
