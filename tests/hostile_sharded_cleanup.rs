@@ -145,7 +145,8 @@ fn shards_the_previous_index_named_are_removed_whatever_their_names() {
         "t0": "weights-a.safetensors", "t1": "weights-a.safetensors",
         "t2": "weights-a.safetensors", "t3": "weights-a.safetensors",
         "t4": "weights-b.safetensors", "t5": "weights-b.safetensors",
-        "t6": "../victim.safetensors", "t7": "weights-b.safetensors"}}"#;
+        "t6": "../victim.safetensors", "t7": "config.json"}}"#;
+    std::fs::write(out.join("config.json"), "{}").unwrap();
     std::fs::write(out.join("model.safetensors.index.json"), index).unwrap();
 
     export(&npk, &out, 64);

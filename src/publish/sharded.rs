@@ -156,7 +156,8 @@ impl Build<'_> {
 }
 
 /// The file names the index in `dir` maps tensors to, when there is a readable index: only
-/// plain names of files in `dir` itself.
+/// plain names of `*.safetensors` files in `dir` itself (an index naming `config.json` or
+/// `../x` does not make them weights).
 fn indexed_files(dir: &Path) -> Vec<String> {
     let Ok(Some(opened)) = crate::safe_open::open_inside_if_present(dir, INDEX_NAME, "index")
     else {
@@ -175,8 +176,9 @@ fn indexed_files(dir: &Path) -> Vec<String> {
         .values()
         .filter_map(|f| f.as_str())
         .filter(|f| {
-            crate::paths::checked_relative(f)
-                .is_ok_and(|p| p.components().count() == 1 && p.as_os_str() == *f)
+            f.ends_with(".safetensors")
+                && crate::paths::checked_relative(f)
+                    .is_ok_and(|p| p.components().count() == 1 && p.as_os_str() == *f)
         })
         .map(str::to_string)
         .collect();
