@@ -126,6 +126,21 @@ impl Error {
         self
     }
 
+    /// A copy of this error (the OS error it carries is copied by its code, or by its kind
+    /// and text).
+    pub(crate) fn duplicate(&self) -> Error {
+        Error {
+            kind: self.kind,
+            path: self.path.clone(),
+            array: self.array.clone(),
+            message: self.message.clone(),
+            source: self.source.as_ref().map(|e| match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }),
+        }
+    }
+
     /// The kind of the underlying OS error, if any (`Other` when there is none).
     pub(crate) fn io_kind(&self) -> io::ErrorKind {
         self.source

@@ -99,7 +99,7 @@ fn every_malformed_case_is_covered() {
 fn malformed_numpack_directories_are_refused() {
     for (case, kind, words) in NPK_CASES {
         let dir = fixtures().join(case);
-        let err = NumPack::open(&dir).expect_err(case);
+        let err = open_and_read(&dir).expect_err(case);
         let msg = err.to_string();
         assert_eq!(err.kind(), *kind, "{case}: {msg}");
         assert!(
@@ -122,6 +122,16 @@ fn malformed_numpack_directories_are_refused() {
             "{case}: left files behind"
         );
     }
+}
+
+/// Opens a store and reads every array: a damaged array fails when it is read (the store
+/// itself opens, so that its other arrays stay readable).
+fn open_and_read(dir: &std::path::Path) -> npkio::Result<()> {
+    let store = NumPack::open(dir)?;
+    for name in store.names() {
+        store.view(name)?;
+    }
+    Ok(())
 }
 
 #[test]
@@ -171,7 +181,7 @@ fn symbolic_links_out_of_the_directory_are_refused() {
     std::fs::write(tmp.path().join("secret"), [1u8; 16]).unwrap();
     std::fs::remove_file(dir.join("data_w.npkd")).unwrap();
     std::os::unix::fs::symlink("../secret", dir.join("data_w.npkd")).unwrap();
-    let e = NumPack::open(&dir).unwrap_err();
+    let e = open_and_read(&dir).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Malformed);
     assert!(e.to_string().contains("leads outside the directory"), "{e}");
     // Also through a linked directory on the way.
@@ -188,6 +198,6 @@ fn symbolic_links_out_of_the_directory_are_refused() {
     .unwrap();
     meta.arrays[0].data_file = "sub/data_w.npkd".into();
     std::fs::write(&meta_path, meta.encode()).unwrap();
-    let e = NumPack::open(&dir).unwrap_err();
+    let e = open_and_read(&dir).unwrap_err();
     assert!(e.to_string().contains("leads outside the directory"), "{e}");
 }

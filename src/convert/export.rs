@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use super::{progress_ref, refuse_overlap, select_arrays, Options, MAX_OPEN_FILES};
+use super::{max_open_files, progress_ref, refuse_overlap, select_arrays, Options};
 use crate::copy::{self, Cause, CopyOptions, Extent, Side};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::numpack::NumPack;
@@ -148,6 +148,7 @@ fn copy_arrays(
         }
     }
     let dst_files: Vec<&File> = dests.iter().map(|d| d.file).collect();
+    let budget = max_open_files();
     let mut start = 0;
     while start < pieces.len() {
         let mut files: Vec<File> = Vec::new();
@@ -159,12 +160,10 @@ fn copy_arrays(
             let idx = match file_index.get(ext.file.as_path()) {
                 Some(&k) => k,
                 None => {
-                    if files.len() == MAX_OPEN_FILES {
+                    if files.len() == budget {
                         break;
                     }
-                    let p = store.path().join(&ext.file);
-                    let f = File::open(&p)
-                        .ctx(&p, "opening")
+                    let f = crate::numpack::store::open_file(store.path(), &ext.file)
                         .map_err(|e| e.array(*name))?;
                     file_index.insert(ext.file.as_path(), files.len());
                     files.push(f);
@@ -319,11 +318,11 @@ fn export_sharded(
     }
     .write(
         |k, file| write_header(file, &plans[k], &paths[k]),
-        |files| {
+        |first, files| {
             let dests: Vec<Destination<'_>> = files
                 .iter()
-                .zip(&paths)
-                .zip(groups.iter().zip(&plans))
+                .zip(&paths[first..])
+                .zip(groups[first..].iter().zip(&plans[first..]))
                 .map(|((file, path), (names, plan))| Destination {
                     file,
                     path,

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use super::{progress_ref, refuse_overlap, Options, MAX_OPEN_FILES};
+use super::{max_open_files, progress_ref, refuse_overlap, Options};
 use crate::copy::{self, Cause, CopyError, Extent, NewFiles, Side};
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
@@ -341,13 +341,10 @@ fn import(
     // Copy, a batch of files at a time. The copy workers create the data files as they reach
     // them, so that creating hundreds of files (serialized by the kernel on the directory)
     // overlaps with copying; files with nothing to copy are created afterwards.
-    for (batch_idx, batch) in arrays.chunks(MAX_OPEN_FILES).enumerate() {
+    let batch_len = max_open_files();
+    for (batch_idx, batch) in arrays.chunks(batch_len).enumerate() {
         let paths: Vec<PathBuf> = (0..batch.len())
-            .map(|j| {
-                staging
-                    .path()
-                    .join(&data_files[batch_idx * MAX_OPEN_FILES + j])
-            })
+            .map(|j| staging.path().join(&data_files[batch_idx * batch_len + j]))
             .collect();
         let create = |j: usize| -> Result<File> {
             let a = &batch[j];

@@ -36,8 +36,11 @@ pub use read::{
     SafeTensorsMetadata, TensorMeta, Tensors,
 };
 
-/// Most files a conversion keeps open at once; larger conversions go in batches.
-const MAX_OPEN_FILES: usize = 256;
+/// Most files a conversion keeps open at once, from the open-file limit (see `fdlimit`);
+/// larger conversions go in batches.
+fn max_open_files() -> usize {
+    crate::fdlimit::open_file_budget()
+}
 
 /// A progress callback: called with the number of bytes just copied, from any thread.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;

@@ -156,5 +156,9 @@ pub fn to_safetensors<S: AsRef<str>>(
 ) -> Result<Tensors> {
     let store = NumPack::open(input_path)?;
     let names = select_arrays(&store, array_names)?;
+    // An array that cannot be read fails here, not half-way through the iteration.
+    for n in &names {
+        store.info(n)?;
+    }
     Ok(Tensors { store, names })
 }

@@ -40,6 +40,10 @@ impl Bitmap {
     /// row count matches, or `8 * ceil(rows / 64)` bytes of words alone. Anything else is
     /// refused. The caller has checked the file length against the array before reading it,
     /// so `bytes` is never larger than the array warrants.
+    ///
+    /// The active rows are read as NumPack 0.7's `load` reads them: the bits decide, except
+    /// that a header counting 0 deleted rows means every row is active (NumPack then does
+    /// not look at the bits). The header's count is not checked against the bits.
     pub fn decode(bytes: &[u8], physical_rows: u64, path: &Path) -> Result<Bitmap> {
         let words_len = words_for(physical_rows)
             .checked_mul(8)
@@ -79,14 +83,13 @@ impl Bitmap {
                     ),
                 ));
             }
-            if deleted != bitmap.deleted_count() {
-                return Err(Error::malformed(
-                    path,
-                    format!(
-                        "deletion bitmap header says {deleted} deleted rows but its bits mark {}",
-                        bitmap.deleted_count()
-                    ),
-                ));
+            // NumPack 0.7's `load` consults the bits only when the header counts deleted
+            // rows; with a count of 0 it reads every row, whatever the bits say. When the
+            // count is not 0 the bits alone decide, whether or not the count agrees with
+            // them (NumPack 0.7.0's `append` after a `drop` resets the bits of the last
+            // word and keeps the count). Read as NumPack reads.
+            if deleted == 0 {
+                return Ok(Bitmap::all_active(physical_rows));
             }
         }
         Ok(bitmap)

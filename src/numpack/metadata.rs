@@ -13,6 +13,9 @@ pub const MAGIC: u32 = 0x424B_504E;
 pub const VERSION: u32 = 1;
 /// File name of the metadata inside the directory.
 pub const FILE_NAME: &str = "metadata.npkm";
+/// Largest metadata npkio reads (a record takes 51 bytes and its names: 256 MiB is
+/// millions of arrays).
+pub const MAX_LEN: u64 = 256 << 20;
 
 /// Block information of a compressed array (kept only so that a record round-trips).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
-use tempfile::NamedTempFile;
+use tempfile::{NamedTempFile, TempPath};
 
 use super::{lock_output, publish_file, remove_leftovers_inside, Staging};
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -36,13 +36,18 @@ pub(crate) struct ShardedOutput<'a> {
 
 impl ShardedOutput<'_> {
     /// Writes the checkpoint: `prepare(k, file)` sizes shard `k` and writes its header, just
-    /// after the shard's temporary file is created; `fill(files)` then copies every tensor into
-    /// the shards (in the order of [`ShardedOutput::files`]). The checkpoint is published only
-    /// when both succeed.
+    /// after the shard's temporary file is created; `fill(first, files)` then copies every
+    /// tensor into the shards, a batch of consecutive shards at a time (`files` are shards
+    /// `first..first + files.len()` of [`ShardedOutput::files`]). The checkpoint is published
+    /// only when both succeed.
+    ///
+    /// Only a batch of shards is open at a time (half the open-file budget, see `fdlimit`;
+    /// the other half is for the sources), so that any number of shards can be written
+    /// under a low open-file limit.
     pub(crate) fn write(
         &self,
         mut prepare: impl FnMut(usize, &File) -> Result<()>,
-        fill: impl FnOnce(&[&File]) -> Result<()>,
+        mut fill: impl FnMut(usize, &[&File]) -> Result<()>,
     ) -> Result<()> {
         let output = self.dir;
         if fs::symlink_metadata(output).is_ok_and(|m| !m.is_dir()) {
@@ -60,13 +65,19 @@ impl ShardedOutput<'_> {
             remove_leftovers_inside(output);
             Build::Existing(output)
         };
-        let mut tmps = Vec::with_capacity(self.files.len());
+        // Each shard's temporary file is closed once its header is written (the path stays,
+        // removed on drop), and opened again for its batch and for publishing.
+        let mut tmps: Vec<TempPath> = Vec::with_capacity(self.files.len());
         for (k, f) in self.files.iter().enumerate() {
             let tmp = build.temp_file(&format!(".{f}.npkio-tmp-"))?;
             prepare(k, tmp.as_file())?;
-            tmps.push(tmp);
+            tmps.push(tmp.into_temp_path());
         }
-        fill(&tmps.iter().map(NamedTempFile::as_file).collect::<Vec<_>>())?;
+        let batch = (crate::fdlimit::open_file_budget() / 2).max(1);
+        for (b, paths) in tmps.chunks(batch).enumerate() {
+            let files: Vec<File> = paths.iter().map(reopen).collect::<Result<_>>()?;
+            fill(b * batch, &files.iter().collect::<Vec<_>>())?;
+        }
         // The new index is written before anything visible changes, so that a full disk fails
         // here with the old checkpoint intact.
         let index_tmp = match self.index {
@@ -78,6 +89,12 @@ impl ShardedOutput<'_> {
             }
             None => None,
         };
+        // The weight files the directory's current index names: the earlier checkpoint's
+        // shards, whatever their names, removed below when the new one does not use them.
+        let previous = match &build {
+            Build::Existing(dir) => indexed_files(dir),
+            Build::Fresh(_) => Vec::new(),
+        };
         if let Build::Existing(dir) = &build {
             // No index may point at shards that are being replaced.
             let index_path = dir.join(INDEX_NAME);
@@ -88,17 +105,29 @@ impl ShardedOutput<'_> {
             }
         }
         for (tmp, f) in tmps.into_iter().zip(self.files) {
-            build.publish_file(tmp, f, self.durable)?;
+            let file = reopen(&tmp)?;
+            build.publish_file(NamedTempFile::from_parts(file, tmp), f, self.durable)?;
         }
         if let Some(t) = index_tmp {
             build.publish_file(t, INDEX_NAME, self.durable)?;
         }
         match build {
-            Build::Existing(dir) => remove_stale_weights(dir, self.files, self.index.is_some()),
+            Build::Existing(dir) => {
+                remove_stale_weights(dir, self.files, &previous, self.index.is_some())
+            }
             Build::Fresh(staging) => staging.publish(self.durable)?,
         }
         Ok(())
     }
+}
+
+/// Opens a shard's temporary file again, for writing.
+fn reopen(path: &TempPath) -> Result<File> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .ctx(path, "opening again")
 }
 
 /// Where the checkpoint is built: a staging directory that becomes the output, or the
@@ -126,21 +155,74 @@ impl Build<'_> {
     }
 }
 
-/// After writing a checkpoint into an existing directory, removes weight files of an
-/// earlier checkpoint that the new one does not use (as `save_pretrained` does): other
-/// `model-*-of-*.safetensors` shards, `model.safetensors`, and the index when none was
-/// written.
-fn remove_stale_weights(dir: &Path, keep: &[String], wrote_index: bool) {
+/// The file names the index in `dir` maps tensors to, when there is a readable index: only
+/// plain names of `*.safetensors` files in `dir` itself (an index naming `config.json` or
+/// `../x` does not make them weights).
+fn indexed_files(dir: &Path) -> Vec<String> {
+    let Ok(Some(opened)) = crate::safe_open::open_inside_if_present(dir, INDEX_NAME, "index")
+    else {
+        return Vec::new();
+    };
+    let Ok(bytes) = crate::safe_open::read_to_vec(opened, 256 << 20, "index") else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Vec::new();
+    };
+    let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str())
+        .filter(|f| {
+            f.ends_with(".safetensors")
+                && crate::paths::checked_relative(f)
+                    .is_ok_and(|p| p.components().count() == 1 && p.as_os_str() == *f)
+        })
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether `name` is a shard name exactly as `save_pretrained` writes it:
+/// `model-NNNNN-of-NNNNN.safetensors`, five digits each.
+pub(crate) fn is_shard_name(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("model-")
+        .and_then(|r| r.strip_suffix(".safetensors"))
+    else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.len() == 14
+        && b[..5].iter().all(u8::is_ascii_digit)
+        && &b[5..9] == b"-of-"
+        && b[9..].iter().all(u8::is_ascii_digit)
+}
+
+/// After writing a checkpoint into an existing directory, removes the weight files of an
+/// earlier checkpoint that the new one does not use (as `save_pretrained` does): the files
+/// the earlier index named (`previous`), shards named exactly
+/// `model-NNNNN-of-NNNNN.safetensors`, `model.safetensors`, and the index when none was
+/// written. Only regular files are removed: never a directory, a symbolic link (nor what it
+/// points at) or anything else, and no other name.
+fn remove_stale_weights(dir: &Path, keep: &[String], previous: &[String], wrote_index: bool) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let is_shard =
-            name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
-        let stale = (is_shard || name == "model.safetensors") && !keep.contains(&name)
-            || (name == INDEX_NAME && !wrote_index);
-        if stale {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let weights = is_shard_name(&name)
+            || name == "model.safetensors"
+            || previous.binary_search(&name).is_ok();
+        let stale = weights && !keep.contains(&name) || (name == INDEX_NAME && !wrote_index);
+        // `DirEntry::file_type` does not follow links: a link is not a regular file here.
+        if stale && e.file_type().is_ok_and(|t| t.is_file()) {
             let _ = fs::remove_file(e.path());
         }
     }

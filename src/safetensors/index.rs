@@ -35,7 +35,9 @@ pub struct Checkpoint {
     shard_names: Vec<String>,
     /// (shard, position in shard) of every tensor, shard by shard in file order.
     tensors: Vec<(usize, usize)>,
-    by_name: HashMap<String, usize>,
+    /// For a sharded checkpoint, tensor indices sorted by name (a single file looks names up
+    /// in its own shard).
+    by_name: Vec<usize>,
     /// The index file's bytes, for a sharded checkpoint.
     index_text: Option<String>,
 }
@@ -85,17 +87,12 @@ impl Checkpoint {
             None => {
                 let f = SafeTensorsFile::open(path)?;
                 let tensors: Vec<(usize, usize)> = (0..f.len()).map(|i| (0, i)).collect();
-                let by_name = f
-                    .tensors()
-                    .enumerate()
-                    .map(|(i, t)| (t.name.clone(), i))
-                    .collect();
                 Ok(Checkpoint {
                     path: path.to_path_buf(),
                     shards: vec![f],
                     shard_names: Vec::new(),
                     tensors,
-                    by_name,
+                    by_name: Vec::new(),
                     index_text: None,
                 })
             }
@@ -103,14 +100,19 @@ impl Checkpoint {
     }
 
     fn open_index(index: &Path) -> Result<Checkpoint> {
-        let len = std::fs::metadata(index).ctx(index, "opening")?.len();
-        if len > MAX_INDEX_LEN {
+        // Every shard stays open: use the hard open-file limit where the process may.
+        crate::fdlimit::raise_soft_limit();
+        // Opened without blocking, a regular file, its length checked before reading.
+        let opened = crate::safe_open::open_regular(index, "index")?;
+        if opened.len > MAX_INDEX_LEN {
             return Err(Error::malformed(
                 index,
-                format!("index of {len} bytes is too large"),
+                format!("index of {} bytes is too large", opened.len),
             ));
         }
-        let text = std::fs::read_to_string(index).ctx(index, "reading")?;
+        let bytes = crate::safe_open::read_to_vec(opened, MAX_INDEX_LEN, "index")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::malformed(index, "index is not valid UTF-8"))?;
         let parsed = parse_index(&text).map_err(|m| Error::malformed(index, m))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         // Shards in name order (model-00001-of-00002 before model-00002-of-00002).
@@ -131,14 +133,17 @@ impl Checkpoint {
                         format!("shard name {name:?} is not a file name in the index's directory"),
                     )
                 })?;
-            let p = dir.join(rel);
-            if !p.is_file() {
-                return Err(Error::malformed(
-                    index,
-                    format!("shard {name:?} named in the index is missing"),
-                ));
-            }
-            shards.push(SafeTensorsFile::open(&p)?);
+            let shard = SafeTensorsFile::open_inside(dir, &rel.to_string_lossy()).map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Error::malformed(
+                        index,
+                        format!("shard {name:?} named in the index is missing"),
+                    )
+                } else {
+                    e
+                }
+            })?;
+            shards.push(shard);
         }
         let shard_of: HashMap<&str, usize> = shard_names
             .iter()
@@ -146,7 +151,6 @@ impl Checkpoint {
             .map(|(i, n)| (n.as_str(), i))
             .collect();
         let mut tensors = Vec::new();
-        let mut by_name = HashMap::new();
         let mut total = 0u64;
         for (s, f) in shards.iter().enumerate() {
             for (pos, t) in f.tensors().enumerate() {
@@ -173,17 +177,28 @@ impl Checkpoint {
                     }
                     Some(_) => {}
                 }
-                if by_name.insert(t.name.clone(), tensors.len()).is_some() {
-                    return Err(
-                        Error::malformed(index, "tensor found in two shards").array(t.name.clone())
-                    );
-                }
                 tensors.push((s, pos));
                 total += t.len();
             }
         }
+        let name_of = |i: usize| {
+            let (s, p) = tensors[i];
+            shards[s]
+                .tensor_info(p)
+                .expect("valid position")
+                .name
+                .as_str()
+        };
+        let mut by_name: Vec<usize> = (0..tensors.len()).collect();
+        by_name.sort_unstable_by(|&a, &b| name_of(a).cmp(name_of(b)));
+        if let Some(w) = by_name.windows(2).find(|w| name_of(w[0]) == name_of(w[1])) {
+            return Err(Error::malformed(index, "tensor found in two shards").array(name_of(w[0])));
+        }
         for (name, shard) in &parsed.weight_map {
-            if !by_name.contains_key(name) {
+            if by_name
+                .binary_search_by(|&i| name_of(i).cmp(name.as_str()))
+                .is_err()
+            {
                 return Err(Error::malformed(
                     index,
                     format!("the index puts the tensor in {shard:?} but it is not there"),
@@ -252,7 +267,7 @@ impl Checkpoint {
     /// The `i`-th tensor's header entry (shard by shard, file order within each).
     pub fn info(&self, i: usize) -> &TensorInfo {
         let (s, p) = self.tensors[i];
-        self.shards[s].tensors().nth(p).expect("valid position")
+        self.shards[s].tensor_info(p).expect("valid position")
     }
 
     /// All header entries in order.
@@ -286,6 +301,17 @@ impl Checkpoint {
         self.shards.first().and_then(|s| s.metadata())
     }
 
+    /// The index of the tensor named `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        if self.index_text.is_none() {
+            return self.shards.first()?.position(name);
+        }
+        self.by_name
+            .binary_search_by(|&i| self.info(i).name.as_str().cmp(name))
+            .ok()
+            .map(|k| self.by_name[k])
+    }
+
     /// Tensor indices for `keys` (all, in order, when `None`); an unknown key is an error
     /// naming it and listing some that exist.
     pub fn select<S: AsRef<str>>(&self, keys: Option<&[S]>) -> Result<Vec<usize>> {
@@ -296,7 +322,7 @@ impl Checkpoint {
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             let k = k.as_ref();
-            let i = *self.by_name.get(k).ok_or_else(|| {
+            let i = self.find(k).ok_or_else(|| {
                 let names: Vec<&str> = self.infos().map(|t| t.name.as_str()).collect();
                 Error::new(
                     ErrorKind::KeyNotFound,

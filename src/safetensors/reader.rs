@@ -1,6 +1,5 @@
 //! Reading SafeTensors files by memory-mapping them.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,7 +40,8 @@ impl TensorInfo {
 /// [`SafeTensorsFile`] it came from.
 #[derive(Clone, Debug)]
 pub struct Tensor {
-    info: Arc<TensorInfo>,
+    infos: Arc<Vec<TensorInfo>>,
+    i: usize,
     map: Arc<Mmap>,
     start: usize,
     end: usize,
@@ -50,17 +50,17 @@ pub struct Tensor {
 impl Tensor {
     /// The tensor's name.
     pub fn name(&self) -> &str {
-        &self.info.name
+        &self.infos[self.i].name
     }
 
     /// Its dtype.
     pub fn dtype(&self) -> DType {
-        self.info.dtype
+        self.infos[self.i].dtype
     }
 
     /// Its shape.
     pub fn shape(&self) -> &[u64] {
-        &self.info.shape
+        &self.infos[self.i].shape
     }
 
     /// Its bytes, borrowed from the mapping.
@@ -86,8 +86,11 @@ pub struct SafeTensorsFile {
     /// The header JSON, padding included, as read with `pread`.
     header: String,
     header_len: u64,
-    tensors: Vec<Arc<TensorInfo>>,
-    index: HashMap<String, usize>,
+    /// In file order; shared with the [`Tensor`]s handed out.
+    tensors: Arc<Vec<TensorInfo>>,
+    /// Positions in `tensors` sorted by name, for lookups by name (no second copy of every
+    /// name, as a hash map would keep).
+    by_name: Vec<usize>,
     metadata: Option<Vec<(String, String)>>,
 }
 
@@ -99,16 +102,42 @@ struct MetadataOnly {
 
 impl SafeTensorsFile {
     /// Opens and validates `path`.
+    ///
+    /// The file is opened without blocking (a FIFO is refused, not waited on) and must be a
+    /// regular file.
     pub fn open(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
-        let file = File::open(path).ctx(path, "opening")?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .ctx(path, "opening")?;
         let md = file.metadata().ctx(path, "inspecting")?;
+        Self::from_file(path, file, md)
+    }
+
+    /// Opens `name`, a shard file name read from an index, inside `dir` (see `safe_open`:
+    /// never through a link leading out, never blocking, a regular file).
+    pub(crate) fn open_inside(dir: &Path, name: &str) -> Result<SafeTensorsFile> {
+        let opened = crate::safe_open::open_inside(dir, name, "shard")?;
+        let md = opened.file.metadata().ctx(&opened.path, "inspecting")?;
+        Self::from_file(&opened.path, opened.file, md)
+    }
+
+    fn from_file(path: &Path, file: File, md: std::fs::Metadata) -> Result<SafeTensorsFile> {
         if md.is_dir() {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "is a directory, not a SafeTensors file",
             )
             .at(path));
+        }
+        if !md.is_file() {
+            return Err(Error::malformed(
+                path,
+                "not a SafeTensors file: not a regular file (a FIFO, socket or device)",
+            ));
         }
         if md.len() < 8 {
             return Err(Error::malformed(
@@ -156,7 +185,33 @@ impl SafeTensorsFile {
             }
             return Err(Error::malformed(path, msg));
         }
-        let mut head = vec![0u8; 8 + declared as usize];
+        // The header is at most 100 MB (checked above); failing to get that memory is a
+        // resource error, not a malformed file.
+        let mut head = Vec::new();
+        head.try_reserve_exact(8 + declared as usize).map_err(|_| {
+            Error::io(
+                path,
+                "allocating memory for the header of",
+                std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+            )
+        })?;
+        head.resize(8 + declared as usize, 0);
+        // Parsing a header takes several times its length in memory (names, shapes, maps),
+        // and an allocation that fails while parsing aborts the process. Make sure that much
+        // address space can be had first, so that a header too large for the memory
+        // available (as under `ulimit -v`) is an error, not an abort.
+        if declared > PARSE_PROBE_FROM {
+            let mut probe: Vec<u8> = Vec::new();
+            probe
+                .try_reserve_exact((declared as usize).saturating_mul(PARSE_MEMORY_FACTOR))
+                .map_err(|_| {
+                    Error::io(
+                        path,
+                        "finding memory to parse the header of",
+                        std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                    )
+                })?;
+        }
         head[..8].copy_from_slice(&len_bytes);
         read_at(&mut head[8..], 8)?;
         let (n, meta) = read_metadata(&head, file_len).map_err(|e| {
@@ -187,7 +242,6 @@ impl SafeTensorsFile {
         let header_len = n as u64;
         let order = meta.offset_keys();
         let mut tensors = Vec::with_capacity(order.len());
-        let mut index = HashMap::with_capacity(order.len());
         for name in order {
             let info = meta.info(&name).expect("offset_keys names a tensor");
             let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
@@ -198,14 +252,15 @@ impl SafeTensorsFile {
                 .at(path)
                 .array(name.clone())
             })?;
+            let shape = info.shape.iter().map(|&d| d as u64).collect();
+            let data_offsets = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
             let t = TensorInfo {
-                name: name.clone(),
+                name,
                 dtype,
-                shape: info.shape.iter().map(|&d| d as u64).collect(),
-                data_offsets: (info.data_offsets.0 as u64, info.data_offsets.1 as u64),
+                shape,
+                data_offsets,
             };
-            index.insert(name, tensors.len());
-            tensors.push(Arc::new(t));
+            tensors.push(t);
         }
         // The crate keeps `__metadata__` in a HashMap; read it again to keep its order.
         let metadata = if meta.metadata().is_some() {
@@ -225,8 +280,8 @@ impl SafeTensorsFile {
             map: Arc::new(map),
             header,
             header_len,
-            tensors,
-            index,
+            by_name: sorted_by_name(&tensors),
+            tensors: Arc::new(tensors),
             metadata,
         })
     }
@@ -258,7 +313,7 @@ impl SafeTensorsFile {
 
     /// Tensors in file order (by data offset).
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = &TensorInfo> {
-        self.tensors.iter().map(|t| t.as_ref())
+        self.tensors.iter()
     }
 
     /// Number of tensors.
@@ -273,12 +328,20 @@ impl SafeTensorsFile {
 
     /// The position of a tensor in file order.
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        self.by_name
+            .binary_search_by(|&i| self.tensors[i].name.as_str().cmp(name))
+            .ok()
+            .map(|k| self.by_name[k])
     }
 
     /// A tensor's header entry.
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.position(name).map(|i| self.tensors[i].as_ref())
+        self.position(name).map(|i| &self.tensors[i])
+    }
+
+    /// The `i`-th tensor's header entry, in file order.
+    pub fn tensor_info(&self, i: usize) -> Option<&TensorInfo> {
+        self.tensors.get(i)
     }
 
     /// The `__metadata__` pairs in file order, `None` when the header has none.
@@ -315,7 +378,8 @@ impl SafeTensorsFile {
         let t = self.tensors.get(i)?;
         let (start, end) = self.range(t);
         Some(Tensor {
-            info: Arc::clone(t),
+            infos: Arc::clone(&self.tensors),
+            i,
             map: Arc::clone(&self.map),
             start,
             end,
@@ -323,28 +387,53 @@ impl SafeTensorsFile {
     }
 }
 
-/// The crate's `read_metadata` for a file of `file_len` bytes whose first bytes (the length and
-/// the header) are `head`.
+/// Headers longer than this are parsed only when [`PARSE_MEMORY_FACTOR`] times their length
+/// can be reserved.
+const PARSE_PROBE_FROM: u64 = 1 << 20;
+/// Memory a header takes while parsed, per byte of header (measured: about 7 for a header
+/// of a million one-dimensional tensors).
+const PARSE_MEMORY_FACTOR: usize = 10;
+
+/// Positions of `tensors` sorted by name.
+fn sorted_by_name(tensors: &[TensorInfo]) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..tensors.len()).collect();
+    v.sort_unstable_by(|&a, &b| tensors[a].name.cmp(&tensors[b].name));
+    v
+}
+
+/// The crate's header parsing and validation for a file of `file_len` bytes whose first
+/// bytes (the length and the header) are `head`, without a buffer as long as the file.
 ///
-/// `read_metadata` wants a buffer as long as the whole file but reads only `head`'s bytes of
-/// it and its length. So `head` is copied into an anonymous mapping of the file's length,
-/// reserved without swap (`MAP_NORESERVE`): only the pages it touches ever exist, and
-/// anonymous memory cannot raise SIGBUS the way a mapping of a shrinking file can. Where
-/// such a mapping cannot be made (an address-space limit below the file's size), that is an
-/// I/O error.
+/// The crate's `read_metadata` wants the whole file as one buffer, though it reads only the
+/// header and the buffer's length. Instead, the header is parsed into the crate's `Metadata`
+/// (whose deserialization runs the crate's own validation: offsets in order without gaps,
+/// shapes and dtypes agreeing with the offsets), and the one check left, that the tensors
+/// end exactly at the end of the file, is made here. When parsing fails, the crate's
+/// `read_metadata` runs on `head` alone to name the error exactly as the crate does.
 fn read_metadata(
     head: &[u8],
     file_len: u64,
 ) -> std::result::Result<(usize, ::safetensors::tensor::Metadata), ::safetensors::SafeTensorError> {
-    let len =
-        usize::try_from(file_len).map_err(|_| ::safetensors::SafeTensorError::HeaderTooLarge)?;
-    let mut buf = memmap2::MmapOptions::new()
-        .len(len)
-        .no_reserve_swap()
-        .map_anon()
-        .map_err(::safetensors::SafeTensorError::IoError)?;
-    buf[..head.len()].copy_from_slice(head);
-    ::safetensors::SafeTensors::read_metadata(&buf)
+    use ::safetensors::SafeTensorError as E;
+    let n = head.len() - 8;
+    let parsed = std::str::from_utf8(&head[8..])
+        .ok()
+        .and_then(|text| serde_json::from_str::<::safetensors::tensor::Metadata>(text).ok());
+    let Some(meta) = parsed else {
+        return match ::safetensors::SafeTensors::read_metadata(head) {
+            // Everything but the length check passed: cannot be, since parsing failed.
+            Ok(_) | Err(E::MetadataIncompleteBuffer) => Err(E::InvalidHeaderDeserialization(
+                serde_json::from_slice::<::safetensors::tensor::Metadata>(&head[8..])
+                    .expect_err("parsing failed above"),
+            )),
+            Err(e) => Err(e),
+        };
+    };
+    let end = (meta.data_len() as u64).checked_add(head.len() as u64);
+    if end != Some(file_len) {
+        return Err(E::MetadataIncompleteBuffer);
+    }
+    Ok((n, meta))
 }
 
 /// A readable account of the crate's error.

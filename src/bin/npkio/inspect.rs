@@ -1,6 +1,7 @@
 //! `npkio inspect`: a table (or JSON) of a container's tensors, totals and metadata.
 
 use std::fmt::Write as _;
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 use indicatif::BinaryBytes;
@@ -8,24 +9,70 @@ use serde_json::{json, Map, Value};
 
 use crate::container::{Container, Entry, Format};
 use crate::{print_stdout, InspectArgs, Outcome};
+use npkio::Error;
 
 /// Runs `npkio inspect`.
 pub fn run(args: &InspectArgs) -> Outcome {
     let c = Container::open(&args.path)?;
-    let text = if args.json {
-        let mut s = serde_json::to_string_pretty(&to_json(&c)).unwrap_or_default();
-        s.push('\n');
-        s
+    if args.json {
+        write_stdout(|out| write_json(&c, out))?;
     } else {
-        table(&c)
-    };
-    print_stdout(&text)?;
+        print_stdout(&table(&c))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The JSON document of `--json`.
-fn to_json(c: &Container) -> Value {
-    let tensors: Vec<Value> = c.entries.iter().map(tensor_json).collect();
+/// Writes to standard output through a buffer; a closed pipe ends the output quietly.
+fn write_stdout(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), Error> {
+    let stdout = io::stdout().lock();
+    let mut out = io::BufWriter::with_capacity(1 << 16, stdout);
+    match f(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::io("<stdout>", "writing to", e)),
+    }
+}
+
+/// The JSON document of `--json`, streamed: the tensors one at a time (each pretty-printed
+/// on its own, then indented to its place), so that time and memory stay linear in the
+/// number of tensors and no document is built whole. The text is what
+/// `serde_json::to_string_pretty` gives for the whole document.
+fn write_json(c: &Container, out: &mut dyn Write) -> io::Result<()> {
+    let head = json!({
+        "format": c.format.name(),
+        "path": c.path.to_string_lossy(),
+    });
+    let head = pretty(&head)?;
+    // `{\n  "format": ...,\n  "path": ...\n}` without its closing line.
+    out.write_all(&head.as_bytes()[..head.len() - 2])?;
+    out.write_all(b",\n  \"tensors\": [")?;
+    let mut line = String::new();
+    for (i, e) in c.entries.iter().enumerate() {
+        out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+        line.clear();
+        for (k, l) in pretty(&tensor_json(e))?.lines().enumerate() {
+            if k > 0 {
+                line.push('\n');
+            }
+            line.push_str("    ");
+            line.push_str(l);
+        }
+        out.write_all(line.as_bytes())?;
+    }
+    out.write_all(if c.entries.is_empty() { b"]" } else { b"\n  ]" })?;
+    let tail = pretty(&tail_json(c))?;
+    // The remaining members, without the tail's braces.
+    out.write_all(b",")?;
+    out.write_all(&tail.as_bytes()[1..tail.len() - 1])?;
+    out.write_all(b"}\n")
+}
+
+fn pretty(v: &Value) -> io::Result<String> {
+    serde_json::to_string_pretty(v).map_err(io::Error::other)
+}
+
+/// The members of the document after `tensors`.
+fn tail_json(c: &Container) -> Value {
     let metadata = c.metadata.as_ref().map(|m| {
         Value::Object(
             m.iter()
@@ -34,9 +81,6 @@ fn to_json(c: &Container) -> Value {
         )
     });
     let mut doc = json!({
-        "format": c.format.name(),
-        "path": c.path.to_string_lossy(),
-        "tensors": tensors,
         "tensor_count": c.entries.len(),
         "total_bytes": c.total_bytes(),
         "metadata": metadata,

@@ -26,6 +26,7 @@ use crate::numpack::metadata::ArrayRecord;
 pub use layout::{make_record, Storage};
 pub use mutate::ArrayInput;
 pub(crate) use open::{existing_kind, Existing};
+pub(crate) use query::open_file;
 pub use query::{ArrayInfo, SourceExtent};
 
 /// An array's bytes held by the store: a mapping of its file, or a copy gathered from
@@ -60,6 +61,13 @@ struct Array {
     data: OnceLock<Data>,
 }
 
+/// Why an array listed in the metadata cannot be read (its files disagree with its record,
+/// lead outside the directory, ...), and its sidecar entry, kept for the next metadata write.
+struct Fault {
+    error: crate::error::Error,
+    entry: Option<crate::numpack::sidecar::Entry>,
+}
+
 /// A NumPack 0.7 directory.
 ///
 /// Opening validates everything: the metadata, every data file's size, segment manifests
@@ -75,6 +83,8 @@ pub struct NumPack {
     dir: PathBuf,
     arrays: Vec<Array>,
     index: HashMap<String, usize>,
+    /// Arrays that are listed but cannot be read, by name: reading one fails with its error.
+    faults: HashMap<String, Fault>,
     /// Metadata from the sidecar that is not tied to an array.
     st_metadata: Option<Vec<(String, String)>>,
     /// The shard layout of the SafeTensors source, if it was sharded.

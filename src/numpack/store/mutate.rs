@@ -161,6 +161,7 @@ impl NumPack {
             };
             match self.index.get(a.name) {
                 Some(&i) => {
+                    self.faults.remove(a.name);
                     let old = std::mem::replace(&mut self.arrays[i], array);
                     for f in files_of(&old) {
                         if f != Path::new(&data_file) {
@@ -185,6 +186,7 @@ impl NumPack {
     /// Appends rows to an array: `data` holds whole rows of the array's dtype and row shape.
     pub fn append(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let dir = self.dir.clone();
+        self.get(name)?;
         let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
         let stamp = self.stamp();
         let durable = self.durable;
@@ -260,6 +262,7 @@ impl NumPack {
     /// deletion bitmap, as NumPack does.
     pub fn drop_rows(&mut self, name: &str, rows: &[u64]) -> Result<()> {
         let dir = self.dir.clone();
+        self.get(name)?;
         let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
         let stamp = self.stamp();
         let durable = self.durable;
@@ -298,6 +301,7 @@ impl NumPack {
     pub fn delete(&mut self, name: &str) -> Result<()> {
         let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
         let old = self.arrays.remove(i);
+        self.faults.remove(name);
         self.index = self
             .arrays
             .iter()

@@ -3,8 +3,7 @@
 //! the small files (metadata, sidecar, manifests, bitmaps).
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::Read;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -15,9 +14,15 @@ use crate::numpack::metadata::{self, ArrayRecord, Metadata};
 use crate::numpack::segments::{self, Segment};
 use crate::numpack::sidecar::{self, Entry, Sidecar};
 use crate::paths::checked_relative;
+use crate::safe_open::{open_inside, open_inside_if_present, read_to_vec, Opened};
 
 use super::layout::{bitmap_path, Storage};
-use super::{Array, NumPack};
+use super::{Array, Fault, NumPack};
+
+/// `rel` checked to stay inside `dir` by its components (`paths::checked_relative`).
+fn checked(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
+    checked_relative(rel).map_err(|m| Error::malformed(dir, format!("{what}: {m}")))
+}
 
 impl NumPack {
     /// Opens an existing NumPack directory.
@@ -32,7 +37,8 @@ impl NumPack {
             )
             .at(dir));
         }
-        let bytes = read_limited(&meta_path, u64::from(u32::MAX))?;
+        let opened = open_inside(dir, metadata::FILE_NAME, "metadata")?;
+        let bytes = read_to_vec(opened, metadata::MAX_LEN, "metadata")?;
         let meta = Metadata::decode(&bytes, &meta_path)?;
         let sidecar = read_sidecar(dir);
         Self::from_parts(dir, meta, sidecar)
@@ -64,6 +70,7 @@ impl NumPack {
             dir: dir.to_path_buf(),
             arrays: Vec::new(),
             index: HashMap::new(),
+            faults: HashMap::new(),
             st_metadata: None,
             sharding: None,
             source_header: None,
@@ -85,6 +92,7 @@ impl NumPack {
             .collect();
         let mut arrays = Vec::with_capacity(meta.arrays.len());
         let mut index = HashMap::with_capacity(meta.arrays.len());
+        let mut faults = HashMap::new();
         let mut last_stamp = 0;
         for record in meta.arrays {
             let name = record.name.clone();
@@ -94,8 +102,22 @@ impl NumPack {
                 );
             }
             last_stamp = last_stamp.max(record.last_modified);
-            let array = load_array(dir, record, entries.get(name.as_str()).copied())
-                .map_err(|e| e.array(name.clone()).at(dir))?;
+            let entry = entries.get(name.as_str()).copied();
+            // An array whose files do not hold what its record says fails alone, when it is
+            // read: the other arrays stay readable (docs/format.md, "Damaged arrays").
+            let array = match load_array(dir, record.clone(), entry) {
+                Ok(array) => array,
+                Err(e) => {
+                    faults.insert(
+                        name.clone(),
+                        Fault {
+                            error: e.array(name.clone()).at(dir),
+                            entry: entry.cloned(),
+                        },
+                    );
+                    placeholder(record)
+                }
+            };
             index.insert(name, arrays.len());
             arrays.push(array);
         }
@@ -103,6 +125,7 @@ impl NumPack {
             dir: dir.to_path_buf(),
             arrays,
             index,
+            faults,
             st_metadata: sidecar.metadata,
             sharding: sidecar.sharding,
             source_header: sidecar.source_header,
@@ -148,71 +171,38 @@ pub(crate) fn existing_kind(dir: &Path) -> Result<Existing> {
     }
 }
 
-/// Reads a whole file of at most `limit` bytes.
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let file = File::open(path).ctx(path, "opening")?;
-    let len = file.metadata().ctx(path, "inspecting")?.len();
-    if len > limit {
-        return Err(Error::malformed(
-            path,
-            format!("{len} bytes, more than the {limit} allowed"),
-        ));
-    }
-    let mut buf = Vec::with_capacity(len as usize);
-    file.take(limit)
-        .read_to_end(&mut buf)
-        .ctx(path, "reading")?;
-    Ok(buf)
-}
-
 fn read_sidecar(dir: &Path) -> Option<Sidecar> {
-    let bytes = read_limited(&dir.join(sidecar::FILE_NAME), sidecar::MAX_LEN).ok()?;
+    // A sidecar never makes a directory unreadable: one that cannot be read is ignored.
+    let opened = open_inside_if_present(dir, sidecar::FILE_NAME, "sidecar").ok()??;
+    let bytes = read_to_vec(opened, sidecar::MAX_LEN, "sidecar").ok()?;
     Sidecar::decode(&bytes)
 }
 
-/// Resolves `rel` inside `dir`, following no path outside it (symbolic links included).
-fn resolve_inside(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
-    let checked =
-        checked_relative(rel).map_err(|m| Error::malformed(dir, format!("{what}: {m}")))?;
-    let missing = || Error::new(ErrorKind::Malformed, format!("{what} {rel:?} is missing")).at(dir);
-    // `checked` has only plain components, so it can leave the directory only through a
-    // symbolic link. One lstat per component finds them; only then resolve the whole path.
-    let mut prefix = dir.to_path_buf();
-    let mut through_link = false;
-    for c in checked.components() {
-        prefix.push(c);
-        match fs::symlink_metadata(&prefix) {
-            Ok(md) => through_link |= md.file_type().is_symlink(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-            Err(e) => return Err(Error::io(&prefix, "inspecting", e)),
+/// Opens `rel` inside `dir` (see `safe_open`), a missing file being a malformed directory.
+fn open_part(dir: &Path, rel: &str, what: &str) -> Result<Opened> {
+    open_inside(dir, rel, what).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            Error::new(ErrorKind::Malformed, e.message().to_string()).at(dir)
+        } else {
+            e
         }
-    }
-    if through_link {
-        let canon_dir = dir.canonicalize().ctx(dir, "resolving")?;
-        let canon = prefix.canonicalize().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                missing()
-            } else {
-                Error::io(&prefix, "resolving", e)
-            }
-        })?;
-        if !canon.starts_with(&canon_dir) {
-            return Err(Error::malformed(
-                dir,
-                format!("{what} {rel:?} leads outside the directory"),
-            ));
-        }
-    }
-    Ok(checked)
+    })
 }
 
-fn file_len(dir: &Path, rel: &Path) -> Result<u64> {
-    let p = dir.join(rel);
-    let md = fs::metadata(&p).ctx(&p, "inspecting")?;
-    if !md.is_file() {
-        return Err(Error::malformed(&p, "is not a regular file"));
+/// The array as listed when its files are not usable: its record only. Reading it fails
+/// with the error kept in `NumPack::faults`; no file of it is named, so that nothing is
+/// removed or linked through a path that was refused.
+fn placeholder(record: ArrayRecord) -> Array {
+    let dtype = DType::from_numpack_code(record.dtype_code).unwrap_or(DType::U8);
+    Array {
+        dtype,
+        shape: record.shape.clone(),
+        logical_shape: record.shape.clone(),
+        storage: Storage::Plain(PathBuf::new()),
+        bitmap: None,
+        data: OnceLock::new(),
+        record,
     }
-    Ok(md.len())
 }
 
 fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<Array> {
@@ -247,9 +237,10 @@ fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<
     }
     let rows = record.shape.first().copied().unwrap_or(1);
     let storage = if record.data_file.ends_with(".npkseg") {
-        let manifest = resolve_inside(dir, &record.data_file, "segment manifest")?;
-        let mpath = dir.join(&manifest);
-        let bytes = read_limited(&mpath, segments::MAX_MANIFEST_LEN)?;
+        let manifest = checked(dir, &record.data_file, "segment manifest")?;
+        let opened = open_part(dir, &record.data_file, "segment manifest")?;
+        let mpath = opened.path.clone();
+        let bytes = read_to_vec(opened, segments::MAX_MANIFEST_LEN, "segment manifest")?;
         let segs = segments::decode(&bytes, &mpath)?;
         let row_bytes = size.checked_div(rows).unwrap_or(0);
         let (mut total_rows, mut total_bytes) = (0u64, 0u64);
@@ -260,14 +251,14 @@ fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<
             bytes: sbytes,
         } in segs
         {
-            let rel = resolve_inside(dir, &file, "segment file")?;
+            let rel = checked(dir, &file, "segment file")?;
             if srows.checked_mul(row_bytes) != Some(sbytes) {
                 return Err(Error::malformed(
                     &mpath,
                     format!("segment {file:?}: {srows} rows cannot be {sbytes} bytes"),
                 ));
             }
-            let len = file_len(dir, &rel)?;
+            let len = open_part(dir, &file, "segment file")?.len;
             if len < sbytes {
                 return Err(Error::malformed(
                     &mpath,
@@ -293,8 +284,8 @@ fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<
             segments: out,
         }
     } else {
-        let rel = resolve_inside(dir, &record.data_file, "data file")?;
-        let len = file_len(dir, &rel)?;
+        let rel = checked(dir, &record.data_file, "data file")?;
+        let len = open_part(dir, &record.data_file, "data file")?.len;
         if len < size {
             return Err(Error::malformed(
                 dir.join(&rel),
@@ -303,27 +294,28 @@ fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<
         }
         Storage::Plain(rel)
     };
-    let bpath = dir.join(bitmap_path(&record));
-    let bitmap = match fs::metadata(&bpath) {
-        Ok(md) if md.is_file() => {
+    let brel = bitmap_path(&record);
+    let bpath = dir.join(&brel);
+    let bitmap = match open_inside_if_present(dir, &brel.to_string_lossy(), "deletion bitmap")? {
+        Some(opened) => {
             if record.shape.is_empty() {
                 return Err(Error::malformed(&bpath, "deletion bitmap for a 0-d array"));
             }
             // Bound the read by what the row count allows before reading anything.
             let max = rows.div_ceil(64).saturating_mul(8).saturating_add(16);
-            if md.len() > max {
+            if opened.len > max {
                 return Err(Error::malformed(
                     &bpath,
                     format!(
                         "deletion bitmap is {} bytes; an array of {rows} rows needs at most {max}",
-                        md.len()
+                        opened.len
                     ),
                 ));
             }
-            let bytes = read_limited(&bpath, max)?;
+            let bytes = read_to_vec(opened, max, "deletion bitmap")?;
             Some(Bitmap::decode(&bytes, rows, &bpath)?)
         }
-        _ => None,
+        None => None,
     };
     // A sidecar entry whose rows differ from the record's cannot be combined with a
     // deletion bitmap (the bitmap counts the record's rows): read as NumPack sees it.

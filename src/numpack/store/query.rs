@@ -50,6 +50,13 @@ pub struct SourceExtent {
     pub len: u64,
 }
 
+/// Opens one of an array's files, `rel` inside `dir` (a path checked when the store was
+/// opened), as every file of a store is opened: see `safe_open`.
+pub(crate) fn open_file(dir: &Path, rel: &Path) -> Result<File> {
+    let s = rel.to_string_lossy();
+    Ok(crate::safe_open::open_checked(dir, rel, &s, "data file")?.file)
+}
+
 impl NumPack {
     /// The directory.
     pub fn path(&self) -> &Path {
@@ -78,7 +85,10 @@ impl NumPack {
         self.index.contains_key(name)
     }
 
-    fn get(&self, name: &str) -> Result<&Array> {
+    pub(super) fn get(&self, name: &str) -> Result<&Array> {
+        if let Some(f) = self.faults.get(name) {
+            return Err(f.error.duplicate());
+        }
         self.index
             .get(name)
             .map(|&i| &self.arrays[i])
@@ -162,9 +172,7 @@ impl NumPack {
         }
         if let (Storage::Plain(rel), None) = (&a.storage, &a.bitmap) {
             let path = self.dir.join(rel);
-            let file = File::open(&path)
-                .ctx(&path, "opening")
-                .map_err(|e| e.array(name))?;
+            let file = open_file(&self.dir, rel).map_err(|e| e.array(name))?;
             // The file may have been replaced since the store was opened (a conversion into
             // this directory puts new files under the same names): mapping past its end
             // would fault on first touch, so check it still holds the array.
@@ -200,10 +208,8 @@ impl NumPack {
         let mut out = vec![0u8; logical_len(a) as usize];
         let mut pos = 0usize;
         for ext in self.extents(a) {
+            let file = open_file(&self.dir, &ext.file).map_err(|e| e.array(name))?;
             let path = self.dir.join(ext.file);
-            let file = File::open(&path)
-                .ctx(&path, "opening")
-                .map_err(|e| e.array(name))?;
             let end = pos + ext.len as usize;
             file.read_exact_at(&mut out[pos..end], ext.offset)
                 .ctx(&path, "reading")
@@ -262,6 +268,13 @@ impl NumPack {
     /// segments, and the deletion bitmap if any.
     #[doc(hidden)]
     pub fn array_files(&self, name: &str) -> Result<Vec<PathBuf>> {
+        if self.faults.contains_key(name) {
+            // What its record names, as far as it stays inside: enough to leave it out
+            // when the array is replaced.
+            let r = self.record(name)?;
+            let data = crate::paths::checked_relative(&r.data_file).ok();
+            return Ok(data.into_iter().chain([bitmap_path(r)]).collect());
+        }
         let a = self.get(name)?;
         let mut files = Vec::new();
         match &a.storage {
@@ -280,11 +293,17 @@ impl NumPack {
     /// The metadata record of an array, as on disk.
     #[doc(hidden)]
     pub fn record(&self, name: &str) -> Result<&ArrayRecord> {
-        Ok(&self.get(name)?.record)
+        self.index
+            .get(name)
+            .map(|&i| &self.arrays[i].record)
+            .ok_or_else(|| self.not_found(name))
     }
 
     /// The sidecar entry that applies to an array, if any.
     pub(crate) fn sidecar_entry(&self, name: &str) -> Result<Option<Entry>> {
+        if let Some(f) = self.faults.get(name) {
+            return Ok(f.entry.clone());
+        }
         let a = self.get(name)?;
         let r = &a.record;
         let native = DType::from_numpack_code(r.dtype_code) == Some(a.dtype) && a.shape == r.shape;
