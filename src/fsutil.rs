@@ -1,7 +1,9 @@
 //! Small filesystem helpers shared by the NumPack store, the conversions and the copy engine.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,8 +16,7 @@ use crate::error::{IoContext, Result};
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
     let target = dir.join(name);
     let mut tmp = temp_file_in(dir, ".npkio-tmp-")?;
-    crate::publish::keep_file_mode(tmp.as_file(), &target)
-        .ctx(tmp.path(), "setting the permissions of")?;
+    keep_file_mode(tmp.as_file(), &target).ctx(tmp.path(), "setting the permissions of")?;
     tmp.write_all(bytes).ctx(tmp.path(), "writing")?;
     if durable {
         tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
@@ -91,4 +92,22 @@ pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
         file.set_len(len)?;
     }
     Ok(())
+}
+
+/// Gives `file` the group `gid` (where the process may) and the mode `mode`.
+pub(crate) fn set_owner_mode(file: &File, gid: u32, mode: u32) -> io::Result<()> {
+    // SAFETY: fchown on a descriptor we own; -1 keeps the owner. Failing (not allowed to
+    // give that group) leaves the default group.
+    let _ = unsafe { libc::fchown(file.as_raw_fd(), u32::MAX, gid) };
+    // After the chown, which may clear set-id bits.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// Gives the new file `file`, about to replace the existing `old`, the old one's mode and
+/// group. Nothing to do when `old` does not exist or is not a regular file.
+pub(crate) fn keep_file_mode(file: &File, old: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(old) {
+        Ok(md) if md.is_file() => set_owner_mode(file, md.gid(), md.mode() & 0o7777),
+        _ => Ok(()),
+    }
 }

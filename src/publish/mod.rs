@@ -569,24 +569,6 @@ fn kept_of(output: &Path) -> Option<Kept> {
     })
 }
 
-/// Gives `file` the group `gid` (where the process may) and the mode `mode`.
-fn set_owner_mode(file: &File, gid: u32, mode: u32) -> io::Result<()> {
-    // SAFETY: fchown on a descriptor we own; -1 keeps the owner. Failing (not allowed to
-    // give that group) leaves the default group.
-    let _ = unsafe { libc::fchown(file.as_raw_fd(), u32::MAX, gid) };
-    // After the chown, which may clear set-id bits.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-}
-
-/// Gives the new file `file`, about to replace the existing `old`, the old one's mode and
-/// group. Nothing to do when `old` does not exist or is not a regular file.
-pub(crate) fn keep_file_mode(file: &File, old: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(old) {
-        Ok(md) if md.is_file() => set_owner_mode(file, md.gid(), md.mode() & 0o7777),
-        _ => Ok(()),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Staging a directory.
 
@@ -678,7 +660,7 @@ impl Staging {
     /// the old output's (see [`Kept`]), or the umask-based default it was created with.
     fn set_mode(&self, file: &File) -> io::Result<()> {
         match self.kept {
-            Some(k) => set_owner_mode(file, k.gid, k.file_mode),
+            Some(k) => crate::fsutil::set_owner_mode(file, k.gid, k.file_mode),
             None => Ok(()),
         }
     }
@@ -757,7 +739,7 @@ impl Staging {
         let kept = self.kept;
         let set_mode = |dir: &Path| {
             kept.map_or(Ok(()), |k| {
-                File::open(dir).and_then(|d| set_owner_mode(&d, k.gid, k.dir_mode))
+                File::open(dir).and_then(|d| crate::fsutil::set_owner_mode(&d, k.gid, k.dir_mode))
             })
         };
         let writable = kept.is_none_or(|k| k.dir_mode & 0o200 != 0);
@@ -849,7 +831,8 @@ pub(crate) fn staging_file(output: &Path) -> Result<NamedTempFile> {
 /// Publishes a complete staging file as `output` (rename, replacing any old file, whose
 /// mode and group the new one keeps).
 pub(crate) fn publish_file(staging: NamedTempFile, output: &Path, durable: bool) -> Result<()> {
-    keep_file_mode(staging.as_file(), output).ctx(staging.path(), "setting the permissions of")?;
+    crate::fsutil::keep_file_mode(staging.as_file(), output)
+        .ctx(staging.path(), "setting the permissions of")?;
     if durable {
         staging
             .as_file()
