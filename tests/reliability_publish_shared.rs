@@ -812,3 +812,27 @@ fn a_merge_keeps_the_links_the_reader_follows() {
     assert!(!npk.join("stray.bin").exists());
     assert_eq!(fs::read(&outside).unwrap(), b"outside");
 }
+
+#[test]
+fn a_sharded_export_into_an_existing_directory_keeps_the_files_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let npk = dir.path().join("m.npk");
+    let t = tensors(&[("a", 1, 3000), ("b", 2, 3000), ("c", 3, 3000)]);
+    write_npk(&npk, &t, false).unwrap();
+    let out = dir.path().join("ckpt");
+    let mut opts = npkio::Options::default();
+    opts.max_shard_size = Some(4000);
+    npkio::to_safetensors_file_with(&npk, &out, None::<&[&str]>, None, &opts).unwrap();
+    let index = out.join("model.safetensors.index.json");
+    let shard = out.join("model-00001-of-00003.safetensors");
+    fs::set_permissions(&index, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(&shard, fs::Permissions::from_mode(0o640)).unwrap();
+    // Same layout again, then with other contents: the replaced files keep their modes.
+    for seed in [1, 9] {
+        let t = tensors(&[("a", seed, 3000), ("b", 2, 3000), ("c", 3, 3000)]);
+        write_npk(&npk, &t, true).unwrap();
+        npkio::to_safetensors_file_with(&npk, &out, None::<&[&str]>, None, &opts).unwrap();
+        assert_eq!(mode(&index), 0o600, "index after export {seed}");
+        assert_eq!(mode(&shard), 0o640, "shard after export {seed}");
+    }
+}

@@ -98,6 +98,11 @@ impl ShardedOutput<'_> {
         if let Build::Existing(dir) = &build {
             // No index may point at shards that are being replaced.
             let index_path = dir.join(INDEX_NAME);
+            if let Some(t) = &index_tmp {
+                // The new index keeps the old one's mode and group.
+                crate::fsutil::keep_file_mode(t.as_file(), &index_path)
+                    .ctx(t.path(), "setting the permissions of")?;
+            }
             match fs::remove_file(&index_path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
