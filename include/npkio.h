@@ -62,6 +62,15 @@
 #define NPKIO_FLAG_NO_WAIT 2
 
 /**
+ * Flag for the exports (`npkio_to_safetensors_file`, `npkio_to_safetensors_file_sharded`):
+ * fail with `NPKIO_STATUS_ALREADY_EXISTS` instead of replacing an existing output (for a
+ * sharded export: a directory that already holds weights). Decided under the output's
+ * lock, so of two such exports to one absent path exactly one succeeds. The imports take
+ * `drop_if_exists` instead and ignore this flag.
+ */
+#define NPKIO_FLAG_NO_CLOBBER 4
+
+/**
  * The outcome of an npkio call. The numbers are stable and never reused: 1 to 8 are the
  * Rust core's `ErrorKind` numbers; 100 and up are failures of the C interface itself.
  *

@@ -639,3 +639,84 @@ fn names_versions_and_the_error_copy() {
         npkio_safetensors_free(st);
     }
 }
+
+#[test]
+fn no_clobber_flag_keeps_an_existing_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = c(fixture("safetensors/with_metadata.safetensors"));
+    let npk = c(&tmp.path().join("m.npk"));
+    let out_path = tmp.path().join("out.safetensors");
+    let out = c(&out_path);
+    let ckpt_path = tmp.path().join("ckpt");
+    let ckpt = c(&ckpt_path);
+    // SAFETY: valid C strings.
+    unsafe {
+        ok(npkio_from_safetensors_file(
+            src.as_ptr(),
+            npk.as_ptr(),
+            ptr::null(),
+            0,
+            false,
+            NPKIO_DEFAULT_CHUNK_SIZE,
+            0,
+            0,
+        ));
+    }
+    let export = |flags: u32| {
+        // SAFETY: valid C strings; no names, no metadata.
+        unsafe {
+            npkio_to_safetensors_file(
+                npk.as_ptr(),
+                out.as_ptr(),
+                ptr::null(),
+                0,
+                ptr::null(),
+                ptr::null(),
+                0,
+                NPKIO_DEFAULT_CHUNK_SIZE,
+                0,
+                flags,
+            )
+        }
+    };
+    let sharded = |flags: u32| {
+        // SAFETY: valid C strings; no names, no metadata.
+        unsafe {
+            npkio_to_safetensors_file_sharded(
+                npk.as_ptr(),
+                ckpt.as_ptr(),
+                ptr::null(),
+                0,
+                ptr::null(),
+                ptr::null(),
+                0,
+                64,
+                NPKIO_DEFAULT_CHUNK_SIZE,
+                0,
+                flags,
+            )
+        }
+    };
+    // Absent: written.
+    ok(export(NPKIO_FLAG_NO_CLOBBER));
+    ok(sharded(NPKIO_FLAG_NO_CLOBBER));
+    std::fs::write(&out_path, b"mine").unwrap();
+    let before: Vec<_> = std::fs::read_dir(&ckpt_path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    // Present: refused, nothing touched.
+    assert_eq!(export(NPKIO_FLAG_NO_CLOBBER), NpkioStatus::AlreadyExists);
+    assert_eq!(sharded(NPKIO_FLAG_NO_CLOBBER), NpkioStatus::AlreadyExists);
+    assert_eq!(std::fs::read(&out_path).unwrap(), b"mine");
+    let after: Vec<_> = std::fs::read_dir(&ckpt_path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(before, after);
+    // Without the flag the export replaces, as before.
+    ok(export(0));
+    assert_ne!(std::fs::read(&out_path).unwrap(), b"mine");
+}

@@ -30,7 +30,14 @@ pub const NPKIO_FLAG_DURABLE: u32 = 1;
 /// lock), fail at once with `NPKIO_STATUS_BUSY` instead of waiting for it to finish.
 pub const NPKIO_FLAG_NO_WAIT: u32 = 2;
 
-const KNOWN_FLAGS: u32 = NPKIO_FLAG_DURABLE | NPKIO_FLAG_NO_WAIT;
+/// Flag for the exports (`npkio_to_safetensors_file`, `npkio_to_safetensors_file_sharded`):
+/// fail with `NPKIO_STATUS_ALREADY_EXISTS` instead of replacing an existing output (for a
+/// sharded export: a directory that already holds weights). Decided under the output's
+/// lock, so of two such exports to one absent path exactly one succeeds. The imports take
+/// `drop_if_exists` instead and ignore this flag.
+pub const NPKIO_FLAG_NO_CLOBBER: u32 = 4;
+
+const KNOWN_FLAGS: u32 = NPKIO_FLAG_DURABLE | NPKIO_FLAG_NO_WAIT | NPKIO_FLAG_NO_CLOBBER;
 
 fn options(chunk_size: usize, threads: usize, flags: u32) -> FfiResult<Options> {
     if flags & !KNOWN_FLAGS != 0 {
@@ -44,6 +51,7 @@ fn options(chunk_size: usize, threads: usize, flags: u32) -> FfiResult<Options> 
         threads,
         durable: flags & NPKIO_FLAG_DURABLE != 0,
         wait_for_lock: flags & NPKIO_FLAG_NO_WAIT == 0,
+        no_clobber: flags & NPKIO_FLAG_NO_CLOBBER != 0,
         ..Options::default()
     })
 }

@@ -46,7 +46,7 @@ pub mod units;
 pub use convert::{
     npkio_from_safetensors, npkio_from_safetensors_file, npkio_to_safetensors_file,
     npkio_to_safetensors_file_sharded, NPKIO_DEFAULT_CHUNK_SIZE, NPKIO_FLAG_DURABLE,
-    NPKIO_FLAG_NO_WAIT,
+    NPKIO_FLAG_NO_CLOBBER, NPKIO_FLAG_NO_WAIT,
 };
 pub use dtype::{
     npkio_dtype_bits, npkio_dtype_name, npkio_dtype_numpy_name, NpkioDtype, NpkioTensorDesc,
