@@ -644,7 +644,7 @@ fn names_versions_and_the_error_copy() {
 fn no_clobber_flag_keeps_an_existing_export() {
     let tmp = tempfile::tempdir().unwrap();
     let src = c(fixture("safetensors/with_metadata.safetensors"));
-    let npk = c(&tmp.path().join("m.npk"));
+    let npk = c(tmp.path().join("m.npk"));
     let out_path = tmp.path().join("out.safetensors");
     let out = c(&out_path);
     let ckpt_path = tmp.path().join("ckpt");
