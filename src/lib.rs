@@ -52,6 +52,7 @@ pub mod numpack;
 mod paths;
 mod publish;
 pub mod safetensors;
+pub mod save;
 pub mod view;
 
 pub use convert::{
@@ -63,4 +64,5 @@ pub use convert::{
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
 pub use numpack::NumPack;
+pub use save::{safetensors_header, save_safetensors_file};
 pub use view::TensorView;

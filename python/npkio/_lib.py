@@ -185,6 +185,20 @@ _proto("npkio_tensors_free", None, _handle)
 _proto("npkio_tensors_count", _status, _handle, POINTER(c_size_t))
 _proto("npkio_tensors_get", _status, _handle, c_size_t, POINTER(TensorView))
 
+_proto(
+    "npkio_save_safetensors_file",
+    _status, POINTER(TensorDesc), c_size_t, _pp, _pp, c_size_t, c_char_p, c_uint32,
+)
+_proto(
+    "npkio_safetensors_header",
+    _status, POINTER(TensorDesc), c_size_t, _pp, _pp, c_size_t, c_void_p, c_size_t,
+    POINTER(c_size_t), POINTER(c_size_t),
+)
+_proto("npkio_safetensors_metadata_json", _status, c_char_p, c_void_p, c_size_t,
+       POINTER(c_size_t))
+_proto("npkio_safetensors_bytes_json", _status, c_void_p, c_size_t, c_void_p, c_size_t,
+       POINTER(c_size_t))
+
 _proto("npkio_numpack_open", _status, c_char_p, _out_handle)
 _proto("npkio_numpack_create", _status, c_char_p, c_bool, _out_handle)
 _proto("npkio_numpack_free", None, _handle)
@@ -198,6 +212,7 @@ _proto("npkio_numpack_append", _status, _handle, c_char_p, c_void_p, c_size_t)
 _proto("npkio_numpack_drop_rows", _status, _handle, c_char_p, POINTER(c_uint64), c_size_t)
 _proto("npkio_numpack_delete", _status, _handle, c_char_p)
 
+NPKIO_STATUS_BUFFER_TOO_SMALL = 102
 NPKIO_FLAG_DURABLE = 1
 NPKIO_FLAG_NO_WAIT = 2
 

@@ -40,6 +40,8 @@ mod list;
 pub mod numpack;
 pub(crate) mod panic;
 pub mod safetensors;
+pub mod save;
+pub mod summary;
 pub mod tensors;
 
 pub use convert::{
@@ -57,6 +59,8 @@ pub use last_error::{
 };
 pub use numpack::*;
 pub use safetensors::*;
+pub use save::*;
+pub use summary::*;
 pub use tensors::*;
 
 /// The library's version, the same as `NPKIO_VERSION_STRING`, NUL-terminated. The string
