@@ -721,6 +721,29 @@ NpkioStatus npkio_numpack_set_metadata(struct NpkioNumpack *npk,
                                        size_t count);
 
 /**
+ * Writes a JSON document describing every array of the directory `npk` to `buffer`:
+ *
+ * `{"base_dir": "...", "arrays": {name: {"shape": [physical], "logical_shape": [..],
+ * "data_file": "data_x.npkd", "last_modified": microseconds, "size_bytes": n,
+ * "dtype_code": n, "deleted_rows": n}, ...}}`, arrays sorted by name; `base_dir` is the
+ * directory's path (lossily UTF-8).
+ *
+ * `*json_len` receives the document's length in bytes (without a NUL). When `capacity`
+ * is at least that, the document is copied to `buffer` (NUL-terminated when there is room)
+ * and the result is `NPKIO_STATUS_OK`; otherwise nothing else is written and the result
+ * is `NPKIO_STATUS_BUFFER_TOO_SMALL`: call again with a buffer of `*json_len` bytes.
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle; `buffer` NULL (only when `capacity` is 0) or `capacity`
+ * writable bytes; `json_len` a writable `size_t`.
+ */
+NpkioStatus npkio_numpack_records_json(const struct NpkioNumpack *npk,
+                                       char *buffer,
+                                       size_t capacity,
+                                       size_t *json_len);
+
+/**
  * Opens a SafeTensors file: maps it and validates its header (offsets, shapes, dtypes).
  * No tensor byte is read. `path` may also be a sharded checkpoint's
  * `*.safetensors.index.json`, or a directory holding one: every shard is then opened and

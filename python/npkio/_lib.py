@@ -211,6 +211,7 @@ _proto("npkio_numpack_save", _status, _handle, POINTER(TensorDesc), c_size_t)
 _proto("npkio_numpack_append", _status, _handle, c_char_p, c_void_p, c_size_t)
 _proto("npkio_numpack_drop_rows", _status, _handle, c_char_p, POINTER(c_uint64), c_size_t)
 _proto("npkio_numpack_delete", _status, _handle, c_char_p)
+_proto("npkio_numpack_records_json", _status, _handle, c_void_p, c_size_t, POINTER(c_size_t))
 
 NPKIO_STATUS_BUFFER_TOO_SMALL = 102
 NPKIO_FLAG_DURABLE = 1

@@ -38,6 +38,7 @@ mod handle;
 pub mod last_error;
 mod list;
 pub mod numpack;
+pub mod numpack_records;
 pub(crate) mod panic;
 pub mod safetensors;
 pub mod save;
@@ -58,6 +59,7 @@ pub use last_error::{
     npkio_last_error_copy, npkio_last_error_message, npkio_last_error_status, npkio_status_name,
 };
 pub use numpack::*;
+pub use numpack_records::*;
 pub use safetensors::*;
 pub use save::*;
 pub use summary::*;
