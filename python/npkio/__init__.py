@@ -48,7 +48,7 @@ from .io import (
 )
 from .files import load, load_file, save, save_file
 from .io import SafeTensorsMetadata, TensorMetadata
-from .numpack import NumPack
+from .numpack import NumPack, NumPackStateError
 
 #: The version of the loaded ``libnpkio``, which is this package's version: the package is
 #: built with the library, both from the crate's Cargo.toml.
@@ -60,6 +60,7 @@ __all__ = [
     "io",
     "files",
     "NumPack",
+    "NumPackStateError",
     "save_file",
     "load_file",
     "save",
