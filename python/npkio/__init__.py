@@ -8,7 +8,9 @@ A ``ctypes`` package over the ``libnpkio`` shared library (no compiled extension
 * :mod:`npkio.files`: the file API of ``safetensors.numpy`` (``save_file``, ``load_file``,
   ``save``, ``load``), also importable from ``npkio`` itself.
 * :class:`npkio.NumPack`: a NumPack directory (``load``, ``save``, ``append``, ``drop``,
-  ``get_member_list``, ``get_shape``), usable as a context manager.
+  ``get_member_list``, ``get_shape``, and NumPack 0.7's ``getitem``, ``replace``,
+  ``clone``, ``update``, ``reset``, ``stream_load``, ``get_metadata``,
+  ``get_modify_time``), usable as a context manager.
 * :class:`npkio.NpkioError` and its subclasses, each also a built-in exception
   (``KeyError``, ``FileNotFoundError``, ``FileExistsError``, ``ValueError``, ...).
 * :func:`npkio.dtype_of`, :func:`npkio.raw_dtype`: dtypes NumPy lacks (BF16, FP8, F4, F6).

@@ -154,3 +154,117 @@ pub unsafe extern "C" fn npkio_safetensors_header(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+
+    use super::*;
+    use crate::ffi::dtype::NpkioDtype;
+
+    fn desc(name: &CString, dtype: NpkioDtype, shape: &[u64], data: &[u8]) -> NpkioTensorDesc {
+        NpkioTensorDesc {
+            name: name.as_ptr(),
+            dtype: dtype as u32,
+            ndim: shape.len(),
+            shape: shape.as_ptr(),
+            data: data.as_ptr().cast(),
+            nbytes: data.len(),
+        }
+    }
+
+    /// The header and order, with the data appended, are the `safetensors` crate's bytes;
+    /// the file is the same; a short buffer gets the length and BUFFER_TOO_SMALL.
+    #[test]
+    fn header_and_file_are_the_crates_bytes() {
+        use ::safetensors::tensor::TensorView;
+        let (a, b) = (CString::new("b.w").unwrap(), CString::new("a.x").unwrap());
+        let (da, db) = ([1u8, 2, 3, 4, 5, 6, 7, 8], [9u8, 10]);
+        let (sa, sb) = ([2u64], [2u64]);
+        let descs = [
+            desc(&a, NpkioDtype::F32, &sa, &da),
+            desc(&b, NpkioDtype::U8, &sb, &db),
+        ];
+        let views = vec![
+            (
+                "b.w",
+                TensorView::new(::safetensors::Dtype::F32, vec![2], &da).unwrap(),
+            ),
+            (
+                "a.x",
+                TensorView::new(::safetensors::Dtype::U8, vec![2], &db).unwrap(),
+            ),
+        ];
+        let want = ::safetensors::serialize(views, None).unwrap();
+
+        let (mut len, mut order) = (0usize, [0usize; 2]);
+        // SAFETY: valid descriptions; NULL buffer with capacity 0 asks for the size.
+        let st = unsafe {
+            npkio_safetensors_header(
+                descs.as_ptr(),
+                2,
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+                std::ptr::null_mut(),
+                0,
+                &mut len,
+                order.as_mut_ptr(),
+            )
+        };
+        assert_eq!(st, NpkioStatus::BufferTooSmall);
+        let mut buf = vec![0u8; len];
+        // SAFETY: as above, with a buffer of the length asked for.
+        let st = unsafe {
+            npkio_safetensors_header(
+                descs.as_ptr(),
+                2,
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut len,
+                order.as_mut_ptr(),
+            )
+        };
+        assert_eq!(st, NpkioStatus::Ok);
+        assert_eq!(order, [0, 1]); // F32 before U8
+        buf.extend_from_slice(&da);
+        buf.extend_from_slice(&db);
+        assert_eq!(buf, want);
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = CString::new(dir.path().join("m.safetensors").to_str().unwrap()).unwrap();
+        // SAFETY: valid descriptions and path.
+        let st = unsafe {
+            npkio_save_safetensors_file(
+                descs.as_ptr(),
+                2,
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+                out.as_ptr(),
+                0,
+            )
+        };
+        assert_eq!(st, NpkioStatus::Ok);
+        assert_eq!(
+            std::fs::read(dir.path().join("m.safetensors")).unwrap(),
+            want
+        );
+        // SAFETY: as above; flag bit 4 is unknown.
+        let st = unsafe {
+            npkio_save_safetensors_file(
+                descs.as_ptr(),
+                2,
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+                out.as_ptr(),
+                4,
+            )
+        };
+        assert_eq!(st, NpkioStatus::InvalidArgument);
+    }
+}
