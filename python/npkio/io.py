@@ -28,6 +28,7 @@ import ctypes
 import json
 import os
 import re
+import threading
 from ctypes import c_bool, c_size_t, c_uint64, c_void_p
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, TypedDict, Union
 
@@ -329,6 +330,8 @@ class SafeTensorsMetadata(TypedDict):
 #: Bytes first offered to ``npkio_safetensors_metadata_json``; a larger description is
 #: fetched again with a buffer of its exact size.
 _JSON_CAPACITY = 1 << 16
+#: One such buffer per thread, reused from call to call.
+_json_buffers = threading.local()
 
 
 def get_safetensors_metadata(path: PathLike) -> SafeTensorsMetadata:
@@ -347,15 +350,16 @@ def get_safetensors_metadata(path: PathLike) -> SafeTensorsMetadata:
     """
     p = path_arg(path)
     need = c_size_t()
-    cap = _JSON_CAPACITY
+    buf = getattr(_json_buffers, "buf", None)
+    if buf is None:
+        buf = _json_buffers.buf = ctypes.create_string_buffer(_JSON_CAPACITY)
     while True:
-        buf = ctypes.create_string_buffer(cap)
-        status = lib.npkio_safetensors_metadata_json(p, buf, cap, ctypes.byref(need))
-        if status == _lib.NPKIO_STATUS_BUFFER_TOO_SMALL and need.value > cap:
-            cap = need.value + 1
+        status = lib.npkio_safetensors_metadata_json(p, buf, len(buf), ctypes.byref(need))
+        if status == _lib.NPKIO_STATUS_BUFFER_TOO_SMALL and need.value > len(buf):
+            buf = ctypes.create_string_buffer(need.value + 1)
             continue
         check(status)
-        doc = json.loads(buf.raw[: need.value])
+        doc = json.loads(ctypes.string_at(buf, need.value))
         return {"tensors": doc["tensors"], "metadata": doc["metadata"]}
 
 
