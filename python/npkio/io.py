@@ -25,15 +25,17 @@ library holds); each keeps what it points into alive, however long it lives. See
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
+import threading
 from ctypes import c_bool, c_size_t, c_uint64, c_void_p
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, TypedDict, Union
 
 import numpy as np
 
 from . import _lib
-from ._dtypes import array_input, view_to_array
+from ._dtypes import array_input, finish, view_to_array
 from ._lib import Handle, TensorDesc, TensorView, check, lib, path_arg, str_list, take_str
 
 __all__ = [
@@ -75,15 +77,26 @@ def _count(value: Any, what: str, minimum: int = 0) -> int:
 def descriptions(tensors: Mapping[str, Any], what: str) -> "Tuple[ctypes.Array, List[Any]]":
     """``NpkioTensorDesc`` for each array of ``tensors``, and the objects to keep alive
     while C reads them."""
+    descs, keep, _ = prepare(tensors, what)
+    return descs, keep
+
+
+def prepare(
+    tensors: Mapping[str, Any], what: str
+) -> "Tuple[ctypes.Array, List[Any], List[np.ndarray]]":
+    """``NpkioTensorDesc`` for each array of ``tensors``, the objects to keep alive while C
+    reads them, and the arrays as C reads them (C-contiguous, little-endian), in order."""
     if not isinstance(tensors, Mapping):
         raise TypeError(f"{what} must be a dict of name to array, not {type(tensors).__name__}")
     keep: List[Any] = []
+    arrays: List[np.ndarray] = []
     descs = (TensorDesc * max(len(tensors), 1))()
     for i, (name, value) in enumerate(tensors.items()):
         name_b = _lib.name_arg(name, f"{what} key")
         inp = array_input(value, f"{what}[{name!r}]")
         shape = (c_uint64 * max(len(inp.shape), 1))(*inp.shape)
         keep += [name_b, inp.array, shape]
+        arrays.append(inp.array)
         d = descs[i]
         d.name = name_b
         d.dtype = inp.number
@@ -91,7 +104,7 @@ def descriptions(tensors: Mapping[str, Any], what: str) -> "Tuple[ctypes.Array, 
         d.shape = ctypes.cast(shape, ctypes.POINTER(c_uint64))
         d.data = inp.array.ctypes.data if inp.array.nbytes else None
         d.nbytes = inp.array.nbytes
-    return descs, keep
+    return descs, keep, arrays
 
 
 def from_safetensors(
@@ -133,16 +146,17 @@ def from_safetensors(
 
 
 def to_safetensors(
-    input_path: PathLike, array_names: Optional[List[str]] = None
+    input_path: PathLike, array_names: Optional[List[str]] = None, *, copy: bool = False
 ) -> Dict[str, np.ndarray]:
     """Load NumPack arrays as a dictionary of tensors.
 
     Args:
         input_path: the NumPack directory.
         array_names: arrays to load, in that order (all, sorted by name, if ``None``).
+        copy: return writable copies that own their memory instead of read-only views.
 
     Returns:
-        name to read-only array. Arrays are zero-copy views of the mapped data files where
+        name to read-only array (writable copies with ``copy=True``). Arrays are zero-copy views of the mapped data files where
         the array is one file with no deleted rows, else gathered once into memory the
         library holds; either way each array keeps that memory alive.
 
@@ -161,7 +175,7 @@ def to_safetensors(
     for i in range(n.value):
         check(lib.npkio_tensors_get(h.ptr, i, ctypes.byref(v)))
         name, arr = view_to_array(h, v)
-        out[name] = arr
+        out[name] = finish(arr, copy)
     return out
 
 
@@ -230,6 +244,20 @@ def parse_size(size: Union[int, str]) -> int:
     return n
 
 
+def metadata_args(metadata: Optional[Mapping[str, str]]) -> "Tuple[Any, Any, int]":
+    """``metadata`` as the C ABI takes it: keys, values, count (``NULL`` keys for ``None``)."""
+    if metadata is None:
+        return None, None, 0
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict of str to str, not {type(metadata).__name__}")
+    for k, val in metadata.items():
+        if not isinstance(k, str) or not isinstance(val, str):
+            raise TypeError(f"metadata must map str to str; got {k!r}: {type(val).__name__}")
+    mkeys, mcount = str_list(list(metadata.keys()), "metadata key")
+    mvalues, _ = str_list(list(metadata.values()), "metadata value")
+    return mkeys, mvalues, mcount
+
+
 def to_safetensors_file(
     input_path: PathLike,
     output_path: PathLike,
@@ -267,19 +295,7 @@ def to_safetensors_file(
             SafeTensors lacks (complex128).
     """
     names, count = str_list(array_names, "array_names")
-    if metadata is None:
-        mkeys = mvalues = None
-        mcount = 0
-    else:
-        if not isinstance(metadata, Mapping):
-            raise TypeError(f"metadata must be a dict of str to str, not {type(metadata).__name__}")
-        for k, val in metadata.items():
-            if not isinstance(k, str) or not isinstance(val, str):
-                raise TypeError(
-                    f"metadata must map str to str; got {k!r}: {type(val).__name__}"
-                )
-        mkeys, mcount = str_list(list(metadata.keys()), "metadata key")
-        mvalues, _ = str_list(list(metadata.values()), "metadata value")
+    mkeys, mvalues, mcount = metadata_args(metadata)
     common = (path_arg(input_path), path_arg(output_path), names, count, mkeys, mvalues, mcount)
     knobs = (
         _count(chunk_size, "chunk_size", 1),
@@ -296,12 +312,35 @@ def to_safetensors_file(
 # Utility functions
 
 
-def get_safetensors_metadata(path: PathLike) -> Dict[str, Any]:
+class TensorMetadata(TypedDict):
+    """One tensor in :func:`get_safetensors_metadata`'s result."""
+
+    shape: List[int]
+    dtype: str
+    data_offsets: List[int]
+
+
+class SafeTensorsMetadata(TypedDict):
+    """What :func:`get_safetensors_metadata` returns."""
+
+    tensors: Dict[str, TensorMetadata]
+    metadata: Dict[str, str]
+
+
+#: Bytes first offered to ``npkio_safetensors_metadata_json``; a larger description is
+#: fetched again with a buffer of its exact size.
+_JSON_CAPACITY = 1 << 16
+#: One such buffer per thread, reused from call to call.
+_json_buffers = threading.local()
+
+
+def get_safetensors_metadata(path: PathLike) -> SafeTensorsMetadata:
     """Get metadata from a SafeTensors file without loading tensors.
 
     Only the header is read, whatever the file's size. ``path`` may also be a sharded
     checkpoint (its index, or a directory holding one): its tensors are listed shard by
-    shard and its ``'metadata'`` is the first shard's.
+    shard and its ``'metadata'`` is the first shard's. The whole description crosses the C
+    boundary in one call (``npkio_safetensors_metadata_json``).
 
     Returns:
         ``{'tensors': {name: {'shape': [768, 768], 'dtype': 'F32', 'data_offsets': [b, e]},
@@ -309,32 +348,19 @@ def get_safetensors_metadata(path: PathLike) -> Dict[str, Any]:
         are the header's (relative to the data section of the file holding the tensor);
         ``'metadata'`` is the ``__metadata__`` section, ``{}`` when the file has none.
     """
-    h = _lib.open_handle(lib.npkio_safetensors_open, lib.npkio_safetensors_free, path_arg(path))
-    n = c_size_t()
-    check(lib.npkio_safetensors_count(h.ptr, ctypes.byref(n)))
-    tensors: Dict[str, Dict[str, Any]] = {}
-    v = TensorView()
-    begin, end = c_uint64(), c_uint64()
-    for i in range(n.value):
-        check(lib.npkio_safetensors_get(h.ptr, i, ctypes.byref(v)))
-        check(lib.npkio_safetensors_data_offsets(h.ptr, i, ctypes.byref(begin), ctypes.byref(end)))
-        dtype = lib.npkio_dtype_name(v.dtype).decode("ascii")
-        tensors[take_str(v.name, v.name_len)] = {
-            "shape": [int(v.shape[d]) for d in range(v.ndim)],
-            "dtype": dtype,
-            "data_offsets": [begin.value, end.value],
-        }
-    check(lib.npkio_safetensors_metadata_count(h.ptr, ctypes.byref(n)))
-    metadata: Dict[str, str] = {}
-    k, kl, val, vl = c_void_p(), c_size_t(), c_void_p(), c_size_t()
-    for i in range(n.value):
-        check(
-            lib.npkio_safetensors_metadata_get(
-                h.ptr, i, ctypes.byref(k), ctypes.byref(kl), ctypes.byref(val), ctypes.byref(vl)
-            )
-        )
-        metadata[take_str(k.value, kl.value)] = take_str(val.value, vl.value)
-    return {"tensors": tensors, "metadata": metadata}
+    p = path_arg(path)
+    need = c_size_t()
+    buf = getattr(_json_buffers, "buf", None)
+    if buf is None:
+        buf = _json_buffers.buf = ctypes.create_string_buffer(_JSON_CAPACITY)
+    while True:
+        status = lib.npkio_safetensors_metadata_json(p, buf, len(buf), ctypes.byref(need))
+        if status == _lib.NPKIO_STATUS_BUFFER_TOO_SMALL and need.value > len(buf):
+            buf = ctypes.create_string_buffer(need.value + 1)
+            continue
+        check(status)
+        doc = json.loads(ctypes.string_at(buf, need.value))
+        return {"tensors": doc["tensors"], "metadata": doc["metadata"]}
 
 
 class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
@@ -345,8 +371,11 @@ class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
     alive; the iterator itself can be dropped at any time.
     """
 
-    def __init__(self, path: PathLike, keys: Optional[List[str]] = None) -> None:
+    def __init__(
+        self, path: PathLike, keys: Optional[List[str]] = None, *, copy: bool = False
+    ) -> None:
         names, count = str_list(keys, "keys")
+        self._copy = bool(copy)
         self._handle: Optional[Handle] = _lib.open_handle(
             lib.npkio_safetensors_iter_open, lib.npkio_safetensors_iter_free,
             path_arg(path), names, count,
@@ -365,11 +394,12 @@ class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
         if not more.value:
             self._handle = None  # the arrays yielded keep the mapping alive
             raise StopIteration
-        return view_to_array(h, v)
+        name, arr = view_to_array(h, v)
+        return name, finish(arr, self._copy)
 
 
 def iter_safetensors(
-    path: PathLike, keys: Optional[List[str]] = None
+    path: PathLike, keys: Optional[List[str]] = None, *, copy: bool = False
 ) -> Iterator[Tuple[str, np.ndarray]]:
     """Iterate over tensors in a SafeTensors file (or a sharded checkpoint).
 
@@ -378,9 +408,10 @@ def iter_safetensors(
             holding one.
         keys: tensors to yield, in that order (all, in file order, if ``None``). An unknown
             key raises ``KeyError`` here, before anything is yielded.
+        copy: yield writable copies that own their memory instead of read-only views.
 
     Returns:
         an iterator of ``(name, array)``; arrays are read-only zero-copy views of the mapped
         file, valid for as long as they are referenced.
     """
-    return SafeTensorsIterator(path, keys)
+    return SafeTensorsIterator(path, keys, copy=copy)

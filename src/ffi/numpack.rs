@@ -21,7 +21,7 @@ use crate::numpack::NumPack;
 /// mappings alive (a view then shows the bytes as they were when it was taken).
 #[derive(Debug)]
 pub struct NpkioNumpack {
-    store: NumPack,
+    pub(super) store: NumPack,
     /// Array names, sorted: what `npkio_numpack_name` indexes. Rebuilt after each change.
     list: Vec<String>,
     /// Copies of the names, shapes and metadata handed to C; only grows.
