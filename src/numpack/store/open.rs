@@ -70,6 +70,7 @@ impl NumPack {
             retired: Vec::new(),
             durable: false,
             last_stamp: 0,
+            writer: super::generation::Writer::observe(dir),
         };
         store.write_metadata()?;
         Ok(store)
@@ -78,11 +79,12 @@ impl NumPack {
     /// Builds a store from decoded metadata, validating every array.
     fn from_parts(dir: &Path, meta: Metadata, sidecar: Option<Sidecar>) -> Result<NumPack> {
         let sidecar = sidecar.unwrap_or_default();
-        let entries: HashMap<&str, &Entry> = sidecar
-            .arrays
-            .iter()
-            .map(|e| (e.name.as_str(), e))
-            .collect();
+        // A name may have two entries (one per generation while a change is published):
+        // the one matching the record applies.
+        let mut entries: HashMap<&str, Vec<&Entry>> = HashMap::new();
+        for e in &sidecar.arrays {
+            entries.entry(e.name.as_str()).or_default().push(e);
+        }
         let mut arrays = Vec::with_capacity(meta.arrays.len());
         let mut index = HashMap::with_capacity(meta.arrays.len());
         let mut last_stamp = 0;
@@ -94,7 +96,7 @@ impl NumPack {
                 );
             }
             last_stamp = last_stamp.max(record.last_modified);
-            let array = load_array(dir, record, entries.get(name.as_str()).copied())
+            let array = load_array(dir, record, entries.get(name.as_str()).map_or(&[], |v| v))
                 .map_err(|e| e.array(name.clone()).at(dir))?;
             index.insert(name, arrays.len());
             arrays.push(array);
@@ -109,6 +111,7 @@ impl NumPack {
             retired: Vec::new(),
             durable: false,
             last_stamp,
+            writer: super::generation::Writer::observe(dir),
         })
     }
 }
@@ -215,7 +218,7 @@ fn file_len(dir: &Path, rel: &Path) -> Result<u64> {
     Ok(md.len())
 }
 
-fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<Array> {
+fn load_array(dir: &Path, record: ArrayRecord, entries: &[&Entry]) -> Result<Array> {
     let code_dtype = DType::from_numpack_code(record.dtype_code).ok_or_else(|| {
         Error::malformed(
             dir,
@@ -327,8 +330,9 @@ fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<
     };
     // A sidecar entry whose rows differ from the record's cannot be combined with a
     // deletion bitmap (the bitmap counts the record's rows): read as NumPack sees it.
-    let (dtype, shape) = entry
-        .and_then(|e| e.resolve(&record))
+    let (dtype, shape) = entries
+        .iter()
+        .find_map(|e| e.resolve(&record))
         .filter(|(_, s)| bitmap.is_none() || s.first() == record.shape.first())
         .unwrap_or((code_dtype, record.shape.clone()));
     let mut logical_shape = shape.clone();
