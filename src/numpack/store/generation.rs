@@ -34,7 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::fsutil::{sync_dir, write_atomic};
+use std::io::Write;
+
+use crate::fsutil::{sync_dir, temp_file_in};
 use crate::numpack::metadata::{self, ArrayRecord, Metadata};
 use crate::numpack::naming;
 use crate::numpack::sidecar::{self, Sidecar};
@@ -174,16 +176,52 @@ fn link_over(dir: &Path, from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `npkio.json`, or removes it when there is nothing to record.
-pub(super) fn write_sidecar(dir: &Path, sidecar: &Sidecar, durable: bool) -> Result<()> {
+/// What a publishing step that failed after its rename reports: the change is visible,
+/// but syncing the directory failed, so it may not survive a power loss.
+pub(super) type Late = Option<Error>;
+
+fn late_sync(dir: &Path, durable: bool) -> Late {
+    if !durable {
+        return None;
+    }
+    sync_dir(dir).err()
+}
+
+/// The error of a commit whose rename happened but whose directory sync failed.
+pub(super) fn published(dir: &Path, e: Error) -> Error {
+    Error::new(
+        e.kind(),
+        format!(
+            "the change is published, but syncing the directory failed, so it may not \
+             survive a power loss: {e}"
+        ),
+    )
+    .at(dir)
+}
+
+/// Writes `dir/name` through a temporary file renamed into place (synced first with
+/// `durable`). `Err`: nothing changed. `Ok(Some(_))`: renamed, the directory sync failed.
+pub(super) fn replace_file(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<Late> {
+    let target = dir.join(name);
+    let mut tmp = temp_file_in(dir, TMP_PREFIX)?;
+    tmp.write_all(bytes).ctx(tmp.path(), "writing")?;
+    if durable {
+        tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
+    }
+    tmp.persist(&target)
+        .map_err(|e| e.error)
+        .ctx(&target, "renaming a temporary file onto")?;
+    Ok(late_sync(dir, durable))
+}
+
+/// Writes `npkio.json`, or removes it when there is nothing to record; as
+/// [`replace_file`].
+pub(super) fn write_sidecar(dir: &Path, sidecar: &Sidecar, durable: bool) -> Result<Late> {
     if sidecar.is_empty() {
         remove_if_exists(&dir.join(sidecar::FILE_NAME))?;
-        if durable {
-            sync_dir(dir)?;
-        }
-        Ok(())
+        Ok(late_sync(dir, durable))
     } else {
-        write_atomic(dir, sidecar::FILE_NAME, &sidecar.encode(), durable)
+        replace_file(dir, sidecar::FILE_NAME, &sidecar.encode(), durable)
     }
 }
 
@@ -270,24 +308,28 @@ impl NumPack {
     }
 
     /// Writes `npkio.json` valid for both the current generation and `records` (when it
-    /// must change), then `metadata.npkm` listing `records`: the commit point. Returns the
-    /// sidecar now on disk, for [`NumPack::prune_sidecar`].
+    /// must change), then `metadata.npkm` listing `records`: the commit point. `Err`: not
+    /// committed. `Ok`: committed; the sidecar now on disk (for
+    /// [`NumPack::prune_sidecar`]) and the error of a failed directory sync after it.
     pub(super) fn commit(
         &self,
         records: Vec<ArrayRecord>,
         new_sidecar: &Sidecar,
-    ) -> Result<Sidecar> {
+    ) -> Result<(Sidecar, Late)> {
         let (_, old_sidecar) = self.snapshot();
         let both = union(&old_sidecar, new_sidecar);
         if both != old_sidecar {
-            write_sidecar(&self.dir, &both, self.durable)?;
+            // A failed sync here still leaves a sidecar valid for the old generation.
+            if let Some(e) = write_sidecar(&self.dir, &both, self.durable)? {
+                return Err(e);
+            }
         }
         let meta = Metadata {
             total_size: 0,
             arrays: records,
         };
-        write_atomic(&self.dir, metadata::FILE_NAME, &meta.encode(), self.durable)?;
-        Ok(both)
+        let late = replace_file(&self.dir, metadata::FILE_NAME, &meta.encode(), self.durable)?;
+        Ok((both, late.map(|e| published(&self.dir, e))))
     }
 
     /// After a commit and the store's update to it: writes `npkio.json` with only the live
@@ -298,6 +340,7 @@ impl NumPack {
         if sc != *on_disk {
             let _ = write_sidecar(&self.dir, &sc, self.durable);
         }
+        // Nothing else to report: extra entries are harmless.
     }
 
     /// Removes `files` (relative paths) that no array uses now, and directories they leave
@@ -366,8 +409,8 @@ impl NumPack {
             records[*i].data_file = naming::data_file(canon);
         }
         let (_, sc) = self.snapshot();
-        self.commit(records, &sc)?;
         // The records change only their data file, which sidecar entries do not name.
+        let (_, late) = self.commit(records, &sc)?;
         for (i, stem, canon) in plan {
             let a = &mut self.arrays[i];
             a.record.data_file = naming::data_file(&canon);
@@ -375,10 +418,14 @@ impl NumPack {
             if let Some(d) = a.data.take() {
                 self.retired.push(d);
             }
-            let _ = fs::remove_file(dir.join(naming::data_file(&stem)));
-            let _ = fs::remove_file(dir.join(naming::bitmap_file(&stem)));
+            // Unsynced, the old metadata may come back after a power loss: keep its files
+            // (the next change removes them).
+            if late.is_none() {
+                let _ = fs::remove_file(dir.join(naming::data_file(&stem)));
+                let _ = fs::remove_file(dir.join(naming::bitmap_file(&stem)));
+            }
         }
-        Ok(())
+        late.map_or(Ok(()), Err)
     }
 
     /// Removes what interrupted changes left: arrays still under a generation stem are

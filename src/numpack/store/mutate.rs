@@ -15,7 +15,9 @@ use crate::numpack::metadata::{self, ArrayRecord, Metadata};
 use crate::numpack::naming;
 use crate::numpack::sidecar::{self, Sidecar};
 
-use super::generation::{canonical_stem, remove_if_exists, write_sidecar, TMP_PREFIX};
+use super::generation::{
+    canonical_stem, published, remove_if_exists, replace_file, write_sidecar, TMP_PREFIX,
+};
 use super::layout::{files_of, make_record, Storage};
 use super::{Array, NumPack};
 
@@ -63,7 +65,9 @@ pub fn write_dir_metadata(
     sidecar: &Sidecar,
     durable: bool,
 ) -> Result<()> {
-    write_sidecar(dir, sidecar, durable)?;
+    if let Some(e) = write_sidecar(dir, sidecar, durable)? {
+        return Err(e);
+    }
     write_atomic(dir, metadata::FILE_NAME, &meta.encode(), durable)
 }
 
@@ -82,11 +86,13 @@ impl NumPack {
         self.locked(|s| {
             let old = std::mem::replace(&mut s.st_metadata, metadata);
             let (_, sc) = s.snapshot();
-            if let Err(e) = write_sidecar(&s.dir, &sc, s.durable) {
-                s.st_metadata = old;
-                return Err(e);
+            match write_sidecar(&s.dir, &sc, s.durable) {
+                Ok(late) => late.map_or(Ok(()), |e| Err(published(&s.dir, e))),
+                Err(e) => {
+                    s.st_metadata = old;
+                    Err(e)
+                }
             }
-            Ok(())
         })
     }
 
@@ -188,8 +194,8 @@ impl NumPack {
         new_sidecar
             .arrays
             .extend(staged.iter().filter_map(|(_, _, e)| e.clone()));
-        let on_disk = match self.commit(records, &new_sidecar) {
-            Ok(sc) => sc,
+        let (on_disk, late) = match self.commit(records, &new_sidecar) {
+            Ok(done) => done,
             Err(e) => {
                 for p in written {
                     let _ = fs::remove_file(p);
@@ -226,14 +232,19 @@ impl NumPack {
             }
         }
         self.prune_sidecar(&on_disk);
-        self.after_commit(&touched, old_files);
-        Ok(())
+        self.after_commit(&touched, old_files, late)
     }
 
     /// After a commit: moves the arrays at `touched` back to their own stems and removes
     /// the old generation's files. Failures leave a valid store (and leftovers that the
     /// next change removes).
-    fn after_commit(&mut self, touched: &[usize], old_files: Vec<PathBuf>) {
+    /// `late` is the commit's failed directory sync, reported once the rest is done.
+    fn after_commit(
+        &mut self,
+        touched: &[usize],
+        old_files: Vec<PathBuf>,
+        late: super::generation::Late,
+    ) -> Result<()> {
         let canonical: Vec<PathBuf> = touched
             .iter()
             .filter_map(|&i| canonical_stem(&self.arrays[i].record))
@@ -248,8 +259,12 @@ impl NumPack {
         let (later, now): (Vec<PathBuf>, Vec<PathBuf>) =
             old_files.into_iter().partition(|f| canonical.contains(f));
         self.remove_unreferenced(now);
-        let _ = self.canonicalize(touched);
-        self.remove_unreferenced(later);
+        // If moving back fails, the array stays under its generation stem and NumPack 0.7
+        // may still read the bitmap under its own: keep those files for the next change.
+        if self.canonicalize(touched).is_ok() {
+            self.remove_unreferenced(later);
+        }
+        late.map_or(Ok(()), Err)
     }
 
     /// Appends rows to an array: `data` holds whole rows of the array's dtype and row shape.
@@ -342,7 +357,9 @@ impl NumPack {
                 new_files.push(link);
                 let bname = naming::bitmap_file(&stem);
                 new_files.push(dir.join(&bname));
-                write_atomic(&dir, &bname, &b.encode(), durable)?;
+                if let Some(e) = replace_file(&dir, &bname, &b.encode(), durable)? {
+                    return Err(e);
+                }
                 record.data_file = naming::data_file(&stem);
                 Ok(())
             })();
@@ -362,8 +379,8 @@ impl NumPack {
             true_shape[0] += new_rows;
             new_sidecar.arrays[pos] = sidecar::Entry::new(&record, dt, &true_shape);
         }
-        let on_disk = match self.commit(records, &new_sidecar) {
-            Ok(sc) => sc,
+        let (on_disk, late) = match self.commit(records, &new_sidecar) {
+            Ok(done) => done,
             Err(e) => {
                 for f in &new_files {
                     let _ = remove_if_exists(f);
@@ -382,8 +399,7 @@ impl NumPack {
             self.retired.push(d);
         }
         self.prune_sidecar(&on_disk);
-        self.after_commit(&[i], old_files);
-        Ok(())
+        self.after_commit(&[i], old_files, late)
     }
 
     /// Deletes rows (logical indices, as the array reads now) by marking them in the
@@ -410,7 +426,7 @@ impl NumPack {
             .map_err(|m| Error::invalid_argument(m).at(&dir).array(name))?;
         self.locked(|s| {
             let bpath = s.bitmap_of(i);
-            write_atomic(&dir, &bpath.to_string_lossy(), &bitmap.encode(), s.durable)?;
+            let late = replace_file(&dir, &bpath.to_string_lossy(), &bitmap.encode(), s.durable)?;
             let a = &mut s.arrays[i];
             a.logical_shape[0] = bitmap.active_count();
             a.bitmap = Some(bitmap);
@@ -420,8 +436,10 @@ impl NumPack {
             // The same metadata again, as a new file: other stores open on the directory
             // see that it changed. Best effort: the change is already published.
             let (meta, _) = s.snapshot();
-            let _ = write_atomic(&dir, metadata::FILE_NAME, &meta.encode(), s.durable);
-            Ok(())
+            if late.is_none() {
+                let _ = replace_file(&dir, metadata::FILE_NAME, &meta.encode(), s.durable);
+            }
+            late.map_or(Ok(()), |e| Err(published(&dir, e)))
         })
     }
 
@@ -433,7 +451,7 @@ impl NumPack {
             records.remove(i);
             let (_, mut sc) = s.snapshot();
             sc.arrays.retain(|e| e.name != s.arrays[i].record.name);
-            let on_disk = s.commit(records, &sc)?;
+            let (on_disk, late) = s.commit(records, &sc)?;
             let old = s.arrays.remove(i);
             s.index = s
                 .arrays
@@ -446,6 +464,9 @@ impl NumPack {
                 s.retired.push(d);
             }
             s.prune_sidecar(&on_disk);
+            if let Some(e) = late {
+                return Err(e);
+            }
             s.remove_unreferenced(old_files);
             Ok(())
         })

@@ -1,0 +1,592 @@
+//! Store changes are all or none: a child process performs one change of a NumPack store
+//! (save new, save replacing, append with and without dropped rows, drop rows, delete,
+//! the SafeTensors metadata), in plain and durable mode, and is killed by `strace` at its
+//! Nth filesystem call, for N = 1, 2, ... until it completes; or that call fails with
+//! ENOSPC or EIO. After each run the store must open and read exactly as before the change
+//! or exactly as after it, through npkio and through NumPack 0.7.0's reading rules (the
+//! bitmap found by the array's name, its own row count, a data file at least as long as
+//! needed); after an error it must read as before, and the child's store object must
+//! describe what is on disk. The next change then removes every leftover.
+//!
+//! Needs `strace`: without it the kill tests print why they are skipped, and fail when the
+//! environment variable `CI` is set.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use npkio::numpack::metadata::Metadata;
+use npkio::numpack::ArrayInput;
+use npkio::{DType, NumPack};
+
+const CHILD_ENV: &str = "NPKIO_STORE_MUTATE_CHILD";
+
+/// What a reader sees: per array, (dtype or storage code, logical shape, bytes), plus the
+/// recorded SafeTensors metadata.
+type View = (BTreeMap<String, (String, Vec<u64>, Vec<u8>)>, String);
+
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The store every scenario starts from: a plain array, one with dropped rows, a BF16
+/// array (true dtype in the sidecar), and an array with a hashed file name.
+fn make_initial(dir: &Path) {
+    let mut np = NumPack::create(dir, false).unwrap();
+    let a = bytes(6 * 3 * 4, 1);
+    let d = bytes(20 * 2 * 2, 2);
+    let b = bytes(4 * 2 * 2, 3);
+    let h = bytes(5, 4);
+    np.save(&[
+        ArrayInput {
+            name: "a",
+            dtype: DType::F32,
+            shape: &[6, 3],
+            data: &a,
+        },
+        ArrayInput {
+            name: "d",
+            dtype: DType::I16,
+            shape: &[20, 2],
+            data: &d,
+        },
+        ArrayInput {
+            name: "b",
+            dtype: DType::BF16,
+            shape: &[4, 2],
+            data: &b,
+        },
+        ArrayInput {
+            name: "layer/0",
+            dtype: DType::U8,
+            shape: &[5],
+            data: &h,
+        },
+    ])
+    .unwrap();
+    np.drop_rows("d", &[3, 7, 19]).unwrap();
+    np.set_safetensors_metadata(Some(vec![("format".into(), "pt".into())]))
+        .unwrap();
+}
+
+/// Performs scenario `what` on the store at `dir`.
+fn mutate(np: &mut NumPack, what: &str) -> npkio::Result<()> {
+    match what {
+        "save_new" => {
+            let c = bytes(3 * 8, 9);
+            np.save(&[ArrayInput {
+                name: "c",
+                dtype: DType::F64,
+                shape: &[3],
+                data: &c,
+            }])
+        }
+        "save_replace" => {
+            let (a, b, h) = (bytes(2 * 2 * 4, 11), bytes(3 * 2 * 2, 12), bytes(7, 13));
+            np.save(&[
+                ArrayInput {
+                    name: "a",
+                    dtype: DType::F32,
+                    shape: &[2, 2],
+                    data: &a,
+                },
+                ArrayInput {
+                    name: "b",
+                    dtype: DType::BF16,
+                    shape: &[3, 2],
+                    data: &b,
+                },
+                ArrayInput {
+                    name: "layer/0",
+                    dtype: DType::U8,
+                    shape: &[7],
+                    data: &h,
+                },
+            ])
+        }
+        "save_replace_dropped" => {
+            let d = bytes(4 * 2 * 2, 14);
+            np.save(&[ArrayInput {
+                name: "d",
+                dtype: DType::I16,
+                shape: &[4, 2],
+                data: &d,
+            }])
+        }
+        "append" => np.append("a", &bytes(2 * 3 * 4, 15)),
+        "append_bf16" => np.append("b", &bytes(2 * 2, 16)),
+        "append_dropped" => np.append("d", &bytes(5 * 2 * 2, 17)),
+        "drop_rows" => np.drop_rows("a", &[0, 2]),
+        "drop_more_rows" => np.drop_rows("d", &[0, 16]),
+        "delete" => np.delete("b"),
+        "set_metadata" => np.set_safetensors_metadata(Some(vec![
+            ("format".into(), "np".into()),
+            ("k".into(), "v".into()),
+        ])),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// The store as npkio reads it.
+fn npkio_view(dir: &Path) -> Result<View, String> {
+    let np = NumPack::open(dir).map_err(|e| format!("open: {e}"))?;
+    store_view(&np)
+}
+
+fn store_view(np: &NumPack) -> Result<View, String> {
+    let mut out = BTreeMap::new();
+    for name in np.names() {
+        let v = np.view(name).map_err(|e| format!("view {name}: {e}"))?;
+        out.insert(
+            name.to_string(),
+            (v.dtype.to_string(), v.shape.to_vec(), v.data.to_vec()),
+        );
+    }
+    Ok((out, format!("{:?}", np.safetensors_metadata())))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// The store as NumPack 0.7.0 reads it (storage dtype codes; the sidecar unknown).
+fn numpack_view(dir: &Path) -> Result<View, String> {
+    let mpath = dir.join("metadata.npkm");
+    let raw = std::fs::read(&mpath).map_err(|e| format!("metadata: {e}"))?;
+    let meta = Metadata::decode(&raw, &mpath).map_err(|e| format!("metadata: {e}"))?;
+    let mut out = BTreeMap::new();
+    for r in &meta.arrays {
+        let data = std::fs::read(dir.join(&r.data_file))
+            .map_err(|e| format!("{}: data file {}: {e}", r.name, r.data_file))?;
+        if (data.len() as u64) < r.size_bytes {
+            return Err(format!("{}: data file smaller than expected", r.name));
+        }
+        let rows = r.shape[0];
+        let row_bytes = r.size_bytes.checked_div(rows).unwrap_or(0) as usize;
+        let mut shape = r.shape.clone();
+        let mut logical = data[..r.size_bytes as usize].to_vec();
+        // NumPack 0.7.0 finds the bitmap by the array's name.
+        if let Ok(b) = std::fs::read(dir.join(format!("deleted_{}.npkb", r.name))) {
+            if b.len() < 16 {
+                return Err(format!("{}: bitmap file too small", r.name));
+            }
+            let stored_total = u64_at(&b, 0);
+            let headered = b.len() as u64 == 16 + stored_total.div_ceil(64) * 8;
+            let (total, deleted, words) = if headered {
+                (stored_total, u64_at(&b, 8), &b[16..])
+            } else {
+                if b.len() % 8 != 0 {
+                    return Err(format!("{}: invalid bitmap size", r.name));
+                }
+                (rows, u64::MAX, &b[..])
+            };
+            let active = |row: u64| {
+                let w = (row / 64) as usize;
+                w * 8 + 8 <= words.len() && (u64_at(words, w * 8) >> (row % 64)) & 1 == 1
+            };
+            let act: Vec<u64> = (0..total).filter(|&r| active(r)).collect();
+            let deleted = if deleted == u64::MAX {
+                total - act.len() as u64
+            } else {
+                deleted
+            };
+            if deleted > 0 {
+                let mut v = Vec::new();
+                for row in &act {
+                    let s = *row as usize * row_bytes;
+                    if s + row_bytes > data.len() {
+                        return Err(format!("{}: bitmap row {row} past the data", r.name));
+                    }
+                    v.extend_from_slice(&data[s..s + row_bytes]);
+                }
+                shape[0] = act.len() as u64;
+                logical = v;
+            }
+        }
+        out.insert(
+            r.name.clone(),
+            (format!("code {}", r.dtype_code), shape, logical),
+        );
+    }
+    Ok((out, String::new()))
+}
+
+/// Runs in the child: performs the scenario named by the environment and prints what the
+/// store object describes afterwards.
+#[test]
+fn mutate_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.split('|');
+    let (what, dir, durable) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap() == "durable",
+    );
+    let mut np = NumPack::open(dir).unwrap();
+    np.set_durable(durable);
+    eprintln!("MUTATION-BEGINS");
+    let result = mutate(&mut np, what);
+    let described = store_view(&np).map(|v| digest(&v));
+    match result {
+        Ok(()) => println!("RESULT ok {described:?}"),
+        Err(e) => println!("RESULT error {described:?} {e}"),
+    }
+}
+
+fn show(v: &View) -> String {
+    v.0.iter()
+        .map(|(k, (d, s, b))| format!("{k}: {d} {s:?} {}", b.len()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn digest(v: &View) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(format!("{v:?}").as_bytes()))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn have_strace() -> bool {
+    let ok = Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "strace is required for the store kill tests (scripts/test.sh installs it)"
+        );
+        eprintln!("SKIPPED: strace is not installed; the store kill tests need it");
+    }
+    ok
+}
+
+/// Filesystem calls a change makes, at which the child is killed.
+const FS_CALLS: &str = "openat,write,pwrite64,ftruncate,fsync,fdatasync,rename,renameat,\
+                        renameat2,link,linkat,unlink,unlinkat,flock";
+/// Calls that write data (ENOSPC) and calls that publish or sync (EIO).
+const WRITE_CALLS: &str = "write,pwrite64,ftruncate";
+const OTHER_CALLS: &str = "fsync,fdatasync,rename,renameat,renameat2,link,linkat";
+
+enum Fault {
+    Kill,
+    Error(&'static str, &'static str),
+}
+
+/// Runs the child under strace with `fault` at the Nth call; returns its stdout, or
+/// `None` when it was killed.
+fn run_child(what: &str, dir: &Path, durable: bool, fault: &Fault, n: u64) -> Option<String> {
+    let exe = std::env::current_exe().unwrap();
+    let inject = match fault {
+        Fault::Kill => format!("inject={FS_CALLS}:signal=KILL:when={n}"),
+        Fault::Error(calls, errno) => format!("inject={calls}:error={errno}:when={n}"),
+    };
+    let trace = match fault {
+        Fault::Kill => FS_CALLS,
+        Fault::Error(calls, _) => calls,
+    };
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={trace}"))
+        .arg("-e")
+        .arg(inject)
+        .arg(&exe)
+        .args(["--exact", "mutate_child", "--nocapture", "--test-threads=1"])
+        .env(
+            CHILD_ENV,
+            format!(
+                "{what}|{}|{}",
+                dir.display(),
+                if durable { "durable" } else { "plain" }
+            ),
+        )
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    stdout.contains("RESULT ").then_some(stdout)
+}
+
+/// Leftovers of an interrupted change, by name.
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| {
+            n.starts_with(".npkio-tmp-")
+                || n.strip_suffix(".npkd")
+                    .or_else(|| n.strip_suffix(".npkb"))
+                    .and_then(|s| s.rfind('~').filter(|&i| i > 8).map(|i| &s[i + 1..]))
+                    .is_some_and(|g| g.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect()
+}
+
+/// Kills (or fails) the change at every step; checks every outcome.
+fn every_step(what: &str) {
+    if !have_strace() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let initial = root.path().join("initial.npk");
+    make_initial(&initial);
+    let old = (
+        npkio_view(&initial).unwrap(),
+        numpack_view(&initial).unwrap(),
+    );
+    let done = root.path().join("done.npk");
+    copy_dir(&initial, &done);
+    {
+        let mut np = NumPack::open(&done).unwrap();
+        mutate(&mut np, what).unwrap();
+    }
+    let new = (npkio_view(&done).unwrap(), numpack_view(&done).unwrap());
+    assert_ne!(old.0, new.0, "{what} changes nothing");
+    let faults = [
+        Fault::Kill,
+        Fault::Error(WRITE_CALLS, "ENOSPC"),
+        Fault::Error(OTHER_CALLS, "EIO"),
+    ];
+    let mut runs = 0;
+    for durable in [false, true] {
+        for fault in &faults {
+            for n in 1.. {
+                assert!(n < 2000, "{what}: the change never completed under strace");
+                runs += 1;
+                let dir = root.path().join(format!("run{runs}.npk"));
+                copy_dir(&initial, &dir);
+                let stdout = run_child(what, &dir, durable, fault, n);
+                let label = format!(
+                    "{what}, {}, {} at call {n}",
+                    if durable { "durable" } else { "plain" },
+                    match fault {
+                        Fault::Kill => "killed",
+                        Fault::Error(_, e) => e,
+                    }
+                );
+                let seen = npkio_view(&dir).unwrap_or_else(|e| panic!("{label}: {e}"));
+                let seen_np = numpack_view(&dir)
+                    .unwrap_or_else(|e| panic!("{label}: NumPack 0.7 rules: {e}"));
+                assert!(
+                    seen == old.0 || seen == new.0,
+                    "{label}: npkio reads neither the old nor the new store"
+                );
+                assert!(
+                    seen_np == old.1 || seen_np == new.1,
+                    "{label}: NumPack 0.7 rules read neither the old nor the new store:\n{}\nold {}\nnew {}",
+                    show(&seen_np), show(&old.1), show(&new.1)
+                );
+                if let Some(out) = &stdout {
+                    if out.contains("is published, but syncing the directory failed") {
+                        // The rename happened; only durability is in doubt.
+                        assert!(seen == new.0, "{label}: published, yet not new");
+                    } else if !out.contains("RESULT ok") {
+                        assert!(seen == old.0, "{label}: an error, yet the store changed");
+                    }
+                    // The child's store describes what is on disk.
+                    assert!(
+                        out.contains(&format!("Ok(\"{}\")", digest(&seen))),
+                        "{label}: the store object disagrees with the disk: {out}"
+                    );
+                }
+                // The next change (under the lock) removes every leftover; npkio reads the
+                // same, and NumPack 0.7 then reads the same generation as npkio.
+                {
+                    let mut np = NumPack::open(&dir).unwrap();
+                    let m = np.safetensors_metadata().map(<[_]>::to_vec);
+                    np.set_safetensors_metadata(m).unwrap();
+                }
+                assert_eq!(leftovers(&dir), Vec::<String>::new(), "{label}");
+                assert!(
+                    npkio_view(&dir).unwrap() == seen,
+                    "{label}: clean-up changed it"
+                );
+                let want_np = if seen == new.0 { &new.1 } else { &old.1 };
+                assert!(
+                    numpack_view(&dir).unwrap() == *want_np,
+                    "{label}: after clean-up NumPack 0.7 rules read another generation"
+                );
+                std::fs::remove_dir_all(&dir).unwrap();
+                let completed = stdout.as_deref().is_some_and(|o| o.contains("RESULT ok"));
+                if completed && matches!(fault, Fault::Kill) {
+                    assert!(seen == new.0 && seen_np == new.1, "{label}: done, not new");
+                }
+                if stdout.is_some() && fault_never_hit(fault, n, what, durable, root.path()) {
+                    break;
+                }
+            }
+        }
+    }
+    eprintln!("{what}: {runs} runs");
+}
+
+/// Whether a run with the fault at call `n` completes without the fault having been hit
+/// (the change made fewer calls than `n`): then larger `n` test nothing new.
+fn fault_never_hit(fault: &Fault, n: u64, what: &str, durable: bool, root: &Path) -> bool {
+    match fault {
+        // A killed child never prints a result.
+        Fault::Kill => true,
+        Fault::Error(calls, _) => {
+            // Count the calls of a clean run once per (scenario, mode, call set).
+            let key = root.join(format!("count-{what}-{durable}-{}", calls.len()));
+            let total: u64 = match std::fs::read_to_string(&key) {
+                Ok(s) => s.trim().parse().unwrap(),
+                Err(_) => {
+                    let t = count_calls(what, durable, calls, root);
+                    std::fs::write(&key, t.to_string()).unwrap();
+                    t
+                }
+            };
+            n > total
+        }
+    }
+}
+
+/// Number of `calls` a clean run of the child makes.
+fn count_calls(what: &str, durable: bool, calls: &str, root: &Path) -> u64 {
+    let dir = root.join("count.npk");
+    let initial = root.join("initial.npk");
+    copy_dir(&initial, &dir);
+    let log = root.join("count.log");
+    let exe = std::env::current_exe().unwrap();
+    let st = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&log)
+        .arg("-e")
+        .arg(format!("trace={calls}"))
+        .arg(&exe)
+        .args(["--exact", "mutate_child", "--nocapture", "--test-threads=1"])
+        .env(
+            CHILD_ENV,
+            format!(
+                "{what}|{}|{}",
+                dir.display(),
+                if durable { "durable" } else { "plain" }
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    text.lines()
+        .filter(|l| !l.contains("resumed>") && !l.starts_with("+++") && !l.contains("---"))
+        .count() as u64
+}
+
+macro_rules! scenario {
+    ($($test:ident => $what:literal,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                if std::env::var_os(CHILD_ENV).is_some() {
+                    return;
+                }
+                every_step($what);
+            }
+        )*
+    };
+}
+
+scenario! {
+    save_of_a_new_array_is_all_or_none => "save_new",
+    save_replacing_arrays_is_all_or_none => "save_replace",
+    save_replacing_an_array_with_dropped_rows_is_all_or_none => "save_replace_dropped",
+    append_is_all_or_none => "append",
+    append_to_a_bf16_array_keeps_its_dtype_at_every_step => "append_bf16",
+    append_to_an_array_with_dropped_rows_is_all_or_none => "append_dropped",
+    drop_rows_is_all_or_none => "drop_rows",
+    drop_rows_again_is_all_or_none => "drop_more_rows",
+    delete_is_all_or_none => "delete",
+    set_safetensors_metadata_is_all_or_none => "set_metadata",
+}
+
+/// A store whose directory a conversion replaced since it was opened refuses to change it,
+/// and changes nothing.
+#[test]
+fn a_change_refuses_a_directory_replaced_by_a_conversion() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("m.npk");
+    make_initial(&dir);
+    let mut np = NumPack::open(&dir).unwrap();
+    // A conversion publishes a new directory at the same path.
+    let inputs = [ArrayInput {
+        name: "z",
+        dtype: DType::U8,
+        shape: &[3],
+        data: &[1, 2, 3],
+    }];
+    npkio::from_safetensors(&inputs, &dir, true).unwrap();
+    let before = npkio_view(&dir).unwrap();
+    let listing = |d: &PathBuf| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let files = listing(&dir);
+    let x = bytes(4, 1);
+    let attempts: Vec<npkio::Result<()>> = vec![
+        np.save(&[ArrayInput {
+            name: "a",
+            dtype: DType::U8,
+            shape: &[4],
+            data: &x,
+        }]),
+        np.append("a", &bytes(3 * 4, 2)),
+        np.drop_rows("a", &[0]),
+        np.delete("b"),
+        np.set_safetensors_metadata(None),
+    ];
+    for r in attempts {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), npkio::ErrorKind::NotFound, "{e}");
+        assert!(e.to_string().contains("replaced"), "{e}");
+        assert!(e.to_string().contains("reopen"), "{e}");
+    }
+    assert_eq!(npkio_view(&dir).unwrap(), before);
+    assert_eq!(listing(&dir), files);
+    // The store object still describes what it was opened on.
+    assert_eq!(np.names(), vec!["a", "b", "d", "layer/0"]);
+}
+
+/// Two stores open on one directory: after one changes it, the other refuses to write
+/// over that change (it would publish metadata without it).
+#[test]
+fn a_second_store_on_the_directory_refuses_to_overwrite_a_change() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("m.npk");
+    make_initial(&dir);
+    let mut first = NumPack::open(&dir).unwrap();
+    let mut second = NumPack::open(&dir).unwrap();
+    first.delete("b").unwrap();
+    let after = npkio_view(&dir).unwrap();
+    let e = second.append("a", &bytes(3 * 4, 2)).unwrap_err();
+    assert_eq!(e.kind(), npkio::ErrorKind::Busy, "{e}");
+    assert!(e.to_string().contains("reopen"), "{e}");
+    assert_eq!(npkio_view(&dir).unwrap(), after);
+    // The first keeps working, and a reopened one too.
+    first.append("a", &bytes(3 * 4, 3)).unwrap();
+    let mut again = NumPack::open(&dir).unwrap();
+    again.drop_rows("a", &[0]).unwrap();
+    assert_eq!(npkio_view(&dir).unwrap().0["a"].1, vec![6, 3]);
+}
