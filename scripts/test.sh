@@ -9,13 +9,14 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 # Tools a fresh machine may lack: valgrind for the C examples, util-linux's `script` for the
-# progress-bar test under a pseudo-terminal.
+# progress-bar test under a pseudo-terminal, strace for the store kill tests.
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v script >/dev/null || missing+=(bsdutils)
 command -v g++ >/dev/null || missing+=(g++)
 command -v make >/dev/null || missing+=(make)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v strace >/dev/null || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ]; then
     step "installing ${missing[*]}"
     if [ "$(id -u)" = 0 ]; then
