@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 # Tools a fresh machine may lack: valgrind for the C examples, util-linux's `script` for the
-# progress-bar test under a pseudo-terminal, strace for the store kill tests.
+# progress-bar test under a pseudo-terminal, strace for the fault-injection tests.
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v script >/dev/null || missing+=(bsdutils)

@@ -249,7 +249,12 @@ impl NumPack {
     /// still describes what is on disk, removes leftovers of interrupted changes, runs `f`,
     /// and records the metadata files as they are after it.
     pub(super) fn locked<T>(&mut self, f: impl FnOnce(&mut NumPack) -> Result<T>) -> Result<T> {
-        let _lock = crate::publish::lock_output(&self.dir, true).map_err(|e| e.at(&self.dir))?;
+        // A path like "." or "x/.." has no name of its own to lock by: use the real one.
+        let path = match self.dir.file_name() {
+            Some(_) => self.dir.clone(),
+            None => self.dir.canonicalize().ctx(&self.dir, "resolving")?,
+        };
+        let _lock = crate::publish::lock_output(&path, true).map_err(|e| e.at(&self.dir))?;
         self.writer.check(&self.dir)?;
         self.remove_leftovers();
         let result = f(self);

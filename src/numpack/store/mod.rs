@@ -68,8 +68,8 @@ struct Array {
 /// Opening validates everything: the metadata, every data file's size, segment manifests
 /// and deletion bitmaps, and that every path stays inside the directory. Array bytes are
 /// mapped on first view and stay mapped until the store is dropped, so views handed out
-/// earlier stay valid even after the array is replaced (the old file is renamed over, not
-/// truncated).
+/// earlier stay valid even after the array is replaced or appended to (a replaced array's
+/// old file is unlinked, never rewritten; an append writes only past the bytes in use).
 ///
 /// Every change (`save`, `append`, `drop_rows`, `delete`, `set_safetensors_metadata`) is
 /// all or none: its new files go under names the live metadata does not use, and one
