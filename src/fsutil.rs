@@ -8,11 +8,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{IoContext, Result};
 
 /// Writes `bytes` to `dir/name` through a temporary file renamed into place, so that a
-/// reader sees the old content or the new, never a mix. With `durable`, the data is synced
-/// before the rename and the directory after it.
+/// reader sees the old content or the new, never a mix. A file replaced keeps its mode and
+/// group (where the process may set it). With `durable`, the data is synced before the
+/// rename and the directory after it.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
     let target = dir.join(name);
     let mut tmp = temp_file_in(dir, ".npkio-tmp-")?;
+    crate::publish::keep_file_mode(tmp.as_file(), &target)
+        .ctx(tmp.path(), "setting the permissions of")?;
     tmp.write_all(bytes).ctx(tmp.path(), "writing")?;
     if durable {
         tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
@@ -51,15 +54,4 @@ pub fn temp_file_in(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile>
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .ctx(dir, "creating a temporary file in")
-}
-
-/// A temporary directory in `dir`, created as an ordinary new directory would be (0777
-/// less the umask): it becomes a published output.
-pub fn temp_dir_in(dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .permissions(std::fs::Permissions::from_mode(0o777))
-        .tempdir_in(dir)
-        .ctx(dir, "creating a staging directory in")
 }

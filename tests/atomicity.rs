@@ -178,8 +178,8 @@ fn a_busy_output_waits_or_fails_fast() {
     let dir = tempfile::tempdir().unwrap();
     let st = source(dir.path());
     let out = dir.path().join("busy.npk");
-    // Hold the output's lock as a running conversion would.
-    let lock = std::fs::File::create(dir.path().join(".busy.npk.npkio-lock")).unwrap();
+    // Hold the output's lock (its directory's) as a running conversion would.
+    let lock = std::fs::File::open(dir.path()).unwrap();
     // SAFETY: flock on a descriptor we own.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let opts = npkio::Options {

@@ -230,16 +230,16 @@ def test_keyword_extras(tmp_path):
 
 
 class HeldLock:
-    """Holds the lock that a running conversion into ``output`` holds."""
+    """Holds the lock that a running conversion into ``output`` holds: its directory's."""
 
     def __init__(self, output):
         import fcntl
 
-        self.file = open(output.parent / f".{output.name}.npkio-lock", "w")
-        fcntl.flock(self.file, fcntl.LOCK_EX)
+        self.fd = os.open(output.parent, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def release(self):
-        self.file.close()
+        os.close(self.fd)
 
 
 def test_wait_for_lock_false_fails_fast_on_a_busy_output(tmp_path):
@@ -248,7 +248,7 @@ def test_wait_for_lock_false_fails_fast_on_a_busy_output(tmp_path):
     src = FIXTURES / "safetensors" / "with_metadata.safetensors"
     from_safetensors_file(src, tmp_path / "m.npk")
     npk, st, ckpt = tmp_path / "busy.npk", tmp_path / "busy.safetensors", tmp_path / "ckpt"
-    locks = [HeldLock(npk), HeldLock(st), HeldLock(ckpt)]
+    locks = [HeldLock(npk)]  # the three outputs share their directory, and its lock
     calls = [
         lambda **kw: from_safetensors_file(src, npk, **kw),
         lambda **kw: from_safetensors({"x": np.ones(3)}, npk, **kw),

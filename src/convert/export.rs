@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use super::{progress_ref, select_arrays, Options, MAX_OPEN_FILES};
+use super::{progress_ref, refuse_overlap, select_arrays, Options, MAX_OPEN_FILES};
 use crate::copy::{self, Cause, CopyOptions, Extent, Side};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::numpack::NumPack;
@@ -50,6 +50,7 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
 ) -> Result<()> {
     let copy_opts = opts.check()?;
     let output = output_path.as_ref();
+    refuse_overlap(&[input_path.as_ref()], output)?;
     let store = NumPack::open(input_path.as_ref())?;
     let names = select_arrays(&store, array_names)?;
     if let Some(limit) = opts.max_shard_size {
@@ -60,6 +61,8 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
         None => store.safetensors_metadata().map(<[_]>::to_vec),
     };
     let plan = plan_for(&store, &names, st_meta.as_deref(), store.source_header())?;
+    // Whether the output exists is decided under the lock, which orders the writers.
+    let _lock = publish::lock_output(output, opts.wait_for_lock)?;
     if fs::metadata(output).is_ok_and(|m| m.is_dir()) {
         return Err(Error::new(
             ErrorKind::AlreadyExists,
@@ -67,7 +70,13 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
         )
         .at(output));
     }
-    let _lock = publish::lock_output(output, opts.wait_for_lock)?;
+    if opts.no_clobber && fs::symlink_metadata(output).is_ok() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "exists; not replaced (no-clobber)",
+        )
+        .at(output));
+    }
     let tmp = publish::staging_file(output)?;
     write_header(tmp.as_file(), &plan, output)?;
     let dests = [Destination {
@@ -291,6 +300,16 @@ fn export_sharded(
     });
 
     let paths: Vec<PathBuf> = file_names.iter().map(|f| output.join(f)).collect();
+    // Held across the write, which takes it again (the lock is re-entrant), so that the
+    // no-clobber decision and the write are one step for other writers.
+    let _lock = publish::lock_output(output, opts.wait_for_lock)?;
+    if opts.no_clobber && holds_weights(output) {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "already holds SafeTensors weights; not replaced (no-clobber)",
+        )
+        .at(output));
+    }
     ShardedOutput {
         dir: output,
         files: &file_names,
@@ -315,4 +334,14 @@ fn export_sharded(
             copy_arrays(store, &dests, &copy_opts, opts)
         },
     )
+}
+
+/// Whether the directory `dir` holds `*.safetensors` files or a `*.safetensors.index.json`.
+fn holds_weights(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(|e| e.ok()).any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")
+        })
+    })
 }

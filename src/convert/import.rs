@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use super::{progress_ref, Options, MAX_OPEN_FILES};
+use super::{progress_ref, refuse_overlap, Options, MAX_OPEN_FILES};
 use crate::copy::{self, Cause, CopyError, Extent, NewFiles, Side};
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
@@ -54,6 +54,9 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
 ) -> Result<()> {
     let copy_opts = opts.check()?;
     let src = Checkpoint::open(input_path.as_ref())?;
+    let mut inputs: Vec<&Path> = vec![input_path.as_ref(), src.path()];
+    inputs.extend(src.shards().iter().map(|s| s.path()));
+    refuse_overlap(&inputs, output_path.as_ref())?;
     let selected = src.select(keys)?;
     let arrays: Vec<NewArray> = selected
         .iter()
@@ -296,7 +299,8 @@ fn import(
                 sidecar.arrays.extend(old.sidecar_entry(name)?);
             }
         }
-        link_tree(output, &staging, Path::new(""), &skip)?;
+        let root = output.canonicalize().ctx(output, "resolving")?;
+        link_tree(&root, &root, &staging, Path::new(""), &skip)?;
         sidecar.metadata = old.safetensors_metadata().map(<[_]>::to_vec);
         sidecar.sharding = old.sharding().cloned();
     }
@@ -347,13 +351,8 @@ fn import(
             .collect();
         let create = |j: usize| -> Result<File> {
             let a = &batch[j];
-            let created = File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&paths[j]);
             let f = staging
-                .ctx(created, &paths[j], "creating")
+                .create_file(&paths[j])
                 .map_err(|e| e.array(a.name.clone()))?;
             copy::preallocate(&f, a.len())
                 .ctx(output, "allocating space for")
@@ -390,12 +389,25 @@ fn import(
     staging.publish(opts.durable)
 }
 
-/// Hard-links (or copies, where links fail) every file of `from/rel` into the staging
+/// Hard-links (or copies, where links fail) every file of the old output's directory `dir`
+/// (`root` is the old output, canonical; `rel` is `dir`'s place in it) into the staging
 /// directory at `rel`, except the metadata, the sidecar, stale temporary files and `skip`.
-fn link_tree(from: &Path, to: &Staging, rel: &Path, skip: &HashSet<PathBuf>) -> Result<()> {
-    let dir = from.join(rel);
-    for entry in fs::read_dir(&dir).ctx(&dir, "listing")? {
-        let entry = entry.ctx(&dir, "listing")?;
+///
+/// Symbolic links the reader follows (those that resolve inside `root`) are carried over so
+/// that the new directory opens whenever the old one did: a link to a file becomes a link
+/// to (or copy of) that file itself, so it keeps the old bytes even when the merge replaces
+/// the file it pointed at; a link to a directory is made again with the same target, which
+/// names the same place in the new directory. Links leading elsewhere, dangling links and
+/// special files are not carried over (the reader refuses them).
+fn link_tree(
+    root: &Path,
+    dir: &Path,
+    to: &Staging,
+    rel: &Path,
+    skip: &HashSet<PathBuf>,
+) -> Result<()> {
+    for entry in fs::read_dir(dir).ctx(dir, "listing")? {
+        let entry = entry.ctx(dir, "listing")?;
         let name = entry.file_name();
         let r = rel.join(&name);
         let n = name.to_string_lossy();
@@ -409,11 +421,33 @@ fn link_tree(from: &Path, to: &Staging, rel: &Path, skip: &HashSet<PathBuf>) -> 
         let target = to.path().join(&r);
         if ft.is_dir() {
             to.ctx(fs::create_dir(&target), &target, "creating")?;
-            link_tree(from, to, &r, skip)?;
-        } else if ft.is_file() && fs::hard_link(entry.path(), &target).is_err() {
-            to.ctx(fs::copy(entry.path(), &target), &target, "copying to")?;
+            link_tree(root, &entry.path(), to, &r, skip)?;
+        } else if ft.is_file() {
+            link_or_copy(&entry.path(), &target, to)?;
+        } else if ft.is_symlink() {
+            let resolved = match entry.path().canonicalize() {
+                Ok(t) if t.starts_with(root) && t != root => t,
+                _ => continue,
+            };
+            let md = fs::metadata(&resolved).ctx(&resolved, "inspecting")?;
+            if md.is_file() {
+                link_or_copy(&resolved, &target, to)?;
+            } else if md.is_dir() {
+                let link = fs::read_link(entry.path()).ctx(entry.path(), "reading")?;
+                let made = std::os::unix::fs::symlink(&link, &target);
+                to.ctx(made, &target, "creating")?;
+            }
         }
-        // Symbolic links and special files are not carried over: nothing npkio wrote.
+        // Special files are not carried over: nothing npkio wrote or reads.
+    }
+    Ok(())
+}
+
+/// Hard-links the regular file `src` at `target` in the staging directory, or copies it
+/// where links fail (another filesystem, a link count limit).
+fn link_or_copy(src: &Path, target: &Path, to: &Staging) -> Result<()> {
+    if fs::hard_link(src, target).is_err() {
+        to.ctx(fs::copy(src, target), target, "copying to")?;
     }
     Ok(())
 }

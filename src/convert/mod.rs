@@ -18,6 +18,7 @@ mod import;
 mod read;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::copy::{CopyMethod, CopyOptions};
@@ -64,9 +65,18 @@ pub struct Options {
     /// (`model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json`, or a single
     /// `model.safetensors` when everything fits in one shard). `None` writes one file.
     pub max_shard_size: Option<u64>,
-    /// When another conversion is writing the same output: wait for it (the default), or
-    /// fail at once with `ErrorKind::Busy`.
+    /// When another writer holds the lock of the output's directory: wait for it (the
+    /// default), or fail at once with `ErrorKind::Busy`. Conversions into one directory
+    /// (whatever their output's name) and changes to NumPack stores in it share that lock
+    /// (`flock` on the directory; nothing is created beside the output): they run one after
+    /// the other.
     pub wait_for_lock: bool,
+    /// For exports: never replace existing weights. An output file that exists, or (with
+    /// `max_shard_size`) an output directory that already holds SafeTensors weights, is an
+    /// `ErrorKind::AlreadyExists` error and is left as it is. Decided while holding the
+    /// output's lock, so of two such exports to one absent path exactly one succeeds. Off by
+    /// default (the output is replaced).
+    pub no_clobber: bool,
 }
 
 impl Default for Options {
@@ -79,6 +89,7 @@ impl Default for Options {
             progress: None,
             max_shard_size: None,
             wait_for_lock: true,
+            no_clobber: false,
         }
     }
 }
@@ -93,6 +104,7 @@ impl std::fmt::Debug for Options {
             .field("progress", &self.progress.is_some())
             .field("max_shard_size", &self.max_shard_size)
             .field("wait_for_lock", &self.wait_for_lock)
+            .field("no_clobber", &self.no_clobber)
             .finish()
     }
 }
@@ -118,6 +130,41 @@ impl Options {
             method: self.method,
         })
     }
+}
+
+/// Refuses to write `output` when it is one of `inputs`, lies inside one, or holds one
+/// (after resolving links and `..` in the paths), before anything is touched: publishing it
+/// would destroy the input it reads. A missing path is left to the conversion to report.
+fn refuse_overlap(inputs: &[&Path], output: &Path) -> Result<()> {
+    let (parent, name) = crate::publish::split(output)?;
+    let Ok(parent) = parent.canonicalize() else {
+        return Ok(());
+    };
+    let mut outs = vec![parent.join(name)];
+    // A link at the output path: what it leads to counts too.
+    outs.extend(output.canonicalize().ok());
+    for input in inputs {
+        let Ok(input) = input.canonicalize() else {
+            continue;
+        };
+        for out in &outs {
+            let why = if *out == input {
+                "is the input"
+            } else if out.starts_with(&input) {
+                "is inside the input"
+            } else if input.starts_with(out) {
+                "holds the input"
+            } else {
+                continue;
+            };
+            return Err(Error::invalid_argument(format!(
+                "{why} ({}); refusing to write it",
+                input.display()
+            ))
+            .at(output));
+        }
+    }
+    Ok(())
 }
 
 /// The progress callback of `opts` as the copy engine takes it.

@@ -1,14 +1,34 @@
-//! Making outputs appear atomically: a lock per output, staging beside it, and the final
-//! rename (or exchange) that publishes it.
+//! Making outputs appear atomically: a lock on the output's directory, staging beside the
+//! output, and the final rename (or exchange) that publishes it.
 //!
-//! For an output `dir/model.npk` npkio uses, in `dir`:
-//! - `.model.npk.npkio-lock`: locked with `flock` for the whole conversion, so that two
-//!   conversions into the same output run one after the other, never interleaved. The file
-//!   stays (removing a lock file others may be waiting on is racy); it is empty.
-//! - `.model.npk.npkio-tmp-XXXXXX`: the output being built. It is renamed onto the output
-//!   only when complete; a directory output is swapped in with one `renameat2(RENAME_EXCHANGE)`
-//!   on Linux. A conversion that dies leaves this behind; the next conversion to the same
-//!   output removes it (it holds the lock, so no live conversion owns it).
+//! For an output `dir/model.npk`:
+//! - **The lock** is `flock(LOCK_EX)` on `dir` itself ([`lock_output`]), held for the whole
+//!   conversion: conversions (and NumPack store changes, which lock the directory holding the
+//!   store) into one directory run one after the other, never interleaved. Nothing is created
+//!   for it. Where the filesystem refuses `flock` on a directory, the lock falls back to an
+//!   empty file `dir/.npkio-lock` (mode 0666, so that every user who may write `dir` can lock
+//!   it), never removed.
+//! - **Staging**: `.model.npk.npkio-tmp-RRRRRRCCCCCC`, where `RRRRRR` is random and `CCCCCC` a
+//!   check of the output's name and `RRRRRR`. A directory output is built in its subdirectory
+//!   `new`; the staging directory also holds a marker file (`.npkio-staging`, a fixed first
+//!   line and the output's name) that proves npkio made it. A file output is staged as a
+//!   regular file of that name. Names longer than 200 bytes are shortened in these names
+//!   (their first bytes and a hash), so that every valid output name works.
+//! - **Publishing** a directory swaps `new` and the output with one
+//!   `renameat2(RENAME_EXCHANGE)`. Where the filesystem has no exchange, the old output is
+//!   first moved *aside* to `old` in the staging directory, then `new` renamed onto the
+//!   output: a crash between the two leaves no output and the old one aside.
+//! - **Recovery**, by every later lock of the same output (under the lock, so no live writer
+//!   owns anything): an aside whose output is absent is renamed back (the old output
+//!   restored); with the output present, what an interrupted conversion left is removed.
+//!   Only what carries npkio's proof is touched: a staging directory owned by this user with
+//!   a valid marker, a staging file owned by this user that is a regular file with a checked
+//!   name. Links, FIFOs, other users' and unmarked entries are never followed or deleted (an
+//!   *empty* directory of a checked name owned by this user, which npkio leaves if killed
+//!   between creating a staging directory and its marker, is removed with `rmdir`).
+//! - **Permissions**: a replaced or merged output keeps the old one's mode and group (where
+//!   the process may set it): the directory's, and for the files npkio writes into it, the
+//!   mode of the old `metadata.npkm`. A new output gets the umask-based defaults, like `cp`.
 //!
 //! A directory output is built in a [`Staging`] directory, which knows the output it is for:
 //! an error about a file being built names that output (the name the user chose), with the
@@ -18,20 +38,71 @@
 
 pub(crate) mod sharded;
 
+use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::io::AsRawFd;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
-use tempfile::{NamedTempFile, TempDir};
+use tempfile::{NamedTempFile, TempPath};
 
-use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, sync_dir};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::fsutil::sync_dir;
 
-/// An exclusive lock on an output, held until dropped.
+/// The marker file inside a staging directory.
+const MARKER: &str = ".npkio-staging";
+/// The first line of a marker file.
+const MARKER_MAGIC: &str = "npkio staging directory, safe to remove when no npkio runs here";
+/// The lock file of a directory whose filesystem refuses `flock` on directories.
+const FALLBACK_LOCK: &str = ".npkio-lock";
+/// Output names longer than this are shortened in staging names.
+const LONG_NAME: usize = 200;
+
+/// An exclusive lock on the directory holding an output (see the module docs), held until
+/// dropped (by any thread).
 #[derive(Debug)]
 pub(crate) struct OutputLock {
+    /// The entry of [`HELD`] this guard counts in.
+    owner: Owner,
+}
+
+/// Who holds a directory's lock: a thread of a process, and the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    thread: std::thread::ThreadId,
+    dir: (u64, u64),
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let mut held = held();
+        if let Some(i) = held.iter().position(|x| x.owner == self.owner) {
+            held[i].depth -= 1;
+            if held[i].depth == 0 {
+                // Closing the descriptor releases the lock.
+                held.remove(i);
+            }
+        }
+    }
+}
+
+/// A directory lock held by a thread, with the number of guards handed out for it.
+struct Held {
+    owner: Owner,
     _file: File,
+    depth: usize,
+    /// Outputs recovered under this lock.
+    recovered: Vec<String>,
+}
+
+/// The directory locks held in this process.
+static HELD: std::sync::Mutex<Vec<Held>> = std::sync::Mutex::new(Vec::new());
+
+fn held() -> std::sync::MutexGuard<'static, Vec<Held>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The directory holding `output` and the output's file name.
@@ -47,113 +118,548 @@ pub(crate) fn split(output: &Path) -> Result<(PathBuf, String)> {
     Ok((parent, name.to_string()))
 }
 
-fn tmp_prefix(name: &str) -> String {
-    format!(".{name}.npkio-tmp-")
-}
-
-/// Takes the output's lock and removes what earlier, interrupted conversions left behind.
-/// When another conversion holds the lock, waits for it with `wait`, else fails with
-/// [`ErrorKind::Busy`](crate::ErrorKind::Busy).
+/// Takes the lock of the directory holding `output` (see the module docs) and recovers what
+/// earlier, interrupted conversions into `output` left behind: an old output moved aside is
+/// restored when `output` is absent, the rest removed. When another conversion or store
+/// change holds the lock, waits for it with `wait`, else fails with [`ErrorKind::Busy`].
+///
+/// The lock is re-entrant within a thread: a thread that holds it gets a nested guard at
+/// once. Anything that writes `output` (or changes a NumPack store at `output`) must hold it.
 pub(crate) fn lock_output(output: &Path, wait: bool) -> Result<OutputLock> {
     let (parent, name) = split(output)?;
-    if !parent.is_dir() {
-        return Err(Error::new(
-            crate::ErrorKind::NotFound,
-            "the output's directory does not exist",
-        )
-        .at(&parent));
+    for _ in 0..16 {
+        let dir = open_dir(&parent)?;
+        let md = dir.metadata().ctx(&parent, "inspecting")?;
+        let owner = Owner {
+            pid: std::process::id(),
+            thread: std::thread::current().id(),
+            dir: (md.dev(), md.ino()),
+        };
+        let nested = {
+            let mut held = held();
+            held.iter_mut().find(|x| x.owner == owner).map(|x| {
+                x.depth += 1;
+                let first = !x.recovered.contains(&name);
+                if first {
+                    x.recovered.push(name.clone());
+                }
+                first
+            })
+        };
+        if let Some(first) = nested {
+            let guard = OutputLock { owner };
+            if first {
+                recover(&parent, &name, output)?;
+            }
+            return Ok(guard);
+        }
+        let file = lock_dir(dir, &parent, output, wait)?;
+        // The path must still name the directory locked (it may have been renamed meanwhile).
+        match fs::metadata(&parent) {
+            Ok(now) if (now.dev(), now.ino()) == owner.dir => {}
+            _ => continue,
+        }
+        held().push(Held {
+            owner,
+            _file: file,
+            depth: 1,
+            recovered: vec![name.clone()],
+        });
+        let guard = OutputLock { owner };
+        recover(&parent, &name, output)?;
+        return Ok(guard);
     }
-    let lock_path = parent.join(format!(".{name}.npkio-lock"));
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .ctx(&lock_path, "creating lock file")?;
-    let mut op = libc::LOCK_EX | libc::LOCK_NB;
+    Err(Error::new(
+        ErrorKind::Busy,
+        "the output's directory keeps being replaced while npkio locks it",
+    )
+    .at(&parent))
+}
+
+/// Takes the lock a change to the NumPack store `dir` holds: the lock of the directory
+/// holding it, the same one conversions into `dir` take ([`lock_output`]).
+#[allow(dead_code)]
+pub(crate) fn lock_store(dir: &Path, wait: bool) -> Result<OutputLock> {
+    lock_output(dir, wait)
+}
+
+/// Opens a directory for locking, without creating anything.
+fn open_dir(dir: &Path) -> Result<File> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir);
+    match opened {
+        Ok(f) => Ok(f),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            Err(Error::new(ErrorKind::NotFound, "the output's directory does not exist").at(dir))
+        }
+        Err(e) => Err(Error::io(
+            dir,
+            "opening the output's directory to lock it",
+            e,
+        )),
+    }
+}
+
+/// Locks the open directory `dir` (`path`), or its fallback lock file where the filesystem
+/// refuses `flock` on a directory. Returns the locked descriptor.
+fn lock_dir(dir: File, path: &Path, output: &Path, wait: bool) -> Result<File> {
+    match flock(&dir, wait) {
+        Ok(()) => return Ok(dir),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(busy(output)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EBADF | libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL)
+            ) => {}
+        Err(e) => return Err(Error::io(path, "locking", e)),
+    }
+    let lock_path = path.join(FALLBACK_LOCK);
+    let file = open_fallback_lock(&dir, &lock_path)?;
+    match flock(&file, wait) {
+        Ok(()) => Ok(file),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(busy(output)),
+        Err(e) => Err(Error::io(&lock_path, "locking", e)),
+    }
+}
+
+fn busy(output: &Path) -> Error {
+    Error::new(
+        ErrorKind::Busy,
+        "another conversion (or NumPack store change) into this directory is running",
+    )
+    .at(output)
+}
+
+/// `flock(LOCK_EX)`, waiting with `wait`, else failing with `WouldBlock`.
+fn flock(file: &File, wait: bool) -> io::Result<()> {
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
     loop {
         // SAFETY: flock on a descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            break;
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
         }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::Interrupted => {}
-            std::io::ErrorKind::WouldBlock if wait => op = libc::LOCK_EX,
-            std::io::ErrorKind::WouldBlock => {
-                return Err(Error::new(
-                    crate::ErrorKind::Busy,
-                    "another conversion into this output is running",
-                )
-                .at(output))
-            }
-            _ => return Err(Error::io(&lock_path, "locking", err)),
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
-    let prefix = tmp_prefix(&name);
-    if let Ok(entries) = fs::read_dir(&parent) {
-        for e in entries.flatten() {
-            if e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&prefix))
-            {
-                let p = e.path();
-                let _ = match e.file_type() {
-                    Ok(t) if t.is_dir() => fs::remove_dir_all(&p),
-                    _ => fs::remove_file(&p),
-                };
+}
+
+/// Opens (creating it if needed) the fallback lock file in the directory `dir`: never
+/// following a link, never blocking on a FIFO, refusing anything but a regular file.
+fn open_fallback_lock(dir: &File, lock_path: &Path) -> Result<File> {
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let mut created = true;
+    let fd = match openat(
+        dir,
+        FALLBACK_LOCK,
+        libc::O_RDWR | libc::O_CREAT | flags,
+        0o666,
+    ) {
+        Ok(fd) => fd,
+        // Another user's file (in a sticky directory `O_CREAT` of it may be refused): a
+        // lock needs no write access.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+            created = false;
+            openat(dir, FALLBACK_LOCK, libc::O_RDONLY | flags, 0)
+                .map_err(|e| Error::io(lock_path, "opening the lock file", e))?
+        }
+        Err(e) => return Err(Error::io(lock_path, "opening the lock file", e)),
+    };
+    let md = fd.metadata().ctx(lock_path, "inspecting")?;
+    if !md.file_type().is_file() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "is not a regular file; npkio locks this directory through it",
+        )
+        .at(lock_path));
+    }
+    if created && md.uid() == euid() && md.mode() & 0o777 != 0o666 {
+        // Every user who may write the directory must be able to lock it.
+        let _ = fd.set_permissions(fs::Permissions::from_mode(0o666));
+    }
+    Ok(fd)
+}
+
+fn openat(dir: &File, name: &str, flags: i32, mode: libc::mode_t) -> io::Result<File> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid directory descriptor and NUL-terminated name; the returned descriptor
+    // is owned by the File.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+// ---------------------------------------------------------------------------------------
+// Staging names.
+
+/// 64-bit FNV-1a: a stable hash for names (no secret involved).
+fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The output's name as staging names spell it: itself, or for a long name its first bytes
+/// and a hash of the whole, so that staging names stay within NAME_MAX.
+fn stem(name: &str) -> String {
+    if name.len() <= LONG_NAME {
+        return name.to_string();
+    }
+    let mut cut = 150;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{:016x}", &name[..cut], fnv64(&[name.as_bytes()]))
+}
+
+/// The common start of every staging name of the output `name`.
+fn staging_prefix(name: &str) -> String {
+    format!(".{}.npkio-tmp-", stem(name))
+}
+
+/// The check part of a staging name with the random part `random`.
+fn check(name: &str, random: &str) -> String {
+    format!(
+        "{:06x}",
+        fnv64(&[b"npkio-staging", name.as_bytes(), random.as_bytes()]) & 0xff_ffff
+    )
+}
+
+/// A fresh staging name for the output `name`.
+fn staging_name(name: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let r = fnv64(&[
+        &nanos.to_le_bytes(),
+        &std::process::id().to_le_bytes(),
+        &n.to_le_bytes(),
+    ]);
+    let random = format!("{:06x}", r & 0xff_ffff);
+    format!("{}{random}{}", staging_prefix(name), check(name, &random))
+}
+
+/// Whether `entry` is a staging name of the output `name` (prefix and check).
+fn is_staging_name(entry: &OsStr, name: &str) -> bool {
+    let Some(e) = entry.to_str() else {
+        return false;
+    };
+    let Some(rest) = e.strip_prefix(&staging_prefix(name)) else {
+        return false;
+    };
+    rest.len() == 12
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && rest[6..] == check(name, &rest[..6])
+}
+
+// ---------------------------------------------------------------------------------------
+// Recovery.
+
+/// Under the lock of `parent`: restores an old output moved aside by an interrupted
+/// replacement when `output` is absent, and removes what interrupted conversions into
+/// `output` left (see the module docs).
+fn recover(parent: &Path, name: &str, output: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Ok(());
+    };
+    let me = euid();
+    let mut marked = Vec::new();
+    for e in entries.flatten() {
+        if !is_staging_name(&e.file_name(), name) {
+            continue;
+        }
+        // DirEntry::metadata does not follow links.
+        let Ok(md) = e.metadata() else { continue };
+        if md.uid() != me {
+            continue;
+        }
+        let path = e.path();
+        if md.file_type().is_file() {
+            let _ = fs::remove_file(&path);
+        } else if md.file_type().is_dir() {
+            if has_marker(&path, name) {
+                marked.push(path);
+            } else {
+                // Killed between creating it and finishing its marker: empty, or holding
+                // only a partly written marker. Anything else stays.
+                remove_unfinished(&path, name);
             }
         }
     }
-    Ok(OutputLock { _file: file })
+    if marked.is_empty() {
+        return Ok(());
+    }
+    if !exists(output) {
+        if let Some(w) = marked.iter().find(|w| exists(&w.join("old"))) {
+            fs::rename(w.join("old"), output).ctx(
+                output,
+                "restoring the old output moved aside by an interrupted conversion",
+            )?;
+        }
+    }
+    for w in &marked {
+        discard(w, output);
+    }
+    Ok(())
+}
+
+fn exists(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+/// Whether the directory `w` holds npkio's marker naming the output `name`.
+fn has_marker(w: &Path, name: &str) -> bool {
+    let Ok(dir) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(w)
+    else {
+        return false;
+    };
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let Ok(marker) = openat(&dir, MARKER, flags, 0) else {
+        return false;
+    };
+    let want = marker_text(name);
+    match marker.metadata() {
+        Ok(md) if md.file_type().is_file() && md.len() == want.len() as u64 => {}
+        _ => return false,
+    }
+    let mut text = Vec::new();
+    (&marker)
+        .take(want.len() as u64)
+        .read_to_end(&mut text)
+        .is_ok()
+        && text == want.as_bytes()
+}
+
+/// Removes the staging directory `w` (of a checked name, owned by this user) when it holds
+/// nothing or only the start of its marker: what a conversion killed while creating it
+/// leaves. `rmdir` removes nothing else.
+fn remove_unfinished(w: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(w) else {
+        return;
+    };
+    let want = marker_text(name);
+    for e in entries {
+        let Ok(e) = e else { return };
+        let partial_marker = e.file_name() == MARKER
+            && e.metadata()
+                .is_ok_and(|m| m.is_file() && m.uid() == euid() && m.len() < want.len() as u64);
+        if !partial_marker {
+            return;
+        }
+    }
+    let _ = fs::remove_file(w.join(MARKER));
+    let _ = fs::remove_dir(w);
+}
+
+fn marker_text(name: &str) -> String {
+    format!("{MARKER_MAGIC}\n{name}\n")
+}
+
+/// Removes the marked staging directory `w` of `output`, best effort. An old output in it
+/// (`old`) is removed only while `output` exists: with `output` absent, `w` stays, for
+/// recovery to restore it. The old output is first renamed to `trash`, so that a removal cut
+/// short never leaves a partial old output that recovery would restore; the marker goes
+/// last.
+fn discard(w: &Path, output: &Path) {
+    if exists(&w.join("old")) && !exists(output) {
+        return;
+    }
+    let trash = w.join("trash");
+    if exists(&trash) {
+        let _ = fs::remove_dir_all(&trash);
+    }
+    let old = w.join("old");
+    if exists(&old) && fs::rename(&old, &trash).is_ok() {
+        let _ = remove_any(&trash);
+    }
+    let _ = remove_any(&w.join("new"));
+    let _ = remove_any(&trash);
+    if fs::remove_file(w.join(MARKER)).is_ok() {
+        let _ = fs::remove_dir(w);
+    }
+}
+
+/// Removes `p` whatever it is, never following a link.
+fn remove_any(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes what an interrupted conversion left *inside* the existing directory `dir`: the
 /// temporary files of a sharded checkpoint written into it (`.<shard>.npkio-tmp-*`, and the
-/// index's `.npkio-tmp-*`). Call it holding `dir`'s lock, so that no live conversion owns
-/// them.
+/// index's `.npkio-tmp-*`), when they are regular files of this user. Call it holding
+/// `dir`'s lock, so that no live conversion owns them.
 pub(crate) fn remove_leftovers_inside(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
+    let me = euid();
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(n) = name.to_str() else { continue };
         let shard_tmp = n.starts_with('.') && n.contains(".safetensors.npkio-tmp-");
         let ours = shard_tmp || n.starts_with(".npkio-tmp-");
-        if ours && e.file_type().is_ok_and(|t| t.is_file()) {
+        if ours && e.metadata().is_ok_and(|m| m.is_file() && m.uid() == me) {
             let _ = fs::remove_file(e.path());
         }
     }
 }
 
-/// A directory output being built: a staging directory beside the output, and the output.
+// ---------------------------------------------------------------------------------------
+// Permissions.
+
+/// What a replaced or merged output keeps of the old one.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    dir_mode: u32,
+    file_mode: u32,
+    gid: u32,
+}
+
+/// The permissions of an existing directory output to keep: its own, and for new files the
+/// mode of its `metadata.npkm` (else the directory's without the execute bits).
+fn kept_of(output: &Path) -> Option<Kept> {
+    let md = fs::symlink_metadata(output).ok()?;
+    if !md.is_dir() {
+        return None;
+    }
+    let dir_mode = md.mode() & 0o7777;
+    let file_mode = match fs::symlink_metadata(output.join(crate::numpack::metadata::FILE_NAME)) {
+        Ok(m) if m.is_file() => m.mode() & 0o7777,
+        _ => dir_mode & 0o666,
+    };
+    Some(Kept {
+        dir_mode,
+        file_mode,
+        gid: md.gid(),
+    })
+}
+
+/// Gives `file` the group `gid` (where the process may) and the mode `mode`.
+fn set_owner_mode(file: &File, gid: u32, mode: u32) -> io::Result<()> {
+    // SAFETY: fchown on a descriptor we own; -1 keeps the owner. Failing (not allowed to
+    // give that group) leaves the default group.
+    let _ = unsafe { libc::fchown(file.as_raw_fd(), u32::MAX, gid) };
+    // After the chown, which may clear set-id bits.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// Gives the new file `file`, about to replace the existing `old`, the old one's mode and
+/// group. Nothing to do when `old` does not exist or is not a regular file.
+pub(crate) fn keep_file_mode(file: &File, old: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(old) {
+        Ok(md) if md.is_file() => set_owner_mode(file, md.gid(), md.mode() & 0o7777),
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Staging a directory.
+
+/// A directory output being built: the directory `new` of a staging directory beside the
+/// output, and the output.
 ///
 /// Errors about anything inside the staging directory are reported against the output, the
 /// staging path kept in the message: `dir/out.npk: creating
-/// dir/.out.npk.npkio-tmp-X/data_a.npkd (staged for this output): No space left on device`.
-/// Dropping it unpublished removes the staging directory.
+/// dir/.out.npk.npkio-tmp-X/new/data_a.npkd (staged for this output): No space left on
+/// device`. Dropping it unpublished removes the staging directory.
 #[derive(Debug)]
 pub(crate) struct Staging {
-    dir: TempDir,
+    /// The staging directory (holding the marker and `new`).
+    wrapper: PathBuf,
+    /// The directory being built.
+    new: PathBuf,
     output: PathBuf,
+    /// The old output's permissions, for a replaced or merged output.
+    kept: Option<Kept>,
+    done: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            discard(&self.wrapper, &self.output);
+        }
+    }
 }
 
 impl Staging {
-    /// A fresh staging directory beside `output`.
+    /// A fresh staging directory beside `output`. Call it holding the output's lock: the
+    /// permissions of an existing output are read here, to be kept.
     pub(crate) fn new(output: &Path) -> Result<Staging> {
         let (parent, name) = split(output)?;
-        let dir = fsutil::temp_dir_in(&parent, &tmp_prefix(&name))?;
-        Ok(Staging {
-            dir,
+        let mut tries = 0;
+        let wrapper = loop {
+            let w = parent.join(staging_name(&name));
+            match fs::DirBuilder::new().mode(0o700).create(&w) {
+                Ok(()) => break w,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 100 => tries += 1,
+                Err(e) => return Err(Error::io(&parent, "creating a staging directory in", e)),
+            }
+        };
+        let mut staging = Staging {
+            new: wrapper.join("new"),
+            wrapper,
             output: output.to_path_buf(),
-        })
+            kept: kept_of(output),
+            done: false,
+        };
+        let marker = staging.wrapper.join(MARKER);
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&marker)
+            .and_then(|mut f| f.write_all(marker_text(&name).as_bytes()));
+        if let Err(e) = written {
+            // Not marked: remove it by hand (`discard` wants the marker).
+            let _ = fs::remove_file(&marker);
+            let _ = fs::remove_dir(&staging.wrapper);
+            staging.done = true;
+            return Err(staging.error(&marker, "creating", e));
+        }
+        let created = fs::DirBuilder::new().mode(0o777).create(&staging.new);
+        staging.ctx(created, &staging.new.clone(), "creating")?;
+        Ok(staging)
     }
 
     /// The staging directory.
     pub(crate) fn path(&self) -> &Path {
-        self.dir.path()
+        &self.new
     }
 
     /// An I/O error while `doing` something to `path` (the staging directory or a file in
@@ -167,14 +673,42 @@ impl Staging {
         result.map_err(|e| self.error(path, doing, e))
     }
 
+    /// Gives a file npkio created in the staging directory the permissions it must have:
+    /// the old output's (see [`Kept`]), or the umask-based default it was created with.
+    fn set_mode(&self, file: &File) -> io::Result<()> {
+        match self.kept {
+            Some(k) => set_owner_mode(file, k.gid, k.file_mode),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates the new file `path` (in the staging directory) for reading and writing.
+    pub(crate) fn create_file(&self, path: &Path) -> Result<File> {
+        let created = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+        let f = self.ctx(created, path, "creating")?;
+        self.ctx(self.set_mode(&f), path, "setting the permissions of")?;
+        Ok(f)
+    }
+
     /// A new temporary file `<prefix>XXXXXX` in the staging directory.
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<NamedTempFile> {
         let dir = self.path();
-        self.ctx(
+        let tmp = self.ctx(
             new_temp_file(dir, prefix),
             dir,
             "creating a temporary file in",
-        )
+        )?;
+        self.ctx(
+            self.set_mode(tmp.as_file()),
+            tmp.path(),
+            "setting the permissions of",
+        )?;
+        Ok(tmp)
     }
 
     /// Writes the file `name` of the staging directory through a temporary file renamed into
@@ -211,35 +745,52 @@ impl Staging {
     }
 
     /// Publishes the complete staging directory as the output, replacing what was there in
-    /// one step. The old output (if any) ends up in the staging path and is removed with it.
-    pub(crate) fn publish(self, durable: bool) -> Result<()> {
-        let output = self.output.as_path();
-        let (parent, name) = split(output)?;
+    /// one step (see the module docs: exchange, else aside and rename, recovered by the
+    /// next lock of the output if cut short). The old output is then removed.
+    pub(crate) fn publish(mut self, durable: bool) -> Result<()> {
+        let output = self.output.clone();
+        let (parent, _) = split(&output)?;
+        // The old directory's mode, set now (a read-only one would have kept npkio from
+        // writing), or for a mode without the owner's write permission just after the
+        // rename (renaming a directory to another parent needs it).
+        let kept = self.kept;
+        let set_mode = |dir: &Path| {
+            kept.map_or(Ok(()), |k| {
+                File::open(dir).and_then(|d| set_owner_mode(&d, k.gid, k.dir_mode))
+            })
+        };
+        let writable = kept.is_none_or(|k| k.dir_mode & 0o200 != 0);
+        if writable {
+            self.ctx(
+                set_mode(&self.new),
+                &self.new.clone(),
+                "setting the permissions of",
+            )?;
+        }
         if durable {
-            self.sync_dir(self.path())?;
+            self.sync_dir(&self.new.clone())?;
         }
-        let exists = fs::symlink_metadata(output).is_ok();
-        if !exists {
-            fs::rename(self.path(), output).ctx(output, "renaming the finished output onto")?;
-            // The staging path is gone; nothing to clean up.
-            let _ = self.dir.keep();
-        } else if !exchange(&self)? {
-            // No atomic exchange here: move the old output aside, then the new one in.
-            let aside = fsutil::temp_dir_in(&parent, &tmp_prefix(&name))?;
-            let old = aside.path().join("old");
-            fs::rename(output, &old).ctx(output, "moving the old output aside")?;
-            if let Err(e) = fs::rename(self.path(), output) {
-                let _ = fs::rename(&old, output);
-                return Err(Error::io(output, "renaming the finished output onto", e));
+        if !exists(&output) {
+            fs::rename(&self.new, &output).ctx(&output, "renaming the finished output onto")?;
+        } else if !exchange(&self.new, &output)? {
+            // No atomic exchange here: move the old output aside, then the new one in. A
+            // crash between the two is undone by the next lock of the output.
+            let old = self.wrapper.join("old");
+            fs::rename(&output, &old).ctx(&output, "moving the old output aside")?;
+            if let Err(e) = fs::rename(&self.new, &output) {
+                let _ = fs::rename(&old, &output);
+                return Err(Error::io(&output, "renaming the finished output onto", e));
             }
-            let _ = self.dir.keep();
-            drop(aside);
         }
-        // On exchange, the staging directory now holds the old output and is removed when
-        // dropped.
+        if !writable {
+            set_mode(&output).ctx(&output, "setting the permissions of")?;
+        }
         if durable {
             sync_dir(&parent)?;
         }
+        // The old output (swapped into `new`, or in `old`) goes with the staging directory.
+        self.done = true;
+        discard(&self.wrapper, &output);
         Ok(())
     }
 
@@ -260,21 +811,44 @@ fn staged(doing: &str, path: &Path) -> String {
 /// A temporary file in `dir` named `<prefix>XXXXXX`, with the permissions of an ordinary new
 /// file, as `fsutil::temp_file_in` makes it; the caller names the error.
 fn new_temp_file(dir: &Path, prefix: &str) -> io::Result<NamedTempFile> {
-    use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()
         .prefix(prefix)
         .permissions(fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
 }
 
-/// A fresh staging file beside `output`.
+// ---------------------------------------------------------------------------------------
+// Staging a file.
+
+/// A fresh staging file beside `output`: a regular file of a checked staging name, created
+/// with the permissions of an ordinary new file (0666 less the umask).
 pub(crate) fn staging_file(output: &Path) -> Result<NamedTempFile> {
     let (parent, name) = split(output)?;
-    fsutil::temp_file_in(&parent, &tmp_prefix(&name))
+    let mut tries = 0;
+    loop {
+        let path = parent.join(staging_name(&name));
+        let created = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path);
+        match created {
+            Ok(f) => {
+                let path = TempPath::try_from_path(path).ctx(&parent, "resolving")?;
+                return Ok(NamedTempFile::from_parts(f, path));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 100 => tries += 1,
+            Err(e) => return Err(Error::io(&parent, "creating a temporary file in", e)),
+        }
+    }
 }
 
-/// Publishes a complete staging file as `output` (rename, replacing any old file).
+/// Publishes a complete staging file as `output` (rename, replacing any old file, whose
+/// mode and group the new one keeps).
 pub(crate) fn publish_file(staging: NamedTempFile, output: &Path, durable: bool) -> Result<()> {
+    keep_file_mode(staging.as_file(), output).ctx(staging.path(), "setting the permissions of")?;
     if durable {
         staging
             .as_file()
@@ -291,16 +865,12 @@ pub(crate) fn publish_file(staging: NamedTempFile, output: &Path, durable: bool)
     Ok(())
 }
 
-/// Swaps the staging directory and the output atomically where the OS can; `Ok(false)` where
-/// it cannot.
+/// Swaps the directories `a` and `b` atomically where the OS can; `Ok(false)` where it
+/// cannot.
 #[cfg(target_os = "linux")]
-fn exchange(staging: &Staging) -> Result<bool> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let (a, b) = (staging.path(), staging.output.as_path());
-    let ca = CString::new(a.as_os_str().as_bytes()).map_err(|_| {
-        Error::invalid_argument(staged("path has a NUL byte", a)).at(&staging.output)
-    })?;
+fn exchange(a: &Path, b: &Path) -> Result<bool> {
+    let ca = CString::new(a.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid_argument("path has a NUL byte").at(a))?;
     let cb = CString::new(b.as_os_str().as_bytes())
         .map_err(|_| Error::invalid_argument("path has a NUL byte").at(b))?;
     // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
@@ -325,6 +895,94 @@ fn exchange(staging: &Staging) -> Result<bool> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn exchange(_staging: &Staging) -> Result<bool> {
+fn exchange(_a: &Path, _b: &Path) -> Result<bool> {
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_names_fit_name_max_and_carry_their_check() {
+        for len in [1, 100, 200, 201, 242, 255] {
+            let name = "n".repeat(len);
+            let s = staging_name(&name);
+            assert!(s.len() <= 255, "{len}: {}", s.len());
+            assert!(is_staging_name(OsStr::new(&s), &name));
+            // Another output's name, or a name without the check, is not it.
+            assert!(!is_staging_name(OsStr::new(&s), &format!("{name}x")));
+            let forged = format!("{}xyz", staging_prefix(&name));
+            assert!(!is_staging_name(OsStr::new(&forged), &name));
+        }
+        // A multi-byte name is cut at a character boundary.
+        let name = "é".repeat(127);
+        assert!(staging_name(&name).len() <= 255);
+    }
+
+    #[test]
+    fn the_lock_is_reentrant_within_a_thread_and_exclusive_across_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let outer = lock_output(&a, false).unwrap();
+        let inner = lock_output(&dir.path().join("b"), false).unwrap();
+        let other = std::thread::spawn({
+            let a = a.clone();
+            move || lock_output(&a, false).map(drop).unwrap_err().kind()
+        });
+        assert_eq!(other.join().unwrap(), ErrorKind::Busy);
+        drop(inner);
+        let other = std::thread::spawn({
+            let a = a.clone();
+            move || lock_output(&a, false).map(drop).unwrap_err().kind()
+        });
+        assert_eq!(
+            other.join().unwrap(),
+            ErrorKind::Busy,
+            "still held by `outer`"
+        );
+        drop(outer);
+        let other = std::thread::spawn(move || lock_output(&a, false).map(drop));
+        other.join().unwrap().unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A NumPack store change holds the lock of the directory holding the store: a
+    /// conversion into the store, or into any other output of that directory, waits for it
+    /// (or fails fast with Busy).
+    #[test]
+    fn a_store_change_and_conversions_into_its_directory_exclude_each_other() {
+        use crate::{DType, Options, TensorInput};
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s.npk");
+        let t = [TensorInput {
+            name: "a",
+            dtype: DType::U8,
+            shape: &[2],
+            data: &[1, 2],
+        }];
+        crate::from_safetensors(&t, &store, false).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                let _lock = lock_store(&store, true).unwrap();
+                tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+            }
+        });
+        rx.recv().unwrap();
+        let no_wait = Options {
+            wait_for_lock: false,
+            ..Options::default()
+        };
+        for out in [store.clone(), dir.path().join("other.npk")] {
+            let e = crate::from_safetensors_with(&t, &out, false, &no_wait).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Busy, "{out:?}: {e}");
+        }
+        done_tx.send(()).unwrap();
+        holder.join().unwrap();
+        crate::from_safetensors_with(&t, &store, false, &no_wait).unwrap();
+    }
 }

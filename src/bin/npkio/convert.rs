@@ -75,6 +75,8 @@ pub fn run(args: &ConvertArgs) -> Outcome {
         progress: progress.callback(),
         max_shard_size: args.max_shard_size.map(|n| n as u64),
         wait_for_lock: !args.no_wait,
+        // Checked again by the library under the output's lock (the check above is early).
+        no_clobber: format == Format::NumPack && !args.force,
     };
     let result = match format {
         Format::SafeTensors => {

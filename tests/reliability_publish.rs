@@ -1,0 +1,372 @@
+//! Publishing outputs under faults: the command line killed at every step of a directory
+//! replacement and of a merge (with and without `renameat2(RENAME_EXCHANGE)`, which is made
+//! to fail with EINVAL as on NFS, CIFS or FUSE) and of a file export, with `strace -e
+//! inject`. After each kill the output must be the complete old or the complete new one (or,
+//! between the two renames of the fallback, absent with the old one aside), and the next
+//! conversion must recover: the old output restored, never deleted.
+//!
+//! Needs `strace` (`scripts/test.sh` installs it): without it the tests fail when `CI` is
+//! set and otherwise say that they skipped.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use npkio::{DType, NumPack, TensorInput};
+
+const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
+
+/// Tensors by name.
+type Tensors = BTreeMap<String, Vec<u8>>;
+
+fn tensors(spec: &[(&str, u8, usize)]) -> Tensors {
+    spec.iter()
+        .map(|&(n, seed, len)| {
+            let bytes = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect();
+            (n.to_string(), bytes)
+        })
+        .collect()
+}
+
+/// Writes `t` as the SafeTensors file `path` (U8 vectors).
+fn write_st(path: &Path, t: &Tensors) {
+    let dir = tempfile::tempdir().unwrap();
+    let npk = dir.path().join("t.npk");
+    let shapes: Vec<[u64; 1]> = t.values().map(|v| [v.len() as u64]).collect();
+    let inputs: Vec<TensorInput<'_>> = t
+        .iter()
+        .zip(&shapes)
+        .map(|((n, v), s)| TensorInput {
+            name: n,
+            dtype: DType::U8,
+            shape: s,
+            data: v,
+        })
+        .collect();
+    npkio::from_safetensors(&inputs, &npk, false).unwrap();
+    npkio::to_safetensors_file(&npk, path, None::<&[&str]>, None, 1 << 20).unwrap();
+}
+
+fn read_npk(path: &Path) -> Result<Tensors, String> {
+    let s = NumPack::open(path).map_err(|e| e.to_string())?;
+    let mut out = Tensors::new();
+    for n in s.names() {
+        let v = s.view(n).map_err(|e| e.to_string())?;
+        out.insert(n.to_string(), v.data.to_vec());
+    }
+    Ok(out)
+}
+
+fn read_st(path: &Path) -> Result<Tensors, String> {
+    let f = npkio::safetensors::SafeTensorsFile::open(path).map_err(|e| e.to_string())?;
+    let mut out = Tensors::new();
+    for t in f.tensors() {
+        let v = f.get(&t.name).ok_or("a tensor is missing")?;
+        out.insert(t.name.clone(), v.data.to_vec());
+    }
+    Ok(out)
+}
+
+fn npkio(args: &[&Path]) -> Output {
+    Command::new(NPKIO).args(args).output().unwrap()
+}
+
+/// Whether strace can be used; without it, fails under CI and says so otherwise.
+fn have_strace(test: &str) -> bool {
+    let ok = Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: strace is missing (scripts/test.sh installs it)"
+        );
+        eprintln!("{test}: SKIPPED: strace is not installed (apt-get install strace)");
+    }
+    ok
+}
+
+/// Runs the command line under strace with `injects` (`-e inject=...` values).
+fn npkio_injected(injects: &[String], args: &[&Path]) -> Output {
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o", "/dev/null"]);
+    for i in injects {
+        c.arg("-e").arg(format!("inject={i}"));
+    }
+    c.arg(NPKIO).args(args).output().unwrap()
+}
+
+/// Entries of `dir` that npkio made for its own use (staging directories and files).
+fn leftovers(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("npkio-"))
+        .collect()
+}
+
+/// What the output may be after a kill.
+#[derive(Debug, PartialEq)]
+enum State {
+    Old,
+    New,
+    /// Between the two renames of the fallback: no output, the old one aside.
+    Aside,
+}
+
+/// Kills `args` at every call of every syscall in `syscalls` in turn (with `extra` injects
+/// on every run), checking after each kill with `check`, and recovering with `recover`.
+/// Returns the states seen.
+fn kill_at_every_step(
+    extra: &[String],
+    syscalls: &[&str],
+    args: &[&Path],
+    reset: &dyn Fn(),
+    check: &dyn Fn(&str) -> State,
+    recover: &dyn Fn(&str, &State),
+) -> Vec<State> {
+    let mut seen = Vec::new();
+    for sc in syscalls {
+        for n in 1..=400 {
+            reset();
+            let mut injects = extra.to_vec();
+            injects.push(format!("{sc}:signal=KILL:when={n}"));
+            let o = npkio_injected(&injects, args);
+            let context = format!("kill at {sc} #{n}");
+            if o.status.success() {
+                // No call number `n`: the run went through.
+                assert_eq!(check(&context), State::New, "{context}: completed");
+                break;
+            }
+            let state = check(&context);
+            recover(&context, &state);
+            seen.push(state);
+            assert!(n < 400, "{context}: never completes");
+        }
+    }
+    eprintln!("{} kills: {seen:?}", seen.len());
+    seen
+}
+
+const STEPS: &[&str] = &[
+    "mkdir", "rename", "renameat", "linkat", "unlink", "unlinkat", "rmdir", "fchmod",
+];
+
+/// A directory output replaced (`--force`) or merged into, killed at every step, with and
+/// without the exchange.
+fn directory_output_killed_at_every_step(test: &str, force: bool, exchange: bool) {
+    if !have_strace(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (old_t, new_t) = (
+        tensors(&[("a", 1, 3000), ("b", 2, 5000), ("keep", 3, 100)]),
+        tensors(&[("a", 9, 4000), ("b", 8, 10), ("c", 7, 2000)]),
+    );
+    let extra_t = tensors(&[("z", 5, 64)]);
+    let (old_st, new_st, extra_st) = (d.join("old.st"), d.join("new.st"), d.join("z.st"));
+    write_st(&old_st, &old_t);
+    write_st(&new_st, &new_t);
+    write_st(&extra_st, &extra_t);
+    let work = d.join("work");
+    fs::create_dir(&work).unwrap();
+    let out = work.join("out.npk");
+    let want_new: Tensors = if force {
+        new_t.clone()
+    } else {
+        old_t.clone().into_iter().chain(new_t.clone()).collect()
+    };
+    let reset = || {
+        if out.exists() {
+            fs::remove_dir_all(&out).unwrap();
+        }
+        for n in leftovers(&work) {
+            let _ = fs::remove_dir_all(work.join(&n));
+        }
+        assert!(npkio(&[Path::new("convert"), &old_st, &out])
+            .status
+            .success());
+    };
+    let check = |context: &str| -> State {
+        if !out.exists() {
+            assert!(!exchange, "{context}: no output, though the exchange works");
+            let aside: Vec<_> = leftovers(&work);
+            assert!(!aside.is_empty(), "{context}: no output and nothing aside");
+            return State::Aside;
+        }
+        let got = read_npk(&out).unwrap_or_else(|e| panic!("{context}: does not open: {e}"));
+        if got == old_t {
+            State::Old
+        } else if got == want_new {
+            State::New
+        } else {
+            panic!("{context}: neither old nor new: {:?}", got.keys());
+        }
+    };
+    let recover = |context: &str, state: &State| {
+        // The next conversion (a merge of one more tensor) must start from what was there.
+        let o = npkio(&[Path::new("convert"), &extra_st, &out]);
+        assert!(o.status.success(), "{context}: {o:?}");
+        let base = match state {
+            State::Old | State::Aside => &old_t,
+            State::New => &want_new,
+        };
+        let want: Tensors = base.clone().into_iter().chain(extra_t.clone()).collect();
+        assert_eq!(read_npk(&out).unwrap(), want, "{context}: after recovery");
+        assert_eq!(
+            leftovers(&work),
+            Vec::<String>::new(),
+            "{context}: left behind"
+        );
+    };
+    let mut args: Vec<&Path> = vec![Path::new("convert"), &new_st, &out];
+    if force {
+        args.push(Path::new("--force"));
+    }
+    let extra: Vec<String> = if exchange {
+        vec![]
+    } else {
+        vec!["renameat2:error=EINVAL".to_string()]
+    };
+    let mut steps = STEPS.to_vec();
+    if exchange {
+        steps.push("renameat2");
+    }
+    let seen = kill_at_every_step(&extra, &steps, &args, &reset, &check, &recover);
+    assert!(
+        seen.contains(&State::Old) && seen.contains(&State::New),
+        "{seen:?}"
+    );
+    if !exchange {
+        assert!(
+            seen.contains(&State::Aside),
+            "the kill between the two renames was not reached: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn replace_without_exchange_killed_at_every_step_never_loses_the_old_output() {
+    directory_output_killed_at_every_step("replace without exchange", true, false);
+}
+
+#[test]
+fn merge_without_exchange_killed_at_every_step_never_loses_the_old_output() {
+    directory_output_killed_at_every_step("merge without exchange", false, false);
+}
+
+#[test]
+fn replace_with_exchange_killed_at_every_step_is_old_or_new() {
+    directory_output_killed_at_every_step("replace with exchange", true, true);
+}
+
+#[test]
+fn file_export_killed_at_every_step_is_old_or_new() {
+    let test = "file export";
+    if !have_strace(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (old_t, new_t) = (tensors(&[("a", 1, 3000)]), tensors(&[("b", 2, 5000)]));
+    let (old_st, new_st) = (d.join("old.st"), d.join("new.st"));
+    write_st(&old_st, &old_t);
+    write_st(&new_st, &new_t);
+    let npk = d.join("new.npk");
+    assert!(npkio(&[Path::new("convert"), &new_st, &npk])
+        .status
+        .success());
+    let work = d.join("work");
+    fs::create_dir(&work).unwrap();
+    let out = work.join("out.safetensors");
+    let reset = || {
+        fs::copy(&old_st, &out).unwrap();
+    };
+    let check = |context: &str| -> State {
+        let got = read_st(&out).unwrap_or_else(|e| panic!("{context}: does not open: {e}"));
+        if got == old_t {
+            State::Old
+        } else if got == new_t {
+            State::New
+        } else {
+            panic!("{context}: neither old nor new");
+        }
+    };
+    let recover = |context: &str, _: &State| {
+        let o = npkio(&[Path::new("convert"), &npk, &out, Path::new("--force")]);
+        assert!(o.status.success(), "{context}: {o:?}");
+        assert_eq!(read_st(&out).unwrap(), new_t);
+        assert_eq!(
+            leftovers(&work),
+            Vec::<String>::new(),
+            "{context}: left behind"
+        );
+    };
+    let args: Vec<&Path> = vec![Path::new("convert"), &npk, &out, Path::new("--force")];
+    let seen = kill_at_every_step(&[], STEPS, &args, &reset, &check, &recover);
+    assert!(seen.contains(&State::Old), "{seen:?}");
+}
+
+/// The lock falls back to a `.npkio-lock` file where `flock` on a directory is refused
+/// (made to fail here as NFS does): conversions still exclude each other, and anything but
+/// a regular file at that name is refused, never followed or waited on.
+#[test]
+fn the_fallback_lock_file_is_used_only_where_directories_cannot_be_locked() {
+    let test = "fallback lock";
+    if !have_strace(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let st = d.join("a.st");
+    write_st(&st, &tensors(&[("a", 1, 100)]));
+    let work = d.join("work");
+    fs::create_dir(&work).unwrap();
+    let out = work.join("out.npk");
+    let enolck = ["flock:error=ENOLCK:when=1".to_string()];
+    let o = npkio_injected(&enolck, &[Path::new("convert"), &st, &out]);
+    assert!(o.status.success(), "{o:?}");
+    let lock = work.join(".npkio-lock");
+    let md = fs::symlink_metadata(&lock).expect("the fallback lock file");
+    use std::os::unix::fs::PermissionsExt;
+    assert!(md.is_file());
+    assert_eq!(md.permissions().mode() & 0o777, 0o666);
+    // Held by someone else: --no-wait fails fast with exit 10.
+    let held = fs::File::open(&lock).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+    let o = npkio_injected(
+        &enolck,
+        &[Path::new("convert"), Path::new("--no-wait"), &st, &out],
+    );
+    assert_eq!(o.status.code(), Some(10), "{o:?}");
+    drop(held);
+    // A link or a FIFO at the lock file's name: an error, nothing created or waited on.
+    for what in ["link", "fifo"] {
+        fs::remove_file(&lock).unwrap();
+        let target = d.join("target");
+        match what {
+            "link" => std::os::unix::fs::symlink(&target, &lock).unwrap(),
+            _ => {
+                let c = std::ffi::CString::new(lock.to_str().unwrap()).unwrap();
+                // SAFETY: a valid path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+            }
+        }
+        let o = npkio_injected(
+            &enolck,
+            &[Path::new("convert"), &st, &out, Path::new("--force")],
+        );
+        assert!(!o.status.success(), "{what}: {o:?}");
+        assert!(!target.exists(), "{what}: followed");
+        assert_eq!(read_npk(&out).unwrap(), tensors(&[("a", 1, 100)]));
+    }
+}
