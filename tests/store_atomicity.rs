@@ -372,14 +372,14 @@ fn count_calls(what: &str, durable: bool, root: &Path) -> BTreeMap<String, (u64,
     counts
 }
 
-/// Whether `dir` is in the state between publishing a replacement of "d" (which had
-/// dropped rows) and removing its old bitmap: the record names a generation file, the old
-/// `deleted_d.npkb` is still there.
-fn stale_bitmap_window(what: &str, dir: &Path) -> bool {
+/// Whether `dir` is in the state between withdrawing the bitmap of "d" (which had dropped
+/// rows, and was moved aside to a generation name) and publishing its replacement.
+fn withdrawn_bitmap_window(what: &str, dir: &Path) -> bool {
     let mpath = dir.join("metadata.npkm");
     let meta = Metadata::decode(&std::fs::read(&mpath).unwrap(), &mpath).unwrap();
     what == "save_replace_dropped"
-        && dir.join("deleted_d.npkb").exists()
+        && !dir.join("deleted_d.npkb").exists()
+        && dir.join("deleted_d~1.npkb").exists()
         && meta
             .arrays
             .iter()
@@ -458,9 +458,13 @@ fn every_step(what: &str) {
                     let seen_np = match numpack_view(&dir) {
                         Ok(v) if v == old.1 || v == new.1 => v,
                         // The one window NumPack 0.7 cannot be spared (docs/guarantees.md):
-                        // an array with dropped rows replaced, between the commit and the
-                        // removal of its old bitmap, which NumPack finds by the array's name.
-                        _ if stale_bitmap_window(what, &dir) && seen == new.0 => new.1.clone(),
+                        // an array with dropped rows being replaced, between the removal of
+                        // its bitmap (which NumPack finds by the array's name, apart from the
+                        // metadata) and the commit; npkio still reads the old store.
+                        Ok(v) if withdrawn_bitmap_window(what, &dir) && seen == old.0 => {
+                            assert_eq!(v.0["d"].1, vec![20, 2], "{label}: the old rows, all");
+                            old.1.clone()
+                        }
                         Ok(v) => v,
                         Err(e) => panic!("{label}: NumPack 0.7 rules: {e}"),
                     };

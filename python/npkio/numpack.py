@@ -43,8 +43,8 @@ class NumPack:
     Each change (one :meth:`save`, one array's :meth:`append` or :meth:`drop`) is all or
     none: if the process is killed or a write fails at any point, the directory reads as
     before the change or as after it, here and in NumPack 0.7 (one exception for NumPack
-    0.7 alone: the instant after replacing an array that had dropped rows; see
-    docs/guarantees.md). A failed change raises and leaves this object describing the
+    0.7 alone: just before replacing an array that has dropped rows, it shows that
+    array's dropped rows again; see docs/guarantees.md). A failed change raises and leaves this object describing the
     directory as before. A change holds the lock conversions into the directory hold, and
     raises :class:`FileNotFoundError` (``NpkioFileNotFoundError``) if a conversion
     replaced the directory since it was opened, or :class:`BlockingIOError`

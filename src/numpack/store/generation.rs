@@ -165,7 +165,7 @@ fn temp_name(dir: &Path) -> PathBuf {
 }
 
 /// Gives `from`'s file the name `to` too, replacing whatever `to` was in one rename.
-fn link_over(dir: &Path, from: &Path, to: &Path) -> Result<()> {
+pub(super) fn link_over(dir: &Path, from: &Path, to: &Path) -> Result<()> {
     let tmp = temp_name(dir);
     remove_if_exists(&tmp)?;
     fs::hard_link(from, &tmp).ctx(&tmp, "linking")?;

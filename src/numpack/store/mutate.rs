@@ -16,7 +16,7 @@ use crate::numpack::naming;
 use crate::numpack::sidecar::{self, Sidecar};
 
 use super::generation::{
-    canonical_stem, published, remove_if_exists, replace_file, write_sidecar, TMP_PREFIX,
+    canonical_stem, link_over, published, remove_if_exists, replace_file, write_sidecar, TMP_PREFIX,
 };
 use super::layout::{files_of, make_record, Storage};
 use super::{Array, NumPack};
@@ -121,6 +121,7 @@ impl NumPack {
     }
 
     fn save_locked(&mut self, arrays: &[ArrayInput<'_>]) -> Result<()> {
+        let aside = self.move_aside(arrays)?;
         // Stage every data file under a stem no record uses.
         let mut staged: Vec<(String, ArrayRecord, Option<sidecar::Entry>)> = Vec::new();
         let mut written: Vec<PathBuf> = Vec::new();
@@ -145,7 +146,10 @@ impl NumPack {
                         .collect();
                     naming::choose_stem(a.name, taken.iter().map(String::as_str))
                 });
-                let taken: Vec<String> = staged.iter().map(|(st, _, _)| st.clone()).collect();
+                let mut taken: Vec<String> = staged.iter().map(|(st, _, _)| st.clone()).collect();
+                // An array moved aside keeps NumPack 0.7's bitmap under its own stem until
+                // the commit: not a stem for the new data.
+                taken.extend(aside.iter().map(|(_, c)| c.clone()));
                 let stem = self.fresh_stem(&canonical, &taken)?;
                 let data_file = naming::data_file(&stem);
                 let target = self.dir.join(&data_file);
@@ -194,9 +198,25 @@ impl NumPack {
         new_sidecar
             .arrays
             .extend(staged.iter().filter_map(|(_, _, e)| e.clone()));
-        let (on_disk, late) = match self.commit(records, &new_sidecar) {
+        // NumPack 0.7 would apply the bitmap of an array moved aside to its new data: it
+        // goes now, just before the commit (NumPack 0.7 reads the old rows, dropped ones
+        // included, until then; npkio reads the aside bitmap).
+        let restore = |s: &NumPack| {
+            for (i, c) in &aside {
+                let from = s.dir.join(s.bitmap_of(*i));
+                let _ = link_over(&s.dir, &from, &s.dir.join(naming::bitmap_file(c)));
+            }
+        };
+        let mut withdrawn = Ok(());
+        for (_, c) in &aside {
+            withdrawn =
+                withdrawn.and_then(|()| remove_if_exists(&self.dir.join(naming::bitmap_file(c))));
+        }
+        let committed = withdrawn.and_then(|()| self.commit(records, &new_sidecar));
+        let (on_disk, late) = match committed {
             Ok(done) => done,
             Err(e) => {
+                restore(self);
                 for p in written {
                     let _ = fs::remove_file(p);
                 }
@@ -233,6 +253,81 @@ impl NumPack {
         }
         self.prune_sidecar(&on_disk);
         self.after_commit(&touched, old_files, late)
+    }
+
+    /// Before replacing arrays that have dropped rows under their own stem: NumPack 0.7
+    /// finds a bitmap by the array's name, so no metadata rename can withdraw it. Moves
+    /// each such array to a generation stem (links to its data and bitmap, one metadata
+    /// commit: both readers still read it as before), leaving its own bitmap for NumPack
+    /// 0.7 until the replacement's commit. Returns (index, own stem) of each.
+    fn move_aside(&mut self, arrays: &[ArrayInput<'_>]) -> Result<Vec<(usize, String)>> {
+        let mut plan = Vec::new();
+        let mut taken = Vec::new();
+        for a in arrays {
+            let Some(&i) = self.index.get(a.name) else {
+                continue;
+            };
+            let x = &self.arrays[i];
+            let own = canonical_stem(&x.record);
+            let stem = naming::stem_of(&x.record.data_file);
+            if x.bitmap.is_none()
+                || !matches!(x.storage, Storage::Plain(_))
+                || own.is_none()
+                || stem != own.as_deref()
+                || own.as_deref() != Some(a.name)
+            {
+                continue;
+            }
+            let own = own.expect("checked");
+            let gen = self.fresh_stem(&own, &taken)?;
+            taken.push(gen.clone());
+            plan.push((i, own, gen));
+        }
+        if plan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut links = Vec::new();
+        let linked = (|| -> Result<()> {
+            for (_, own, gen) in &plan {
+                for (from, to) in [
+                    (naming::data_file(own), naming::data_file(gen)),
+                    (naming::bitmap_file(own), naming::bitmap_file(gen)),
+                ] {
+                    let to = self.dir.join(to);
+                    fs::hard_link(self.dir.join(from), &to).ctx(&to, "linking")?;
+                    links.push(to);
+                }
+            }
+            if self.durable {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
+        for (i, _, gen) in &plan {
+            records[*i].data_file = naming::data_file(gen);
+        }
+        let (_, sc) = self.snapshot();
+        // A failed directory sync after this commit is not reported: this generation reads
+        // exactly as the one before, so either may be what survives a power loss.
+        match linked.and_then(|()| self.commit(records, &sc)) {
+            Ok(_) => {}
+            Err(e) => {
+                for l in links {
+                    let _ = fs::remove_file(l);
+                }
+                return Err(e);
+            }
+        }
+        for (i, _, gen) in &plan {
+            let a = &mut self.arrays[*i];
+            a.record.data_file = naming::data_file(gen);
+            a.storage = Storage::Plain(PathBuf::from(naming::data_file(gen)));
+            if let Some(d) = a.data.take() {
+                self.retired.push(d);
+            }
+        }
+        Ok(plan.into_iter().map(|(i, own, _)| (i, own)).collect())
     }
 
     /// After a commit: moves the arrays at `touched` back to their own stems and removes
