@@ -17,6 +17,11 @@
 //!   links (the bitmap by a link renamed over the old one), a second metadata commit points
 //!   at them, and the generation names are removed. Every state in between reads as the
 //!   new generation.
+//! - An array with dropped rows that is replaced is first moved aside (links under a
+//!   generation stem, one commit that reads the same), because NumPack 0.7's bitmap under
+//!   its own name cannot be withdrawn by the metadata rename: it is removed just before
+//!   the replacement's commit (`NumPack::move_aside` in `mutate`).
+//! - An append writes past the data file's end, which the current generation ignores.
 //! - `npkio.json` is written before the metadata with the entries of both generations (an
 //!   entry applies only to the record it was made for), and pruned after the commit.
 //!
