@@ -616,3 +616,51 @@ fn a_second_store_on_the_directory_refuses_to_overwrite_a_change() {
     again.drop_rows("a", &[0]).unwrap();
     assert_eq!(npkio_view(&dir).unwrap().0["a"].1, vec![6, 3]);
 }
+
+/// A store change waits for the lock conversions into its directory take (`flock` of the
+/// directory holding the store): here held by another process, `flock(1)`.
+#[test]
+fn a_change_waits_for_the_directory_lock() {
+    if Command::new("flock").arg("-V").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "flock(1) is required");
+        eprintln!("SKIPPED: flock(1) is not installed");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("m.npk");
+    make_initial(&dir);
+    let before = npkio_view(&dir).unwrap();
+    let mut holder = Command::new("flock")
+        .arg("-x")
+        .arg(root.path())
+        .args(["-c", "echo locked; read _"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.clone();
+    let writer = std::thread::spawn(move || {
+        let mut np = NumPack::open(&d).unwrap();
+        let r = np.delete("b");
+        tx.send(()).unwrap();
+        r
+    });
+    // While the lock is held the change does not happen (a change that ignored the lock
+    // would be done long before this).
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(500))
+        .is_err());
+    assert_eq!(npkio_view(&dir).unwrap(), before);
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(!npkio_view(&dir).unwrap().0.contains_key("b"));
+}
