@@ -29,8 +29,8 @@ class NumPack:
     """A NumPack directory (NumPack 0.7's on-disk format), opened for reading and changing.
 
     ``NumPack(path)`` opens the directory, creating an empty one if there is none; with
-    ``drop_if_exists=True`` an existing NumPack directory is removed first (only on this
-    first opening, not on a later :meth:`open`). A path that exists but is not a NumPack
+    ``drop_if_exists=True`` an existing NumPack directory is emptied first, all or none (only
+    on this first opening, not on a later :meth:`open`; files npkio does not know stay). A path that exists but is not a NumPack
     directory is never removed: that raises an error. Use it as a context manager, or call
     :meth:`close` when done.
 

@@ -230,10 +230,11 @@ pub(super) fn write_sidecar(dir: &Path, sidecar: &Sidecar, durable: bool) -> Res
     }
 }
 
-/// The sidecar holding `old`'s entries and `new`'s: valid for either generation.
+/// The sidecar holding `old`'s entries and `new`'s, and `old`'s other fields (which no
+/// record ties to a generation): valid for either generation's arrays.
 pub(super) fn union(old: &Sidecar, new: &Sidecar) -> Sidecar {
-    let mut u = new.clone();
-    for e in &old.arrays {
+    let mut u = old.clone();
+    for e in &new.arrays {
         if !u.arrays.contains(e) {
             u.arrays.push(e.clone());
         }

@@ -567,6 +567,33 @@ impl NumPack {
         })
     }
 
+    /// Removes every array and the recorded SafeTensors metadata: one rename of an empty
+    /// `metadata.npkm`, then the old files (what `create` with `drop_if_exists` does to an
+    /// existing store). Files npkio does not know stay.
+    pub(super) fn clear(&mut self) -> Result<()> {
+        self.locked(|s| {
+            let (on_disk, late) = s.commit(Vec::new(), &Sidecar::default())?;
+            let old = std::mem::take(&mut s.arrays);
+            s.index.clear();
+            s.st_metadata = None;
+            s.sharding = None;
+            s.source_header = None;
+            let mut files = Vec::new();
+            for a in old {
+                files.extend(files_of(&a));
+                if let Some(d) = a.data.into_inner() {
+                    s.retired.push(d);
+                }
+            }
+            s.prune_sidecar(&on_disk);
+            if let Some(e) = late {
+                return Err(e);
+            }
+            s.remove_unreferenced(files);
+            Ok(())
+        })
+    }
+
     /// Writes the sidecar and then `metadata.npkm` as the store describes them now (a new
     /// store's first metadata).
     pub(super) fn write_metadata(&self) -> Result<()> {

@@ -51,6 +51,11 @@ impl NumPack {
                     return NumPack::open(dir);
                 }
                 if kind == Existing::NumPack {
+                    // A store that opens is emptied all or none, under the lock.
+                    if let Ok(mut store) = NumPack::open(dir) {
+                        store.clear()?;
+                        return Ok(store);
+                    }
                     fs::remove_dir_all(dir).ctx(dir, "removing")?;
                     fs::create_dir(dir).ctx(dir, "creating directory")?;
                 }
