@@ -45,8 +45,8 @@ class NumPack:
     """A NumPack directory (NumPack 0.7's on-disk format), opened for reading and changing.
 
     ``NumPack(path)`` opens the directory, creating an empty one if there is none; with
-    ``drop_if_exists=True`` an existing NumPack directory is removed first (only on this
-    first opening, not on a later :meth:`open`). A path that exists but is not a NumPack
+    ``drop_if_exists=True`` an existing NumPack directory is emptied first, all or none (only
+    on this first opening, not on a later :meth:`open`; files npkio does not know stay). A path that exists but is not a NumPack
     directory is never removed: that raises an error. Use it as a context manager, or call
     :meth:`close` when done.
 
@@ -55,6 +55,16 @@ class NumPack:
     :meth:`close`, after the ``NumPack`` object is gone, and after the array is replaced,
     appended to or dropped through this object (it keeps showing the bytes it was loaded
     with). Every change is on disk when its method returns.
+
+    Each change (one :meth:`save`, one array's :meth:`append` or :meth:`drop`) is all or
+    none: if the process is killed or a write fails at any point, the directory reads as
+    before the change or as after it, here and in NumPack 0.7 (one exception for NumPack
+    0.7 alone: just before replacing an array that has dropped rows, it shows that
+    array's dropped rows again; see docs/guarantees.md). A failed change raises and leaves this object describing the
+    directory as before. A change holds the lock conversions into the directory hold, and
+    raises :class:`FileNotFoundError` (``NpkioFileNotFoundError``) if a conversion
+    replaced the directory since it was opened, or :class:`BlockingIOError`
+    (``NpkioBusyError``) if another writer changed it since; reopen it then.
 
     Methods may be called from several threads; calls on one object run one at a time.
 
@@ -243,7 +253,8 @@ class NumPack:
     # -- changing --------------------------------------------------------------------
 
     def save(self, arrays: Dict[str, Any]) -> None:
-        """Save arrays, replacing any of the same name; all are written or none.
+        """Save arrays, replacing any of the same name; all are written or none (one
+        commit, even for several arrays).
 
         Non-contiguous arrays are written in C order; 0-d arrays, bool and complex128
         work; BF16/FP8 as ``ml_dtypes`` arrays or tagged raw bits (see
@@ -258,6 +269,10 @@ class NumPack:
     def append(self, arrays: Dict[str, Any]) -> None:
         """Append rows to existing arrays: each value holds whole rows of the array's dtype
         and row shape (``shape[1:]``); a single row may be given without its leading axis.
+
+        Each array's append is all or none; several arrays are appended one after the
+        other, so an error (or a crash) can leave the earlier ones appended and the later
+        ones not. The arguments are all checked before anything is written.
 
         Raises:
             KeyError: no array of that name.
@@ -297,6 +312,9 @@ class NumPack:
         ``drop(name, indexes)`` deletes rows: an int, a slice, or a sequence of row indices
         as the array reads now (negative ones count from the end), marked in the deletion
         bitmap as NumPack does. Arrays loaded before keep their old contents.
+
+        Each array's deletion (or its rows' deletion) is all or none; several names are
+        handled one after the other.
         """
         h = self._h()
         names = [array_name] if isinstance(array_name, str) else list(array_name)
