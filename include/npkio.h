@@ -518,7 +518,8 @@ NpkioStatus npkio_last_error_copy(char *buf,
 const char *npkio_status_name(uint32_t status);
 
 /**
- * Opens an existing NumPack directory, validating its metadata and every data file.
+ * Opens an existing NumPack directory, validating its metadata and every data file (an
+ * array whose files are damaged fails with its own error when read; the others read).
  *
  * On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`
  * (or `npkio_numpack_close`).

@@ -65,7 +65,8 @@ impl MetadataList for NpkioNumpack {
     }
 }
 
-/// Opens an existing NumPack directory, validating its metadata and every data file.
+/// Opens an existing NumPack directory, validating its metadata and every data file (an
+/// array whose files are damaged fails with its own error when read; the others read).
 ///
 /// On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`
 /// (or `npkio_numpack_close`).

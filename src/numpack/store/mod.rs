@@ -74,7 +74,9 @@ struct Fault {
 /// A NumPack 0.7 directory.
 ///
 /// Opening validates everything: the metadata, every data file's size, segment manifests
-/// and deletion bitmaps, and that every path stays inside the directory. Array bytes are
+/// and deletion bitmaps, and that every path stays inside the directory. A directory whose
+/// metadata is bad is refused; an array whose own files are bad is listed but fails with
+/// its own error when read, so the other arrays stay readable. Array bytes are
 /// mapped on first view and stay mapped until the store is dropped, so views handed out
 /// earlier stay valid even after the array is replaced or appended to (a replaced array's
 /// old file is unlinked, never rewritten; an append writes only past the bytes in use).
