@@ -56,8 +56,9 @@
 #define NPKIO_FLAG_DURABLE 1
 
 /**
- * Flag: when another conversion into the same output is running (it holds the output's
- * lock), fail at once with `NPKIO_STATUS_BUSY` instead of waiting for it to finish.
+ * Flag: when another conversion or store change holds the lock of the output's directory
+ * (npkio locks the directory holding an output while writing it), fail at once with
+ * `NPKIO_STATUS_BUSY` instead of waiting for it to finish.
  */
 #define NPKIO_FLAG_NO_WAIT 2
 

@@ -142,6 +142,7 @@ def _proto(name: str, restype, *argtypes) -> None:
 
 _proto("npkio_version", c_char_p)
 _proto("npkio_last_error_message", c_char_p)
+_proto("npkio_parse_size", _status, c_char_p, POINTER(c_uint64))
 _proto("npkio_last_error_status", _status)
 _proto("npkio_status_name", c_char_p, c_uint32)
 _proto("npkio_dtype_name", c_char_p, c_uint32)
@@ -216,6 +217,7 @@ _proto("npkio_numpack_records_json", _status, _handle, c_void_p, c_size_t, POINT
 NPKIO_STATUS_BUFFER_TOO_SMALL = 102
 NPKIO_FLAG_DURABLE = 1
 NPKIO_FLAG_NO_WAIT = 2
+NPKIO_FLAG_NO_CLOBBER = 4
 
 
 def check(status: int) -> None:

@@ -12,7 +12,8 @@ Utility functions
 Extras beyond ``numpack.io`` are keyword-only: ``threads`` (copy threads, 0 picks the
 default), ``durable`` (sync to disk before the output appears, so it survives power loss),
 ``wait_for_lock`` (``False`` raises :class:`~npkio.NpkioBusyError` at once when another
-conversion into the same output is running, instead of waiting for it) and, for
+conversion or store change holds the lock of the output's directory, instead of waiting for
+it) and, for
 :func:`to_safetensors_file`, ``max_shard_size`` (write a sharded checkpoint). Reading
 functions accept a sharded checkpoint's ``*.safetensors.index.json`` or a directory holding
 one wherever they accept a ``.safetensors`` file.
@@ -61,12 +62,19 @@ def _flags(durable: bool, wait_for_lock: bool) -> int:
     return flags
 
 
-def _count(value: Any, what: str, minimum: int = 0) -> int:
+_SIZE_MAX = 2 ** (8 * ctypes.sizeof(c_size_t)) - 1
+_U64_MAX = 2**64 - 1
+
+
+def _count(value: Any, what: str, minimum: int = 0, maximum: int = _SIZE_MAX) -> int:
+    """``value`` as an integer the C ABI takes: never wrapped or truncated on the way."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     value = int(value)
     if value < minimum:
         raise ValueError(f"{what} must be at least {minimum}, not {value}")
+    if value > maximum:
+        raise OverflowError(f"{what} must be at most {maximum}, not {value}")
     return value
 
 
@@ -128,8 +136,9 @@ def from_safetensors(
         drop_if_exists: replace an existing directory instead of merging into it.
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
-        wait_for_lock: when another conversion into the same output is running, wait for
-            it to finish (the default); with ``False``, raise ``NpkioBusyError`` at once.
+        wait_for_lock: when another conversion or store change holds the lock of the
+            output's directory, wait for it to finish (the default); with ``False``, raise
+            ``NpkioBusyError`` at once.
 
     Raises:
         TypeError: an array of a dtype npkio cannot store.
@@ -209,8 +218,9 @@ def from_safetensors_file(
         chunk_size: bytes copied at once (the bound on memory per thread).
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
-        wait_for_lock: when another conversion into the same output is running, wait for
-            it to finish (the default); with ``False``, raise ``NpkioBusyError`` at once.
+        wait_for_lock: when another conversion or store change holds the lock of the
+            output's directory, wait for it to finish (the default); with ``False``, raise
+            ``NpkioBusyError`` at once.
     """
     names, count = str_list(keys, "keys")
     check(
@@ -222,26 +232,15 @@ def from_safetensors_file(
     )
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-
-
 def parse_size(size: Union[int, str]) -> int:
     """Bytes in ``size``: an int, or a string such as ``"5GB"`` (10^9 bytes each) or
-    ``"500MiB"`` (2^20 bytes each), as ``transformers``' ``max_shard_size`` takes them."""
+    ``"500MiB"`` (2^20 bytes each), as ``transformers``' ``max_shard_size`` takes them.
+    Strings are read by the library's own parser, the one the command line uses."""
     if isinstance(size, str):
-        m = _SIZE_RE.match(size)
-        if not m:
-            raise ValueError(f"cannot read {size!r} as a size (examples: 5GB, 500MiB, 1000000)")
-        n = int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
-    else:
-        n = _count(size, "max_shard_size")
-    if n < 1:
-        raise ValueError(f"max_shard_size must be at least 1 byte, not {size!r}")
-    return n
+        out = c_uint64()
+        check(lib.npkio_parse_size(size.encode("utf-8"), ctypes.byref(out)))
+        return out.value
+    return _count(size, "max_shard_size", 1, _U64_MAX)
 
 
 def metadata_args(metadata: Optional[Mapping[str, str]]) -> "Tuple[Any, Any, int]":
@@ -287,8 +286,9 @@ def to_safetensors_file(
             fits.
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
-        wait_for_lock: when another conversion into the same output is running, wait for
-            it to finish (the default); with ``False``, raise ``NpkioBusyError`` at once.
+        wait_for_lock: when another conversion or store change holds the lock of the
+            output's directory, wait for it to finish (the default); with ``False``, raise
+            ``NpkioBusyError`` at once.
 
     Raises:
         TypeError: ``metadata`` keys or values that are not strings; an array of a dtype
