@@ -55,10 +55,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_CHUNK_SIZE: int = 8 * 1024 * 1024
 
 
-def _flags(durable: bool, wait_for_lock: bool) -> int:
+def _flags(durable: bool, wait_for_lock: bool, no_clobber: bool = False) -> int:
     flags = _lib.NPKIO_FLAG_DURABLE if durable else 0
     if not wait_for_lock:
         flags |= _lib.NPKIO_FLAG_NO_WAIT
+    if no_clobber:
+        flags |= _lib.NPKIO_FLAG_NO_CLOBBER
     return flags
 
 
@@ -268,6 +270,7 @@ def to_safetensors_file(
     threads: int = 0,
     durable: bool = False,
     wait_for_lock: bool = True,
+    no_clobber: bool = False,
 ) -> None:
     """Export NumPack arrays to a SafeTensors file, streaming in bounded memory.
 
@@ -289,6 +292,9 @@ def to_safetensors_file(
         wait_for_lock: when another conversion or store change holds the lock of the
             output's directory, wait for it to finish (the default); with ``False``, raise
             ``NpkioBusyError`` at once.
+        no_clobber: raise ``FileExistsError`` instead of replacing an existing output (a
+            sharded export: a directory that already holds weights); decided under the
+            lock, so of two such exports to one absent path exactly one succeeds.
 
     Raises:
         TypeError: ``metadata`` keys or values that are not strings; an array of a dtype
@@ -300,7 +306,7 @@ def to_safetensors_file(
     knobs = (
         _count(chunk_size, "chunk_size", 1),
         _count(threads, "threads"),
-        _flags(durable, wait_for_lock),
+        _flags(durable, wait_for_lock, no_clobber),
     )
     if max_shard_size is None:
         check(lib.npkio_to_safetensors_file(*common, *knobs))

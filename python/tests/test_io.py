@@ -249,6 +249,19 @@ def test_the_largest_size_is_taken_exactly():
     assert parse_size(2**64 - 1) == 2**64 - 1
 
 
+def test_no_clobber_keeps_an_existing_output(tmp_path):
+    src = FIXTURES / "safetensors" / "with_metadata.safetensors"
+    from_safetensors_file(src, tmp_path / "m.npk")
+    out = tmp_path / "o.safetensors"
+    to_safetensors_file(tmp_path / "m.npk", out, no_clobber=True)
+    out.write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        to_safetensors_file(tmp_path / "m.npk", out, no_clobber=True)
+    assert out.read_bytes() == b"mine"
+    to_safetensors_file(tmp_path / "m.npk", out)
+    assert out.read_bytes() != b"mine"
+
+
 def test_keyword_extras(tmp_path):
     src = FIXTURES / "safetensors" / "with_metadata.safetensors"
     from_safetensors_file(src, tmp_path / "m.npk", threads=2, durable=True, chunk_size=1)
