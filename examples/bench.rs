@@ -3,7 +3,14 @@
 //! ```sh
 //! cargo run --release --example bench -- --size 1GiB
 //! cargo run --release --example bench -- --size 1GiB --f32-only   # a model the reference can read
+//! cargo run --release --example bench -- --preset moe              # 18,000 tensors of ~60 KB
+//! cargo run --release --example bench -- --tensors 100000 --size 1GiB --dir /mnt/x
 //! ```
+//!
+//! With `--tensors N` (or `--preset moe`) it writes a mixture-of-experts-shaped model instead
+//! and times `cp`, a floor writer (see `floor_writer`), the import and the export in paired
+//! rounds, each run from a clean, synced state, then the header-only operations (see
+//! `many_tensors` and docs/benchmarks.md).
 //!
 //! It writes a synthetic Llama-shaped model (BF16 weights, F32 norms; hundreds of tensors)
 //! of about `--size` bytes into `--dir` (default: a temporary directory under the current

@@ -67,6 +67,17 @@
 //! This file holds the public types and entry points; `plan` cuts extents into chunks and
 //! checks a request, `scheduler` runs the workers and hands them chunks, `methods` moves one
 //! chunk's bytes by each [`CopyMethod`].
+//!
+//! # Many small files
+//!
+//! The free functions start a scoped pool per call. A conversion that copies in batches
+//! (thousands of tensor files, bounded by the open-file limit) keeps one [`Workers`] for all
+//! its calls instead: 18,000 files had made 142 threads, one pool per batch of 256. Small new
+//! files are not preallocated ([`size_new_file`]), and no `statx` is made per new file, so
+//! an import costs per file what a plain writer pays: `openat`, `pread`, `pwrite`, `close`
+//! (`strace -c -f`). What remains is ext4's own cost of creating files: `perf` puts most of
+//! an 18,000-file import in inode allocation (`find_inode_bit`, `recently_deleted`,
+//! `find_get_block_common`) and the directory lock.
 
 mod methods;
 mod plan;
