@@ -3,7 +3,14 @@
 //! ```sh
 //! cargo run --release --example bench -- --size 1GiB
 //! cargo run --release --example bench -- --size 1GiB --f32-only   # a model the reference can read
+//! cargo run --release --example bench -- --preset moe              # 18,000 tensors of ~60 KB
+//! cargo run --release --example bench -- --tensors 100000 --size 1GiB --dir /mnt/x
 //! ```
+//!
+//! With `--tensors N` (or `--preset moe`) it writes a mixture-of-experts-shaped model instead
+//! and times `cp`, a floor writer (see `floor_writer`), the import and the export in paired
+//! rounds, each run from a clean, synced state, then the header-only operations (see
+//! `many_tensors` and docs/benchmarks.md).
 //!
 //! It writes a synthetic Llama-shaped model (BF16 weights, F32 norms; hundreds of tensors)
 //! of about `--size` bytes into `--dir` (default: a temporary directory under the current
@@ -30,6 +37,8 @@ use npkio::{DType, Options};
 
 struct Args {
     size: u64,
+    /// Many-tensor mode: this many BF16 tensors of equal size, expert-style names.
+    tensors: Option<u64>,
     reps: usize,
     dir: Option<PathBuf>,
     f32_only: bool,
@@ -61,6 +70,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut a = Args {
         size: 1 << 30,
+        tensors: None,
         reps: 5,
         dir: None,
         f32_only: false,
@@ -75,6 +85,20 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
                     .and_then(|s| parse_size(&s))
                     .expect("--size SIZE (e.g. 1GiB)")
             }
+            "--tensors" => {
+                a.tensors = Some(
+                    it.next()
+                        .and_then(|s| s.replace('_', "").parse().ok())
+                        .expect("--tensors N"),
+                )
+            }
+            "--preset" => match it.next().as_deref() {
+                Some("moe") => {
+                    a.tensors = Some(18_000);
+                    a.size = 1 << 30;
+                }
+                other => panic!("--preset moe (got {other:?})"),
+            },
             "--reps" => a.reps = it.next().and_then(|s| s.parse().ok()).expect("--reps N"),
             "--dir" => a.dir = it.next().map(PathBuf::from),
             "--f32-only" => a.f32_only = true,
@@ -88,13 +112,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
                     .collect()
             }
             "-h" | "--help" => {
-                println!("usage: bench [--size 1GiB] [--reps 5] [--dir DIR] [--f32-only] [--threads 1,2,4] [--verbose]");
+                println!("usage: bench [--size 1GiB] [--tensors N | --preset moe] [--reps 5] [--dir DIR] [--f32-only] [--threads 1,2,4] [--verbose]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other:?} (try --help)"),
         }
     }
-    if a.threads.is_empty() {
+    if a.threads.is_empty() && a.tensors.is_none() {
         a.threads = vec![1, 2, 4, ncpu];
         a.threads.sort_unstable();
         a.threads.dedup();
@@ -157,6 +181,30 @@ fn model(size: u64, f32_only: bool) -> Vec<(String, DType, Vec<u64>)> {
         ));
     }
     t
+}
+
+/// A mixture-of-experts-shaped model: `n` BF16 tensors of about `size / n` bytes each,
+/// named like a MoE checkpoint's experts (`model.layers.{l}.mlp.experts.{e}.{gate,up,down}_proj.weight`,
+/// 128 experts per layer).
+fn model_many(size: u64, n: u64) -> Vec<(String, DType, Vec<u64>)> {
+    const EXPERTS: u64 = 128;
+    let elems = (size / n / 2).max(1);
+    let cols = 128u64.min(elems);
+    let rows = (elems / cols).max(1);
+    (0..n)
+        .map(|i| {
+            let (l, rest) = (i / (3 * EXPERTS), i % (3 * EXPERTS));
+            let (e, p) = (
+                rest / 3,
+                ["gate_proj", "up_proj", "down_proj"][(rest % 3) as usize],
+            );
+            (
+                format!("model.layers.{l}.mlp.experts.{e}.{p}.weight"),
+                DType::BF16,
+                vec![rows, cols],
+            )
+        })
+        .collect()
 }
 
 /// Writes the model as a SafeTensors file, streaming (memory stays small).
@@ -282,7 +330,11 @@ fn child(mut it: impl Iterator<Item = String>) {
     let threads = |s: &str| s.parse::<usize>().unwrap();
     match op.as_str() {
         "generate" => {
-            let tensors = model(a[1].parse().unwrap(), a[2] == "f32");
+            let size = a[1].parse().unwrap();
+            let tensors = match a[2].strip_prefix("moe:") {
+                Some(n) => model_many(size, n.parse().unwrap()),
+                None => model(size, a[2] == "f32"),
+            };
             let len = write_model(Path::new(&a[0]), &tensors);
             println!("{} {len}", tensors.len());
         }
@@ -297,6 +349,16 @@ fn child(mut it: impl Iterator<Item = String>) {
             opts.threads = threads(&a[2]);
             opts.durable = a[3] == "durable";
             npkio::to_safetensors_file_with(&a[0], &a[1], None::<&[&str]>, None, &opts).unwrap();
+        }
+        "floor" => floor_writer(Path::new(&a[0]), Path::new(&a[1]), threads(&a[2])),
+        "inspect" => {
+            // Header-only: open the directory, list the names, describe every array.
+            let store = npkio::NumPack::open(&a[0]).unwrap();
+            let mut n = 0u64;
+            for name in store.names() {
+                n += store.info(name).unwrap().nbytes;
+            }
+            assert!(n > 0);
         }
         "metadata" => {
             let m = npkio::get_safetensors_metadata(&a[0]).unwrap();
@@ -351,6 +413,229 @@ fn child(mut it: impl Iterator<Item = String>) {
     println!("VMHWM {}", vm_hwm_kib());
 }
 
+/// The floor for an import: the same data files (`data_<name>.npkd`, each tensor's bytes)
+/// created with plain `open`/`pwrite`/`close` from `threads` threads taking tensors in file
+/// order, nothing else (no staging, no metadata, no preallocation). What the filesystem
+/// charges to create the files and take their bytes; npkio cannot go below it.
+fn floor_writer(src: &Path, out: &Path, threads: usize) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let f = File::open(src).unwrap();
+    let mut n = [0u8; 8];
+    f.read_exact_at(&mut n, 0).unwrap();
+    let n = u64::from_le_bytes(n);
+    let mut header = vec![0u8; n as usize];
+    f.read_exact_at(&mut header, 8).unwrap();
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).unwrap();
+    let mut tensors: Vec<(String, u64, u64)> = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            (k.clone(), o[0].as_u64().unwrap(), o[1].as_u64().unwrap())
+        })
+        .collect();
+    tensors.sort_by_key(|t| t.1);
+    let start = 8 + n;
+    std::fs::create_dir(out).unwrap();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                // Page-aligned, as the destination offset 0 is.
+                let mut raw = vec![0u8; (8 << 20) + 4096];
+                let off = raw.as_ptr().align_offset(4096);
+                let buf = &mut raw[off..off + (8 << 20)];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((name, b, e)) = tensors.get(i) else {
+                        break;
+                    };
+                    let dst = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o644)
+                        .open(out.join(format!("data_{name}.npkd")))
+                        .unwrap();
+                    let mut at = 0u64;
+                    while at < e - b {
+                        let k = (e - b - at).min(buf.len() as u64) as usize;
+                        f.read_exact_at(&mut buf[..k], start + b + at).unwrap();
+                        dst.write_all_at(&buf[..k], at).unwrap();
+                        at += k as u64;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Many-tensor mode: import and export against the floor writer and `cp`, paired runs.
+fn many_tensors(args: &Args, me: &Path, dir: &Path, src: &Path, count: u64, len: u64) {
+    let threads = args.threads.first().copied().unwrap_or(0);
+    let floor_threads = match threads {
+        0 => npkio::internals::copy::default_threads(),
+        t => t,
+    };
+    let npk = dir.join("model.npk");
+    let back = dir.join("back.safetensors");
+    let cp_dst = dir.join("cp.safetensors");
+    let floor_dir = dir.join("floor.npk");
+    let child = |op: &str, a: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut c = Command::new(me);
+        c.arg("--child").arg(op);
+        for x in a {
+            c.arg(x);
+        }
+        c
+    };
+    let ts = threads.to_string();
+    let fts = floor_threads.to_string();
+    // (row name, input to warm, output to remove, command)
+    let ops: Vec<(String, &Path, &Path, Command)> = vec![
+        ("cp".into(), src, &cp_dst, {
+            let mut c = Command::new("cp");
+            c.arg(src).arg(&cp_dst);
+            c
+        }),
+        (
+            format!("floor writer ({floor_threads} thr)"),
+            src,
+            &floor_dir,
+            child("floor", &[&src, &floor_dir, &fts]),
+        ),
+        (
+            format!(
+                "SafeTensors -> NumPack ({})",
+                if threads == 0 {
+                    "default".into()
+                } else {
+                    format!("{threads} thr")
+                }
+            ),
+            src,
+            &npk,
+            child("from", &[&src, &npk, &ts, &"fast"]),
+        ),
+        (
+            format!(
+                "NumPack -> SafeTensors ({})",
+                if threads == 0 {
+                    "default".into()
+                } else {
+                    format!("{threads} thr")
+                }
+            ),
+            &npk,
+            &back,
+            child("to", &[&npk, &back, &ts, &"fast"]),
+        ),
+    ];
+    let mut ops = ops;
+    let mut secs: Vec<Vec<f64>> = vec![Vec::new(); ops.len()];
+    let mut rss = vec![0u64; ops.len()];
+    // One untimed warm-up round, then `reps` rounds; every run from a synced, clean state.
+    for rep in 0..=args.reps {
+        for (k, (name, input, output, cmd)) in ops.iter_mut().enumerate() {
+            remove(output);
+            warm(input);
+            // SAFETY: sync(2) takes no arguments.
+            unsafe { libc::sync() };
+            let (d, r) = run(cmd);
+            if args.verbose {
+                eprintln!("round {rep}: {name}: {:.4} s", d.as_secs_f64());
+            }
+            if rep > 0 {
+                secs[k].push(d.as_secs_f64());
+                rss[k] = rss[k].max(r);
+            }
+        }
+    }
+    let header_ops: Vec<(&str, Command)> = vec![
+        ("get_safetensors_metadata", child("metadata", &[&src])),
+        ("iter_safetensors (zero-copy)", child("iterate", &[&src])),
+        ("NumPack open + info of all", child("inspect", &[&npk])),
+    ];
+    let mut header_rows = Vec::new();
+    for (name, mut cmd) in header_ops {
+        run(&mut cmd);
+        let (mut t, mut m) = (Vec::new(), 0u64);
+        for _ in 0..args.reps {
+            let (d, r) = run(&mut cmd);
+            t.push(d.as_secs_f64());
+            m = m.max(r);
+        }
+        header_rows.push((name, t, m));
+    }
+    let ratio = |a: usize, b: usize| -> Vec<f64> {
+        secs[a].iter().zip(&secs[b]).map(|(x, y)| x / y).collect()
+    };
+    let fmt_ratio = |v: &[f64]| -> String {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{:.2} ({lo:.2}-{hi:.2})", median(v.to_vec()))
+    };
+    let range = |v: &[f64]| -> String {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.3}-{hi:.3}")
+    };
+    println!();
+    println!(
+        "{:<34} {:>9} {:>13} {:>9} {:>18} {:>18} {:>10}",
+        "operation",
+        "median s",
+        "range s",
+        "us/tensor",
+        "x floor (range)",
+        "x cp (range)",
+        "peak RSS"
+    );
+    for (k, (name, ..)) in ops.iter().enumerate() {
+        let m = median(secs[k].clone());
+        let vs_floor = if k == 2 {
+            fmt_ratio(&ratio(2, 1))
+        } else {
+            "-".into()
+        };
+        let vs_cp = if k == 0 {
+            "1.00".into()
+        } else {
+            fmt_ratio(&ratio(k, 0))
+        };
+        println!(
+            "{:<34} {:>9.4} {:>13} {:>9.1} {:>18} {:>18} {:>6.1} MiB",
+            name,
+            m,
+            range(&secs[k]),
+            m / count as f64 * 1e6,
+            vs_floor,
+            vs_cp,
+            rss[k] as f64 / (1 << 20) as f64
+        );
+    }
+    for (name, t, m) in &header_rows {
+        let md = median(t.clone());
+        println!(
+            "{:<34} {:>9.4} {:>13} {:>9.2} {:>18} {:>18} {:>6.1} MiB",
+            name,
+            md,
+            range(t),
+            md / count as f64 * 1e6,
+            "-",
+            "-",
+            *m as f64 / (1 << 20) as f64
+        );
+    }
+    println!(
+        "\n{count} tensors, {:.1} MiB, {} paired rounds after one warm-up round; load average at the end: {}",
+        len as f64 / (1 << 20) as f64,
+        args.reps,
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+}
+
 fn find_reference_python() -> Option<String> {
     let py = std::env::var("NPKIO_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&py)
@@ -382,7 +667,11 @@ fn main() {
         .args(["--child", "generate"])
         .arg(&src)
         .arg(args.size.to_string())
-        .arg(if args.f32_only { "f32" } else { "mixed" })
+        .arg(match (args.tensors, args.f32_only) {
+            (Some(n), _) => format!("moe:{n}"),
+            (None, true) => "f32".into(),
+            (None, false) => "mixed".into(),
+        })
         .output()
         .unwrap();
     assert!(
@@ -399,12 +688,20 @@ fn main() {
     println!(
         "npkio bench: {} tensors ({}), {:.1} MiB, {} reps, {} CPUs, dir {}",
         count,
-        if args.f32_only { "F32" } else { "BF16 + F32" },
+        match (args.tensors, args.f32_only) {
+            (Some(_), _) => "BF16, expert-style names",
+            (None, true) => "F32",
+            (None, false) => "BF16 + F32",
+        },
         len as f64 / (1 << 20) as f64,
         args.reps,
         ncpu,
         dir.display()
     );
+    if args.tensors.is_some() {
+        many_tensors(&args, &me, dir, &src, count, len);
+        return;
+    }
 
     let npk = dir.join("model.npk");
     let back = dir.join("back.safetensors");

@@ -149,6 +149,8 @@ fn copy_arrays(
     }
     let dst_files: Vec<&File> = dests.iter().map(|d| d.file).collect();
     let budget = max_open_files();
+    let workers =
+        copy::Workers::new(copy_opts.threads).ctx(store.path(), "starting the copy threads for")?;
     let mut start = 0;
     while start < pieces.len() {
         let mut files: Vec<File> = Vec::new();
@@ -180,8 +182,9 @@ fn copy_arrays(
             end += 1;
         }
         let srcs: Vec<&File> = files.iter().collect();
-        copy::copy_extents(&srcs, &dst_files, &extents, copy_opts, progress_ref(opts)).map_err(
-            |e| {
+        workers
+            .copy_extents(&srcs, &dst_files, &extents, copy_opts, progress_ref(opts))
+            .map_err(|e| {
                 let piece = pieces.get(start + e.extent);
                 let source = match e.source {
                     Cause::Io(io) => io,
@@ -199,8 +202,7 @@ fn copy_arrays(
                     Some(p) => err.array(p.1),
                     None => err,
                 }
-            },
-        )?;
+            })?;
         start = end;
     }
     Ok(())

@@ -93,6 +93,8 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
             .flatten(),
     };
     let files: Vec<&File> = src.shards().iter().map(|s| s.file()).collect();
+    let workers = copy::Workers::new(copy_opts.threads)
+        .ctx(output_path.as_ref(), "starting the copy threads for")?;
     import(
         output_path.as_ref(),
         drop_if_exists,
@@ -116,8 +118,9 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
                     }
                 })
                 .collect();
-            copy::copy_extents_into(&files, dsts, &extents, &copy_opts, progress_ref(opts)).map_err(
-                |e| {
+            workers
+                .copy_extents_into(&files, dsts, &extents, &copy_opts, progress_ref(opts))
+                .map_err(|e| {
                     let shard = extents.get(e.extent).map_or(0, |x| x.src);
                     // A failed write is about the output, not the source.
                     let outs = vec![output_path.as_ref().to_path_buf(); batch.len()];
@@ -127,8 +130,7 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
                         batch.iter().map(|a| a.name.as_str()),
                         Some(&outs),
                     )
-                },
-            )
+                })
         },
     )
 }
@@ -200,6 +202,8 @@ pub fn from_safetensors_with(
         })
         .collect();
     let slices: Vec<&[u8]> = tensors.iter().map(|t| t.data).collect();
+    let workers =
+        copy::Workers::new(copy_opts.threads).ctx(output, "starting the copy threads for")?;
     import(
         output,
         drop_if_exists,
@@ -218,7 +222,8 @@ pub fn from_safetensors_with(
                     len: a.len(),
                 })
                 .collect();
-            copy::copy_from_memory_into(&slices, dsts, &extents, &copy_opts, progress_ref(opts))
+            workers
+                .copy_from_memory_into(&slices, dsts, &extents, &copy_opts, progress_ref(opts))
                 .map_err(|e| copy_error(e, output, batch.iter().map(|a| a.name.as_str()), None))
         },
     )
@@ -318,9 +323,11 @@ fn import(
     }
 
     // New arrays: names, records, sidecar entries.
-    let mut stems: Vec<String> = records
+    // Stems taken, lowercased (`choose_stem` compares ignoring case): a set, not a list
+    // scanned per array, which was quadratic in the number of tensors.
+    let mut stems: HashSet<String> = records
         .iter()
-        .filter_map(|r| naming::stem_of(&r.data_file).map(str::to_string))
+        .filter_map(|r| naming::stem_of(&r.data_file).map(str::to_ascii_lowercase))
         .collect();
     let mut order: Vec<usize> = (0..arrays.len()).collect();
     order.sort_by(|&a, &b| arrays[a].name.cmp(&arrays[b].name));
@@ -328,8 +335,9 @@ fn import(
     let mut data_files = vec![String::new(); arrays.len()];
     for &i in &order {
         let a = &arrays[i];
-        let stem = naming::choose_stem(&a.name, stems.iter().map(String::as_str));
-        stems.push(stem.clone());
+        let clash = stems.get(&a.name.to_ascii_lowercase()).map(String::as_str);
+        let stem = naming::choose_stem(&a.name, clash.into_iter());
+        stems.insert(stem.to_ascii_lowercase());
         let data_file = naming::data_file(&stem);
         let (record, entry) = make_record(&a.name, data_file.clone(), a.dtype, &a.shape, stamp)
             .map_err(|e| e.at(output))?;
@@ -351,7 +359,7 @@ fn import(
             let f = staging
                 .create_file(&paths[j])
                 .map_err(|e| e.array(a.name.clone()))?;
-            copy::preallocate(&f, a.len())
+            copy::size_new_file(&f, a.len())
                 .ctx(output, "allocating space for")
                 .map_err(|e| e.array(a.name.clone()))?;
             Ok(f)

@@ -122,7 +122,7 @@ fn copy_chunk_to(sh: &Route<'_>, c: &Chunk, dst: &File, buf: &mut Bounce) -> Chu
 fn fits(sh: &Route<'_>, c: &Chunk) -> bool {
     let len = match sh.dsts {
         Dsts::Open(_) => sh.dst_lens.get(c.dst).copied().flatten(),
-        Dsts::New(n) => n.get(c.dst).ok().and_then(|f| f.len),
+        Dsts::New(n) => n.get(c.dst).ok().and_then(|f| f.len()),
     };
     matches!(len, Some(l) if c.dst_offset + c.len <= l)
 }

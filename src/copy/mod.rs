@@ -67,6 +67,17 @@
 //! This file holds the public types and entry points; `plan` cuts extents into chunks and
 //! checks a request, `scheduler` runs the workers and hands them chunks, `methods` moves one
 //! chunk's bytes by each [`CopyMethod`].
+//!
+//! # Many small files
+//!
+//! The free functions start a scoped pool per call. A conversion that copies in batches
+//! (thousands of tensor files, bounded by the open-file limit) keeps one [`Workers`] for all
+//! its calls instead: 18,000 files had made 142 threads, one pool per batch of 256. Small new
+//! files are not preallocated ([`size_new_file`]), and no `statx` is made per new file, so
+//! an import costs per file what a plain writer pays: `openat`, `pread`, `pwrite`, `close`
+//! (`strace -c -f`). What remains is ext4's own cost of creating files: `perf` puts most of
+//! an 18,000-file import in inode allocation (`find_inode_bit`, `recently_deleted`,
+//! `find_get_block_common`) and the directory lock.
 
 mod methods;
 mod plan;
@@ -80,6 +91,7 @@ use std::sync::OnceLock;
 pub use crate::fsutil::preallocate;
 pub use methods::BOUNCE_SIZE;
 use plan::{regular_len, Dsts, Sources};
+pub use scheduler::Workers;
 use scheduler::{run, run_files};
 
 /// Default chunk size in bytes: 8 MiB.
@@ -303,7 +315,7 @@ pub fn copy_extents(
     opts: &CopyOptions,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<(), CopyError> {
-    run_files(srcs, &Dsts::Open(dsts), extents, opts, progress)
+    run_files(None, srcs, &Dsts::Open(dsts), extents, opts, progress)
 }
 
 /// Copy every extent from memory to files: `Extent.src` indexes `srcs` and `src_offset` is an
@@ -319,12 +331,53 @@ pub fn copy_from_memory(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<(), CopyError> {
     run(
+        None,
         &Sources::Memory(srcs),
         &Dsts::Open(dsts),
         extents,
         opts,
         progress,
     )
+}
+
+/// Files shorter than this are not preallocated by [`size_new_file`].
+pub const PREALLOCATE_MIN: u64 = 1 << 20;
+
+/// Sizes a file just created (empty) for a copy that writes all of its `len` bytes: a file of
+/// at least [`PREALLOCATE_MIN`] bytes is preallocated (its blocks reserved, so that a full
+/// disk fails here, before bytes move, and it is laid out in one piece), with one `fallocate`
+/// and no `statx` (which a file just created does not need: `fallocate` leaves it exactly
+/// `len` long). A smaller file is left empty, for the copy's writes to extend: a tensor file
+/// of a mixture-of-experts checkpoint is typically 10-60 KB, and one `fallocate` for each of
+/// 18,000 of them bought nothing measurable (`docs/benchmarks.md`); a full disk is then
+/// reported by the write. The mapped method writes such files with `pwrite`.
+pub fn size_new_file(file: &File, len: u64) -> io::Result<()> {
+    if len < PREALLOCATE_MIN {
+        return Ok(());
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::io::AsRawFd;
+        let off_len = libc::off_t::try_from(len).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "length does not fit in off_t")
+        })?;
+        loop {
+            // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
+            // `file`, which outlives the call.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // Not supported here: set the length instead, as `preallocate` does.
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
+                _ => return Err(err),
+            }
+        }
+    }
+    preallocate(file, len)
 }
 
 /// Destination files that the workers create themselves, each just before its first chunk.
@@ -341,13 +394,21 @@ pub struct NewFiles<'a> {
 
 struct Created {
     file: File,
-    /// Its length just after creation (None: not a regular file).
-    len: Option<u64>,
+    /// Its length just after creation (None: not a regular file), asked only by the mapped
+    /// method: a `statx` per file is a cost of its own with thousands of small files.
+    len: OnceLock<Option<u64>>,
+}
+
+impl Created {
+    fn len(&self) -> Option<u64> {
+        *self.len.get_or_init(|| regular_len(&self.file))
+    }
 }
 
 impl<'a> NewFiles<'a> {
     /// `count` destinations; destination `i` is `create(i)`, called at most once, from
-    /// whichever worker first needs it. `create` should size the file (see [`preallocate`]).
+    /// whichever worker first needs it. `create` may size the file (see [`size_new_file`]);
+    /// the copy's writes extend it otherwise.
     /// Its error is the [`Cause::Io`] of the copy's error.
     pub fn new(count: usize, create: impl Fn(usize) -> io::Result<File> + Sync + 'a) -> Self {
         Self::with_cause(count, move |i| create(i).map_err(Cause::Io))
@@ -385,10 +446,10 @@ impl<'a> NewFiles<'a> {
     fn get(&self, i: usize) -> Result<&Created, Option<Cause>> {
         let mut failed = None;
         let slot = self.slots[i].get_or_init(|| match (self.create)(i) {
-            Ok(file) => {
-                let len = regular_len(&file);
-                Some(Created { file, len })
-            }
+            Ok(file) => Some(Created {
+                file,
+                len: OnceLock::new(),
+            }),
             Err(e) => {
                 failed = Some(e);
                 None
@@ -417,7 +478,7 @@ pub fn copy_extents_into(
     opts: &CopyOptions,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<(), CopyError> {
-    run_files(srcs, &Dsts::New(dsts), extents, opts, progress)
+    run_files(None, srcs, &Dsts::New(dsts), extents, opts, progress)
 }
 
 /// [`copy_from_memory`] into files created on first use (see [`NewFiles`]).
@@ -429,12 +490,81 @@ pub fn copy_from_memory_into(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<(), CopyError> {
     run(
+        None,
         &Sources::Memory(srcs),
         &Dsts::New(dsts),
         extents,
         opts,
         progress,
     )
+}
+
+/// The copies of this module on threads kept from call to call (see [`Workers`]):
+/// `opts.threads` is ignored, the workers' own count applies.
+impl Workers {
+    /// [`copy_extents`] on these workers.
+    pub fn copy_extents(
+        &self,
+        srcs: &[&File],
+        dsts: &[&File],
+        extents: &[Extent],
+        opts: &CopyOptions,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<(), CopyError> {
+        run_files(Some(self), srcs, &Dsts::Open(dsts), extents, opts, progress)
+    }
+
+    /// [`copy_from_memory`] on these workers.
+    pub fn copy_from_memory(
+        &self,
+        srcs: &[&[u8]],
+        dsts: &[&File],
+        extents: &[Extent],
+        opts: &CopyOptions,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<(), CopyError> {
+        let sources = Sources::Memory(srcs);
+        run(
+            Some(self),
+            &sources,
+            &Dsts::Open(dsts),
+            extents,
+            opts,
+            progress,
+        )
+    }
+
+    /// [`copy_extents_into`] on these workers.
+    pub fn copy_extents_into(
+        &self,
+        srcs: &[&File],
+        dsts: &NewFiles<'_>,
+        extents: &[Extent],
+        opts: &CopyOptions,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<(), CopyError> {
+        run_files(Some(self), srcs, &Dsts::New(dsts), extents, opts, progress)
+    }
+
+    /// [`copy_from_memory_into`] on these workers.
+    pub fn copy_from_memory_into(
+        &self,
+        srcs: &[&[u8]],
+        dsts: &NewFiles<'_>,
+        extents: &[Extent],
+        opts: &CopyOptions,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<(), CopyError> {
+        let sources = Sources::Memory(srcs);
+        run(
+            Some(self),
+            &sources,
+            &Dsts::New(dsts),
+            extents,
+            opts,
+            progress,
+        )
+    }
 }
 
 #[cfg(test)]

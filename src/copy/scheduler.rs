@@ -123,8 +123,88 @@ impl Failures {
     }
 }
 
+/// Worker threads kept for a whole conversion: every copy run on them reuses the same
+/// threads, where [`copy_extents`](super::copy_extents) and the other free functions start
+/// and join a pool per call. A conversion of many small files copies in batches (bounded by
+/// the open-file limit); with a pool per batch, 18,000 files made 142 threads.
+///
+/// Dropping it joins the threads, so none outlives it (a C host may fork, or unload the
+/// library, right after a conversion returns).
+pub struct Workers {
+    /// `None` with one thread: chunks are copied on the caller's thread.
+    pool: Option<rayon::ThreadPool>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    threads: usize,
+}
+
+impl Workers {
+    /// `threads` workers (0: [`default_threads`]); with one, no thread is started.
+    pub fn new(threads: usize) -> io::Result<Workers> {
+        let threads = match threads {
+            0 => default_threads(),
+            n => n,
+        };
+        let mut handles = Vec::with_capacity(threads);
+        if threads == 1 {
+            return Ok(Workers {
+                pool: None,
+                handles,
+                threads,
+            });
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .spawn_handler(|t| {
+                let h = std::thread::Builder::new()
+                    .name(format!("npkio-copy-{}", t.index()))
+                    .spawn(move || t.run())?;
+                handles.push(h);
+                Ok(())
+            })
+            .build();
+        match pool {
+            Ok(pool) => Ok(Workers {
+                pool: Some(pool),
+                handles,
+                threads,
+            }),
+            Err(e) => {
+                // rayon has told the threads started so far to stop: wait for them.
+                for h in handles {
+                    let _ = h.join();
+                }
+                Err(io::Error::other(e))
+            }
+        }
+    }
+
+    /// Number of worker threads (1: the caller's own).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Dropping the pool tells its threads to stop once idle; then wait for them.
+        drop(self.pool.take());
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
 /// [`run`] from source files, whose lengths at the start bound the extents.
 pub(super) fn run_files(
+    workers: Option<&Workers>,
     srcs: &[&File],
     dsts: &Dsts<'_>,
     extents: &[Extent],
@@ -136,11 +216,13 @@ pub(super) fn run_files(
         files: srcs,
         lens: &src_lens,
     };
-    run(&sources, dsts, extents, opts, progress)
+    run(workers, &sources, dsts, extents, opts, progress)
 }
 
-/// Copies every extent: validates, plans, and runs the workers.
+/// Copies every extent: validates, plans, and runs the workers: those given, or a scoped
+/// pool of `opts.threads` started for this call.
 pub(super) fn run(
+    workers: Option<&Workers>,
     sources: &Sources<'_>,
     dsts: &Dsts<'_>,
     extents: &[Extent],
@@ -174,32 +256,44 @@ pub(super) fn run(
         failures: Mutex::new(Failures::default()),
         progress,
     };
-    let threads = match opts.threads {
-        0 => default_threads(),
-        n => n,
-    };
-    let threads = usize::try_from(total)
-        .map_or(threads, |t| threads.min(t))
-        .max(1);
-    if threads == 1 {
-        worker(&shared);
-    } else {
-        // A scoped pool: its threads are joined before this returns, so no worker outlives
-        // the call (a C host may fork, or unload the library, right after it).
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("npkio-copy-{i}"))
-            .build_scoped(
-                |thread| thread.run(),
-                |pool| {
-                    pool.broadcast(|_| worker(&shared));
-                },
-            )
-            .map_err(|e| CopyError {
-                extent: NO_EXTENT,
-                side: Side::Write,
-                source: Cause::Io(io::Error::other(e)),
-            })?;
+    match workers {
+        Some(w) => match &w.pool {
+            // A copy with fewer chunks than threads leaves the others idle: they find no
+            // chunk and return at once.
+            Some(pool) if total > 1 => {
+                pool.broadcast(|_| worker(&shared));
+            }
+            _ => worker(&shared),
+        },
+        None => {
+            let threads = match opts.threads {
+                0 => default_threads(),
+                n => n,
+            };
+            let threads = usize::try_from(total)
+                .map_or(threads, |t| threads.min(t))
+                .max(1);
+            if threads == 1 {
+                worker(&shared);
+            } else {
+                // A scoped pool: its threads are joined before this returns, so no worker
+                // outlives the call (a C host may fork, or unload the library, right after it).
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("npkio-copy-{i}"))
+                    .build_scoped(
+                        |thread| thread.run(),
+                        |pool| {
+                            pool.broadcast(|_| worker(&shared));
+                        },
+                    )
+                    .map_err(|e| CopyError {
+                        extent: NO_EXTENT,
+                        side: Side::Write,
+                        source: Cause::Io(io::Error::other(e)),
+                    })?;
+            }
+        }
     }
     let failures = match shared.failures.into_inner() {
         Ok(f) => f,
