@@ -75,15 +75,26 @@ impl Aligned {
     }
 }
 
-/// Opens `path` again with `O_DIRECT`; `None` when the filesystem refuses it (tmpfs, some
-/// FUSE and network filesystems answer `EINVAL`).
-pub(crate) fn open_direct(path: &Path) -> Option<File> {
+/// Opens the file behind `f` again with `O_DIRECT` (through `/proc/self/fd`, so it is the
+/// same file even if its path was replaced since), else by `path`; `None` when the
+/// filesystem refuses it (tmpfs, some FUSE and network filesystems answer `EINVAL`).
+/// A new open file description is needed: setting `O_DIRECT` with `fcntl` on a duplicate
+/// would change the buffered descriptor too.
+pub(crate) fn open_direct(f: &File, path: &Path) -> Option<File> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(p)
+    };
+    let proc = std::path::PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    match open(&proc) {
+        Ok(d) => Some(d),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => open(path).ok(),
+        Err(_) => None,
+    }
 }
 
 /// Whether an error from an `O_DIRECT` read means "not possible here" rather than a real

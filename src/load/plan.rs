@@ -474,7 +474,7 @@ fn plan_request(
     }
     let each = gap > STRIDE_MAX_GAP;
     let per_task = if each {
-        (lim.out / run_out).max(1)
+        (lim.out.min(lim.chunk) / run_out).max(1)
     } else {
         (lim.chunk.min(STRIDE_SPAN) / row)
             .min(lim.out / run_out)

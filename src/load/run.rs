@@ -254,7 +254,10 @@ impl From<io::Error> for TaskError {
 
 /// The `O_DIRECT` descriptor of file `f`, `None` when the filesystem refuses it.
 fn direct_file<'s>(sh: &'s Shared<'_>, f: usize) -> Option<&'s File> {
-    let d = sh.direct_files[f].get_or_init(|| lio::open_direct(&sh.loader.opened.files[f].path));
+    let d = sh.direct_files[f].get_or_init(|| {
+        let src = &sh.loader.opened.files[f];
+        lio::open_direct(&src.file, &src.path)
+    });
     if d.is_none() {
         sh.direct_refused.store(true, Ordering::Relaxed);
     }
