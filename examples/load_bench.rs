@@ -3,8 +3,12 @@
 //!
 //! ```sh
 //! cargo run --release --example load_bench -- --size 1GiB --runs 5
-//! cargo run --release --example load_bench -- --size 4GiB --runs 5
+//! cargo run --release --example load_bench -- --size 4GiB --children-only  # RSS, shard bytes
+//! cargo run --release --example load_bench -- --size 1GiB --strided         # the stride rule
 //! ```
+//!
+//! `--only 1,3` runs only those methods (numbers as listed below, from 0), `--no-children`
+//! skips the child-process measurements, `LOAD_BENCH_THREADS=N` sets npkio's threads.
 //!
 //! It writes (once; reused while its size matches) a SafeTensors file of `--size` bytes of
 //! BF16 tensors `[rows, 4096]` of 8 MiB each into `--dir` (default `target/load-bench`, on
@@ -19,7 +23,13 @@
 //! - `O_DIRECT 4T`: the raw direct limit, 8 MiB aligned `O_DIRECT` reads of the whole file
 //!   into an aligned buffer, 4 threads;
 //! - `npkio auto`, `npkio buffered`, `npkio direct`: `Loader::load` of every tensor into the
-//!   buffer laid out as in the file.
+//!   buffer, packed in file order;
+//! - `pread 1T`, `pread 2 streams` (each thread its own descriptor and half of the file):
+//!   more raw buffered variants;
+//! - `npkio auto, file-aligned dst`: the same load into a page-aligned arena with every
+//!   tensor at its file offset, so that `O_DIRECT` reads land in the destination directly.
+//!
+//! "Best raw" in the ratios is the fastest of the five raw methods in the same run.
 //!
 //! Warm: the file is read once before the warm runs and stays cached. Cold: before every
 //! method's run, `POSIX_FADV_DONTNEED` on the file, and `3` written to
@@ -262,7 +272,7 @@ fn npkio_load(path: &Path, dst: &mut [u8], method: Method) {
     loader.load(&reqs, &mut dsts, &opts).unwrap();
 }
 
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 9] = [
     "mmap+memcpy 1T",
     "pread 2T",
     "O_DIRECT 4T",
@@ -271,6 +281,7 @@ const METHODS: [&str; 8] = [
     "npkio direct",
     "pread 1T",
     "pread 2 streams",
+    "npkio auto, file-aligned dst",
 ];
 const RAW: [usize; 5] = [0, 1, 2, 6, 7];
 
@@ -290,6 +301,12 @@ fn run_method(m: usize, path: &Path, data_start: u64, dst: &mut Anon, aligned: &
         6 => raw_pread(path, data_start, dst.slice(), 1),
         7 => raw_streams(path, data_start, dst.slice(), 2),
         3 => npkio_load(path, dst.slice(), Method::Auto),
+        8 => {
+            // The arena laid out like the file: every tensor at its file offset, so each
+            // destination sits where O_DIRECT can read into it without a bounce copy.
+            let d = &mut aligned.slice()[data_start as usize..(data_start + n) as usize];
+            npkio_load(path, d, Method::Auto)
+        }
         4 => npkio_load(path, dst.slice(), Method::Buffered),
         _ => npkio_load(path, dst.slice(), Method::Direct),
     }

@@ -977,3 +977,49 @@ fn strided_slices_take_every_read_rule() {
         .unwrap();
     assert_eq!(report.bytes_read, 200);
 }
+
+#[test]
+fn direct_reads_go_straight_into_destinations_aligned_like_the_file() {
+    let dir = disk_dir();
+    let path = dir.path().join("aligned.safetensors");
+    let tensors = vec![
+        ("a".to_string(), DType::U8, vec![50_001], pattern(50_001, 9)),
+        (
+            "b".to_string(),
+            DType::U8,
+            vec![3, 30_000],
+            pattern(90_000, 10),
+        ),
+    ];
+    write_safetensors(&path, &tensors);
+    let ck = Checkpoint::open(&path).unwrap();
+    let start = ck.shards()[0].data_start();
+    let loader = Loader::open(&path).unwrap();
+    for (name, _, _, data) in &tensors {
+        let info = ck.infos().find(|t| &t.name == name).unwrap();
+        let file_off = start + info.data_offsets.0;
+        let mut buf = vec![0u8; data.len() + 8192];
+        let skew = (file_off as usize + 4096 - buf.as_ptr() as usize % 4096) % 4096;
+        let dst = &mut buf[skew..skew + data.len()];
+        let opts = LoadOptions {
+            method: Method::Direct,
+            threads: 2,
+            chunk_size: 16384,
+            ..LoadOptions::default()
+        };
+        let report = loader
+            .load(&[Request::new(name)], &mut [dst], &opts)
+            .unwrap();
+        assert_eq!(&buf[skew..skew + data.len()], &data[..], "{name}");
+        if !report.direct_refused {
+            assert!(
+                report.direct_bytes >= data.len() as u64 - 2 * 4096,
+                "{report:?}"
+            );
+        }
+        assert!(buf[..skew]
+            .iter()
+            .chain(&buf[skew + data.len()..])
+            .all(|&b| b == 0));
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use super::convert::Conversion;
-use super::io::{self as lio, Aligned};
+use super::io::{self as lio, Aligned, BLOCK};
 use super::plan::{Kind, Seg, Task};
 use super::{LoadOptions, LoadReport, Loader, Method, Request, SinkFn};
 use crate::error::{Error, ErrorKind, Result};
@@ -360,6 +360,10 @@ fn memory_task(
             read_vectored(sh, dsts, t, segs)?;
             Ok(())
         }
+        Kind::Contig(segs) if aligned_like_file(dsts, t, segs) => {
+            direct_into(sh, dsts, t, segs, &mut bufs.bounce)?;
+            Ok(())
+        }
         Kind::Contig(segs) => {
             let src = read_span(sh, t.file, t.offset, t.len as usize, true, &mut bufs.bounce)?;
             let mut pos = 0usize;
@@ -378,6 +382,97 @@ fn memory_task(
             fill(sh, t, direct, &mut bufs.bounce, out)
         }
     }
+}
+
+/// Whether every segment's destination sits at the same position within a block as its
+/// file offset, so that `O_DIRECT` can read the aligned middle straight into it.
+fn aligned_like_file(dsts: &[RawDst], t: &Task, segs: &[Seg]) -> bool {
+    let mut off = t.offset;
+    segs.iter().all(|s| {
+        let p = dsts[s.req].ptr as u64 + s.out_off;
+        let ok = p.wrapping_sub(off) % BLOCK == 0;
+        off += s.len;
+        ok
+    })
+}
+
+/// `O_DIRECT` straight into the destinations (no bounce copy): for each segment, the
+/// block-aligned middle is read in place; the unaligned head and tail (less than a block
+/// each) go through the bounce buffer.
+fn direct_into(
+    sh: &Shared<'_>,
+    dsts: &[RawDst],
+    t: &Task,
+    segs: &[Seg],
+    bounce: &mut Aligned,
+) -> io::Result<()> {
+    let Some(df) = direct_file(sh, t.file) else {
+        return read_vectored(sh, dsts, t, segs);
+    };
+    let mut off = t.offset;
+    for s in segs {
+        let (a, b) = (off.next_multiple_of(BLOCK), (off + s.len) / BLOCK * BLOCK);
+        // SAFETY: validated range of the request's destination, written by this task alone.
+        let d = unsafe { dst_slice(dsts, s.req, s.out_off, s.len) };
+        if a < b {
+            let mid = &mut d[(a - off) as usize..(b - off) as usize];
+            match read_exact_direct(df, mid, a) {
+                Ok(()) => sh.direct_bytes.fetch_add(b - a, Ordering::Relaxed),
+                Err(e) if lio::direct_refused(&e) => {
+                    sh.direct_refused.store(true, Ordering::Relaxed);
+                    let file = &sh.loader.opened.files[t.file].file;
+                    lio::read_exact_at(file, mid, a)?;
+                    0
+                }
+                Err(e) => return Err(e),
+            };
+            for (x, y) in [(off, a), (b, off + s.len)] {
+                if x < y {
+                    let src = read_span(sh, t.file, x, (y - x) as usize, true, bounce)?;
+                    d[(x - off) as usize..(y - off) as usize].copy_from_slice(src);
+                }
+            }
+        } else {
+            let src = read_span(sh, t.file, off, s.len as usize, true, bounce)?;
+            d.copy_from_slice(src);
+        }
+        off += s.len;
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes (block-aligned address, offset and length) at `off`
+/// with an `O_DIRECT` descriptor.
+fn read_exact_direct(df: &File, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    while !buf.is_empty() {
+        match df.read_at(buf, off) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the file ends before byte {} (truncated during the load?)",
+                        off
+                    ),
+                ))
+            }
+            Ok(n) if n % BLOCK as usize != 0 && n < buf.len() => {
+                // A short, unaligned count: finish through the page cache.
+                let plain = File::open(format!("/proc/self/fd/{}", {
+                    use std::os::fd::AsRawFd;
+                    df.as_raw_fd()
+                }))?;
+                return lio::read_exact_at(&plain, &mut buf[n..], off + n as u64);
+            }
+            Ok(n) => {
+                buf = &mut buf[n..];
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Buffered read of a contiguous task into its segments: one `preadv` (continued with
