@@ -565,21 +565,33 @@ fn main() {
             "\n{} (median of {runs}; GB/s = 1e9 bytes/s of tensor data)",
             if cold { "COLD" } else { "WARM" }
         );
-        println!("{:<16} {:>9} {:>8}", "method", "seconds", "GB/s");
+        println!("{:<30} {:>9} {:>8}", "method", "seconds", "GB/s");
+        let mut med = [f64::NAN; METHODS.len()];
         for (m, name) in METHODS.iter().enumerate() {
             if times[m].is_empty() {
                 continue;
             }
-            let s = median(&mut times[m]);
-            println!("{name:<16} {s:>9.3} {:>8.2}", n as f64 / s / 1e9);
+            med[m] = median(&mut times[m]);
+            println!(
+                "{name:<30} {:>9.3} {:>8.2}",
+                med[m],
+                n as f64 / med[m] / 1e9
+            );
         }
         if !only.is_empty() {
             continue;
         }
+        let (best, best_raw) = RAW
+            .iter()
+            .map(|&m| (m, med[m]))
+            .fold((0, f64::MAX), |a, b| if b.1 < a.1 { b } else { a });
         println!(
-            "npkio auto vs best raw (per-run ratio of speeds): median {:.2}x; vs mmap+memcpy: \
-             median {:.2}x",
+            "npkio auto vs best raw: {:.2}x of {} (medians), {:.2}x (median of per-run ratios to \
+             the run's fastest raw method); vs mmap+memcpy: {:.2}x (medians), {:.2}x (per run)",
+            best_raw / med[3],
+            METHODS[best],
             median(&mut ratio_raw),
+            med[0] / med[3],
             median(&mut ratio_mmap)
         );
     }
