@@ -378,7 +378,9 @@ pub unsafe extern "C" fn npkio_load_output_size(
 /// conversion `NPKIO_STATUS_UNSUPPORTED`) with a message naming every bad request by index
 /// and tensor, and no destination byte is written. Bytes past each output's size are never
 /// written. A file that fails or turns out shorter during the load gives an error naming
-/// it; destinations may then hold part of their output.
+/// it, the byte range and the request; when several workers fail, the first failure in
+/// file order is reported and the message counts the others. Destinations may then hold
+/// part of their output.
 ///
 /// # Safety
 ///
