@@ -1023,3 +1023,59 @@ fn direct_reads_go_straight_into_destinations_aligned_like_the_file() {
             .all(|&b| b == 0));
     }
 }
+
+#[test]
+fn an_arena_laid_out_like_the_file_is_read_in_place_across_tensors() {
+    let dir = disk_dir();
+    let path = dir.path().join("arena.safetensors");
+    let tensors = vec![
+        (
+            "a".to_string(),
+            DType::U8,
+            vec![50_001],
+            pattern(50_001, 11),
+        ),
+        (
+            "b".to_string(),
+            DType::F32,
+            vec![3, 10_000],
+            pattern(120_000, 12),
+        ),
+        ("c".to_string(), DType::U8, vec![7], pattern(7, 13)),
+        (
+            "d".to_string(),
+            DType::U8,
+            vec![20_000],
+            pattern(20_000, 14),
+        ),
+    ];
+    write_safetensors(&path, &tensors);
+    let file_len = std::fs::metadata(&path).unwrap().len() as usize;
+    let ck = Checkpoint::open(&path).unwrap();
+    let start = ck.shards()[0].data_start() as usize;
+    let loader = Loader::open(&path).unwrap();
+    let mut arena = vec![0u8; file_len + 4096];
+    let base = (4096 - arena.as_ptr() as usize % 4096) % 4096;
+    // Requests in file order, each destination at its file offset in the arena.
+    let mut infos: Vec<_> = ck.infos().collect();
+    infos.sort_by_key(|t| t.data_offsets.0);
+    let reqs: Vec<Request> = infos.iter().map(|t| Request::new(&t.name)).collect();
+    let mut rest = &mut arena[base + start..base + file_len];
+    let mut dsts = Vec::new();
+    for t in &infos {
+        let (x, y) = rest.split_at_mut(t.len() as usize);
+        dsts.push(x);
+        rest = y;
+    }
+    let opts = LoadOptions {
+        method: Method::Direct,
+        threads: 3,
+        chunk_size: 16384,
+        ..LoadOptions::default()
+    };
+    loader.load(&reqs, &mut dsts, &opts).unwrap();
+    let file = std::fs::read(&path).unwrap();
+    assert!(arena[base + start..base + file_len] == file[start..]);
+    assert!(arena[..base + start].iter().all(|&b| b == 0));
+    assert!(arena[base + file_len..].iter().all(|&b| b == 0));
+}

@@ -396,9 +396,10 @@ fn aligned_like_file(dsts: &[RawDst], t: &Task, segs: &[Seg]) -> bool {
     })
 }
 
-/// `O_DIRECT` straight into the destinations (no bounce copy): for each segment, the
-/// block-aligned middle is read in place; the unaligned head and tail (less than a block
-/// each) go through the bounce buffer.
+/// `O_DIRECT` straight into the destinations (no bounce copy). When the segments follow
+/// each other in memory (an arena laid out like the file), the block-aligned middle of the
+/// whole task is one read; otherwise each segment's middle is. The unaligned ends (less than
+/// a block each) go through the bounce buffer.
 fn direct_into(
     sh: &Shared<'_>,
     dsts: &[RawDst],
@@ -409,68 +410,114 @@ fn direct_into(
     let Some(df) = direct_file(sh, t.file) else {
         return read_vectored(sh, dsts, t, segs);
     };
-    let mut off = t.offset;
-    for s in segs {
-        let (a, b) = (off.next_multiple_of(BLOCK), (off + s.len) / BLOCK * BLOCK);
-        // SAFETY: validated range of the request's destination, written by this task alone.
-        let d = unsafe { dst_slice(dsts, s.req, s.out_off, s.len) };
-        if a < b {
-            let mid = &mut d[(a - off) as usize..(b - off) as usize];
-            match read_exact_direct(df, mid, a) {
-                Ok(()) => sh.direct_bytes.fetch_add(b - a, Ordering::Relaxed),
-                Err(e) if lio::direct_refused(&e) => {
-                    sh.direct_refused.store(true, Ordering::Relaxed);
-                    let file = &sh.loader.opened.files[t.file].file;
-                    lio::read_exact_at(file, mid, a)?;
-                    0
-                }
-                Err(e) => return Err(e),
-            };
-            for (x, y) in [(off, a), (b, off + s.len)] {
-                if x < y {
-                    let src = read_span(sh, t.file, x, (y - x) as usize, true, bounce)?;
-                    d[(x - off) as usize..(y - off) as usize].copy_from_slice(src);
-                }
-            }
-        } else {
-            let src = read_span(sh, t.file, off, s.len as usize, true, bounce)?;
-            d.copy_from_slice(src);
+    let ptr = |s: &Seg| dsts[s.req].ptr.wrapping_add(s.out_off as usize);
+    let in_one_piece = segs
+        .windows(2)
+        .all(|w| ptr(&w[0]).wrapping_add(w[0].len as usize) == ptr(&w[1]));
+    // (file offset, length, first segment, how many) of each piece read in place.
+    let mut pieces = Vec::new();
+    if in_one_piece {
+        pieces.push((t.offset, t.len, 0, segs.len()));
+    } else {
+        let mut off = t.offset;
+        for (i, s) in segs.iter().enumerate() {
+            pieces.push((off, s.len, i, 1));
+            off += s.len;
         }
-        off += s.len;
+    }
+    for (off, len, first, n) in pieces {
+        let segs = &segs[first..first + n];
+        let (a, b) = (off.next_multiple_of(BLOCK), (off + len) / BLOCK * BLOCK);
+        if a >= b {
+            let src = read_span(sh, t.file, off, len as usize, true, bounce)?;
+            scatter(dsts, segs, off, off, src);
+            continue;
+        }
+        let at = ptr(&segs[0]).wrapping_add((a - off) as usize);
+        // SAFETY: `[a, b)` lies inside the piece, whose bytes are the segments' validated
+        // destination ranges, consecutive in memory and written by this task alone.
+        match unsafe { pread_direct(df, at, (b - a) as usize, a) } {
+            Ok(()) => {
+                sh.direct_bytes.fetch_add(b - a, Ordering::Relaxed);
+            }
+            Err(e) if lio::direct_refused(&e) => {
+                sh.direct_refused.store(true, Ordering::Relaxed);
+                let src = read_span(sh, t.file, a, (b - a) as usize, false, bounce)?;
+                scatter(dsts, segs, off, a, src);
+            }
+            Err(e) => return Err(e),
+        }
+        for (x, y) in [(off, a), (b, off + len)] {
+            if x < y {
+                let src = read_span(sh, t.file, x, (y - x) as usize, true, bounce)?;
+                scatter(dsts, segs, off, x, src);
+            }
+        }
     }
     Ok(())
 }
 
-/// Reads exactly `buf.len()` bytes (block-aligned address, offset and length) at `off`
-/// with an `O_DIRECT` descriptor.
-fn read_exact_direct(df: &File, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    while !buf.is_empty() {
-        match df.read_at(buf, off) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "the file ends before byte {} (truncated during the load?)",
-                        off
-                    ),
-                ))
-            }
-            Ok(n) if n % BLOCK as usize != 0 && n < buf.len() => {
-                // A short, unaligned count: finish through the page cache.
-                let plain = File::open(format!("/proc/self/fd/{}", {
-                    use std::os::fd::AsRawFd;
-                    df.as_raw_fd()
-                }))?;
-                return lio::read_exact_at(&plain, &mut buf[n..], off + n as u64);
-            }
-            Ok(n) => {
-                buf = &mut buf[n..];
-                off += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Copies `bytes`, the file's bytes from offset `at`, into the segments, which hold the
+/// file's bytes from offset `start` on.
+fn scatter(dsts: &[RawDst], segs: &[Seg], start: u64, at: u64, bytes: &[u8]) {
+    let end = at + bytes.len() as u64;
+    let mut pos = start;
+    for s in segs {
+        let (x, y) = (pos.max(at), (pos + s.len).min(end));
+        if x < y {
+            // SAFETY: validated range of the request's destination, written by this task
+            // alone.
+            let d = unsafe { dst_slice(dsts, s.req, s.out_off + (x - pos), y - x) };
+            d.copy_from_slice(&bytes[(x - at) as usize..(y - at) as usize]);
         }
+        pos += s.len;
+    }
+}
+
+/// Reads exactly `len` bytes at `off` into `ptr` with an `O_DIRECT` descriptor (address,
+/// offset and length block-aligned), by system calls on the raw pointer: the bytes may
+/// span several requests' destinations that follow each other in memory.
+///
+/// # Safety
+///
+/// `ptr` must be valid for writes of `len` bytes that nothing else accesses meanwhile.
+unsafe fn pread_direct(
+    df: &File,
+    mut ptr: *mut u8,
+    mut len: usize,
+    mut off: u64,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // After a short count that is not a block multiple, offsets are no longer aligned: the
+    // rest is read through the page cache (a plain descriptor of the same file).
+    let mut plain: Option<File> = None;
+    while len > 0 {
+        let fd = plain.as_ref().map_or(df.as_raw_fd(), |f| f.as_raw_fd());
+        // SAFETY: the caller's contract; the kernel writes at most `len` bytes.
+        let n = unsafe { libc::pread(fd, ptr.cast(), len, off as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file ends at byte {off}, before byte {} (truncated during the load?)",
+                    off + len as u64
+                ),
+            ));
+        }
+        if n % BLOCK as usize != 0 && plain.is_none() {
+            plain = Some(File::open(format!("/proc/self/fd/{}", df.as_raw_fd()))?);
+        }
+        ptr = ptr.wrapping_add(n);
+        len -= n;
+        off += n as u64;
     }
     Ok(())
 }
