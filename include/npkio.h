@@ -1204,6 +1204,25 @@ NpkioStatus npkio_load_tensor(const struct NpkioLoader *loader,
                               struct NpkioTensorView *view);
 
 /**
+ * Writes to `*offset` where the `index`-th tensor's bytes start in their file, when they
+ * are one run of one file (always for SafeTensors; for NumPack, arrays without segments or
+ * dropped rows); otherwise fails with `NPKIO_STATUS_UNSUPPORTED`. An empty tensor also
+ * fails so.
+ *
+ * A destination whose address sits like this offset within a 4096-byte block
+ * (`addr % 4096 == offset % 4096`) is read with `O_DIRECT` in place, without a bounce copy:
+ * lay an arena out like the file (each tensor at `arena + offset`) to get that for all.
+ *
+ * # Safety
+ *
+ * `loader` must be NULL or a live handle; `offset` must be NULL or point to a writable
+ * `uint64_t`.
+ */
+NpkioStatus npkio_load_tensor_file_offset(const struct NpkioLoader *loader,
+                                          size_t index,
+                                          uint64_t *offset);
+
+/**
  * Fills `*options` with the defaults: threads 0 (npkio chooses), `NPKIO_LOAD_AUTO`, no
  * drop-behind, 8 MiB chunks, no progress callback.
  *

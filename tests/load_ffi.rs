@@ -407,3 +407,44 @@ fn the_tensor_parallel_c_example_joins_its_halves() {
     assert!(text.contains("16 matrices, 0 wrong"), "{text}");
     assert_eq!(text.matches("rows ok, columns ok").count(), 16, "{text}");
 }
+
+#[test]
+fn file_offsets_are_where_the_tensors_start() {
+    let l = open();
+    let ck = npkio::Checkpoint::open(model().to_str().unwrap()).unwrap();
+    let start = ck.shards()[0].data_start();
+    for i in 0..ck.len() {
+        let mut off = 0u64;
+        // SAFETY: live handle, valid out-pointer.
+        assert_eq!(
+            unsafe { npkio_load_tensor_file_offset(l, i, &mut off) },
+            NpkioStatus::Ok
+        );
+        let mut v = std::mem::MaybeUninit::<NpkioTensorView>::uninit();
+        // SAFETY: valid out-pointer.
+        assert_eq!(
+            unsafe { npkio_load_tensor(l, i, v.as_mut_ptr()) },
+            NpkioStatus::Ok
+        );
+        // SAFETY: written on success; the name is a C string.
+        let name = unsafe { CStr::from_ptr(v.assume_init().name) }
+            .to_str()
+            .unwrap()
+            .to_string();
+        let info = ck.infos().find(|t| t.name == name).unwrap();
+        assert_eq!(off, start + info.data_offsets.0, "{name}");
+    }
+    let mut off = 0u64;
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { npkio_load_tensor_file_offset(l, 99, &mut off) },
+        NpkioStatus::IndexOutOfRange
+    );
+    // SAFETY: live handle, freed once.
+    unsafe { npkio_load_free(l) };
+    // A segmented NumPack array is not one run.
+    let seg =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/numpack-0.7/segmented.npk");
+    let loader = npkio::load::Loader::open(&seg).unwrap();
+    assert!(loader.tensors().iter().any(|t| t.file_offset().is_none()));
+}

@@ -322,6 +322,51 @@ pub unsafe extern "C" fn npkio_load_tensor(
     })
 }
 
+/// Writes to `*offset` where the `index`-th tensor's bytes start in their file, when they
+/// are one run of one file (always for SafeTensors; for NumPack, arrays without segments or
+/// dropped rows); otherwise fails with `NPKIO_STATUS_UNSUPPORTED`. An empty tensor also
+/// fails so.
+///
+/// A destination whose address sits like this offset within a 4096-byte block
+/// (`addr % 4096 == offset % 4096`) is read with `O_DIRECT` in place, without a bounce copy:
+/// lay an arena out like the file (each tensor at `arena + offset`) to get that for all.
+///
+/// # Safety
+///
+/// `loader` must be NULL or a live handle; `offset` must be NULL or point to a writable
+/// `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_load_tensor_file_offset(
+    loader: *const NpkioLoader,
+    index: usize,
+    offset: *mut u64,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above.
+        let (l, out) = unsafe { (handle_ref(loader, "loader")?, Out::new(offset, "offset")?) };
+        let Some(t) = l.loader.tensors().get(index) else {
+            return Err(FfiError::new(
+                NpkioStatus::IndexOutOfRange,
+                format!(
+                    "tensor index {index} is out of range ({} tensors)",
+                    l.names.len()
+                ),
+            ));
+        };
+        let off = t.file_offset().ok_or_else(|| {
+            FfiError::new(
+                NpkioStatus::Unsupported,
+                format!(
+                    "tensor {:?} is not one run of one file (segmented, rows dropped, or empty)",
+                    t.name
+                ),
+            )
+        })?;
+        out.set(off);
+        Ok(())
+    })
+}
+
 /// Fills `*options` with the defaults: threads 0 (npkio chooses), `NPKIO_LOAD_AUTO`, no
 /// drop-behind, 8 MiB chunks, no progress callback.
 ///

@@ -52,6 +52,21 @@ pub struct LoadTensor {
     pub(crate) pieces: Vec<Piece>,
 }
 
+impl LoadTensor {
+    /// Where the tensor's bytes start in their file, when they are one run of one file
+    /// (always for SafeTensors; for NumPack, arrays without segments or dropped rows).
+    ///
+    /// A destination whose address sits like this offset within a 4096-byte block
+    /// (`addr % 4096 == offset % 4096`) is read with `O_DIRECT` in place, without a bounce
+    /// copy: an arena with every tensor at `arena + file_offset` gets that for all of them.
+    pub fn file_offset(&self) -> Option<u64> {
+        match self.pieces[..] {
+            [p] => Some(p.offset),
+            _ => None,
+        }
+    }
+}
+
 /// A source file.
 #[derive(Debug)]
 pub(crate) struct SourceFile {
