@@ -142,6 +142,9 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
 
 fn open_numpack(dir: &Path) -> Result<Opened> {
     let store = NumPack::open(dir)?;
+    // The loader keeps every data file open while it lives (as a sharded checkpoint keeps
+    // its shards): let the process have as many descriptors as it may.
+    crate::fdlimit::raise_soft_limit();
     let mut files: Vec<SourceFile> = Vec::new();
     let mut file_ix: HashMap<PathBuf, usize> = HashMap::new();
     let mut tensors = Vec::new();
@@ -154,8 +157,8 @@ fn open_numpack(dir: &Path) -> Result<Opened> {
             let file = match file_ix.get(&path) {
                 Some(&i) => i,
                 None => {
-                    let f = File::open(&path)
-                        .ctx(&path, "opening")
+                    // As the store opens its files: inside the directory, no links out.
+                    let f = crate::numpack::store::open_file(dir, &ext.file)
                         .map_err(|e| e.array(name))?;
                     files.push(SourceFile {
                         path: path.clone(),
