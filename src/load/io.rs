@@ -49,29 +49,78 @@ fn short(end: u64, at: u64) -> io::Error {
     )
 }
 
-/// A heap buffer whose start is aligned to [`BLOCK`], reused from task to task.
-#[derive(Default)]
+/// A buffer whose start is aligned to [`BLOCK`], reused from task to task: an anonymous
+/// mapping, with transparent huge pages asked for (`MADV_HUGEPAGE`) when it is 2 MiB or
+/// more. `O_DIRECT` reads into it become few large device requests: with scattered 4 KiB
+/// pages an 8 MiB read needs 2048 segments, which the virtual disk measured (254 segments
+/// a request) split into many small requests, and such reads took twice as long as reads
+/// into physically contiguous memory.
 pub(crate) struct Aligned {
-    buf: Vec<u8>,
+    ptr: *mut u8,
+    cap: usize,
 }
 
-impl Aligned {
-    /// At least `len` bytes starting on a [`BLOCK`] boundary.
-    pub(crate) fn get(&mut self, len: usize) -> &mut [u8] {
-        let block = BLOCK as usize;
-        if self.buf.len() < len + block {
-            self.buf = Vec::new(); // free the old one first: memory stays bounded
-            self.buf = vec![0; len + block];
+impl Default for Aligned {
+    fn default() -> Self {
+        Aligned {
+            ptr: std::ptr::null_mut(),
+            cap: 0,
         }
-        let start = (block - self.buf.as_ptr() as usize % block) % block;
-        &mut self.buf[start..start + len]
+    }
+}
+
+const HUGE: usize = 2 << 20;
+
+impl Aligned {
+    /// At least `len` bytes starting on a [`BLOCK`] boundary (zeroed when first mapped).
+    pub(crate) fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.cap < len {
+            self.release(); // the old one first: memory stays bounded
+            let cap = len.next_multiple_of(HUGE).max(BLOCK as usize);
+            // SAFETY: a fresh private anonymous mapping, checked for failure below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    cap,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert!(p != libc::MAP_FAILED, "out of memory mapping {cap} bytes");
+            if cap >= HUGE {
+                // SAFETY: advice on our own mapping; failure only means small pages.
+                unsafe { libc::madvise(p, cap, libc::MADV_HUGEPAGE) };
+            }
+            self.ptr = p.cast();
+            self.cap = cap;
+        }
+        // SAFETY: `len <= cap` bytes of our mapping (page-aligned, so block-aligned),
+        // initialised (anonymous memory reads as zeros), borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, len) }
     }
 
-    /// `len` bytes from `at` past the aligned start (within what [`Aligned::get`] gave).
+    /// `len` bytes from `at` (within what [`Aligned::get`] gave).
     pub(crate) fn view(&self, at: usize, len: usize) -> &[u8] {
-        let block = BLOCK as usize;
-        let start = (block - self.buf.as_ptr() as usize % block) % block;
-        &self.buf[start + at..start + at + len]
+        assert!(at + len <= self.cap);
+        // SAFETY: inside our mapping, borrowed through `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(at), len) }
+    }
+
+    fn release(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: our own mapping of `cap` bytes, unmapped once.
+            unsafe { libc::munmap(self.ptr.cast(), self.cap) };
+            self.ptr = std::ptr::null_mut();
+            self.cap = 0;
+        }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -332,20 +332,24 @@ fn chunk_group(g: &[Run], lim: Limits, page: u64, tasks: &mut Vec<Task>) {
     let mut cur = first.offset;
     let mut ri = 0usize; // current run
     while cur < end {
-        let mut next = end.min(cur + target);
-        if next < end {
-            let aligned = next - next % page;
-            if aligned > cur {
-                next = aligned;
-            }
-            if a > 1 {
-                // Element boundary relative to the run's logical start.
-                let lo = next - first.offset + first.logical;
-                let back = lo % a;
-                if next - back > cur {
-                    next -= back;
-                } else {
-                    next = cur + target - (cur + target - first.offset + first.logical) % a;
+        // Cut on a grid of the chunk size in file offsets (a page multiple), so that the
+        // chunks of a long run start and end on block boundaries: an O_DIRECT read then
+        // covers exactly its chunk, with no block read twice by two neighbouring chunks.
+        let step = if target >= page {
+            target - target % page
+        } else {
+            target
+        };
+        let mut next = end.min((cur / step + 1) * step);
+        if next < end && a > 1 {
+            // Element boundary relative to the run's logical start (runs hold whole
+            // elements, so `end` is one).
+            next -= (next - first.offset + first.logical) % a;
+            if next <= cur {
+                let far = end.min(cur + target);
+                next = far - (far - first.offset + first.logical) % a;
+                if next <= cur {
+                    next = end;
                 }
             }
         }
