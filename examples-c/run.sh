@@ -144,6 +144,12 @@ ok engine_f32.out $R "$BIN/engine" embed.weight $SHARDS
 "$BIN/engine" no.such.layer $SHARDS >/dev/null 2>&1 && fail "engine found a missing layer"
 refused engine_bad_shard $R "$BIN/engine" x "$BAD/hole.safetensors"
 
+# load_tp: two ranks load their halves of every matrix of the tiny model, both ways.
+ok load_tp.out $R "$BIN/load_tp" "$HERE/../examples/tiny-llama.safetensors"
+expect load_tp.out '^16 matrices, 0 wrong$'
+expect load_tp.out '^out-of-range slice: NPKIO_STATUS_INVALID_ARGUMENT, request 1 named, destinations untouched$'
+refused load_tp_missing $R "$BIN/load_tp" "$WORK/does-not-exist.safetensors"
+
 if [ "$FAILS" -ne 0 ]; then
     echo "$FAILS check(s) failed in $BIN" >&2
     exit 1

@@ -72,6 +72,44 @@
 #define NPKIO_FLAG_NO_CLOBBER 4
 
 /**
+ * `NpkioLoadRequest.slice`: the whole tensor (`dim`, `start`, `end` are ignored).
+ */
+#define NPKIO_LOAD_WHOLE 0
+
+/**
+ * `NpkioLoadRequest.slice`: indices `[start, end)` of dimension `dim`.
+ */
+#define NPKIO_LOAD_RANGE 1
+
+/**
+ * `NpkioLoadRequest.slice`: rank `start` of `end` ranks along dimension `dim`. Dimension
+ * length `n` is split in rank order; the first `n % end` ranks get `n / end + 1` indices,
+ * the others `n / end`.
+ */
+#define NPKIO_LOAD_SHARD 2
+
+/**
+ * `NpkioLoadRequest.dtype`: deliver the tensor's own dtype, bytes as stored.
+ */
+#define NPKIO_LOAD_AS_STORED 4294967295
+
+/**
+ * `NpkioLoadOptions.method`: per chunk, buffered reads when its pages are in the page
+ * cache, `O_DIRECT` when they are not.
+ */
+#define NPKIO_LOAD_AUTO 0
+
+/**
+ * `NpkioLoadOptions.method`: buffered `pread` only.
+ */
+#define NPKIO_LOAD_BUFFERED 1
+
+/**
+ * `NpkioLoadOptions.method`: `O_DIRECT` wherever the filesystem accepts it.
+ */
+#define NPKIO_LOAD_DIRECT 2
+
+/**
  * The outcome of an npkio call. The numbers are stable and never reused: 1 to 8 are the
  * Rust core's `ErrorKind` numbers; 100 and up are failures of the C interface itself.
  *
@@ -195,6 +233,12 @@ typedef enum NpkioDtype NpkioDtype;
 typedef uint32_t NpkioDtype;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+/**
+ * An open checkpoint to load from (opaque): a SafeTensors file, a sharded checkpoint or a
+ * NumPack directory. Made by `npkio_load_open`, freed by `npkio_load_free`.
+ */
+typedef struct NpkioLoader NpkioLoader;
 
 /**
  * A NumPack directory (opaque). Made by `npkio_numpack_open` or `npkio_numpack_create`,
@@ -349,6 +393,128 @@ typedef struct NpkioTensorView {
      */
     size_t nbytes;
 } NpkioTensorView;
+
+/**
+ * Called after each chunk with the bytes delivered so far and the total, from npkio's
+ * worker threads, one call at a time.
+ */
+typedef void (*NpkioLoadProgress)(void *user,
+                                  uint64_t done,
+                                  uint64_t total);
+
+/**
+ * How to load. Fill with `npkio_load_options_init`, then change what you need.
+ */
+typedef struct NpkioLoadOptions {
+    /**
+     * Worker threads; 0 lets npkio choose (2, or 4 when reading with `O_DIRECT`).
+     */
+    uint32_t threads;
+    /**
+     * `NPKIO_LOAD_AUTO`, `NPKIO_LOAD_BUFFERED` or `NPKIO_LOAD_DIRECT`.
+     */
+    uint32_t method;
+    /**
+     * Drop what was read from the page cache afterwards (`POSIX_FADV_DONTNEED`).
+     */
+    bool drop_behind;
+    /**
+     * Largest chunk read at once, in bytes (at least 4096); 0 means 8 MiB.
+     */
+    size_t chunk_size;
+    /**
+     * Optional progress callback (NULL for none).
+     */
+    NpkioLoadProgress progress;
+    /**
+     * Passed to `progress` as is.
+     */
+    void *progress_user;
+} NpkioLoadOptions;
+
+/**
+ * One thing to load.
+ */
+typedef struct NpkioLoadRequest {
+    /**
+     * The tensor's name, NUL-terminated UTF-8.
+     */
+    const char *name;
+    /**
+     * `NPKIO_LOAD_WHOLE`, `NPKIO_LOAD_RANGE` or `NPKIO_LOAD_SHARD`.
+     */
+    uint32_t slice;
+    /**
+     * The sliced dimension (0 is the outermost).
+     */
+    uint32_t dim;
+    /**
+     * Range: first index. Shard: this rank.
+     */
+    uint64_t start;
+    /**
+     * Range: one past the last index. Shard: the number of ranks.
+     */
+    uint64_t end;
+    /**
+     * `NPKIO_LOAD_AS_STORED`, or an `NpkioDtype` number to convert to (BF16/F16 to F32,
+     * F32 to BF16/F16, rounding to nearest even; other pairs are refused with
+     * `NPKIO_STATUS_UNSUPPORTED`).
+     */
+    uint32_t dtype;
+    /**
+     * Where the output goes (the sliced tensor in C order); ignored by `npkio_load_run_sink`.
+     */
+    void *dst;
+    /**
+     * Bytes writable at `dst`; at least the output's size (`npkio_load_output_size`).
+     */
+    size_t capacity;
+} NpkioLoadRequest;
+
+/**
+ * What a load did.
+ */
+typedef struct NpkioLoadReport {
+    /**
+     * Bytes delivered to the destinations or the sink.
+     */
+    uint64_t bytes_out;
+    /**
+     * Bytes read from the files (more than delivered when strided slices read the gaps
+     * between rows).
+     */
+    uint64_t bytes_read;
+    /**
+     * Of those, bytes read with `O_DIRECT`.
+     */
+    uint64_t direct_bytes;
+    /**
+     * Chunks the load was cut into.
+     */
+    size_t tasks;
+    /**
+     * Worker threads used.
+     */
+    size_t threads;
+    /**
+     * `O_DIRECT` was wanted but the filesystem refused it; those chunks were read
+     * buffered.
+     */
+    bool direct_refused;
+} NpkioLoadReport;
+
+/**
+ * Receives `len` bytes of request `request`'s output, starting at byte `offset` of it.
+ * Called from npkio's worker threads, possibly at the same time from several, in any
+ * order; `data` is only valid during the call (the staging buffer is reused afterwards).
+ * Return 0 to go on; any other value stops the load with `NPKIO_STATUS_IO`.
+ */
+typedef int32_t (*NpkioLoadSink)(void *user,
+                                 size_t request,
+                                 uint64_t offset,
+                                 const uint8_t *data,
+                                 size_t len);
 
 #ifdef __cplusplus
 extern "C" {
@@ -1110,6 +1276,163 @@ NpkioStatus npkio_tensors_find(const struct NpkioTensors *tensors,
  */
 NpkioStatus npkio_parse_size(const char *text,
                              uint64_t *out);
+
+/**
+ * Opens a checkpoint for loading: a SafeTensors file, a sharded checkpoint (its
+ * `*.safetensors.index.json` or the directory holding it) or a NumPack directory. Reads
+ * headers and metadata only; the data files stay open until the handle is freed.
+ *
+ * On success `*out` receives a new handle, which the caller owns and frees with
+ * `npkio_load_free`. The handle may be used by several threads at once.
+ *
+ * # Safety
+ *
+ * `path` must be NULL or a NUL-terminated string; `out` must be NULL or point to writable
+ * storage for one pointer.
+ */
+NpkioStatus npkio_load_open(const char *path,
+                            struct NpkioLoader **out);
+
+/**
+ * Frees a handle from `npkio_load_open` and closes its files. Views taken from it become
+ * invalid. NULL is a no-op.
+ *
+ * # Safety
+ *
+ * `loader` must be NULL or a handle from `npkio_load_open` that was not freed yet; it must
+ * not be used afterwards.
+ */
+void npkio_load_free(struct NpkioLoader *loader);
+
+/**
+ * Writes the number of tensors to `*count`.
+ *
+ * # Safety
+ *
+ * `loader` must be NULL or a live handle; `count` must be NULL or point to a writable
+ * `size_t`.
+ */
+NpkioStatus npkio_load_count(const struct NpkioLoader *loader,
+                             size_t *count);
+
+/**
+ * Describes the `index`-th tensor (checkpoint order) in `*view`: name, dtype, shape and
+ * `nbytes`; `data` is NULL (a loader hands out no mapped bytes). The pointers stay valid
+ * until the handle is freed.
+ *
+ * # Safety
+ *
+ * `loader` must be NULL or a live handle; `view` must be NULL or point to a writable
+ * `NpkioTensorView`.
+ */
+NpkioStatus npkio_load_tensor(const struct NpkioLoader *loader,
+                              size_t index,
+                              struct NpkioTensorView *view);
+
+/**
+ * Writes to `*offset` where the `index`-th tensor's bytes start in their file, when they
+ * are one run of one file (always for SafeTensors; for NumPack, arrays without segments or
+ * dropped rows); otherwise fails with `NPKIO_STATUS_UNSUPPORTED`. An empty tensor also
+ * fails so.
+ *
+ * A destination whose address sits like this offset within a 4096-byte block
+ * (`addr % 4096 == offset % 4096`) is read with `O_DIRECT` in place, without a bounce copy:
+ * lay an arena out like the file (each tensor at `arena + offset`) to get that for all.
+ *
+ * # Safety
+ *
+ * `loader` must be NULL or a live handle; `offset` must be NULL or point to a writable
+ * `uint64_t`.
+ */
+NpkioStatus npkio_load_tensor_file_offset(const struct NpkioLoader *loader,
+                                          size_t index,
+                                          uint64_t *offset);
+
+/**
+ * Fills `*options` with the defaults: threads 0 (npkio chooses), `NPKIO_LOAD_AUTO`, no
+ * drop-behind, 8 MiB chunks, no progress callback.
+ *
+ * # Safety
+ *
+ * `options` must be NULL or point to a writable `NpkioLoadOptions`.
+ */
+NpkioStatus npkio_load_options_init(struct NpkioLoadOptions *options);
+
+/**
+ * Writes to `*nbytes` the size of what `request` delivers (its `dst` and `capacity` are
+ * ignored), or fails as `npkio_load_run` would for it.
+ *
+ * # Safety
+ *
+ * `loader` must be NULL or a live handle; `request` must be NULL or point to a request
+ * whose `name` is NULL or a NUL-terminated string; `nbytes` must be NULL or point to a
+ * writable `size_t`.
+ */
+NpkioStatus npkio_load_output_size(const struct NpkioLoader *loader,
+                                   const struct NpkioLoadRequest *request,
+                                   size_t *nbytes);
+
+/**
+ * Loads `count` requests, each into its own `dst`, with worker threads reading the files
+ * in parallel. `options` may be NULL (defaults); `report` may be NULL.
+ *
+ * Every request is checked first: an unknown tensor, a slice out of range, an invalid
+ * shard, a capacity below the output's size, a NULL `dst` for a non-empty output, or two
+ * destinations that overlap give `NPKIO_STATUS_INVALID_ARGUMENT` (an unsupported dtype
+ * conversion `NPKIO_STATUS_UNSUPPORTED`) with a message naming every bad request by index
+ * and tensor, and no destination byte is written. Bytes past each output's size are never
+ * written. A file that fails or turns out shorter during the load gives an error naming
+ * it, the byte range and the request; when several workers fail, the first failure in
+ * file order is reported and the message counts the others. Destinations may then hold
+ * part of their output.
+ *
+ * # Safety
+ *
+ * `loader` must be NULL or a live handle; `requests` must be NULL or point to `count`
+ * requests whose names are NULL or NUL-terminated strings and whose `dst` point to
+ * `capacity` writable bytes that nothing else touches until the call returns; `options`
+ * and `report` must be NULL or valid.
+ */
+NpkioStatus npkio_load_run(const struct NpkioLoader *loader,
+                           const struct NpkioLoadRequest *requests,
+                           size_t count,
+                           const struct NpkioLoadOptions *options,
+                           struct NpkioLoadReport *report);
+
+/**
+ * Loads `count` requests through staging buffers: npkio reads each chunk into a buffer
+ * and calls `sink(sink_user, request, offset, data, len)`; the buffer is reused when the
+ * call returns. The requests' `dst` and `capacity` are ignored.
+ *
+ * Staging: with `buffers` NULL (and `buffer_count` 0), npkio allocates one buffer of
+ * `staging_size` bytes (at least 4096) per worker thread. Otherwise `buffers` holds
+ * `buffer_count` caller buffers of at least `staging_size` bytes each (pinned memory, for
+ * example): at most `buffer_count` workers run, each using one buffer, and every `data`
+ * handed to the sink points into one of them. Chunks are at most `staging_size` bytes, so
+ * memory stays bounded by `staging_size` × threads, whatever the checkpoint's size (plus
+ * one read buffer of that size per worker for converted or strided requests and
+ * `O_DIRECT` reads).
+ *
+ * Requests are checked as by `npkio_load_run` (without the destination checks) before
+ * the sink is first called.
+ *
+ * # Safety
+ *
+ * As `npkio_load_run` for `loader`, `requests`, `options` and `report`; `buffers` must be
+ * NULL or point to `buffer_count` pointers to `staging_size` writable bytes each, which
+ * nothing else touches until the call returns; `sink` must be safe to call from several
+ * threads at once with `sink_user`.
+ */
+NpkioStatus npkio_load_run_sink(const struct NpkioLoader *loader,
+                                const struct NpkioLoadRequest *requests,
+                                size_t count,
+                                const struct NpkioLoadOptions *options,
+                                size_t staging_size,
+                                uint8_t *const *buffers,
+                                size_t buffer_count,
+                                NpkioLoadSink sink,
+                                void *sink_user,
+                                struct NpkioLoadReport *report);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -16,6 +16,9 @@
 //! - `view`: [`TensorView`], the borrowed view of a tensor that both formats hand out.
 //! - `copy`: the one place that moves bytes between files, in parallel page-aligned chunks
 //!   ([`CopyMethod`]).
+//! - [`load`]: the loader: tensors and slices of any checkpoint into the caller's memory or
+//!   a sink, buffered or `O_DIRECT`, validated before any byte moves. A public module of
+//!   its own: its vocabulary (`Request`, `Slice`, `Method`, `Staging`) is the loader's.
 //! - [`ffi`]: the C ABI (`include/npkio.h`), a thin skin over the above.
 //! - `error`: one [`Error`] whose [`ErrorKind`] is the C status and the CLI's exit code.
 //!
@@ -52,6 +55,7 @@ mod error;
 mod fdlimit;
 pub mod ffi;
 mod fsutil;
+pub mod load;
 mod names;
 mod numpack;
 mod paths;

@@ -7,10 +7,10 @@
 //! - Every pointer argument is checked: NULL where a value is required gives
 //!   `NPKIO_STATUS_NULL_ARGUMENT`. A pointer whose count is 0 is ignored and may be NULL.
 //! - Out-parameters are written only on success.
-//! - Handles (`NpkioSafetensors`, `NpkioSafetensorsIter`, `NpkioNumpack`, `NpkioTensors`)
-//!   are opaque, made by npkio and freed by npkio's `_free` function, never by `free()`.
-//!   Freeing NULL does nothing. Freeing a handle twice, or using it after it is freed, is
-//!   the caller's error and is not detected.
+//! - Handles (`NpkioSafetensors`, `NpkioSafetensorsIter`, `NpkioNumpack`, `NpkioTensors`,
+//!   `NpkioLoader`) are opaque, made by npkio and freed by npkio's `_free` function, never
+//!   by `free()`. Freeing NULL does nothing. Freeing a handle twice, or using it after it
+//!   is freed, is the caller's error and is not detected.
 //! - Every pointer npkio gives out (names, shapes, tensor data) belongs to the handle it
 //!   came from and stays valid until that handle is freed, not longer.
 //! - Paths are NUL-terminated byte strings (any bytes the OS accepts); tensor names,
@@ -20,9 +20,9 @@
 //!   other use of the same handle.
 //! - A panic inside npkio becomes `NPKIO_STATUS_PANIC`, never an abort.
 //!
-//! The files: one a handle (`safetensors.rs`, `tensors.rs`, `numpack.rs`) or a group of
-//! functions (`convert.rs`, `dtype.rs`, `last_error.rs`; `save.rs`: tensors in memory
-//! straight to SafeTensors; `summary.rs` and `numpack_records.rs`: a file's or a
+//! The files: one a handle (`safetensors.rs`, `tensors.rs`, `numpack.rs`, `load.rs`) or a
+//! group of functions (`convert.rs`, `dtype.rs`, `last_error.rs`; `save.rs`: tensors in
+//! memory straight to SafeTensors; `summary.rs` and `numpack_records.rs`: a file's or a
 //! directory's whole description as one JSON document); and the shared machinery,
 //! `args.rs` (arguments in), `handle.rs` (handle ownership and what handles hand out),
 //! `list.rs` (the count/get/find functions), `error.rs` (statuses and the last error) and
@@ -47,6 +47,8 @@ pub mod save;
 pub mod summary;
 pub mod tensors;
 pub mod units;
+// The loader's C skin.
+pub mod load;
 
 pub use convert::{
     npkio_from_safetensors, npkio_from_safetensors_file, npkio_to_safetensors_file,
@@ -61,6 +63,7 @@ pub use error::NpkioStatus;
 pub use last_error::{
     npkio_last_error_copy, npkio_last_error_message, npkio_last_error_status, npkio_status_name,
 };
+pub use load::*;
 pub use numpack::*;
 pub use numpack_records::*;
 pub use safetensors::*;

@@ -7,6 +7,7 @@
 mod container;
 mod convert;
 mod inspect;
+mod load;
 mod progress;
 mod units;
 mod verify;
@@ -53,6 +54,40 @@ enum Command {
     /// Compare two containers of either format tensor by tensor: names, dtypes, shapes and
     /// bytes. Exit 0 when equal, 1 when they differ.
     Verify(VerifyArgs),
+    /// Load tensors (or each one's shard) into memory with npkio's loader and report bytes,
+    /// time and GB/s.
+    Load(LoadArgs),
+}
+
+/// Arguments of `npkio load`.
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// A SafeTensors file, a sharded checkpoint (its index, or the directory holding it) or
+    /// a NumPack directory.
+    checkpoint: PathBuf,
+    /// Load only these tensors (default: all).
+    #[arg(long, num_args = 1.., value_name = "NAME")]
+    keys: Vec<String>,
+    /// Load only rank RANK's part of dimension DIM split among WORLD ranks (the first
+    /// `len % WORLD` ranks get one index more); tensors with fewer dimensions load whole.
+    #[arg(long, value_name = "DIM,RANK,WORLD", value_parser = load::parse_shard)]
+    shard: Option<(usize, u64, u64)>,
+    /// Read with O_DIRECT (bypassing the page cache) wherever the filesystem allows.
+    #[arg(long)]
+    direct: bool,
+    /// Read through the page cache only.
+    #[arg(long)]
+    buffered: bool,
+    /// Drop what was read from the page cache afterwards.
+    #[arg(long)]
+    drop_behind: bool,
+    /// Reader threads; 0 picks a measured default.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Deliver through a sink with staging buffers of SIZE bytes instead of one buffer as
+    /// large as the tensors (bounded memory).
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    staging: Option<usize>,
 }
 
 /// Arguments of `npkio inspect`.
@@ -190,6 +225,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Load(args) => load::run(&args),
     };
     match outcome {
         Ok(code) => code,

@@ -1,0 +1,313 @@
+//! The system calls under the loader: positioned reads (buffered and `O_DIRECT`), page
+//! residency with `mincore`, and `posix_fadvise`.
+//!
+//! Source bytes only ever reach npkio through `pread`, so a file truncated during a load is
+//! a short read (an error), never `SIGBUS`. The only mapping made here is the one `mincore`
+//! needs to ask which pages are resident; nothing reads through it.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Alignment of `O_DIRECT` offsets, lengths and buffers. 4096 covers every logical block
+/// size in common use (512 and 4096 bytes).
+pub(crate) const BLOCK: u64 = 4096;
+
+/// The page size.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf only reads its integer argument.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 && (p as u64).is_power_of_two() {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `off`; a file that ends first is `UnexpectedEof`.
+pub(crate) fn read_exact_at(f: &File, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
+    let end = off + buf.len() as u64;
+    while !buf.is_empty() {
+        match f.read_at(buf, off) {
+            Ok(0) => return Err(short(end, off)),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn short(end: u64, at: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the file ends at byte {at}, before byte {end} (truncated during the load?)"),
+    )
+}
+
+/// A buffer whose start is aligned to [`BLOCK`], reused from task to task: an anonymous
+/// mapping, with transparent huge pages asked for (`MADV_HUGEPAGE`) when it is 2 MiB or
+/// more. `O_DIRECT` reads into it become few large device requests: with scattered 4 KiB
+/// pages an 8 MiB read needs 2048 segments, which the virtual disk measured (254 segments
+/// a request) split into many small requests, and such reads took twice as long as reads
+/// into physically contiguous memory.
+pub(crate) struct Aligned {
+    ptr: *mut u8,
+    cap: usize,
+}
+
+impl Default for Aligned {
+    fn default() -> Self {
+        Aligned {
+            ptr: std::ptr::null_mut(),
+            cap: 0,
+        }
+    }
+}
+
+const HUGE: usize = 2 << 20;
+
+impl Aligned {
+    /// At least `len` bytes starting on a [`BLOCK`] boundary (zeroed when first mapped).
+    pub(crate) fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.cap < len {
+            self.release(); // the old one first: memory stays bounded
+            let cap = len.next_multiple_of(HUGE).max(BLOCK as usize);
+            // SAFETY: a fresh private anonymous mapping, checked for failure below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    cap,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert!(p != libc::MAP_FAILED, "out of memory mapping {cap} bytes");
+            if cap >= HUGE {
+                // SAFETY: advice on our own mapping; failure only means small pages.
+                unsafe { libc::madvise(p, cap, libc::MADV_HUGEPAGE) };
+            }
+            self.ptr = p.cast();
+            self.cap = cap;
+        }
+        // SAFETY: `len <= cap` bytes of our mapping (page-aligned, so block-aligned),
+        // initialised (anonymous memory reads as zeros), borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, len) }
+    }
+
+    /// `len` bytes from `at` (within what [`Aligned::get`] gave).
+    pub(crate) fn view(&self, at: usize, len: usize) -> &[u8] {
+        assert!(at + len <= self.cap);
+        // SAFETY: inside our mapping, borrowed through `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(at), len) }
+    }
+
+    fn release(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: our own mapping of `cap` bytes, unmapped once.
+            unsafe { libc::munmap(self.ptr.cast(), self.cap) };
+            self.ptr = std::ptr::null_mut();
+            self.cap = 0;
+        }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Opens the file behind `f` again with `O_DIRECT` (through `/proc/self/fd`, so it is the
+/// same file even if its path was replaced since), else by `path`; `None` when the
+/// filesystem refuses it (tmpfs, some FUSE and network filesystems answer `EINVAL`).
+/// A new open file description is needed: setting `O_DIRECT` with `fcntl` on a duplicate
+/// would change the buffered descriptor too.
+pub(crate) fn open_direct(f: &File, path: &Path) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(p)
+    };
+    let proc = std::path::PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    match open(&proc) {
+        Ok(d) => Some(d),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => open(path).ok(),
+        Err(_) => None,
+    }
+}
+
+/// Whether an error from an `O_DIRECT` read means "not possible here" rather than a real
+/// failure (the filesystem wants another alignment, or no direct I/O at all).
+pub(crate) fn direct_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+/// Reads bytes `[off, off + len)` of `f` (opened with `O_DIRECT`) through `buf`, in aligned
+/// blocks; returns where the requested bytes start in `buf` (for [`Aligned::view`]). A file whose size is not a
+/// multiple of the block size is fine: the last block is short. A file that ends before
+/// `off + len` is `UnexpectedEof`.
+pub(crate) fn read_direct(f: &File, off: u64, len: usize, buf: &mut Aligned) -> io::Result<usize> {
+    let a = off - off % BLOCK;
+    let end = off + len as u64;
+    let e = end.div_ceil(BLOCK) * BLOCK;
+    let span = (e - a) as usize;
+    let b = buf.get(span);
+    let need = (end - a) as usize;
+    let mut done = 0usize;
+    while done < need {
+        // Offsets and lengths stay block multiples until the file's end, where the kernel
+        // returns a short count.
+        match f.read_at(&mut b[done..span], a + done as u64) {
+            Ok(0) => return Err(short(end, a + done as u64)),
+            Ok(n) => {
+                done += n;
+                if n % BLOCK as usize != 0 && done < need {
+                    // A short read that is not at the end of the file: the next offset is no
+                    // longer aligned. Finish with buffered reads (rare: signals, FUSE).
+                    let rest = &mut b[done..need];
+                    let mut plain = f.try_clone()?;
+                    clear_direct(&mut plain)?;
+                    read_exact_at(&plain, rest, a + done as u64)?;
+                    done = need;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((off - a) as usize)
+}
+
+/// Turns `O_DIRECT` off on a descriptor (used for the odd unaligned remainder).
+fn clear_direct(f: &mut File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A temporary read-only mapping of a file range, only ever passed to `mincore` to ask
+/// which pages are in the page cache. Nothing reads through it, so a file truncated
+/// meanwhile cannot raise SIGBUS; it is unmapped on drop.
+pub(crate) struct Residency {
+    ptr: *mut libc::c_void,
+    len: usize,
+    base: u64,
+    page: u64,
+}
+
+impl Residency {
+    /// Maps `[off, off + len)` of `f`; `None` for an empty range or a refused mapping.
+    pub(crate) fn map(f: &File, off: u64, len: u64) -> Option<Residency> {
+        use std::os::fd::AsRawFd;
+        if len == 0 {
+            return None;
+        }
+        let page = page_size();
+        let base = off - off % page;
+        let maplen = usize::try_from(off + len - base).ok()?;
+        // SAFETY: a shared read-only mapping of a file we hold open, checked for failure;
+        // it is never dereferenced (see the type's docs).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                maplen,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                base as libc::off_t,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then_some(Residency {
+            ptr,
+            len: maplen,
+            base,
+            page,
+        })
+    }
+
+    /// Whether most of `samples` pages spread evenly over `[off, off + len)` (inside the
+    /// mapped range) are resident: one `mincore` call of one page each.
+    pub(crate) fn mostly_resident(&self, off: u64, len: u64, samples: u64) -> bool {
+        let first = (off - self.base) / self.page;
+        let last = (off + len - 1 - self.base) / self.page;
+        let pages = last - first + 1;
+        let n = samples.min(pages).max(1);
+        let mut resident = 0;
+        for k in 0..n {
+            let p = first + k * pages / n;
+            if (p * self.page) as usize >= self.len {
+                break;
+            }
+            let mut v = 0u8;
+            // SAFETY: one page inside our mapping; `v` receives one byte.
+            let rc = unsafe {
+                libc::mincore(
+                    self.ptr.cast::<u8>().add((p * self.page) as usize).cast(),
+                    self.page as usize,
+                    &mut v,
+                )
+            };
+            if rc == 0 && v & 1 != 0 {
+                resident += 1;
+            }
+        }
+        resident * 2 >= n
+    }
+}
+
+impl Drop for Residency {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Asks the kernel to drop `[off, off + len)` of `f` from the page cache (drop-behind).
+/// Advice only: errors are ignored.
+pub(crate) fn drop_cache(f: &File, off: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise takes a descriptor we own and plain integers.
+    unsafe {
+        libc::posix_fadvise(
+            f.as_raw_fd(),
+            off as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buffers_start_on_a_block() {
+        let mut a = Aligned::default();
+        for len in [1, 4096, 5000, 100] {
+            let b = a.get(len);
+            assert_eq!(b.len(), len);
+            assert_eq!(b.as_ptr() as usize % BLOCK as usize, 0);
+        }
+    }
+}

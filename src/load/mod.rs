@@ -1,0 +1,545 @@
+//! The loader: tensors, or slices of them, copied from a checkpoint into the caller's own
+//! memory (or handed to a sink), as fast as the storage gives them.
+//!
+//! A [`Loader`] opens a checkpoint of any kind npkio reads: a single SafeTensors file, a
+//! sharded one (its `*.safetensors.index.json` or the directory holding it), or a NumPack
+//! directory (plain, segmented or with dropped rows). The caller asks for a list of
+//! [`Request`]s: a tensor by name, optionally a [`Slice`] along one dimension (a
+//! `[start, end)` range, or [`Slice::Shard`] for tensor parallelism), optionally a dtype
+//! to convert to on the way (BF16/F16 to F32, F32 to BF16/F16, rounding to nearest even).
+//! Each request's output is the sliced tensor in C order; [`Loader::output`] gives its
+//! dtype, shape and byte length.
+//!
+//! Every request is checked before any byte is read or written: unknown tensors,
+//! out-of-range slices, unsupported conversions, destinations too small and destinations
+//! that overlap are reported together in one error naming each bad request, and no
+//! destination byte changes.
+//!
+//! # How the bytes travel
+//!
+//! The plan is cut into byte runs of the files (a slice along dimension 0 is one run; a
+//! slice along an inner dimension is strided, see [`STRIDE_ROW_READ`] and
+//! [`STRIDE_MAX_GAP`]), neighbouring runs are merged (a vectored `preadv` scatters them into
+//! their destinations), and long runs are split into chunks of at most
+//! [`LoadOptions::chunk_size`] bytes cut on page boundaries. Worker threads take chunks in
+//! file order and read them with `pread`:
+//!
+//! - buffered, straight into the destination, when the pages are in the page cache;
+//! - with `O_DIRECT` through a block-aligned buffer per worker when they are not (the
+//!   unaligned head and tail of a chunk, and a file whose size is not a multiple of the
+//!   block, are handled by reading whole blocks and copying the bytes wanted).
+//!
+//! [`Method::Auto`] asks the kernel which pages are resident (`mincore` on a mapping that is
+//! never read through) and picks per chunk; [`Method::Buffered`] and [`Method::Direct`]
+//! force one. On a filesystem that refuses `O_DIRECT` (tmpfs), reads fall back to buffered
+//! and [`LoadReport::direct_refused`] says so. [`LoadOptions::drop_behind`] drops what was
+//! read from the page cache afterwards.
+//!
+//! Source bytes only ever arrive through `pread`, so a file truncated during a load gives
+//! an error, never `SIGBUS`.
+//!
+//! # Shards
+//!
+//! [`Slice::Shard`] `{ dim, rank, world }` splits dimension `dim` of length `n` into `world`
+//! contiguous parts in rank order: the first `n % world` ranks get `n / world + 1` indices,
+//! the others `n / world` (see [`shard_range`]). Parts may be empty when `n < world`.
+//!
+//! ```
+//! # fn main() -> npkio::Result<()> {
+//! # let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tiny-llama.safetensors");
+//! use npkio::load::{LoadOptions, Loader, Request};
+//!
+//! let loader = Loader::open(&model)?;
+//! let reqs = [
+//!     Request::new("lm_head.weight").shard(0, 1, 2),           // rank 1 of 2, rows
+//!     Request::new("lm_head.weight").slice(1, 0, 16).to(npkio::DType::F32),
+//! ];
+//! let mut a = vec![0u8; loader.output(&reqs[0])?.nbytes as usize];
+//! let mut b = vec![0u8; loader.output(&reqs[1])?.nbytes as usize];
+//! let report = loader.load(&reqs, &mut [&mut a[..], &mut b[..]], &LoadOptions::default())?;
+//! assert_eq!(report.bytes_out, (a.len() + b.len()) as u64);
+//! # Ok(())
+//! # }
+//! ```
+
+mod convert;
+mod io;
+mod plan;
+mod run;
+mod source;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use convert::{f16_to_f32, f32_to_bf16, f32_to_f16};
+pub use plan::{shard_range, STRIDE_MAX_GAP, STRIDE_ROW_READ};
+pub use source::{Container, LoadTensor};
+
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use plan::{Limits, Resolved};
+pub(crate) use run::RawDst;
+use run::Target;
+
+/// A part of one dimension of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slice {
+    /// Indices `[start, end)` of dimension `dim`.
+    Range {
+        /// The dimension (0 is the outermost).
+        dim: usize,
+        /// First index.
+        start: u64,
+        /// One past the last index.
+        end: u64,
+    },
+    /// The part of dimension `dim` that `rank` gets when it is split among `world` ranks
+    /// (see [`shard_range`] for the rule).
+    Shard {
+        /// The dimension (0 is the outermost).
+        dim: usize,
+        /// This rank, `0..world`.
+        rank: u64,
+        /// How many ranks.
+        world: u64,
+    },
+}
+
+/// What to load: a tensor, optionally sliced, optionally converted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The tensor's exact name.
+    pub name: String,
+    /// A part of one dimension, or the whole tensor.
+    pub slice: Option<Slice>,
+    /// The dtype to deliver; `None` (or the tensor's own dtype) copies the bytes as stored.
+    pub dtype: Option<DType>,
+}
+
+impl Request {
+    /// The whole tensor `name`, as stored.
+    pub fn new(name: impl Into<String>) -> Request {
+        Request {
+            name: name.into(),
+            slice: None,
+            dtype: None,
+        }
+    }
+
+    /// Only indices `[start, end)` of dimension `dim`.
+    pub fn slice(mut self, dim: usize, start: u64, end: u64) -> Request {
+        self.slice = Some(Slice::Range { dim, start, end });
+        self
+    }
+
+    /// Only `rank`'s part of dimension `dim` split among `world` ranks.
+    pub fn shard(mut self, dim: usize, rank: u64, world: u64) -> Request {
+        self.slice = Some(Slice::Shard { dim, rank, world });
+        self
+    }
+
+    /// Deliver elements converted to `dtype`.
+    pub fn to(mut self, dtype: DType) -> Request {
+        self.dtype = Some(dtype);
+        self
+    }
+}
+
+/// What a request delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// The delivered dtype.
+    pub dtype: DType,
+    /// The sliced shape.
+    pub shape: Vec<u64>,
+    /// Byte length: what the destination must hold at least.
+    pub nbytes: u64,
+}
+
+/// How chunks are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Method {
+    /// Per chunk: buffered when at least half its pages are in the page cache, `O_DIRECT`
+    /// otherwise (chunks under 256 KiB are always buffered).
+    #[default]
+    Auto,
+    /// Buffered `pread` only.
+    Buffered,
+    /// `O_DIRECT` wherever the filesystem accepts it (buffered elsewhere).
+    Direct,
+}
+
+/// Progress callback: `(bytes delivered so far, bytes to deliver)`, called after each
+/// chunk, one call at a time, from the worker threads.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// A sink: `(request index, byte offset in the request's output, bytes)`. Called from the
+/// worker threads, possibly concurrently and in any order; the bytes are only valid during
+/// the call (the staging buffer is reused afterwards). An `Err` stops the load.
+pub type SinkFn<'a> = dyn Fn(usize, u64, &[u8]) -> std::result::Result<(), String> + Sync + 'a;
+
+/// Options of a load.
+#[derive(Clone)]
+pub struct LoadOptions {
+    /// Worker threads; 0 lets npkio choose (`copy::default_threads()`, or 4 when some chunk
+    /// is read with `O_DIRECT`).
+    pub threads: usize,
+    /// Buffered, `O_DIRECT`, or chosen per chunk.
+    pub method: Method,
+    /// Drop what was read from the page cache afterwards (`POSIX_FADV_DONTNEED`).
+    pub drop_behind: bool,
+    /// Largest chunk a worker reads at once, in bytes (default 8 MiB); at least 4096.
+    pub chunk_size: usize,
+    /// Called after each chunk.
+    pub progress: Option<Progress>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            threads: 0,
+            method: Method::Auto,
+            drop_behind: false,
+            chunk_size: crate::copy::DEFAULT_CHUNK_SIZE,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("threads", &self.threads)
+            .field("method", &self.method)
+            .field("drop_behind", &self.drop_behind)
+            .field("chunk_size", &self.chunk_size)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// Staging buffers for a sink load.
+#[derive(Debug)]
+pub enum Staging<'a> {
+    /// npkio allocates one buffer of this many bytes per worker (at least 4096).
+    Size(usize),
+    /// The caller's buffers (pinned memory, say): one per worker, so at most this many
+    /// workers run; chunks are at most the smallest buffer's length.
+    Buffers(Vec<&'a mut [u8]>),
+}
+
+/// What a load did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Bytes delivered to the destinations or the sink.
+    pub bytes_out: u64,
+    /// Bytes read from the files (more than delivered when strided slices read the gaps
+    /// between rows; `O_DIRECT` block rounding not counted).
+    pub bytes_read: u64,
+    /// Of those, bytes read with `O_DIRECT`.
+    pub direct_bytes: u64,
+    /// Chunks the plan was cut into.
+    pub tasks: usize,
+    /// Worker threads used.
+    pub threads: usize,
+    /// `O_DIRECT` was wanted but the filesystem refused it; those chunks were read
+    /// buffered.
+    pub direct_refused: bool,
+}
+
+/// An open checkpoint to load tensors from. Cheap to share between threads: loads take
+/// `&self`.
+#[derive(Debug)]
+pub struct Loader {
+    path: PathBuf,
+    opened: source::Opened,
+}
+
+impl std::fmt::Debug for source::Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("container", &self.container)
+            .field("files", &self.files.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl Loader {
+    /// Opens a SafeTensors file, a sharded checkpoint (index file or its directory) or a
+    /// NumPack directory. Reads headers and metadata only; keeps every data file open.
+    pub fn open(path: impl AsRef<Path>) -> Result<Loader> {
+        let path = path.as_ref();
+        Ok(Loader {
+            path: path.to_path_buf(),
+            opened: source::open(path)?,
+        })
+    }
+
+    /// The path given to [`Loader::open`].
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What kind of checkpoint this is.
+    pub fn container(&self) -> Container {
+        self.opened.container
+    }
+
+    /// Every tensor, in the checkpoint's order.
+    pub fn tensors(&self) -> &[LoadTensor] {
+        &self.opened.tensors
+    }
+
+    /// The tensor called `name`.
+    pub fn tensor(&self, name: &str) -> Option<&LoadTensor> {
+        self.opened
+            .by_name
+            .get(name)
+            .map(|&i| &self.opened.tensors[i])
+    }
+
+    /// What `req` delivers, or why it is invalid.
+    pub fn output(&self, req: &Request) -> Result<Output> {
+        let r = plan::resolve_all(self, std::slice::from_ref(req))?.remove(0);
+        Ok(Output {
+            dtype: r.dtype,
+            shape: r.shape,
+            nbytes: r.nbytes,
+        })
+    }
+
+    /// Loads every request into its destination (`dsts[i]` for `reqs[i]`, at least
+    /// [`Output::nbytes`] long; bytes past the output are left alone).
+    pub fn load(
+        &self,
+        reqs: &[Request],
+        dsts: &mut [&mut [u8]],
+        opts: &LoadOptions,
+    ) -> Result<LoadReport> {
+        let raw: Vec<RawDst> = dsts
+            .iter_mut()
+            .map(|d| RawDst {
+                ptr: d.as_mut_ptr(),
+                cap: d.len(),
+            })
+            .collect();
+        // SAFETY: each destination is an exclusive borrow for the whole call, so writable
+        // for its length and not aliased.
+        unsafe { self.load_raw(reqs, &raw, opts) }
+    }
+
+    /// [`Loader::load`] with raw destinations (the C ABI's path).
+    ///
+    /// # Safety
+    ///
+    /// Each `dsts[i].ptr` must be valid for writes of `dsts[i].cap` bytes for the whole call
+    /// (NULL is allowed when `cap` is 0) and not be accessed by anyone else meanwhile.
+    pub(crate) unsafe fn load_raw(
+        &self,
+        reqs: &[Request],
+        dsts: &[RawDst],
+        opts: &LoadOptions,
+    ) -> Result<LoadReport> {
+        check_options(opts)?;
+        if dsts.len() != reqs.len() {
+            return Err(Error::invalid_argument(format!(
+                "{} requests but {} destinations",
+                reqs.len(),
+                dsts.len()
+            ))
+            .at(&self.path));
+        }
+        let res = self.validate(reqs, Some(dsts))?;
+        let lim = Limits {
+            chunk: opts.chunk_size as u64,
+            out: u64::MAX,
+            merge_requests: true,
+        };
+        let tasks = plan::tasks(self, &res, lim);
+        self.check_files(reqs, &tasks)?;
+        run::run(self, reqs, &tasks, &Target::Memory(dsts), opts, 0)
+    }
+
+    /// Loads every request through staging buffers handed to `sink`, in chunks of at most
+    /// the staging size; memory stays bounded by the staging size times the threads
+    /// (plus, for converted or strided requests and `O_DIRECT` reads, a read buffer of the
+    /// same size per worker).
+    pub fn load_to_sink(
+        &self,
+        reqs: &[Request],
+        staging: Staging<'_>,
+        sink: &SinkFn<'_>,
+        opts: &LoadOptions,
+    ) -> Result<LoadReport> {
+        check_options(opts)?;
+        let (size, buffers) = match staging {
+            Staging::Size(n) => (n, Vec::new()),
+            Staging::Buffers(b) => {
+                if b.is_empty() {
+                    return Err(Error::invalid_argument("no staging buffers given").at(&self.path));
+                }
+                let n = b.iter().map(|b| b.len()).min().unwrap_or(0);
+                let raw = b
+                    .into_iter()
+                    .map(|b| RawDst {
+                        ptr: b.as_mut_ptr(),
+                        cap: b.len(),
+                    })
+                    .collect();
+                (n, raw)
+            }
+        };
+        // SAFETY: the buffers are exclusive borrows for the whole call.
+        unsafe { self.load_to_sink_raw(reqs, size, buffers, sink, opts) }
+    }
+
+    /// [`Loader::load_to_sink`] with raw staging buffers (empty: npkio allocates `size`
+    /// bytes per worker).
+    ///
+    /// # Safety
+    ///
+    /// Each buffer must be valid for writes of its `cap` bytes for the whole call and not be
+    /// accessed by anyone else meanwhile (the sink may read the bytes it is handed).
+    pub(crate) unsafe fn load_to_sink_raw(
+        &self,
+        reqs: &[Request],
+        size: usize,
+        buffers: Vec<RawDst>,
+        sink: &SinkFn<'_>,
+        opts: &LoadOptions,
+    ) -> Result<LoadReport> {
+        check_options(opts)?;
+        if size < 4096 {
+            return Err(Error::invalid_argument(format!(
+                "staging buffers of {size} bytes are too small (at least 4096)"
+            ))
+            .at(&self.path));
+        }
+        let res = self.validate(reqs, None)?;
+        let lim = Limits {
+            chunk: (opts.chunk_size as u64).min(size as u64),
+            out: size as u64,
+            merge_requests: false,
+        };
+        let tasks = plan::tasks(self, &res, lim);
+        self.check_files(reqs, &tasks)?;
+        let target = Target::Sink { sink, buffers };
+        run::run(self, reqs, &tasks, &target, opts, size)
+    }
+
+    /// Resolves every request and checks the destinations; one error for all problems.
+    fn validate(&self, reqs: &[Request], dsts: Option<&[RawDst]>) -> Result<Vec<Resolved>> {
+        let mut bad: Vec<(usize, Error)> = Vec::new();
+        let mut res = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            match plan::resolve(self, r) {
+                Ok(x) => {
+                    if let Some(d) = dsts.map(|d| d[i]) {
+                        if (d.cap as u64) < x.nbytes {
+                            bad.push((
+                                i,
+                                Error::invalid_argument(format!(
+                                    "destination holds {} bytes, the output needs {} ({} {:?})",
+                                    d.cap, x.nbytes, x.dtype, x.shape
+                                )),
+                            ));
+                        } else if d.ptr.is_null() && x.nbytes > 0 {
+                            bad.push((i, Error::invalid_argument("destination is NULL")));
+                        }
+                    }
+                    res.push(x);
+                }
+                Err(e) => {
+                    bad.push((i, e));
+                    res.push(placeholder());
+                }
+            }
+        }
+        if let Some(dsts) = dsts {
+            // Overlapping destinations: the bytes each request writes, sorted by address.
+            let mut spans: Vec<(usize, usize, usize)> = res
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| r.nbytes > 0 && !dsts[*i].ptr.is_null())
+                .map(|(i, r)| {
+                    let a = dsts[i].ptr as usize;
+                    (a, a + (r.nbytes as usize).min(dsts[i].cap), i)
+                })
+                .collect();
+            spans.sort();
+            for w in spans.windows(2) {
+                if w[1].0 < w[0].1 {
+                    bad.push((
+                        w[1].2,
+                        Error::invalid_argument(format!(
+                            "destination overlaps request {}'s destination",
+                            w[0].2
+                        )),
+                    ));
+                }
+            }
+        }
+        if bad.is_empty() {
+            Ok(res)
+        } else {
+            bad.sort_by_key(|b| b.0);
+            Err(plan::request_errors(self, reqs, bad))
+        }
+    }
+
+    /// Every byte the plan reads must be inside its file now (a file shortened since the
+    /// checkpoint was opened is refused before anything is written).
+    fn check_files(&self, reqs: &[Request], tasks: &[plan::Task]) -> Result<()> {
+        let mut need = vec![0u64; self.opened.files.len()];
+        let mut who = vec![0usize; self.opened.files.len()];
+        for t in tasks {
+            if t.offset + t.len > need[t.file] {
+                need[t.file] = t.offset + t.len;
+                who[t.file] = t.first_req();
+            }
+        }
+        for (i, f) in self.opened.files.iter().enumerate() {
+            if need[i] == 0 {
+                continue;
+            }
+            let len = f.file.metadata().ctx(&f.path, "inspecting")?.len();
+            if len < need[i] {
+                return Err(Error::new(
+                    ErrorKind::Malformed,
+                    format!(
+                        "the file is {len} bytes, but request {} needs bytes up to {} \
+                         (truncated since it was opened?)",
+                        who[i], need[i]
+                    ),
+                )
+                .at(&f.path)
+                .array(reqs[who[i]].name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn placeholder() -> Resolved {
+    Resolved {
+        tensor: 0,
+        dim: 0,
+        start: 0,
+        end: 0,
+        conv: convert::Conversion::None,
+        dtype: DType::U8,
+        shape: Vec::new(),
+        nbytes: 0,
+    }
+}
+
+fn check_options(opts: &LoadOptions) -> Result<()> {
+    if opts.chunk_size < 4096 {
+        return Err(Error::invalid_argument(format!(
+            "chunk size {} is too small (at least 4096)",
+            opts.chunk_size
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,645 @@
+//! Running a plan: worker threads take tasks in file order and read them with buffered
+//! `pread` or `O_DIRECT`, straight into the destinations or into staging buffers handed to
+//! a sink.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use super::convert::Conversion;
+use super::io::{self as lio, Aligned, BLOCK};
+use super::plan::{Kind, Seg, Task};
+use super::{LoadOptions, LoadReport, Loader, Method, Request, SinkFn};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A request's destination: `cap` writable bytes at `ptr`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawDst {
+    pub(crate) ptr: *mut u8,
+    pub(crate) cap: usize,
+}
+
+/// Where tasks deliver.
+pub(crate) enum Target<'a> {
+    /// Into the requests' destinations.
+    Memory(&'a [RawDst]),
+    /// Through staging buffers to a sink.
+    Sink {
+        sink: &'a SinkFn<'a>,
+        /// Caller-provided staging buffers, one per worker; empty: npkio allocates them.
+        buffers: Vec<RawDst>,
+    },
+}
+
+// SAFETY: the destinations are caller memory that the caller lends for the duration of the
+// load (the Rust API takes `&mut` borrows, the C ABI states the contract); workers write
+// disjoint ranges of them (validated: no two requests overlap, tasks never overlap within a
+// request), and each staging buffer is used by one worker.
+unsafe impl Send for RawDst {}
+// SAFETY: as above.
+unsafe impl Sync for RawDst {}
+
+struct Shared<'a> {
+    loader: &'a Loader,
+    reqs: &'a [Request],
+    tasks: &'a [Task],
+    direct: Vec<bool>,
+    target: &'a Target<'a>,
+    opts: &'a LoadOptions,
+    direct_files: Vec<OnceLock<Option<File>>>,
+    direct_refused: AtomicBool,
+    next: AtomicUsize,
+    stop: AtomicBool,
+    errors: Mutex<Vec<(usize, Error)>>,
+    done: AtomicU64,
+    total: u64,
+    direct_bytes: AtomicU64,
+    progress: Mutex<()>,
+    staging_size: usize,
+}
+
+/// Decides per task whether to read with `O_DIRECT`.
+fn choose_direct(loader: &Loader, tasks: &[Task], method: Method) -> Vec<bool> {
+    match method {
+        Method::Buffered => return vec![false; tasks.len()],
+        Method::Direct => return vec![true; tasks.len()],
+        Method::Auto => {}
+    }
+    let mut out = vec![false; tasks.len()];
+    // Tasks are sorted by file: one residency query per file.
+    let mut i = 0;
+    while i < tasks.len() {
+        let f = tasks[i].file;
+        let mut j = i;
+        while j < tasks.len() && tasks[j].file == f {
+            j += 1;
+        }
+        let lo = tasks[i..j].iter().map(|t| t.offset).min().unwrap_or(0);
+        let hi = tasks[i..j]
+            .iter()
+            .map(|t| t.offset + t.len)
+            .max()
+            .unwrap_or(0);
+        if let Some(res) = lio::Residency::map(&loader.opened.files[f].file, lo, hi - lo) {
+            for (k, t) in tasks[i..j].iter().enumerate() {
+                if t.read_len() < AUTO_DIRECT_MIN {
+                    continue; // small reads: the page cache's read-ahead serves them well
+                }
+                out[i + k] = !res.mostly_resident(t.offset, t.len, RESIDENCY_SAMPLES);
+            }
+        }
+        i = j;
+    }
+    out
+}
+
+/// Pages of a task [`Method::Auto`] asks `mincore` about (one call each, spread evenly):
+/// asking about every page of a 1 GiB checkpoint cost about 20 ms, a fifth of a warm load.
+const RESIDENCY_SAMPLES: u64 = 16;
+
+/// Tasks reading fewer bytes than this are read buffered by [`Method::Auto`].
+const AUTO_DIRECT_MIN: u64 = 256 << 10;
+
+pub(crate) fn run(
+    loader: &Loader,
+    reqs: &[Request],
+    tasks: &[Task],
+    target: &Target<'_>,
+    opts: &LoadOptions,
+    staging_size: usize,
+) -> Result<LoadReport> {
+    let direct = choose_direct(loader, tasks, opts.method);
+    let any_direct = direct.iter().any(|&d| d);
+    let mut threads = match opts.threads {
+        0 if any_direct => DIRECT_THREADS,
+        0 => crate::copy::default_threads(),
+        n => n,
+    };
+    if let Target::Sink { buffers, .. } = target {
+        if !buffers.is_empty() {
+            threads = threads.min(buffers.len());
+        }
+    }
+    threads = threads.clamp(1, tasks.len().max(1));
+    let total = tasks.iter().map(Task::out_len).sum();
+    let sh = Shared {
+        loader,
+        reqs,
+        tasks,
+        direct,
+        target,
+        opts,
+        direct_files: (0..loader.opened.files.len())
+            .map(|_| OnceLock::new())
+            .collect(),
+        direct_refused: AtomicBool::new(false),
+        next: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        errors: Mutex::new(Vec::new()),
+        done: AtomicU64::new(0),
+        total,
+        direct_bytes: AtomicU64::new(0),
+        progress: Mutex::new(()),
+        staging_size,
+    };
+    if threads == 1 {
+        worker(&sh, 0);
+    } else {
+        std::thread::scope(|s| {
+            for w in 0..threads {
+                let sh = &sh;
+                s.spawn(move || worker(sh, w));
+            }
+        });
+    }
+    let mut errors = sh.errors.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.0);
+        let n = errors.len();
+        let (_, e) = errors.swap_remove(0);
+        if n == 1 {
+            return Err(e);
+        }
+        let msg = format!("{} (and {} more failed task(s))", e.message(), n - 1);
+        let mut out = Error::new(e.kind(), msg);
+        if let Some(p) = e.path() {
+            out = out.at(p);
+        }
+        if let Some(a) = e.array_name() {
+            out = out.array(a);
+        }
+        return Err(out);
+    }
+    Ok(LoadReport {
+        bytes_out: total,
+        bytes_read: tasks.iter().map(Task::read_len).sum(),
+        direct_bytes: sh.direct_bytes.load(Ordering::Relaxed),
+        tasks: tasks.len(),
+        threads,
+        direct_refused: sh.direct_refused.load(Ordering::Relaxed),
+    })
+}
+
+/// Workers when some task is read with `O_DIRECT` and the caller left the count to npkio:
+/// direct reads wait on the device, so more reads in flight than cores pays (measured in
+/// `examples/load_bench.rs`).
+const DIRECT_THREADS: usize = 4;
+
+struct Buffers {
+    /// Source bytes (direct reads, converted and strided tasks).
+    bounce: Aligned,
+    /// npkio's own staging buffer for a sink.
+    staging: Aligned,
+}
+
+fn worker(sh: &Shared<'_>, w: usize) {
+    let mut bufs = Buffers {
+        bounce: Aligned::default(),
+        staging: Aligned::default(),
+    };
+    loop {
+        if sh.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let i = sh.next.fetch_add(1, Ordering::Relaxed);
+        let Some(task) = sh.tasks.get(i) else { return };
+        if let Err(e) = do_task(sh, w, task, sh.direct[i], &mut bufs) {
+            sh.stop.store(true, Ordering::Relaxed);
+            let req = task.first_req();
+            let f = &sh.loader.opened.files[task.file];
+            let name = &sh.reqs[req].name;
+            let err = match e {
+                TaskError::Io(e) => Error::io(
+                    &f.path,
+                    &format!(
+                        "reading bytes {}..{} for request {req}",
+                        task.offset,
+                        task.offset + task.len
+                    ),
+                    e,
+                ),
+                TaskError::Sink(msg) => Error::new(
+                    ErrorKind::Io,
+                    format!("the sink refused request {req}'s bytes: {msg}"),
+                ),
+            }
+            .array(name.clone());
+            sh.errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((i, err));
+            return;
+        }
+        let out = task.out_len();
+        let done = sh.done.fetch_add(out, Ordering::Relaxed) + out;
+        if let Some(p) = &sh.opts.progress {
+            // One call at a time, so C callbacks need not be thread-safe.
+            let _g = sh.progress.lock().unwrap_or_else(|e| e.into_inner());
+            p(done, sh.total);
+        }
+    }
+}
+
+enum TaskError {
+    Io(io::Error),
+    Sink(String),
+}
+
+impl From<io::Error> for TaskError {
+    fn from(e: io::Error) -> Self {
+        TaskError::Io(e)
+    }
+}
+
+/// The `O_DIRECT` descriptor of file `f`, `None` when the filesystem refuses it.
+fn direct_file<'s>(sh: &'s Shared<'_>, f: usize) -> Option<&'s File> {
+    let d = sh.direct_files[f].get_or_init(|| {
+        let src = &sh.loader.opened.files[f];
+        lio::open_direct(&src.file, &src.path)
+    });
+    if d.is_none() {
+        sh.direct_refused.store(true, Ordering::Relaxed);
+    }
+    d.as_ref()
+}
+
+/// Reads `[off, off + len)` of file `f` into `bounce`; returns the bytes.
+fn read_span<'b>(
+    sh: &Shared<'_>,
+    f: usize,
+    off: u64,
+    len: usize,
+    direct: bool,
+    bounce: &'b mut Aligned,
+) -> io::Result<&'b [u8]> {
+    if direct {
+        if let Some(df) = direct_file(sh, f) {
+            match lio::read_direct(df, off, len, bounce) {
+                Ok(start) => {
+                    sh.direct_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    return Ok(bounce.view(start, len));
+                }
+                Err(e) if lio::direct_refused(&e) => {
+                    sh.direct_refused.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let file = &sh.loader.opened.files[f].file;
+    let b = bounce.get(len);
+    lio::read_exact_at(file, b, off)?;
+    if sh.opts.drop_behind {
+        lio::drop_cache(file, off, len as u64);
+    }
+    Ok(b)
+}
+
+/// The output bytes `[off, off + len)` of request `req` in memory.
+///
+/// # Safety
+///
+/// The range must lie inside the request's destination (validated before the run) and no
+/// other live slice may cover it (tasks write disjoint ranges).
+unsafe fn dst_slice<'a>(dsts: &[RawDst], req: usize, off: u64, len: u64) -> &'a mut [u8] {
+    let d = dsts[req];
+    debug_assert!(off + len <= d.cap as u64);
+    // SAFETY: the caller's contract above; the pointer is valid for `cap` bytes.
+    unsafe { std::slice::from_raw_parts_mut(d.ptr.add(off as usize), len as usize) }
+}
+
+fn do_task(
+    sh: &Shared<'_>,
+    w: usize,
+    t: &Task,
+    direct: bool,
+    bufs: &mut Buffers,
+) -> std::result::Result<(), TaskError> {
+    match sh.target {
+        Target::Memory(dsts) => memory_task(sh, dsts, t, direct, bufs),
+        Target::Sink { sink, buffers } => {
+            if let (true, Kind::Contig(segs)) = (buffers.is_empty(), &t.kind) {
+                // npkio's own staging: read straight into it (direct reads too, it is
+                // aligned), so each worker holds one buffer, not two.
+                let len = t.len as usize;
+                let data = read_span(sh, t.file, t.offset, len, direct, &mut bufs.staging)?;
+                return sink(segs[0].req, segs[0].out_off, data).map_err(TaskError::Sink);
+            }
+            let out_len = t.out_len() as usize;
+            let staging: &mut [u8] = if buffers.is_empty() {
+                bufs.staging.get(sh.staging_size.max(out_len))
+            } else {
+                let b = buffers[w];
+                debug_assert!(out_len <= b.cap);
+                // SAFETY: buffer `w` belongs to this worker alone for the whole run, and the
+                // caller lends `cap` writable bytes (the contract of the sink functions).
+                unsafe { std::slice::from_raw_parts_mut(b.ptr, b.cap) }
+            };
+            let (req, out_off) = match &t.kind {
+                Kind::Contig(segs) => (segs[0].req, segs[0].out_off),
+                Kind::Rows { req, out_off, .. } => (*req, *out_off),
+            };
+            let out = &mut staging[..out_len];
+            fill(sh, t, direct, &mut bufs.bounce, out)?;
+            sink(req, out_off, out).map_err(TaskError::Sink)
+        }
+    }
+}
+
+/// Pointer mode: deliver the task straight into the destinations.
+fn memory_task(
+    sh: &Shared<'_>,
+    dsts: &[RawDst],
+    t: &Task,
+    direct: bool,
+    bufs: &mut Buffers,
+) -> std::result::Result<(), TaskError> {
+    match &t.kind {
+        Kind::Contig(segs) if !direct => {
+            read_vectored(sh, dsts, t, segs)?;
+            Ok(())
+        }
+        Kind::Contig(segs) if aligned_like_file(dsts, t, segs) => {
+            direct_into(sh, dsts, t, segs, &mut bufs.bounce)?;
+            Ok(())
+        }
+        Kind::Contig(segs) => {
+            let src = read_span(sh, t.file, t.offset, t.len as usize, true, &mut bufs.bounce)?;
+            let mut pos = 0usize;
+            for s in segs {
+                // SAFETY: validated range of the request's destination, written by this
+                // task alone.
+                let d = unsafe { dst_slice(dsts, s.req, s.out_off, s.len) };
+                d.copy_from_slice(&src[pos..pos + s.len as usize]);
+                pos += s.len as usize;
+            }
+            Ok(())
+        }
+        Kind::Rows { req, out_off, .. } => {
+            // SAFETY: as above.
+            let out = unsafe { dst_slice(dsts, *req, *out_off, t.out_len()) };
+            fill(sh, t, direct, &mut bufs.bounce, out)
+        }
+    }
+}
+
+/// Whether every segment's destination sits at the same position within a block as its
+/// file offset, so that `O_DIRECT` can read the aligned middle straight into it.
+fn aligned_like_file(dsts: &[RawDst], t: &Task, segs: &[Seg]) -> bool {
+    let mut off = t.offset;
+    segs.iter().all(|s| {
+        let p = dsts[s.req].ptr as u64 + s.out_off;
+        let ok = p.wrapping_sub(off) % BLOCK == 0;
+        off += s.len;
+        ok
+    })
+}
+
+/// `O_DIRECT` straight into the destinations (no bounce copy). When the segments follow
+/// each other in memory (an arena laid out like the file), the block-aligned middle of the
+/// whole task is one read; otherwise each segment's middle is. The unaligned ends (less than
+/// a block each) go through the bounce buffer.
+fn direct_into(
+    sh: &Shared<'_>,
+    dsts: &[RawDst],
+    t: &Task,
+    segs: &[Seg],
+    bounce: &mut Aligned,
+) -> io::Result<()> {
+    let Some(df) = direct_file(sh, t.file) else {
+        return read_vectored(sh, dsts, t, segs);
+    };
+    let ptr = |s: &Seg| dsts[s.req].ptr.wrapping_add(s.out_off as usize);
+    let in_one_piece = segs
+        .windows(2)
+        .all(|w| ptr(&w[0]).wrapping_add(w[0].len as usize) == ptr(&w[1]));
+    // (file offset, length, first segment, how many) of each piece read in place.
+    let mut pieces = Vec::new();
+    if in_one_piece {
+        pieces.push((t.offset, t.len, 0, segs.len()));
+    } else {
+        let mut off = t.offset;
+        for (i, s) in segs.iter().enumerate() {
+            pieces.push((off, s.len, i, 1));
+            off += s.len;
+        }
+    }
+    for (off, len, first, n) in pieces {
+        let segs = &segs[first..first + n];
+        let (a, b) = (off.next_multiple_of(BLOCK), (off + len) / BLOCK * BLOCK);
+        if a >= b {
+            let src = read_span(sh, t.file, off, len as usize, true, bounce)?;
+            scatter(dsts, segs, off, off, src);
+            continue;
+        }
+        let at = ptr(&segs[0]).wrapping_add((a - off) as usize);
+        // SAFETY: `[a, b)` lies inside the piece, whose bytes are the segments' validated
+        // destination ranges, consecutive in memory and written by this task alone.
+        match unsafe { pread_direct(df, at, (b - a) as usize, a) } {
+            Ok(()) => {
+                sh.direct_bytes.fetch_add(b - a, Ordering::Relaxed);
+            }
+            Err(e) if lio::direct_refused(&e) => {
+                sh.direct_refused.store(true, Ordering::Relaxed);
+                let src = read_span(sh, t.file, a, (b - a) as usize, false, bounce)?;
+                scatter(dsts, segs, off, a, src);
+            }
+            Err(e) => return Err(e),
+        }
+        for (x, y) in [(off, a), (b, off + len)] {
+            if x < y {
+                let src = read_span(sh, t.file, x, (y - x) as usize, true, bounce)?;
+                scatter(dsts, segs, off, x, src);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies `bytes`, the file's bytes from offset `at`, into the segments, which hold the
+/// file's bytes from offset `start` on.
+fn scatter(dsts: &[RawDst], segs: &[Seg], start: u64, at: u64, bytes: &[u8]) {
+    let end = at + bytes.len() as u64;
+    let mut pos = start;
+    for s in segs {
+        let (x, y) = (pos.max(at), (pos + s.len).min(end));
+        if x < y {
+            // SAFETY: validated range of the request's destination, written by this task
+            // alone.
+            let d = unsafe { dst_slice(dsts, s.req, s.out_off + (x - pos), y - x) };
+            d.copy_from_slice(&bytes[(x - at) as usize..(y - at) as usize]);
+        }
+        pos += s.len;
+    }
+}
+
+/// Reads exactly `len` bytes at `off` into `ptr` with an `O_DIRECT` descriptor (address,
+/// offset and length block-aligned), by system calls on the raw pointer: the bytes may
+/// span several requests' destinations that follow each other in memory.
+///
+/// # Safety
+///
+/// `ptr` must be valid for writes of `len` bytes that nothing else accesses meanwhile.
+unsafe fn pread_direct(
+    df: &File,
+    mut ptr: *mut u8,
+    mut len: usize,
+    mut off: u64,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // After a short count that is not a block multiple, offsets are no longer aligned: the
+    // rest is read through the page cache (a plain descriptor of the same file).
+    let mut plain: Option<File> = None;
+    while len > 0 {
+        let fd = plain.as_ref().map_or(df.as_raw_fd(), |f| f.as_raw_fd());
+        // SAFETY: the caller's contract; the kernel writes at most `len` bytes.
+        let n = unsafe { libc::pread(fd, ptr.cast(), len, off as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file ends at byte {off}, before byte {} (truncated during the load?)",
+                    off + len as u64
+                ),
+            ));
+        }
+        if n % BLOCK as usize != 0 && plain.is_none() {
+            plain = Some(File::open(format!("/proc/self/fd/{}", df.as_raw_fd()))?);
+        }
+        ptr = ptr.wrapping_add(n);
+        len -= n;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Buffered read of a contiguous task into its segments: one `preadv` (continued with
+/// `pread` after a short read).
+fn read_vectored(sh: &Shared<'_>, dsts: &[RawDst], t: &Task, segs: &[Seg]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = &sh.loader.opened.files[t.file].file;
+    if let [s] = segs {
+        // SAFETY: validated range of the request's destination, written by this task alone.
+        let d = unsafe { dst_slice(dsts, s.req, s.out_off, s.len) };
+        lio::read_exact_at(file, d, t.offset)?;
+        if sh.opts.drop_behind {
+            lio::drop_cache(file, t.offset, t.len);
+        }
+        return Ok(());
+    }
+    let iov: Vec<libc::iovec> = segs
+        .iter()
+        .map(|s| libc::iovec {
+            // SAFETY: in bounds of the request's destination (validated).
+            iov_base: unsafe { dsts[s.req].ptr.add(s.out_off as usize) }.cast(),
+            iov_len: s.len as usize,
+        })
+        .collect();
+    let n = loop {
+        // SAFETY: every iovec points into caller memory lent for the load, disjoint from
+        // what other tasks write; the kernel writes at most their lengths.
+        let n = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                t.offset as libc::off_t,
+            )
+        };
+        if n >= 0 {
+            break n as u64;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if n < t.len {
+        // Finish segment by segment from where the kernel stopped.
+        let mut pos = 0u64;
+        for s in segs {
+            let (a, b) = (pos, pos + s.len);
+            pos = b;
+            if b <= n {
+                continue;
+            }
+            let skip = n.saturating_sub(a);
+            // SAFETY: as above.
+            let d = unsafe { dst_slice(dsts, s.req, s.out_off + skip, s.len - skip) };
+            lio::read_exact_at(file, d, t.offset + a + skip)?;
+        }
+    }
+    if sh.opts.drop_behind {
+        lio::drop_cache(file, t.offset, t.len);
+    }
+    Ok(())
+}
+
+/// Produces a task's output bytes into `out` (exactly `t.out_len()` long).
+fn fill(
+    sh: &Shared<'_>,
+    t: &Task,
+    direct: bool,
+    bounce: &mut Aligned,
+    out: &mut [u8],
+) -> std::result::Result<(), TaskError> {
+    match &t.kind {
+        Kind::Contig(_) => {
+            if direct {
+                let src = read_span(sh, t.file, t.offset, t.len as usize, true, bounce)?;
+                out.copy_from_slice(src);
+            } else {
+                let file = &sh.loader.opened.files[t.file].file;
+                lio::read_exact_at(file, out, t.offset)?;
+                if sh.opts.drop_behind {
+                    lio::drop_cache(file, t.offset, t.len);
+                }
+            }
+        }
+        &Kind::Rows {
+            conv,
+            stride,
+            run,
+            count,
+            each,
+            ..
+        } => {
+            let (a, b) = conv.sizes();
+            let run_out = (run / a * b) as usize;
+            let run = run as usize;
+            if each {
+                for r in 0..count as usize {
+                    let off = t.offset + r as u64 * stride;
+                    let o = &mut out[r * run_out..(r + 1) * run_out];
+                    if conv == Conversion::None && !direct {
+                        let file = &sh.loader.opened.files[t.file].file;
+                        lio::read_exact_at(file, o, off)?;
+                    } else {
+                        let src = read_span(sh, t.file, off, run, direct, bounce)?;
+                        conv.run(src, o);
+                    }
+                }
+                if sh.opts.drop_behind && !direct {
+                    let file = &sh.loader.opened.files[t.file].file;
+                    lio::drop_cache(file, t.offset, t.len);
+                }
+            } else {
+                let src = read_span(sh, t.file, t.offset, t.len as usize, direct, bounce)?;
+                for r in 0..count as usize {
+                    let s = r * stride as usize;
+                    conv.run(&src[s..s + run], &mut out[r * run_out..(r + 1) * run_out]);
+                }
+            }
+        }
+    }
+    Ok(())
+}

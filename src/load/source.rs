@@ -1,0 +1,204 @@
+//! What a checkpoint looks like to the loader: files, and for every tensor its dtype, shape
+//! and where its logical bytes lie in those files (pieces, in order).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::numpack::NumPack;
+use crate::safetensors::index::Checkpoint;
+
+/// The file name that marks a NumPack directory.
+const NUMPACK_METADATA: &str = "metadata.npkm";
+
+/// What kind of checkpoint a [`Loader`](super::Loader) reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Container {
+    /// One `.safetensors` file.
+    SafeTensors,
+    /// A sharded SafeTensors checkpoint (an index and its shards).
+    ShardedSafeTensors,
+    /// A NumPack directory (plain, segmented or with dropped rows).
+    NumPack,
+}
+
+/// A run of a tensor's logical bytes inside one file.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Piece {
+    /// Index into the loader's files.
+    pub(crate) file: usize,
+    /// Byte offset in the file.
+    pub(crate) offset: u64,
+    /// Logical byte offset in the tensor where the piece starts.
+    pub(crate) logical: u64,
+    /// Length in bytes.
+    pub(crate) len: u64,
+}
+
+/// One tensor a loader can read.
+#[derive(Clone, Debug)]
+pub struct LoadTensor {
+    /// The exact name.
+    pub name: String,
+    /// The true dtype.
+    pub dtype: DType,
+    /// The logical shape (for NumPack, rows after deletions).
+    pub shape: Vec<u64>,
+    /// Logical byte length.
+    pub nbytes: u64,
+    pub(crate) pieces: Vec<Piece>,
+}
+
+impl LoadTensor {
+    /// Where the tensor's bytes start in their file, when they are one run of one file
+    /// (always for SafeTensors; for NumPack, arrays without segments or dropped rows).
+    ///
+    /// A destination whose address sits like this offset within a 4096-byte block
+    /// (`addr % 4096 == offset % 4096`) is read with `O_DIRECT` in place, without a bounce
+    /// copy: an arena with every tensor at `arena + file_offset` gets that for all of them.
+    pub fn file_offset(&self) -> Option<u64> {
+        match self.pieces[..] {
+            [p] => Some(p.offset),
+            _ => None,
+        }
+    }
+}
+
+/// A source file.
+#[derive(Debug)]
+pub(crate) struct SourceFile {
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+}
+
+/// The opened checkpoint.
+pub(crate) struct Opened {
+    pub(crate) container: Container,
+    pub(crate) files: Vec<SourceFile>,
+    pub(crate) tensors: Vec<LoadTensor>,
+    pub(crate) by_name: HashMap<String, usize>,
+}
+
+pub(crate) fn open(path: &Path) -> Result<Opened> {
+    let md = std::fs::metadata(path).ctx(path, "opening")?;
+    let mut o = if md.is_dir() && path.join(NUMPACK_METADATA).exists() {
+        open_numpack(path)?
+    } else {
+        open_safetensors(path)?
+    };
+    for (i, t) in o.tensors.iter().enumerate() {
+        o.by_name.insert(t.name.clone(), i);
+    }
+    Ok(o)
+}
+
+fn open_safetensors(path: &Path) -> Result<Opened> {
+    let ck = Checkpoint::open(path)?;
+    let mut files = Vec::with_capacity(ck.shards().len());
+    for s in ck.shards() {
+        let file = s.file().try_clone().ctx(s.path(), "opening")?;
+        files.push(SourceFile {
+            path: s.path().to_path_buf(),
+            file,
+        });
+    }
+    let mut tensors = Vec::with_capacity(ck.len());
+    for i in 0..ck.len() {
+        let (shard, _) = ck.location(i);
+        let info = ck.info(i);
+        let start = ck.shards()[shard].data_start() + info.data_offsets.0;
+        let pieces = if info.is_empty() {
+            Vec::new()
+        } else {
+            vec![Piece {
+                file: shard,
+                offset: start,
+                logical: 0,
+                len: info.len(),
+            }]
+        };
+        tensors.push(LoadTensor {
+            name: info.name.clone(),
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            nbytes: info.len(),
+            pieces,
+        });
+    }
+    Ok(Opened {
+        container: if ck.is_sharded() {
+            Container::ShardedSafeTensors
+        } else {
+            Container::SafeTensors
+        },
+        files,
+        tensors,
+        by_name: HashMap::new(),
+    })
+}
+
+fn open_numpack(dir: &Path) -> Result<Opened> {
+    let store = NumPack::open(dir)?;
+    // The loader keeps every data file open while it lives (as a sharded checkpoint keeps
+    // its shards): let the process have as many descriptors as it may.
+    crate::fdlimit::raise_soft_limit();
+    let mut files: Vec<SourceFile> = Vec::new();
+    let mut file_ix: HashMap<PathBuf, usize> = HashMap::new();
+    let mut tensors = Vec::new();
+    for name in store.names() {
+        let info = store.info(name)?;
+        let mut pieces = Vec::new();
+        let mut logical = 0u64;
+        for ext in store.array_extents(name)? {
+            let path = dir.join(&ext.file);
+            let file = match file_ix.get(&path) {
+                Some(&i) => i,
+                None => {
+                    // As the store opens its files: inside the directory, no links out.
+                    let f = crate::numpack::store::open_file(dir, &ext.file)
+                        .map_err(|e| e.array(name))?;
+                    files.push(SourceFile {
+                        path: path.clone(),
+                        file: f,
+                    });
+                    file_ix.insert(path, files.len() - 1);
+                    files.len() - 1
+                }
+            };
+            pieces.push(Piece {
+                file,
+                offset: ext.offset,
+                logical,
+                len: ext.len,
+            });
+            logical += ext.len;
+        }
+        if logical != info.nbytes {
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                format!(
+                    "data files hold {logical} bytes of the array, not the {} its shape needs",
+                    info.nbytes
+                ),
+            )
+            .at(dir)
+            .array(name));
+        }
+        tensors.push(LoadTensor {
+            name: name.to_string(),
+            dtype: info.dtype,
+            shape: info.shape,
+            nbytes: info.nbytes,
+            pieces,
+        });
+    }
+    Ok(Opened {
+        container: Container::NumPack,
+        files,
+        tensors,
+        by_name: HashMap::new(),
+    })
+}
