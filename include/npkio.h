@@ -56,8 +56,9 @@
 #define NPKIO_FLAG_DURABLE 1
 
 /**
- * Flag: when another conversion into the same output is running (it holds the output's
- * lock), fail at once with `NPKIO_STATUS_BUSY` instead of waiting for it to finish.
+ * Flag: when another conversion or store change holds the lock of the output's directory
+ * (npkio locks the directory holding an output while writing it), fail at once with
+ * `NPKIO_STATUS_BUSY` instead of waiting for it to finish.
  */
 #define NPKIO_FLAG_NO_WAIT 2
 
@@ -684,7 +685,8 @@ NpkioStatus npkio_last_error_copy(char *buf,
 const char *npkio_status_name(uint32_t status);
 
 /**
- * Opens an existing NumPack directory, validating its metadata and every data file.
+ * Opens an existing NumPack directory, validating its metadata and every data file (an
+ * array whose files are damaged fails with its own error when read; the others read).
  *
  * On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`
  * (or `npkio_numpack_close`).
@@ -896,6 +898,29 @@ NpkioStatus npkio_numpack_set_metadata(struct NpkioNumpack *npk,
                                        size_t count);
 
 /**
+ * Writes a JSON document describing every array of the directory `npk` to `buffer`:
+ *
+ * `{"base_dir": "...", "arrays": {name: {"shape": [physical], "logical_shape": [..],
+ * "data_file": "data_x.npkd", "last_modified": microseconds, "size_bytes": n,
+ * "dtype_code": n, "deleted_rows": n}, ...}}`, arrays sorted by name; `base_dir` is the
+ * directory's path (lossily UTF-8).
+ *
+ * `*json_len` receives the document's length in bytes (without a NUL). When `capacity`
+ * is at least that, the document is copied to `buffer` (NUL-terminated when there is room)
+ * and the result is `NPKIO_STATUS_OK`; otherwise nothing else is written and the result
+ * is `NPKIO_STATUS_BUFFER_TOO_SMALL`: call again with a buffer of `*json_len` bytes.
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle; `buffer` NULL (only when `capacity` is 0) or `capacity`
+ * writable bytes; `json_len` a writable `size_t`.
+ */
+NpkioStatus npkio_numpack_records_json(const struct NpkioNumpack *npk,
+                                       char *buffer,
+                                       size_t capacity,
+                                       size_t *json_len);
+
+/**
  * Opens a SafeTensors file: maps it and validates its header (offsets, shapes, dtypes).
  * No tensor byte is read. `path` may also be a sharded checkpoint's
  * `*.safetensors.index.json`, or a directory holding one: every shard is then opened and
@@ -1070,6 +1095,107 @@ NpkioStatus npkio_safetensors_iter_next(struct NpkioSafetensorsIter *iter,
  * must not be used afterwards.
  */
 void npkio_safetensors_iter_free(struct NpkioSafetensorsIter *iter);
+
+/**
+ * Writes `count` tensors held in the caller's memory to the SafeTensors file
+ * `output_path`: the bytes the `safetensors` crate's `serialize_to_file` writes for them
+ * (tensors ordered by dtype, largest alignment first, then by name; header padded with
+ * spaces to a multiple of 8). `metadata_keys == NULL` writes no `__metadata__`; otherwise
+ * the `metadata_count` pairs, in that order (`metadata_count == 0` writes an empty one).
+ * The file is written beside `output_path` and renamed into place, as the conversions
+ * write theirs; `flags` takes `NPKIO_FLAG_DURABLE` and `NPKIO_FLAG_NO_WAIT`. npkio reads
+ * the tensors during the call only.
+ *
+ * # Safety
+ *
+ * `tensors` NULL (only when `count` is 0) or `count` descriptions following
+ * `NpkioTensorDesc`'s rules; the metadata arrays NULL or `metadata_count` pointers to
+ * NUL-terminated strings; `output_path` NULL or a NUL-terminated string.
+ */
+NpkioStatus npkio_save_safetensors_file(const struct NpkioTensorDesc *tensors,
+                                        size_t count,
+                                        const char *const *metadata_keys,
+                                        const char *const *metadata_values,
+                                        size_t metadata_count,
+                                        const char *output_path,
+                                        uint32_t flags);
+
+/**
+ * Lays out `count` tensors (and metadata, as `npkio_save_safetensors_file` takes it) as a
+ * SafeTensors file, without writing anything: the file is the header, then each tensor's
+ * bytes in the order `order` gives, packed.
+ *
+ * `*header_len` receives the header's length (the 8-byte length prefix and the padded
+ * JSON). When `header_capacity` is at least that, the header is copied to `header`,
+ * `order[k]` receives the index (into `tensors`) of the k-th tensor in the file, and the
+ * result is `NPKIO_STATUS_OK`. Otherwise nothing else is written and the result is
+ * `NPKIO_STATUS_BUFFER_TOO_SMALL`: call again with a buffer of `*header_len` bytes.
+ * Each description's `nbytes` must match its dtype and shape.
+ *
+ * # Safety
+ *
+ * As `npkio_save_safetensors_file` for the tensors and metadata; `header` NULL (only when
+ * `header_capacity` is 0) or `header_capacity` writable bytes; `header_len` a writable
+ * `size_t`; `order` NULL (only when `count` is 0) or `count` writable `size_t`s.
+ */
+NpkioStatus npkio_safetensors_header(const struct NpkioTensorDesc *tensors,
+                                     size_t count,
+                                     const char *const *metadata_keys,
+                                     const char *const *metadata_values,
+                                     size_t metadata_count,
+                                     uint8_t *header,
+                                     size_t header_capacity,
+                                     size_t *header_len,
+                                     size_t *order);
+
+/**
+ * Describes the SafeTensors file (or sharded checkpoint: its `*.safetensors.index.json`
+ * or a directory holding one) `path` in one UTF-8 JSON document, reading headers only:
+ *
+ * `{"tensors": {name: {"shape": [..], "dtype": "F32", "data_offsets": [begin, end]}, ...},
+ * "metadata": {key: value, ...}, "has_metadata": true}`
+ *
+ * Tensors are in file order (shard by shard), `data_offsets` relative to the data section
+ * of the file holding the tensor; `metadata` is the `__metadata__` section (the first
+ * shard's), `{}` with `has_metadata` false when there is none.
+ *
+ * `*json_len` receives the document's length in bytes (without a NUL). When
+ * `capacity` is at least that, the document is copied to `buffer` (NUL-terminated when
+ * there is room for it) and the result is `NPKIO_STATUS_OK`; otherwise nothing else is
+ * written and the result is `NPKIO_STATUS_BUFFER_TOO_SMALL`: call again with a buffer of
+ * `*json_len` bytes.
+ *
+ * # Safety
+ *
+ * `path` NULL or a NUL-terminated string; `buffer` NULL (only when `capacity` is 0) or
+ * `capacity` writable bytes; `json_len` a writable `size_t`.
+ */
+NpkioStatus npkio_safetensors_metadata_json(const char *path,
+                                            char *buffer,
+                                            size_t capacity,
+                                            size_t *json_len);
+
+/**
+ * Describes a whole SafeTensors file held in memory (`data`, `len` bytes), validated as
+ * the `safetensors` crate's `deserialize` validates it, in one UTF-8 JSON document:
+ *
+ * `{"tensors": {name: {"shape": [..], "dtype": "F32", "data_offsets": [begin, end]}, ...},
+ * "data_start": 8 + header length}`
+ *
+ * Tensors are in the order of their offsets; `data_offsets` are relative to `data_start`.
+ * `json_len`, `buffer` and `capacity` work as in `npkio_safetensors_metadata_json`. npkio
+ * reads `data` during the call only.
+ *
+ * # Safety
+ *
+ * `data` NULL (only when `len` is 0) or `len` readable bytes; `buffer` NULL (only when
+ * `capacity` is 0) or `capacity` writable bytes; `json_len` a writable `size_t`.
+ */
+NpkioStatus npkio_safetensors_bytes_json(const uint8_t *data,
+                                         size_t len,
+                                         char *buffer,
+                                         size_t capacity,
+                                         size_t *json_len);
 
 /**
  * Opens the NumPack directory `input_path` and selects arrays to read as tensors: all

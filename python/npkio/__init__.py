@@ -5,8 +5,12 @@ A ``ctypes`` package over the ``libnpkio`` shared library (no compiled extension
 * :mod:`npkio.io`: the SafeTensors API of ``numpack.io`` (``from_safetensors``,
   ``to_safetensors``, ``from_safetensors_file``, ``to_safetensors_file``,
   ``get_safetensors_metadata``, ``iter_safetensors``, ``DEFAULT_CHUNK_SIZE``).
+* :mod:`npkio.files`: the file API of ``safetensors.numpy`` (``save_file``, ``load_file``,
+  ``save``, ``load``), also importable from ``npkio`` itself.
 * :class:`npkio.NumPack`: a NumPack directory (``load``, ``save``, ``append``, ``drop``,
-  ``get_member_list``, ``get_shape``), usable as a context manager.
+  ``get_member_list``, ``get_shape``, and NumPack 0.7's ``getitem``, ``replace``,
+  ``clone``, ``update``, ``reset``, ``stream_load``, ``get_metadata``,
+  ``get_modify_time``), usable as a context manager.
 * :class:`npkio.NpkioError` and its subclasses, each also a built-in exception
   (``KeyError``, ``FileNotFoundError``, ``FileExistsError``, ``ValueError``, ...).
 * :func:`npkio.dtype_of`, :func:`npkio.raw_dtype`: dtypes NumPy lacks (BF16, FP8, F4, F6).
@@ -18,7 +22,7 @@ is installed.
 
 from __future__ import annotations
 
-from . import io
+from . import files, io
 from ._dtypes import DTYPE_NAMES, dtype_of, raw_dtype, use_ml_dtypes
 from ._errors import (
     NpkioBusyError,
@@ -44,7 +48,9 @@ from .io import (
     to_safetensors,
     to_safetensors_file,
 )
-from .numpack import NumPack
+from .files import load, load_file, save, save_file
+from .io import SafeTensorsMetadata, TensorMetadata
+from .numpack import NumPack, NumPackStateError
 
 #: The version of the loaded ``libnpkio``, which is this package's version: the package is
 #: built with the library, both from the crate's Cargo.toml.
@@ -54,7 +60,15 @@ __version__ = library_version
 
 __all__ = [
     "io",
+    "files",
     "NumPack",
+    "NumPackStateError",
+    "save_file",
+    "load_file",
+    "save",
+    "load",
+    "SafeTensorsMetadata",
+    "TensorMetadata",
     "DEFAULT_CHUNK_SIZE",
     "from_safetensors",
     "to_safetensors",

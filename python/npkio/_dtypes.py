@@ -202,20 +202,45 @@ def view_to_array(owner: object, v: TensorView) -> "Tuple[str, np.ndarray]":
     row = _BY_NUMBER.get(v.dtype)
     if row is None:
         raise RuntimeError(f"npkio returned unknown dtype number {v.dtype}")
+    flat = np.asarray(_Buffer(owner, v.data, v.nbytes)) if v.nbytes else None
+    return name, bytes_to_array(flat, row, shape, v.nbytes)
+
+
+def bytes_to_array(
+    flat: Optional[np.ndarray], row: _Row, shape: Tuple[int, ...], nbytes: int
+) -> np.ndarray:
+    """The array of dtype ``row`` and logical ``shape`` over ``flat``, a 1-d ``uint8`` array
+    of exactly ``nbytes`` bytes (``None`` when there are none). A view, not a copy."""
     dt = _numpy_dtype(row)
     if dt is None:
         if row.bits % 8:
             dt = raw_dtype(row.name, shape)
-            shape = _sub_byte_raw_shape(shape, row.bits, v.nbytes)
+            shape = _sub_byte_raw_shape(shape, row.bits, nbytes)
         else:
             dt = raw_dtype(row.name)
-    if v.nbytes == 0:
+    if flat is None or nbytes == 0:
         arr = np.empty(shape, dtype=dt)
         arr.flags.writeable = False
-        return name, arr
-    flat = np.asarray(_Buffer(owner, v.data, v.nbytes))
-    arr = flat.view(dt).reshape(shape)
-    return name, arr
+        return arr
+    return flat.view(dt).reshape(shape)
+
+
+def row_by_name(name: str) -> _Row:
+    """The dtype of a SafeTensors name (``"F32"``)."""
+    row = _BY_NAME.get(name)
+    if row is None:
+        raise ValueError(f"unknown dtype {name!r}")
+    return row
+
+
+def finish(arr: np.ndarray, copy: bool) -> np.ndarray:
+    """What a reading function returns: ``arr`` itself (a read-only view), or with
+    ``copy=True`` a writable copy that owns its memory (same dtype, tags included)."""
+    if not copy:
+        return arr
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    out[...] = arr
+    return out
 
 
 # ----------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The shared library is looked for, in order:
 
 1. the path in the ``NPKIO_LIBRARY`` environment variable (and only there, when it is set);
-2. the copy installed inside this package (``npkio/libnpkio.so``) by ``pip install ./python``;
+2. the copy installed inside this package (``npkio/libnpkio*.so``: setuptools-rust names it
+   like an extension module, ``libnpkio.cpython-311-x86_64-linux-gnu.so``) by the wheel or
+   ``pip install ./python``;
 3. for development from a checkout: ``$CARGO_TARGET_DIR`` or ``<repo>/target``, ``release``
    then ``debug``.
 
@@ -25,11 +27,11 @@ from ._errors import error_for_status
 __all__ = ["lib", "library_path", "check", "Handle", "TensorView", "TensorDesc", "ArrayInfo"]
 
 if sys.platform == "darwin":
-    _LIB_NAME = "libnpkio.dylib"
+    _LIB_NAME, _SUFFIX = "libnpkio.dylib", ".dylib"
 elif sys.platform == "win32":
-    _LIB_NAME = "npkio.dll"
+    _LIB_NAME, _SUFFIX = "npkio.dll", ".dll"
 else:
-    _LIB_NAME = "libnpkio.so"
+    _LIB_NAME, _SUFFIX = "libnpkio.so", ".so"
 
 
 def _candidates() -> List[Path]:
@@ -37,7 +39,10 @@ def _candidates() -> List[Path]:
     if env:
         return [Path(env)]
     here = Path(__file__).resolve().parent
-    found = [here / _LIB_NAME]
+    # The installed copy: ``libnpkio.so`` or the name setuptools-rust gives it (the
+    # interpreter's extension suffix, or ``.pyd`` on Windows).
+    found = sorted(p for p in here.glob("*npkio*") if p.suffix in (_SUFFIX, ".pyd"))
+    found = found or [here / _LIB_NAME]
     repo = here.parent.parent
     if (repo / "Cargo.toml").is_file():
         target = Path(os.environ.get("CARGO_TARGET_DIR") or repo / "target")
@@ -137,6 +142,7 @@ def _proto(name: str, restype, *argtypes) -> None:
 
 _proto("npkio_version", c_char_p)
 _proto("npkio_last_error_message", c_char_p)
+_proto("npkio_parse_size", _status, c_char_p, POINTER(c_uint64))
 _proto("npkio_last_error_status", _status)
 _proto("npkio_status_name", c_char_p, c_uint32)
 _proto("npkio_dtype_name", c_char_p, c_uint32)
@@ -180,6 +186,20 @@ _proto("npkio_tensors_free", None, _handle)
 _proto("npkio_tensors_count", _status, _handle, POINTER(c_size_t))
 _proto("npkio_tensors_get", _status, _handle, c_size_t, POINTER(TensorView))
 
+_proto(
+    "npkio_save_safetensors_file",
+    _status, POINTER(TensorDesc), c_size_t, _pp, _pp, c_size_t, c_char_p, c_uint32,
+)
+_proto(
+    "npkio_safetensors_header",
+    _status, POINTER(TensorDesc), c_size_t, _pp, _pp, c_size_t, c_void_p, c_size_t,
+    POINTER(c_size_t), POINTER(c_size_t),
+)
+_proto("npkio_safetensors_metadata_json", _status, c_char_p, c_void_p, c_size_t,
+       POINTER(c_size_t))
+_proto("npkio_safetensors_bytes_json", _status, c_void_p, c_size_t, c_void_p, c_size_t,
+       POINTER(c_size_t))
+
 _proto("npkio_numpack_open", _status, c_char_p, _out_handle)
 _proto("npkio_numpack_create", _status, c_char_p, c_bool, _out_handle)
 _proto("npkio_numpack_free", None, _handle)
@@ -192,9 +212,12 @@ _proto("npkio_numpack_save", _status, _handle, POINTER(TensorDesc), c_size_t)
 _proto("npkio_numpack_append", _status, _handle, c_char_p, c_void_p, c_size_t)
 _proto("npkio_numpack_drop_rows", _status, _handle, c_char_p, POINTER(c_uint64), c_size_t)
 _proto("npkio_numpack_delete", _status, _handle, c_char_p)
+_proto("npkio_numpack_records_json", _status, _handle, c_void_p, c_size_t, POINTER(c_size_t))
 
+NPKIO_STATUS_BUFFER_TOO_SMALL = 102
 NPKIO_FLAG_DURABLE = 1
 NPKIO_FLAG_NO_WAIT = 2
+NPKIO_FLAG_NO_CLOBBER = 4
 
 
 def check(status: int) -> None:

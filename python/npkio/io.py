@@ -12,7 +12,8 @@ Utility functions
 Extras beyond ``numpack.io`` are keyword-only: ``threads`` (copy threads, 0 picks the
 default), ``durable`` (sync to disk before the output appears, so it survives power loss),
 ``wait_for_lock`` (``False`` raises :class:`~npkio.NpkioBusyError` at once when another
-conversion into the same output is running, instead of waiting for it) and, for
+conversion or store change holds the lock of the output's directory, instead of waiting for
+it) and, for
 :func:`to_safetensors_file`, ``max_shard_size`` (write a sharded checkpoint). Reading
 functions accept a sharded checkpoint's ``*.safetensors.index.json`` or a directory holding
 one wherever they accept a ``.safetensors`` file.
@@ -25,15 +26,17 @@ library holds); each keeps what it points into alive, however long it lives. See
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
+import threading
 from ctypes import c_bool, c_size_t, c_uint64, c_void_p
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, TypedDict, Union
 
 import numpy as np
 
 from . import _lib
-from ._dtypes import array_input, view_to_array
+from ._dtypes import array_input, finish, view_to_array
 from ._lib import Handle, TensorDesc, TensorView, check, lib, path_arg, str_list, take_str
 
 __all__ = [
@@ -52,19 +55,28 @@ PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_CHUNK_SIZE: int = 8 * 1024 * 1024
 
 
-def _flags(durable: bool, wait_for_lock: bool) -> int:
+def _flags(durable: bool, wait_for_lock: bool, no_clobber: bool = False) -> int:
     flags = _lib.NPKIO_FLAG_DURABLE if durable else 0
     if not wait_for_lock:
         flags |= _lib.NPKIO_FLAG_NO_WAIT
+    if no_clobber:
+        flags |= _lib.NPKIO_FLAG_NO_CLOBBER
     return flags
 
 
-def _count(value: Any, what: str, minimum: int = 0) -> int:
+_SIZE_MAX = 2 ** (8 * ctypes.sizeof(c_size_t)) - 1
+_U64_MAX = 2**64 - 1
+
+
+def _count(value: Any, what: str, minimum: int = 0, maximum: int = _SIZE_MAX) -> int:
+    """``value`` as an integer the C ABI takes: never wrapped or truncated on the way."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     value = int(value)
     if value < minimum:
         raise ValueError(f"{what} must be at least {minimum}, not {value}")
+    if value > maximum:
+        raise OverflowError(f"{what} must be at most {maximum}, not {value}")
     return value
 
 
@@ -75,15 +87,26 @@ def _count(value: Any, what: str, minimum: int = 0) -> int:
 def descriptions(tensors: Mapping[str, Any], what: str) -> "Tuple[ctypes.Array, List[Any]]":
     """``NpkioTensorDesc`` for each array of ``tensors``, and the objects to keep alive
     while C reads them."""
+    descs, keep, _ = prepare(tensors, what)
+    return descs, keep
+
+
+def prepare(
+    tensors: Mapping[str, Any], what: str
+) -> "Tuple[ctypes.Array, List[Any], List[np.ndarray]]":
+    """``NpkioTensorDesc`` for each array of ``tensors``, the objects to keep alive while C
+    reads them, and the arrays as C reads them (C-contiguous, little-endian), in order."""
     if not isinstance(tensors, Mapping):
         raise TypeError(f"{what} must be a dict of name to array, not {type(tensors).__name__}")
     keep: List[Any] = []
+    arrays: List[np.ndarray] = []
     descs = (TensorDesc * max(len(tensors), 1))()
     for i, (name, value) in enumerate(tensors.items()):
         name_b = _lib.name_arg(name, f"{what} key")
         inp = array_input(value, f"{what}[{name!r}]")
         shape = (c_uint64 * max(len(inp.shape), 1))(*inp.shape)
         keep += [name_b, inp.array, shape]
+        arrays.append(inp.array)
         d = descs[i]
         d.name = name_b
         d.dtype = inp.number
@@ -91,7 +114,7 @@ def descriptions(tensors: Mapping[str, Any], what: str) -> "Tuple[ctypes.Array, 
         d.shape = ctypes.cast(shape, ctypes.POINTER(c_uint64))
         d.data = inp.array.ctypes.data if inp.array.nbytes else None
         d.nbytes = inp.array.nbytes
-    return descs, keep
+    return descs, keep, arrays
 
 
 def from_safetensors(
@@ -115,8 +138,9 @@ def from_safetensors(
         drop_if_exists: replace an existing directory instead of merging into it.
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
-        wait_for_lock: when another conversion into the same output is running, wait for
-            it to finish (the default); with ``False``, raise ``NpkioBusyError`` at once.
+        wait_for_lock: when another conversion or store change holds the lock of the
+            output's directory, wait for it to finish (the default); with ``False``, raise
+            ``NpkioBusyError`` at once.
 
     Raises:
         TypeError: an array of a dtype npkio cannot store.
@@ -133,16 +157,17 @@ def from_safetensors(
 
 
 def to_safetensors(
-    input_path: PathLike, array_names: Optional[List[str]] = None
+    input_path: PathLike, array_names: Optional[List[str]] = None, *, copy: bool = False
 ) -> Dict[str, np.ndarray]:
     """Load NumPack arrays as a dictionary of tensors.
 
     Args:
         input_path: the NumPack directory.
         array_names: arrays to load, in that order (all, sorted by name, if ``None``).
+        copy: return writable copies that own their memory instead of read-only views.
 
     Returns:
-        name to read-only array. Arrays are zero-copy views of the mapped data files where
+        name to read-only array (writable copies with ``copy=True``). Arrays are zero-copy views of the mapped data files where
         the array is one file with no deleted rows, else gathered once into memory the
         library holds; either way each array keeps that memory alive.
 
@@ -161,7 +186,7 @@ def to_safetensors(
     for i in range(n.value):
         check(lib.npkio_tensors_get(h.ptr, i, ctypes.byref(v)))
         name, arr = view_to_array(h, v)
-        out[name] = arr
+        out[name] = finish(arr, copy)
     return out
 
 
@@ -195,8 +220,9 @@ def from_safetensors_file(
         chunk_size: bytes copied at once (the bound on memory per thread).
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
-        wait_for_lock: when another conversion into the same output is running, wait for
-            it to finish (the default); with ``False``, raise ``NpkioBusyError`` at once.
+        wait_for_lock: when another conversion or store change holds the lock of the
+            output's directory, wait for it to finish (the default); with ``False``, raise
+            ``NpkioBusyError`` at once.
     """
     names, count = str_list(keys, "keys")
     check(
@@ -208,26 +234,29 @@ def from_safetensors_file(
     )
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-
-
 def parse_size(size: Union[int, str]) -> int:
     """Bytes in ``size``: an int, or a string such as ``"5GB"`` (10^9 bytes each) or
-    ``"500MiB"`` (2^20 bytes each), as ``transformers``' ``max_shard_size`` takes them."""
+    ``"500MiB"`` (2^20 bytes each), as ``transformers``' ``max_shard_size`` takes them.
+    Strings are read by the library's own parser, the one the command line uses."""
     if isinstance(size, str):
-        m = _SIZE_RE.match(size)
-        if not m:
-            raise ValueError(f"cannot read {size!r} as a size (examples: 5GB, 500MiB, 1000000)")
-        n = int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
-    else:
-        n = _count(size, "max_shard_size")
-    if n < 1:
-        raise ValueError(f"max_shard_size must be at least 1 byte, not {size!r}")
-    return n
+        out = c_uint64()
+        check(lib.npkio_parse_size(size.encode("utf-8"), ctypes.byref(out)))
+        return out.value
+    return _count(size, "max_shard_size", 1, _U64_MAX)
+
+
+def metadata_args(metadata: Optional[Mapping[str, str]]) -> "Tuple[Any, Any, int]":
+    """``metadata`` as the C ABI takes it: keys, values, count (``NULL`` keys for ``None``)."""
+    if metadata is None:
+        return None, None, 0
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict of str to str, not {type(metadata).__name__}")
+    for k, val in metadata.items():
+        if not isinstance(k, str) or not isinstance(val, str):
+            raise TypeError(f"metadata must map str to str; got {k!r}: {type(val).__name__}")
+    mkeys, mcount = str_list(list(metadata.keys()), "metadata key")
+    mvalues, _ = str_list(list(metadata.values()), "metadata value")
+    return mkeys, mvalues, mcount
 
 
 def to_safetensors_file(
@@ -241,6 +270,7 @@ def to_safetensors_file(
     threads: int = 0,
     durable: bool = False,
     wait_for_lock: bool = True,
+    no_clobber: bool = False,
 ) -> None:
     """Export NumPack arrays to a SafeTensors file, streaming in bounded memory.
 
@@ -259,32 +289,24 @@ def to_safetensors_file(
             fits.
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
-        wait_for_lock: when another conversion into the same output is running, wait for
-            it to finish (the default); with ``False``, raise ``NpkioBusyError`` at once.
+        wait_for_lock: when another conversion or store change holds the lock of the
+            output's directory, wait for it to finish (the default); with ``False``, raise
+            ``NpkioBusyError`` at once.
+        no_clobber: raise ``FileExistsError`` instead of replacing an existing output (a
+            sharded export: a directory that already holds weights); decided under the
+            lock, so of two such exports to one absent path exactly one succeeds.
 
     Raises:
         TypeError: ``metadata`` keys or values that are not strings; an array of a dtype
             SafeTensors lacks (complex128).
     """
     names, count = str_list(array_names, "array_names")
-    if metadata is None:
-        mkeys = mvalues = None
-        mcount = 0
-    else:
-        if not isinstance(metadata, Mapping):
-            raise TypeError(f"metadata must be a dict of str to str, not {type(metadata).__name__}")
-        for k, val in metadata.items():
-            if not isinstance(k, str) or not isinstance(val, str):
-                raise TypeError(
-                    f"metadata must map str to str; got {k!r}: {type(val).__name__}"
-                )
-        mkeys, mcount = str_list(list(metadata.keys()), "metadata key")
-        mvalues, _ = str_list(list(metadata.values()), "metadata value")
+    mkeys, mvalues, mcount = metadata_args(metadata)
     common = (path_arg(input_path), path_arg(output_path), names, count, mkeys, mvalues, mcount)
     knobs = (
         _count(chunk_size, "chunk_size", 1),
         _count(threads, "threads"),
-        _flags(durable, wait_for_lock),
+        _flags(durable, wait_for_lock, no_clobber),
     )
     if max_shard_size is None:
         check(lib.npkio_to_safetensors_file(*common, *knobs))
@@ -296,12 +318,35 @@ def to_safetensors_file(
 # Utility functions
 
 
-def get_safetensors_metadata(path: PathLike) -> Dict[str, Any]:
+class TensorMetadata(TypedDict):
+    """One tensor in :func:`get_safetensors_metadata`'s result."""
+
+    shape: List[int]
+    dtype: str
+    data_offsets: List[int]
+
+
+class SafeTensorsMetadata(TypedDict):
+    """What :func:`get_safetensors_metadata` returns."""
+
+    tensors: Dict[str, TensorMetadata]
+    metadata: Dict[str, str]
+
+
+#: Bytes first offered to ``npkio_safetensors_metadata_json``; a larger description is
+#: fetched again with a buffer of its exact size.
+_JSON_CAPACITY = 1 << 16
+#: One such buffer per thread, reused from call to call.
+_json_buffers = threading.local()
+
+
+def get_safetensors_metadata(path: PathLike) -> SafeTensorsMetadata:
     """Get metadata from a SafeTensors file without loading tensors.
 
     Only the header is read, whatever the file's size. ``path`` may also be a sharded
     checkpoint (its index, or a directory holding one): its tensors are listed shard by
-    shard and its ``'metadata'`` is the first shard's.
+    shard and its ``'metadata'`` is the first shard's. The whole description crosses the C
+    boundary in one call (``npkio_safetensors_metadata_json``).
 
     Returns:
         ``{'tensors': {name: {'shape': [768, 768], 'dtype': 'F32', 'data_offsets': [b, e]},
@@ -309,32 +354,19 @@ def get_safetensors_metadata(path: PathLike) -> Dict[str, Any]:
         are the header's (relative to the data section of the file holding the tensor);
         ``'metadata'`` is the ``__metadata__`` section, ``{}`` when the file has none.
     """
-    h = _lib.open_handle(lib.npkio_safetensors_open, lib.npkio_safetensors_free, path_arg(path))
-    n = c_size_t()
-    check(lib.npkio_safetensors_count(h.ptr, ctypes.byref(n)))
-    tensors: Dict[str, Dict[str, Any]] = {}
-    v = TensorView()
-    begin, end = c_uint64(), c_uint64()
-    for i in range(n.value):
-        check(lib.npkio_safetensors_get(h.ptr, i, ctypes.byref(v)))
-        check(lib.npkio_safetensors_data_offsets(h.ptr, i, ctypes.byref(begin), ctypes.byref(end)))
-        dtype = lib.npkio_dtype_name(v.dtype).decode("ascii")
-        tensors[take_str(v.name, v.name_len)] = {
-            "shape": [int(v.shape[d]) for d in range(v.ndim)],
-            "dtype": dtype,
-            "data_offsets": [begin.value, end.value],
-        }
-    check(lib.npkio_safetensors_metadata_count(h.ptr, ctypes.byref(n)))
-    metadata: Dict[str, str] = {}
-    k, kl, val, vl = c_void_p(), c_size_t(), c_void_p(), c_size_t()
-    for i in range(n.value):
-        check(
-            lib.npkio_safetensors_metadata_get(
-                h.ptr, i, ctypes.byref(k), ctypes.byref(kl), ctypes.byref(val), ctypes.byref(vl)
-            )
-        )
-        metadata[take_str(k.value, kl.value)] = take_str(val.value, vl.value)
-    return {"tensors": tensors, "metadata": metadata}
+    p = path_arg(path)
+    need = c_size_t()
+    buf = getattr(_json_buffers, "buf", None)
+    if buf is None:
+        buf = _json_buffers.buf = ctypes.create_string_buffer(_JSON_CAPACITY)
+    while True:
+        status = lib.npkio_safetensors_metadata_json(p, buf, len(buf), ctypes.byref(need))
+        if status == _lib.NPKIO_STATUS_BUFFER_TOO_SMALL and need.value > len(buf):
+            buf = ctypes.create_string_buffer(need.value + 1)
+            continue
+        check(status)
+        doc = json.loads(ctypes.string_at(buf, need.value))
+        return {"tensors": doc["tensors"], "metadata": doc["metadata"]}
 
 
 class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
@@ -345,8 +377,11 @@ class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
     alive; the iterator itself can be dropped at any time.
     """
 
-    def __init__(self, path: PathLike, keys: Optional[List[str]] = None) -> None:
+    def __init__(
+        self, path: PathLike, keys: Optional[List[str]] = None, *, copy: bool = False
+    ) -> None:
         names, count = str_list(keys, "keys")
+        self._copy = bool(copy)
         self._handle: Optional[Handle] = _lib.open_handle(
             lib.npkio_safetensors_iter_open, lib.npkio_safetensors_iter_free,
             path_arg(path), names, count,
@@ -365,11 +400,12 @@ class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
         if not more.value:
             self._handle = None  # the arrays yielded keep the mapping alive
             raise StopIteration
-        return view_to_array(h, v)
+        name, arr = view_to_array(h, v)
+        return name, finish(arr, self._copy)
 
 
 def iter_safetensors(
-    path: PathLike, keys: Optional[List[str]] = None
+    path: PathLike, keys: Optional[List[str]] = None, *, copy: bool = False
 ) -> Iterator[Tuple[str, np.ndarray]]:
     """Iterate over tensors in a SafeTensors file (or a sharded checkpoint).
 
@@ -378,9 +414,10 @@ def iter_safetensors(
             holding one.
         keys: tensors to yield, in that order (all, in file order, if ``None``). An unknown
             key raises ``KeyError`` here, before anything is yielded.
+        copy: yield writable copies that own their memory instead of read-only views.
 
     Returns:
         an iterator of ``(name, array)``; arrays are read-only zero-copy views of the mapped
         file, valid for as long as they are referenced.
     """
-    return SafeTensorsIterator(path, keys)
+    return SafeTensorsIterator(path, keys, copy=copy)

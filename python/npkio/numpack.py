@@ -8,29 +8,45 @@
 from __future__ import annotations
 
 import ctypes
+import gc
+import json
 import os
+import sys
+import warnings
 from ctypes import c_size_t, c_uint64, c_void_p
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _lib
-from ._dtypes import _BY_NUMBER, array_input, view_to_array
+from ._dtypes import _BY_NUMBER, array_input, finish, view_to_array
 from ._lib import ArrayInfo, Handle, TensorView, check, lib, name_arg, path_arg, take_str
 from .io import descriptions
 
-__all__ = ["NumPack"]
+__all__ = ["NumPack", "NumPackStateError"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Indexes = Union[int, slice, Sequence[int], np.ndarray]
+
+#: NumPack 0.7's names of its dtype codes, as its ``get_metadata`` spells them.
+_NUMPACK_DTYPE_NAMES = [
+    "Bool", "Uint8", "Uint16", "Uint32", "Uint64", "Int8", "Int16", "Int32", "Int64",
+    "Float16", "Float32", "Float64", "Complex64", "Complex128",
+]
+
+
+class NumPackStateError(RuntimeError, ValueError):
+    """A call on a closed ``NumPack``, or outside a ``with`` block in
+    ``strict_context_mode``. A ``RuntimeError`` as in NumPack 0.7, and a ``ValueError`` as
+    npkio raised before."""
 
 
 class NumPack:
     """A NumPack directory (NumPack 0.7's on-disk format), opened for reading and changing.
 
     ``NumPack(path)`` opens the directory, creating an empty one if there is none; with
-    ``drop_if_exists=True`` an existing NumPack directory is removed first (only on this
-    first opening, not on a later :meth:`open`). A path that exists but is not a NumPack
+    ``drop_if_exists=True`` an existing NumPack directory is emptied first, all or none (only
+    on this first opening, not on a later :meth:`open`; files npkio does not know stay). A path that exists but is not a NumPack
     directory is never removed: that raises an error. Use it as a context manager, or call
     :meth:`close` when done.
 
@@ -40,21 +56,60 @@ class NumPack:
     appended to or dropped through this object (it keeps showing the bytes it was loaded
     with). Every change is on disk when its method returns.
 
+    Each change (one :meth:`save`, one array's :meth:`append` or :meth:`drop`) is all or
+    none: if the process is killed or a write fails at any point, the directory reads as
+    before the change or as after it, here and in NumPack 0.7 (one exception for NumPack
+    0.7 alone: just before replacing an array that has dropped rows, it shows that
+    array's dropped rows again; see docs/guarantees.md). A failed change raises and leaves this object describing the
+    directory as before. A change holds the lock conversions into the directory hold, and
+    raises :class:`FileNotFoundError` (``NpkioFileNotFoundError``) if a conversion
+    replaced the directory since it was opened, or :class:`BlockingIOError`
+    (``NpkioBusyError``) if another writer changed it since; reopen it then.
+
     Methods may be called from several threads; calls on one object run one at a time.
 
     Args:
         filename: the directory.
         drop_if_exists: remove an existing NumPack directory first.
+        strict_context_mode: as in NumPack 0.7: every method raises
+            :class:`NumPackStateError` unless called inside a ``with`` block.
+        warn_no_context: as in NumPack 0.7: emit a ``UserWarning`` at construction when
+            ``strict_context_mode`` is off (``None``, the default, warns on Windows only).
+        force_gc_on_close: run ``gc.collect()`` in :meth:`close` (NumPack 0.7's option).
         durable: sync each change to disk (data, then metadata, then the directory) before
             the method returns, so that it survives power loss. Slower.
+
+    Unlike NumPack 0.7, the directory is opened by the constructor (NumPack opens it at
+    :meth:`open` or ``with``; both are no-ops here when it is open), so a missing or
+    invalid directory is reported at once.
     """
 
     def __init__(
-        self, filename: PathLike, drop_if_exists: bool = False, *, durable: bool = False
+        self,
+        filename: PathLike,
+        drop_if_exists: bool = False,
+        strict_context_mode: bool = False,
+        warn_no_context: Optional[bool] = None,
+        force_gc_on_close: bool = False,
+        *,
+        durable: bool = False,
     ) -> None:
         self._path = os.fspath(filename)
         self._durable = bool(durable)
+        self._strict = bool(strict_context_mode)
+        self._force_gc = bool(force_gc_on_close)
+        self._in_context = 0
         self._handle: Optional[Handle] = None
+        if warn_no_context is None:
+            warn_no_context = sys.platform == "win32"
+        if warn_no_context and not self._strict:
+            warnings.warn(
+                f"NumPack instance created for {self._path!r} is not using strict context "
+                "mode; use 'with NumPack(...) as npk:' or strict_context_mode=True "
+                "(warn_no_context=False silences this)",
+                UserWarning,
+                stacklevel=2,
+            )
         self._open(bool(drop_if_exists))
 
     # -- opening and closing ---------------------------------------------------------
@@ -73,10 +128,15 @@ class NumPack:
         if self._handle is None:
             self._open(False)
 
-    def close(self) -> None:
+    def close(self, force_gc: Optional[bool] = None) -> None:
         """Close. Arrays loaded earlier stay valid: the library's handle is freed when the
-        last of them goes. Closing twice is a no-op."""
+        last of them goes. Closing twice is a no-op. ``force_gc`` (default: the
+        constructor's ``force_gc_on_close``) runs ``gc.collect()`` afterwards."""
+        if self._handle is None:
+            return
         self._handle = None
+        if force_gc or (force_gc is None and self._force_gc):
+            gc.collect()
 
     @property
     def is_opened(self) -> bool:
@@ -95,10 +155,14 @@ class NumPack:
 
     def __enter__(self) -> "NumPack":
         self.open()
+        self._in_context += 1
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        try:
+            self.close()
+        finally:
+            self._in_context = max(0, self._in_context - 1)
 
     def __repr__(self) -> str:
         state = "open" if self._handle is not None else "closed"
@@ -106,7 +170,14 @@ class NumPack:
 
     def _h(self) -> Handle:
         if self._handle is None:
-            raise ValueError(f"NumPack {self._path!r} is closed")
+            raise NumPackStateError(
+                f"NumPack {self._path!r} is closed; call open() or use a with block"
+            )
+        if self._strict and not self._in_context:
+            raise NumPackStateError(
+                f"NumPack {self._path!r} is in strict context mode: call its methods inside "
+                "'with NumPack(...) as npk:'"
+            )
         return self._handle
 
     # -- reading ---------------------------------------------------------------------
@@ -144,13 +215,15 @@ class NumPack:
         """Whether there is an array of that name."""
         return array_name in self.get_member_list()
 
-    def load(self, array_name: str, lazy: bool = False) -> np.ndarray:
+    def load(self, array_name: str, lazy: bool = False, *, copy: bool = False) -> np.ndarray:
         """An array as a read-only NumPy array.
 
         Zero-copy (a view of the mapped data file) when the array is one file with no
         dropped rows; otherwise its active rows are gathered once into memory the handle
-        keeps. ``lazy`` is accepted for compatibility with NumPack and changes nothing: the
-        array is always mapped, not read. Use ``.copy()`` for a writable array.
+        keeps. ``lazy=True`` (NumPack's memory-mapped ``LazyArray``) returns the same
+        mapped view: nothing is read until it is indexed, and it supports everything an
+        ``ndarray`` does (``shape``, ``dtype``, indexing, slicing, ``len``). With
+        ``copy=True``, a writable copy that owns its memory.
 
         Raises:
             KeyError: no array of that name.
@@ -159,7 +232,8 @@ class NumPack:
         v = TensorView()
         with h.lock:
             check(lib.npkio_numpack_view(h.ptr, name_arg(array_name, "array_name"), ctypes.byref(v)))
-            return view_to_array(h, v)[1]
+            arr = view_to_array(h, v)[1]
+        return finish(arr, copy)
 
     def __getitem__(self, array_name: str) -> np.ndarray:
         return self.load(array_name)
@@ -179,7 +253,8 @@ class NumPack:
     # -- changing --------------------------------------------------------------------
 
     def save(self, arrays: Dict[str, Any]) -> None:
-        """Save arrays, replacing any of the same name; all are written or none.
+        """Save arrays, replacing any of the same name; all are written or none (one
+        commit, even for several arrays).
 
         Non-contiguous arrays are written in C order; 0-d arrays, bool and complex128
         work; BF16/FP8 as ``ml_dtypes`` arrays or tagged raw bits (see
@@ -194,6 +269,10 @@ class NumPack:
     def append(self, arrays: Dict[str, Any]) -> None:
         """Append rows to existing arrays: each value holds whole rows of the array's dtype
         and row shape (``shape[1:]``); a single row may be given without its leading axis.
+
+        Each array's append is all or none; several arrays are appended one after the
+        other, so an error (or a crash) can leave the earlier ones appended and the later
+        ones not. The arguments are all checked before anything is written.
 
         Raises:
             KeyError: no array of that name.
@@ -233,6 +312,9 @@ class NumPack:
         ``drop(name, indexes)`` deletes rows: an int, a slice, or a sequence of row indices
         as the array reads now (negative ones count from the end), marked in the deletion
         bitmap as NumPack does. Arrays loaded before keep their old contents.
+
+        Each array's deletion (or its rows' deletion) is all or none; several names are
+        handled one after the other.
         """
         h = self._h()
         names = [array_name] if isinstance(array_name, str) else list(array_name)
@@ -247,16 +329,16 @@ class NumPack:
             with h.lock:
                 check(lib.npkio_numpack_drop_rows(h.ptr, name_arg(name), buf, len(rows)))
 
-    def _rows(self, name: str, indexes: Indexes) -> List[int]:
+    def _rows(self, name: str, indexes: Indexes, what: str = "drop") -> List[int]:
         shape = self.get_shape(name)
         if not shape:
-            raise ValueError(f"{name!r} is 0-d: it has no rows to drop")
+            raise ValueError(f"{name!r} is 0-d: it has no rows to {what}")
         n = shape[0]
         if isinstance(indexes, slice):
             return list(range(*indexes.indices(n)))
         idx = np.asarray(indexes)
         if idx.dtype == bool:
-            raise TypeError("drop takes row indices, not a boolean mask")
+            raise TypeError(f"{what} takes row indices, not a boolean mask")
         if idx.size and idx.dtype.kind not in "iu":
             raise TypeError(f"row indices must be integers, not {idx.dtype}")
         rows = []
@@ -266,3 +348,190 @@ class NumPack:
                 raise IndexError(f"row {i} is out of range for {name!r} with {n} rows")
             rows.append(j)
         return rows
+
+    # -- NumPack 0.7's other methods -------------------------------------------------
+
+    def getitem(self, array_name: str, indexes: Indexes, *, copy: bool = False) -> np.ndarray:
+        """Rows of an array (NumPack's random access).
+
+        ``indexes``: a slice (any step; negative bounds count from the end) gives a
+        read-only zero-copy view of the rows; an int, a list or an integer array (negative
+        indices count from the end, as NumPack's documentation promises) gives a new array
+        of those rows, in that order. As in NumPack, an int gives one row *with* its
+        leading axis (shape ``(1, ...)``). ``copy=True`` gives a writable copy in every case.
+
+        Raises:
+            KeyError: no array of that name.
+            IndexError: an index out of range.
+            TypeError: indices that are not integers (a boolean mask included).
+        """
+        arr = self.load(array_name)
+        if isinstance(indexes, slice):
+            return finish(arr[indexes], copy)
+        rows = self._rows(array_name, [indexes] if _is_int(indexes) else indexes, "getitem")
+        # Fancy indexing makes a new array, which owns its memory and is writable.
+        return arr[np.asarray(rows, dtype=np.intp)]
+
+    def stream_load(
+        self, array_name: str, buffer_size: Optional[int] = None, *, copy: bool = False
+    ) -> Iterator[np.ndarray]:
+        """Iterate over an array in batches of ``buffer_size`` rows (1 when ``None``), as
+        NumPack does; the last batch may be shorter. Each batch is a read-only zero-copy
+        view of the rows (a writable copy with ``copy=True``). The array is the one this
+        call found: changes made while iterating are not seen.
+
+        Raises:
+            KeyError: no array of that name (at the call, not at the first batch).
+            ValueError: ``buffer_size`` of 0 or less.
+        """
+        if buffer_size is not None:
+            if isinstance(buffer_size, bool) or not _is_int(buffer_size):
+                raise TypeError(f"buffer_size must be an int, not {type(buffer_size).__name__}")
+            if buffer_size <= 0:
+                raise ValueError("buffer_size must be greater than 0")
+        step = 1 if buffer_size is None else int(buffer_size)
+        arr = self.load(array_name)
+        if arr.ndim == 0:
+            raise ValueError(f"{array_name!r} is 0-d: it has no rows to stream")
+
+        def batches() -> Iterator[np.ndarray]:
+            for start in range(0, arr.shape[0], step):
+                yield finish(arr[start : start + step], copy)
+
+        return batches()
+
+    def replace(self, arrays: Dict[str, Any], indexes: Indexes) -> None:
+        """Overwrite rows of existing arrays: ``arrays[name]`` holds the new rows (shape
+        ``(len(rows),) + row_shape``, or anything that broadcasts to it), ``indexes`` the
+        rows (an int, a list, an integer array or a slice; negative ones count from the
+        end), as in NumPack. Rows keep their place; dropped rows stay dropped.
+
+        The array is rewritten whole (a new data file, published as :meth:`save` publishes
+        it): all arrays are written or none, and arrays loaded before keep their old
+        contents.
+
+        Raises:
+            KeyError: no array of that name.
+            TypeError: values of another dtype than the array's.
+            ValueError: values whose shape does not fit the rows.
+            IndexError: an index out of range.
+        """
+        if not isinstance(arrays, dict):
+            raise ValueError("arrays must be a dictionary")
+        new: Dict[str, np.ndarray] = {}
+        for name, value in arrays.items():
+            current = self.load(name)
+            if current.ndim == 0:
+                raise ValueError(f"{name!r} is 0-d: it has no rows to replace")
+            rows = self._rows(name, [indexes] if _is_int(indexes) else indexes, "replace")
+            inp = array_input(value, f"arrays[{name!r}]")
+            info = self._info(name)
+            if inp.number != info.dtype:
+                raise TypeError(
+                    f"cannot write {_BY_NUMBER[inp.number].name} rows into {name!r}, an array "
+                    f"of {_BY_NUMBER[info.dtype].name}"
+                )
+            updated = current.copy()
+            try:
+                updated[np.asarray(rows, dtype=np.intp)] = inp.array.view(current.dtype)
+            except ValueError as e:
+                raise ValueError(
+                    f"cannot write values of shape {inp.array.shape} into {len(rows)} rows of "
+                    f"{name!r}, whose rows have shape {current.shape[1:]}: {e}"
+                ) from None
+            new[name] = updated
+        if new:
+            self.save(new)
+
+    def clone(self, source_name: str, target_name: str) -> None:
+        """Copy an array to a new name; the copy is independent of the source.
+
+        Raises:
+            KeyError: no array ``source_name``.
+            ValueError: ``target_name`` exists already (as in NumPack).
+        """
+        self._info(source_name)  # KeyError when there is none
+        if self.has_array(target_name):
+            raise ValueError(
+                f"Target array {target_name!r} already exists; drop it first or choose "
+                "another name"
+            )
+        self.save({target_name: self.load(source_name)})
+
+    def update(self, array_name: str) -> None:
+        """Compact an array: rewrite it without its dropped rows (and as one file if it was
+        in segments), so that it no longer needs a deletion bitmap, as NumPack's ``update``
+        does. A no-op when there is nothing to compact. The contents are unchanged;
+        arrays loaded before stay valid.
+
+        Raises:
+            KeyError: no array of that name.
+        """
+        info = self._info(array_name)
+        if info.deleted_rows == 0 and not info.segmented:
+            return
+        self.save({array_name: self.load(array_name)})
+
+    def reset(self) -> None:
+        """Delete every array (NumPack's ``reset``); the directory stays, empty."""
+        names = self.get_member_list()
+        if names:
+            self.drop(names)
+
+    def _records(self) -> Dict[str, Any]:
+        h = self._h()
+        need = c_size_t()
+        cap = 1 << 14
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            with h.lock:
+                status = lib.npkio_numpack_records_json(h.ptr, buf, cap, ctypes.byref(need))
+            if status == _lib.NPKIO_STATUS_BUFFER_TOO_SMALL and need.value > cap:
+                cap = need.value + 1
+                continue
+            check(status)
+            return json.loads(buf.raw[: need.value])
+
+    def get_metadata(self) -> Dict[str, Any]:
+        """The directory's metadata as NumPack 0.7 reports it::
+
+            {'arrays': {name: {'shape': [...], 'data_file': 'data_x.npkd',
+                               'last_modified': 1700000000000000, 'size_bytes': n,
+                               'dtype': 'Float32'}, ...},
+             'base_dir': '...', 'total_arrays': n}
+
+        ``shape`` and ``size_bytes`` are the stored ones (dropped rows included, as in the
+        metadata file; :meth:`get_shape` gives the rows that remain); ``last_modified`` is
+        in microseconds since the epoch; ``dtype`` is NumPack's name of its dtype code.
+        """
+        records = self._records()
+        arrays = {
+            name: {
+                "shape": r["shape"],
+                "data_file": r["data_file"],
+                "last_modified": r["last_modified"],
+                "size_bytes": r["size_bytes"],
+                "dtype": _numpack_dtype_name(r["dtype_code"]),
+            }
+            for name, r in records["arrays"].items()
+        }
+        return {"arrays": arrays, "base_dir": records["base_dir"], "total_arrays": len(arrays)}
+
+    def get_modify_time(self, array_name: str) -> Optional[int]:
+        """When an array was last written, in microseconds since the epoch (the metadata's
+        ``last_modified``); ``None`` when there is no such array, as in NumPack."""
+        r = self._records()["arrays"].get(array_name)
+        return None if r is None else int(r["last_modified"])
+
+    def get_io_stats(self) -> Dict[str, Any]:
+        """NumPack 0.7's I/O statistics, which it does not collect either."""
+        return {"stats_available": False}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _numpack_dtype_name(code: int) -> str:
+    return _NUMPACK_DTYPE_NAMES[code] if 0 <= code < len(_NUMPACK_DTYPE_NAMES) else f"code {code}"
+

@@ -38,6 +38,15 @@ import numpy as np  # noqa: E402
 
 import npkio  # noqa: E402
 
+if os.environ.get("NPKIO_REQUIRE_INSTALLED") == "1":
+    # scripts/test.sh runs the suite against the installed wheel: the package must come from
+    # site-packages and load the library inside it, not anything in the checkout.
+    _pkg = Path(npkio.__file__).resolve().parent
+    if PYTHON_DIR.resolve() in _pkg.parents or _pkg.parent == PYTHON_DIR.resolve():
+        raise RuntimeError(f"npkio was imported from the checkout ({_pkg}), not the install")
+    if npkio.library_path().resolve().parent != _pkg:
+        raise RuntimeError(f"npkio loaded {npkio.library_path()}, not the copy in {_pkg}")
+
 try:
     import ml_dtypes  # noqa: F401
     HAVE_ML_DTYPES = True

@@ -217,6 +217,51 @@ def test_bad_max_shard_sizes(bad, tmp_path):
         to_safetensors_file(tmp_path / "m.npk", tmp_path / "o", max_shard_size=bad)
 
 
+@pytest.mark.parametrize("big", [2**64, 2**64 + 1, 2**65, 10**30])
+def test_integers_past_what_c_takes_are_refused_not_wrapped(big, tmp_path):
+    src = FIXTURES / "safetensors" / "with_metadata.safetensors"
+    from_safetensors_file(src, tmp_path / "m.npk")
+    out = tmp_path / "o.safetensors"
+    for kwargs in ({"max_shard_size": big}, {"chunk_size": big}, {"threads": big}):
+        with pytest.raises(OverflowError):
+            to_safetensors_file(tmp_path / "m.npk", out, **kwargs)
+        assert not out.exists(), kwargs
+    for kwargs in ({"chunk_size": big}, {"threads": big}):
+        with pytest.raises(OverflowError):
+            from_safetensors_file(src, tmp_path / "n.npk", **kwargs)
+    with pytest.raises(OverflowError):
+        from_safetensors({"a": np.zeros(3)}, tmp_path / "p.npk", threads=big)
+    assert not (tmp_path / "n.npk").exists() and not (tmp_path / "p.npk").exists()
+
+
+@pytest.mark.parametrize("text", ["18446744073709551616", "16EiB", "20000000TB", "1.5.2GB"])
+def test_size_strings_past_u64_or_malformed_are_value_errors(text):
+    from npkio.io import parse_size
+
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_the_largest_size_is_taken_exactly():
+    from npkio.io import parse_size
+
+    assert parse_size("18446744073709551615") == 2**64 - 1
+    assert parse_size(2**64 - 1) == 2**64 - 1
+
+
+def test_no_clobber_keeps_an_existing_output(tmp_path):
+    src = FIXTURES / "safetensors" / "with_metadata.safetensors"
+    from_safetensors_file(src, tmp_path / "m.npk")
+    out = tmp_path / "o.safetensors"
+    to_safetensors_file(tmp_path / "m.npk", out, no_clobber=True)
+    out.write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        to_safetensors_file(tmp_path / "m.npk", out, no_clobber=True)
+    assert out.read_bytes() == b"mine"
+    to_safetensors_file(tmp_path / "m.npk", out)
+    assert out.read_bytes() != b"mine"
+
+
 def test_keyword_extras(tmp_path):
     src = FIXTURES / "safetensors" / "with_metadata.safetensors"
     from_safetensors_file(src, tmp_path / "m.npk", threads=2, durable=True, chunk_size=1)

@@ -5,6 +5,7 @@ naming ``npkio`` instead of ``numpack``; then their results checked."""
 from __future__ import annotations
 
 import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -153,12 +154,30 @@ def test_model_conversion_pipeline(workdir, capsys):
         assert f.metadata() == {"quantization": "int8"}
 
 
+def safetensors_numpy_save_bytes(data: bytes) -> bytes:
+    """What safetensors.numpy.save writes for the tensors and metadata of ``data``."""
+    from safetensors import safe_open  # noqa: PLC0415
+    from safetensors.numpy import load, save  # noqa: PLC0415
+
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+        f.write(data)
+        f.flush()
+        with safe_open(f.name, framework="np") as h:
+            metadata = h.metadata()
+    return save(load(data), metadata)
+
+
 def test_the_readme_example_runs(workdir, capsys):
     readme = (TESTS.parent / "README.md").read_text(encoding="utf-8")
-    (code,) = python_blocks(readme)
-    run(code)
+    numpack_io, files = python_blocks(readme)
+    run(numpack_io)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "{'weight': {'shape': [768, 768], 'dtype': 'F32', 'data_offsets': [0, 2359296]}}"
     assert out[1] == "{'framework': 'pytorch'}"
     assert out[2] == "weight: (768, 768)"
     assert np.asarray(load_npk("model.npk")["weight"]).dtype == np.int8
+
+    run(files)
+    assert capsys.readouterr().out.strip() == "{'embedding': (512, 64), 'bias': (64,)}"
+    data = (workdir / "model.safetensors").read_bytes()
+    assert safetensors_numpy_save_bytes(data) == data

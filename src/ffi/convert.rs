@@ -26,8 +26,9 @@ pub const NPKIO_DEFAULT_CHUNK_SIZE: usize = 8388608;
 /// or the complete new one, never a half-written one.
 pub const NPKIO_FLAG_DURABLE: u32 = 1;
 
-/// Flag: when another conversion into the same output is running (it holds the output's
-/// lock), fail at once with `NPKIO_STATUS_BUSY` instead of waiting for it to finish.
+/// Flag: when another conversion or store change holds the lock of the output's directory
+/// (npkio locks the directory holding an output while writing it), fail at once with
+/// `NPKIO_STATUS_BUSY` instead of waiting for it to finish.
 pub const NPKIO_FLAG_NO_WAIT: u32 = 2;
 
 /// Flag for the exports (`npkio_to_safetensors_file`, `npkio_to_safetensors_file_sharded`):

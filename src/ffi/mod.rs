@@ -20,8 +20,10 @@
 //!   other use of the same handle.
 //! - A panic inside npkio becomes `NPKIO_STATUS_PANIC`, never an abort.
 //!
-//! The files: one a handle (`safetensors.rs`, `tensors.rs`, `numpack.rs`, `load.rs`) or a group of
-//! functions (`convert.rs`, `dtype.rs`, `last_error.rs`); and the shared machinery,
+//! The files: one a handle (`safetensors.rs`, `tensors.rs`, `numpack.rs`, `load.rs`) or a
+//! group of functions (`convert.rs`, `dtype.rs`, `last_error.rs`; `save.rs`: tensors in
+//! memory straight to SafeTensors; `summary.rs` and `numpack_records.rs`: a file's or a
+//! directory's whole description as one JSON document); and the shared machinery,
 //! `args.rs` (arguments in), `handle.rs` (handle ownership and what handles hand out),
 //! `list.rs` (the count/get/find functions), `error.rs` (statuses and the last error) and
 //! `panic.rs` (the boundary every exported function runs behind). Every exported
@@ -38,8 +40,11 @@ mod handle;
 pub mod last_error;
 mod list;
 pub mod numpack;
+pub mod numpack_records;
 pub(crate) mod panic;
 pub mod safetensors;
+pub mod save;
+pub mod summary;
 pub mod tensors;
 pub mod units;
 // The loader's C skin.
@@ -60,7 +65,10 @@ pub use last_error::{
 };
 pub use load::*;
 pub use numpack::*;
+pub use numpack_records::*;
 pub use safetensors::*;
+pub use save::*;
+pub use summary::*;
 pub use tensors::*;
 pub use units::npkio_parse_size;
 

@@ -21,7 +21,7 @@ use crate::numpack::NumPack;
 /// mappings alive (a view then shows the bytes as they were when it was taken).
 #[derive(Debug)]
 pub struct NpkioNumpack {
-    store: NumPack,
+    pub(super) store: NumPack,
     /// Array names, sorted: what `npkio_numpack_name` indexes. Rebuilt after each change.
     list: Vec<String>,
     /// Copies of the names, shapes and metadata handed to C; only grows.
@@ -65,7 +65,8 @@ impl MetadataList for NpkioNumpack {
     }
 }
 
-/// Opens an existing NumPack directory, validating its metadata and every data file.
+/// Opens an existing NumPack directory, validating its metadata and every data file (an
+/// array whose files are damaged fails with its own error when read; the others read).
 ///
 /// On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`
 /// (or `npkio_numpack_close`).

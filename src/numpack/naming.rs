@@ -6,6 +6,11 @@
 //! stored as `data_~<32 hex digits>.npkd`, the digits being the start of the SHA-256 of the
 //! name. `~` never appears in a safe name, so the two kinds of file name cannot collide. The
 //! metadata keeps the exact name; readers find the file through the metadata's `data_file`.
+//!
+//! While a change to a store is being published, an array's new files may carry a
+//! generation suffix, `data_<stem>~<n>.npkd` (see `store::generation`): `~` followed by
+//! decimal digits, after a non-empty stem, so it never collides with a plain stem (no `~`)
+//! or a hashed one (`~` only first).
 
 use sha2::{Digest, Sha256};
 
@@ -32,6 +37,37 @@ pub fn encoded_stem(name: &str) -> String {
         stem.push_str(&format!("{b:02x}"));
     }
     stem
+}
+
+/// Whether `stem` is a hashed stem: `~` and 32 lowercase hex digits.
+pub fn is_hashed(stem: &str) -> bool {
+    stem.len() == 33
+        && stem.starts_with('~')
+        && stem[1..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether npkio could have chosen `stem` for an array: a plain name or a hashed stem.
+pub fn is_npkio_stem(stem: &str) -> bool {
+    is_plain(stem) || is_hashed(stem)
+}
+
+/// `stem` without its generation suffix (`~<digits>` after a non-empty stem), if any.
+pub fn base_stem(stem: &str) -> &str {
+    match stem.rfind('~') {
+        Some(i)
+            if i > 0 && i + 1 < stem.len() && stem[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            &stem[..i]
+        }
+        _ => stem,
+    }
+}
+
+/// The stem of generation `n` of the files of `stem`: `<stem>~<n>`.
+pub fn generation_stem(stem: &str, n: u64) -> String {
+    format!("{stem}~{n}")
 }
 
 /// The stem for `name`, given the stems other arrays already use (compared ignoring case).
@@ -81,5 +117,22 @@ mod tests {
             encoded_stem("Case")
         );
         assert_eq!(choose_stem("case", ["other"].into_iter()), "case");
+    }
+
+    #[test]
+    fn generation_stems() {
+        let hashed = encoded_stem("layer/0");
+        assert!(is_hashed(&hashed) && is_npkio_stem(&hashed));
+        assert_eq!(base_stem(&hashed), hashed);
+        // A hashed stem whose digits are all decimal is not a generation of "".
+        let digits = format!("~{}", "1".repeat(32));
+        assert_eq!(base_stem(&digits), digits);
+        let g = generation_stem(&hashed, 3);
+        assert_eq!(base_stem(&g), hashed);
+        assert_eq!(base_stem(&generation_stem("w", 12)), "w");
+        assert_eq!(base_stem("w~"), "w~");
+        assert_eq!(base_stem("w~1a"), "w~1a");
+        assert!(!is_npkio_stem("w~1") && !is_npkio_stem("with space"));
+        assert!(!is_plain(&generation_stem("w", 1)));
     }
 }

@@ -7,7 +7,10 @@
 //! - `open`: opening and creating a directory, and the validation done at open time.
 //! - `query`: names, descriptions, views and extents of the arrays.
 //! - `mutate`: save, append, drop rows, delete, and writing the metadata.
+//! - `generation`: how a change is published in one step (fresh file names, one commit
+//!   point), the lock, and the clean-up of interrupted changes.
 
+mod generation;
 mod layout;
 mod mutate;
 mod open;
@@ -71,14 +74,20 @@ struct Fault {
 /// A NumPack 0.7 directory.
 ///
 /// Opening validates everything: the metadata, every data file's size, segment manifests
-/// and deletion bitmaps, and that every path stays inside the directory. Array bytes are
+/// and deletion bitmaps, and that every path stays inside the directory. A directory whose
+/// metadata is bad is refused; an array whose own files are bad is listed but fails with
+/// its own error when read, so the other arrays stay readable. Array bytes are
 /// mapped on first view and stay mapped until the store is dropped, so views handed out
-/// earlier stay valid even after the array is replaced (the old file is renamed over, not
-/// truncated).
+/// earlier stay valid even after the array is replaced or appended to (a replaced array's
+/// old file is unlinked, never rewritten; an append writes only past the bytes in use).
 ///
-/// Every change (`save`, `append`, `drop_rows`, `delete`) is written at once: data files
-/// through temporary files renamed into place, then `metadata.npkm` likewise, so a reader
-/// never sees metadata pointing at data that is not complete.
+/// Every change (`save`, `append`, `drop_rows`, `delete`, `set_safetensors_metadata`) is
+/// all or none: its new files go under names the live metadata does not use, and one
+/// rename (of `metadata.npkm`, or of the one file the change touches) publishes it, so a
+/// reader, or a crash at any point, sees the store as before the change or as after it.
+/// A change takes the lock that conversions into the directory take, and fails without
+/// changing anything if the directory was replaced since it was opened or another writer
+/// changed it since; reopen the store then.
 pub struct NumPack {
     dir: PathBuf,
     arrays: Vec<Array>,
@@ -95,6 +104,8 @@ pub struct NumPack {
     retired: Vec<Data>,
     durable: bool,
     last_stamp: u64,
+    /// The directory this store was opened on, and its metadata files as last seen.
+    writer: generation::Writer,
 }
 
 impl std::fmt::Debug for NumPack {

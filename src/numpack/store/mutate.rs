@@ -1,5 +1,5 @@
-//! Changes to a store: save, append, drop rows, delete, and writing the metadata. Data
-//! files go through temporary files renamed into place, then the metadata likewise.
+//! Changes to a store: save, append, drop rows, delete, and writing the metadata. Each
+//! change is published in one step and takes the directory's lock: see `generation`.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -9,13 +9,16 @@ use std::sync::OnceLock;
 
 use crate::dtype::{self, DType};
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::fsutil::{now_micros, temp_file_in, write_atomic};
+use crate::fsutil::{now_micros, sync_dir, temp_file_in, write_atomic};
 use crate::numpack::bitmap::Bitmap;
-use crate::numpack::metadata::{self, Metadata};
+use crate::numpack::metadata::{self, ArrayRecord, Metadata};
 use crate::numpack::naming;
 use crate::numpack::sidecar::{self, Sidecar};
 
-use super::layout::{bitmap_path, files_of, make_record, Storage};
+use super::generation::{
+    canonical_stem, link_over, published, remove_if_exists, replace_file, write_sidecar, TMP_PREFIX,
+};
+use super::layout::{files_of, make_record, Storage};
 use super::{Array, NumPack};
 
 /// An array to save: name, dtype, shape and the bytes in C order.
@@ -62,14 +65,8 @@ pub fn write_dir_metadata(
     sidecar: &Sidecar,
     durable: bool,
 ) -> Result<()> {
-    if sidecar.is_empty() {
-        match fs::remove_file(dir.join(sidecar::FILE_NAME)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(dir.join(sidecar::FILE_NAME), "removing", e)),
-        }
-    } else {
-        write_atomic(dir, sidecar::FILE_NAME, &sidecar.encode(), durable)?;
+    if let Some(e) = write_sidecar(dir, sidecar, durable)? {
+        return Err(e);
     }
     write_atomic(dir, metadata::FILE_NAME, &meta.encode(), durable)
 }
@@ -81,13 +78,22 @@ impl NumPack {
         self.durable = durable;
     }
 
-    /// Replaces the recorded SafeTensors `__metadata__`.
+    /// Replaces the recorded SafeTensors `__metadata__` (one rename of `npkio.json`).
     pub fn set_safetensors_metadata(
         &mut self,
         metadata: Option<Vec<(String, String)>>,
     ) -> Result<()> {
-        self.st_metadata = metadata;
-        self.write_metadata()
+        self.locked(|s| {
+            let old = std::mem::replace(&mut s.st_metadata, metadata);
+            let (_, sc) = s.snapshot();
+            match write_sidecar(&s.dir, &sc, s.durable) {
+                Ok(late) => late.map_or(Ok(()), |e| Err(published(&s.dir, e))),
+                Err(e) => {
+                    s.st_metadata = old;
+                    Err(e)
+                }
+            }
+        })
     }
 
     fn stamp(&mut self) -> u64 {
@@ -96,16 +102,8 @@ impl NumPack {
         t
     }
 
-    fn stems_except(&self, skip: &str) -> Vec<String> {
-        self.arrays
-            .iter()
-            .filter(|a| a.record.name != skip)
-            .filter_map(|a| naming::stem_of(&a.record.data_file).map(str::to_string))
-            .collect()
-    }
-
-    /// Saves arrays, replacing any of the same name. All data files are written first
-    /// (temporary files, renamed into place), then the metadata.
+    /// Saves arrays, replacing any of the same name: all of them or none. New data goes
+    /// under file names no record uses; one rename of `metadata.npkm` publishes it.
     pub fn save(&mut self, arrays: &[ArrayInput<'_>]) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         for a in arrays {
@@ -116,61 +114,138 @@ impl NumPack {
                     .at(&self.dir));
             }
         }
-        // Stage every file before touching anything visible.
-        let mut staged = Vec::with_capacity(arrays.len());
-        let mut new_stems: Vec<String> = Vec::new();
-        for a in arrays {
-            let stem = match self.index.get(a.name) {
-                Some(&i) => naming::stem_of(&self.arrays[i].record.data_file)
-                    .filter(|s| naming::is_plain(s) || s.starts_with('~'))
-                    .map(str::to_string),
-                None => None,
-            };
-            let stem = stem.unwrap_or_else(|| {
-                let mut taken = self.stems_except(a.name);
-                taken.extend(new_stems.iter().cloned());
-                naming::choose_stem(a.name, taken.iter().map(String::as_str))
-            });
-            new_stems.push(stem.clone());
-            let mut tmp = temp_file_in(&self.dir, ".npkio-tmp-")?;
-            tmp.write_all(a.data)
-                .ctx(tmp.path(), "writing")
-                .map_err(|e| e.array(a.name))?;
-            if self.durable {
-                tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
-            }
-            staged.push((stem, tmp));
+        if arrays.is_empty() {
+            return Ok(());
         }
+        self.locked(|s| s.save_locked(arrays))
+    }
+
+    fn save_locked(&mut self, arrays: &[ArrayInput<'_>]) -> Result<()> {
+        let aside = self.move_aside(arrays)?;
+        // Stage every data file under a stem no record uses.
+        let mut staged: Vec<(String, ArrayRecord, Option<sidecar::Entry>)> = Vec::new();
+        let mut written: Vec<PathBuf> = Vec::new();
+        let result = (|| -> Result<()> {
+            for a in arrays {
+                let canonical = match self.index.get(a.name) {
+                    Some(&i) => canonical_stem(&self.arrays[i].record),
+                    None => None,
+                };
+                let canonical = canonical.unwrap_or_else(|| {
+                    let taken: Vec<String> = self
+                        .arrays
+                        .iter()
+                        .filter(|x| x.record.name != a.name)
+                        .filter_map(|x| naming::stem_of(&x.record.data_file))
+                        .map(|st| naming::base_stem(st).to_string())
+                        .chain(
+                            staged
+                                .iter()
+                                .map(|(st, _, _)| naming::base_stem(st).to_string()),
+                        )
+                        .collect();
+                    naming::choose_stem(a.name, taken.iter().map(String::as_str))
+                });
+                let mut taken: Vec<String> = staged.iter().map(|(st, _, _)| st.clone()).collect();
+                // An array moved aside keeps NumPack 0.7's bitmap under its own stem until
+                // the commit: not a stem for the new data.
+                taken.extend(aside.iter().map(|(_, c)| c.clone()));
+                let stem = self.fresh_stem(&canonical, &taken)?;
+                let data_file = naming::data_file(&stem);
+                let target = self.dir.join(&data_file);
+                let mut tmp = temp_file_in(&self.dir, TMP_PREFIX)?;
+                tmp.write_all(a.data)
+                    .ctx(tmp.path(), "writing")
+                    .map_err(|e| e.array(a.name))?;
+                if self.durable {
+                    tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
+                }
+                tmp.persist_noclobber(&target)
+                    .map_err(|e| e.error)
+                    .ctx(&target, "renaming onto")?;
+                written.push(target);
+                let stamp = self.stamp();
+                let (record, entry) = make_record(a.name, data_file, a.dtype, a.shape, stamp)?;
+                staged.push((stem, record, entry));
+            }
+            if self.durable {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for p in written {
+                let _ = fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        // The new generation's records and sidecar.
+        let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
+        let mut appended = Vec::new();
+        for (_, record, _) in &staged {
+            match self.index.get(&record.name) {
+                Some(&i) => records[i] = record.clone(),
+                None => appended.push(record.clone()),
+            }
+        }
+        records.extend(appended);
+        let (_, mut new_sidecar) = self.snapshot();
+        let replaced: std::collections::HashSet<&str> =
+            staged.iter().map(|(_, r, _)| r.name.as_str()).collect();
+        new_sidecar
+            .arrays
+            .retain(|e| !replaced.contains(e.name.as_str()));
+        new_sidecar
+            .arrays
+            .extend(staged.iter().filter_map(|(_, _, e)| e.clone()));
+        // NumPack 0.7 would apply the bitmap of an array moved aside to its new data: it
+        // goes now, just before the commit (NumPack 0.7 reads the old rows, dropped ones
+        // included, until then; npkio reads the aside bitmap).
+        let restore = |s: &NumPack| {
+            for (i, c) in &aside {
+                let from = s.dir.join(s.bitmap_of(*i));
+                let _ = link_over(&s.dir, &from, &s.dir.join(naming::bitmap_file(c)));
+            }
+        };
+        let mut withdrawn = Ok(());
+        for (_, c) in &aside {
+            withdrawn =
+                withdrawn.and_then(|()| remove_if_exists(&self.dir.join(naming::bitmap_file(c))));
+        }
+        let committed = withdrawn.and_then(|()| self.commit(records, &new_sidecar));
+        let (on_disk, late) = match committed {
+            Ok(done) => done,
+            Err(e) => {
+                restore(self);
+                for p in written {
+                    let _ = fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        // Committed: the store describes the new generation from here on.
         let mut old_files = Vec::new();
-        for (a, (stem, tmp)) in arrays.iter().zip(staged) {
-            let data_file = naming::data_file(&stem);
-            let target = self.dir.join(&data_file);
-            tmp.persist(&target)
-                .map_err(|e| e.error)
-                .ctx(&target, "renaming onto")?;
-            let stamp = self.stamp();
-            let (record, _) = make_record(a.name, data_file.clone(), a.dtype, a.shape, stamp)?;
+        let mut touched = Vec::new();
+        for (a, (_, record, _)) in arrays.iter().zip(staged) {
             let array = Array {
                 dtype: a.dtype,
                 shape: a.shape.to_vec(),
                 logical_shape: a.shape.to_vec(),
-                storage: Storage::Plain(PathBuf::from(&data_file)),
+                storage: Storage::Plain(PathBuf::from(&record.data_file)),
                 bitmap: None,
                 data: OnceLock::new(),
                 record,
             };
             match self.index.get(a.name) {
                 Some(&i) => {
+                    // Saving a damaged array again repairs it.
                     self.faults.remove(a.name);
                     let old = std::mem::replace(&mut self.arrays[i], array);
-                    for f in files_of(&old) {
-                        if f != Path::new(&data_file) {
-                            old_files.push(f);
-                        }
-                    }
+                    old_files.extend(files_of(&old));
                     if let Some(d) = old.data.into_inner() {
                         self.retired.push(d);
                     }
+                    touched.push(i);
                 }
                 None => {
                     self.index.insert(a.name.to_string(), self.arrays.len());
@@ -178,19 +253,126 @@ impl NumPack {
                 }
             }
         }
-        self.write_metadata()?;
-        self.remove_files(old_files);
-        Ok(())
+        self.prune_sidecar(&on_disk);
+        self.after_commit(&touched, old_files, late)
+    }
+
+    /// Before replacing arrays that have dropped rows under their own stem: NumPack 0.7
+    /// finds a bitmap by the array's name, so no metadata rename can withdraw it. Moves
+    /// each such array to a generation stem (links to its data and bitmap, one metadata
+    /// commit: both readers still read it as before), leaving its own bitmap for NumPack
+    /// 0.7 until the replacement's commit. Returns (index, own stem) of each.
+    fn move_aside(&mut self, arrays: &[ArrayInput<'_>]) -> Result<Vec<(usize, String)>> {
+        let mut plan = Vec::new();
+        let mut taken = Vec::new();
+        for a in arrays {
+            let Some(&i) = self.index.get(a.name) else {
+                continue;
+            };
+            let x = &self.arrays[i];
+            let own = canonical_stem(&x.record);
+            let stem = naming::stem_of(&x.record.data_file);
+            if x.bitmap.is_none()
+                || !matches!(x.storage, Storage::Plain(_))
+                || own.is_none()
+                || stem != own.as_deref()
+                || own.as_deref() != Some(a.name)
+            {
+                continue;
+            }
+            let own = own.expect("checked");
+            let gen = self.fresh_stem(&own, &taken)?;
+            taken.push(gen.clone());
+            plan.push((i, own, gen));
+        }
+        if plan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut links = Vec::new();
+        let linked = (|| -> Result<()> {
+            for (_, own, gen) in &plan {
+                for (from, to) in [
+                    (naming::data_file(own), naming::data_file(gen)),
+                    (naming::bitmap_file(own), naming::bitmap_file(gen)),
+                ] {
+                    let to = self.dir.join(to);
+                    fs::hard_link(self.dir.join(from), &to).ctx(&to, "linking")?;
+                    links.push(to);
+                }
+            }
+            if self.durable {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
+        for (i, _, gen) in &plan {
+            records[*i].data_file = naming::data_file(gen);
+        }
+        let (_, sc) = self.snapshot();
+        // A failed directory sync after this commit is not reported: this generation reads
+        // exactly as the one before, so either may be what survives a power loss.
+        match linked.and_then(|()| self.commit(records, &sc)) {
+            Ok(_) => {}
+            Err(e) => {
+                for l in links {
+                    let _ = fs::remove_file(l);
+                }
+                return Err(e);
+            }
+        }
+        for (i, _, gen) in &plan {
+            let a = &mut self.arrays[*i];
+            a.record.data_file = naming::data_file(gen);
+            a.storage = Storage::Plain(PathBuf::from(naming::data_file(gen)));
+            if let Some(d) = a.data.take() {
+                self.retired.push(d);
+            }
+        }
+        Ok(plan.into_iter().map(|(i, own, _)| (i, own)).collect())
+    }
+
+    /// After a commit: moves the arrays at `touched` back to their own stems and removes
+    /// the old generation's files. Failures leave a valid store (and leftovers that the
+    /// next change removes).
+    /// `late` is the commit's failed directory sync, reported once the rest is done.
+    fn after_commit(
+        &mut self,
+        touched: &[usize],
+        old_files: Vec<PathBuf>,
+        late: super::generation::Late,
+    ) -> Result<()> {
+        let canonical: Vec<PathBuf> = touched
+            .iter()
+            .filter_map(|&i| canonical_stem(&self.arrays[i].record))
+            .flat_map(|c| {
+                [
+                    PathBuf::from(naming::data_file(&c)),
+                    PathBuf::from(naming::bitmap_file(&c)),
+                ]
+            })
+            .collect();
+        // Files that moving back replaces in one step wait for it; the others go now.
+        let (later, now): (Vec<PathBuf>, Vec<PathBuf>) =
+            old_files.into_iter().partition(|f| canonical.contains(f));
+        self.remove_unreferenced(now);
+        // If moving back fails, the array stays under its generation stem and NumPack 0.7
+        // may still read the bitmap under its own: keep those files for the next change.
+        if self.canonicalize(touched).is_ok() {
+            self.remove_unreferenced(later);
+        }
+        late.map_or(Ok(()), Err)
     }
 
     /// Appends rows to an array: `data` holds whole rows of the array's dtype and row shape.
+    /// All or none: the rows are written past the data file's end (which the current
+    /// generation ignores), then one rename of `metadata.npkm` publishes them.
     pub fn append(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let dir = self.dir.clone();
+        // A damaged array is refused with its own error.
         self.get(name)?;
         let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
-        let stamp = self.stamp();
-        let durable = self.durable;
-        let a = &mut self.arrays[i];
+        let a = &self.arrays[i];
         if a.shape.is_empty() || a.shape.first() != a.record.shape.first() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -213,60 +395,121 @@ impl NumPack {
         if new_rows == 0 {
             return Ok(());
         }
-        let rel = match &a.storage {
-            Storage::Plain(p) => p.clone(),
-            Storage::Segmented { .. } => {
-                return Err(
-                    Error::new(ErrorKind::Unsupported, "appending to a segmented array")
-                        .at(&dir)
-                        .array(name),
-                )
-            }
+        if matches!(a.storage, Storage::Segmented { .. }) {
+            return Err(
+                Error::new(ErrorKind::Unsupported, "appending to a segmented array")
+                    .at(&dir)
+                    .array(name),
+            );
+        }
+        self.locked(|s| s.append_locked(i, data, new_rows))
+    }
+
+    fn append_locked(&mut self, i: usize, data: &[u8], new_rows: u64) -> Result<()> {
+        let dir = self.dir.clone();
+        let durable = self.durable;
+        let stamp = self.stamp();
+        let a = &self.arrays[i];
+        let name = a.record.name.clone();
+        let Storage::Plain(rel) = a.storage.clone() else {
+            unreachable!("checked before locking")
         };
         let path = dir.join(&rel);
+        let old_size = a.record.size_bytes;
         let file = OpenOptions::new()
             .write(true)
             .open(&path)
             .ctx(&path, "opening")
-            .map_err(|e| e.array(name))?;
-        // Bytes past size_bytes are leftovers of an interrupted append: overwrite them.
-        file.write_all_at(data, a.record.size_bytes)
+            .map_err(|e| e.array(&name))?;
+        // Past the end: the current generation reads only its size_bytes, so these bytes
+        // (and any left by an interrupted append) are invisible until the commit.
+        let undo = |e: Error| {
+            let _ = file.set_len(old_size);
+            e.array(&name)
+        };
+        file.write_all_at(data, old_size)
             .ctx(&path, "appending to")
-            .map_err(|e| e.array(name))?;
-        file.set_len(a.record.size_bytes + data.len() as u64)
-            .ctx(&path, "resizing")?;
+            .map_err(undo)?;
         if durable {
-            file.sync_all().ctx(&path, "syncing")?;
+            file.sync_all().ctx(&path, "syncing").map_err(undo)?;
         }
-        if let Some(b) = &mut a.bitmap {
+        let mut record = a.record.clone();
+        record.shape[0] += new_rows;
+        record.size_bytes += data.len() as u64;
+        record.last_modified = stamp;
+        // An array with dropped rows needs a longer bitmap: it goes with a link to the data
+        // under a fresh stem, so that the same rename publishes both.
+        let mut bitmap = a.bitmap.clone();
+        let mut new_files = Vec::new();
+        if let Some(b) = &mut bitmap {
             b.extend_active(new_rows);
-            write_atomic(
-                &dir,
-                &bitmap_path(&a.record).to_string_lossy(),
-                &b.encode(),
-                durable,
-            )?;
+            let step = (|| -> Result<()> {
+                let canonical = canonical_stem(&a.record).unwrap_or_else(|| {
+                    naming::stem_of(&a.record.data_file)
+                        .map(naming::base_stem)
+                        .unwrap_or("array")
+                        .to_string()
+                });
+                let stem = self.fresh_stem(&canonical, &[])?;
+                let link = dir.join(naming::data_file(&stem));
+                fs::hard_link(&path, &link).ctx(&link, "linking")?;
+                new_files.push(link);
+                let bname = naming::bitmap_file(&stem);
+                new_files.push(dir.join(&bname));
+                if let Some(e) = replace_file(&dir, &bname, &b.encode(), durable)? {
+                    return Err(e);
+                }
+                record.data_file = naming::data_file(&stem);
+                Ok(())
+            })();
+            if let Err(e) = step {
+                for f in &new_files {
+                    let _ = remove_if_exists(f);
+                }
+                return Err(undo(e));
+            }
         }
+        let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
+        records[i] = record.clone();
+        let (_, mut new_sidecar) = self.snapshot();
+        if let Some(pos) = new_sidecar.arrays.iter().position(|e| e.name == name) {
+            let (dt, shape) = (self.arrays[i].dtype, self.arrays[i].shape.clone());
+            let mut true_shape = shape;
+            true_shape[0] += new_rows;
+            new_sidecar.arrays[pos] = sidecar::Entry::new(&record, dt, &true_shape);
+        }
+        let (on_disk, late) = match self.commit(records, &new_sidecar) {
+            Ok(done) => done,
+            Err(e) => {
+                for f in &new_files {
+                    let _ = remove_if_exists(f);
+                }
+                return Err(undo(e));
+            }
+        };
+        let a = &mut self.arrays[i];
+        let old_files = files_of(a);
         a.shape[0] += new_rows;
-        a.record.shape[0] += new_rows;
-        a.record.size_bytes += data.len() as u64;
-        a.record.last_modified = stamp;
         a.logical_shape[0] += new_rows;
+        a.storage = Storage::Plain(PathBuf::from(&record.data_file));
+        a.record = record;
+        a.bitmap = bitmap;
         if let Some(d) = a.data.take() {
             self.retired.push(d);
         }
-        self.write_metadata()
+        self.prune_sidecar(&on_disk);
+        self.after_commit(&[i], old_files, late)
     }
 
     /// Deletes rows (logical indices, as the array reads now) by marking them in the
-    /// deletion bitmap, as NumPack does.
+    /// deletion bitmap, as NumPack does: one rename of the bitmap publishes the change (the
+    /// metadata record does not change).
     pub fn drop_rows(&mut self, name: &str, rows: &[u64]) -> Result<()> {
         let dir = self.dir.clone();
+        // A damaged array is refused with its own error.
         self.get(name)?;
         let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
-        let stamp = self.stamp();
-        let durable = self.durable;
-        let a = &mut self.arrays[i];
+        let a = &self.arrays[i];
         if a.shape.is_empty() || a.shape.first() != a.record.shape.first() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -282,55 +525,89 @@ impl NumPack {
         bitmap
             .delete_logical(rows)
             .map_err(|m| Error::invalid_argument(m).at(&dir).array(name))?;
-        write_atomic(
-            &dir,
-            &bitmap_path(&a.record).to_string_lossy(),
-            &bitmap.encode(),
-            durable,
-        )?;
-        a.logical_shape[0] = bitmap.active_count();
-        a.bitmap = Some(bitmap);
-        a.record.last_modified = stamp;
-        if let Some(d) = a.data.take() {
-            self.retired.push(d);
-        }
-        self.write_metadata()
+        self.locked(|s| {
+            let bpath = s.bitmap_of(i);
+            let late = replace_file(&dir, &bpath.to_string_lossy(), &bitmap.encode(), s.durable)?;
+            let a = &mut s.arrays[i];
+            a.logical_shape[0] = bitmap.active_count();
+            a.bitmap = Some(bitmap);
+            if let Some(d) = a.data.take() {
+                s.retired.push(d);
+            }
+            // The same metadata again, as a new file: other stores open on the directory
+            // see that it changed. Best effort: the change is already published.
+            let (meta, _) = s.snapshot();
+            if late.is_none() {
+                let _ = replace_file(&dir, metadata::FILE_NAME, &meta.encode(), s.durable);
+            }
+            late.map_or(Ok(()), |e| Err(published(&dir, e)))
+        })
     }
 
-    /// Removes an array: the metadata first, then its files.
+    /// Removes an array: one rename of `metadata.npkm` without it, then its files.
     pub fn delete(&mut self, name: &str) -> Result<()> {
         let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
-        let old = self.arrays.remove(i);
-        self.faults.remove(name);
-        self.index = self
-            .arrays
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.record.name.clone(), i))
-            .collect();
-        self.write_metadata()?;
-        self.remove_files(files_of(&old));
-        if let Some(d) = old.data.into_inner() {
-            self.retired.push(d);
-        }
-        Ok(())
-    }
-
-    fn remove_files(&self, files: Vec<PathBuf>) {
-        for f in files {
-            let p = self.dir.join(&f);
-            // Leftovers are harmless (NumPack ignores unknown files); removal is best effort.
-            let _ = fs::remove_file(&p);
-            if let Some(parent) = f.parent().filter(|p| !p.as_os_str().is_empty()) {
-                let _ = fs::remove_dir(self.dir.join(parent));
+        self.locked(|s| {
+            let mut records: Vec<ArrayRecord> = s.arrays.iter().map(|a| a.record.clone()).collect();
+            records.remove(i);
+            let (_, mut sc) = s.snapshot();
+            sc.arrays.retain(|e| e.name != s.arrays[i].record.name);
+            let (on_disk, late) = s.commit(records, &sc)?;
+            let old = s.arrays.remove(i);
+            s.faults.remove(&old.record.name);
+            s.index = s
+                .arrays
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.record.name.clone(), i))
+                .collect();
+            let old_files = files_of(&old);
+            if let Some(d) = old.data.into_inner() {
+                s.retired.push(d);
             }
-        }
+            s.prune_sidecar(&on_disk);
+            if let Some(e) = late {
+                return Err(e);
+            }
+            s.remove_unreferenced(old_files);
+            Ok(())
+        })
     }
 
-    /// Writes the sidecar and then `metadata.npkm`, each atomically.
+    /// Removes every array and the recorded SafeTensors metadata: one rename of an empty
+    /// `metadata.npkm`, then the old files (what `create` with `drop_if_exists` does to an
+    /// existing store). Files npkio does not know stay.
+    pub(super) fn clear(&mut self) -> Result<()> {
+        self.locked(|s| {
+            let (on_disk, late) = s.commit(Vec::new(), &Sidecar::default())?;
+            let old = std::mem::take(&mut s.arrays);
+            s.index.clear();
+            s.st_metadata = None;
+            s.sharding = None;
+            s.source_header = None;
+            let mut files = Vec::new();
+            for a in old {
+                files.extend(files_of(&a));
+                if let Some(d) = a.data.into_inner() {
+                    s.retired.push(d);
+                }
+            }
+            s.prune_sidecar(&on_disk);
+            if let Some(e) = late {
+                return Err(e);
+            }
+            s.remove_unreferenced(files);
+            Ok(())
+        })
+    }
+
+    /// Writes the sidecar and then `metadata.npkm` as the store describes them now (a new
+    /// store's first metadata).
     pub(super) fn write_metadata(&self) -> Result<()> {
         let (meta, sidecar) = self.snapshot();
-        write_dir_metadata(&self.dir, &meta, &sidecar, self.durable)
+        write_dir_metadata(&self.dir, &meta, &sidecar, self.durable)?;
+        self.writer.refresh(&self.dir);
+        Ok(())
     }
 
     /// Closes the store. Every change is already on disk; this only releases mappings.

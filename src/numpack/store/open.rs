@@ -57,6 +57,11 @@ impl NumPack {
                     return NumPack::open(dir);
                 }
                 if kind == Existing::NumPack {
+                    // A store that opens is emptied all or none, under the lock.
+                    if let Ok(mut store) = NumPack::open(dir) {
+                        store.clear()?;
+                        return Ok(store);
+                    }
                     fs::remove_dir_all(dir).ctx(dir, "removing")?;
                     fs::create_dir(dir).ctx(dir, "creating directory")?;
                 }
@@ -77,6 +82,7 @@ impl NumPack {
             retired: Vec::new(),
             durable: false,
             last_stamp: 0,
+            writer: super::generation::Writer::observe(dir),
         };
         store.write_metadata()?;
         Ok(store)
@@ -85,11 +91,12 @@ impl NumPack {
     /// Builds a store from decoded metadata, validating every array.
     fn from_parts(dir: &Path, meta: Metadata, sidecar: Option<Sidecar>) -> Result<NumPack> {
         let sidecar = sidecar.unwrap_or_default();
-        let entries: HashMap<&str, &Entry> = sidecar
-            .arrays
-            .iter()
-            .map(|e| (e.name.as_str(), e))
-            .collect();
+        // A name may have two entries (one per generation while a change is published):
+        // the one matching the record applies.
+        let mut entries: HashMap<&str, Vec<&Entry>> = HashMap::new();
+        for e in &sidecar.arrays {
+            entries.entry(e.name.as_str()).or_default().push(e);
+        }
         let mut arrays = Vec::with_capacity(meta.arrays.len());
         let mut index = HashMap::with_capacity(meta.arrays.len());
         let mut faults = HashMap::new();
@@ -102,17 +109,23 @@ impl NumPack {
                 );
             }
             last_stamp = last_stamp.max(record.last_modified);
-            let entry = entries.get(name.as_str()).copied();
+            let candidates = entries.get(name.as_str()).map_or(&[][..], |v| v);
             // An array whose files do not hold what its record says fails alone, when it is
             // read: the other arrays stay readable (docs/format.md, "Damaged arrays").
-            let array = match load_array(dir, record.clone(), entry) {
+            let array = match load_array(dir, record.clone(), candidates) {
                 Ok(array) => array,
                 Err(e) => {
+                    // The entry that applies to this record, kept for the next write.
+                    let entry = candidates
+                        .iter()
+                        .find(|e| e.resolve(&record).is_some())
+                        .or(candidates.first())
+                        .map(|e| (*e).clone());
                     faults.insert(
                         name.clone(),
                         Fault {
                             error: e.array(name.clone()).at(dir),
-                            entry: entry.cloned(),
+                            entry,
                         },
                     );
                     placeholder(record)
@@ -132,6 +145,7 @@ impl NumPack {
             retired: Vec::new(),
             durable: false,
             last_stamp,
+            writer: super::generation::Writer::observe(dir),
         })
     }
 }
@@ -205,7 +219,7 @@ fn placeholder(record: ArrayRecord) -> Array {
     }
 }
 
-fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<Array> {
+fn load_array(dir: &Path, record: ArrayRecord, entries: &[&Entry]) -> Result<Array> {
     let code_dtype = DType::from_numpack_code(record.dtype_code).ok_or_else(|| {
         Error::malformed(
             dir,
@@ -319,8 +333,9 @@ fn load_array(dir: &Path, record: ArrayRecord, entry: Option<&Entry>) -> Result<
     };
     // A sidecar entry whose rows differ from the record's cannot be combined with a
     // deletion bitmap (the bitmap counts the record's rows): read as NumPack sees it.
-    let (dtype, shape) = entry
-        .and_then(|e| e.resolve(&record))
+    let (dtype, shape) = entries
+        .iter()
+        .find_map(|e| e.resolve(&record))
         .filter(|(_, s)| bitmap.is_none() || s.first() == record.shape.first())
         .unwrap_or((code_dtype, record.shape.clone()));
     let mut logical_shape = shape.clone();

@@ -1,0 +1,485 @@
+//! How a change to a store is published: one commit point, exclusion, and clean-up.
+//!
+//! Every change writes what it changes under file names the live `metadata.npkm` does not
+//! reference, then publishes it by renaming a new `metadata.npkm` into place (the commit
+//! point), then removes the files of the old generation. A crash or an error at any step
+//! leaves the store reading as before the change or as after it:
+//!
+//! - Data files of a replaced array are written under a fresh stem: `data_<stem>~<n>.npkd`
+//!   when the array's own `data_<stem>.npkd` is live. `~` never occurs in a plain name and
+//!   hashed stems start with `~`, so a generation name never collides with another
+//!   array's file.
+//! - The deletion bitmap follows the data file's stem (`deleted_<stem>.npkb`), so a new
+//!   bitmap that goes with new data is published by the same rename.
+//! - NumPack 0.7 finds a bitmap by the array's name (`deleted_<name>.npkb`, the stem of a
+//!   plain name), so after the commit an array left under a generation stem is moved back
+//!   to its own stem ([`NumPack::canonicalize`]): its files get their plain names by hard
+//!   links (the bitmap by a link renamed over the old one), a second metadata commit points
+//!   at them, and the generation names are removed. Every state in between reads as the
+//!   new generation.
+//! - An array with dropped rows that is replaced is first moved aside (links under a
+//!   generation stem, one commit that reads the same), because NumPack 0.7's bitmap under
+//!   its own name cannot be withdrawn by the metadata rename: it is removed just before
+//!   the replacement's commit (`NumPack::move_aside` in `mutate`).
+//! - An append writes past the data file's end, which the current generation ignores.
+//! - `npkio.json` is written before the metadata with the entries of both generations (an
+//!   entry applies only to the record it was made for), and pruned after the commit.
+//!
+//! Writers exclude each other with the lock conversions into the directory take
+//! ([`crate::publish::lock_output`]); under it a change first checks that the path still
+//! names the directory the store was opened on and that `metadata.npkm` and `npkio.json`
+//! are those it last saw (another writer changed nothing since), then removes what
+//! interrupted changes left behind.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use std::io::Write;
+
+use crate::fsutil::{sync_dir, temp_file_in};
+use crate::numpack::metadata::{self, ArrayRecord, Metadata};
+use crate::numpack::naming;
+use crate::numpack::sidecar::{self, Sidecar};
+
+use super::layout::{bitmap_path, files_of, Storage};
+use super::NumPack;
+
+/// Prefix of every temporary file a change creates inside the directory.
+pub(super) const TMP_PREFIX: &str = ".npkio-tmp-";
+
+/// What identifies a file's current version: a rename, a rewrite or a replacement changes
+/// at least one of these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    let md = fs::symlink_metadata(path).ok()?;
+    Some(Stamp {
+        dev: md.dev(),
+        ino: md.ino(),
+        size: md.size(),
+        mtime: (md.mtime(), md.mtime_nsec()),
+        ctime: (md.ctime(), md.ctime_nsec()),
+    })
+}
+
+/// The directory a store was opened on, and the versions of its metadata files this store
+/// last read or wrote.
+#[derive(Debug)]
+pub(super) struct Writer {
+    /// st_dev and st_ino of the directory when the store was opened.
+    dir: Option<(u64, u64)>,
+    /// `metadata.npkm` and `npkio.json` as last seen.
+    files: Mutex<(Option<Stamp>, Option<Stamp>)>,
+}
+
+impl Writer {
+    /// Records the directory and its metadata files as they are now.
+    pub(super) fn observe(dir: &Path) -> Writer {
+        let id = fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()));
+        let w = Writer {
+            dir: id,
+            files: Mutex::new((None, None)),
+        };
+        w.refresh(dir);
+        w
+    }
+
+    /// Records the metadata files as they are now (call holding the lock, or at open).
+    pub(super) fn refresh(&self, dir: &Path) {
+        let now = (
+            stamp_of(&dir.join(metadata::FILE_NAME)),
+            stamp_of(&dir.join(sidecar::FILE_NAME)),
+        );
+        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+
+    /// Fails unless `dir` is still the directory the store was opened on, with the metadata
+    /// files it last saw.
+    fn check(&self, dir: &Path) -> Result<()> {
+        let now = fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()));
+        if now.is_none() || now != self.dir {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "the directory was replaced (or removed) since this store was opened; \
+                 reopen it",
+            )
+            .at(dir));
+        }
+        let files = (
+            stamp_of(&dir.join(metadata::FILE_NAME)),
+            stamp_of(&dir.join(sidecar::FILE_NAME)),
+        );
+        if files != *self.files.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "another writer changed the store since it was opened; reopen it",
+            )
+            .at(dir));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` is a regular file (not followed if a link) owned by this process's user.
+fn ours(path: &Path) -> bool {
+    match fs::symlink_metadata(path) {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        Ok(md) => md.file_type().is_file() && md.uid() == unsafe { libc::geteuid() },
+        Err(_) => false,
+    }
+}
+
+/// Removes `path` if it exists.
+pub(super) fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, "removing", e)),
+    }
+}
+
+/// Whether `path` exists (a dangling link counts).
+pub(super) fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// A temporary name in `dir` for a link about to be renamed into place.
+fn temp_name(dir: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{TMP_PREFIX}link-{}-{n}", std::process::id()))
+}
+
+/// Gives `from`'s file the name `to` too, replacing whatever `to` was in one rename.
+pub(super) fn link_over(dir: &Path, from: &Path, to: &Path) -> Result<()> {
+    let tmp = temp_name(dir);
+    remove_if_exists(&tmp)?;
+    fs::hard_link(from, &tmp).ctx(&tmp, "linking")?;
+    if let Err(e) = fs::rename(&tmp, to) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(to, "renaming a link onto", e));
+    }
+    Ok(())
+}
+
+/// What a publishing step that failed after its rename reports: the change is visible,
+/// but syncing the directory failed, so it may not survive a power loss.
+pub(super) type Late = Option<Error>;
+
+fn late_sync(dir: &Path, durable: bool) -> Late {
+    if !durable {
+        return None;
+    }
+    sync_dir(dir).err()
+}
+
+/// The error of a commit whose rename happened but whose directory sync failed.
+pub(super) fn published(dir: &Path, e: Error) -> Error {
+    Error::new(
+        e.kind(),
+        format!(
+            "the change is published, but syncing the directory failed, so it may not \
+             survive a power loss: {e}"
+        ),
+    )
+    .at(dir)
+}
+
+/// Writes `dir/name` through a temporary file renamed into place (synced first with
+/// `durable`). `Err`: nothing changed. `Ok(Some(_))`: renamed, the directory sync failed.
+pub(super) fn replace_file(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<Late> {
+    let target = dir.join(name);
+    let mut tmp = temp_file_in(dir, TMP_PREFIX)?;
+    tmp.write_all(bytes).ctx(tmp.path(), "writing")?;
+    if durable {
+        tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
+    }
+    tmp.persist(&target)
+        .map_err(|e| e.error)
+        .ctx(&target, "renaming a temporary file onto")?;
+    Ok(late_sync(dir, durable))
+}
+
+/// Writes `npkio.json`, or removes it when there is nothing to record; as
+/// [`replace_file`].
+pub(super) fn write_sidecar(dir: &Path, sidecar: &Sidecar, durable: bool) -> Result<Late> {
+    if sidecar.is_empty() {
+        remove_if_exists(&dir.join(sidecar::FILE_NAME))?;
+        Ok(late_sync(dir, durable))
+    } else {
+        replace_file(dir, sidecar::FILE_NAME, &sidecar.encode(), durable)
+    }
+}
+
+/// The sidecar holding `old`'s entries and `new`'s, and `old`'s other fields (which no
+/// record ties to a generation): valid for either generation's arrays.
+pub(super) fn union(old: &Sidecar, new: &Sidecar) -> Sidecar {
+    let mut u = old.clone();
+    for e in &new.arrays {
+        if !u.arrays.contains(e) {
+            u.arrays.push(e.clone());
+        }
+    }
+    u
+}
+
+/// The canonical stem of a record's files: its stem without a generation suffix, if npkio
+/// could have chosen it.
+pub(super) fn canonical_stem(record: &ArrayRecord) -> Option<String> {
+    let stem = naming::stem_of(&record.data_file)?;
+    let base = naming::base_stem(stem);
+    naming::is_npkio_stem(base).then(|| base.to_string())
+}
+
+impl NumPack {
+    /// Runs one change of the store: takes the directory's lock, checks that the store
+    /// still describes what is on disk, removes leftovers of interrupted changes, runs `f`,
+    /// and records the metadata files as they are after it.
+    pub(super) fn locked<T>(&mut self, f: impl FnOnce(&mut NumPack) -> Result<T>) -> Result<T> {
+        // A path like "." or "x/.." has no name of its own to lock by: use the real one.
+        let path = match self.dir.file_name() {
+            Some(_) => self.dir.clone(),
+            None => self.dir.canonicalize().ctx(&self.dir, "resolving")?,
+        };
+        let _lock = crate::publish::lock_output(&path, true).map_err(|e| e.at(&self.dir))?;
+        self.writer.check(&self.dir)?;
+        self.remove_leftovers();
+        let result = f(self);
+        self.writer.refresh(&self.dir);
+        result
+    }
+
+    /// Files every array of the store uses now, relative to the directory.
+    pub(super) fn live_files(&self) -> HashSet<PathBuf> {
+        self.arrays.iter().flat_map(files_of).collect()
+    }
+
+    /// Stems every array's files use now.
+    pub(super) fn live_stems(&self) -> HashSet<String> {
+        self.arrays
+            .iter()
+            .filter_map(|a| naming::stem_of(&a.record.data_file).map(str::to_string))
+            .collect()
+    }
+
+    /// A stem for new files of an array whose canonical stem is `canonical`: the canonical
+    /// stem itself when no array uses it, else the first free generation of it. Files left
+    /// under the stem chosen are removed (no record refers to them).
+    pub(super) fn fresh_stem(&self, canonical: &str, also_taken: &[String]) -> Result<String> {
+        let live = self.live_stems();
+        let free = |s: &str| !live.contains(s) && !also_taken.iter().any(|t| t == s);
+        let mut n = 0u64;
+        loop {
+            let stem = if n == 0 {
+                canonical.to_string()
+            } else {
+                naming::generation_stem(canonical, n)
+            };
+            n += 1;
+            if !free(&stem) {
+                continue;
+            }
+            let d = self.dir.join(naming::data_file(&stem));
+            let b = self.dir.join(naming::bitmap_file(&stem));
+            for p in [&d, &b] {
+                if exists(p) && ours(p) {
+                    remove_if_exists(p)?;
+                }
+            }
+            if !exists(&d) && !exists(&b) {
+                return Ok(stem);
+            }
+            if n > 1000 {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("no free file name for the array's new data (tried {stem:?})"),
+                )
+                .at(&self.dir));
+            }
+        }
+    }
+
+    /// Writes `npkio.json` valid for both the current generation and `records` (when it
+    /// must change), then `metadata.npkm` listing `records`: the commit point. `Err`: not
+    /// committed. `Ok`: committed; the sidecar now on disk (for
+    /// [`NumPack::prune_sidecar`]) and the error of a failed directory sync after it.
+    pub(super) fn commit(
+        &self,
+        records: Vec<ArrayRecord>,
+        new_sidecar: &Sidecar,
+    ) -> Result<(Sidecar, Late)> {
+        let (_, old_sidecar) = self.snapshot();
+        let both = union(&old_sidecar, new_sidecar);
+        if both != old_sidecar {
+            // A failed sync here still leaves a sidecar valid for the old generation.
+            if let Some(e) = write_sidecar(&self.dir, &both, self.durable)? {
+                return Err(e);
+            }
+        }
+        let meta = Metadata {
+            total_size: 0,
+            arrays: records,
+        };
+        let late = replace_file(&self.dir, metadata::FILE_NAME, &meta.encode(), self.durable)?;
+        Ok((both, late.map(|e| published(&self.dir, e))))
+    }
+
+    /// After a commit and the store's update to it: writes `npkio.json` with only the live
+    /// generation's entries, if `on_disk` holds more. Best effort: extra entries match no
+    /// record and are ignored.
+    pub(super) fn prune_sidecar(&self, on_disk: &Sidecar) {
+        let (_, sc) = self.snapshot();
+        if sc != *on_disk {
+            let _ = write_sidecar(&self.dir, &sc, self.durable);
+        }
+        // Nothing else to report: extra entries are harmless.
+    }
+
+    /// Removes `files` (relative paths) that no array uses now, and directories they leave
+    /// empty. Best effort: what stays is a leftover, removed by the next change.
+    pub(super) fn remove_unreferenced(&self, files: Vec<PathBuf>) {
+        let live = self.live_files();
+        for f in files {
+            if live.contains(&f) {
+                continue;
+            }
+            let _ = fs::remove_file(self.dir.join(&f));
+            if let Some(parent) = f.parent().filter(|p| !p.as_os_str().is_empty()) {
+                let _ = fs::remove_dir(self.dir.join(parent));
+            }
+        }
+    }
+
+    /// Moves the arrays at `indices` that live under a generation stem back to their own
+    /// stem, where NumPack 0.7 finds their bitmap. Each step leaves a valid store reading
+    /// the same; on an error the arrays stay where they are.
+    pub(super) fn canonicalize(&mut self, indices: &[usize]) -> Result<()> {
+        let mut plan = Vec::new();
+        let live = self.live_stems();
+        for &i in indices {
+            let a = &self.arrays[i];
+            if !matches!(a.storage, Storage::Plain(_)) {
+                continue;
+            }
+            let (Some(stem), Some(canon)) = (
+                naming::stem_of(&a.record.data_file),
+                canonical_stem(&a.record),
+            ) else {
+                continue;
+            };
+            if stem != canon && !live.contains(&canon) {
+                plan.push((i, stem.to_string(), canon));
+            }
+        }
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        // Bitmaps first: NumPack 0.7 reads `deleted_<name>.npkb` whatever the data file.
+        for (_, stem, canon) in &plan {
+            let from = dir.join(naming::bitmap_file(stem));
+            let to = dir.join(naming::bitmap_file(canon));
+            if exists(&from) {
+                link_over(&dir, &from, &to)?;
+            } else {
+                remove_if_exists(&to)?;
+            }
+        }
+        for (_, stem, canon) in &plan {
+            let from = dir.join(naming::data_file(stem));
+            let to = dir.join(naming::data_file(canon));
+            if !same_file(&from, &to) {
+                remove_if_exists(&to)?;
+                fs::hard_link(&from, &to).ctx(&to, "linking")?;
+            }
+        }
+        if self.durable {
+            sync_dir(&dir)?;
+        }
+        let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
+        for (i, _, canon) in &plan {
+            records[*i].data_file = naming::data_file(canon);
+        }
+        let (_, sc) = self.snapshot();
+        // The records change only their data file, which sidecar entries do not name.
+        let (_, late) = self.commit(records, &sc)?;
+        for (i, stem, canon) in plan {
+            let a = &mut self.arrays[i];
+            a.record.data_file = naming::data_file(&canon);
+            a.storage = Storage::Plain(PathBuf::from(naming::data_file(&canon)));
+            if let Some(d) = a.data.take() {
+                self.retired.push(d);
+            }
+            // Unsynced, the old metadata may come back after a power loss: keep its files
+            // (the next change removes them).
+            if late.is_none() {
+                let _ = fs::remove_file(dir.join(naming::data_file(&stem)));
+                let _ = fs::remove_file(dir.join(naming::bitmap_file(&stem)));
+            }
+        }
+        late.map_or(Ok(()), Err)
+    }
+
+    /// Removes what interrupted changes left: arrays still under a generation stem are
+    /// moved back to their own, then regular files of this user with npkio's names
+    /// (`.npkio-tmp-*`, `data_<stem>.npkd`, `deleted_<stem>.npkb`) that no record uses.
+    /// Nothing else is touched. Best effort.
+    fn remove_leftovers(&mut self) {
+        let all: Vec<usize> = (0..self.arrays.len()).collect();
+        let _ = self.canonicalize(&all);
+        let mut live = self.live_files();
+        // NumPack 0.7's bitmap of each array, wherever npkio keeps it.
+        live.extend(
+            self.arrays
+                .iter()
+                .map(|a| PathBuf::from(naming::bitmap_file(&a.record.name))),
+        );
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(n) = name.to_str() else { continue };
+            let stem = n
+                .strip_prefix("data_")
+                .and_then(|r| r.strip_suffix(".npkd"))
+                .or_else(|| {
+                    n.strip_prefix("deleted_")
+                        .and_then(|r| r.strip_suffix(".npkb"))
+                });
+            let npkio_name = n.starts_with(TMP_PREFIX)
+                || stem.is_some_and(|s| naming::is_npkio_stem(naming::base_stem(s)));
+            if !npkio_name || live.contains(Path::new(n)) {
+                continue;
+            }
+            let p = e.path();
+            if ours(&p) {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
+
+    /// The bitmap file of the array at `i`, relative to the directory.
+    pub(super) fn bitmap_of(&self, i: usize) -> PathBuf {
+        bitmap_path(&self.arrays[i].record)
+    }
+}
