@@ -450,6 +450,7 @@ class SafeOpen:
             )
         self._path = os.fspath(path)
         self._loader = _Loader(path)
+        self._last_report: Optional[LoadReport] = None  # of the last get_slice read
         self._numpack = os.path.isdir(self._path) and os.path.isfile(
             os.path.join(self._path, "metadata.npkm")
         )
@@ -520,7 +521,7 @@ class SafeOpen:
         planned = [_plan(self._loader, name, None if slices is None else slices[name], None)]
         dt, shape = _array_layout(planned[0].row, planned[0].shape, planned[0].nbytes)
         out = np.empty(shape, dtype=dt)
-        _run(self._loader, planned, [out], _options(0, "auto", False))
+        self._last_report = _run(self._loader, planned, [out], _options(0, "auto", False))
         return out
 
 

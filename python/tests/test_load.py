@@ -396,3 +396,37 @@ def test_get_slice_errors():
         full = f.get_tensor("encoder.weight")
         same(sl[[0, 3, 5]], full[[0, 3, 5]])
         same(sl[None, 2], full[None, 2])
+
+
+def test_get_slice_reads_only_what_the_index_needs():
+    with npkio.safe_open(ST / "with_metadata.safetensors") as f:
+        full = f.get_tensor("encoder.weight")  # (32, 16) float32
+        sl = f.get_slice("encoder.weight")
+        same(sl[3:5], full[3:5])
+        assert f._last_report.bytes_out == 2 * 16 * 4
+        same(sl[-1, ::3], full[-1, ::3])
+        assert f._last_report.bytes_out == 16 * 4
+        # The outermost dimension taken whole: the second one is narrowed.
+        same(sl[:, 4:6], full[:, 4:6])
+        assert f._last_report.bytes_out == 32 * 2 * 4
+        same(sl[::2, 4:6], full[::2, 4:6])
+        assert f._last_report.bytes_out == 31 * 16 * 4
+
+
+def test_the_readme_loading_example_runs(monkeypatch, capsys):
+    import re
+
+    readme = (REPO / "python" / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Loading into memory of your own"):]
+    code = re.search(r"```py\n(.*?)```", section, flags=re.S).group(1)
+    monkeypatch.chdir(REPO)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "{'format': 'pt'}"
+    assert out[1] == "(32, 64) (64, 32) (100, 32)"
+    ref = views(TINY)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    same(scope["mine"][q], ref[q][32:].astype(np.float32))
+    same(scope["norm"], ref["model.norm.weight"])
+    same(scope["rows"], ref["lm_head.weight"][100:200, ::2])
