@@ -62,7 +62,8 @@ def _int(value: Any, what: str, maximum: int = _U64_MAX) -> int:
 
 
 def _target_row(dtype: Any, what: str) -> _Row:
-    """The npkio dtype named by ``"float32"``, ``"F32"``, ``np.float32``, ``ml_dtypes.bfloat16``..."""
+    """The npkio dtype named by ``"float32"``, ``"F32"``, ``np.float32``,
+    ``ml_dtypes.bfloat16``..."""
     if isinstance(dtype, str):
         row = _BY_NAME.get(dtype) or _BY_NUMPY_NAME.get(dtype)
         if row is not None:
@@ -168,7 +169,9 @@ def _plan(
     return _Planned(name, req, name_b, row, shape, nbytes.value)
 
 
-def _array_layout(row: _Row, shape: Tuple[int, ...], nbytes: int) -> Tuple[np.dtype, Tuple[int, ...]]:
+def _array_layout(
+    row: _Row, shape: Tuple[int, ...], nbytes: int
+) -> Tuple[np.dtype, Tuple[int, ...]]:
     """The dtype and shape of the NumPy array that holds an output (as the views have it)."""
     dt = _numpy_dtype(row)
     if dt is not None:
@@ -533,5 +536,7 @@ def safe_open(path: PathLike, framework: str = "np", device: str = "cpu") -> Saf
     ``ValueError``; ``device`` must be ``"cpu"``.
     """
     if device != "cpu":
-        raise ValueError(f"npkio.safe_open reads into host memory: device must be 'cpu', not {device!r}")
+        raise ValueError(
+            f"npkio.safe_open reads into host memory: device must be 'cpu', not {device!r}"
+        )
     return SafeOpen(path, framework)

@@ -204,7 +204,6 @@ def _bad_requests():
     k = "model.layers.0.self_attn.k_proj.weight"
     rows, cols = ref[q].shape
     dt = ref[q].dtype
-    good = lambda: _patterned(ref[k].shape, dt)  # noqa: E731
     yield "unknown tensor", dict(names=[k, "nope"]), KeyError
     yield "range past the end", dict(slices={q: (0, 0, rows + 1)}), ValueError
     yield "range reversed", dict(slices={q: (1, 5, 2)}), ValueError
@@ -222,12 +221,11 @@ def _bad_requests():
     ro.flags.writeable = False
     yield "into read-only", dict(into={q: ro}), ValueError
     shared = _patterned((rows * cols,), dt)
-    yield "into overlapping", dict(into={q: shared.reshape(rows, cols),
-                                         k: shared[: ref[k].size].reshape(ref[k].shape)}), ValueError
+    overlapping = {q: shared.reshape(rows, cols), k: shared[: ref[k].size].reshape(ref[k].shape)}
+    yield "into overlapping", dict(into=overlapping), ValueError
     yield "unsupported conversion", dict(names=[k, "model.norm.weight"],
                                          dtype={"model.norm.weight": "int32"}), TypeError
     yield "method", dict(method="mmap"), ValueError
-    del good
 
 
 @pytest.mark.parametrize("case", list(range(16)))
@@ -430,3 +428,24 @@ def test_the_readme_loading_example_runs(monkeypatch, capsys):
     same(scope["mine"][q], ref[q][32:].astype(np.float32))
     same(scope["norm"], ref["model.norm.weight"])
     same(scope["rows"], ref["lm_head.weight"][100:200, ::2])
+
+
+def test_the_library_refuses_overlap_and_small_capacity_too():
+    # Past the Python checks: the C side validates every destination before writing.
+    from npkio import loader as L
+
+    ld = L._Loader(TINY)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    k = "model.layers.0.self_attn.k_proj.weight"
+    planned = [L._plan(ld, n, None, None) for n in (q, k)]
+    dt = L._array_layout(planned[0].row, planned[0].shape, planned[0].nbytes)[0]
+    shared = _patterned((planned[0].shape[0] * 2,) + planned[0].shape[1:], dt)
+    outs = [shared[: planned[0].shape[0]], shared[planned[0].shape[0] // 2:][: planned[1].shape[0]]]
+    with pytest.raises(ValueError, match="overlap"):
+        L._run(ld, planned, outs, L._options(0, "auto", False))
+    _untouched(shared)
+    small = _patterned((planned[1].shape[0] - 1,) + planned[1].shape[1:], dt)
+    witness = _patterned(planned[0].shape, dt)
+    with pytest.raises(ValueError, match="request 1 .*the output needs"):
+        L._run(ld, planned, [witness, small], L._options(0, "auto", False))
+    _untouched(small, witness)
