@@ -11,6 +11,10 @@ A ``ctypes`` package over the ``libnpkio`` shared library (no compiled extension
   ``get_member_list``, ``get_shape``, and NumPack 0.7's ``getitem``, ``replace``,
   ``clone``, ``update``, ``reset``, ``stream_load``, ``get_metadata``,
   ``get_modify_time``), usable as a context manager.
+* :func:`npkio.load_tensors`: tensors, slices and tensor-parallel shards read in parallel
+  into memory of their own (or the caller's), with BF16/F16/F32 conversion on the way;
+  :func:`npkio.safe_open`: ``safetensors.safe_open(path, framework="np")`` over SafeTensors
+  files, sharded checkpoints and NumPack directories (:mod:`npkio.loader`).
 * :class:`npkio.NpkioError` and its subclasses, each also a built-in exception
   (``KeyError``, ``FileNotFoundError``, ``FileExistsError``, ``ValueError``, ...).
 * :func:`npkio.dtype_of`, :func:`npkio.raw_dtype`: dtypes NumPy lacks (BF16, FP8, F4, F6).
@@ -22,7 +26,7 @@ is installed.
 
 from __future__ import annotations
 
-from . import files, io
+from . import files, io, loader
 from ._dtypes import DTYPE_NAMES, dtype_of, raw_dtype, use_ml_dtypes
 from ._errors import (
     NpkioBusyError,
@@ -51,6 +55,7 @@ from .io import (
 from .files import load, load_file, save, save_file
 from .io import SafeTensorsMetadata, TensorMetadata
 from .numpack import NumPack, NumPackStateError
+from .loader import SafeOpen, Shard, TensorSlice, load_tensors, safe_open, shard
 
 #: The version of the loaded ``libnpkio``, which is this package's version: the package is
 #: built with the library, both from the crate's Cargo.toml.
@@ -61,8 +66,15 @@ __version__ = library_version
 __all__ = [
     "io",
     "files",
+    "loader",
     "NumPack",
     "NumPackStateError",
+    "load_tensors",
+    "shard",
+    "Shard",
+    "safe_open",
+    "SafeOpen",
+    "TensorSlice",
     "save_file",
     "load_file",
     "save",

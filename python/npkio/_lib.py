@@ -24,7 +24,10 @@ from typing import Callable, List, Optional, Sequence
 
 from ._errors import error_for_status
 
-__all__ = ["lib", "library_path", "check", "Handle", "TensorView", "TensorDesc", "ArrayInfo"]
+__all__ = [
+    "lib", "library_path", "check", "Handle", "TensorView", "TensorDesc", "ArrayInfo",
+    "LoadOptions", "LoadRequest", "LoadReport",
+]
 
 if sys.platform == "darwin":
     _LIB_NAME, _SUFFIX = "libnpkio.dylib", ".dylib"
@@ -213,6 +216,69 @@ _proto("npkio_numpack_append", _status, _handle, c_char_p, c_void_p, c_size_t)
 _proto("npkio_numpack_drop_rows", _status, _handle, c_char_p, POINTER(c_uint64), c_size_t)
 _proto("npkio_numpack_delete", _status, _handle, c_char_p)
 _proto("npkio_numpack_records_json", _status, _handle, c_void_p, c_size_t, POINTER(c_size_t))
+
+_proto("npkio_safetensors_find", _status, _handle, c_char_p, POINTER(TensorView),
+       POINTER(c_size_t))
+_proto("npkio_numpack_metadata_count", _status, _handle, POINTER(c_size_t))
+_proto("npkio_numpack_metadata_get", _status, _handle, c_size_t, _out_str,
+       POINTER(c_size_t), _out_str, POINTER(c_size_t))
+
+
+class LoadOptions(ctypes.Structure):
+    """``NpkioLoadOptions``: how to load (filled by ``npkio_load_options_init``)."""
+
+    _fields_ = [
+        ("threads", c_uint32),
+        ("method", c_uint32),
+        ("drop_behind", c_bool),
+        ("chunk_size", c_size_t),
+        ("progress", c_void_p),
+        ("progress_user", c_void_p),
+    ]
+
+
+class LoadRequest(ctypes.Structure):
+    """``NpkioLoadRequest``: one tensor (or slice of one) to load into ``dst``."""
+
+    _fields_ = [
+        ("name", c_char_p),
+        ("slice", c_uint32),
+        ("dim", c_uint32),
+        ("start", c_uint64),
+        ("end", c_uint64),
+        ("dtype", c_uint32),
+        ("dst", c_void_p),
+        ("capacity", c_size_t),
+    ]
+
+
+class LoadReport(ctypes.Structure):
+    """``NpkioLoadReport``: what a load did."""
+
+    _fields_ = [
+        ("bytes_out", c_uint64),
+        ("bytes_read", c_uint64),
+        ("direct_bytes", c_uint64),
+        ("tasks", c_size_t),
+        ("threads", c_size_t),
+        ("direct_refused", c_bool),
+    ]
+
+
+_proto("npkio_load_open", _status, c_char_p, _out_handle)
+_proto("npkio_load_free", None, _handle)
+_proto("npkio_load_count", _status, _handle, POINTER(c_size_t))
+_proto("npkio_load_tensor", _status, _handle, c_size_t, POINTER(TensorView))
+_proto("npkio_load_options_init", _status, POINTER(LoadOptions))
+_proto("npkio_load_output_size", _status, _handle, POINTER(LoadRequest), POINTER(c_size_t))
+_proto("npkio_load_run", _status, _handle, POINTER(LoadRequest), c_size_t,
+       POINTER(LoadOptions), POINTER(LoadReport))
+
+NPKIO_LOAD_WHOLE = 0
+NPKIO_LOAD_RANGE = 1
+NPKIO_LOAD_SHARD = 2
+NPKIO_LOAD_AS_STORED = 0xFFFFFFFF
+NPKIO_LOAD_METHODS = {"auto": 0, "buffered": 1, "direct": 2}
 
 NPKIO_STATUS_BUFFER_TOO_SMALL = 102
 NPKIO_FLAG_DURABLE = 1

@@ -1,0 +1,542 @@
+"""Loading tensors into memory the caller owns, and a drop-in for ``safetensors.safe_open``.
+
+* :func:`load_tensors` reads whole tensors, or a range or tensor-parallel shard of one
+  dimension of each, into fresh writable arrays (or arrays the caller passes), optionally
+  converting BF16/F16 to F32 and back on the way. All requests go to the library in one
+  call (``npkio_load_run``), which reads them in parallel with ``pread`` or ``O_DIRECT``.
+* :func:`safe_open` opens a SafeTensors file, a sharded checkpoint or a NumPack directory
+  like ``safetensors.safe_open(path, framework="np")``: ``keys()``, ``metadata()``,
+  ``get_tensor()`` (a zero-copy read-only view) and ``get_slice(name)[...]``, which reads
+  only the rows (or columns) the index needs.
+
+Works on the three kinds of checkpoint the loader opens: a ``.safetensors`` file, a sharded
+checkpoint (its ``*.safetensors.index.json`` or the directory holding it) and a NumPack
+directory (plain, segmented or with dropped rows).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from ctypes import c_bool, c_size_t, c_void_p
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _lib
+from ._dtypes import _BY_NAME, _BY_NUMBER, _BY_NUMPY_NAME, _Row, _numpy_dtype, _row_of
+from ._dtypes import _sub_byte_raw_shape, raw_dtype, view_to_array
+from ._lib import Handle, LoadOptions, LoadReport, LoadRequest, TensorView, check, lib
+from ._errors import error_for_status
+from ._lib import name_arg, path_arg, take_str
+
+__all__ = ["load_tensors", "shard", "Shard", "safe_open", "SafeOpen", "TensorSlice"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+_U64_MAX = 2**64 - 1
+_FLOATS = ("F32", "F16", "BF16")
+
+
+class Shard(NamedTuple):
+    """Rank ``rank`` of ``world`` ranks along dimension ``dim`` (see :func:`shard`)."""
+
+    dim: int
+    rank: int
+    world: int
+
+
+def shard(dim: int, rank: int, world: int) -> Shard:
+    """The tensor-parallel slice of rank ``rank`` of ``world`` along dimension ``dim``, for
+    :func:`load_tensors`' ``slices``. A dimension of length ``n`` is split in rank order:
+    the first ``n % world`` ranks get ``n // world + 1`` indices, the others ``n // world``."""
+    return Shard(dim, rank, world)
+
+
+def _int(value: Any, what: str, maximum: int = _U64_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    value = int(value)
+    if not 0 <= value <= maximum:
+        raise ValueError(f"{what} must be between 0 and {maximum}, not {value}")
+    return value
+
+
+def _target_row(dtype: Any, what: str) -> _Row:
+    """The npkio dtype named by ``"float32"``, ``"F32"``, ``np.float32``,
+    ``ml_dtypes.bfloat16``..."""
+    if isinstance(dtype, str):
+        row = _BY_NAME.get(dtype) or _BY_NUMPY_NAME.get(dtype)
+        if row is not None:
+            return row
+    try:
+        return _row_of(np.dtype(dtype))
+    except TypeError as e:
+        raise TypeError(f"{what}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------
+# The loader handle
+
+
+class _Tensor(NamedTuple):
+    row: _Row
+    shape: Tuple[int, ...]
+
+
+class _Loader:
+    """An open ``NpkioLoader`` and the tensors it describes, by name, in checkpoint order."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.handle = _lib.open_handle(lib.npkio_load_open, lib.npkio_load_free, path_arg(path))
+        n = c_size_t()
+        check(lib.npkio_load_count(self.handle.ptr, ctypes.byref(n)))
+        self.tensors: Dict[str, _Tensor] = {}
+        v = TensorView()
+        for i in range(n.value):
+            check(lib.npkio_load_tensor(self.handle.ptr, i, ctypes.byref(v)))
+            name = take_str(v.name, v.name_len)
+            shape = tuple(int(v.shape[k]) for k in range(v.ndim))
+            self.tensors[name] = _Tensor(_BY_NUMBER[v.dtype], shape)
+
+    def tensor(self, name: str) -> _Tensor:
+        t = self.tensors.get(name)
+        if t is None:
+            raise error_for_status(5, f"no tensor named {name!r}", "NPKIO_STATUS_KEY_NOT_FOUND")
+        return t
+
+
+class _Planned(NamedTuple):
+    """One request, resolved: what it delivers and where."""
+
+    name: str
+    request: LoadRequest
+    name_b: bytes
+    row: _Row
+    shape: Tuple[int, ...]
+    nbytes: int
+
+
+def _out_shape(shape: Tuple[int, ...], kind: int, dim: int, a: int, b: int) -> Tuple[int, ...]:
+    if kind == _lib.NPKIO_LOAD_WHOLE or dim >= len(shape):
+        return shape
+    n = shape[dim]
+    if kind == _lib.NPKIO_LOAD_RANGE:
+        length = max(0, min(b, n) - a)
+    else:
+        length = n // b + (1 if a < n % b else 0) if b else 0
+    return shape[:dim] + (length,) + shape[dim + 1:]
+
+
+def _plan(
+    loader: _Loader, name: str, spec: Any, target: Optional[_Row]
+) -> _Planned:
+    t = loader.tensor(name)
+    name_b = name_arg(name)
+    req = LoadRequest()
+    req.name = name_b
+    req.slice, req.dim, req.start, req.end = _lib.NPKIO_LOAD_WHOLE, 0, 0, 0
+    what = f"slices[{name!r}]"
+    if spec is not None:
+        if isinstance(spec, Shard) or (
+            isinstance(spec, tuple) and len(spec) == 4 and spec[0] == "shard"
+        ):
+            dim, rank, world = spec if isinstance(spec, Shard) else spec[1:]
+            req.slice = _lib.NPKIO_LOAD_SHARD
+            req.dim = _int(dim, f"{what} dim", 2**32 - 1)
+            req.start = _int(rank, f"{what} rank")
+            req.end = _int(world, f"{what} world")
+        elif isinstance(spec, tuple) and len(spec) == 3:
+            dim, start, end = spec
+            req.slice = _lib.NPKIO_LOAD_RANGE
+            req.dim = _int(dim, f"{what} dim", 2**32 - 1)
+            req.start = _int(start, f"{what} start")
+            req.end = _int(end, f"{what} end")
+        else:
+            raise TypeError(
+                f"{what} must be (dim, start, end), ('shard', dim, rank, world) or "
+                f"npkio.shard(dim, rank, world), not {spec!r}"
+            )
+    row = t.row
+    req.dtype = _lib.NPKIO_LOAD_AS_STORED
+    if target is not None and target.number != t.row.number:
+        req.dtype = target.number
+        row = target
+    # The library checks the request (unknown tensor, slice out of range, unsupported
+    # conversion) and says how many bytes it delivers.
+    nbytes = c_size_t()
+    check(lib.npkio_load_output_size(loader.handle.ptr, ctypes.byref(req), ctypes.byref(nbytes)))
+    shape = _out_shape(t.shape, req.slice, req.dim, req.start, req.end)
+    return _Planned(name, req, name_b, row, shape, nbytes.value)
+
+
+def _array_layout(
+    row: _Row, shape: Tuple[int, ...], nbytes: int
+) -> Tuple[np.dtype, Tuple[int, ...]]:
+    """The dtype and shape of the NumPy array that holds an output (as the views have it)."""
+    dt = _numpy_dtype(row)
+    if dt is not None:
+        return dt, shape
+    if row.bits % 8:
+        return raw_dtype(row.name, shape), _sub_byte_raw_shape(shape, row.bits, nbytes)
+    return raw_dtype(row.name), shape
+
+
+def _check_into(p: _Planned, arr: Any) -> np.ndarray:
+    what = f"into[{p.name!r}]"
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array, not {type(arr).__name__}")
+    dt, shape = _array_layout(p.row, p.shape, p.nbytes)
+    try:
+        number = _row_of(arr.dtype).number
+    except TypeError:
+        number = -1
+    if number != p.row.number or arr.dtype.itemsize != dt.itemsize or arr.dtype.byteorder == ">":
+        raise TypeError(f"{what} has dtype {arr.dtype}; the output is {p.row.name} ({dt})")
+    if tuple(arr.shape) != shape:
+        raise ValueError(f"{what} has shape {tuple(arr.shape)}; the output has shape {shape}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{what} is not C-contiguous")
+    if not arr.flags.writeable:
+        raise ValueError(f"{what} is read-only")
+    if arr.nbytes < p.nbytes:
+        raise ValueError(f"{what} holds {arr.nbytes} bytes; the output needs {p.nbytes}")
+    return arr
+
+
+def _options(threads: int, method: str, drop_behind: bool) -> LoadOptions:
+    opts = LoadOptions()
+    check(lib.npkio_load_options_init(ctypes.byref(opts)))
+    opts.threads = _int(threads, "threads", 2**32 - 1)
+    m = _lib.NPKIO_LOAD_METHODS.get(method) if isinstance(method, str) else None
+    if m is None:
+        raise ValueError(f"method must be 'auto', 'buffered' or 'direct', not {method!r}")
+    opts.method = m
+    opts.drop_behind = bool(drop_behind)
+    return opts
+
+
+def _run(loader: _Loader, planned: Sequence[_Planned], outs: Sequence[np.ndarray],
+         opts: LoadOptions) -> LoadReport:
+    reqs = (LoadRequest * max(len(planned), 1))()
+    for i, (p, arr) in enumerate(zip(planned, outs)):
+        reqs[i] = p.request
+        r = reqs[i]
+        r.name = p.name_b
+        r.dst = arr.ctypes.data if p.nbytes else None
+        r.capacity = arr.nbytes
+    report = LoadReport()
+    keep = [p.name_b for p in planned]
+    check(lib.npkio_load_run(loader.handle.ptr, reqs, len(planned), ctypes.byref(opts),
+                             ctypes.byref(report)))
+    del keep
+    return report
+
+
+def load_tensors(
+    path: PathLike,
+    names: Optional[Sequence[str]] = None,
+    *,
+    into: Optional[Mapping[str, np.ndarray]] = None,
+    slices: Optional[Mapping[str, Any]] = None,
+    dtype: Any = None,
+    threads: int = 0,
+    method: str = "auto",
+    drop_behind: bool = False,
+) -> Dict[str, np.ndarray]:
+    """Read tensors of a checkpoint into memory of their own (or of the caller's).
+
+    Args:
+        path: a ``.safetensors`` file, a sharded checkpoint (``*.safetensors.index.json``
+            or its directory) or a NumPack directory.
+        names: tensors to load, in that order (all, in checkpoint order, if ``None``; a
+            single ``str`` is one name).
+        into: name to a C-contiguous writable array to fill instead of allocating one: its
+            dtype and shape must be exactly the output's (the slice's shape, the converted
+            dtype). Names in ``into`` but not in ``names`` are added to them.
+        slices: name to ``(dim, start, end)`` (indices ``[start, end)`` of dimension
+            ``dim``), or to ``npkio.shard(dim, rank, world)`` / ``("shard", dim, rank,
+            world)`` (a tensor-parallel rank's part; uneven splits give the first ranks
+            one more index). Tensors not named are loaded whole.
+        dtype: convert on the way: a dict name to target dtype, or one target for every
+            floating tensor (F32, F16, BF16; the others load as stored). Targets:
+            ``"float32"``/``"F32"``, ``"bfloat16"``/``"BF16"``, ``"float16"``/``"F16"``,
+            or NumPy / ``ml_dtypes`` dtypes. The library converts BF16/F16 to F32 and F32
+            to BF16/F16 (rounding to nearest even); other pairs raise
+            :class:`npkio.NpkioUnsupportedError`.
+        threads: reading threads (0: the library chooses).
+        method: ``"auto"`` (buffered reads for cached pages, ``O_DIRECT`` otherwise),
+            ``"buffered"`` or ``"direct"``.
+        drop_behind: drop what was read from the page cache afterwards.
+
+    Returns:
+        name to array, writable and owning its memory (or the array from ``into``), in the
+        order of ``names``.
+
+    Raises:
+        KeyError: an unknown tensor. ValueError / TypeError: a slice out of range, an
+        invalid shard, an ``into`` array of the wrong dtype, shape or layout, overlapping
+        ``into`` arrays. Every request is checked before any byte is written.
+    """
+    if isinstance(names, str):
+        names = [names]
+    into = dict(into or {})
+    slices = dict(slices or {})
+    loader = _Loader(path)
+    wanted: List[str] = list(loader.tensors) if names is None else list(names)
+    for name in into:
+        if name not in wanted:
+            wanted.append(name)
+    if len(set(wanted)) != len(wanted):
+        raise ValueError("names holds a tensor twice")
+    for name in slices:
+        if name not in wanted:
+            raise ValueError(f"slices names {name!r}, which is not loaded")
+    targets: Dict[str, Optional[_Row]] = {}
+    if isinstance(dtype, Mapping):
+        for name, d in dtype.items():
+            if name not in wanted:
+                raise ValueError(f"dtype names {name!r}, which is not loaded")
+            targets[name] = _target_row(d, f"dtype[{name!r}]")
+    elif dtype is not None:
+        target = _target_row(dtype, "dtype")
+        for name in wanted:
+            if loader.tensor(name).row.name in _FLOATS:
+                targets[name] = target
+    opts = _options(threads, method, drop_behind)
+
+    planned = [
+        _plan(loader, name, slices.get(name), targets.get(name))
+        for name in wanted
+    ]
+    outs: List[np.ndarray] = []
+    for p in planned:
+        if p.name in into:
+            outs.append(_check_into(p, into[p.name]))
+        else:
+            dt, shape = _array_layout(p.row, p.shape, p.nbytes)
+            outs.append(np.empty(shape, dtype=dt))
+    _check_overlap(planned, outs)
+    _run(loader, planned, outs, opts)
+    return {p.name: arr for p, arr in zip(planned, outs)}
+
+
+def _check_overlap(planned: Sequence[_Planned], outs: Sequence[np.ndarray]) -> None:
+    spans = sorted(
+        (arr.ctypes.data, arr.ctypes.data + p.nbytes, p.name)
+        for p, arr in zip(planned, outs)
+        if p.nbytes
+    )
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+        if begin < end:
+            raise ValueError(f"into[{a!r}] and into[{b!r}] overlap")
+
+
+# ----------------------------------------------------------------------------------------
+# safe_open
+
+
+def _metadata_pairs(count_fn: Any, get_fn: Any, ptr: int) -> Dict[str, str]:
+    n = c_size_t()
+    check(count_fn(ptr, ctypes.byref(n)))
+    k, kl, v, vl = c_void_p(), c_size_t(), c_void_p(), c_size_t()
+    out = {}
+    for i in range(n.value):
+        check(get_fn(ptr, i, ctypes.byref(k), ctypes.byref(kl), ctypes.byref(v), ctypes.byref(vl)))
+        out[take_str(k.value, kl.value)] = take_str(v.value, vl.value)
+    return out
+
+
+class TensorSlice:
+    """What :meth:`SafeOpen.get_slice` returns: index it to read part of a tensor."""
+
+    def __init__(self, owner: "SafeOpen", name: str) -> None:
+        self._owner = owner
+        self._name = name
+        self._tensor = owner._loader.tensor(name)
+
+    def get_shape(self) -> List[int]:
+        """The tensor's shape."""
+        return list(self._tensor.shape)
+
+    def get_dtype(self) -> str:
+        """The tensor's dtype, as SafeTensors names it (``"F32"``, ``"BF16"``)."""
+        return self._tensor.row.name
+
+    def __len__(self) -> int:
+        if not self._tensor.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self._tensor.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        """NumPy basic indexing (ints, slices with steps, ``...``); reads only the index
+        range of one dimension (the outermost one not taken whole) and applies the rest
+        of the index in memory. Returns a writable array."""
+        t = self._tensor
+        if t.row.bits % 8:
+            raise TypeError(f"get_slice cannot index packed {t.row.name} tensors")
+        key = _expand(index, len(t.shape))
+        if key is None:  # advanced indexing, None, or too many indices: NumPy decides
+            whole = self._owner._load(self._name, None)
+            return _owned(whole[index], whole)
+        narrow: Optional[Tuple[int, int, int]] = None
+        adjusted: List[Any] = []
+        for d, (k, n) in enumerate(zip(key, t.shape)):
+            lo, hi, local = _span(k, n, d)
+            if narrow is None and (lo, hi) != (0, n):
+                narrow = (d, lo, hi)
+                adjusted.append(local)
+            else:
+                adjusted.append(k)
+        part = self._owner._load(self._name, narrow)
+        return _owned(part[tuple(adjusted) + (Ellipsis,)], part)
+
+
+def _expand(index: Any, ndim: int) -> Optional[Tuple[Any, ...]]:
+    """``index`` as one int or slice per dimension, or ``None`` when it is anything else."""
+    items = index if isinstance(index, tuple) else (index,)
+    for it in items:
+        if not (it is Ellipsis or isinstance(it, slice) or
+                (isinstance(it, (int, np.integer)) and not isinstance(it, (bool, np.bool_)))):
+            return None
+    if sum(1 for it in items if it is Ellipsis) > 1:
+        return None
+    if Ellipsis in [it for it in items if it is Ellipsis]:
+        i = next(j for j, it in enumerate(items) if it is Ellipsis)
+        fill = ndim - (len(items) - 1)
+        if fill < 0:
+            return None
+        items = items[:i] + (slice(None),) * fill + items[i + 1:]
+    if len(items) > ndim:
+        return None
+    return tuple(items) + (slice(None),) * (ndim - len(items))
+
+
+def _span(k: Any, n: int, dim: int) -> Tuple[int, int, Any]:
+    """The index range ``[lo, hi)`` that ``k`` touches in a dimension of length ``n``, and
+    ``k`` rewritten for that range read alone."""
+    if not isinstance(k, slice):
+        i = int(k)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError(f"index {i} is out of bounds for axis {dim} with size {n}")
+        return j, j + 1, 0
+    start, stop, step = k.indices(n)
+    count = len(range(start, stop, step))
+    if count == 0:
+        return 0, 0, slice(0, 0)
+    last = start + (count - 1) * step
+    lo, hi = (start, last + 1) if step > 0 else (last, start + 1)
+    if step > 0:
+        return lo, hi, slice(start - lo, last - lo + 1, step)
+    stop_local = last - lo - 1
+    return lo, hi, slice(start - lo, None if stop_local < 0 else stop_local, step)
+
+
+def _owned(result: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    """``result`` (derived from the fresh ``buffer``) as a writable array; copied when it
+    holds less than the buffer, so that it does not keep the rest alive."""
+    if not isinstance(result, np.ndarray):
+        result = np.asarray(result)
+    if result.nbytes == buffer.nbytes and result.flags.c_contiguous:
+        return result
+    return result.copy()
+
+
+class SafeOpen:
+    """What :func:`safe_open` returns; use it as a context manager."""
+
+    def __init__(self, path: PathLike, framework: str = "np") -> None:
+        if framework not in ("np", "numpy"):
+            raise ValueError(
+                f"npkio.safe_open returns NumPy arrays: framework must be 'np' or 'numpy', "
+                f"not {framework!r}"
+            )
+        self._path = os.fspath(path)
+        self._loader = _Loader(path)
+        self._last_report: Optional[LoadReport] = None  # of the last get_slice read
+        self._numpack = os.path.isdir(self._path) and os.path.isfile(
+            os.path.join(self._path, "metadata.npkm")
+        )
+        if self._numpack:
+            self._view_handle: Handle = _lib.open_handle(
+                lib.npkio_numpack_open, lib.npkio_numpack_free, path_arg(path)
+            )
+        else:
+            self._view_handle = _lib.open_handle(
+                lib.npkio_safetensors_open, lib.npkio_safetensors_free, path_arg(path)
+            )
+
+    def __enter__(self) -> "SafeOpen":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass  # arrays taken keep what they need alive; the handles go with the object
+
+    def keys(self) -> List[str]:
+        """The tensor names, sorted (as ``safetensors`` lists them)."""
+        return sorted(self._loader.tensors)
+
+    def offset_keys(self) -> List[str]:
+        """The tensor names in checkpoint order."""
+        return list(self._loader.tensors)
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        """The ``__metadata__`` section (for a NumPack directory, the one it keeps from its
+        SafeTensors source), ``None`` when there is none."""
+        h = self._view_handle
+        with h.lock:
+            if self._numpack:
+                md = _metadata_pairs(lib.npkio_numpack_metadata_count,
+                                     lib.npkio_numpack_metadata_get, h.ptr)
+                return md or None
+            present = c_bool()
+            check(lib.npkio_safetensors_has_metadata(h.ptr, ctypes.byref(present)))
+            if not present.value:
+                return None
+            return _metadata_pairs(lib.npkio_safetensors_metadata_count,
+                                   lib.npkio_safetensors_metadata_get, h.ptr)
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        """The tensor as a read-only zero-copy view (of the mapped file; for a NumPack
+        array with segments or dropped rows, of memory gathered once). It keeps what it
+        points into alive."""
+        h = self._view_handle
+        v = TensorView()
+        with h.lock:
+            if self._numpack:
+                check(lib.npkio_numpack_view(h.ptr, name_arg(name), ctypes.byref(v)))
+            else:
+                check(lib.npkio_safetensors_find(h.ptr, name_arg(name), ctypes.byref(v), None))
+            return view_to_array(h, v)[1]
+
+    def get_slice(self, name: str) -> TensorSlice:
+        """A lazy slice of the tensor: ``get_shape()``, ``get_dtype()``, and indexing that
+        reads only what the index needs."""
+        return TensorSlice(self, name)
+
+    def _load(self, name: str, narrow: Optional[Tuple[int, int, int]]) -> np.ndarray:
+        slices = None if narrow is None else {name: narrow}
+        if narrow is not None and narrow[1] == narrow[2]:
+            t = self._loader.tensor(name)
+            d = narrow[0]
+            shape = t.shape[:d] + (0,) + t.shape[d + 1:]
+            return np.empty(shape, dtype=_array_layout(t.row, shape, 0)[0])
+        planned = [_plan(self._loader, name, None if slices is None else slices[name], None)]
+        dt, shape = _array_layout(planned[0].row, planned[0].shape, planned[0].nbytes)
+        out = np.empty(shape, dtype=dt)
+        self._last_report = _run(self._loader, planned, [out], _options(0, "auto", False))
+        return out
+
+
+def safe_open(path: PathLike, framework: str = "np", device: str = "cpu") -> SafeOpen:
+    """Open a checkpoint as ``safetensors.safe_open(path, framework="np")`` does.
+
+    ``path`` is a ``.safetensors`` file, a sharded checkpoint (its index or directory) or a
+    NumPack directory. Only NumPy arrays are returned: another ``framework`` raises
+    ``ValueError``; ``device`` must be ``"cpu"``.
+    """
+    if device != "cpu":
+        raise ValueError(
+            f"npkio.safe_open reads into host memory: device must be 'cpu', not {device!r}"
+        )
+    return SafeOpen(path, framework)
