@@ -48,6 +48,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod container;
 mod convert;
 mod copy;
 mod dtype;
@@ -66,6 +67,7 @@ mod save;
 mod units;
 mod view;
 
+pub use container::Container;
 pub use convert::{
     from_safetensors, from_safetensors_file, from_safetensors_file_with, from_safetensors_with,
     get_safetensors_metadata, iter_safetensors, to_safetensors, to_safetensors_file,

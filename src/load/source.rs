@@ -5,25 +5,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+pub use crate::container::Container;
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::numpack::NumPack;
 use crate::safetensors::index::Checkpoint;
-
-/// The file name that marks a NumPack directory.
-const NUMPACK_METADATA: &str = "metadata.npkm";
-
-/// What kind of checkpoint a [`Loader`](super::Loader) reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Container {
-    /// One `.safetensors` file.
-    SafeTensors,
-    /// A sharded SafeTensors checkpoint (an index and its shards).
-    ShardedSafeTensors,
-    /// A NumPack directory (plain, segmented or with dropped rows).
-    NumPack,
-}
 
 /// A run of a tensor's logical bytes inside one file.
 #[derive(Clone, Copy, Debug)]
@@ -83,11 +69,9 @@ pub(crate) struct Opened {
 }
 
 pub(crate) fn open(path: &Path) -> Result<Opened> {
-    let md = std::fs::metadata(path).ctx(path, "opening")?;
-    let mut o = if md.is_dir() && path.join(NUMPACK_METADATA).exists() {
-        open_numpack(path)?
-    } else {
-        open_safetensors(path)?
+    let mut o = match Container::detect(path)? {
+        Container::NumPack => open_numpack(path)?,
+        _ => open_safetensors(path)?,
     };
     for (i, t) in o.tensors.iter().enumerate() {
         o.by_name.insert(t.name.clone(), i);

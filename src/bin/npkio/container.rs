@@ -1,11 +1,10 @@
 //! What a path on the command line is, and a uniform listing of its tensors.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use npkio::ArrayInfo;
 use npkio::Checkpoint;
-use npkio::{DType, Error, ErrorKind, NumPack, Result};
+use npkio::{DType, NumPack, Result};
 
 /// The kinds of input the command line recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,42 +26,14 @@ impl Format {
     }
 }
 
-/// The file name of NumPack's metadata, which marks a NumPack directory.
-const NUMPACK_METADATA: &str = "metadata.npkm";
-
-/// Decides what `path` is without reading more than a directory listing.
-///
-/// A directory holding `metadata.npkm` is a NumPack directory; one holding a
-/// `*.safetensors.index.json` is a sharded SafeTensors checkpoint (the library finds the
-/// index and refuses a directory with several); any other directory is refused. A file is
-/// SafeTensors: a single file, or a sharded checkpoint's `.json` index.
+/// Decides what `path` is without reading more than a directory listing (the library's
+/// [`npkio::Container::detect`]): a NumPack directory, or a SafeTensors file or sharded
+/// checkpoint.
 pub fn detect(path: &Path) -> Result<Format> {
-    let md = fs::metadata(path).map_err(|e| Error::io(path, "opening", e))?;
-    if !md.is_dir() {
-        return Ok(Format::SafeTensors);
-    }
-    if path.join(NUMPACK_METADATA).exists() {
-        return Ok(Format::NumPack);
-    }
-    if has_index_file(path) {
-        return Ok(Format::SafeTensors);
-    }
-    Err(Error::new(
-        ErrorKind::InvalidArgument,
-        "is a directory but neither a NumPack directory (no metadata.npkm) nor a sharded \
-         SafeTensors checkpoint (no *.safetensors.index.json)",
-    )
-    .at(path))
-}
-
-/// Whether `dir` directly holds a `*.safetensors.index.json`.
-fn has_index_file(dir: &Path) -> bool {
-    fs::read_dir(dir).is_ok_and(|entries| {
-        entries.filter_map(|e| e.ok()).any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .ends_with(".safetensors.index.json")
-        })
+    Ok(if npkio::Container::detect(path)?.is_safetensors() {
+        Format::SafeTensors
+    } else {
+        Format::NumPack
     })
 }
 
