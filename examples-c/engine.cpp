@@ -7,10 +7,17 @@
 // elements decoded to float. Handles are owned by RAII wrappers (std::unique_ptr with
 // npkio's free function as deleter), so they are freed on every path, exceptions included;
 // spans stay valid as long as the shards that own them.
+//
+// Then it loads the layer the way an engine that cannot hand npkio a pointer does (a GPU
+// engine copying to device memory): through a sink, rank 0 of 2 along dimension 0, with
+// staging buffers the engine owns (pinned memory in a real engine; npkio never links
+// CUDA). The sink copies each chunk to the "device" (a vector here) at its offset; the
+// result must equal the first half of the mapped layer's rows.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -117,6 +124,59 @@ float decode(NpkioDtype dtype, const uint8_t *p) {
     }
 }
 
+struct LoaderDeleter {
+    void operator()(NpkioLoader *h) const { npkio_load_free(h); }
+};
+using Loader = std::unique_ptr<NpkioLoader, LoaderDeleter>;
+
+// The "device": where the sink puts each chunk, from npkio's worker threads.
+struct Device {
+    std::vector<uint8_t> memory;
+    size_t calls = 0;
+    std::mutex lock;
+};
+
+int32_t to_device(void *user, size_t request, uint64_t offset, const uint8_t *data, size_t len) {
+    auto *dev = static_cast<Device *>(user);
+    if (request != 0 || offset > dev->memory.size() || len > dev->memory.size() - offset) {
+        return 1;  // stops the load with an error
+    }
+    std::lock_guard<std::mutex> guard(dev->lock);
+    std::memcpy(dev->memory.data() + offset, data, len);  // cudaMemcpyAsync in an engine
+    ++dev->calls;
+    return 0;
+}
+
+// Loads rank 0's half (dimension 0) of `layer` from the checkpoint `dir` through a sink.
+void load_rank0_through_sink(const std::string &dir, const std::string &layer, Device &dev) {
+    NpkioLoader *raw = nullptr;
+    check(npkio_load_open(dir.c_str(), &raw), dir.c_str());
+    Loader loader(raw);
+    NpkioLoadRequest req{};
+    req.name = layer.c_str();
+    req.slice = NPKIO_LOAD_SHARD;
+    req.dim = 0;
+    req.start = 0;  // rank
+    req.end = 2;    // world
+    req.dtype = NPKIO_LOAD_AS_STORED;
+    size_t nbytes = 0;
+    check(npkio_load_output_size(loader.get(), &req, &nbytes), "output size");
+    dev.memory.assign(nbytes, 0);
+    NpkioLoadOptions opts;
+    check(npkio_load_options_init(&opts), "options");
+    // Two engine-owned staging buffers (pinned in a real engine): at most two workers.
+    const size_t staging = 4096;
+    std::vector<std::vector<uint8_t>> pinned(2, std::vector<uint8_t>(staging));
+    uint8_t *buffers[2] = {pinned[0].data(), pinned[1].data()};
+    NpkioLoadReport report;
+    check(npkio_load_run_sink(loader.get(), &req, 1, &opts, staging, buffers, 2, to_device,
+                              &dev, &report),
+          "load through the sink");
+    if (report.bytes_out != nbytes) {
+        throw std::runtime_error("the sink did not receive every byte");
+    }
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -138,6 +198,22 @@ int main(int argc, char **argv) {
             std::printf(i ? ", %llu" : "%llu", static_cast<unsigned long long>(layer.shape[i]));
         }
         std::printf("] sum %.9g\n", sum);
+
+        // The same layer, rank 0 of 2, through a sink into "device" memory.
+        std::string first(argv[2]);
+        size_t slash = first.find_last_of('/');
+        std::string dir = slash == std::string::npos ? "." : first.substr(0, slash);
+        Device dev;
+        load_rank0_through_sink(dir, argv[1], dev);
+        size_t half = layer.shape.empty() ? 0 : (layer.shape[0] + 1) / 2;
+        size_t row = layer.shape.empty() || layer.shape[0] == 0 ? 0 : layer.nbytes / layer.shape[0];
+        bool same = dev.memory.size() == half * row &&
+                    std::memcmp(dev.memory.data(), layer.data, dev.memory.size()) == 0;
+        std::printf("rank 0 of 2 through a sink: %zu bytes, %s the mapped rows\n",
+                    dev.memory.size(), same ? "equal to" : "DIFFERENT FROM");
+        if (!same) {
+            return 1;
+        }
     } catch (const std::exception &e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;

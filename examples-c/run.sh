@@ -140,6 +140,7 @@ SHARDS="$ST/sharded/model-00001-of-00002.safetensors $ST/sharded/model-00002-of-
 ok engine.out $R "$BIN/engine" layers.1.weight $SHARDS
 expect engine.out '^4 tensors mapped$'
 expect engine.out '^layers.1.weight BF16 \[4, 4\] sum '
+expect engine.out '^rank 0 of 2 through a sink: 16 bytes, equal to the mapped rows$'
 ok engine_f32.out $R "$BIN/engine" embed.weight $SHARDS
 "$BIN/engine" no.such.layer $SHARDS >/dev/null 2>&1 && fail "engine found a missing layer"
 refused engine_bad_shard $R "$BIN/engine" x "$BAD/hole.safetensors"
