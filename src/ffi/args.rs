@@ -203,3 +203,40 @@ pub(crate) unsafe fn desc_input<'a>(d: &NpkioTensorDesc, i: usize) -> FfiResult<
         })
     }
 }
+
+/// Copies a JSON document to a caller's buffer: its length to `len_out` always; the bytes
+/// (NUL-terminated when there is room) only when `capacity` holds them, else
+/// `NPKIO_STATUS_BUFFER_TOO_SMALL`, so that the caller can retry with a buffer that fits.
+///
+/// # Safety
+///
+/// `buffer` NULL or `capacity` writable bytes.
+pub(crate) unsafe fn give_json(
+    doc: &[u8],
+    buffer: *mut c_char,
+    capacity: usize,
+    len_out: Out<usize>,
+) -> FfiResult<()> {
+    len_out.set(doc.len());
+    if capacity < doc.len() {
+        return Err(FfiError::new(
+            NpkioStatus::BufferTooSmall,
+            format!(
+                "the document takes {} bytes; the buffer has {capacity}",
+                doc.len()
+            ),
+        ));
+    }
+    if buffer.is_null() {
+        return Err(FfiError::null("buffer"));
+    }
+    // SAFETY: `buffer` points to `capacity >= doc.len()` writable bytes (the caller's
+    // contract), which npkio's buffer cannot overlap; the NUL only when it fits.
+    unsafe {
+        std::ptr::copy_nonoverlapping(doc.as_ptr().cast::<c_char>(), buffer, doc.len());
+        if capacity > doc.len() {
+            *buffer.add(doc.len()) = 0;
+        }
+    }
+    Ok(())
+}

@@ -8,8 +8,8 @@ use std::ffi::c_char;
 
 use serde_json::{json, Map, Value};
 
-use super::args::Out;
-use super::error::{FfiError, NpkioStatus};
+use super::args::{give_json, Out};
+use super::error::NpkioStatus;
 use super::handle::handle_ref;
 use super::numpack::NpkioNumpack;
 use super::panic::status_boundary;
@@ -63,27 +63,7 @@ pub unsafe extern "C" fn npkio_numpack_records_json(
             "arrays": Value::Object(arrays),
         });
         let doc = serde_json::to_vec(&doc).unwrap_or_default();
-        len_out.set(doc.len());
-        if capacity < doc.len() {
-            return Err(FfiError::new(
-                NpkioStatus::BufferTooSmall,
-                format!(
-                    "the records take {} bytes; the buffer has {capacity}",
-                    doc.len()
-                ),
-            ));
-        }
-        if buffer.is_null() {
-            return Err(FfiError::null("buffer"));
-        }
-        // SAFETY: `buffer` points to `capacity >= doc.len()` writable bytes (the caller's
-        // contract), which npkio's buffer cannot overlap; the NUL only when it fits.
-        unsafe {
-            std::ptr::copy_nonoverlapping(doc.as_ptr().cast::<c_char>(), buffer, doc.len());
-            if capacity > doc.len() {
-                *buffer.add(doc.len()) = 0;
-            }
-        }
-        Ok(())
+        // SAFETY: the caller's contract on `buffer`.
+        unsafe { give_json(&doc, buffer, capacity, len_out) }
     })
 }

@@ -9,7 +9,7 @@ use std::ffi::c_char;
 
 use serde_json::{json, Map, Value};
 
-use super::args::{path_arg, slice_arg, Out};
+use super::args::{give_json, path_arg, slice_arg, Out};
 use super::error::{FfiError, FfiResult, NpkioStatus};
 use super::panic::status_boundary;
 use crate::convert::{get_safetensors_metadata, SafeTensorsMetadata};
@@ -72,41 +72,6 @@ fn bytes_json(data: &[u8]) -> FfiResult<Vec<u8>> {
     Ok(serde_json::to_vec(&Value::Object(doc)).unwrap_or_default())
 }
 
-/// Copies `doc` to the caller's buffer as both functions here promise.
-///
-/// # Safety
-///
-/// `buffer` NULL or `capacity` writable bytes.
-unsafe fn give(
-    doc: &[u8],
-    buffer: *mut c_char,
-    capacity: usize,
-    len_out: Out<usize>,
-) -> FfiResult<()> {
-    len_out.set(doc.len());
-    if capacity < doc.len() {
-        return Err(FfiError::new(
-            NpkioStatus::BufferTooSmall,
-            format!(
-                "the description takes {} bytes; the buffer has {capacity}",
-                doc.len()
-            ),
-        ));
-    }
-    if buffer.is_null() {
-        return Err(FfiError::null("buffer"));
-    }
-    // SAFETY: `buffer` points to `capacity >= doc.len()` writable bytes (the caller's
-    // contract), which npkio's buffer cannot overlap; the NUL only when it fits.
-    unsafe {
-        std::ptr::copy_nonoverlapping(doc.as_ptr().cast::<c_char>(), buffer, doc.len());
-        if capacity > doc.len() {
-            *buffer.add(doc.len()) = 0;
-        }
-    }
-    Ok(())
-}
-
 /// Describes the SafeTensors file (or sharded checkpoint: its `*.safetensors.index.json`
 /// or a directory holding one) `path` in one UTF-8 JSON document, reading headers only:
 ///
@@ -142,7 +107,7 @@ pub unsafe extern "C" fn npkio_safetensors_metadata_json(
             None => metadata_json(&get_safetensors_metadata(path)?),
         };
         // SAFETY: the caller's contract on `buffer`.
-        unsafe { give(&doc, buffer, capacity, len_out) }
+        unsafe { give_json(&doc, buffer, capacity, len_out) }
     })
 }
 
@@ -178,7 +143,7 @@ pub unsafe extern "C" fn npkio_safetensors_bytes_json(
         };
         let doc = bytes_json(data)?;
         // SAFETY: the caller's contract on `buffer`.
-        unsafe { give(&doc, buffer, capacity, len_out) }
+        unsafe { give_json(&doc, buffer, capacity, len_out) }
     })
 }
 
