@@ -21,6 +21,9 @@
 //!   its own: its vocabulary (`Request`, `Slice`, `Method`, `Staging`) is the loader's.
 //! - [`ffi`]: the C ABI (`include/npkio.h`), a thin skin over the above.
 //! - `error`: one [`Error`] whose [`ErrorKind`] is the C status and the CLI's exit code.
+//! - `container` ([`Container::detect`]), `save` ([`save_safetensors_file`]), `units`
+//!   ([`parse_size`]); and the filesystem helpers (`fsutil`, `safe_open`: files inside a
+//!   directory, never followed out; `fdlimit`: batches sized from `RLIMIT_NOFILE`).
 //!
 //! ```
 //! # fn main() -> npkio::Result<()> {
