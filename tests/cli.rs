@@ -274,7 +274,9 @@ fn inspect_escapes_control_characters_in_names() {
 fn inspect_reads_headers_only_even_of_a_huge_file() {
     let t = tmp();
     let path = t.path().join("huge.safetensors");
-    let n: u64 = 64 << 30;
+    // 8 TiB: reading it at any speed this machine has would take far longer than the bound
+    // below, which is generous enough for a loaded machine.
+    let n: u64 = 8 << 40;
     let mut header = format!(r#"{{"w":{{"dtype":"U8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#);
     while header.len() % 8 != 0 {
         header.push(' ');
@@ -282,13 +284,13 @@ fn inspect_reads_headers_only_even_of_a_huge_file() {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
     fs::write(&path, &bytes).unwrap();
-    // Sparse: 64 GiB that occupy no disk.
+    // Sparse: 8 TiB that occupy no disk.
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(bytes.len() as u64 + n).unwrap();
     let start = std::time::Instant::now();
     let doc = inspect_json(&path);
     assert_eq!(doc["total_bytes"].as_u64(), Some(n));
-    assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
+    assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
 }
 
 // ---------------------------------------------------------------------------------------

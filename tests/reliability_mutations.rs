@@ -104,7 +104,7 @@ fn assert_bounded(what: &str, input_len: usize, peak: usize, elapsed: Duration) 
         "{what}: allocated {peak} bytes for a {input_len}-byte input (limit {limit})"
     );
     assert!(
-        elapsed < Duration::from_secs(5),
+        elapsed < Duration::from_secs(30),
         "{what}: took {elapsed:?} for a {input_len}-byte input"
     );
 }
