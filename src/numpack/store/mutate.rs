@@ -364,23 +364,31 @@ impl NumPack {
         late.map_or(Ok(()), Err)
     }
 
-    /// Appends rows to an array: `data` holds whole rows of the array's dtype and row shape.
-    /// All or none: the rows are written past the data file's end (which the current
-    /// generation ignores), then one rename of `metadata.npkm` publishes them.
-    pub fn append(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let dir = self.dir.clone();
-        // A damaged array is refused with its own error.
+    /// The index of the array `name` whose rows a change will `act` on: a damaged array is
+    /// refused with its own error, an unknown one as not found, and one without rows (0-d,
+    /// or stored under a sub-byte stand-in shape) as unsupported.
+    fn rows_of(&self, name: &str, act: &str) -> Result<usize> {
         self.get(name)?;
         let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
         let a = &self.arrays[i];
         if a.shape.is_empty() || a.shape.first() != a.record.shape.first() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "a 0-d array or a sub-byte stand-in shape has no rows to append to",
+                format!("a 0-d array or a sub-byte stand-in shape has no rows to {act}"),
             )
-            .at(&dir)
+            .at(&self.dir)
             .array(name));
         }
+        Ok(i)
+    }
+
+    /// Appends rows to an array: `data` holds whole rows of the array's dtype and row shape.
+    /// All or none: the rows are written past the data file's end (which the current
+    /// generation ignores), then one rename of `metadata.npkm` publishes them.
+    pub fn append(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let dir = self.dir.clone();
+        let i = self.rows_of(name, "append to")?;
+        let a = &self.arrays[i];
         let row_elems = dtype::element_count(&a.shape[1..]).unwrap_or(0);
         let row_bytes = a.dtype.byte_len(row_elems).unwrap_or(0);
         if row_bytes == 0 || data.len() as u64 % row_bytes != 0 {
@@ -506,18 +514,8 @@ impl NumPack {
     /// metadata record does not change).
     pub fn drop_rows(&mut self, name: &str, rows: &[u64]) -> Result<()> {
         let dir = self.dir.clone();
-        // A damaged array is refused with its own error.
-        self.get(name)?;
-        let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
+        let i = self.rows_of(name, "drop")?;
         let a = &self.arrays[i];
-        if a.shape.is_empty() || a.shape.first() != a.record.shape.first() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "a 0-d array or a sub-byte stand-in shape has no rows to drop",
-            )
-            .at(&dir)
-            .array(name));
-        }
         let mut bitmap = a
             .bitmap
             .clone()
