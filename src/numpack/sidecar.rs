@@ -43,6 +43,42 @@ pub struct Sidecar {
     /// the same tensors writes it back, so that the file comes back byte-identical.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_header: Option<String>,
+    /// Present only while a change of the store-wide fields above is being published (see
+    /// [`Next`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Next>,
+}
+
+/// The store-wide fields (`metadata`, `sharding`, `source_header`) as a change being
+/// published makes them: they apply instead of the sidecar's own while `metadata.npkm` is
+/// exactly the one that change writes (its SHA-256 is `for_metadata`).
+///
+/// Per-array entries carry their own record and are valid for either generation; these
+/// fields are tied to no record, so the sidecar written before the commit (the rename of
+/// `metadata.npkm`) says which `metadata.npkm` they belong to. Whichever file a crash
+/// leaves, the store reads with the fields of that generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Next {
+    /// Lowercase hex SHA-256 of the `metadata.npkm` these fields belong to.
+    pub for_metadata: String,
+    /// As [`Sidecar::metadata`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Vec<(String, String)>>,
+    /// As [`Sidecar::sharding`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<Sharding>,
+    /// As [`Sidecar::source_header`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_header: Option<String>,
+}
+
+/// The lowercase hex SHA-256 of `metadata.npkm`'s bytes, as [`Next::for_metadata`] holds it.
+pub fn metadata_digest(metadata_bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(metadata_bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The shard layout of a sharded SafeTensors source, kept so that exporting with the same
@@ -78,6 +114,7 @@ impl Default for Sidecar {
             arrays: Vec::new(),
             sharding: None,
             source_header: None,
+            next: None,
         }
     }
 }
@@ -91,7 +128,7 @@ fn one() -> u32 {
 }
 
 /// What npkio knows of one array beyond its metadata record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
     /// The array's exact name.
     pub name: String,
@@ -168,5 +205,66 @@ impl Sidecar {
             && self.arrays.is_empty()
             && self.sharding.is_none()
             && self.source_header.is_none()
+            && self.next.is_none()
+    }
+
+    /// The store-wide fields of `other` (`metadata`, `sharding`, `source_header`) equal
+    /// this one's.
+    pub fn same_store_fields(&self, other: &Sidecar) -> bool {
+        self.metadata == other.metadata
+            && self.sharding == other.sharding
+            && self.source_header == other.source_header
+    }
+
+    /// Resolves [`Sidecar::next`] against the `metadata.npkm` read with it: its fields
+    /// replace the sidecar's own when they belong to that file; either way it is gone.
+    pub fn settle(&mut self, metadata_bytes: &[u8]) {
+        if let Some(next) = self.next.take() {
+            if next.for_metadata == metadata_digest(metadata_bytes) {
+                self.metadata = next.metadata;
+                self.sharding = next.sharding;
+                self.source_header = next.source_header;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_next(for_metadata: &[u8]) -> Sidecar {
+        Sidecar {
+            metadata: Some(vec![("format".into(), "pt".into())]),
+            source_header: Some("{}".into()),
+            next: Some(Next {
+                for_metadata: metadata_digest(for_metadata),
+                metadata: None,
+                sharding: None,
+                source_header: None,
+            }),
+            ..Sidecar::default()
+        }
+    }
+
+    #[test]
+    fn next_applies_only_to_its_own_metadata_file() {
+        let mut s = Sidecar::decode(&with_next(b"new").encode()).unwrap();
+        s.settle(b"old");
+        assert_eq!(s.metadata, Some(vec![("format".into(), "pt".into())]));
+        assert_eq!(s.source_header.as_deref(), Some("{}"));
+        assert!(s.next.is_none());
+
+        let mut s = Sidecar::decode(&with_next(b"new").encode()).unwrap();
+        s.settle(b"new");
+        assert_eq!((s.metadata, s.source_header, s.next), (None, None, None));
+    }
+
+    #[test]
+    fn the_digest_is_lowercase_hex_sha256() {
+        assert_eq!(
+            metadata_digest(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

@@ -44,7 +44,7 @@ use std::io::Write;
 use crate::fsutil::{sync_dir, temp_file_in};
 use crate::numpack::metadata::{self, ArrayRecord, Metadata};
 use crate::numpack::naming;
-use crate::numpack::sidecar::{self, Sidecar};
+use crate::numpack::sidecar::{self, Entry, Next, Sidecar};
 
 use super::layout::{bitmap_path, files_of, Storage};
 use super::NumPack;
@@ -234,11 +234,14 @@ pub(super) fn write_sidecar(dir: &Path, sidecar: &Sidecar, durable: bool) -> Res
 /// record ties to a generation): valid for either generation's arrays.
 pub(super) fn union(old: &Sidecar, new: &Sidecar) -> Sidecar {
     let mut u = old.clone();
-    for e in &new.arrays {
-        if !u.arrays.contains(e) {
-            u.arrays.push(e.clone());
-        }
-    }
+    let known: HashSet<&Entry> = old.arrays.iter().collect();
+    let added: Vec<Entry> = new
+        .arrays
+        .iter()
+        .filter(|e| !known.contains(e))
+        .cloned()
+        .collect();
+    u.arrays.extend(added);
     u
 }
 
@@ -328,18 +331,29 @@ impl NumPack {
         new_sidecar: &Sidecar,
     ) -> Result<(Sidecar, Late)> {
         let (_, old_sidecar) = self.snapshot();
-        let both = union(&old_sidecar, new_sidecar);
+        let meta = Metadata {
+            total_size: 0,
+            arrays: records,
+        };
+        let encoded = meta.encode();
+        let mut both = union(&old_sidecar, new_sidecar);
+        if !new_sidecar.same_store_fields(&old_sidecar) {
+            // Store-wide fields belong to no record: tie the new ones to the new
+            // `metadata.npkm`, so that either file reads with its own.
+            both.next = Some(Next {
+                for_metadata: sidecar::metadata_digest(&encoded),
+                metadata: new_sidecar.metadata.clone(),
+                sharding: new_sidecar.sharding.clone(),
+                source_header: new_sidecar.source_header.clone(),
+            });
+        }
         if both != old_sidecar {
             // A failed sync here still leaves a sidecar valid for the old generation.
             if let Some(e) = write_sidecar(&self.dir, &both, self.durable)? {
                 return Err(e);
             }
         }
-        let meta = Metadata {
-            total_size: 0,
-            arrays: records,
-        };
-        let late = replace_file(&self.dir, metadata::FILE_NAME, &meta.encode(), self.durable)?;
+        let late = replace_file(&self.dir, metadata::FILE_NAME, &encoded, self.durable)?;
         Ok((both, late.map(|e| published(&self.dir, e))))
     }
 

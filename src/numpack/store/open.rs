@@ -40,7 +40,10 @@ impl NumPack {
         let opened = open_inside(dir, metadata::FILE_NAME, "metadata")?;
         let bytes = read_to_vec(opened, metadata::MAX_LEN, "metadata")?;
         let meta = Metadata::decode(&bytes, &meta_path)?;
-        let sidecar = read_sidecar(dir);
+        let sidecar = read_sidecar(dir).map(|mut s| {
+            s.settle(&bytes);
+            s
+        });
         Self::from_parts(dir, meta, sidecar)
     }
 
