@@ -55,19 +55,17 @@ fn child_entry() {
     }
 }
 
-/// Sources and old outputs for one source size, made once.
+/// The golden inputs and old outputs of one size, and where the conversions run.
 struct Fixture {
     dir: PathBuf,
-    st_src: PathBuf,
-    npk_src: PathBuf,
-    src: Contents,
-    total: u64,
-    old_npk: PathBuf,
-    old_npk_c: Contents,
-    old_st: PathBuf,
-    old_st_c: Contents,
-    old_ckpt: PathBuf,
-    old_ckpt_c: Contents,
+    golden: Golden,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Golden;
+    fn deref(&self) -> &Golden {
+        &self.golden
+    }
 }
 
 /// Tensors adding up to about `mib` MiB: a few large ones, several small ones, an empty
@@ -127,51 +125,17 @@ impl Fixture {
     fn new(dir: &Path, mib: usize, tag: u64) -> Fixture {
         let dir = dir.join(format!("{mib}mib"));
         std::fs::create_dir_all(dir.join("golden")).unwrap();
-        let src = source_contents(mib, tag);
-        let total = src.values().map(|t| t.data.len() as u64).sum();
-        let st_src = dir.join("golden/src.safetensors");
-        write_safetensors(&src, &st_src);
-        let npk_src = dir.join("golden/src.npk");
-        write_numpack(&src, &npk_src);
-        let old_npk_c = old_contents(tag * 7);
-        let old_npk = dir.join("golden/old.npk");
-        write_numpack(&old_npk_c, &old_npk);
-        let old_st_c = old_contents(tag * 11);
-        let old_st = dir.join("golden/old.safetensors");
-        write_safetensors(&old_st_c, &old_st);
-        // An existing checkpoint directory: two shards, an index, and a config file that
-        // every conversion into it must keep.
-        let old_ckpt_c = old_contents(tag * 13);
-        let old_ckpt = dir.join("golden/old-ckpt");
-        let scratch = dir.join("golden/old-ckpt.npk");
-        write_numpack(&old_ckpt_c, &scratch);
-        let mut opts = Options::default();
-        opts.max_shard_size = Some(400_000);
-        npkio::to_safetensors_file_with(&scratch, &old_ckpt, ALL, None, &opts).unwrap();
-        std::fs::write(old_ckpt.join("config.json"), b"{\"kept\": true}").unwrap();
-        assert_eq!(read_safetensors(&old_ckpt).unwrap(), old_ckpt_c);
-        Fixture {
-            dir,
-            st_src,
-            npk_src,
-            src,
-            total,
-            old_npk,
-            old_npk_c,
-            old_st,
-            old_st_c,
-            old_ckpt,
-            old_ckpt_c,
-        }
+        let old = [
+            old_contents(tag * 7),
+            old_contents(tag * 11),
+            old_contents(tag * 13),
+        ];
+        let golden = Golden::write(&dir.join("golden"), source_contents(mib, tag), old, 400_000);
+        Fixture { dir, golden }
     }
 
     fn output(&self, mode: Mode) -> PathBuf {
-        let name = match mode {
-            Mode::ImportMerge | Mode::ImportReplace | Mode::ImportFresh => "out.npk",
-            Mode::ExportReplace | Mode::ExportFresh => "out.safetensors",
-            Mode::ShardedFresh | Mode::ShardedExisting => "out-ckpt",
-        };
-        self.dir.join("work").join(name)
+        self.dir.join("work").join(mode.output_name())
     }
 
     /// Puts the old output in place (a real copy of the golden one), or removes it.
@@ -183,22 +147,6 @@ impl Fixture {
             copy_tree(golden, &out);
         }
         out
-    }
-
-    fn old(&self, mode: Mode) -> Option<(&Path, &Contents)> {
-        match mode {
-            Mode::ImportMerge | Mode::ImportReplace => Some((&self.old_npk, &self.old_npk_c)),
-            Mode::ExportReplace => Some((&self.old_st, &self.old_st_c)),
-            Mode::ShardedExisting => Some((&self.old_ckpt, &self.old_ckpt_c)),
-            _ => None,
-        }
-    }
-
-    fn new_contents(&self, mode: Mode) -> Contents {
-        match mode {
-            Mode::ImportMerge => merged(&self.old_npk_c, &self.src),
-            _ => self.src.clone(),
-        }
     }
 
     fn spec(&self, mode: Mode, durable: bool, chunk: usize) -> String {

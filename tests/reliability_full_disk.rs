@@ -42,18 +42,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Sources (outside the small filesystem) and golden old outputs.
-struct Fixture {
-    st_src: PathBuf,
-    npk_src: PathBuf,
-    src: Contents,
-    total: u64,
-    old_npk: PathBuf,
-    old_npk_c: Contents,
-    old_st: PathBuf,
-    old_st_c: Contents,
-    old_ckpt: PathBuf,
-    old_ckpt_c: Contents,
-}
+type Fixture = Golden;
 
 fn contents(tag: u64, sizes: &[usize]) -> Contents {
     let dtypes = [DType::F32, DType::BF16, DType::U8, DType::I64];
@@ -70,79 +59,18 @@ fn contents(tag: u64, sizes: &[usize]) -> Contents {
 impl Fixture {
     fn new(dir: &Path) -> Fixture {
         let src = contents(1, &[3 << 20, 1536 << 10, 1 << 20, 200_000, 30_000, 5_000]);
-        let total = src.values().map(|t| t.data.len() as u64).sum();
-        let st_src = dir.join("src.safetensors");
-        write_safetensors(&src, &st_src);
-        let npk_src = dir.join("src.npk");
-        write_numpack(&src, &npk_src);
         // The old outputs share the name "t0" with the source (merge replaces it) and hold
         // arrays of their own.
-        let old_npk_c = contents(2, &[300_000, 200_000]);
-        let old_npk = dir.join("old.npk");
-        write_numpack(&old_npk_c, &old_npk);
-        let old_st_c = contents(3, &[300_000, 100_000]);
-        let old_st = dir.join("old.safetensors");
-        write_safetensors(&old_st_c, &old_st);
-        let old_ckpt_c = contents(4, &[300_000, 200_000, 100_000]);
-        let old_ckpt = dir.join("old-ckpt");
-        let scratch = dir.join("old-ckpt.npk");
-        write_numpack(&old_ckpt_c, &scratch);
-        let mut opts = Options::default();
-        opts.max_shard_size = Some(300_000);
-        npkio::to_safetensors_file_with(&scratch, &old_ckpt, ALL, None, &opts).unwrap();
-        std::fs::write(old_ckpt.join("config.json"), b"{}").unwrap();
-        Fixture {
-            st_src,
-            npk_src,
-            src,
-            total,
-            old_npk,
-            old_npk_c,
-            old_st,
-            old_st_c,
-            old_ckpt,
-            old_ckpt_c,
-        }
-    }
-
-    /// The fixture made by `new` in `dir`, without its contents (for the child).
-    fn at(dir: &Path, total: u64) -> Fixture {
-        Fixture {
-            st_src: dir.join("src.safetensors"),
-            npk_src: dir.join("src.npk"),
-            src: Contents::new(),
-            total,
-            old_npk: dir.join("old.npk"),
-            old_npk_c: Contents::new(),
-            old_st: dir.join("old.safetensors"),
-            old_st_c: Contents::new(),
-            old_ckpt: dir.join("old-ckpt"),
-            old_ckpt_c: Contents::new(),
-        }
-    }
-
-    fn old(&self, mode: Mode) -> Option<(&Path, &Contents)> {
-        match mode {
-            Mode::ImportMerge | Mode::ImportReplace => Some((&self.old_npk, &self.old_npk_c)),
-            Mode::ExportReplace => Some((&self.old_st, &self.old_st_c)),
-            Mode::ShardedExisting => Some((&self.old_ckpt, &self.old_ckpt_c)),
-            _ => None,
-        }
-    }
-
-    fn new_contents(&self, mode: Mode) -> Contents {
-        match mode {
-            Mode::ImportMerge => merged(&self.old_npk_c, &self.src),
-            _ => self.src.clone(),
-        }
+        let old = [
+            contents(2, &[300_000, 200_000]),
+            contents(3, &[300_000, 100_000]),
+            contents(4, &[300_000, 200_000, 100_000]),
+        ];
+        Golden::write(dir, src, old, 300_000)
     }
 
     fn output_in(&self, dir: &Path, mode: Mode) -> PathBuf {
-        dir.join(match mode {
-            Mode::ImportMerge | Mode::ImportReplace | Mode::ImportFresh => "out.npk",
-            Mode::ExportReplace | Mode::ExportFresh => "out.safetensors",
-            Mode::ShardedFresh | Mode::ShardedExisting => "out-ckpt",
-        })
+        dir.join(mode.output_name())
     }
 
     fn convert(&self, mode: Mode, out: &Path, durable: bool) -> npkio::Result<()> {

@@ -299,3 +299,96 @@ pub const MODES: [Mode; 7] = [
     Mode::ShardedFresh,
     Mode::ShardedExisting,
 ];
+
+impl Mode {
+    /// The output's file name for this mode.
+    pub fn output_name(self) -> &'static str {
+        match self {
+            Mode::ImportMerge | Mode::ImportReplace | Mode::ImportFresh => "out.npk",
+            Mode::ExportReplace | Mode::ExportFresh => "out.safetensors",
+            Mode::ShardedFresh | Mode::ShardedExisting => "out-ckpt",
+        }
+    }
+}
+
+/// What a conversion test starts from, written in one directory: the source as SafeTensors
+/// (`src.safetensors`) and as NumPack (`src.npk`), and the old outputs a conversion may
+/// replace or merge into: a NumPack directory (`old.npk`), a SafeTensors file
+/// (`old.safetensors`) and a sharded checkpoint (`old-ckpt`, with a `config.json` that
+/// every conversion into it must keep).
+pub struct Golden {
+    pub st_src: PathBuf,
+    pub npk_src: PathBuf,
+    pub src: Contents,
+    /// Bytes of all source tensors.
+    pub total: u64,
+    pub old_npk: PathBuf,
+    pub old_npk_c: Contents,
+    pub old_st: PathBuf,
+    pub old_st_c: Contents,
+    pub old_ckpt: PathBuf,
+    pub old_ckpt_c: Contents,
+}
+
+impl Golden {
+    /// Writes the source and the old outputs (`old`: NumPack, SafeTensors, checkpoint
+    /// contents) in `dir`; the old checkpoint has shards of at most `shard_size` bytes.
+    pub fn write(dir: &Path, src: Contents, old: [Contents; 3], shard_size: u64) -> Golden {
+        let [old_npk_c, old_st_c, old_ckpt_c] = old;
+        let g = Golden {
+            total: src.values().map(|t| t.data.len() as u64).sum(),
+            src,
+            old_npk_c,
+            old_st_c,
+            old_ckpt_c,
+            ..Golden::at(dir, 0)
+        };
+        write_safetensors(&g.src, &g.st_src);
+        write_numpack(&g.src, &g.npk_src);
+        write_numpack(&g.old_npk_c, &g.old_npk);
+        write_safetensors(&g.old_st_c, &g.old_st);
+        let scratch = dir.join("old-ckpt.npk");
+        write_numpack(&g.old_ckpt_c, &scratch);
+        let mut opts = npkio::Options::default();
+        opts.max_shard_size = Some(shard_size);
+        npkio::to_safetensors_file_with(&scratch, &g.old_ckpt, None::<&[&str]>, None, &opts)
+            .unwrap();
+        fs::write(g.old_ckpt.join("config.json"), b"{\"kept\": true}").unwrap();
+        assert_eq!(read_safetensors(&g.old_ckpt).unwrap(), g.old_ckpt_c);
+        g
+    }
+
+    /// The paths `write` uses in `dir`, without contents (for a child process).
+    pub fn at(dir: &Path, total: u64) -> Golden {
+        Golden {
+            st_src: dir.join("src.safetensors"),
+            npk_src: dir.join("src.npk"),
+            src: Contents::new(),
+            total,
+            old_npk: dir.join("old.npk"),
+            old_npk_c: Contents::new(),
+            old_st: dir.join("old.safetensors"),
+            old_st_c: Contents::new(),
+            old_ckpt: dir.join("old-ckpt"),
+            old_ckpt_c: Contents::new(),
+        }
+    }
+
+    /// The old output a conversion in `mode` starts from, and what it holds.
+    pub fn old(&self, mode: Mode) -> Option<(&Path, &Contents)> {
+        match mode {
+            Mode::ImportMerge | Mode::ImportReplace => Some((&self.old_npk, &self.old_npk_c)),
+            Mode::ExportReplace => Some((&self.old_st, &self.old_st_c)),
+            Mode::ShardedExisting => Some((&self.old_ckpt, &self.old_ckpt_c)),
+            _ => None,
+        }
+    }
+
+    /// What the output holds after a conversion in `mode`.
+    pub fn new_contents(&self, mode: Mode) -> Contents {
+        match mode {
+            Mode::ImportMerge => merged(&self.old_npk_c, &self.src),
+            _ => self.src.clone(),
+        }
+    }
+}
