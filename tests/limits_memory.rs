@@ -3,9 +3,10 @@
 //! `RLIMIT_AS`, on valid files whose mapping or header does not fit.
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+mod common;
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
 
@@ -16,19 +17,7 @@ fn run_limited(limit: u64, args: &[&std::ffi::OsStr]) -> (i32, String) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .env_remove("RUST_BACKTRACE");
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::limit_child(&mut cmd, libc::RLIMIT_AS, limit);
     let out = cmd.output().expect("the npkio binary runs");
     (
         out.status.code().unwrap_or(-1),

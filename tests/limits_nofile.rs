@@ -2,12 +2,13 @@
 //! `RLIMIT_NOFILE` (soft and hard, as `ulimit -n` sets them) is 64, on 1000 tensors, both
 //! directions, byte-identical to the same conversions without the limit.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use npkio::ArrayInput;
 use npkio::{DType, NumPack};
+
+mod common;
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
 
@@ -19,19 +20,7 @@ fn run_limited(limit: u64, args: &[&Path]) -> std::process::Output {
         .arg("--quiet")
         .stdin(Stdio::null())
         .env_remove("RUST_BACKTRACE");
-    // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::limit_child(&mut cmd, libc::RLIMIT_NOFILE, limit);
     cmd.output().expect("the npkio binary runs")
 }
 
@@ -129,19 +118,7 @@ fn a_sharded_export_of_many_shards_works_under_64_open_files() {
         .arg(&out_dir)
         .args(["--max-shard-size", "64", "--quiet"])
         .stdin(Stdio::null());
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::limit_child(&mut cmd, libc::RLIMIT_NOFILE, 64);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),

@@ -15,6 +15,9 @@ use std::process::{Command, Output};
 
 use npkio::{DType, NumPack, TensorInput};
 
+mod common;
+use common::have_strace;
+
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
 
 /// Tensors by name.
@@ -72,22 +75,6 @@ fn read_st(path: &Path) -> Result<Tensors, String> {
 
 fn npkio(args: &[&Path]) -> Output {
     Command::new(NPKIO).args(args).output().unwrap()
-}
-
-/// Whether strace can be used; without it, fails under CI and says so otherwise.
-fn have_strace(test: &str) -> bool {
-    let ok = Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: strace is missing (scripts/test.sh installs it)"
-        );
-        eprintln!("{test}: SKIPPED: strace is not installed (apt-get install strace)");
-    }
-    ok
 }
 
 /// Runs the command line under strace with `injects` (`-e inject=...` values).

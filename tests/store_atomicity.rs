@@ -19,6 +19,9 @@ use npkio::internals::numpack::metadata::Metadata;
 use npkio::ArrayInput;
 use npkio::{DType, NumPack};
 
+mod common;
+use common::have_strace;
+
 const CHILD_ENV: &str = "NPKIO_STORE_MUTATE_CHILD";
 
 /// What a reader sees: per array, (dtype or storage code, logical shape, bytes), plus the
@@ -267,21 +270,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn have_strace() -> bool {
-    let ok = Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "strace is required for the store kill tests (scripts/test.sh installs it)"
-        );
-        eprintln!("SKIPPED: strace is not installed; the store kill tests need it");
-    }
-    ok
-}
-
 /// Filesystem calls a change makes, at which the child is killed.
 const FS_CALLS: &str = "openat,write,pwrite64,ftruncate,fsync,fdatasync,rename,renameat,\
                         renameat2,link,linkat,unlink,unlinkat,flock";
@@ -407,7 +395,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 
 /// Kills (or fails) the change at every step; checks every outcome.
 fn every_step(what: &str) {
-    if !have_strace() {
+    if !have_strace(what) {
         return;
     }
     let root = tempfile::tempdir().unwrap();

@@ -27,3 +27,43 @@ pub fn shape_of(v: &serde_json::Value) -> Vec<u64> {
 }
 
 pub const ALL: Option<&[&str]> = None;
+
+/// Whether `strace` can be used. Without it, fails when the environment variable `CI` is
+/// set (`scripts/test.sh` installs it) and otherwise says that `test` is skipped.
+pub fn have_strace(test: &str) -> bool {
+    let ok = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: strace is missing (scripts/test.sh installs it)"
+        );
+        eprintln!("{test}: SKIPPED: strace is not installed (apt-get install strace)");
+    }
+    ok
+}
+
+/// Makes `cmd`'s process start with both limits of `resource` (`libc::RLIMIT_*`) at
+/// `limit`, so that it cannot raise the soft one.
+pub fn limit_child(
+    cmd: &mut std::process::Command,
+    resource: libc::__rlimit_resource_t,
+    limit: u64,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(resource, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
