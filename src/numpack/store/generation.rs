@@ -285,8 +285,19 @@ impl NumPack {
     /// stem itself when no array uses it, else the first free generation of it. Files left
     /// under the stem chosen are removed (no record refers to them).
     pub(super) fn fresh_stem(&self, canonical: &str, also_taken: &[String]) -> Result<String> {
-        let live = self.live_stems();
-        let free = |s: &str| !live.contains(s) && !also_taken.iter().any(|t| t == s);
+        let taken: HashSet<String> = also_taken.iter().cloned().collect();
+        self.fresh_stem_in(&self.live_stems(), canonical, &taken)
+    }
+
+    /// [`NumPack::fresh_stem`] with the live stems (`live_stems`) already gathered: a save
+    /// of many arrays gathers them once, not once per array.
+    pub(super) fn fresh_stem_in(
+        &self,
+        live: &HashSet<String>,
+        canonical: &str,
+        also_taken: &HashSet<String>,
+    ) -> Result<String> {
+        let free = |s: &str| !live.contains(s) && !also_taken.contains(s);
         let mut n = 0u64;
         loop {
             let stem = if n == 0 {
