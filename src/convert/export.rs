@@ -96,19 +96,19 @@ fn plan_for(
     metadata: Option<&[(String, String)]>,
     stored_header: Option<&str>,
 ) -> Result<HeaderPlan> {
-    // Described from the metadata alone: the data files are checked as the copy opens them.
-    let infos: Vec<_> = names
+    // Borrowed from the store, from the metadata alone: the data files are checked as the
+    // copy opens them.
+    let inputs: Vec<PlanInput<'_>> = names
         .iter()
-        .map(|n| store.describe(n))
-        .collect::<Result<_>>()?;
-    let inputs: Vec<PlanInput<'_>> = infos
-        .iter()
-        .map(|i| PlanInput {
-            name: &i.name,
-            dtype: i.dtype,
-            shape: &i.shape,
+        .map(|n| {
+            let (dtype, shape) = store.logical_layout(n)?;
+            Ok(PlanInput {
+                name: n,
+                dtype,
+                shape,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if let Some(plan) = stored_header.and_then(|h| plan_from_header(h, &inputs, metadata)) {
         return Ok(plan);
     }
@@ -174,7 +174,7 @@ fn copy_arrays(
     let limit = max_open_files().saturating_sub(workers.threads()).max(1);
     let files = copy::SourceFiles::with_npkio_errors(sources.len(), limit, |s| {
         let (slot, fi) = sources[s];
-        store.open_source(slot as usize, fi as usize)
+        store.open_copy_source(slot as usize, fi as usize)
     });
     let dst_files: Vec<&File> = dests.iter().map(|d| d.file).collect();
     workers

@@ -388,7 +388,7 @@ impl NumPack {
         let live = self.live_stems();
         for &i in indices {
             let a = &self.arrays[i];
-            if !matches!(a.storage, Storage::Plain(_)) {
+            if !matches!(a.storage, Storage::Plain) {
                 continue;
             }
             let (Some(stem), Some(canon)) = (
@@ -436,7 +436,6 @@ impl NumPack {
         for (i, stem, canon) in plan {
             let a = &mut self.arrays[i];
             a.record.data_file = naming::data_file(&canon);
-            a.storage = Storage::Plain(PathBuf::from(naming::data_file(&canon)));
             if let Some(d) = a.data.take() {
                 self.retired.push(d);
             }

@@ -116,6 +116,8 @@ pub struct NumPack {
     retired: Vec<Data>,
     durable: bool,
     last_stamp: u64,
+    /// When the store was opened (a data file changed since then was changed under it).
+    opened_at: std::time::SystemTime,
     /// The directory this store was opened on, and its metadata files as last seen.
     writer: generation::Writer,
 }

@@ -253,7 +253,7 @@ impl NumPack {
                 dtype: a.dtype,
                 shape: a.shape.to_vec(),
                 logical_shape: a.shape.to_vec(),
-                storage: Storage::Plain(PathBuf::from(&record.data_file)),
+                storage: Storage::Plain,
                 bitmap: None,
                 data: OnceLock::new(),
                 // Just written: as long as its record says.
@@ -299,7 +299,7 @@ impl NumPack {
             let stem = naming::stem_of(&x.record.data_file);
             // A damaged array (its data file not as its record needs) is replaced as is.
             if x.bitmap.is_none()
-                || !matches!(x.storage, Storage::Plain(_))
+                || !matches!(x.storage, Storage::Plain)
                 || self.verify(x).is_err()
                 || own.is_none()
                 || stem != own.as_deref()
@@ -351,7 +351,6 @@ impl NumPack {
         for (i, _, gen) in &plan {
             let a = &mut self.arrays[*i];
             a.record.data_file = naming::data_file(gen);
-            a.storage = Storage::Plain(PathBuf::from(naming::data_file(gen)));
             if let Some(d) = a.data.take() {
                 self.retired.push(d);
             }
@@ -431,7 +430,7 @@ impl NumPack {
         if new_rows == 0 {
             return Ok(());
         }
-        if matches!(a.storage, Storage::Segmented { .. }) {
+        if !matches!(a.storage, Storage::Plain) {
             return Err(
                 Error::new(ErrorKind::Unsupported, "appending to a segmented array")
                     .at(&dir)
@@ -450,10 +449,7 @@ impl NumPack {
         let stamp = self.stamp();
         let a = &self.arrays[i];
         let name = a.record.name.clone();
-        let Storage::Plain(rel) = a.storage.clone() else {
-            unreachable!("checked before locking")
-        };
-        let path = dir.join(&rel);
+        let path = dir.join(&a.record.data_file);
         let old_size = a.record.size_bytes;
         let file = OpenOptions::new()
             .write(true)
@@ -530,7 +526,6 @@ impl NumPack {
         let old_files = files_of(a);
         a.shape[0] += new_rows;
         a.logical_shape[0] += new_rows;
-        a.storage = Storage::Plain(PathBuf::from(&record.data_file));
         a.record = record;
         a.bitmap = bitmap;
         if let Some(d) = a.data.take() {

@@ -18,7 +18,7 @@ use crate::numpack::sidecar::{self, Entry, Sidecar};
 use crate::paths::checked_relative;
 use crate::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 
-use super::layout::{bitmap_path, Storage};
+use super::layout::{bitmap_path, Segments, Storage};
 use super::{Array, Fault, NumPack};
 
 /// `rel` checked to stay inside `dir` by its components (`paths::checked_relative`).
@@ -87,6 +87,7 @@ impl NumPack {
             retired: Vec::new(),
             durable: false,
             last_stamp: 0,
+            opened_at: std::time::SystemTime::now(),
             writer: super::generation::Writer::observe(dir),
         };
         store.write_metadata()?;
@@ -105,18 +106,20 @@ impl NumPack {
         // regular files; without it (a directory that can be searched but not read), each
         // bitmap is looked for by name.
         let listing = list_dir(&root).ok();
+        // Files are stamped with a clock that may lag this one by a tick: a file changed
+        // before this counts as before; one changed within a tick after may too.
+        let opened_at = std::time::SystemTime::now();
         let parts = Parts {
             dir,
             root: &root,
             listing: listing.as_ref(),
         };
-        let sidecar = sidecar.unwrap_or_default();
+        let mut sidecar = sidecar.unwrap_or_default();
         // A name may have two entries (one per generation while a change is published):
-        // the one matching the record applies.
-        let mut entries: HashMap<&str, Vec<&Entry>> = HashMap::new();
-        for e in &sidecar.arrays {
-            entries.entry(e.name.as_str()).or_default().push(e);
-        }
+        // the one matching the record applies. Sorted by name (as written: a stable sort
+        // of sorted entries costs one pass), each name's entries are one run.
+        sidecar.arrays.sort_by(|a, b| a.name.cmp(&b.name));
+        let entries = &sidecar.arrays;
         let mut arrays = Vec::with_capacity(meta.arrays.len());
         let mut index = HashMap::with_capacity(meta.arrays.len());
         let mut faults = HashMap::new();
@@ -129,18 +132,20 @@ impl NumPack {
                 );
             }
             last_stamp = last_stamp.max(record.last_modified);
-            let candidates = entries.get(name.as_str()).map_or(&[][..], |v| v);
+            let lo = entries.partition_point(|e| e.name.as_str() < name.as_str());
+            let hi = lo + entries[lo..].partition_point(|e| e.name == name);
+            let candidates = &entries[lo..hi];
             // An array whose files do not hold what its record says fails alone, when it is
             // read: the other arrays stay readable (docs/format.md, "Damaged arrays").
-            let array = match load_array(&parts, record.clone(), candidates) {
-                Ok(array) => array,
+            let array = match load_array(&parts, &record, candidates) {
+                Ok(derived) => derived.with(record),
                 Err(e) => {
                     // The entry that applies to this record, kept for the next write.
                     let entry = candidates
                         .iter()
                         .find(|e| e.resolve(&record).is_some())
                         .or(candidates.first())
-                        .map(|e| (*e).clone());
+                        .cloned();
                     faults.insert(
                         name.clone(),
                         Fault {
@@ -167,6 +172,7 @@ impl NumPack {
             retired: Vec::new(),
             durable: false,
             last_stamp,
+            opened_at,
             writer: super::generation::Writer::observe(dir),
         })
     }
@@ -276,7 +282,7 @@ fn placeholder(record: ArrayRecord) -> Array {
         dtype,
         shape: record.shape.clone(),
         logical_shape: record.shape.clone(),
-        storage: Storage::Plain(PathBuf::new()),
+        storage: Storage::Refused,
         bitmap: None,
         data: OnceLock::new(),
         verified: AtomicBool::new(false),
@@ -285,7 +291,34 @@ fn placeholder(record: ArrayRecord) -> Array {
     }
 }
 
-fn load_array(parts: &Parts<'_>, record: ArrayRecord, entries: &[&Entry]) -> Result<Array> {
+/// What opening derives from an array's record (and files but the data files).
+struct Derived {
+    dtype: DType,
+    shape: Vec<u64>,
+    logical_shape: Vec<u64>,
+    storage: Storage,
+    bitmap: Option<Bitmap>,
+    verified: bool,
+    listed_regular: bool,
+}
+
+impl Derived {
+    fn with(self, record: ArrayRecord) -> Array {
+        Array {
+            record,
+            dtype: self.dtype,
+            shape: self.shape,
+            logical_shape: self.logical_shape,
+            storage: self.storage,
+            bitmap: self.bitmap,
+            data: OnceLock::new(),
+            verified: AtomicBool::new(self.verified),
+            listed_regular: self.listed_regular,
+        }
+    }
+}
+
+fn load_array(parts: &Parts<'_>, record: &ArrayRecord, entries: &[Entry]) -> Result<Derived> {
     let dir = parts.dir;
     let code_dtype = DType::from_numpack_code(record.dtype_code).ok_or_else(|| {
         Error::malformed(
@@ -367,10 +400,10 @@ fn load_array(parts: &Parts<'_>, record: ArrayRecord, entries: &[&Entry]) -> Res
                 format!("segments hold {total_rows} rows in {total_bytes} bytes; the metadata says {rows} rows in {size}"),
             ));
         }
-        Storage::Segmented {
+        Storage::Segmented(Box::new(Segments {
             manifest,
             segments: out,
-        }
+        }))
     } else {
         let rel = checked(dir, &record.data_file, "data file")?;
         if rel.components().count() > 1 {
@@ -385,9 +418,9 @@ fn load_array(parts: &Parts<'_>, record: ArrayRecord, entries: &[&Entry]) -> Res
         } else {
             listed_regular = parts.listed_regular(&record.data_file);
         }
-        Storage::Plain(rel)
+        Storage::Plain
     };
-    let brel = bitmap_path(&record);
+    let brel = bitmap_path(record);
     let bpath = dir.join(&brel);
     let bitmap = match parts.open_if_present(&brel.to_string_lossy(), "deletion bitmap")? {
         Some(opened) => {
@@ -414,7 +447,7 @@ fn load_array(parts: &Parts<'_>, record: ArrayRecord, entries: &[&Entry]) -> Res
     // deletion bitmap (the bitmap counts the record's rows): read as NumPack sees it.
     let (dtype, shape) = entries
         .iter()
-        .find_map(|e| e.resolve(&record))
+        .find_map(|e| e.resolve(record))
         .filter(|(_, s)| bitmap.is_none() || s.first() == record.shape.first())
         .unwrap_or((code_dtype, record.shape.clone()));
     let mut logical_shape = shape.clone();
@@ -423,15 +456,13 @@ fn load_array(parts: &Parts<'_>, record: ArrayRecord, entries: &[&Entry]) -> Res
             logical_shape[0] = b.active_count();
         }
     }
-    Ok(Array {
-        record,
+    Ok(Derived {
         dtype,
         shape,
         logical_shape,
         storage,
         bitmap,
-        data: OnceLock::new(),
-        verified: AtomicBool::new(verified),
+        verified,
         listed_regular,
     })
 }

@@ -15,7 +15,9 @@ use crate::numpack::sidecar::{Entry, Sidecar};
 use crate::safe_open::open_below;
 use crate::view::TensorView;
 
-use super::layout::{bitmap_path, is_zero_copy, logical_len, physical_rows, Storage};
+use super::layout::{
+    bitmap_path, data_files_of, is_zero_copy, logical_len, physical_rows, Storage,
+};
 use super::{Array, Data, NumPack};
 
 /// Describes one array of a store.
@@ -56,19 +58,34 @@ pub struct SourceExtent {
 /// its record says it holds.
 fn data_file(a: &Array, fi: usize) -> (&Path, u64) {
     match &a.storage {
-        Storage::Plain(p) => (p, a.record.size_bytes),
-        Storage::Segmented { segments, .. } => {
-            let (p, _, bytes) = &segments[fi];
+        Storage::Plain | Storage::Refused => (Path::new(&a.record.data_file), a.record.size_bytes),
+        Storage::Segmented(s) => {
+            let (p, _, bytes) = &s.segments[fi];
             (p, *bytes)
         }
     }
 }
 
+/// Whether `file`'s status changed (a truncation, a write) at or after `since`.
+fn changed_since(file: &File, since: std::time::SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = file.metadata() else {
+        return false;
+    };
+    let Ok(since) = since.duration_since(std::time::UNIX_EPOCH) else {
+        return false;
+    };
+    let ctime = (md.ctime(), md.ctime_nsec());
+    let since = (since.as_secs() as i64, i64::from(since.subsec_nanos()));
+    ctime >= since
+}
+
 /// How many data files `a` has.
 fn data_file_count(a: &Array) -> usize {
     match &a.storage {
-        Storage::Plain(_) => 1,
-        Storage::Segmented { segments, .. } => segments.len(),
+        Storage::Plain => 1,
+        Storage::Segmented(s) => s.segments.len(),
+        Storage::Refused => 0,
     }
 }
 
@@ -144,8 +161,15 @@ impl NumPack {
     /// out of it, without blocking, a regular file by `fstat` (see `safe_open`), and at least
     /// as long as the record needs. A failure names the file and the array.
     pub(super) fn open_data(&self, a: &Array, fi: usize) -> Result<File> {
+        self.open_data_as(a, fi, false)
+    }
+
+    /// [`NumPack::open_data`]; with `during_copy`, a file that is short but changed since
+    /// the store opened (its status-change time is later) was truncated under a copy that
+    /// started with it whole: an I/O error of reading it, as a copy's short read is.
+    fn open_data_as(&self, a: &Array, fi: usize, during_copy: bool) -> Result<File> {
         let (rel, need) = data_file(a, fi);
-        let segmented = matches!(a.storage, Storage::Segmented { .. });
+        let segmented = matches!(a.storage, Storage::Segmented(_));
         let what = if segmented {
             "segment file"
         } else {
@@ -174,9 +198,21 @@ impl NumPack {
                     a.record.shape
                 )
             };
-            return Err(Error::malformed(self.dir.join(rel), message).array(name));
+            let path = self.dir.join(rel);
+            if during_copy && changed_since(&file, self.opened_at) {
+                let short = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, message);
+                return Err(Error::io(path, "reading", short).array(name));
+            }
+            return Err(Error::malformed(path, message).array(name));
         }
         Ok(file)
+    }
+
+    /// Opens data file `fi` of the array at `slot` for a copy that reads it now (an export):
+    /// as [`NumPack::open_data`], but a file truncated since the store opened is an I/O
+    /// error of reading it, as a short read during the copy would be.
+    pub(crate) fn open_copy_source(&self, slot: usize, fi: usize) -> Result<File> {
+        self.open_data_as(&self.arrays[slot], fi, true)
     }
 
     /// The index of the array `name`, for [`NumPack::open_source`] and
@@ -231,6 +267,13 @@ impl NumPack {
         self.describe(name)
     }
 
+    /// The true dtype and logical shape of an array, borrowed, without looking at its data
+    /// files (what an export's header needs).
+    pub(crate) fn logical_layout(&self, name: &str) -> Result<(DType, &[u64])> {
+        let a = self.get_listed(name)?;
+        Ok((a.dtype, &a.logical_shape))
+    }
+
     /// [`NumPack::info`] without looking at the data files: what the metadata, sidecar and
     /// bitmap say.
     pub(crate) fn describe(&self, name: &str) -> Result<ArrayInfo> {
@@ -243,7 +286,7 @@ impl NumPack {
             storage_dtype: DType::from_numpack_code(a.record.dtype_code).unwrap_or(DType::I32),
             storage_shape: a.record.shape.clone(),
             deleted_rows: a.bitmap.as_ref().map_or(0, |b| b.deleted_count()),
-            segmented: matches!(a.storage, Storage::Segmented { .. }),
+            segmented: matches!(a.storage, Storage::Segmented(_)),
             zero_copy: is_zero_copy(a),
         })
     }
@@ -299,8 +342,8 @@ impl NumPack {
             self.verify(a)?;
             return Ok(Data::Empty);
         }
-        if let (Storage::Plain(rel), None) = (&a.storage, &a.bitmap) {
-            let path = self.dir.join(rel);
+        if let (Storage::Plain, None) = (&a.storage, &a.bitmap) {
+            let path = self.dir.join(&a.record.data_file);
             // Checked as it is opened: the file may also have been replaced since the store
             // was opened (a conversion into this directory puts new files under the same
             // names), and mapping past its end would fault on first touch.
@@ -365,8 +408,8 @@ impl NumPack {
         let rows = physical_rows(a);
         let row_bytes = a.record.size_bytes.checked_div(rows).unwrap_or(0);
         let file_rows = |fi: usize| match &a.storage {
-            Storage::Plain(_) => rows,
-            Storage::Segmented { segments, .. } => segments[fi].1,
+            Storage::Segmented(s) => s.segments[fi].1,
+            Storage::Plain | Storage::Refused => rows,
         };
         let files = data_file_count(a);
         let mut file_start = 0u64; // first row of the current file
@@ -406,13 +449,7 @@ impl NumPack {
         }
         let a = self.get(name)?;
         let mut files = Vec::new();
-        match &a.storage {
-            Storage::Plain(p) => files.push(p.clone()),
-            Storage::Segmented { manifest, segments } => {
-                files.push(manifest.clone());
-                files.extend(segments.iter().map(|s| s.0.clone()));
-            }
-        }
+        files.extend(data_files_of(a));
         if a.bitmap.is_some() {
             files.push(bitmap_path(&a.record));
         }
