@@ -120,6 +120,7 @@ impl NumPack {
         // of sorted entries costs one pass), each name's entries are one run.
         sidecar.arrays.sort_by(|a, b| a.name.cmp(&b.name));
         let entries = &sidecar.arrays;
+        let mut next_entry = 0;
         let mut arrays = Vec::with_capacity(meta.arrays.len());
         let mut index = HashMap::with_capacity(meta.arrays.len());
         let mut faults = HashMap::new();
@@ -132,8 +133,14 @@ impl NumPack {
                 );
             }
             last_stamp = last_stamp.max(record.last_modified);
-            let lo = entries.partition_point(|e| e.name.as_str() < name.as_str());
+            // Records usually come in the entries' order: look where the last run ended
+            // before searching.
+            let lo = match entries.get(next_entry) {
+                Some(e) if e.name == name => next_entry,
+                _ => entries.partition_point(|e| e.name.as_str() < name.as_str()),
+            };
             let hi = lo + entries[lo..].partition_point(|e| e.name == name);
+            next_entry = hi;
             let candidates = &entries[lo..hi];
             // An array whose files do not hold what its record says fails alone, when it is
             // read: the other arrays stay readable (docs/format.md, "Damaged arrays").
