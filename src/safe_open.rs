@@ -19,7 +19,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
@@ -92,7 +92,7 @@ enum Failure {
 
 /// Opens `comps` below `root`, following no link: directories with `O_DIRECTORY`, the file
 /// with `O_NONBLOCK`; then checks with `fstat` that it is a regular file.
-fn walk(root: &OwnedFd, comps: &[&OsStr]) -> std::result::Result<(File, u64), Failure> {
+fn walk(root: &OwnedFd, comps: &[&OsStr], look: bool) -> std::result::Result<(File, u64), Failure> {
     let nofollow = libc::O_RDONLY | libc::O_NOFOLLOW;
     let mut owned: Option<OwnedFd> = None;
     let (last, dirs) = comps.split_last().expect("a checked path has a component");
@@ -120,11 +120,13 @@ fn walk(root: &OwnedFd, comps: &[&OsStr]) -> std::result::Result<(File, u64), Fa
     let name = cstr(last).map_err(Failure::Io)?;
     // Look before opening, so that a device is not even opened (opening some has effects);
     // the check that counts is the fstat below, on what was opened.
-    match lstat_at(cur, &name) {
-        Ok(Kind::Symlink) => return Err(Failure::Link),
-        Ok(Kind::Other(kind)) => return Err(Failure::NotRegular(kind)),
-        Ok(Kind::Regular) => {}
-        Err(e) => return Err(Failure::Io(e)),
+    if look {
+        match lstat_at(cur, &name) {
+            Ok(Kind::Symlink) => return Err(Failure::Link),
+            Ok(Kind::Other(kind)) => return Err(Failure::NotRegular(kind)),
+            Ok(Kind::Regular) => {}
+            Err(e) => return Err(Failure::Io(e)),
+        }
     }
     let fd = match openat(cur, &name, nofollow | libc::O_NONBLOCK | libc::O_NOCTTY) {
         Ok(fd) => fd,
@@ -190,7 +192,38 @@ pub(crate) fn open_inside(dir: &Path, rel: &str, what: &str) -> Result<Opened> {
 
 /// [`open_inside`] for a path already checked by `checked_relative`.
 pub(crate) fn open_checked(dir: &Path, checked: &Path, rel: &str, what: &str) -> Result<Opened> {
-    let path = dir.join(checked);
+    let root = open_dir(dir).ctx(dir, "opening the directory")?;
+    let (file, len) = open_below(&root, dir, checked, rel, what, false)?;
+    Ok(Opened {
+        file,
+        len,
+        path: dir.join(checked),
+    })
+}
+
+/// The directory `dir` itself, opened once (`O_PATH`: no read permission needed, no
+/// listing), for [`open_below`] to open its files relative to it.
+pub(crate) fn dir_handle(dir: &Path) -> Result<OwnedFd> {
+    open_dir(dir).ctx(dir, "opening the directory")
+}
+
+/// Opens `checked` (a path checked by `checked_relative`) below `root`, the directory `dir`
+/// opened by [`dir_handle`], as [`open_inside`] does: one `openat` per component, no link
+/// followed out of the directory, no blocking, and a regular file by `fstat` of the
+/// descriptor. Returns the file and the length `fstat` saw.
+///
+/// `listed_regular` says that a listing of the directory showed a regular file under this
+/// (one-component) name: the look before opening (`fstatat`, so that a device is not even
+/// opened) is then skipped. The `fstat` of what was opened still decides; a device put in
+/// its place since the listing needs the rights to make device nodes in the directory.
+pub(crate) fn open_below(
+    root: &OwnedFd,
+    dir: &Path,
+    checked: &Path,
+    rel: &str,
+    what: &str,
+    listed_regular: bool,
+) -> Result<(File, u64)> {
     let comps: Vec<&OsStr> = checked
         .components()
         .filter_map(|c| match c {
@@ -204,7 +237,6 @@ pub(crate) fn open_checked(dir: &Path, checked: &Path, rel: &str, what: &str) ->
             format!("{what} {rel:?} names the directory"),
         ));
     }
-    let root = open_dir(dir).ctx(dir, "opening the directory")?;
     let fail = |f: Failure, at: &Path| -> Error {
         match f {
             Failure::Link => Error::malformed(
@@ -220,13 +252,15 @@ pub(crate) fn open_checked(dir: &Path, checked: &Path, rel: &str, what: &str) ->
             Failure::Io(e) => Error::io(at, "opening", e),
         }
     };
-    match walk(&root, &comps) {
-        Ok((file, len)) => return Ok(Opened { file, len, path }),
+    let look = !(listed_regular && comps.len() == 1);
+    match walk(root, &comps, look) {
+        Ok(opened) => return Ok(opened),
         Err(Failure::Link) => {}
-        Err(f) => return Err(fail(f, &path)),
+        Err(f) => return Err(fail(f, &dir.join(checked))),
     }
     // A link on the way: resolve the whole path, refuse it if it leaves the directory, and
     // open what it resolves to, link-free, below the resolved directory.
+    let path = dir.join(checked);
     let canon_dir = dir.canonicalize().ctx(dir, "resolving")?;
     let canon = path
         .canonicalize()
@@ -248,10 +282,67 @@ pub(crate) fn open_checked(dir: &Path, checked: &Path, rel: &str, what: &str) ->
         ));
     }
     let root = open_dir(&canon_dir).ctx(dir, "opening the directory")?;
-    match walk(&root, &comps) {
-        Ok((file, len)) => Ok(Opened { file, len, path }),
-        Err(f) => Err(fail(f, &path)),
+    walk(&root, &comps, true).map_err(|f| fail(f, &path))
+}
+
+/// The entries of the directory `root` (opened by [`dir_handle`]) by name, with the type
+/// `getdents` gave (`libc::DT_*`; `DT_UNKNOWN` where the filesystem does not say): one pass
+/// over the directory.
+pub(crate) fn list_dir(root: &OwnedFd) -> io::Result<std::collections::HashMap<Vec<u8>, u8>> {
+    let fd = openat(root.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: `fd` is an open directory descriptor; fdopendir takes it over (closedir below
+    // closes it), so it is released from the OwnedFd first.
+    let dirp = unsafe { libc::fdopendir(fd.as_raw_fd()) };
+    if dirp.is_null() {
+        return Err(io::Error::last_os_error());
     }
+    let _ = fd.into_raw_fd();
+    let mut out = std::collections::HashMap::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; cleared so that an end of directory (NULL with errno
+        // 0) is told from an error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `dirp` is a live DIR stream owned by this function.
+        let ent = unsafe { libc::readdir64(dirp) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            break match e.raw_os_error() {
+                Some(0) | None => Ok(()),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: readdir returned a valid entry, live until the next readdir call; its
+        // name is NUL-terminated.
+        let (name, kind) = unsafe {
+            let ent = &*ent;
+            (CStr::from_ptr(ent.d_name.as_ptr()).to_bytes(), ent.d_type)
+        };
+        if name != b"." && name != b".." {
+            out.insert(name.to_vec(), kind);
+        }
+    };
+    // SAFETY: `dirp` came from fdopendir and is closed once.
+    unsafe { libc::closedir(dirp) };
+    result.map(|()| out)
+}
+
+/// [`open_inside`] relative to `root`, the directory `dir` opened by [`dir_handle`] (no
+/// directory open per file). `listed_regular` as in [`open_below`].
+pub(crate) fn open_member(
+    root: &OwnedFd,
+    dir: &Path,
+    rel: &str,
+    what: &str,
+    listed_regular: bool,
+) -> Result<Opened> {
+    let checked =
+        checked_relative(rel).map_err(|m| Error::malformed(dir, format!("{what}: {m}")))?;
+    let (file, len) = open_below(root, dir, &checked, rel, what, listed_regular)?;
+    Ok(Opened {
+        file,
+        len,
+        path: dir.join(checked),
+    })
 }
 
 /// Like [`open_inside`], `None` when the file does not exist.

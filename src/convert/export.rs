@@ -3,7 +3,7 @@
 //! layout is planned here and published by `publish::sharded`. Tensor bytes go from the
 //! store's data files to their places in the output in one parallel copy.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -96,15 +96,19 @@ fn plan_for(
     metadata: Option<&[(String, String)]>,
     stored_header: Option<&str>,
 ) -> Result<HeaderPlan> {
-    let infos: Vec<_> = names.iter().map(|n| store.info(n)).collect::<Result<_>>()?;
-    let inputs: Vec<PlanInput<'_>> = infos
+    // Borrowed from the store, from the metadata alone: the data files are checked as the
+    // copy opens them.
+    let inputs: Vec<PlanInput<'_>> = names
         .iter()
-        .map(|i| PlanInput {
-            name: &i.name,
-            dtype: i.dtype,
-            shape: &i.shape,
+        .map(|n| {
+            let (dtype, shape) = store.logical_layout(n)?;
+            Ok(PlanInput {
+                name: n,
+                dtype,
+                shape,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if let Some(plan) = stored_header.and_then(|h| plan_from_header(h, &inputs, metadata)) {
         return Ok(plan);
     }
@@ -128,84 +132,77 @@ struct Destination<'a> {
 }
 
 /// Copies every destination's arrays from the store: all destinations in one parallel
-/// copy, sources opened a batch at a time.
+/// copy, each data file opened by the copy worker that first needs it (checked as every
+/// data file of a store is: `NumPack::open_source`) and closed after its last chunk, at most
+/// the open-file budget of them open at once.
 fn copy_arrays(
     store: &NumPack,
     dests: &[Destination<'_>],
     copy_opts: &CopyOptions,
     opts: &Options,
 ) -> Result<()> {
-    // (destination, array name, source extent, destination offset)
-    let mut pieces: Vec<(usize, &str, crate::numpack::SourceExtent, u64)> = Vec::new();
+    // Per source: (array slot, data file of the array). Per extent: its source.
+    let mut sources: Vec<(u32, u32)> = Vec::new();
+    let mut extents: Vec<Extent> = Vec::new();
     for (d, dest) in dests.iter().enumerate() {
         for (i, name) in dest.names.iter().enumerate() {
+            let slot = store.array_slot(name)?;
+            let base = sources.len();
             let mut at = dest.plan.ranges[i].0;
-            for ext in store.array_extents(name)? {
-                let len = ext.len;
-                pieces.push((d, name, ext, at));
+            let before = extents.len();
+            let files = store.source_runs(slot, |fi, offset, len| {
+                extents.push(Extent {
+                    src: base + fi,
+                    src_offset: offset,
+                    dst: d,
+                    dst_offset: at,
+                    len,
+                });
                 at += len;
+            });
+            if extents.len() == before {
+                // No bytes to copy, so no file opened by the copy: checked here.
+                store.verify_slot(slot)?;
             }
+            let slot32 = u32::try_from(slot).expect("fewer than 2^32 arrays");
+            sources.extend((0..files).map(|fi| (slot32, fi as u32)));
         }
     }
-    let dst_files: Vec<&File> = dests.iter().map(|d| d.file).collect();
-    let budget = max_open_files();
     let workers =
         copy::Workers::new(copy_opts.threads).ctx(store.path(), "starting the copy threads for")?;
-    let mut start = 0;
-    while start < pieces.len() {
-        let mut files: Vec<File> = Vec::new();
-        let mut file_index: HashMap<&Path, usize> = HashMap::new();
-        let mut extents = Vec::new();
-        let mut end = start;
-        while end < pieces.len() {
-            let (d, name, ext, at) = &pieces[end];
-            let idx = match file_index.get(ext.file.as_path()) {
-                Some(&k) => k,
-                None => {
-                    if files.len() == budget {
-                        break;
-                    }
-                    let f = crate::numpack::store::open_file(store.path(), &ext.file)
-                        .map_err(|e| e.array(*name))?;
-                    file_index.insert(ext.file.as_path(), files.len());
-                    files.push(f);
-                    files.len() - 1
-                }
+    // Each worker may hold one source past those kept open.
+    let limit = max_open_files().saturating_sub(workers.threads()).max(1);
+    let files = copy::SourceFiles::with_npkio_errors(sources.len(), limit, |s| {
+        let (slot, fi) = sources[s];
+        store.open_copy_source(slot as usize, fi as usize)
+    });
+    let dst_files: Vec<&File> = dests.iter().map(|d| d.file).collect();
+    workers
+        .copy_extents_from(&files, &dst_files, &extents, copy_opts, progress_ref(opts))
+        .map_err(|e| {
+            let ext = extents.get(e.extent);
+            let source = match e.source {
+                Cause::Io(io) => io,
+                // Opening a source failed: its error names the file and the array.
+                Cause::Create(err) => return err,
             };
-            extents.push(Extent {
-                src: idx,
-                src_offset: ext.offset,
-                dst: *d,
-                dst_offset: *at,
-                len: ext.len,
-            });
-            end += 1;
-        }
-        let srcs: Vec<&File> = files.iter().collect();
-        workers
-            .copy_extents(&srcs, &dst_files, &extents, copy_opts, progress_ref(opts))
-            .map_err(|e| {
-                let piece = pieces.get(start + e.extent);
-                let source = match e.source {
-                    Cause::Io(io) => io,
-                    // Destinations here are open files: nothing is created.
-                    Cause::Create(err) => return err,
-                };
-                let err = match (e.side, piece) {
-                    (Side::Read, Some(p)) => {
-                        Error::io(store.path().join(&p.2.file), "reading", source)
-                    }
-                    (Side::Write, Some(p)) => Error::io(dests[p.0].path, "writing", source),
-                    (_, None) => Error::io(store.path(), "copying", source),
-                };
-                match piece {
-                    Some(p) => err.array(p.1),
-                    None => err,
+            let err = match (e.side, ext) {
+                (Side::Read, Some(x)) => {
+                    let (slot, fi) = sources[x.src];
+                    Error::io(
+                        store.source_path(slot as usize, fi as usize),
+                        "reading",
+                        source,
+                    )
                 }
-            })?;
-        start = end;
-    }
-    Ok(())
+                (Side::Write, Some(x)) => Error::io(dests[x.dst].path, "writing", source),
+                (_, None) => Error::io(store.path(), "copying", source),
+            };
+            match ext {
+                Some(x) => err.array(store.slot_name(sources[x.src].0 as usize)),
+                None => err,
+            }
+        })
 }
 
 /// Writes `names` as a sharded checkpoint in the directory `output`, laid out as
@@ -245,7 +242,7 @@ fn export_sharded(
     ordered.extend(rest);
     let sizes: Vec<u64> = ordered
         .iter()
-        .map(|n| store.info(n).map(|i| i.nbytes))
+        .map(|n| store.describe(n).map(|i| i.nbytes))
         .collect::<Result<_>>()?;
     let groups = split_into_shards(&sizes, limit);
     let n = groups.len().max(1);

@@ -59,6 +59,8 @@ pub(super) enum Fault {
     /// Destination `dst` could not be created. The worker that tried to create it has the
     /// cause; the others, which found it failed, have `None`.
     Create { dst: usize, cause: Option<Cause> },
+    /// Source `src` could not be opened (the same way).
+    Open { src: usize, cause: Option<Cause> },
 }
 
 /// A method's result: the side at fault and the OS error.
@@ -70,6 +72,15 @@ pub(super) fn copy_chunk(sh: &Route<'_>, c: &Chunk, buf: &mut Bounce) -> Result<
         .dsts
         .get(c.dst)
         .map_err(|cause| (Side::Write, Fault::Create { dst: c.dst, cause }))?;
+    if let Sources::OnUse(s) = sh.sources {
+        let src = s
+            .acquire(c.src)
+            .map_err(|cause| (Side::Read, Fault::Open { src: c.src, cause }))?;
+        let done = copy_file_chunk(sh, c, &src, dst, buf);
+        drop(src);
+        s.release(c.src);
+        return done.map_err(|(side, e)| (side, Fault::Io(e)));
+    }
     copy_chunk_to(sh, c, dst, buf).map_err(|(side, e)| (side, Fault::Io(e)))
 }
 
@@ -94,27 +105,37 @@ fn copy_chunk_to(sh: &Route<'_>, c: &Chunk, dst: &File, buf: &mut Bounce) -> Chu
             }
             Ok(())
         }
-        Sources::Files { files, .. } => {
-            let src = files[c.src];
-            match sh.strategy {
-                Strategy::MapDst if fits(sh, c) => {
-                    if let Some(map) = map_window(dst, c.dst_offset, len, true) {
-                        return mapdst_from_file(src, &map, c.src_offset);
-                    }
-                }
-                Strategy::MapSrc => {
-                    if let Some(map) = map_window(src, c.src_offset, len, false) {
-                        return mapsrc(src, dst, &map, c);
-                    }
-                }
-                Strategy::CopyFileRange if !sh.cfr_unsupported.load(Ordering::Relaxed) => {
-                    return copy_range(sh, src, dst, c, buf);
-                }
-                _ => {}
-            }
-            read_write(src, dst, c.src_offset, c.dst_offset, len, buf)
-        }
+        Sources::Files { files, .. } => copy_file_chunk(sh, c, files[c.src], dst, buf),
+        Sources::OnUse(_) => unreachable!("opened by copy_chunk"),
     }
+}
+
+/// Copies chunk `c` from the file `src` into `dst` with the call's strategy.
+fn copy_file_chunk(
+    sh: &Route<'_>,
+    c: &Chunk,
+    src: &File,
+    dst: &File,
+    buf: &mut Bounce,
+) -> ChunkResult {
+    let len = c.len as usize;
+    match sh.strategy {
+        Strategy::MapDst if fits(sh, c) => {
+            if let Some(map) = map_window(dst, c.dst_offset, len, true) {
+                return mapdst_from_file(src, &map, c.src_offset);
+            }
+        }
+        Strategy::MapSrc => {
+            if let Some(map) = map_window(src, c.src_offset, len, false) {
+                return mapsrc(src, dst, &map, c);
+            }
+        }
+        Strategy::CopyFileRange if !sh.cfr_unsupported.load(Ordering::Relaxed) => {
+            return copy_range(sh, src, dst, c, buf);
+        }
+        _ => {}
+    }
+    read_write(src, dst, c.src_offset, c.dst_offset, len, buf)
 }
 
 /// Whether the chunk lies within the destination as it was at the start (so a mapped window

@@ -86,7 +86,8 @@ mod scheduler;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub use crate::fsutil::preallocate;
 pub use methods::BOUNCE_SIZE;
@@ -468,6 +469,159 @@ impl<'a> NewFiles<'a> {
     }
 }
 
+/// Source files that the workers open themselves: each when a worker first needs it, and
+/// closed once its last chunk is copied, so that a copy from thousands of small files opens
+/// them in parallel with the copying, a few at a time.
+///
+/// At most `limit` of them are kept open between chunks; past that, a source is opened for
+/// one chunk and closed after it, so the descriptors open at once stay within `limit` plus
+/// one per worker, whatever order the extents use the sources in. The counts of chunks that
+/// tell when a source is done are taken at the start of each copy: use a `SourceFiles` for
+/// one copy.
+pub struct SourceFiles<'a> {
+    open: Box<dyn Fn(usize) -> Result<File, Cause> + Sync + 'a>,
+    slots: Vec<Mutex<SourceSlot>>,
+    /// Per source: chunks not yet copied.
+    left: Vec<AtomicU64>,
+    limit: usize,
+    /// Sources kept open now.
+    kept: AtomicUsize,
+}
+
+/// A source of [`SourceFiles`].
+enum SourceSlot {
+    Closed,
+    Open(Arc<File>),
+    /// Opening it failed; the error went to the worker that tried.
+    Failed,
+}
+
+impl<'a> SourceFiles<'a> {
+    /// `count` sources, at most `limit` (at least 1) kept open at once; source `i` is
+    /// `open(i)`, called from whichever worker needs it. Its error is the [`Cause::Io`] of
+    /// the copy's error ([`Side::Read`]).
+    pub fn new(
+        count: usize,
+        limit: usize,
+        open: impl Fn(usize) -> io::Result<File> + Sync + 'a,
+    ) -> Self {
+        Self::with_cause(count, limit, move |i| open(i).map_err(Cause::Io))
+    }
+
+    /// [`SourceFiles::new`] for an `open` that fails with an npkio error (naming the file
+    /// and array as the caller wants them named): the copy's error carries it unchanged, as
+    /// [`Cause::Create`].
+    pub(crate) fn with_npkio_errors(
+        count: usize,
+        limit: usize,
+        open: impl Fn(usize) -> crate::Result<File> + Sync + 'a,
+    ) -> Self {
+        Self::with_cause(count, limit, move |i| open(i).map_err(Cause::Create))
+    }
+
+    fn with_cause(
+        count: usize,
+        limit: usize,
+        open: impl Fn(usize) -> Result<File, Cause> + Sync + 'a,
+    ) -> Self {
+        SourceFiles {
+            open: Box::new(open),
+            slots: (0..count).map(|_| Mutex::new(SourceSlot::Closed)).collect(),
+            left: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            limit: limit.max(1),
+            kept: AtomicUsize::new(0),
+        }
+    }
+
+    /// Number of sources.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are no sources.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Counts each source's chunks in `plan`, before the workers start.
+    fn count_chunks(&self, plan: &plan::Plan<'_>) {
+        for n in &self.left {
+            n.store(0, Ordering::Relaxed);
+        }
+        for (i, e) in plan.extents.iter().enumerate() {
+            if e.len > 0 {
+                self.left[e.src].fetch_add(plan.chunks_of(i), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Source `i` for one chunk, opened if it is not open. When opening fails, the worker
+    /// that tried gets `Err(Some(error))` and every later one `Err(None)`.
+    fn acquire(&self, i: usize) -> Result<Arc<File>, Option<Cause>> {
+        let mut slot = match self.slots[i].lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &*slot {
+            SourceSlot::Open(f) => return Ok(Arc::clone(f)),
+            SourceSlot::Failed => return Err(None),
+            SourceSlot::Closed => {}
+        }
+        let file = match (self.open)(i) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                *slot = SourceSlot::Failed;
+                return Err(Some(e));
+            }
+        };
+        // Kept for its next chunks if it has more and the limit allows; else closed when
+        // this chunk is done.
+        let more = self.left[i].load(Ordering::Relaxed) > 1;
+        if more && self.kept.fetch_add(1, Ordering::Relaxed) < self.limit {
+            *slot = SourceSlot::Open(Arc::clone(&file));
+        } else if more {
+            self.kept.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(file)
+    }
+
+    /// One chunk of source `i` is done: after its last, the source is closed.
+    fn release(&self, i: usize) {
+        if self.left[i].fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let mut slot = match self.slots[i].lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if matches!(*slot, SourceSlot::Open(_)) {
+            *slot = SourceSlot::Closed;
+            self.kept.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// [`copy_extents`] from files opened on first use (see [`SourceFiles`]). A failure to open
+/// a source is a [`Side::Read`] error of the extent that needed it, whose cause is the error
+/// opening it returned. A source shorter than an extent is found by the read, not before
+/// the copy starts.
+pub fn copy_extents_from(
+    srcs: &SourceFiles<'_>,
+    dsts: &[&File],
+    extents: &[Extent],
+    opts: &CopyOptions,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<(), CopyError> {
+    run(
+        None,
+        &Sources::OnUse(srcs),
+        &Dsts::Open(dsts),
+        extents,
+        opts,
+        progress,
+    )
+}
+
 /// [`copy_extents`] into files created on first use (see [`NewFiles`]). A failure to create
 /// a destination is a [`Side::Write`] error of the extent that needed it, whose cause is the
 /// error creating it returned.
@@ -512,6 +666,25 @@ impl Workers {
         progress: Option<&(dyn Fn(u64) + Sync)>,
     ) -> Result<(), CopyError> {
         run_files(Some(self), srcs, &Dsts::Open(dsts), extents, opts, progress)
+    }
+
+    /// [`copy_extents_from`] on these workers.
+    pub fn copy_extents_from(
+        &self,
+        srcs: &SourceFiles<'_>,
+        dsts: &[&File],
+        extents: &[Extent],
+        opts: &CopyOptions,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<(), CopyError> {
+        run(
+            Some(self),
+            &Sources::OnUse(srcs),
+            &Dsts::Open(dsts),
+            extents,
+            opts,
+            progress,
+        )
     }
 
     /// [`copy_from_memory`] on these workers.
@@ -571,6 +744,103 @@ impl Workers {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Sources opened by the workers: every byte lands where it should, whatever order the
+    /// extents use the sources in and however few may stay open; a source used by one run of
+    /// extents is opened once; one that cannot be opened fails the copy with its own error.
+    #[test]
+    fn sources_opened_on_use_copy_every_byte_and_report_their_own_errors() {
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::AtomicUsize;
+        let n = 40usize;
+        let len = 9_000u64;
+        let srcs: Vec<File> = (0..n)
+            .map(|i| {
+                let mut f = tempfile::tempfile().unwrap();
+                f.write_all(&vec![i as u8 + 1; 2 * len as usize]).unwrap();
+                f
+            })
+            .collect();
+        // In order (each source's two extents together), then interleaved.
+        let in_order: Vec<usize> = (0..2 * n).map(|k| k / 2).collect();
+        let interleaved: Vec<usize> = (0..2 * n).map(|k| k % n).collect();
+        for (order, once) in [(&in_order, true), (&interleaved, false)] {
+            let mut seen = vec![0u64; n];
+            let extents: Vec<Extent> = order
+                .iter()
+                .enumerate()
+                .map(|(k, &src)| {
+                    let e = Extent {
+                        src,
+                        src_offset: seen[src] * len,
+                        dst: 0,
+                        dst_offset: k as u64 * len,
+                        len,
+                    };
+                    seen[src] += 1;
+                    e
+                })
+                .collect();
+            for (threads, limit) in [(1, 1), (2, 1), (2, 8), (4, 64)] {
+                let opens = AtomicUsize::new(0);
+                let files = SourceFiles::new(n, limit, |i| {
+                    opens.fetch_add(1, Ordering::Relaxed);
+                    srcs[i].try_clone()
+                });
+                let dst = tempfile::tempfile().unwrap();
+                preallocate(&dst, 2 * n as u64 * len).unwrap();
+                let opts = CopyOptions {
+                    chunk_size: 4096,
+                    threads,
+                    method: CopyMethod::Auto,
+                };
+                copy_extents_from(&files, &[&dst], &extents, &opts, None).unwrap();
+                for (k, &src) in order.iter().enumerate() {
+                    let mut got = vec![0u8; len as usize];
+                    dst.read_exact_at(&mut got, k as u64 * len).unwrap();
+                    assert!(got.iter().all(|&b| b == src as u8 + 1), "extent {k}");
+                }
+                let opened = opens.load(Ordering::Relaxed);
+                assert!(opened >= n);
+                if once && limit >= threads {
+                    assert_eq!(opened, n, "t{threads} limit {limit}");
+                }
+            }
+        }
+        // Source 7 cannot be opened: its extent fails with its error.
+        let extents: Vec<Extent> = (0..n)
+            .map(|i| Extent {
+                src: i,
+                src_offset: 0,
+                dst: 0,
+                dst_offset: i as u64 * len,
+                len,
+            })
+            .collect();
+        for threads in [1, 2, 4] {
+            let files = SourceFiles::with_npkio_errors(n, 4, |i| {
+                if i == 7 {
+                    let gone = io::Error::from(io::ErrorKind::NotFound);
+                    return Err(crate::Error::io("/in/data_b.npkd", "opening", gone).array("b"));
+                }
+                Ok(srcs[i].try_clone().unwrap())
+            });
+            let dst = tempfile::tempfile().unwrap();
+            preallocate(&dst, n as u64 * len).unwrap();
+            let opts = CopyOptions {
+                chunk_size: 4096,
+                threads,
+                method: CopyMethod::Auto,
+            };
+            let err = copy_extents_from(&files, &[&dst], &extents, &opts, None).unwrap_err();
+            assert_eq!((err.extent, err.side), (7, Side::Read));
+            let Cause::Create(e) = err.source else {
+                panic!("t{threads}: not the opener's error: {err}");
+            };
+            assert_eq!(e.array_name(), Some("b"));
+            assert_eq!(e.path(), Some(std::path::Path::new("/in/data_b.npkd")));
+        }
+    }
 
     /// Whichever worker tries to create a destination, and whichever chunk of it reports the
     /// failure, the caller gets the creation's own npkio error, path and array included.

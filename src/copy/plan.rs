@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::sync::OnceLock;
 
-use super::{Cause, CopyError, CopyOptions, Extent, NewFiles, Side, NO_EXTENT};
+use super::{Cause, CopyError, CopyOptions, Extent, NewFiles, Side, SourceFiles, NO_EXTENT};
 
 /// Where chunks come from: files, or slices of memory.
 pub(super) enum Sources<'a> {
@@ -15,6 +15,8 @@ pub(super) enum Sources<'a> {
         lens: &'a [Option<u64>],
     },
     Memory(&'a [&'a [u8]]),
+    /// Files the workers open when they first need them (see [`SourceFiles`]).
+    OnUse(&'a SourceFiles<'a>),
 }
 
 /// Where chunks go: files opened by the caller, or files created on first use.
@@ -179,6 +181,7 @@ pub(super) fn validate(
     let n_src = match sources {
         Sources::Files { files, .. } => files.len(),
         Sources::Memory(m) => m.len(),
+        Sources::OnUse(s) => s.len(),
     };
     for (i, e) in extents.iter().enumerate() {
         if e.len == 0 {
@@ -221,6 +224,8 @@ pub(super) fn validate(
         let avail = match sources {
             Sources::Files { lens, .. } => lens[e.src],
             Sources::Memory(m) => Some(m[e.src].len() as u64),
+            // Not open yet: the opener checks the length, and a short read is an error.
+            Sources::OnUse(_) => None,
         };
         if let (Some(avail), Some(end)) = (avail, src_end) {
             if end > avail {

@@ -88,6 +88,8 @@ struct Failures {
     /// Why each destination that could not be created failed, from the worker that tried
     /// (whichever chunk reports the failure, it is this error that the caller gets).
     creating: Vec<(usize, Cause)>,
+    /// The same for each source that could not be opened.
+    opening: Vec<(usize, Cause)>,
 }
 
 impl Failures {
@@ -96,6 +98,10 @@ impl Failures {
             Fault::Create { dst, cause } => {
                 self.creating.extend(cause.map(|c| (dst, c)));
                 Fault::Create { dst, cause: None }
+            }
+            Fault::Open { src, cause } => {
+                self.opening.extend(cause.map(|c| (src, c)));
+                Fault::Open { src, cause: None }
             }
             f => f,
         };
@@ -113,6 +119,11 @@ impl Failures {
                 Some(at) => self.creating.swap_remove(at).1,
                 // Not reached: the worker that tried to create `dst` recorded why.
                 None => Cause::Io(io::Error::other("creating the destination failed")),
+            },
+            Fault::Open { src, .. } => match self.opening.iter().position(|(s, _)| *s == src) {
+                Some(at) => self.opening.swap_remove(at).1,
+                // Not reached: the worker that tried to open `src` recorded why.
+                None => Cause::Io(io::Error::other("opening the source failed")),
             },
         };
         Some(CopyError {
@@ -234,6 +245,9 @@ pub(super) fn run(
     let total = plan.total();
     if total == 0 {
         return Ok(());
+    }
+    if let Sources::OnUse(s) = sources {
+        s.count_chunks(&plan);
     }
     let strategy = strategy(opts.method, matches!(sources, Sources::Memory(_)));
     let dst_lens = match dsts {

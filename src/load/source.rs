@@ -130,35 +130,40 @@ fn open_numpack(dir: &Path) -> Result<Opened> {
     // its shards): let the process have as many descriptors as it may.
     crate::fdlimit::raise_soft_limit();
     let mut files: Vec<SourceFile> = Vec::new();
-    let mut file_ix: HashMap<PathBuf, usize> = HashMap::new();
     let mut tensors = Vec::new();
     for name in store.names() {
-        let info = store.info(name)?;
-        let mut pieces = Vec::new();
+        let slot = store.array_slot(name)?;
+        let info = store.describe(name)?;
+        let mut runs = Vec::new();
+        let count = store.source_runs(slot, |fi, offset, len| runs.push((fi, offset, len)));
+        if runs.is_empty() {
+            // No bytes to read, so no file opened below: checked here.
+            store.verify_slot(slot)?;
+        }
+        // This array's data files, opened as the store opens them (inside the directory,
+        // no links out, as long as the record needs), each once.
+        let mut opened: Vec<Option<usize>> = vec![None; count];
+        let mut pieces = Vec::with_capacity(runs.len());
         let mut logical = 0u64;
-        for ext in store.array_extents(name)? {
-            let path = dir.join(&ext.file);
-            let file = match file_ix.get(&path) {
-                Some(&i) => i,
+        for (fi, offset, len) in runs {
+            let file = match opened[fi] {
+                Some(i) => i,
                 None => {
-                    // As the store opens its files: inside the directory, no links out.
-                    let f = crate::numpack::store::open_file(dir, &ext.file)
-                        .map_err(|e| e.array(name))?;
                     files.push(SourceFile {
-                        path: path.clone(),
-                        file: f,
+                        path: store.source_path(slot, fi),
+                        file: store.open_source(slot, fi)?,
                     });
-                    file_ix.insert(path, files.len() - 1);
+                    opened[fi] = Some(files.len() - 1);
                     files.len() - 1
                 }
             };
             pieces.push(Piece {
                 file,
-                offset: ext.offset,
+                offset,
                 logical,
-                len: ext.len,
+                len,
             });
-            logical += ext.len;
+            logical += len;
         }
         if logical != info.nbytes {
             return Err(Error::new(

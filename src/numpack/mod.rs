@@ -10,4 +10,4 @@ pub mod segments;
 pub mod sidecar;
 pub mod store;
 
-pub use store::{ArrayInfo, ArrayInput, NumPack, SourceExtent};
+pub use store::{ArrayInfo, ArrayInput, NumPack};

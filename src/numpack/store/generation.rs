@@ -288,8 +288,19 @@ impl NumPack {
     /// stem itself when no array uses it, else the first free generation of it. Files left
     /// under the stem chosen are removed (no record refers to them).
     pub(super) fn fresh_stem(&self, canonical: &str, also_taken: &[String]) -> Result<String> {
-        let live = self.live_stems();
-        let free = |s: &str| !live.contains(s) && !also_taken.iter().any(|t| t == s);
+        let taken: HashSet<String> = also_taken.iter().cloned().collect();
+        self.fresh_stem_in(&self.live_stems(), canonical, &taken)
+    }
+
+    /// [`NumPack::fresh_stem`] with the live stems (`live_stems`) already gathered: a save
+    /// of many arrays gathers them once, not once per array.
+    pub(super) fn fresh_stem_in(
+        &self,
+        live: &HashSet<String>,
+        canonical: &str,
+        also_taken: &HashSet<String>,
+    ) -> Result<String> {
+        let free = |s: &str| !live.contains(s) && !also_taken.contains(s);
         let mut n = 0u64;
         loop {
             let stem = if n == 0 {
@@ -391,7 +402,7 @@ impl NumPack {
         let live = self.live_stems();
         for &i in indices {
             let a = &self.arrays[i];
-            if !matches!(a.storage, Storage::Plain(_)) {
+            if !matches!(a.storage, Storage::Plain) {
                 continue;
             }
             let (Some(stem), Some(canon)) = (
@@ -439,7 +450,6 @@ impl NumPack {
         for (i, stem, canon) in plan {
             let a = &mut self.arrays[i];
             a.record.data_file = naming::data_file(&canon);
-            a.storage = Storage::Plain(PathBuf::from(naming::data_file(&canon)));
             if let Some(d) = a.data.take() {
                 self.retired.push(d);
             }

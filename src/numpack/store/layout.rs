@@ -11,18 +11,26 @@ use crate::numpack::sidecar::Entry;
 
 use super::Array;
 
-/// Where an array's bytes live.
+/// Where an array's bytes live. One word: the common case names no path of its own.
 #[derive(Clone, Debug)]
 pub enum Storage {
-    /// One `.npkd` file (path relative to the directory).
-    Plain(PathBuf),
-    /// A manifest and its segment files, in row order: (relative path, rows, bytes).
-    Segmented {
-        /// The `.npkseg` manifest.
-        manifest: PathBuf,
-        /// The segments in row order.
-        segments: Vec<(PathBuf, u64, u64)>,
-    },
+    /// One `.npkd` file: the record's `data_file` (checked to stay inside the directory when
+    /// the store opened, and again, as it is opened, by `NumPack::open_data`).
+    Plain,
+    /// A manifest and its segment files.
+    Segmented(Box<Segments>),
+    /// None usable: the placeholder of an array whose record was refused. No file of it is
+    /// named, so that nothing is removed or linked through a path that was refused.
+    Refused,
+}
+
+/// A segmented array's files.
+#[derive(Clone, Debug)]
+pub struct Segments {
+    /// The `.npkseg` manifest.
+    pub manifest: PathBuf,
+    /// The segments in row order: (relative path, rows, bytes).
+    pub segments: Vec<(PathBuf, u64, u64)>,
 }
 
 /// The shape NumPack 0.7 stores for an array of `dtype` and true `shape`: `[1]` for a 0-d
@@ -98,7 +106,7 @@ pub(super) fn logical_len(a: &Array) -> u64 {
 }
 
 pub(super) fn is_zero_copy(a: &Array) -> bool {
-    logical_len(a) == 0 || (matches!(a.storage, Storage::Plain(_)) && a.bitmap.is_none())
+    logical_len(a) == 0 || (matches!(a.storage, Storage::Plain) && a.bitmap.is_none())
 }
 
 pub(super) fn bitmap_path(record: &ArrayRecord) -> PathBuf {
@@ -108,13 +116,22 @@ pub(super) fn bitmap_path(record: &ArrayRecord) -> PathBuf {
 
 pub(super) fn files_of(a: &Array) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    match &a.storage {
-        Storage::Plain(p) => files.push(p.clone()),
-        Storage::Segmented { manifest, segments } => {
-            files.push(manifest.clone());
-            files.extend(segments.iter().map(|s| s.0.clone()));
-        }
-    }
+    files.extend(data_files_of(a));
     files.push(bitmap_path(&a.record));
     files
+}
+
+/// The data file, or manifest and segments, of `a`, relative to the directory (as checked:
+/// `./x` is `x`).
+pub(super) fn data_files_of(a: &Array) -> Vec<PathBuf> {
+    match &a.storage {
+        Storage::Plain => crate::paths::checked_relative(&a.record.data_file)
+            .ok()
+            .into_iter()
+            .collect(),
+        Storage::Segmented(s) => std::iter::once(s.manifest.clone())
+            .chain(s.segments.iter().map(|x| x.0.clone()))
+            .collect(),
+        Storage::Refused => Vec::new(),
+    }
 }

@@ -17,7 +17,9 @@ mod open;
 mod query;
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use memmap2::Mmap;
@@ -29,8 +31,7 @@ use crate::numpack::metadata::ArrayRecord;
 pub use layout::{make_record, Storage};
 pub use mutate::ArrayInput;
 pub(crate) use open::{existing_kind, Existing};
-pub(crate) use query::open_file;
-pub use query::{ArrayInfo, SourceExtent};
+pub use query::ArrayInfo;
 
 /// An array's bytes held by the store: a mapping of its file, or a copy gathered from
 /// segments or active rows.
@@ -62,6 +63,11 @@ struct Array {
     storage: Storage,
     bitmap: Option<Bitmap>,
     data: OnceLock<Data>,
+    /// Whether its data files were found as its record needs them (`NumPack::verify`):
+    /// checked on first use, not when the store opens.
+    verified: AtomicBool,
+    /// Whether the listing of the directory at open showed its data file as a regular file.
+    listed_regular: bool,
 }
 
 /// Why an array listed in the metadata cannot be read (its files disagree with its record,
@@ -73,10 +79,14 @@ struct Fault {
 
 /// A NumPack 0.7 directory.
 ///
-/// Opening validates everything: the metadata, every data file's size, segment manifests
-/// and deletion bitmaps, and that every path stays inside the directory. A directory whose
-/// metadata is bad is refused; an array whose own files are bad is listed but fails with
-/// its own error when read, so the other arrays stay readable. Array bytes are
+/// Opening reads the metadata, the sidecar, segment manifests and deletion bitmaps (one
+/// listing of the directory says which exist) and checks every path stays inside the
+/// directory; it does not touch the data files. A data file is checked (a regular file,
+/// reached without a link leading out, as long as its record needs) each time it is opened
+/// for reading, through one function: for a view, a description, an export, the loader or a
+/// change of the array. A directory whose metadata is bad is refused; an array whose own
+/// files are bad is listed but fails with its own error when read, so the other arrays stay
+/// readable. Array bytes are
 /// mapped on first view and stay mapped until the store is dropped, so views handed out
 /// earlier stay valid even after the array is replaced or appended to (a replaced array's
 /// old file is unlinked, never rewritten; an append writes only past the bytes in use).
@@ -90,6 +100,8 @@ struct Fault {
 /// changed it since; reopen the store then.
 pub struct NumPack {
     dir: PathBuf,
+    /// The directory, opened once (`O_PATH`): data files are opened relative to it.
+    root: OwnedFd,
     arrays: Vec<Array>,
     index: HashMap<String, usize>,
     /// Arrays that are listed but cannot be read, by name: reading one fails with its error.
@@ -104,6 +116,8 @@ pub struct NumPack {
     retired: Vec<Data>,
     durable: bool,
     last_stamp: u64,
+    /// When the store was opened (a data file changed since then was changed under it).
+    opened_at: std::time::SystemTime,
     /// The directory this store was opened on, and its metadata files as last seen.
     writer: generation::Writer,
 }

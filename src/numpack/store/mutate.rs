@@ -1,10 +1,12 @@
 //! Changes to a store: save, append, drop rows, delete, and writing the metadata. Each
 //! change is published in one step and takes the directory's lock: see `generation`.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use crate::dtype::{self, DType};
@@ -125,6 +127,14 @@ impl NumPack {
         // Stage every data file under a stem no record uses.
         let mut staged: Vec<(String, ArrayRecord, Option<sidecar::Entry>)> = Vec::new();
         let mut written: Vec<PathBuf> = Vec::new();
+        // Stems in use, gathered once: a save of many arrays looks each one up.
+        let live = self.live_stems();
+        // An array moved aside keeps NumPack 0.7's bitmap under its own stem until the
+        // commit: not a stem for the new data. Staged stems join as they are chosen.
+        let mut taken: HashSet<String> = aside.iter().map(|(_, c)| c.clone()).collect();
+        // Base stems other arrays use, ASCII-lowercased (`naming::choose_stem` compares
+        // ignoring ASCII case), with how many arrays use each; built on first need.
+        let mut bases: Option<HashMap<String, usize>> = None;
         let result = (|| -> Result<()> {
             for a in arrays {
                 let canonical = match self.index.get(a.name) {
@@ -132,25 +142,37 @@ impl NumPack {
                     None => None,
                 };
                 let canonical = canonical.unwrap_or_else(|| {
-                    let taken: Vec<String> = self
-                        .arrays
-                        .iter()
-                        .filter(|x| x.record.name != a.name)
-                        .filter_map(|x| naming::stem_of(&x.record.data_file))
-                        .map(|st| naming::base_stem(st).to_string())
-                        .chain(
-                            staged
-                                .iter()
-                                .map(|(st, _, _)| naming::base_stem(st).to_string()),
-                        )
-                        .collect();
-                    naming::choose_stem(a.name, taken.iter().map(String::as_str))
+                    let bases = bases.get_or_insert_with(|| {
+                        let mut m = HashMap::new();
+                        for x in &self.arrays {
+                            if let Some(st) = naming::stem_of(&x.record.data_file) {
+                                *m.entry(naming::base_stem(st).to_ascii_lowercase())
+                                    .or_default() += 1;
+                            }
+                        }
+                        m
+                    });
+                    let key = a.name.to_ascii_lowercase();
+                    // The array of the same name, being replaced, does not count.
+                    let own = self
+                        .index
+                        .get(a.name)
+                        .and_then(|&i| naming::stem_of(&self.arrays[i].record.data_file))
+                        .is_some_and(|st| naming::base_stem(st).eq_ignore_ascii_case(a.name));
+                    let uses = bases.get(&key).copied().unwrap_or(0);
+                    let other = if uses > usize::from(own) {
+                        Some(a.name)
+                    } else {
+                        None
+                    };
+                    let stem = naming::choose_stem(a.name, other.into_iter());
+                    *bases
+                        .entry(naming::base_stem(&stem).to_ascii_lowercase())
+                        .or_default() += 1;
+                    stem
                 });
-                let mut taken: Vec<String> = staged.iter().map(|(st, _, _)| st.clone()).collect();
-                // An array moved aside keeps NumPack 0.7's bitmap under its own stem until
-                // the commit: not a stem for the new data.
-                taken.extend(aside.iter().map(|(_, c)| c.clone()));
-                let stem = self.fresh_stem(&canonical, &taken)?;
+                let stem = self.fresh_stem_in(&live, &canonical, &taken)?;
+                taken.insert(stem.clone());
                 let data_file = naming::data_file(&stem);
                 let target = self.dir.join(&data_file);
                 let mut tmp = temp_file_in(&self.dir, TMP_PREFIX)?;
@@ -231,9 +253,12 @@ impl NumPack {
                 dtype: a.dtype,
                 shape: a.shape.to_vec(),
                 logical_shape: a.shape.to_vec(),
-                storage: Storage::Plain(PathBuf::from(&record.data_file)),
+                storage: Storage::Plain,
                 bitmap: None,
                 data: OnceLock::new(),
+                // Just written: as long as its record says.
+                verified: AtomicBool::new(true),
+                listed_regular: false,
                 record,
             };
             match self.index.get(a.name) {
@@ -272,8 +297,10 @@ impl NumPack {
             let x = &self.arrays[i];
             let own = canonical_stem(&x.record);
             let stem = naming::stem_of(&x.record.data_file);
+            // A damaged array (its data file not as its record needs) is replaced as is.
             if x.bitmap.is_none()
-                || !matches!(x.storage, Storage::Plain(_))
+                || !matches!(x.storage, Storage::Plain)
+                || self.verify(x).is_err()
                 || own.is_none()
                 || stem != own.as_deref()
                 || own.as_deref() != Some(a.name)
@@ -324,7 +351,6 @@ impl NumPack {
         for (i, _, gen) in &plan {
             let a = &mut self.arrays[*i];
             a.record.data_file = naming::data_file(gen);
-            a.storage = Storage::Plain(PathBuf::from(naming::data_file(gen)));
             if let Some(d) = a.data.take() {
                 self.retired.push(d);
             }
@@ -367,8 +393,9 @@ impl NumPack {
     /// The index of the array `name` whose rows a change will `act` on: a damaged array is
     /// refused with its own error, an unknown one as not found, and one without rows (0-d,
     /// or stored under a sub-byte stand-in shape) as unsupported.
+    /// Its data files are checked by the change itself, under the lock.
     fn rows_of(&self, name: &str, act: &str) -> Result<usize> {
-        self.get(name)?;
+        self.get_listed(name)?;
         let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
         let a = &self.arrays[i];
         if a.shape.is_empty() || a.shape.first() != a.record.shape.first() {
@@ -403,14 +430,17 @@ impl NumPack {
         if new_rows == 0 {
             return Ok(());
         }
-        if matches!(a.storage, Storage::Segmented { .. }) {
+        if !matches!(a.storage, Storage::Plain) {
             return Err(
                 Error::new(ErrorKind::Unsupported, "appending to a segmented array")
                     .at(&dir)
                     .array(name),
             );
         }
-        self.locked(|s| s.append_locked(i, data, new_rows))
+        self.locked(|s| {
+            s.verify(&s.arrays[i])?;
+            s.append_locked(i, data, new_rows)
+        })
     }
 
     fn append_locked(&mut self, i: usize, data: &[u8], new_rows: u64) -> Result<()> {
@@ -419,10 +449,7 @@ impl NumPack {
         let stamp = self.stamp();
         let a = &self.arrays[i];
         let name = a.record.name.clone();
-        let Storage::Plain(rel) = a.storage.clone() else {
-            unreachable!("checked before locking")
-        };
-        let path = dir.join(&rel);
+        let path = dir.join(&a.record.data_file);
         let old_size = a.record.size_bytes;
         let file = OpenOptions::new()
             .write(true)
@@ -499,7 +526,6 @@ impl NumPack {
         let old_files = files_of(a);
         a.shape[0] += new_rows;
         a.logical_shape[0] += new_rows;
-        a.storage = Storage::Plain(PathBuf::from(&record.data_file));
         a.record = record;
         a.bitmap = bitmap;
         if let Some(d) = a.data.take() {
@@ -524,6 +550,7 @@ impl NumPack {
             .delete_logical(rows)
             .map_err(|m| Error::invalid_argument(m).at(&dir).array(name))?;
         self.locked(|s| {
+            s.verify(&s.arrays[i])?;
             let bpath = s.bitmap_of(i);
             let late = replace_file(&dir, &bpath.to_string_lossy(), &bitmap.encode(), s.durable)?;
             let a = &mut s.arrays[i];

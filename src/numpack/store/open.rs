@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use crate::dtype::{self, DType};
@@ -14,9 +16,9 @@ use crate::numpack::metadata::{self, ArrayRecord, Metadata};
 use crate::numpack::segments::{self, Segment};
 use crate::numpack::sidecar::{self, Entry, Sidecar};
 use crate::paths::checked_relative;
-use crate::safe_open::{open_inside, open_inside_if_present, read_to_vec, Opened};
+use crate::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 
-use super::layout::{bitmap_path, Storage};
+use super::layout::{bitmap_path, Segments, Storage};
 use super::{Array, Fault, NumPack};
 
 /// `rel` checked to stay inside `dir` by its components (`paths::checked_relative`).
@@ -37,14 +39,16 @@ impl NumPack {
             )
             .at(dir));
         }
-        let opened = open_inside(dir, metadata::FILE_NAME, "metadata")?;
+        let root = dir_handle(dir)?;
+        let opened = open_member(&root, dir, metadata::FILE_NAME, "metadata", false)?;
         let bytes = read_to_vec(opened, metadata::MAX_LEN, "metadata")?;
         let meta = Metadata::decode(&bytes, &meta_path)?;
-        let sidecar = read_sidecar(dir).map(|mut s| {
+        let sidecar = read_sidecar(&root, dir).map(|mut s| {
             s.settle(&bytes);
             s
         });
-        Self::from_parts(dir, meta, sidecar)
+        drop(bytes);
+        Self::from_parts(dir, root, meta, sidecar)
     }
 
     /// Opens the NumPack at `path`, creating an empty one if there is none. With
@@ -76,6 +80,7 @@ impl NumPack {
         }
         let store = NumPack {
             dir: dir.to_path_buf(),
+            root: dir_handle(dir)?,
             arrays: Vec::new(),
             index: HashMap::new(),
             faults: HashMap::new(),
@@ -85,21 +90,40 @@ impl NumPack {
             retired: Vec::new(),
             durable: false,
             last_stamp: 0,
+            opened_at: std::time::SystemTime::now(),
             writer: super::generation::Writer::observe(dir),
         };
         store.write_metadata()?;
         Ok(store)
     }
 
-    /// Builds a store from decoded metadata, validating every array.
-    fn from_parts(dir: &Path, meta: Metadata, sidecar: Option<Sidecar>) -> Result<NumPack> {
-        let sidecar = sidecar.unwrap_or_default();
+    /// Builds a store from decoded metadata, validating every array (but for its data
+    /// files, checked when first opened: see `NumPack::open_data`).
+    fn from_parts(
+        dir: &Path,
+        root: OwnedFd,
+        meta: Metadata,
+        sidecar: Option<Sidecar>,
+    ) -> Result<NumPack> {
+        // One pass over the directory says which bitmaps exist and which data files are
+        // regular files; without it (a directory that can be searched but not read), each
+        // bitmap is looked for by name.
+        let listing = list_dir(&root).ok();
+        // Files are stamped with a clock that may lag this one by a tick: a file changed
+        // before this counts as before; one changed within a tick after may too.
+        let opened_at = std::time::SystemTime::now();
+        let parts = Parts {
+            dir,
+            root: &root,
+            listing: listing.as_ref(),
+        };
+        let mut sidecar = sidecar.unwrap_or_default();
         // A name may have two entries (one per generation while a change is published):
-        // the one matching the record applies.
-        let mut entries: HashMap<&str, Vec<&Entry>> = HashMap::new();
-        for e in &sidecar.arrays {
-            entries.entry(e.name.as_str()).or_default().push(e);
-        }
+        // the one matching the record applies. Sorted by name (as written: a stable sort
+        // of sorted entries costs one pass), each name's entries are one run.
+        sidecar.arrays.sort_by(|a, b| a.name.cmp(&b.name));
+        let entries = &sidecar.arrays;
+        let mut next_entry = 0;
         let mut arrays = Vec::with_capacity(meta.arrays.len());
         let mut index = HashMap::with_capacity(meta.arrays.len());
         let mut faults = HashMap::new();
@@ -112,18 +136,26 @@ impl NumPack {
                 );
             }
             last_stamp = last_stamp.max(record.last_modified);
-            let candidates = entries.get(name.as_str()).map_or(&[][..], |v| v);
+            // Records usually come in the entries' order: look where the last run ended
+            // before searching.
+            let lo = match entries.get(next_entry) {
+                Some(e) if e.name == name => next_entry,
+                _ => entries.partition_point(|e| e.name.as_str() < name.as_str()),
+            };
+            let hi = lo + entries[lo..].partition_point(|e| e.name == name);
+            next_entry = hi;
+            let candidates = &entries[lo..hi];
             // An array whose files do not hold what its record says fails alone, when it is
             // read: the other arrays stay readable (docs/format.md, "Damaged arrays").
-            let array = match load_array(dir, record.clone(), candidates) {
-                Ok(array) => array,
+            let array = match load_array(&parts, &record, candidates) {
+                Ok(derived) => derived.with(record),
                 Err(e) => {
                     // The entry that applies to this record, kept for the next write.
                     let entry = candidates
                         .iter()
                         .find(|e| e.resolve(&record).is_some())
                         .or(candidates.first())
-                        .map(|e| (*e).clone());
+                        .cloned();
                     faults.insert(
                         name.clone(),
                         Fault {
@@ -137,8 +169,10 @@ impl NumPack {
             index.insert(name, arrays.len());
             arrays.push(array);
         }
+        drop(listing);
         Ok(NumPack {
             dir: dir.to_path_buf(),
+            root,
             arrays,
             index,
             faults,
@@ -148,6 +182,7 @@ impl NumPack {
             retired: Vec::new(),
             durable: false,
             last_stamp,
+            opened_at,
             writer: super::generation::Writer::observe(dir),
         })
     }
@@ -188,16 +223,58 @@ pub(crate) fn existing_kind(dir: &Path) -> Result<Existing> {
     }
 }
 
-fn read_sidecar(dir: &Path) -> Option<Sidecar> {
+fn read_sidecar(root: &OwnedFd, dir: &Path) -> Option<Sidecar> {
     // A sidecar never makes a directory unreadable: one that cannot be read is ignored.
-    let opened = open_inside_if_present(dir, sidecar::FILE_NAME, "sidecar").ok()??;
+    let opened = open_member(root, dir, sidecar::FILE_NAME, "sidecar", false).ok()?;
     let bytes = read_to_vec(opened, sidecar::MAX_LEN, "sidecar").ok()?;
     Sidecar::decode(&bytes)
 }
 
+/// What opening a store's arrays needs: the directory, opened and listed.
+struct Parts<'a> {
+    dir: &'a Path,
+    root: &'a OwnedFd,
+    /// The directory's entries and their types, when it could be listed.
+    listing: Option<&'a HashMap<Vec<u8>, u8>>,
+}
+
+impl Parts<'_> {
+    /// Whether the listing showed `name` as a regular file.
+    fn listed_regular(&self, name: &str) -> bool {
+        self.listing
+            .and_then(|l| l.get(name.as_bytes()))
+            .is_some_and(|&t| t == libc::DT_REG)
+    }
+
+    /// `rel` opened inside the directory, `None` when it does not exist (by the listing,
+    /// when there is one).
+    fn open_if_present(&self, rel: &str, what: &str) -> Result<Option<Opened>> {
+        let listed = |l: &HashMap<Vec<u8>, u8>| l.contains_key(rel.as_bytes());
+        if !rel.contains('/') && self.listing.is_some_and(|l| !listed(l)) {
+            return Ok(None);
+        }
+        match open_member(self.root, self.dir, rel, what, self.listed_regular(rel)) {
+            Ok(o) => Ok(Some(o)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `rel` opened inside the directory, a missing file being a malformed directory.
+    fn open_part(&self, rel: &str, what: &str) -> Result<Opened> {
+        open_part(self.root, self.dir, rel, what, self.listed_regular(rel))
+    }
+}
+
 /// Opens `rel` inside `dir` (see `safe_open`), a missing file being a malformed directory.
-fn open_part(dir: &Path, rel: &str, what: &str) -> Result<Opened> {
-    open_inside(dir, rel, what).map_err(|e| {
+pub(super) fn open_part(
+    root: &OwnedFd,
+    dir: &Path,
+    rel: &str,
+    what: &str,
+    listed_regular: bool,
+) -> Result<Opened> {
+    open_member(root, dir, rel, what, listed_regular).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::new(ErrorKind::Malformed, e.message().to_string()).at(dir)
         } else {
@@ -215,14 +292,44 @@ fn placeholder(record: ArrayRecord) -> Array {
         dtype,
         shape: record.shape.clone(),
         logical_shape: record.shape.clone(),
-        storage: Storage::Plain(PathBuf::new()),
+        storage: Storage::Refused,
         bitmap: None,
         data: OnceLock::new(),
+        verified: AtomicBool::new(false),
+        listed_regular: false,
         record,
     }
 }
 
-fn load_array(dir: &Path, record: ArrayRecord, entries: &[&Entry]) -> Result<Array> {
+/// What opening derives from an array's record (and files but the data files).
+struct Derived {
+    dtype: DType,
+    shape: Vec<u64>,
+    logical_shape: Vec<u64>,
+    storage: Storage,
+    bitmap: Option<Bitmap>,
+    verified: bool,
+    listed_regular: bool,
+}
+
+impl Derived {
+    fn with(self, record: ArrayRecord) -> Array {
+        Array {
+            record,
+            dtype: self.dtype,
+            shape: self.shape,
+            logical_shape: self.logical_shape,
+            storage: self.storage,
+            bitmap: self.bitmap,
+            data: OnceLock::new(),
+            verified: AtomicBool::new(self.verified),
+            listed_regular: self.listed_regular,
+        }
+    }
+}
+
+fn load_array(parts: &Parts<'_>, record: &ArrayRecord, entries: &[Entry]) -> Result<Derived> {
+    let dir = parts.dir;
     let code_dtype = DType::from_numpack_code(record.dtype_code).ok_or_else(|| {
         Error::malformed(
             dir,
@@ -253,9 +360,16 @@ fn load_array(dir: &Path, record: ArrayRecord, entries: &[&Entry]) -> Result<Arr
         ));
     }
     let rows = record.shape.first().copied().unwrap_or(1);
+    // Segmented arrays (rare, and never written by npkio) have their segment files checked
+    // here, as does a data file below a subdirectory: what is removed when the array is
+    // replaced never goes through a link leading out. A data file of the directory itself
+    // is checked when first opened.
+    let mut verified = false;
+    let mut listed_regular = false;
     let storage = if record.data_file.ends_with(".npkseg") {
+        verified = true;
         let manifest = checked(dir, &record.data_file, "segment manifest")?;
-        let opened = open_part(dir, &record.data_file, "segment manifest")?;
+        let opened = parts.open_part(&record.data_file, "segment manifest")?;
         let mpath = opened.path.clone();
         let bytes = read_to_vec(opened, segments::MAX_MANIFEST_LEN, "segment manifest")?;
         let segs = segments::decode(&bytes, &mpath)?;
@@ -275,7 +389,7 @@ fn load_array(dir: &Path, record: ArrayRecord, entries: &[&Entry]) -> Result<Arr
                     format!("segment {file:?}: {srows} rows cannot be {sbytes} bytes"),
                 ));
             }
-            let len = open_part(dir, &file, "segment file")?.len;
+            let len = parts.open_part(&file, "segment file")?.len;
             if len < sbytes {
                 return Err(Error::malformed(
                     &mpath,
@@ -296,24 +410,29 @@ fn load_array(dir: &Path, record: ArrayRecord, entries: &[&Entry]) -> Result<Arr
                 format!("segments hold {total_rows} rows in {total_bytes} bytes; the metadata says {rows} rows in {size}"),
             ));
         }
-        Storage::Segmented {
+        Storage::Segmented(Box::new(Segments {
             manifest,
             segments: out,
-        }
+        }))
     } else {
         let rel = checked(dir, &record.data_file, "data file")?;
-        let len = open_part(dir, &record.data_file, "data file")?.len;
-        if len < size {
-            return Err(Error::malformed(
-                dir.join(&rel),
-                format!("data file is {len} bytes, shorter than the {size} that shape {:?} of {code_dtype} needs", record.shape),
-            ));
+        if rel.components().count() > 1 {
+            let len = parts.open_part(&record.data_file, "data file")?.len;
+            if len < size {
+                return Err(Error::malformed(
+                    dir.join(&rel),
+                    format!("data file is {len} bytes, shorter than the {size} that shape {:?} of {code_dtype} needs", record.shape),
+                ));
+            }
+            verified = true;
+        } else {
+            listed_regular = parts.listed_regular(&record.data_file);
         }
-        Storage::Plain(rel)
+        Storage::Plain
     };
-    let brel = bitmap_path(&record);
+    let brel = bitmap_path(record);
     let bpath = dir.join(&brel);
-    let bitmap = match open_inside_if_present(dir, &brel.to_string_lossy(), "deletion bitmap")? {
+    let bitmap = match parts.open_if_present(&brel.to_string_lossy(), "deletion bitmap")? {
         Some(opened) => {
             if record.shape.is_empty() {
                 return Err(Error::malformed(&bpath, "deletion bitmap for a 0-d array"));
@@ -338,7 +457,7 @@ fn load_array(dir: &Path, record: ArrayRecord, entries: &[&Entry]) -> Result<Arr
     // deletion bitmap (the bitmap counts the record's rows): read as NumPack sees it.
     let (dtype, shape) = entries
         .iter()
-        .find_map(|e| e.resolve(&record))
+        .find_map(|e| e.resolve(record))
         .filter(|(_, s)| bitmap.is_none() || s.first() == record.shape.first())
         .unwrap_or((code_dtype, record.shape.clone()));
     let mut logical_shape = shape.clone();
@@ -347,13 +466,13 @@ fn load_array(dir: &Path, record: ArrayRecord, entries: &[&Entry]) -> Result<Arr
             logical_shape[0] = b.active_count();
         }
     }
-    Ok(Array {
-        record,
+    Ok(Derived {
         dtype,
         shape,
         logical_shape,
         storage,
         bitmap,
-        data: OnceLock::new(),
+        verified,
+        listed_regular,
     })
 }

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use memmap2::MmapOptions;
 
@@ -11,9 +12,12 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::names::list_names;
 use crate::numpack::metadata::{ArrayRecord, Metadata};
 use crate::numpack::sidecar::{Entry, Sidecar};
+use crate::safe_open::open_below;
 use crate::view::TensorView;
 
-use super::layout::{bitmap_path, is_zero_copy, logical_len, physical_rows, Storage};
+use super::layout::{
+    bitmap_path, data_files_of, is_zero_copy, logical_len, physical_rows, Storage,
+};
 use super::{Array, Data, NumPack};
 
 /// Describes one array of a store.
@@ -50,11 +54,39 @@ pub struct SourceExtent {
     pub len: u64,
 }
 
-/// Opens one of an array's files, `rel` inside `dir` (a path checked when the store was
-/// opened), as every file of a store is opened: see `safe_open`.
-pub(crate) fn open_file(dir: &Path, rel: &Path) -> Result<File> {
-    let s = rel.to_string_lossy();
-    Ok(crate::safe_open::open_checked(dir, rel, &s, "data file")?.file)
+/// Data file `fi` of `a` (its one data file, or segment `fi` in row order) and the bytes
+/// its record says it holds.
+fn data_file(a: &Array, fi: usize) -> (&Path, u64) {
+    match &a.storage {
+        Storage::Plain | Storage::Refused => (Path::new(&a.record.data_file), a.record.size_bytes),
+        Storage::Segmented(s) => {
+            let (p, _, bytes) = &s.segments[fi];
+            (p, *bytes)
+        }
+    }
+}
+
+/// Whether `file`'s status changed (a truncation, a write) at or after `since`.
+fn changed_since(file: &File, since: std::time::SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = file.metadata() else {
+        return false;
+    };
+    let Ok(since) = since.duration_since(std::time::UNIX_EPOCH) else {
+        return false;
+    };
+    let ctime = (md.ctime(), md.ctime_nsec());
+    let since = (since.as_secs() as i64, i64::from(since.subsec_nanos()));
+    ctime >= since
+}
+
+/// How many data files `a` has.
+fn data_file_count(a: &Array) -> usize {
+    match &a.storage {
+        Storage::Plain => 1,
+        Storage::Segmented(s) => s.segments.len(),
+        Storage::Refused => 0,
+    }
 }
 
 impl NumPack {
@@ -85,14 +117,137 @@ impl NumPack {
         self.index.contains_key(name)
     }
 
+    /// The array `name`, its data files checked (see [`NumPack::verify`]).
     pub(super) fn get(&self, name: &str) -> Result<&Array> {
+        let a = self.get_listed(name)?;
+        self.verify(a)?;
+        Ok(a)
+    }
+
+    /// The array `name` as opening found it: refused if its metadata, manifest or bitmap is
+    /// bad, its data files not looked at.
+    pub(super) fn get_listed(&self, name: &str) -> Result<&Array> {
+        self.slot(name).map(|i| &self.arrays[i])
+    }
+
+    /// The index of the array `name` (see [`NumPack::get_listed`]).
+    fn slot(&self, name: &str) -> Result<usize> {
         if let Some(f) = self.faults.get(name) {
             return Err(f.error.duplicate());
         }
         self.index
             .get(name)
-            .map(|&i| &self.arrays[i])
+            .copied()
             .ok_or_else(|| self.not_found(name))
+    }
+
+    /// Checks, once, that the data files of `a` are as its record needs (each opened by
+    /// [`NumPack::open_data`], then closed). A failure is not remembered: the next call
+    /// looks again.
+    pub(super) fn verify(&self, a: &Array) -> Result<()> {
+        if a.verified.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        for fi in 0..data_file_count(a) {
+            self.open_data(a, fi)?;
+        }
+        a.verified.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Opens data file `fi` of `a` for reading. Every read of an array's bytes (a view,
+    /// an export, the loader, a change) opens its data files here, and only here: relative
+    /// to the directory the store opened, one path component at a time, following no link
+    /// out of it, without blocking, a regular file by `fstat` (see `safe_open`), and at least
+    /// as long as the record needs. A failure names the file and the array.
+    pub(super) fn open_data(&self, a: &Array, fi: usize) -> Result<File> {
+        self.open_data_as(a, fi, false)
+    }
+
+    /// [`NumPack::open_data`]; with `during_copy`, a file that is short but changed since
+    /// the store opened (its status-change time is later) was truncated under a copy that
+    /// started with it whole: an I/O error of reading it, as a copy's short read is.
+    fn open_data_as(&self, a: &Array, fi: usize, during_copy: bool) -> Result<File> {
+        let (rel, need) = data_file(a, fi);
+        let segmented = matches!(a.storage, Storage::Segmented(_));
+        let what = if segmented {
+            "segment file"
+        } else {
+            "data file"
+        };
+        let name = &a.record.name;
+        let shown = rel.to_string_lossy();
+        let listed = a.listed_regular && !segmented;
+        let (file, len) =
+            open_below(&self.root, &self.dir, rel, &shown, what, listed).map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Error::new(ErrorKind::Malformed, e.message().to_string()).at(&self.dir)
+                } else {
+                    e
+                }
+                .array(name)
+            })?;
+        if len < need {
+            let message = if segmented {
+                format!("segment {shown:?} is {len} bytes, shorter than its {need}")
+            } else {
+                let dtype = DType::from_numpack_code(a.record.dtype_code).unwrap_or(a.dtype);
+                format!(
+                    "data file is {len} bytes, shorter than the {need} that shape {:?} of \
+                     {dtype} needs",
+                    a.record.shape
+                )
+            };
+            let path = self.dir.join(rel);
+            if during_copy && changed_since(&file, self.opened_at) {
+                let short = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, message);
+                return Err(Error::io(path, "reading", short).array(name));
+            }
+            return Err(Error::malformed(path, message).array(name));
+        }
+        Ok(file)
+    }
+
+    /// Opens data file `fi` of the array at `slot` for a copy that reads it now (an export):
+    /// as [`NumPack::open_data`], but a file truncated since the store opened is an I/O
+    /// error of reading it, as a short read during the copy would be.
+    pub(crate) fn open_copy_source(&self, slot: usize, fi: usize) -> Result<File> {
+        self.open_data_as(&self.arrays[slot], fi, true)
+    }
+
+    /// The index of the array `name`, for [`NumPack::open_source`] and
+    /// [`NumPack::source_runs`]; its data files are not looked at.
+    pub(crate) fn array_slot(&self, name: &str) -> Result<usize> {
+        self.slot(name)
+    }
+
+    /// The name of the array at `slot`.
+    pub(crate) fn slot_name(&self, slot: usize) -> &str {
+        &self.arrays[slot].record.name
+    }
+
+    /// Checks the data files of the array at `slot` (see [`NumPack::verify`]).
+    pub(crate) fn verify_slot(&self, slot: usize) -> Result<()> {
+        self.verify(&self.arrays[slot])
+    }
+
+    /// Opens data file `fi` of the array at `slot`, as [`NumPack::open_data`] does.
+    pub(crate) fn open_source(&self, slot: usize, fi: usize) -> Result<File> {
+        self.open_data(&self.arrays[slot], fi)
+    }
+
+    /// Data file `fi` of the array at `slot`, as a path, for messages.
+    pub(crate) fn source_path(&self, slot: usize, fi: usize) -> PathBuf {
+        self.dir.join(data_file(&self.arrays[slot], fi).0)
+    }
+
+    /// Where the logical bytes of the array at `slot` are, in order: `run(file, offset, len)`
+    /// for each run of active rows within each data file (`file` as in
+    /// [`NumPack::open_source`]). Empty runs are omitted. Returns how many data files it has.
+    pub(crate) fn source_runs(&self, slot: usize, run: impl FnMut(usize, u64, u64)) -> usize {
+        let a = &self.arrays[slot];
+        self.runs(a, run);
+        data_file_count(a)
     }
 
     /// The error for an unknown array name, listing some of the arrays that exist.
@@ -105,9 +260,24 @@ impl NumPack {
         .array(name)
     }
 
-    /// Describes an array.
+    /// Describes an array. Its data files are checked (once) as a read would check them, so
+    /// that a damaged array fails here too.
     pub fn info(&self, name: &str) -> Result<ArrayInfo> {
-        let a = self.get(name)?;
+        self.verify(self.get_listed(name)?)?;
+        self.describe(name)
+    }
+
+    /// The true dtype and logical shape of an array, borrowed, without looking at its data
+    /// files (what an export's header needs).
+    pub(crate) fn logical_layout(&self, name: &str) -> Result<(DType, &[u64])> {
+        let a = self.get_listed(name)?;
+        Ok((a.dtype, &a.logical_shape))
+    }
+
+    /// [`NumPack::info`] without looking at the data files: what the metadata, sidecar and
+    /// bitmap say.
+    pub(crate) fn describe(&self, name: &str) -> Result<ArrayInfo> {
+        let a = self.get_listed(name)?;
         Ok(ArrayInfo {
             name: a.record.name.clone(),
             dtype: a.dtype,
@@ -116,7 +286,7 @@ impl NumPack {
             storage_dtype: DType::from_numpack_code(a.record.dtype_code).unwrap_or(DType::I32),
             storage_shape: a.record.shape.clone(),
             deleted_rows: a.bitmap.as_ref().map_or(0, |b| b.deleted_count()),
-            segmented: matches!(a.storage, Storage::Segmented { .. }),
+            segmented: matches!(a.storage, Storage::Segmented(_)),
             zero_copy: is_zero_copy(a),
         })
     }
@@ -146,7 +316,8 @@ impl NumPack {
     /// mapped, touching the missing pages raises SIGBUS. npkio never truncates a file it has
     /// published; replacing an array writes a new file.
     pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
-        let a = self.get(name)?;
+        // Loading opens (and so checks) the data files.
+        let a = self.get_listed(name)?;
         let data = match a.data.get() {
             Some(d) => d,
             None => {
@@ -168,30 +339,15 @@ impl NumPack {
     fn load_data(&self, a: &Array) -> Result<Data> {
         let name = &a.record.name;
         if logical_len(a) == 0 {
+            self.verify(a)?;
             return Ok(Data::Empty);
         }
-        if let (Storage::Plain(rel), None) = (&a.storage, &a.bitmap) {
-            let path = self.dir.join(rel);
-            let file = open_file(&self.dir, rel).map_err(|e| e.array(name))?;
-            // The file may have been replaced since the store was opened (a conversion into
-            // this directory puts new files under the same names): mapping past its end
-            // would fault on first touch, so check it still holds the array.
-            let len = file
-                .metadata()
-                .ctx(&path, "inspecting")
-                .map_err(|e| e.array(name))?
-                .len();
-            if len < a.record.size_bytes {
-                return Err(Error::malformed(
-                    &path,
-                    format!(
-                        "data file is {len} bytes, shorter than the {} recorded when the store \
-                         was opened (replaced since? open the store again)",
-                        a.record.size_bytes
-                    ),
-                )
-                .array(name));
-            }
+        if let (Storage::Plain, None) = (&a.storage, &a.bitmap) {
+            let path = self.dir.join(&a.record.data_file);
+            // Checked as it is opened: the file may also have been replaced since the store
+            // was opened (a conversion into this directory puts new files under the same
+            // names), and mapping past its end would fault on first touch.
+            let file = self.open_data(a, 0)?;
             // SAFETY: the mapping is read-only and private to this store. Another process
             // could still truncate or rewrite the file; npkio itself never does that to a
             // published data file (changes go through new files renamed into place), and the
@@ -206,16 +362,23 @@ impl NumPack {
             return Ok(Data::Mapped(map));
         }
         let mut out = vec![0u8; logical_len(a) as usize];
+        let mut runs = Vec::new();
+        self.runs(a, |fi, offset, len| runs.push((fi, offset, len)));
+        let mut open: Option<(usize, File)> = None;
         let mut pos = 0usize;
-        for ext in self.extents(a) {
-            let file = open_file(&self.dir, &ext.file).map_err(|e| e.array(name))?;
-            let path = self.dir.join(ext.file);
-            let end = pos + ext.len as usize;
-            file.read_exact_at(&mut out[pos..end], ext.offset)
-                .ctx(&path, "reading")
+        for (fi, offset, len) in runs {
+            let file = match open.take() {
+                Some((f, file)) if f == fi => file,
+                _ => self.open_data(a, fi)?,
+            };
+            let end = pos + len as usize;
+            file.read_exact_at(&mut out[pos..end], offset)
+                .ctx(self.dir.join(data_file(a, fi).0), "reading")
                 .map_err(|e| e.array(name))?;
+            open = Some((fi, file));
             pos = end;
         }
+        a.verified.store(true, Ordering::Relaxed);
         Ok(Data::Owned(out))
     }
 
@@ -228,23 +391,33 @@ impl NumPack {
     }
 
     fn extents(&self, a: &Array) -> Vec<SourceExtent> {
-        let files: Vec<(PathBuf, u64, u64)> = match &a.storage {
-            Storage::Plain(p) => vec![(p.clone(), physical_rows(a), a.record.size_bytes)],
-            Storage::Segmented { segments, .. } => segments.clone(),
-        };
+        let mut out = Vec::new();
+        self.runs(a, |fi, offset, len| {
+            out.push(SourceExtent {
+                file: data_file(a, fi).0.to_path_buf(),
+                offset,
+                len,
+            })
+        });
+        out
+    }
+
+    /// Calls `run(file, offset, len)` for each run of `a`'s active rows within each of its
+    /// data files, in order (`file` as in [`NumPack::open_data`]); empty runs are omitted.
+    fn runs(&self, a: &Array, mut run: impl FnMut(usize, u64, u64)) {
         let rows = physical_rows(a);
         let row_bytes = a.record.size_bytes.checked_div(rows).unwrap_or(0);
-        let runs = match &a.bitmap {
-            Some(b) => b.active_runs(),
-            None => vec![(0, rows)],
+        let file_rows = |fi: usize| match &a.storage {
+            Storage::Segmented(s) => s.segments[fi].1,
+            Storage::Plain | Storage::Refused => rows,
         };
-        let mut out = Vec::new();
+        let files = data_file_count(a);
         let mut file_start = 0u64; // first row of the current file
         let mut fi = 0usize;
-        for (start, len) in runs {
+        let mut each = |start: u64, len: u64| {
             let (mut row, end) = (start, start + len);
-            while row < end && fi < files.len() {
-                let (ref path, frows, _) = files[fi];
+            while row < end && fi < files {
+                let frows = file_rows(fi);
                 if row >= file_start + frows {
                     file_start += frows;
                     fi += 1;
@@ -252,16 +425,15 @@ impl NumPack {
                 }
                 let take = (end - row).min(file_start + frows - row);
                 if take * row_bytes > 0 {
-                    out.push(SourceExtent {
-                        file: path.clone(),
-                        offset: (row - file_start) * row_bytes,
-                        len: take * row_bytes,
-                    });
+                    run(fi, (row - file_start) * row_bytes, take * row_bytes);
                 }
                 row += take;
             }
+        };
+        match &a.bitmap {
+            Some(b) => b.active_runs().into_iter().for_each(|(s, l)| each(s, l)),
+            None => each(0, rows),
         }
-        out
     }
 
     /// Files that make up an array, relative to the directory: data file or manifest and
@@ -277,13 +449,7 @@ impl NumPack {
         }
         let a = self.get(name)?;
         let mut files = Vec::new();
-        match &a.storage {
-            Storage::Plain(p) => files.push(p.clone()),
-            Storage::Segmented { manifest, segments } => {
-                files.push(manifest.clone());
-                files.extend(segments.iter().map(|s| s.0.clone()));
-            }
-        }
+        files.extend(data_files_of(a));
         if a.bitmap.is_some() {
             files.push(bitmap_path(&a.record));
         }
@@ -304,7 +470,7 @@ impl NumPack {
         if let Some(f) = self.faults.get(name) {
             return Ok(f.entry.clone());
         }
-        let a = self.get(name)?;
+        let a = self.get_listed(name)?;
         let r = &a.record;
         let native = DType::from_numpack_code(r.dtype_code) == Some(a.dtype) && a.shape == r.shape;
         Ok((!native).then(|| Entry::new(r, a.dtype, &a.shape)))
