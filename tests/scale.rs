@@ -126,3 +126,85 @@ fn twenty_thousand_tensors_from_memory_on_one_thread_stay_on_the_callers_thread(
     assert_eq!(*seen.lock().unwrap(), HashSet::from([main]));
     assert!(std::fs::read(&src).unwrap() == std::fs::read(&back).unwrap());
 }
+
+const CHILD: &str = "NPKIO_SCALE_NOFILE_CHILD";
+
+/// In the child (open-file limit 64, soft and hard): both conversions, the metadata and the
+/// iteration, every tensor checked.
+fn limited_child(dir: &Path) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert_eq!((lim.rlim_cur, lim.rlim_max), (64, 64));
+    let ts = tensors();
+    let src = dir.join("moe.safetensors");
+    let npk = dir.join("moe.npk");
+    let back = dir.join("back.safetensors");
+    npkio::from_safetensors_file(&src, &npk, None::<&[&str]>, true, 1 << 20).unwrap();
+    let store = NumPack::open(&npk).unwrap();
+    assert_eq!(store.len(), N);
+    for (name, shape, bytes) in &ts {
+        let info = store.info(name).unwrap();
+        assert_eq!((info.dtype, &info.shape), (DType::BF16, shape), "{name}");
+        assert_eq!(store.view(name).unwrap().data, &bytes[..], "{name}");
+    }
+    drop(store);
+    npkio::to_safetensors_file(&npk, &back, None::<&[&str]>, None, 1 << 20).unwrap();
+    assert!(std::fs::read(&src).unwrap() == std::fs::read(&back).unwrap());
+    let meta = npkio::get_safetensors_metadata(&src).unwrap();
+    assert_eq!(meta.tensors.len(), N);
+    // Every tensor's bytes through iteration, by name.
+    let by_name: std::collections::HashMap<&str, &[u8]> =
+        ts.iter().map(|(n, _, b)| (n.as_str(), &b[..])).collect();
+    let mut seen = 0;
+    for (name, t) in npkio::iter_safetensors(&src, None::<&[&str]>).unwrap() {
+        assert_eq!(t.dtype(), DType::BF16);
+        assert_eq!(t.data(), by_name[name.as_str()], "{name}");
+        seen += 1;
+    }
+    assert_eq!(seen, N);
+}
+
+#[test]
+fn twenty_thousand_tensors_convert_both_ways_under_64_open_files() {
+    use std::os::unix::process::CommandExt;
+    if let Ok(dir) = std::env::var(CHILD) {
+        return limited_child(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(&dir.path().join("moe.safetensors"), &tensors());
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "twenty_thousand_tensors_convert_both_ways_under_64_open_files",
+        "--test-threads",
+        "1",
+    ])
+    .env(CHILD, dir.path());
+    // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "the child under 64 open files failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The child ran its checks (a test binary given a filter that matches nothing passes).
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    assert!(dir.path().join("back.safetensors").exists());
+}

@@ -3,6 +3,7 @@
 //! beside the output (arrays kept from an old output hard-linked in), the copy workers
 //! creating the data files as they reach them, and publish it in one step.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -18,8 +19,9 @@ use crate::numpack::store::{existing_kind, make_record, ArrayInput, Existing};
 use crate::numpack::{naming, NumPack};
 use crate::publish::{self, Staging};
 use crate::safetensors::index::Checkpoint;
-use crate::safetensors::plan_header;
-use crate::safetensors::writer::PlanInput;
+use crate::safetensors::reader::Reopener;
+use crate::safetensors::writer::is_planned_header;
+use crate::safetensors::TensorInfo;
 
 /// Converts a SafeTensors file (or a sharded checkpoint: its index, or a directory holding
 /// one) to a NumPack directory, streaming in bounded memory.
@@ -58,18 +60,6 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
     inputs.extend(src.shards().iter().map(|s| s.path()));
     refuse_overlap(&inputs, output_path.as_ref())?;
     let selected = src.select(keys)?;
-    let arrays: Vec<NewArray> = selected
-        .iter()
-        .map(|&i| {
-            let t = src.info(i);
-            NewArray {
-                name: t.name.clone(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                source: i,
-            }
-        })
-        .collect();
     let sharding = src.index_text().map(|index| Sharding {
         index: index.to_string(),
         shards: src
@@ -92,42 +82,76 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
             .then(|| unusual_header(&src.shards()[0]))
             .flatten(),
     };
-    let files: Vec<&File> = src.shards().iter().map(|s| s.file()).collect();
+    // What the copy needs of each shard: how to open it again, and where its data starts.
+    let shards: Vec<(Reopener, u64, PathBuf)> = src
+        .shards()
+        .iter()
+        .map(|f| (f.reopener(), f.data_start(), f.path().to_path_buf()))
+        .collect();
+    // The selected tensors' entries, moved out of the parsed headers; the headers and the
+    // mappings are released here, before the output is built.
+    let mut infos: Vec<Option<(usize, TensorInfo)>> = Vec::with_capacity(src.len());
+    for (s, f) in src.into_shards().into_iter().enumerate() {
+        infos.extend(f.into_tensors().into_iter().map(|t| Some((s, t))));
+    }
+    let arrays: Vec<NewArray<'_>> = selected
+        .iter()
+        .map(|&i| {
+            let (shard, t) = infos[i].take().expect("keys are selected once");
+            NewArray {
+                len: t.len(),
+                name: Cow::Owned(t.name),
+                dtype: t.dtype,
+                shape: Cow::Owned(t.shape),
+                source: t.data_offsets.0 + shards[shard].1,
+                shard: Some(shard),
+            }
+        })
+        .collect();
+    drop(selected);
+    drop(infos);
     let workers = copy::Workers::new(copy_opts.threads)
         .ctx(output_path.as_ref(), "starting the copy threads for")?;
     import(
         output_path.as_ref(),
         drop_if_exists,
         opts,
-        &arrays,
+        arrays,
         Some(source),
         |batch, dsts| {
+            // The shards this batch reads, opened again for it (and checked to be the files
+            // validated), closed after it: never more than a batch's worth of descriptors.
+            let mut open: Vec<usize> = batch.iter().filter_map(|a| a.shard).collect();
+            open.sort_unstable();
+            open.dedup();
+            let mut files = Vec::with_capacity(open.len());
+            for &s in &open {
+                files.push(shards[s].0.open()?);
+            }
+            let file_refs: Vec<&File> = files.iter().collect();
             let extents: Vec<Extent> = batch
                 .iter()
                 .enumerate()
-                .map(|(d, a)| {
-                    let (shard, _) = src.location(a.source);
-                    let offset =
-                        src.shards()[shard].data_start() + src.info(a.source).data_offsets.0;
-                    Extent {
-                        src: shard,
-                        src_offset: offset,
-                        dst: d,
-                        dst_offset: 0,
-                        len: a.len(),
-                    }
+                .map(|(d, a)| Extent {
+                    src: open
+                        .binary_search(&a.shard.expect("a tensor of a file"))
+                        .expect("a shard of the batch"),
+                    src_offset: a.source,
+                    dst: d,
+                    dst_offset: 0,
+                    len: a.len,
                 })
                 .collect();
             workers
-                .copy_extents_into(&files, dsts, &extents, &copy_opts, progress_ref(opts))
+                .copy_extents_into(&file_refs, dsts, &extents, &copy_opts, progress_ref(opts))
                 .map_err(|e| {
-                    let shard = extents.get(e.extent).map_or(0, |x| x.src);
+                    let shard = extents.get(e.extent).map_or(0, |x| open[x.src]);
                     // A failed write is about the output, not the source.
                     let outs = vec![output_path.as_ref().to_path_buf(); batch.len()];
                     copy_error(
                         e,
-                        src.shards()[shard].path(),
-                        batch.iter().map(|a| a.name.as_str()),
+                        &shards[shard].2,
+                        batch.iter().map(|a| &*a.name),
                         Some(&outs),
                     )
                 })
@@ -147,16 +171,7 @@ struct SourceMeta {
 /// tensors and metadata (another writer's tensor order, spacing or padding); `None` when
 /// it would, which is the case for every file the crate writes.
 fn unusual_header(f: &crate::safetensors::SafeTensorsFile) -> Option<String> {
-    let inputs: Vec<PlanInput<'_>> = f
-        .tensors()
-        .map(|t| PlanInput {
-            name: &t.name,
-            dtype: t.dtype,
-            shape: &t.shape,
-        })
-        .collect();
-    let ours = plan_header(&inputs, f.metadata()).ok();
-    let same = ours.is_some_and(|p| p.header.get(8..) == Some(f.header_json().as_bytes()));
+    let same = is_planned_header(f.header_json(), f.tensor_infos(), f.metadata());
     (!same).then(|| f.header_json().to_string())
 }
 
@@ -191,57 +206,52 @@ pub fn from_safetensors_with(
                 .at(output));
         }
     }
-    let arrays: Vec<NewArray> = tensors
+    let arrays: Vec<NewArray<'_>> = tensors
         .iter()
         .enumerate()
         .map(|(i, t)| NewArray {
-            name: t.name.to_string(),
+            len: t.data.len() as u64,
+            name: Cow::Borrowed(t.name),
             dtype: t.dtype,
-            shape: t.shape.to_vec(),
-            source: i,
+            shape: Cow::Borrowed(t.shape),
+            source: i as u64,
+            shard: None,
         })
         .collect();
     let slices: Vec<&[u8]> = tensors.iter().map(|t| t.data).collect();
     let workers =
         copy::Workers::new(copy_opts.threads).ctx(output, "starting the copy threads for")?;
-    import(
-        output,
-        drop_if_exists,
-        opts,
-        &arrays,
-        None,
-        |batch, dsts| {
-            let extents: Vec<Extent> = batch
-                .iter()
-                .enumerate()
-                .map(|(d, a)| Extent {
-                    src: a.source,
-                    src_offset: 0,
-                    dst: d,
-                    dst_offset: 0,
-                    len: a.len(),
-                })
-                .collect();
-            workers
-                .copy_from_memory_into(&slices, dsts, &extents, &copy_opts, progress_ref(opts))
-                .map_err(|e| copy_error(e, output, batch.iter().map(|a| a.name.as_str()), None))
-        },
-    )
+    import(output, drop_if_exists, opts, arrays, None, |batch, dsts| {
+        let extents: Vec<Extent> = batch
+            .iter()
+            .enumerate()
+            .map(|(d, a)| Extent {
+                src: a.source as usize,
+                src_offset: 0,
+                dst: d,
+                dst_offset: 0,
+                len: a.len,
+            })
+            .collect();
+        workers
+            .copy_from_memory_into(&slices, dsts, &extents, &copy_opts, progress_ref(opts))
+            .map_err(|e| copy_error(e, output, batch.iter().map(|a| &*a.name), None))
+    })
 }
 
-/// A tensor on its way into a NumPack directory.
-struct NewArray {
-    name: String,
+/// A tensor on its way into a NumPack directory (name and shape borrowed from memory, or
+/// moved out of a file's parsed header).
+struct NewArray<'a> {
+    name: Cow<'a, str>,
     dtype: DType,
-    shape: Vec<u64>,
-    /// Index of its source (tensor position, or input slice).
-    source: usize,
-}
-
-impl NewArray {
-    fn len(&self) -> u64 {
-        crate::dtype::byte_len(self.dtype, &self.shape).unwrap_or(0)
-    }
+    shape: Cow<'a, [u64]>,
+    /// Byte length.
+    len: u64,
+    /// Where its bytes are: the byte offset in its shard file, or the input slice's index.
+    source: u64,
+    /// The shard file it is read from (`None` for memory): batches are sized so that their
+    /// output files and the shards they read fit the open-file budget together.
+    shard: Option<usize>,
 }
 
 /// Names the file and tensor a copy failed on. A destination that could not be created
@@ -275,9 +285,9 @@ fn import(
     output: &Path,
     drop_if_exists: bool,
     opts: &Options,
-    arrays: &[NewArray],
+    arrays: Vec<NewArray<'_>>,
     source: Option<SourceMeta>,
-    mut copy: impl FnMut(&[NewArray], &NewFiles<'_>) -> Result<()>,
+    mut copy: impl FnMut(&[NewArray<'_>], &NewFiles<'_>) -> Result<()>,
 ) -> Result<()> {
     let _lock = publish::lock_output(output, opts.wait_for_lock)?;
     let existing = match fs::symlink_metadata(output) {
@@ -291,8 +301,8 @@ fn import(
     let staging = Staging::new(output)?;
 
     // Arrays kept from the old output, their files linked into the staging directory.
-    let replaced: HashSet<&str> = arrays.iter().map(|a| a.name.as_str()).collect();
-    let mut records: Vec<ArrayRecord> = Vec::new();
+    let replaced: HashSet<&str> = arrays.iter().map(|a| &*a.name).collect();
+    let mut records: Vec<ArrayRecord> = Vec::with_capacity(arrays.len());
     let mut sidecar = Sidecar::default();
     if let Some(old) = &old {
         let mut skip: HashSet<PathBuf> = HashSet::new();
@@ -332,36 +342,47 @@ fn import(
     let mut order: Vec<usize> = (0..arrays.len()).collect();
     order.sort_by(|&a, &b| arrays[a].name.cmp(&arrays[b].name));
     let stamp = now_micros();
-    let mut data_files = vec![String::new(); arrays.len()];
+    // Each new array's record (its data file's name is there, not copied again).
+    let mut record_of = vec![0usize; arrays.len()];
     for &i in &order {
         let a = &arrays[i];
         let clash = stems.get(&a.name.to_ascii_lowercase()).map(String::as_str);
         let stem = naming::choose_stem(&a.name, clash.into_iter());
         stems.insert(stem.to_ascii_lowercase());
         let data_file = naming::data_file(&stem);
-        let (record, entry) = make_record(&a.name, data_file.clone(), a.dtype, &a.shape, stamp)
-            .map_err(|e| e.at(output))?;
+        let (record, entry) =
+            make_record(&a.name, data_file, a.dtype, &a.shape, stamp).map_err(|e| e.at(output))?;
+        record_of[i] = records.len();
         records.push(record);
         sidecar.arrays.extend(entry);
-        data_files[i] = data_file;
     }
+    drop(stems);
+    drop(order);
+
+    // The staging directory holds neither the metadata nor the sidecar yet (`link_tree`
+    // leaves them out). The sidecar (only when it says something) is written now, streamed
+    // to its file, and its entries released before the copy.
+    if !sidecar.is_empty() {
+        write_sidecar(&staging, &mut sidecar, opts.durable)?;
+    }
+    drop(sidecar);
 
     // Copy, a batch of files at a time. The copy workers create the data files as they reach
     // them, so that creating hundreds of files (serialized by the kernel on the directory)
     // overlaps with copying; files with nothing to copy are created afterwards.
-    let batch_len = max_open_files();
-    for (batch_idx, batch) in arrays.chunks(batch_len).enumerate() {
-        let paths: Vec<PathBuf> = (0..batch.len())
-            .map(|j| staging.path().join(&data_files[batch_idx * batch_len + j]))
+    for range in batches(&arrays, max_open_files()) {
+        let batch = &arrays[range.clone()];
+        let paths: Vec<PathBuf> = range
+            .map(|i| staging.path().join(&records[record_of[i]].data_file))
             .collect();
         let create = |j: usize| -> Result<File> {
             let a = &batch[j];
             let f = staging
                 .create_file(&paths[j])
-                .map_err(|e| e.array(a.name.clone()))?;
-            copy::size_new_file(&f, a.len())
+                .map_err(|e| e.array(&*a.name))?;
+            copy::size_new_file(&f, a.len)
                 .ctx(output, "allocating space for")
-                .map_err(|e| e.array(a.name.clone()))?;
+                .map_err(|e| e.array(&*a.name))?;
             Ok(f)
         };
         // A file that cannot be created fails the copy with `create`'s error, unchanged.
@@ -375,23 +396,65 @@ fn import(
             if opts.durable {
                 f.sync_all()
                     .ctx(output, "syncing")
-                    .map_err(|e| e.array(batch[j].name.clone()))?;
+                    .map_err(|e| e.array(&*batch[j].name))?;
             }
         }
     }
+    drop(record_of);
+    drop(arrays);
 
-    // The staging directory holds neither the metadata nor the sidecar yet (`link_tree`
-    // leaves them out): write them, the sidecar only when it says something.
     let meta = Metadata {
         total_size: 0,
         arrays: records,
     };
-    if !sidecar.is_empty() {
-        staging.write_file(sidecar::FILE_NAME, &sidecar.encode(), opts.durable)?;
-    }
     staging.write_file(metadata::FILE_NAME, &meta.encode(), opts.durable)?;
+    drop(meta);
     drop(old);
     staging.publish(opts.durable)
+}
+
+/// Writes the sidecar into the staging directory as `Sidecar::encode` lays it out (pretty
+/// JSON, entries sorted by name, a final newline), streamed to the file: for 100,000
+/// entries, `encode` takes a copy of the sidecar and a buffer of some 30 MB.
+fn write_sidecar(staging: &Staging, sidecar: &mut Sidecar, durable: bool) -> Result<()> {
+    let tmp = staging.temp_file(".npkio-tmp-")?;
+    let path = tmp.path().to_path_buf();
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, tmp);
+    staging.ctx(encode_sidecar(sidecar, &mut w), &path, "writing")?;
+    let tmp = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .map_err(|e| staging.error(&path, "writing", e))?;
+    staging.publish_file(tmp, sidecar::FILE_NAME, durable)
+}
+
+/// `Sidecar::encode`'s bytes, written to `w` (sorts the entries in place).
+fn encode_sidecar(sidecar: &mut Sidecar, mut w: impl std::io::Write) -> std::io::Result<()> {
+    sidecar.arrays.sort_by(|a, b| a.name.cmp(&b.name));
+    serde_json::to_writer_pretty(&mut w, &*sidecar)?;
+    w.write_all(b"\n")
+}
+
+/// Splits `arrays` into runs whose output files and the distinct shards they read take at
+/// most `budget` descriptors together (at least one array a run).
+fn batches(arrays: &[NewArray<'_>], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut shards: HashSet<usize> = HashSet::new();
+    for (i, a) in arrays.iter().enumerate() {
+        let new_shard = a.shard.is_some_and(|s| !shards.contains(&s));
+        let need = (i - start + 1) + shards.len() + usize::from(new_shard);
+        if i > start && need > budget {
+            out.push(start..i);
+            start = i;
+            shards.clear();
+        }
+        shards.extend(a.shard);
+    }
+    if start < arrays.len() {
+        out.push(start..arrays.len());
+    }
+    out
 }
 
 /// Hard-links (or copies, where links fail) every file of the old output's directory `dir`
@@ -460,6 +523,42 @@ fn link_or_copy(src: &Path, target: &Path, to: &Staging) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::{DType, ErrorKind, TensorInput};
+
+    /// The streamed sidecar is `Sidecar::encode`'s, byte for byte.
+    #[test]
+    fn the_streamed_sidecar_is_the_encoded_one() {
+        use crate::numpack::sidecar::{ShardRecord, Sharding, Sidecar};
+        use crate::numpack::store::make_record;
+        let mut s = Sidecar::default();
+        for (i, name) in ["z\"q", "a", "m\u{e9}", "b"].iter().enumerate() {
+            let shape = [i as u64 + 1, 3];
+            let (_, entry) =
+                make_record(name, format!("data_{i}.npkd"), DType::BF16, &shape, 7).unwrap();
+            s.arrays.extend(entry);
+        }
+        assert_eq!(s.arrays.len(), 4);
+        s.metadata = Some(vec![
+            ("format".into(), "pt".into()),
+            ("b".into(), "\n".into()),
+        ]);
+        s.sharding = Some(Sharding {
+            index: "{}".into(),
+            shards: vec![ShardRecord {
+                file: "model-00001-of-00001.safetensors".into(),
+                metadata: None,
+                tensors: vec!["a".into()],
+                header: Some("{ }".into()),
+            }],
+        });
+        s.source_header = Some("{\"a\": 1}".into());
+        let expected = s.encode();
+        let mut out = Vec::new();
+        super::encode_sidecar(&mut s, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
+    }
 
     /// A data file that cannot be created in the staging directory (here a stray file of the
     /// old output, linked in, holds its name) fails the import with an error about the

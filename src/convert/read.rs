@@ -40,24 +40,23 @@ pub struct SafeTensorsMetadata {
 /// is read, whatever the file's size.
 pub fn get_safetensors_metadata(path: impl AsRef<Path>) -> Result<SafeTensorsMetadata> {
     let c = Checkpoint::open(path)?;
-    let names = c.shard_names();
-    let tensors = (0..c.len())
-        .map(|i| {
-            let t = c.info(i);
-            let shard = names.get(c.location(i).0).cloned();
+    let metadata = c.metadata().map(<[_]>::to_vec);
+    let names = c.shard_names().to_vec();
+    let mut tensors = Vec::with_capacity(c.len());
+    // Shard by shard, each in file order (the checkpoint's order), names and shapes moved
+    // out of the parsed headers rather than copied.
+    for (s, shard) in c.into_shards().into_iter().enumerate() {
+        for t in shard.into_tensors() {
             let meta = TensorMeta {
                 dtype: t.dtype,
-                shape: t.shape.clone(),
+                shape: t.shape,
                 data_offsets: t.data_offsets,
-                shard,
+                shard: names.get(s).cloned(),
             };
-            (t.name.clone(), meta)
-        })
-        .collect();
-    Ok(SafeTensorsMetadata {
-        tensors,
-        metadata: c.metadata().map(<[_]>::to_vec),
-    })
+            tensors.push((t.name, meta));
+        }
+    }
+    Ok(SafeTensorsMetadata { tensors, metadata })
 }
 
 /// Iterator over a checkpoint's tensors; see [`iter_safetensors`].
@@ -110,6 +109,8 @@ pub fn iter_safetensors<S: AsRef<str>>(
 pub struct Tensors {
     store: NumPack,
     names: Vec<String>,
+    /// Positions in `names` sorted by name, for [`Tensors::get`].
+    by_name: Vec<usize>,
 }
 
 impl Tensors {
@@ -121,7 +122,11 @@ impl Tensors {
     /// A tensor by name: zero-copy when the array is one file with no deleted rows,
     /// otherwise gathered once and kept by this object. Valid as long as `self`.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>> {
-        if !self.names.iter().any(|n| n == name) {
+        let known = self
+            .by_name
+            .binary_search_by(|&i| self.names[i].as_str().cmp(name))
+            .is_ok();
+        if !known {
             return Err(self.store.not_found(name));
         }
         self.store.view(name)
@@ -160,5 +165,11 @@ pub fn to_safetensors<S: AsRef<str>>(
     for n in &names {
         store.info(n)?;
     }
-    Ok(Tensors { store, names })
+    let mut by_name: Vec<usize> = (0..names.len()).collect();
+    by_name.sort_unstable_by(|&a, &b| names[a].cmp(&names[b]));
+    Ok(Tensors {
+        store,
+        names,
+        by_name,
+    })
 }

@@ -267,7 +267,9 @@ impl std::fmt::Debug for source::Opened {
 
 impl Loader {
     /// Opens a SafeTensors file, a sharded checkpoint (index file or its directory) or a
-    /// NumPack directory. Reads headers and metadata only; keeps every data file open.
+    /// NumPack directory. Reads headers and metadata only. Keeps every data file open, and
+    /// a sharded checkpoint's shards when they fit in half the open-file budget (more are
+    /// opened by each load, a window at a time, and checked to be the files validated).
     pub fn open(path: impl AsRef<Path>) -> Result<Loader> {
         let path = path.as_ref();
         Ok(Loader {
@@ -503,7 +505,13 @@ impl Loader {
             if need[i] == 0 {
                 continue;
             }
-            let len = f.file.metadata().ctx(&f.path, "inspecting")?.len();
+            // A shard opened by each load: opening checks that it is the file validated
+            // (same inode, same length), which holds every byte the plan reads.
+            let Some(file) = &f.file else {
+                f.open_now()?;
+                continue;
+            };
+            let len = file.metadata().ctx(&f.path, "inspecting")?.len();
             if len < need[i] {
                 return Err(Error::new(
                     ErrorKind::Malformed,

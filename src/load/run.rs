@@ -42,6 +42,9 @@ unsafe impl Sync for RawDst {}
 
 struct Shared<'a> {
     loader: &'a Loader,
+    /// The files opened for this window of tasks (by file index; `None` for files the
+    /// loader keeps open and files outside the window).
+    window: &'a [Option<File>],
     reqs: &'a [Request],
     tasks: &'a [Task],
     direct: Vec<bool>,
@@ -59,8 +62,28 @@ struct Shared<'a> {
     staging_size: usize,
 }
 
+impl Shared<'_> {
+    /// File `f`: kept open by the loader, or opened for this window.
+    fn file(&self, f: usize) -> &File {
+        file_of(self.loader, self.window, f)
+    }
+}
+
+fn file_of<'a>(loader: &'a Loader, window: &'a [Option<File>], f: usize) -> &'a File {
+    loader.opened.files[f]
+        .file
+        .as_ref()
+        .or(window[f].as_ref())
+        .expect("the files of a window are open")
+}
+
 /// Decides per task whether to read with `O_DIRECT`.
-fn choose_direct(loader: &Loader, tasks: &[Task], method: Method) -> Vec<bool> {
+fn choose_direct(
+    loader: &Loader,
+    window: &[Option<File>],
+    tasks: &[Task],
+    method: Method,
+) -> Vec<bool> {
     match method {
         Method::Buffered => return vec![false; tasks.len()],
         Method::Direct => return vec![true; tasks.len()],
@@ -81,7 +104,7 @@ fn choose_direct(loader: &Loader, tasks: &[Task], method: Method) -> Vec<bool> {
             .map(|t| t.offset + t.len)
             .max()
             .unwrap_or(0);
-        if let Some(res) = lio::Residency::map(&loader.opened.files[f].file, lo, hi - lo) {
+        if let Some(res) = lio::Residency::map(file_of(loader, window, f), lo, hi - lo) {
             for (k, t) in tasks[i..j].iter().enumerate() {
                 if t.read_len() < AUTO_DIRECT_MIN {
                     continue; // small reads: the page cache's read-ahead serves them well
@@ -101,6 +124,10 @@ const RESIDENCY_SAMPLES: u64 = 16;
 /// Tasks reading fewer bytes than this are read buffered by [`Method::Auto`].
 const AUTO_DIRECT_MIN: u64 = 256 << 10;
 
+/// Runs `tasks` (sorted by file). Files the loader does not keep open are opened a window
+/// at a time: the tasks of at most half the open-file budget's worth of them run, then
+/// those files are closed and the next window opens (with their `O_DIRECT` descriptors,
+/// a window takes at most the budget).
 pub(crate) fn run(
     loader: &Loader,
     reqs: &[Request],
@@ -109,7 +136,75 @@ pub(crate) fn run(
     opts: &LoadOptions,
     staging_size: usize,
 ) -> Result<LoadReport> {
-    let direct = choose_direct(loader, tasks, opts.method);
+    let files = &loader.opened.files;
+    let total = tasks.iter().map(Task::out_len).sum();
+    let per_window = (crate::fdlimit::open_file_budget() / 2).max(1);
+    let mut report = LoadReport {
+        bytes_out: total,
+        bytes_read: tasks.iter().map(Task::read_len).sum(),
+        direct_bytes: 0,
+        tasks: tasks.len(),
+        threads: 0,
+        direct_refused: false,
+    };
+    let mut window: Vec<Option<File>> = (0..files.len()).map(|_| None).collect();
+    let mut done = 0u64;
+    let mut start = 0;
+    loop {
+        // The window: tasks up to the first that needs one file too many.
+        let mut end = start;
+        let mut opened: Vec<usize> = Vec::new();
+        while end < tasks.len() {
+            let f = tasks[end].file;
+            if files[f].file.is_none() && opened.last() != Some(&f) {
+                if opened.len() == per_window {
+                    break;
+                }
+                opened.push(f);
+            }
+            end += 1;
+        }
+        for &f in &opened {
+            window[f] = files[f].open_now()?;
+        }
+        let w = run_window(
+            loader,
+            &window,
+            reqs,
+            &tasks[start..end],
+            target,
+            opts,
+            staging_size,
+            (report.bytes_out, &mut done, &mut report.direct_bytes),
+        );
+        for &f in &opened {
+            window[f] = None;
+        }
+        let (threads, refused) = w?;
+        report.threads = report.threads.max(threads);
+        report.direct_refused |= refused;
+        if end >= tasks.len() {
+            return Ok(report);
+        }
+        start = end;
+    }
+}
+
+/// Runs one window of tasks; returns the threads used and whether `O_DIRECT` was refused.
+/// `progress` is the load's total output, and its bytes delivered and read with `O_DIRECT`
+/// so far, added to.
+#[allow(clippy::too_many_arguments)]
+fn run_window(
+    loader: &Loader,
+    window: &[Option<File>],
+    reqs: &[Request],
+    tasks: &[Task],
+    target: &Target<'_>,
+    opts: &LoadOptions,
+    staging_size: usize,
+    progress: (u64, &mut u64, &mut u64),
+) -> Result<(usize, bool)> {
+    let direct = choose_direct(loader, window, tasks, opts.method);
     let any_direct = direct.iter().any(|&d| d);
     let mut threads = match opts.threads {
         0 if any_direct => DIRECT_THREADS,
@@ -122,9 +217,10 @@ pub(crate) fn run(
         }
     }
     threads = threads.clamp(1, tasks.len().max(1));
-    let total = tasks.iter().map(Task::out_len).sum();
+    let (total, done, direct_bytes) = progress;
     let sh = Shared {
         loader,
+        window,
         reqs,
         tasks,
         direct,
@@ -137,7 +233,7 @@ pub(crate) fn run(
         next: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         errors: Mutex::new(Vec::new()),
-        done: AtomicU64::new(0),
+        done: AtomicU64::new(*done),
         total,
         direct_bytes: AtomicU64::new(0),
         progress: Mutex::new(()),
@@ -153,6 +249,8 @@ pub(crate) fn run(
             }
         });
     }
+    *direct_bytes += sh.direct_bytes.load(Ordering::Relaxed);
+    *done = sh.done.load(Ordering::Relaxed);
     let mut errors = sh.errors.into_inner().unwrap_or_else(|e| e.into_inner());
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.0);
@@ -171,14 +269,7 @@ pub(crate) fn run(
         }
         return Err(out);
     }
-    Ok(LoadReport {
-        bytes_out: total,
-        bytes_read: tasks.iter().map(Task::read_len).sum(),
-        direct_bytes: sh.direct_bytes.load(Ordering::Relaxed),
-        tasks: tasks.len(),
-        threads,
-        direct_refused: sh.direct_refused.load(Ordering::Relaxed),
-    })
+    Ok((threads, sh.direct_refused.load(Ordering::Relaxed)))
 }
 
 /// Workers when some task is read with `O_DIRECT` and the caller left the count to npkio:
@@ -256,7 +347,7 @@ impl From<io::Error> for TaskError {
 fn direct_file<'s>(sh: &'s Shared<'_>, f: usize) -> Option<&'s File> {
     let d = sh.direct_files[f].get_or_init(|| {
         let src = &sh.loader.opened.files[f];
-        lio::open_direct(&src.file, &src.path)
+        lio::open_direct(sh.file(f), &src.path)
     });
     if d.is_none() {
         sh.direct_refused.store(true, Ordering::Relaxed);
@@ -287,7 +378,7 @@ fn read_span<'b>(
             }
         }
     }
-    let file = &sh.loader.opened.files[f].file;
+    let file = sh.file(f);
     let b = bounce.get(len);
     lio::read_exact_at(file, b, off)?;
     if sh.opts.drop_behind {
@@ -526,7 +617,7 @@ unsafe fn pread_direct(
 /// `pread` after a short read).
 fn read_vectored(sh: &Shared<'_>, dsts: &[RawDst], t: &Task, segs: &[Seg]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let file = &sh.loader.opened.files[t.file].file;
+    let file = sh.file(t.file);
     if let [s] = segs {
         // SAFETY: validated range of the request's destination, written by this task alone.
         let d = unsafe { dst_slice(dsts, s.req, s.out_off, s.len) };
@@ -598,7 +689,7 @@ fn fill(
                 let src = read_span(sh, t.file, t.offset, t.len as usize, true, bounce)?;
                 out.copy_from_slice(src);
             } else {
-                let file = &sh.loader.opened.files[t.file].file;
+                let file = sh.file(t.file);
                 lio::read_exact_at(file, out, t.offset)?;
                 if sh.opts.drop_behind {
                     lio::drop_cache(file, t.offset, t.len);
@@ -621,7 +712,7 @@ fn fill(
                     let off = t.offset + r as u64 * stride;
                     let o = &mut out[r * run_out..(r + 1) * run_out];
                     if conv == Conversion::None && !direct {
-                        let file = &sh.loader.opened.files[t.file].file;
+                        let file = sh.file(t.file);
                         lio::read_exact_at(file, o, off)?;
                     } else {
                         let src = read_span(sh, t.file, off, run, direct, bounce)?;
@@ -629,7 +720,7 @@ fn fill(
                     }
                 }
                 if sh.opts.drop_behind && !direct {
-                    let file = &sh.loader.opened.files[t.file].file;
+                    let file = sh.file(t.file);
                     lio::drop_cache(file, t.offset, t.len);
                 }
             } else {

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 pub use crate::container::Container;
 use crate::dtype::DType;
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::numpack::NumPack;
 use crate::safetensors::index::Checkpoint;
+use crate::safetensors::reader::Reopener;
 
 /// A run of a tensor's logical bytes inside one file.
 #[derive(Clone, Copy, Debug)]
@@ -57,7 +58,22 @@ impl LoadTensor {
 #[derive(Debug)]
 pub(crate) struct SourceFile {
     pub(crate) path: PathBuf,
-    pub(crate) file: File,
+    /// Open for the loader's life; `None` for the shards of a checkpoint of more shards
+    /// than the open-file budget allows to keep open: each load opens them a window at a
+    /// time (see `run`).
+    pub(crate) file: Option<File>,
+    /// How to open a shard again, checking that it is the file validated.
+    pub(crate) reopen: Option<Reopener>,
+}
+
+impl SourceFile {
+    /// The file opened now: the one kept, or a new descriptor of the file validated.
+    pub(crate) fn open_now(&self) -> Result<Option<File>> {
+        match (&self.file, &self.reopen) {
+            (Some(_), _) | (None, None) => Ok(None),
+            (None, Some(r)) => r.open().map(Some),
+        }
+    }
 }
 
 /// The opened checkpoint.
@@ -81,43 +97,51 @@ pub(crate) fn open(path: &Path) -> Result<Opened> {
 
 fn open_safetensors(path: &Path) -> Result<Opened> {
     let ck = Checkpoint::open(path)?;
+    // Shards are kept open when they fit in half the open-file budget (the other half for
+    // `O_DIRECT` descriptors and the caller); more are opened a window at a time by each
+    // load, so that no number of shards runs the process out of descriptors.
+    let keep = ck.shards().len() <= (crate::fdlimit::open_file_budget() / 2).max(1);
     let mut files = Vec::with_capacity(ck.shards().len());
     for s in ck.shards() {
-        let file = s.file().try_clone().ctx(s.path(), "opening")?;
         files.push(SourceFile {
             path: s.path().to_path_buf(),
-            file,
+            file: if keep { Some(s.reopen()?) } else { None },
+            reopen: Some(s.reopener()),
         });
     }
+    let container = if ck.is_sharded() {
+        Container::ShardedSafeTensors
+    } else {
+        Container::SafeTensors
+    };
     let mut tensors = Vec::with_capacity(ck.len());
-    for i in 0..ck.len() {
-        let (shard, _) = ck.location(i);
-        let info = ck.info(i);
-        let start = ck.shards()[shard].data_start() + info.data_offsets.0;
-        let pieces = if info.is_empty() {
-            Vec::new()
-        } else {
-            vec![Piece {
-                file: shard,
-                offset: start,
-                logical: 0,
-                len: info.len(),
-            }]
-        };
-        tensors.push(LoadTensor {
-            name: info.name.clone(),
-            dtype: info.dtype,
-            shape: info.shape.clone(),
-            nbytes: info.len(),
-            pieces,
-        });
+    // Shard by shard in file order (the checkpoint's order), names and shapes moved out of
+    // the parsed headers.
+    for (shard, s) in ck.into_shards().into_iter().enumerate() {
+        let data_start = s.data_start();
+        for info in s.into_tensors() {
+            let start = data_start + info.data_offsets.0;
+            let pieces = if info.is_empty() {
+                Vec::new()
+            } else {
+                vec![Piece {
+                    file: shard,
+                    offset: start,
+                    logical: 0,
+                    len: info.len(),
+                }]
+            };
+            tensors.push(LoadTensor {
+                nbytes: info.len(),
+                name: info.name,
+                dtype: info.dtype,
+                shape: info.shape,
+                pieces,
+            });
+        }
     }
     Ok(Opened {
-        container: if ck.is_sharded() {
-            Container::ShardedSafeTensors
-        } else {
-            Container::SafeTensors
-        },
+        container,
         files,
         tensors,
         by_name: HashMap::new(),
@@ -151,7 +175,8 @@ fn open_numpack(dir: &Path) -> Result<Opened> {
                 None => {
                     files.push(SourceFile {
                         path: store.source_path(slot, fi),
-                        file: store.open_source(slot, fi)?,
+                        file: Some(store.open_source(slot, fi)?),
+                        reopen: None,
                     });
                     opened[fi] = Some(files.len() - 1);
                     files.len() - 1

@@ -100,8 +100,8 @@ impl Checkpoint {
     }
 
     fn open_index(index: &Path) -> Result<Checkpoint> {
-        // Every shard stays open: use the hard open-file limit where the process may.
-        crate::fdlimit::raise_soft_limit();
+        // An open shard holds no descriptor (see `SafeTensorsFile`): any number of shards
+        // opens under any open-file limit.
         // Opened without blocking, a regular file, its length checked before reading.
         let opened = crate::safe_open::open_regular(index, "index")?;
         if opened.len > MAX_INDEX_LEN {
@@ -237,6 +237,11 @@ impl Checkpoint {
     /// The shard files, in name order (one for a single file).
     pub fn shards(&self) -> &[SafeTensorsFile] {
         &self.shards
+    }
+
+    /// The shard files, taken out of the checkpoint.
+    pub(crate) fn into_shards(self) -> Vec<SafeTensorsFile> {
+        self.shards
     }
 
     /// The shard names as the index spells them (empty for a single file).

@@ -71,8 +71,14 @@ impl Tensor {
 
 /// A SafeTensors file, mapped and validated.
 ///
-/// Opening reads the header only (the crate's validation runs over the mapping, which
-/// touches the header pages alone); tensor bytes are read only when a view's data is used.
+/// Opening reads the header only, with `pread`; tensor bytes are read only when a view's
+/// data is used.
+///
+/// An open `SafeTensorsFile` holds no file descriptor: the mapping keeps the file, and the
+/// descriptor used to read the header and map it is closed before `open` returns, so a
+/// checkpoint of any number of shards can be open under a small open-file limit. Copies
+/// that read with `pread` open the file again with [`SafeTensorsFile::reopen`], which
+/// checks that it is still the file that was validated.
 ///
 /// The mapping reflects the file: if another process truncates it while views are in use,
 /// touching the missing pages raises SIGBUS. npkio's conversions never read tensor bytes
@@ -81,7 +87,8 @@ impl Tensor {
 #[derive(Debug)]
 pub struct SafeTensorsFile {
     path: PathBuf,
-    file: File,
+    /// How to open the file again, and what it must be when opened.
+    reopener: Reopener,
     map: Arc<Mmap>,
     /// The header JSON, padding included, as read with `pread`.
     header: String,
@@ -94,10 +101,74 @@ pub struct SafeTensorsFile {
     metadata: Option<Vec<(String, String)>>,
 }
 
-#[derive(Deserialize)]
-struct MetadataOnly {
-    #[serde(rename = "__metadata__", default)]
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+/// Opens a validated file again and checks that it is still that file.
+#[derive(Clone, Debug)]
+pub(crate) struct Reopener {
+    path: PathBuf,
+    route: Reopen,
+    id: FileId,
+}
+
+impl Reopener {
+    /// See [`SafeTensorsFile::reopen`].
+    pub(crate) fn open(&self) -> Result<File> {
+        let file = match &self.route {
+            Reopen::Path => open_nonblocking(&self.path)?,
+            Reopen::Inside { dir, name } => crate::safe_open::open_inside(dir, name, "shard")?.file,
+        };
+        let md = file.metadata().ctx(&self.path, "inspecting")?;
+        let now = FileId::of(&md);
+        if now != self.id {
+            let what = if (now.dev, now.ino) != (self.id.dev, self.id.ino) {
+                "replaced by another file".to_string()
+            } else {
+                format!("{} bytes long, not {}", now.len, self.id.len)
+            };
+            return Err(Error::malformed(
+                &self.path,
+                format!("the file changed while being read: it is now {what}"),
+            ));
+        }
+        Ok(file)
+    }
+}
+
+/// The route by which a file was opened, taken again by [`SafeTensorsFile::reopen`].
+#[derive(Clone, Debug)]
+enum Reopen {
+    /// A path the caller named.
+    Path,
+    /// A shard name inside the index's directory (`safe_open::open_inside`).
+    Inside { dir: PathBuf, name: String },
+}
+
+/// What identifies the file that was validated: device, inode and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+}
+
+impl FileId {
+    fn of(md: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: md.dev(),
+            ino: md.ino(),
+            len: md.len(),
+        }
+    }
+}
+
+/// Opens `path` for reading without blocking (a FIFO is refused, not waited on).
+fn open_nonblocking(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ctx(path, "opening")
 }
 
 impl SafeTensorsFile {
@@ -106,15 +177,10 @@ impl SafeTensorsFile {
     /// The file is opened without blocking (a FIFO is refused, not waited on) and must be a
     /// regular file.
     pub fn open(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .ctx(path, "opening")?;
+        let file = open_nonblocking(path)?;
         let md = file.metadata().ctx(path, "inspecting")?;
-        Self::from_file(path, file, md)
+        Self::from_file(path, file, md, Reopen::Path)
     }
 
     /// Opens `name`, a shard file name read from an index, inside `dir` (see `safe_open`:
@@ -122,10 +188,32 @@ impl SafeTensorsFile {
     pub(crate) fn open_inside(dir: &Path, name: &str) -> Result<SafeTensorsFile> {
         let opened = crate::safe_open::open_inside(dir, name, "shard")?;
         let md = opened.file.metadata().ctx(&opened.path, "inspecting")?;
-        Self::from_file(&opened.path, opened.file, md)
+        let reopen = Reopen::Inside {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+        };
+        Self::from_file(&opened.path, opened.file, md, reopen)
     }
 
-    fn from_file(path: &Path, file: File, md: std::fs::Metadata) -> Result<SafeTensorsFile> {
+    /// Opens the file again (by the same route as at first: the path, or the shard name
+    /// inside the index's directory) for reading with `pread`. The file opened must be the
+    /// one validated: same device, inode and length; a file replaced or resized since is an
+    /// error of kind `Malformed` naming it.
+    pub fn reopen(&self) -> Result<File> {
+        self.reopener.open()
+    }
+
+    /// What [`SafeTensorsFile::reopen`] needs, without the mapping and the header.
+    pub(crate) fn reopener(&self) -> Reopener {
+        self.reopener.clone()
+    }
+
+    fn from_file(
+        path: &Path,
+        file: File,
+        md: std::fs::Metadata,
+        reopen: Reopen,
+    ) -> Result<SafeTensorsFile> {
         if md.is_dir() {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -214,7 +302,7 @@ impl SafeTensorsFile {
         }
         head[..8].copy_from_slice(&len_bytes);
         read_at(&mut head[8..], 8)?;
-        let (n, meta) = read_metadata(&head, file_len).map_err(|e| {
+        let parsed = read_metadata(&head, file_len).map_err(|e| {
             let mut err =
                 Error::malformed(path, format!("invalid SafeTensors file: {}", describe(&e)));
             if let Some(name) = culprit(&head[8..], &e) {
@@ -235,65 +323,52 @@ impl SafeTensorsFile {
                 "the file changed size while being opened",
             ));
         }
+        // The mapping keeps the file: the descriptor is not needed any more.
+        drop(file);
         head.drain(..8);
         let header = String::from_utf8(head).map_err(|_| {
             Error::malformed(path, "invalid SafeTensors file: header is not valid UTF-8")
         })?;
-        let header_len = n as u64;
-        let order = meta.offset_keys();
-        let mut tensors = Vec::with_capacity(order.len());
-        for name in order {
-            let info = meta.info(&name).expect("offset_keys names a tensor");
-            let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    format!("dtype {} is not supported", info.dtype),
-                )
-                .at(path)
-                .array(name.clone())
-            })?;
-            let shape = info.shape.iter().map(|&d| d as u64).collect();
-            let data_offsets = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
-            let t = TensorInfo {
-                name,
-                dtype,
-                shape,
-                data_offsets,
-            };
-            tensors.push(t);
+        let header_len = header.len() as u64;
+        if let Some((name, dtype)) = parsed.unsupported {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("dtype {dtype} is not supported"),
+            )
+            .at(path)
+            .array(name));
         }
-        // The crate keeps `__metadata__` in a HashMap; read it again to keep its order.
-        let metadata = if meta.metadata().is_some() {
-            let m: MetadataOnly = serde_json::from_str(&header)
-                .map_err(|e| Error::malformed(path, format!("invalid SafeTensors header: {e}")))?;
-            m.metadata.map(|m| {
-                m.into_iter()
-                    .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-        } else {
-            None
-        };
+        let tensors = parsed.tensors;
+        let by_name = sorted_by_name(&tensors);
+        if let Some(w) = by_name
+            .windows(2)
+            .find(|w| tensors[w[0]].name == tensors[w[1]].name)
+        {
+            return Err(Error::malformed(
+                path,
+                "invalid SafeTensors file: the header names the tensor twice",
+            )
+            .array(tensors[w[0]].name.clone()));
+        }
         Ok(SafeTensorsFile {
             path: path.to_path_buf(),
-            file,
+            reopener: Reopener {
+                path: path.to_path_buf(),
+                route: reopen,
+                id: FileId::of(&md),
+            },
             map: Arc::new(map),
             header,
             header_len,
-            by_name: sorted_by_name(&tensors),
+            by_name,
             tensors: Arc::new(tensors),
-            metadata,
+            metadata: parsed.metadata,
         })
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The open file (for copies that read with `pread`).
-    pub fn file(&self) -> &File {
-        &self.file
     }
 
     /// Offset of the data section in the file: 8 + header length.
@@ -314,6 +389,17 @@ impl SafeTensorsFile {
     /// Tensors in file order (by data offset).
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = &TensorInfo> {
         self.tensors.iter()
+    }
+
+    /// The header entries in file order, taken out of the file (without a copy unless a
+    /// [`Tensor`] of the file is still alive); the mapping and the header are released.
+    pub(crate) fn into_tensors(self) -> Vec<TensorInfo> {
+        Arc::try_unwrap(self.tensors).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// Tensors in file order, as a slice.
+    pub fn tensor_infos(&self) -> &[TensorInfo] {
+        &self.tensors
     }
 
     /// Number of tensors.
@@ -401,39 +487,178 @@ fn sorted_by_name(tensors: &[TensorInfo]) -> Vec<usize> {
     v
 }
 
+/// A header, parsed and validated.
+struct Parsed {
+    /// In file order (by data offset).
+    tensors: Vec<TensorInfo>,
+    /// `__metadata__` in the header's order.
+    metadata: Option<Vec<(String, String)>>,
+    /// The first tensor whose dtype npkio does not support, and that dtype.
+    unsupported: Option<(String, ::safetensors::Dtype)>,
+}
+
+/// The header's entries in the order they are written: each tensor's entry as the crate's
+/// own `TensorInfo` deserializes it, and `__metadata__` as ordered pairs of strings (the
+/// crate keeps a `HashMap`, which loses the order).
+struct HeaderEntries {
+    tensors: Vec<(String, ::safetensors::tensor::TensorInfo)>,
+    metadata: Option<Vec<(String, String)>>,
+}
+
+impl<'de> Deserialize<'de> for HeaderEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Pairs(Vec<(String, String)>);
+        impl<'de> Deserialize<'de> for Pairs {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Pairs;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a map of strings")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut m: A,
+                    ) -> std::result::Result<Pairs, A::Error> {
+                        let mut v: Vec<(String, String)> = Vec::new();
+                        let mut at: std::collections::HashMap<String, usize> =
+                            std::collections::HashMap::new();
+                        while let Some((k, x)) = m.next_entry::<String, String>()? {
+                            // As a map would: a key given again keeps its place, takes the
+                            // new value.
+                            match at.get(&k) {
+                                Some(&i) => v[i].1 = x,
+                                None => {
+                                    at.insert(k.clone(), v.len());
+                                    v.push((k, x));
+                                }
+                            }
+                        }
+                        Ok(Pairs(v))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = HeaderEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a SafeTensors header object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<HeaderEntries, A::Error> {
+                let mut tensors = Vec::with_capacity(m.size_hint().unwrap_or(0));
+                let mut metadata = None;
+                let mut seen_metadata = false;
+                while let Some(key) = m.next_key::<String>()? {
+                    if key == "__metadata__" {
+                        if seen_metadata {
+                            return Err(serde::de::Error::duplicate_field("__metadata__"));
+                        }
+                        seen_metadata = true;
+                        metadata = m.next_value::<Option<Pairs>>()?.map(|p| p.0);
+                    } else {
+                        tensors.push((key, m.next_value()?));
+                    }
+                }
+                Ok(HeaderEntries { tensors, metadata })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// The crate's header parsing and validation for a file of `file_len` bytes whose first
-/// bytes (the length and the header) are `head`, without a buffer as long as the file.
+/// bytes (the length and the header) are `head`, without a buffer as long as the file, and
+/// in one pass over the header.
 ///
 /// The crate's `read_metadata` wants the whole file as one buffer, though it reads only the
-/// header and the buffer's length. Instead, the header is parsed into the crate's `Metadata`
-/// (whose deserialization runs the crate's own validation: offsets in order without gaps,
-/// shapes and dtypes agreeing with the offsets), and the one check left, that the tensors
-/// end exactly at the end of the file, is made here. When parsing fails, the crate's
-/// `read_metadata` runs on `head` alone to name the error exactly as the crate does.
+/// header and the buffer's length; and it keeps a map of every name that npkio would only
+/// copy into its own table. Instead, the header is parsed once, every tensor's entry by the
+/// crate's own `TensorInfo` deserializer, sorted by offsets as the crate sorts them, and
+/// handed to the crate's `Metadata::new`, which runs the crate's validation (offsets in
+/// order without gaps, shapes and dtypes agreeing with the offsets) and is dropped at once.
+/// The names stay in npkio's table: the crate gets empty ones, since its validation looks
+/// at offsets, dtypes and shapes only (a gap's tensor is named here). The one check left,
+/// that the tensors end exactly at the end of the file, is made here too. When parsing
+/// fails, the crate's `read_metadata` runs on `head` alone to name the error exactly as the
+/// crate does.
 fn read_metadata(
     head: &[u8],
     file_len: u64,
-) -> std::result::Result<(usize, ::safetensors::tensor::Metadata), ::safetensors::SafeTensorError> {
+) -> std::result::Result<Parsed, ::safetensors::SafeTensorError> {
     use ::safetensors::SafeTensorError as E;
-    let n = head.len() - 8;
     let parsed = std::str::from_utf8(&head[8..])
-        .ok()
-        .and_then(|text| serde_json::from_str::<::safetensors::tensor::Metadata>(text).ok());
-    let Some(meta) = parsed else {
-        return match ::safetensors::SafeTensors::read_metadata(head) {
-            // Everything but the length check passed: cannot be, since parsing failed.
-            Ok(_) | Err(E::MetadataIncompleteBuffer) => Err(E::InvalidHeaderDeserialization(
-                serde_json::from_slice::<::safetensors::tensor::Metadata>(&head[8..])
-                    .expect_err("parsing failed above"),
-            )),
-            Err(e) => Err(e),
-        };
+        .map_err(|_| None)
+        .and_then(|text| serde_json::from_str::<HeaderEntries>(text).map_err(Some));
+    let entries = match parsed {
+        Ok(entries) => entries,
+        Err(ours) => {
+            return match ::safetensors::SafeTensors::read_metadata(head) {
+                // The crate takes what npkio does not (cannot be but for a header npkio's
+                // one-pass parser refuses): npkio's reason.
+                Ok(_) | Err(E::MetadataIncompleteBuffer) => {
+                    Err(E::InvalidHeaderDeserialization(ours.unwrap_or_else(|| {
+                        serde_json::from_slice::<HeaderEntries>(&head[8..])
+                            .err()
+                            .expect("not UTF-8")
+                    })))
+                }
+                Err(e) => Err(e),
+            };
+        }
     };
+    let HeaderEntries {
+        mut tensors,
+        metadata,
+    } = entries;
+    // The crate's order: by offsets, stable (entries of equal offsets, empty tensors, keep
+    // the header's order).
+    tensors.sort_by_key(|(_, t)| t.data_offsets);
+    // A gap or overlap is named here (the crate would see the empty names).
+    let mut at = 0usize;
+    for (name, t) in &tensors {
+        let (s, e) = t.data_offsets;
+        if s != at || e < s {
+            return Err(E::InvalidOffset(name.clone()));
+        }
+        at = e;
+    }
+    let mut ours = Vec::with_capacity(tensors.len());
+    let mut unsupported = None;
+    let mut checked = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        match DType::from_safetensors(t.dtype) {
+            Some(dtype) => ours.push(TensorInfo {
+                name,
+                dtype,
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+                data_offsets: (t.data_offsets.0 as u64, t.data_offsets.1 as u64),
+            }),
+            None => {
+                if unsupported.is_none() {
+                    unsupported = Some((name, t.dtype));
+                }
+            }
+        }
+        checked.push((String::new(), t));
+    }
+    let meta = ::safetensors::tensor::Metadata::new(None, checked)?;
     let end = (meta.data_len() as u64).checked_add(head.len() as u64);
+    drop(meta);
     if end != Some(file_len) {
         return Err(E::MetadataIncompleteBuffer);
     }
-    Ok((n, meta))
+    Ok(Parsed {
+        tensors: ours,
+        metadata,
+        unsupported,
+    })
 }
 
 /// A readable account of the crate's error.

@@ -200,3 +200,154 @@ pub fn plan_from_header(
         file_len: base + meta.data_len() as u64,
     })
 }
+
+/// Whether `plan_header` lays out exactly `header_json` (the file's header, padding included,
+/// without the length) for `tensors` in file order and `metadata`: the check an import makes
+/// to know whether a file's own header must be kept to write it back byte-identical.
+///
+/// Streams the crate's serialization of each entry into a comparison, without building the
+/// header (which, for 100,000 tensors, costs a copy of every name and shape and a second
+/// header in memory); stops at the first byte that differs.
+pub fn is_planned_header(
+    header_json: &str,
+    tensors: &[crate::safetensors::TensorInfo],
+    metadata: Option<&[(String, String)]>,
+) -> bool {
+    use serde::ser::{SerializeMap, Serializer};
+    // `plan_header`'s order: dtype descending, then name; names distinct.
+    let in_order = tensors.windows(2).all(|w| {
+        let (l, r) = (&w[0], &w[1]);
+        r.dtype.cmp(&l.dtype).then_with(|| l.name.cmp(&r.name)) == std::cmp::Ordering::Less
+    });
+    if !in_order || tensors.iter().any(|t| t.name == "__metadata__") {
+        return false;
+    }
+    struct Compare<'a> {
+        rest: &'a [u8],
+    }
+    impl std::io::Write for Compare<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match self.rest.strip_prefix(buf) {
+                Some(rest) => {
+                    self.rest = rest;
+                    Ok(buf.len())
+                }
+                None => Err(std::io::Error::other("differs")),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut cmp = Compare {
+        rest: header_json.as_bytes(),
+    };
+    let written = (|| -> std::result::Result<(), serde_json::Error> {
+        let mut ser = serde_json::Serializer::new(&mut cmp);
+        let mut map = ser.serialize_map(None)?;
+        if let Some(pairs) = metadata {
+            struct Pairs<'a>(&'a [(String, String)]);
+            impl serde::Serialize for Pairs<'_> {
+                fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                    let mut m = s.serialize_map(Some(self.0.len()))?;
+                    for (k, v) in self.0 {
+                        m.serialize_entry(k, v)?;
+                    }
+                    m.end()
+                }
+            }
+            map.serialize_entry("__metadata__", &Pairs(pairs))?;
+        }
+        for t in tensors {
+            let Some(dtype) = t.dtype.to_safetensors() else {
+                return Err(serde::ser::Error::custom("no SafeTensors dtype"));
+            };
+            let info = StInfo {
+                dtype,
+                shape: t.shape.iter().map(|&d| d as usize).collect(),
+                data_offsets: (t.data_offsets.0 as usize, t.data_offsets.1 as usize),
+            };
+            map.serialize_entry(&t.name, &info)?;
+        }
+        map.end()
+    })();
+    if written.is_err() {
+        return false;
+    }
+    let json_len = header_json.len() - cmp.rest.len();
+    json_len.next_multiple_of(8) == header_json.len() && cmp.rest.iter().all(|&b| b == b' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::safetensors::TensorInfo;
+
+    fn infos(plan: &HeaderPlan, inputs: &[PlanInput<'_>]) -> Vec<TensorInfo> {
+        let base = plan.header.len() as u64;
+        plan.order
+            .iter()
+            .map(|&i| TensorInfo {
+                name: inputs[i].name.to_string(),
+                dtype: inputs[i].dtype,
+                shape: inputs[i].shape.to_vec(),
+                data_offsets: (plan.ranges[i].0 - base, plan.ranges[i].1 - base),
+            })
+            .collect()
+    }
+
+    /// The streamed comparison agrees with `plan_header` on its own headers, and refuses
+    /// any other.
+    #[test]
+    fn planned_headers_are_recognized() {
+        let shapes: [&[u64]; 4] = [&[2, 3], &[], &[0, 5], &[7]];
+        let inputs = [
+            PlanInput {
+                name: "b\"q\u{e9}",
+                dtype: DType::BF16,
+                shape: shapes[0],
+            },
+            PlanInput {
+                name: "a",
+                dtype: DType::F32,
+                shape: shapes[1],
+            },
+            PlanInput {
+                name: "empty",
+                dtype: DType::I8,
+                shape: shapes[2],
+            },
+            PlanInput {
+                name: "z",
+                dtype: DType::F32,
+                shape: shapes[3],
+            },
+        ];
+        let pairs = [
+            ("format".to_string(), "pt".to_string()),
+            ("x".into(), "\n".into()),
+        ];
+        for meta in [None, Some(&pairs[..]), Some(&[][..])] {
+            for n in [0, 1, 4] {
+                let plan = plan_header(&inputs[..n], meta).unwrap();
+                let json = std::str::from_utf8(&plan.header[8..]).unwrap();
+                let t = infos(&plan, &inputs[..n]);
+                assert!(is_planned_header(json, &t, meta), "{json}");
+                // Another spacing, other metadata, another order: not the planned header.
+                let spaced = format!("{json}        ");
+                assert!(!is_planned_header(&spaced, &t, meta));
+                let other = if meta.is_some() {
+                    None
+                } else {
+                    Some(&pairs[..])
+                };
+                assert!(!is_planned_header(json, &t, other));
+                if n > 1 {
+                    let mut r = t.clone();
+                    r.swap(0, 1);
+                    assert!(!is_planned_header(json, &r, meta));
+                }
+            }
+        }
+    }
+}
