@@ -13,8 +13,8 @@
 use std::ffi::c_char;
 use std::path::Path;
 
-use super::args::{path_arg, str_list_arg, Out};
-use super::dtype::NpkioTensorView;
+use super::args::{give_json, path_arg, str_list_arg, Out};
+use super::dtype::{NpkioDtype, NpkioTensorView};
 use super::error::{FfiResult, NpkioStatus};
 use super::handle::{c_name, free_handle, handle_mut, handle_ref, into_handle, name_parts, Handle};
 use super::list::{self, MetadataList, TensorList};
@@ -360,6 +360,90 @@ pub unsafe extern "C" fn npkio_safetensors_iter_next(
         }
         Ok(())
     })
+}
+
+/// Describes, in one UTF-8 JSON document, every tensor the iteration `iter` has still to
+/// yield, in order, without advancing it, so that a binding builds all its views from one
+/// call instead of one `npkio_safetensors_iter_next` per tensor:
+///
+/// `{"regions": [[address, length], ...], "tensors": [[name, dtype, [shape..], region,
+/// offset, nbytes], ...]}`
+///
+/// A region is the data section of one mapped file of the checkpoint: `length` bytes at
+/// the memory address `address` (an integer). A tensor's bytes are the `nbytes` bytes at
+/// `offset` in its region (`region` indexes `regions`); `dtype` is an `NpkioDtype` number.
+/// The memory stays valid until `npkio_safetensors_iter_free(iter)`, as for views.
+///
+/// `json_len`, `buffer` and `capacity` work as in `npkio_safetensors_metadata_json`.
+///
+/// # Safety
+///
+/// `iter` NULL or a live iterator; `buffer` NULL (only when `capacity` is 0) or `capacity`
+/// writable bytes; `json_len` a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_iter_table_json(
+    iter: *const NpkioSafetensorsIter,
+    buffer: *mut c_char,
+    capacity: usize,
+    json_len: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (iter, len_out) =
+            unsafe { (handle_ref(iter, "iter")?, Out::new(json_len, "json_len")?) };
+        let doc = iter_table(iter);
+        // SAFETY: the caller's contract on `buffer`.
+        unsafe { give_json(doc, buffer, capacity, len_out) }
+    })
+}
+
+/// The document of `npkio_safetensors_iter_table_json`.
+fn iter_table(iter: &NpkioSafetensorsIter) -> Vec<u8> {
+    use std::io::Write;
+    let file = &iter.st.file;
+    let rest = iter.order.get(iter.next..).unwrap_or_default();
+    // Region of each shard, numbered in order of first use.
+    let mut region_of: Vec<Option<usize>> = vec![None; file.shards().len()];
+    let mut regions: Vec<(usize, u64)> = Vec::new();
+    let mut out = Vec::with_capacity(64 + rest.len() * 96);
+    out.extend_from_slice(b"\"tensors\":[");
+    for (k, &i) in rest.iter().enumerate() {
+        let (s, _) = file.location(i);
+        let info = file.info(i);
+        let view = file.view(i);
+        let region = *region_of[s].get_or_insert_with(|| {
+            let shard = &file.shards()[s];
+            // The view's bytes start `begin` bytes into the data section.
+            let base = (view.data.as_ptr() as usize).wrapping_sub(info.data_offsets.0 as usize);
+            regions.push((base, shard.file_len() - shard.data_start()));
+            regions.len() - 1
+        });
+        if k > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &info.name);
+        let _ = write!(out, ",{},[", NpkioDtype::from(info.dtype) as u32);
+        for (j, d) in info.shape.iter().enumerate() {
+            let _ = write!(out, "{}{d}", if j > 0 { "," } else { "" });
+        }
+        let _ = write!(
+            out,
+            "],{region},{},{}]",
+            info.data_offsets.0,
+            view.data.len()
+        );
+    }
+    out.extend_from_slice(b"]}");
+    let mut doc = Vec::with_capacity(out.len() + 16 + regions.len() * 32);
+    doc.extend_from_slice(b"{\"regions\":[");
+    for (k, (base, len)) in regions.iter().enumerate() {
+        let _ = write!(doc, "{}[{base},{len}]", if k > 0 { "," } else { "" });
+    }
+    doc.extend_from_slice(b"],");
+    doc.extend_from_slice(&out);
+    doc
 }
 
 /// Frees an iterator and unmaps its file; every view it yielded becomes invalid. NULL is a
