@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -223,6 +223,41 @@ def bytes_to_array(
         arr.flags.writeable = False
         return arr
     return flat.view(dt).reshape(shape)
+
+
+def table_arrays(
+    owner: object, regions: Sequence[Sequence[int]], rows: Sequence[Sequence[Any]]
+) -> Iterator["Tuple[str, np.ndarray]"]:
+    """``(name, array)`` for each row of a table of views, as
+    ``npkio_safetensors_iter_table_json`` gives it: ``regions`` are ``[address, length]``
+    of memory belonging to ``owner``'s handle, ``rows`` are ``[name, dtype number, shape,
+    region, offset, nbytes]``.
+
+    Zero-copy and read-only as :func:`view_to_array`; each region is wrapped once and every
+    array is one ``ndarray`` over it, with each dtype resolved once, so that the cost per
+    tensor is one small NumPy call.
+    """
+    bases = [np.asarray(_Buffer(owner, addr, n)) if n else None for addr, n in regions]
+    dtypes: Dict[int, Optional[np.dtype]] = {}
+    ndarray = np.ndarray
+    for name, number, shape, region, offset, nbytes in rows:
+        dt = dtypes.get(number, _UNSEEN)
+        if dt is _UNSEEN:
+            row = _BY_NUMBER.get(number)
+            if row is None:
+                raise RuntimeError(f"npkio returned unknown dtype number {number}")
+            dt = _numpy_dtype(row)
+            if dt is None and row.bits % 8 == 0:
+                dt = raw_dtype(row.name)
+            dtypes[number] = dt
+        if dt is not None and nbytes:
+            yield name, ndarray(shape, dt, bases[region], offset)
+        else:
+            flat = bases[region][offset : offset + nbytes] if nbytes else None
+            yield name, bytes_to_array(flat, _BY_NUMBER[number], tuple(shape), nbytes)
+
+
+_UNSEEN: Any = object()
 
 
 def row_by_name(name: str) -> _Row:
