@@ -1107,13 +1107,16 @@ NpkioStatus npkio_safetensors_iter_next(struct NpkioSafetensorsIter *iter,
  * yield, in order, without advancing it, so that a binding builds all its views from one
  * call instead of one `npkio_safetensors_iter_next` per tensor:
  *
- * `{"regions": [[address, length], ...], "tensors": [[name, dtype, [shape..], region,
- * offset, nbytes], ...]}`
+ * `{"regions": [[address, length], ...], "kinds": [[dtype, [shape..], nbytes], ...],
+ * "names": [..], "kind": [..], "region": [..], "offset": [..]}`
  *
- * A region is the data section of one mapped file of the checkpoint: `length` bytes at
- * the memory address `address` (an integer). A tensor's bytes are the `nbytes` bytes at
- * `offset` in its region (`region` indexes `regions`); `dtype` is an `NpkioDtype` number.
- * The memory stays valid until `npkio_safetensors_iter_free(iter)`, as for views.
+ * The last four lists have one entry per tensor, in order. A region is the data section
+ * of one mapped file of the checkpoint: `length` bytes at the memory address `address`
+ * (an integer). A kind is a dtype (an `NpkioDtype` number), shape and byte length shared
+ * by tensors (each listed once, so that a binding makes its shape object once). The
+ * `i`-th tensor is named `names[i]`, has the kind `kinds[kind[i]]`, and its bytes are
+ * the kind's `nbytes` bytes at `offset[i]` in the region `regions[region[i]]`. The memory
+ * stays valid until `npkio_safetensors_iter_free(iter)`, as for views.
  *
  * `json_len`, `buffer` and `capacity` work as in `npkio_safetensors_metadata_json`.
  *

@@ -371,9 +371,7 @@ class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
         )
         table = json.loads(call_json(lib.npkio_safetensors_iter_table_json, h.ptr))
         # The arrays made reference the handle (the mapping), not this iterator.
-        self._arrays: Optional[Iterator[Tuple[str, np.ndarray]]] = table_arrays(
-            h, table["regions"], table["tensors"]
-        )
+        self._arrays: Optional[Iterator[Tuple[str, np.ndarray]]] = table_arrays(h, table)
 
     def __iter__(self) -> "SafeTensorsIterator":
         return self

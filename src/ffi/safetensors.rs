@@ -19,6 +19,7 @@ use super::error::{FfiResult, NpkioStatus};
 use super::handle::{c_name, free_handle, handle_mut, handle_ref, into_handle, name_parts, Handle};
 use super::list::{self, MetadataList, TensorList};
 use super::panic::status_boundary;
+use crate::dtype::DType;
 use crate::safetensors::index::Checkpoint;
 
 /// An open SafeTensors file or sharded checkpoint (opaque). Made by
@@ -366,13 +367,16 @@ pub unsafe extern "C" fn npkio_safetensors_iter_next(
 /// yield, in order, without advancing it, so that a binding builds all its views from one
 /// call instead of one `npkio_safetensors_iter_next` per tensor:
 ///
-/// `{"regions": [[address, length], ...], "tensors": [[name, dtype, [shape..], region,
-/// offset, nbytes], ...]}`
+/// `{"regions": [[address, length], ...], "kinds": [[dtype, [shape..], nbytes], ...],
+/// "names": [..], "kind": [..], "region": [..], "offset": [..]}`
 ///
-/// A region is the data section of one mapped file of the checkpoint: `length` bytes at
-/// the memory address `address` (an integer). A tensor's bytes are the `nbytes` bytes at
-/// `offset` in its region (`region` indexes `regions`); `dtype` is an `NpkioDtype` number.
-/// The memory stays valid until `npkio_safetensors_iter_free(iter)`, as for views.
+/// The last four lists have one entry per tensor, in order. A region is the data section
+/// of one mapped file of the checkpoint: `length` bytes at the memory address `address`
+/// (an integer). A kind is a dtype (an `NpkioDtype` number), shape and byte length shared
+/// by tensors (each listed once, so that a binding makes its shape object once). The
+/// `i`-th tensor is named `names[i]`, has the kind `kinds[kind[i]]`, and its bytes are
+/// the kind's `nbytes` bytes at `offset[i]` in the region `regions[region[i]]`. The memory
+/// stays valid until `npkio_safetensors_iter_free(iter)`, as for views.
 ///
 /// `json_len`, `buffer` and `capacity` work as in `npkio_safetensors_metadata_json`.
 ///
@@ -397,17 +401,38 @@ pub unsafe extern "C" fn npkio_safetensors_iter_table_json(
     })
 }
 
+/// Appends `items` to `out` as a JSON list, each written by `each`.
+fn push_list<T>(out: &mut Vec<u8>, items: &[T], mut each: impl FnMut(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (k, x) in items.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        each(out, x);
+    }
+    out.push(b']');
+}
+
+/// Appends `n` to `out` in decimal.
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{n}");
+}
+
 /// The document of `npkio_safetensors_iter_table_json`.
 fn iter_table(iter: &NpkioSafetensorsIter) -> Vec<u8> {
-    use std::io::Write;
+    use std::collections::HashMap;
     let file = &iter.st.file;
     let rest = iter.order.get(iter.next..).unwrap_or_default();
     // Region of each shard, numbered in order of first use.
     let mut region_of: Vec<Option<usize>> = vec![None; file.shards().len()];
     let mut regions: Vec<(usize, u64)> = Vec::new();
-    let mut out = Vec::with_capacity(64 + rest.len() * 96);
-    out.extend_from_slice(b"\"tensors\":[");
-    for (k, &i) in rest.iter().enumerate() {
+    let mut kind_of: HashMap<(DType, &[u64]), usize> = HashMap::new();
+    let mut kinds: Vec<(DType, &[u64], usize)> = Vec::new();
+    // (kind, region, offset) of each tensor.
+    let mut rows: Vec<(usize, usize, u64)> = Vec::with_capacity(rest.len());
+    for &i in rest {
         let (s, _) = file.location(i);
         let info = file.info(i);
         let view = file.view(i);
@@ -418,32 +443,44 @@ fn iter_table(iter: &NpkioSafetensorsIter) -> Vec<u8> {
             regions.push((base, shard.file_len() - shard.data_start()));
             regions.len() - 1
         });
-        if k > 0 {
-            out.push(b',');
-        }
-        out.push(b'[');
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, &info.name);
-        let _ = write!(out, ",{},[", NpkioDtype::from(info.dtype) as u32);
-        for (j, d) in info.shape.iter().enumerate() {
-            let _ = write!(out, "{}{d}", if j > 0 { "," } else { "" });
-        }
-        let _ = write!(
-            out,
-            "],{region},{},{}]",
-            info.data_offsets.0,
-            view.data.len()
-        );
+        let kind = *kind_of.entry((info.dtype, &info.shape)).or_insert_with(|| {
+            kinds.push((info.dtype, &info.shape, view.data.len()));
+            kinds.len() - 1
+        });
+        rows.push((kind, region, info.data_offsets.0));
     }
-    out.extend_from_slice(b"]}");
-    let mut doc = Vec::with_capacity(out.len() + 16 + regions.len() * 32);
-    doc.extend_from_slice(b"{\"regions\":[");
-    for (k, (base, len)) in regions.iter().enumerate() {
-        let _ = write!(doc, "{}[{base},{len}]", if k > 0 { "," } else { "" });
-    }
-    doc.extend_from_slice(b"],");
-    doc.extend_from_slice(&out);
-    doc
+    let mut out = Vec::with_capacity(128 + rest.len() * 80);
+    out.extend_from_slice(b"{\"regions\":");
+    push_list(&mut out, &regions, |o, &(base, len)| {
+        o.push(b'[');
+        push_u64(o, base as u64);
+        o.push(b',');
+        push_u64(o, len);
+        o.push(b']');
+    });
+    out.extend_from_slice(b",\"kinds\":");
+    push_list(&mut out, &kinds, |o, &(dtype, shape, nbytes)| {
+        o.push(b'[');
+        push_u64(o, NpkioDtype::from(dtype) as u64);
+        o.push(b',');
+        push_list(o, shape, |o, &d| push_u64(o, d));
+        o.push(b',');
+        push_u64(o, nbytes as u64);
+        o.push(b']');
+    });
+    out.extend_from_slice(b",\"names\":");
+    push_list(&mut out, rest, |o, &i| {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *o, &file.info(i).name);
+    });
+    out.extend_from_slice(b",\"kind\":");
+    push_list(&mut out, &rows, |o, r| push_u64(o, r.0 as u64));
+    out.extend_from_slice(b",\"region\":");
+    push_list(&mut out, &rows, |o, r| push_u64(o, r.1 as u64));
+    out.extend_from_slice(b",\"offset\":");
+    push_list(&mut out, &rows, |o, r| push_u64(o, r.2));
+    out.push(b'}');
+    out
 }
 
 /// Frees an iterator and unmaps its file; every view it yielded becomes invalid. NULL is a

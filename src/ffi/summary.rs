@@ -618,8 +618,13 @@ mod json_tests {
         );
         assert_eq!(s, NpkioStatus::Ok);
         let doc: Value = serde_json::from_slice(&doc).unwrap();
-        let regions = doc["regions"].as_array().unwrap();
-        let rows = doc["tensors"].as_array().unwrap();
+        let list = |k: &str| doc[k].as_array().unwrap().clone();
+        let (regions, kinds, names) = (list("regions"), list("kinds"), list("names"));
+        let (kind, region, offset) = (list("kind"), list("region"), list("offset"));
+        assert!([&kind, &region, &offset]
+            .iter()
+            .all(|l| l.len() == names.len()));
+        let u = |v: &Value| v.as_u64().unwrap();
         let mut seen = 0;
         loop {
             let mut v = std::mem::MaybeUninit::<NpkioTensorView>::zeroed();
@@ -632,7 +637,6 @@ mod json_tests {
             }
             // SAFETY: filled by the call above.
             let v = unsafe { v.assume_init() };
-            let row = rows[seen].as_array().unwrap();
             // SAFETY: the view's name and shape belong to the live iterator.
             let (name, shape) = unsafe {
                 (
@@ -645,20 +649,14 @@ mod json_tests {
                     },
                 )
             };
-            assert_eq!(row[0].as_str().unwrap(), name);
-            assert_eq!(row[1].as_u64().unwrap(), v.dtype as u64);
-            let want: Vec<u64> = row[2]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap())
-                .collect();
+            assert_eq!(names[seen].as_str().unwrap(), name);
+            let k = kinds[u(&kind[seen]) as usize].as_array().unwrap();
+            assert_eq!(u(&k[0]), v.dtype as u64);
+            let want: Vec<u64> = k[1].as_array().unwrap().iter().map(u).collect();
             assert_eq!(want, shape, "{name}");
-            let region = regions[row[3].as_u64().unwrap() as usize]
-                .as_array()
-                .unwrap();
-            let (base, len) = (region[0].as_u64().unwrap(), region[1].as_u64().unwrap());
-            let (offset, nbytes) = (row[4].as_u64().unwrap(), row[5].as_u64().unwrap());
+            let r = regions[u(&region[seen]) as usize].as_array().unwrap();
+            let (base, len) = (u(&r[0]), u(&r[1]));
+            let (offset, nbytes) = (u(&offset[seen]), u(&k[2]));
             assert_eq!(nbytes, v.nbytes as u64);
             assert!(offset + nbytes <= len, "{name}");
             if nbytes > 0 {
@@ -666,7 +664,7 @@ mod json_tests {
             }
             seen += 1;
         }
-        assert_eq!(seen, rows.len());
+        assert_eq!(seen, names.len());
         assert!(seen > advance);
     }
 
