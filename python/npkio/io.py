@@ -29,6 +29,7 @@ import ctypes
 import json
 import os
 import re
+import threading
 from ctypes import c_size_t, c_uint64
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, TypedDict, Union
 
@@ -372,18 +373,20 @@ class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
         table = json.loads(call_json(lib.npkio_safetensors_iter_table_json, h.ptr))
         # The arrays made reference the handle (the mapping), not this iterator.
         self._arrays: Optional[Iterator[Tuple[str, np.ndarray]]] = table_arrays(h, table)
+        self._lock = threading.Lock()  # one ``next`` at a time, as on the C iterator
 
     def __iter__(self) -> "SafeTensorsIterator":
         return self
 
     def __next__(self) -> Tuple[str, np.ndarray]:
-        arrays = self._arrays
-        if arrays is None:
-            raise StopIteration
-        item = next(arrays, None)
-        if item is None:
-            self._arrays = None  # the arrays yielded keep the mapping alive
-            raise StopIteration
+        with self._lock:
+            arrays = self._arrays
+            if arrays is None:
+                raise StopIteration
+            item = next(arrays, None)
+            if item is None:
+                self._arrays = None  # the arrays yielded keep the mapping alive
+                raise StopIteration
         if self._copy:
             return item[0], finish(item[1], True)
         return item

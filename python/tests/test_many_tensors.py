@@ -117,6 +117,27 @@ def test_iterators_interleaved_and_in_threads(many):
     assert errors == []
 
 
+def test_one_iterator_shared_by_threads(many):
+    path, _, tensors = many
+    it = npkio.iter_safetensors(path)
+    got, errors = [], []
+
+    def drain():
+        try:
+            for item in it:
+                got.append(item)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=drain) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(n for n, _ in got) == sorted(tensors)
+
+
 def test_numpack_names_in_one_call(many):
     _, npk, tensors = many
     with npkio.NumPack(npk) as p:
