@@ -10,7 +10,9 @@
 //! With `--tensors N` (or `--preset moe`) it writes a mixture-of-experts-shaped model instead
 //! and times `cp`, a floor writer (see `floor_writer`), the import and the export in paired
 //! rounds, each run from a clean, synced state, then the header-only operations (see
-//! `many_tensors` and docs/benchmarks.md).
+//! `many_tensors` and docs/benchmarks.md); with `NPKIO_BENCH_PYTHON` set to a Python that
+//! has numpy and safetensors, also the Python package's (python/benchmarks/many_tensors.py
+//! on the same files).
 //!
 //! It writes a synthetic Llama-shaped model (BF16 weights, F32 norms; hundreds of tensors)
 //! of about `--size` bytes into `--dir` (default: a temporary directory under the current
@@ -634,6 +636,74 @@ fn many_tensors(args: &Args, me: &Path, dir: &Path, src: &Path, count: u64, len:
         args.reps,
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
+    python_header_ops(args, me, src, &npk);
+}
+
+/// The Python package's header-only operations on the same model and NumPack directory,
+/// against the `safetensors` package in the same run: python/benchmarks/many_tensors.py,
+/// run by the Python in `NPKIO_BENCH_PYTHON` when it can import npkio (this checkout's,
+/// with the library built next to this binary) and safetensors.
+fn python_header_ops(args: &Args, me: &Path, src: &Path, npk: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Ok(py) = std::env::var("NPKIO_BENCH_PYTHON") else {
+        println!(
+            "\nPython rows: set NPKIO_BENCH_PYTHON to a Python with numpy and safetensors \
+             (pip install numpy safetensors ml_dtypes) to time the npkio package too"
+        );
+        return;
+    };
+    let python_path = match std::env::var_os("PYTHONPATH") {
+        Some(p) if !p.is_empty() => {
+            let mut v = root.join("python").into_os_string();
+            v.push(":");
+            v.push(p);
+            v
+        }
+        _ => root.join("python").into_os_string(),
+    };
+    let cmd = |c: &mut Command| {
+        c.env("PYTHONPATH", &python_path);
+        // The library built with this binary, unless one is chosen.
+        let lib = me
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("libnpkio.so"));
+        if let Some(lib) = lib.filter(|l| l.is_file()) {
+            if std::env::var_os("NPKIO_LIBRARY").is_none() {
+                c.env("NPKIO_LIBRARY", lib);
+            }
+        }
+    };
+    let mut probe = Command::new(&py);
+    probe.args(["-c", "import npkio, safetensors"]);
+    cmd(&mut probe);
+    if !probe.output().is_ok_and(|o| o.status.success()) {
+        println!(
+            "\nPython rows: {py} (NPKIO_BENCH_PYTHON) cannot import npkio and safetensors; \
+             pip install numpy safetensors ml_dtypes into it"
+        );
+        return;
+    }
+    let mut c = Command::new(&py);
+    c.arg(root.join("python/benchmarks/many_tensors.py"))
+        .arg("--file")
+        .arg(src)
+        .arg("--numpack")
+        .arg(npk)
+        .arg("--reps")
+        .arg(args.reps.max(5).to_string())
+        .arg("--no-reads");
+    cmd(&mut c);
+    println!("\nPython package (python/benchmarks/many_tensors.py, in one process):");
+    match c.output() {
+        Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
+        Ok(o) => println!(
+            "failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => println!("cannot run {py}: {e}"),
+    }
 }
 
 fn find_reference_python() -> Option<String> {

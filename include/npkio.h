@@ -771,6 +771,23 @@ NpkioStatus npkio_numpack_name(const struct NpkioNumpack *npk,
                                size_t *name_len);
 
 /**
+ * Writes the names of all arrays (sorted bytewise, as `npkio_numpack_name` indexes them)
+ * as one UTF-8 JSON array of strings, `["a","b",...]`, so that a binding lists a
+ * directory with one call instead of one per array.
+ *
+ * `json_len`, `buffer` and `capacity` work as in `npkio_safetensors_metadata_json`.
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle; `buffer` NULL (only when `capacity` is 0) or `capacity`
+ * writable bytes; `json_len` a writable `size_t`.
+ */
+NpkioStatus npkio_numpack_names_json(const struct NpkioNumpack *npk,
+                                     char *buffer,
+                                     size_t capacity,
+                                     size_t *json_len);
+
+/**
  * Fills `*info` with the description of the array called `name`
  * (`NPKIO_STATUS_KEY_NOT_FOUND` if there is none).
  *
@@ -1086,6 +1103,34 @@ NpkioStatus npkio_safetensors_iter_next(struct NpkioSafetensorsIter *iter,
                                         bool *has_view);
 
 /**
+ * Describes, in one UTF-8 JSON document, every tensor the iteration `iter` has still to
+ * yield, in order, without advancing it, so that a binding builds all its views from one
+ * call instead of one `npkio_safetensors_iter_next` per tensor:
+ *
+ * `{"regions": [[address, length], ...], "kinds": [[dtype, [shape..], nbytes], ...],
+ * "names": [..], "kind": [..], "region": [..], "offset": [..]}`
+ *
+ * The last four lists have one entry per tensor, in order. A region is the data section
+ * of one mapped file of the checkpoint: `length` bytes at the memory address `address`
+ * (an integer). A kind is a dtype (an `NpkioDtype` number), shape and byte length shared
+ * by tensors (each listed once, so that a binding makes its shape object once). The
+ * `i`-th tensor is named `names[i]`, has the kind `kinds[kind[i]]`, and its bytes are
+ * the kind's `nbytes` bytes at `offset[i]` in the region `regions[region[i]]`. The memory
+ * stays valid until `npkio_safetensors_iter_free(iter)`, as for views.
+ *
+ * `json_len`, `buffer` and `capacity` work as in `npkio_safetensors_metadata_json`.
+ *
+ * # Safety
+ *
+ * `iter` NULL or a live iterator; `buffer` NULL (only when `capacity` is 0) or `capacity`
+ * writable bytes; `json_len` a writable `size_t`.
+ */
+NpkioStatus npkio_safetensors_iter_table_json(const struct NpkioSafetensorsIter *iter,
+                                              char *buffer,
+                                              size_t capacity,
+                                              size_t *json_len);
+
+/**
  * Frees an iterator and unmaps its file; every view it yielded becomes invalid. NULL is a
  * no-op.
  *
@@ -1174,6 +1219,36 @@ NpkioStatus npkio_safetensors_metadata_json(const char *path,
                                             char *buffer,
                                             size_t capacity,
                                             size_t *json_len);
+
+/**
+ * Copies the document the calling thread's last `*_json` call could not copy for want
+ * of room (it returned `NPKIO_STATUS_BUFFER_TOO_SMALL` and set `*json_len` to the
+ * document's length), so that a caller gets that very document without having npkio
+ * make it again:
+ *
+ * ```c
+ * size_t len;
+ * NpkioStatus s = npkio_safetensors_metadata_json(path, small, sizeof small, &len);
+ * if (s == NPKIO_STATUS_BUFFER_TOO_SMALL) {
+ *     char *big = malloc(len + 1);
+ *     s = npkio_json_take(big, len + 1, &len);
+ * }
+ * ```
+ *
+ * `*json_len` receives the document's length; `buffer` and `capacity` work as in
+ * `npkio_safetensors_metadata_json` (too small: `NPKIO_STATUS_BUFFER_TOO_SMALL` and the
+ * document stays). Once copied, the document is forgotten. Each thread keeps one such
+ * document, until it is taken or the thread's next `*_json` call; when there is none,
+ * the result is `NPKIO_STATUS_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ *
+ * `buffer` NULL (only when `capacity` is 0) or `capacity` writable bytes; `json_len` a
+ * writable `size_t`.
+ */
+NpkioStatus npkio_json_take(char *buffer,
+                            size_t capacity,
+                            size_t *json_len);
 
 /**
  * Describes a whole SafeTensors file held in memory (`data`, `len` bytes), validated as

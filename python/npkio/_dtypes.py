@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -223,6 +223,43 @@ def bytes_to_array(
         arr.flags.writeable = False
         return arr
     return flat.view(dt).reshape(shape)
+
+
+def table_arrays(owner: object, table: Dict[str, Any]) -> Iterator["Tuple[str, np.ndarray]"]:
+    """``(name, array)`` for each tensor of a table of views, as
+    ``npkio_safetensors_iter_table_json`` gives it (its memory belongs to ``owner``'s
+    handle).
+
+    Zero-copy and read-only as :func:`view_to_array`. Each region is wrapped once, each
+    kind (dtype, shape) resolved once, and every array is one ``ndarray`` over its region,
+    so that the cost per tensor is one small NumPy call.
+    """
+    bases = [np.asarray(_Buffer(owner, addr, n)) if n else None for addr, n in table["regions"]]
+    # Per kind: (dtype, shape, nbytes) for a plain view, or (None, row, shape, nbytes).
+    kinds: List[Tuple[Any, ...]] = []
+    for number, shape, nbytes in table["kinds"]:
+        row = _BY_NUMBER.get(number)
+        if row is None:
+            raise RuntimeError(f"npkio returned unknown dtype number {number}")
+        dt = _numpy_dtype(row)
+        if dt is None and row.bits % 8 == 0:
+            dt = raw_dtype(row.name)
+        if dt is not None and nbytes:
+            kinds.append((dt, tuple(shape), nbytes))
+        else:
+            kinds.append((None, row, tuple(shape), nbytes))
+    ndarray = np.ndarray
+    for name, k, region, offset in zip(
+        table["names"], table["kind"], table["region"], table["offset"]
+    ):
+        kind = kinds[k]
+        dt = kind[0]
+        if dt is not None:
+            yield name, ndarray(kind[1], dt, bases[region], offset)
+        else:
+            _, row, shape, nbytes = kind
+            flat = bases[region][offset : offset + nbytes] if nbytes else None
+            yield name, bytes_to_array(flat, row, shape, nbytes)
 
 
 def row_by_name(name: str) -> _Row:

@@ -20,7 +20,7 @@ import sys
 import threading
 from ctypes import POINTER, c_bool, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from ._errors import error_for_status
 
@@ -183,6 +183,8 @@ _proto("npkio_safetensors_metadata_get", _status, _handle, c_size_t, _out_str,
 _proto("npkio_safetensors_iter_open", _status, c_char_p, _pp, c_size_t, _out_handle)
 _proto("npkio_safetensors_iter_next", _status, _handle, POINTER(TensorView), POINTER(c_bool))
 _proto("npkio_safetensors_iter_free", None, _handle)
+_proto("npkio_safetensors_iter_table_json", _status, _handle, c_void_p, c_size_t,
+       POINTER(c_size_t))
 
 _proto("npkio_to_safetensors", _status, c_char_p, _pp, c_size_t, _out_handle)
 _proto("npkio_tensors_free", None, _handle)
@@ -200,6 +202,7 @@ _proto(
 )
 _proto("npkio_safetensors_metadata_json", _status, c_char_p, c_void_p, c_size_t,
        POINTER(c_size_t))
+_proto("npkio_json_take", _status, c_void_p, c_size_t, POINTER(c_size_t))
 _proto("npkio_safetensors_bytes_json", _status, c_void_p, c_size_t, c_void_p, c_size_t,
        POINTER(c_size_t))
 
@@ -216,6 +219,7 @@ _proto("npkio_numpack_append", _status, _handle, c_char_p, c_void_p, c_size_t)
 _proto("npkio_numpack_drop_rows", _status, _handle, c_char_p, POINTER(c_uint64), c_size_t)
 _proto("npkio_numpack_delete", _status, _handle, c_char_p)
 _proto("npkio_numpack_records_json", _status, _handle, c_void_p, c_size_t, POINTER(c_size_t))
+_proto("npkio_numpack_names_json", _status, _handle, c_void_p, c_size_t, POINTER(c_size_t))
 
 _proto("npkio_safetensors_find", _status, _handle, c_char_p, POINTER(TensorView),
        POINTER(c_size_t))
@@ -297,6 +301,33 @@ def check(status: int) -> None:
         raw.decode("utf-8", "replace"),
         name.decode("ascii") if name else f"status {status}",
     )
+
+
+#: Bytes first offered to a ``*_json`` function; a larger document is fetched again with a
+#: buffer of its exact size (not kept afterwards).
+_JSON_CAPACITY = 1 << 16
+#: One such buffer per thread, reused from call to call.
+_json_buffers = threading.local()
+
+
+def call_json(fn: Callable[..., int], *args: Any) -> "bytes | bytearray":
+    """The document an ``npkio_*_json(args..., buffer, capacity, &json_len)`` function
+    writes, as bytes: one foreign call when it fits the thread's buffer, two otherwise."""
+    need = c_size_t()
+    buf = getattr(_json_buffers, "buf", None)
+    if buf is None:
+        buf = _json_buffers.buf = ctypes.create_string_buffer(_JSON_CAPACITY)
+    status = fn(*args, buf, len(buf), ctypes.byref(need))
+    if status == NPKIO_STATUS_BUFFER_TOO_SMALL and need.value > len(buf):
+        # The library kept the document it made: take it rather than make it again.
+        big = bytearray(need.value)
+        status = lib.npkio_json_take(
+            (ctypes.c_char * len(big)).from_buffer(big), len(big), ctypes.byref(need)
+        )
+        check(status)
+        return big
+    check(status)
+    return ctypes.string_at(buf, need.value)
 
 
 # ----------------------------------------------------------------------------------------

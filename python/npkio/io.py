@@ -30,14 +30,14 @@ import json
 import os
 import re
 import threading
-from ctypes import c_bool, c_size_t, c_uint64, c_void_p
+from ctypes import c_size_t, c_uint64
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, TypedDict, Union
 
 import numpy as np
 
 from . import _lib
-from ._dtypes import array_input, finish, view_to_array
-from ._lib import Handle, TensorDesc, TensorView, check, lib, path_arg, str_list, take_str
+from ._dtypes import array_input, finish, table_arrays, view_to_array
+from ._lib import TensorDesc, TensorView, call_json, check, lib, path_arg, str_list
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -333,13 +333,6 @@ class SafeTensorsMetadata(TypedDict):
     metadata: Dict[str, str]
 
 
-#: Bytes first offered to ``npkio_safetensors_metadata_json``; a larger description is
-#: fetched again with a buffer of its exact size.
-_JSON_CAPACITY = 1 << 16
-#: One such buffer per thread, reused from call to call.
-_json_buffers = threading.local()
-
-
 def get_safetensors_metadata(path: PathLike) -> SafeTensorsMetadata:
     """Get metadata from a SafeTensors file without loading tensors.
 
@@ -354,27 +347,18 @@ def get_safetensors_metadata(path: PathLike) -> SafeTensorsMetadata:
         are the header's (relative to the data section of the file holding the tensor);
         ``'metadata'`` is the ``__metadata__`` section, ``{}`` when the file has none.
     """
-    p = path_arg(path)
-    need = c_size_t()
-    buf = getattr(_json_buffers, "buf", None)
-    if buf is None:
-        buf = _json_buffers.buf = ctypes.create_string_buffer(_JSON_CAPACITY)
-    while True:
-        status = lib.npkio_safetensors_metadata_json(p, buf, len(buf), ctypes.byref(need))
-        if status == _lib.NPKIO_STATUS_BUFFER_TOO_SMALL and need.value > len(buf):
-            buf = ctypes.create_string_buffer(need.value + 1)
-            continue
-        check(status)
-        doc = json.loads(ctypes.string_at(buf, need.value))
-        return {"tensors": doc["tensors"], "metadata": doc["metadata"]}
+    doc = json.loads(call_json(lib.npkio_safetensors_metadata_json, path_arg(path)))
+    return {"tensors": doc["tensors"], "metadata": doc["metadata"]}
 
 
 class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
     """What :func:`iter_safetensors` returns: yields ``(name, array)`` pairs.
 
-    The file is opened (and the keys checked) when it is made, not at the first ``next``.
-    Each array is a read-only zero-copy view of the mapped file that keeps the mapping
-    alive; the iterator itself can be dropped at any time.
+    The file is opened (and the keys checked) when it is made, not at the first ``next``;
+    the whole iteration's table (names, dtypes, shapes, where the bytes are) crosses the C
+    boundary then, in one call (``npkio_safetensors_iter_table_json``). Each array is a
+    read-only zero-copy view of the mapped file that keeps the mapping alive; the iterator
+    itself can be dropped at any time.
     """
 
     def __init__(
@@ -382,26 +366,30 @@ class SafeTensorsIterator(Iterator[Tuple[str, np.ndarray]]):
     ) -> None:
         names, count = str_list(keys, "keys")
         self._copy = bool(copy)
-        self._handle: Optional[Handle] = _lib.open_handle(
+        h = _lib.open_handle(
             lib.npkio_safetensors_iter_open, lib.npkio_safetensors_iter_free,
             path_arg(path), names, count,
         )
+        table = json.loads(call_json(lib.npkio_safetensors_iter_table_json, h.ptr))
+        # The arrays made reference the handle (the mapping), not this iterator.
+        self._arrays: Optional[Iterator[Tuple[str, np.ndarray]]] = table_arrays(h, table)
+        self._lock = threading.Lock()  # one ``next`` at a time, as on the C iterator
 
     def __iter__(self) -> "SafeTensorsIterator":
         return self
 
     def __next__(self) -> Tuple[str, np.ndarray]:
-        h = self._handle
-        if h is None:
-            raise StopIteration
-        v, more = TensorView(), c_bool()
-        with h.lock:
-            check(lib.npkio_safetensors_iter_next(h.ptr, ctypes.byref(v), ctypes.byref(more)))
-        if not more.value:
-            self._handle = None  # the arrays yielded keep the mapping alive
-            raise StopIteration
-        name, arr = view_to_array(h, v)
-        return name, finish(arr, self._copy)
+        with self._lock:
+            arrays = self._arrays
+            if arrays is None:
+                raise StopIteration
+            item = next(arrays, None)
+            if item is None:
+                self._arrays = None  # the arrays yielded keep the mapping alive
+                raise StopIteration
+        if self._copy:
+            return item[0], finish(item[1], True)
+        return item
 
 
 def iter_safetensors(

@@ -13,14 +13,16 @@ import json
 import os
 import sys
 import warnings
-from ctypes import c_size_t, c_uint64, c_void_p
+from ctypes import c_size_t, c_uint64
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _lib
 from ._dtypes import _BY_NUMBER, array_input, finish, view_to_array
-from ._lib import ArrayInfo, Handle, TensorView, check, lib, name_arg, path_arg, take_str
+from ._lib import (
+    ArrayInfo, Handle, TensorView, call_json, check, lib, name_arg, path_arg,
+)
 from .io import descriptions
 
 __all__ = ["NumPack", "NumPackStateError"]
@@ -185,14 +187,9 @@ class NumPack:
     def get_member_list(self) -> List[str]:
         """Names of the arrays, sorted."""
         h = self._h()
-        n, p, ln = c_size_t(), c_void_p(), c_size_t()
         with h.lock:
-            check(lib.npkio_numpack_count(h.ptr, ctypes.byref(n)))
-            names = []
-            for i in range(n.value):
-                check(lib.npkio_numpack_name(h.ptr, i, ctypes.byref(p), ctypes.byref(ln)))
-                names.append(take_str(p.value, ln.value))
-        return names
+            doc = call_json(lib.npkio_numpack_names_json, h.ptr)
+        return json.loads(doc)
 
     def _info(self, name: str) -> ArrayInfo:
         h = self._h()
@@ -480,17 +477,9 @@ class NumPack:
 
     def _records(self) -> Dict[str, Any]:
         h = self._h()
-        need = c_size_t()
-        cap = 1 << 14
-        while True:
-            buf = ctypes.create_string_buffer(cap)
-            with h.lock:
-                status = lib.npkio_numpack_records_json(h.ptr, buf, cap, ctypes.byref(need))
-            if status == _lib.NPKIO_STATUS_BUFFER_TOO_SMALL and need.value > cap:
-                cap = need.value + 1
-                continue
-            check(status)
-            return json.loads(buf.raw[: need.value])
+        with h.lock:
+            doc = call_json(lib.npkio_numpack_records_json, h.ptr)
+        return json.loads(doc)
 
     def get_metadata(self) -> Dict[str, Any]:
         """The directory's metadata as NumPack 0.7 reports it::

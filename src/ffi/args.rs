@@ -206,27 +206,31 @@ pub(crate) unsafe fn desc_input<'a>(d: &NpkioTensorDesc, i: usize) -> FfiResult<
 
 /// Copies a JSON document to a caller's buffer: its length to `len_out` always; the bytes
 /// (NUL-terminated when there is room) only when `capacity` holds them, else
-/// `NPKIO_STATUS_BUFFER_TOO_SMALL`, so that the caller can retry with a buffer that fits.
+/// `NPKIO_STATUS_BUFFER_TOO_SMALL`, so that the caller can retry with a buffer that fits,
+/// or take this very document with `npkio_json_take` (it is kept for the calling thread).
 ///
 /// # Safety
 ///
 /// `buffer` NULL or `capacity` writable bytes.
 pub(crate) unsafe fn give_json(
-    doc: &[u8],
+    doc: Vec<u8>,
     buffer: *mut c_char,
     capacity: usize,
     len_out: Out<usize>,
 ) -> FfiResult<()> {
     len_out.set(doc.len());
     if capacity < doc.len() {
-        return Err(FfiError::new(
+        let err = FfiError::new(
             NpkioStatus::BufferTooSmall,
             format!(
                 "the document takes {} bytes; the buffer has {capacity}",
                 doc.len()
             ),
-        ));
+        );
+        super::summary::keep_untaken(doc);
+        return Err(err);
     }
+    super::summary::keep_untaken(Vec::new());
     if buffer.is_null() {
         return Err(FfiError::null("buffer"));
     }

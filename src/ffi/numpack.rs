@@ -3,7 +3,7 @@
 use std::ffi::c_char;
 use std::sync::Mutex;
 
-use super::args::{desc_input, metadata_arg, path_arg, slice_arg, str_arg, Out};
+use super::args::{desc_input, give_json, metadata_arg, path_arg, slice_arg, str_arg, Out};
 use super::dtype::{NpkioDtype, NpkioTensorDesc, NpkioTensorView};
 use super::error::{FfiError, FfiResult, NpkioStatus};
 use super::handle::{
@@ -205,6 +205,33 @@ pub unsafe extern "C" fn npkio_numpack_name(
         name.set(p);
         name_len.set(len);
         Ok(())
+    })
+}
+
+/// Writes the names of all arrays (sorted bytewise, as `npkio_numpack_name` indexes them)
+/// as one UTF-8 JSON array of strings, `["a","b",...]`, so that a binding lists a
+/// directory with one call instead of one per array.
+///
+/// `json_len`, `buffer` and `capacity` work as in `npkio_safetensors_metadata_json`.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle; `buffer` NULL (only when `capacity` is 0) or `capacity`
+/// writable bytes; `json_len` a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_names_json(
+    npk: *const NpkioNumpack,
+    buffer: *mut c_char,
+    capacity: usize,
+    json_len: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, len_out) = unsafe { (handle_ref(npk, "npk")?, Out::new(json_len, "json_len")?) };
+        // Serializing strings into a Vec cannot fail.
+        let doc = serde_json::to_vec(&h.list).unwrap_or_default();
+        // SAFETY: the caller's contract on `buffer`.
+        unsafe { give_json(doc, buffer, capacity, len_out) }
     })
 }
 

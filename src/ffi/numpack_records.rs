@@ -64,6 +64,6 @@ pub unsafe extern "C" fn npkio_numpack_records_json(
         });
         let doc = serde_json::to_vec(&doc).unwrap_or_default();
         // SAFETY: the caller's contract on `buffer`.
-        unsafe { give_json(&doc, buffer, capacity, len_out) }
+        unsafe { give_json(doc, buffer, capacity, len_out) }
     })
 }

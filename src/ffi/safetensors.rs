@@ -13,12 +13,13 @@
 use std::ffi::c_char;
 use std::path::Path;
 
-use super::args::{path_arg, str_list_arg, Out};
-use super::dtype::NpkioTensorView;
+use super::args::{give_json, path_arg, str_list_arg, Out};
+use super::dtype::{NpkioDtype, NpkioTensorView};
 use super::error::{FfiResult, NpkioStatus};
 use super::handle::{c_name, free_handle, handle_mut, handle_ref, into_handle, name_parts, Handle};
 use super::list::{self, MetadataList, TensorList};
 use super::panic::status_boundary;
+use crate::dtype::DType;
 use crate::safetensors::index::Checkpoint;
 
 /// An open SafeTensors file or sharded checkpoint (opaque). Made by
@@ -360,6 +361,126 @@ pub unsafe extern "C" fn npkio_safetensors_iter_next(
         }
         Ok(())
     })
+}
+
+/// Describes, in one UTF-8 JSON document, every tensor the iteration `iter` has still to
+/// yield, in order, without advancing it, so that a binding builds all its views from one
+/// call instead of one `npkio_safetensors_iter_next` per tensor:
+///
+/// `{"regions": [[address, length], ...], "kinds": [[dtype, [shape..], nbytes], ...],
+/// "names": [..], "kind": [..], "region": [..], "offset": [..]}`
+///
+/// The last four lists have one entry per tensor, in order. A region is the data section
+/// of one mapped file of the checkpoint: `length` bytes at the memory address `address`
+/// (an integer). A kind is a dtype (an `NpkioDtype` number), shape and byte length shared
+/// by tensors (each listed once, so that a binding makes its shape object once). The
+/// `i`-th tensor is named `names[i]`, has the kind `kinds[kind[i]]`, and its bytes are
+/// the kind's `nbytes` bytes at `offset[i]` in the region `regions[region[i]]`. The memory
+/// stays valid until `npkio_safetensors_iter_free(iter)`, as for views.
+///
+/// `json_len`, `buffer` and `capacity` work as in `npkio_safetensors_metadata_json`.
+///
+/// # Safety
+///
+/// `iter` NULL or a live iterator; `buffer` NULL (only when `capacity` is 0) or `capacity`
+/// writable bytes; `json_len` a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_iter_table_json(
+    iter: *const NpkioSafetensorsIter,
+    buffer: *mut c_char,
+    capacity: usize,
+    json_len: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (iter, len_out) =
+            unsafe { (handle_ref(iter, "iter")?, Out::new(json_len, "json_len")?) };
+        let doc = iter_table(iter);
+        // SAFETY: the caller's contract on `buffer`.
+        unsafe { give_json(doc, buffer, capacity, len_out) }
+    })
+}
+
+/// Appends `items` to `out` as a JSON list, each written by `each`.
+fn push_list<T>(out: &mut Vec<u8>, items: &[T], mut each: impl FnMut(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (k, x) in items.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        each(out, x);
+    }
+    out.push(b']');
+}
+
+/// Appends `n` to `out` in decimal.
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{n}");
+}
+
+/// The document of `npkio_safetensors_iter_table_json`.
+fn iter_table(iter: &NpkioSafetensorsIter) -> Vec<u8> {
+    use std::collections::HashMap;
+    let file = &iter.st.file;
+    let rest = iter.order.get(iter.next..).unwrap_or_default();
+    // Region of each shard, numbered in order of first use.
+    let mut region_of: Vec<Option<usize>> = vec![None; file.shards().len()];
+    let mut regions: Vec<(usize, u64)> = Vec::new();
+    let mut kind_of: HashMap<(DType, &[u64]), usize> = HashMap::new();
+    let mut kinds: Vec<(DType, &[u64], usize)> = Vec::new();
+    // (kind, region, offset) of each tensor.
+    let mut rows: Vec<(usize, usize, u64)> = Vec::with_capacity(rest.len());
+    for &i in rest {
+        let (s, _) = file.location(i);
+        let info = file.info(i);
+        let view = file.view(i);
+        let region = *region_of[s].get_or_insert_with(|| {
+            let shard = &file.shards()[s];
+            // The view's bytes start `begin` bytes into the data section.
+            let base = (view.data.as_ptr() as usize).wrapping_sub(info.data_offsets.0 as usize);
+            regions.push((base, shard.file_len() - shard.data_start()));
+            regions.len() - 1
+        });
+        let kind = *kind_of.entry((info.dtype, &info.shape)).or_insert_with(|| {
+            kinds.push((info.dtype, &info.shape, view.data.len()));
+            kinds.len() - 1
+        });
+        rows.push((kind, region, info.data_offsets.0));
+    }
+    let mut out = Vec::with_capacity(128 + rest.len() * 80);
+    out.extend_from_slice(b"{\"regions\":");
+    push_list(&mut out, &regions, |o, &(base, len)| {
+        o.push(b'[');
+        push_u64(o, base as u64);
+        o.push(b',');
+        push_u64(o, len);
+        o.push(b']');
+    });
+    out.extend_from_slice(b",\"kinds\":");
+    push_list(&mut out, &kinds, |o, &(dtype, shape, nbytes)| {
+        o.push(b'[');
+        push_u64(o, NpkioDtype::from(dtype) as u64);
+        o.push(b',');
+        push_list(o, shape, |o, &d| push_u64(o, d));
+        o.push(b',');
+        push_u64(o, nbytes as u64);
+        o.push(b']');
+    });
+    out.extend_from_slice(b",\"names\":");
+    push_list(&mut out, rest, |o, &i| {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *o, &file.info(i).name);
+    });
+    out.extend_from_slice(b",\"kind\":");
+    push_list(&mut out, &rows, |o, r| push_u64(o, r.0 as u64));
+    out.extend_from_slice(b",\"region\":");
+    push_list(&mut out, &rows, |o, r| push_u64(o, r.1 as u64));
+    out.extend_from_slice(b",\"offset\":");
+    push_list(&mut out, &rows, |o, r| push_u64(o, r.2));
+    out.push(b'}');
+    out
 }
 
 /// Frees an iterator and unmaps its file; every view it yielded becomes invalid. NULL is a

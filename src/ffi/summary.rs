@@ -5,6 +5,7 @@
 //! the same for a whole file held in memory, so that a binding can view its tensors in
 //! place (the `load(bytes)` of the `safetensors` packages).
 
+use std::cell::RefCell;
 use std::ffi::c_char;
 
 use serde_json::{json, Map, Value};
@@ -107,7 +108,64 @@ pub unsafe extern "C" fn npkio_safetensors_metadata_json(
             None => metadata_json(&get_safetensors_metadata(path)?),
         };
         // SAFETY: the caller's contract on `buffer`.
-        unsafe { give_json(&doc, buffer, capacity, len_out) }
+        unsafe { give_json(doc, buffer, capacity, len_out) }
+    })
+}
+
+thread_local! {
+    /// The last document a `*_json` function of this thread could not copy to the caller's
+    /// buffer, for `npkio_json_take`; empty when there is none.
+    static UNTAKEN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps `doc` as the calling thread's untaken document (an empty one: none), freeing the
+/// one kept before.
+pub(super) fn keep_untaken(doc: Vec<u8>) {
+    UNTAKEN.with(|u| *u.borrow_mut() = doc);
+}
+
+/// Copies the document the calling thread's last `*_json` call could not copy for want
+/// of room (it returned `NPKIO_STATUS_BUFFER_TOO_SMALL` and set `*json_len` to the
+/// document's length), so that a caller gets that very document without having npkio
+/// make it again:
+///
+/// ```c
+/// size_t len;
+/// NpkioStatus s = npkio_safetensors_metadata_json(path, small, sizeof small, &len);
+/// if (s == NPKIO_STATUS_BUFFER_TOO_SMALL) {
+///     char *big = malloc(len + 1);
+///     s = npkio_json_take(big, len + 1, &len);
+/// }
+/// ```
+///
+/// `*json_len` receives the document's length; `buffer` and `capacity` work as in
+/// `npkio_safetensors_metadata_json` (too small: `NPKIO_STATUS_BUFFER_TOO_SMALL` and the
+/// document stays). Once copied, the document is forgotten. Each thread keeps one such
+/// document, until it is taken or the thread's next `*_json` call; when there is none,
+/// the result is `NPKIO_STATUS_INVALID_ARGUMENT`.
+///
+/// # Safety
+///
+/// `buffer` NULL (only when `capacity` is 0) or `capacity` writable bytes; `json_len` a
+/// writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_json_take(
+    buffer: *mut c_char,
+    capacity: usize,
+    json_len: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let len_out = unsafe { Out::new(json_len, "json_len")? };
+        let doc = UNTAKEN.with(|u| std::mem::take(&mut *u.borrow_mut()));
+        if doc.is_empty() {
+            return Err(FfiError::new(
+                NpkioStatus::InvalidArgument,
+                "no JSON document is waiting to be taken on this thread".to_string(),
+            ));
+        }
+        // SAFETY: the caller's contract on `buffer`.
+        unsafe { give_json(doc, buffer, capacity, len_out) }
     })
 }
 
@@ -143,7 +201,7 @@ pub unsafe extern "C" fn npkio_safetensors_bytes_json(
         };
         let doc = bytes_json(data)?;
         // SAFETY: the caller's contract on `buffer`.
-        unsafe { give_json(&doc, buffer, capacity, len_out) }
+        unsafe { give_json(doc, buffer, capacity, len_out) }
     })
 }
 
@@ -161,7 +219,6 @@ pub unsafe extern "C" fn npkio_safetensors_bytes_json(
 /// described here only if the core would describe it the same way.
 mod fast {
     use std::borrow::Cow;
-    use std::collections::HashSet;
     use std::fmt;
     use std::fs::File;
     use std::os::unix::fs::FileExt;
@@ -230,7 +287,6 @@ mod fast {
                         metadata: None,
                         duplicate: false,
                     };
-                    let mut seen = HashSet::new();
                     while let Some(k) = m.next_key::<Cow<'de, str>>()? {
                         if k == "__metadata__" {
                             if h.metadata.is_some() {
@@ -242,11 +298,12 @@ mod fast {
                             continue;
                         }
                         let e: Entry<'a> = m.next_value()?;
-                        if !seen.insert(k.clone()) {
-                            h.duplicate = true;
-                        }
                         h.tensors.push((k, e));
                     }
+                    // Duplicate names, found by sorting (cheaper than hashing every name).
+                    let mut names: Vec<&str> = h.tensors.iter().map(|(k, _)| &**k).collect();
+                    names.sort_unstable();
+                    h.duplicate |= names.windows(2).any(|w| w[0] == w[1]);
                     Ok(h)
                 }
             }
@@ -272,10 +329,18 @@ mod fast {
         let _ = serde_json::to_writer(&mut *out, s);
     }
 
-    fn push_u64(out: &mut Vec<u8>, n: u64) {
-        use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{n}");
+    fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
     }
 
     /// The description of `path` as `npkio_safetensors_metadata_json` gives it, or `None`
@@ -460,5 +525,227 @@ mod fast {
             }
             assert!(checked > 1000);
         }
+    }
+}
+
+/// The one-call JSON listings and `npkio_json_take`, through the C functions.
+#[cfg(test)]
+mod json_tests {
+    use std::ffi::{c_char, CString};
+    use std::path::PathBuf;
+    use std::ptr;
+
+    use serde_json::Value;
+
+    use super::super::dtype::NpkioTensorView;
+    use super::super::error::NpkioStatus;
+    use super::super::numpack::{self as np, NpkioNumpack};
+    use super::super::safetensors::{self as st, NpkioSafetensorsIter};
+    use super::{npkio_json_take, npkio_safetensors_metadata_json};
+
+    fn fixture(rel: &str) -> CString {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+        CString::new(p.to_str().unwrap()).unwrap()
+    }
+
+    /// A `*_json` call with a buffer of `capacity` bytes: status, length, the bytes.
+    fn call(
+        f: impl Fn(*mut c_char, usize, *mut usize) -> NpkioStatus,
+        capacity: usize,
+    ) -> (NpkioStatus, usize, Vec<u8>) {
+        let mut buf = vec![0u8; capacity];
+        let mut len = usize::MAX;
+        let s = f(buf.as_mut_ptr().cast(), capacity, &mut len);
+        buf.truncate(len.min(capacity));
+        (s, len, buf)
+    }
+
+    fn take(capacity: usize) -> (NpkioStatus, usize, Vec<u8>) {
+        // SAFETY: a buffer of `capacity` bytes and a writable length.
+        call(|b, c, l| unsafe { npkio_json_take(b, c, l) }, capacity)
+    }
+
+    #[test]
+    fn a_document_that_does_not_fit_is_taken_whole_once() {
+        let path = fixture("tests/fixtures/safetensors/with_metadata.safetensors");
+        // SAFETY: a NUL-terminated path, a buffer of `c` bytes and a writable length.
+        let meta = |c| {
+            call(
+                |b, c, l| unsafe { npkio_safetensors_metadata_json(path.as_ptr(), b, c, l) },
+                c,
+            )
+        };
+        let (s, full_len, full) = meta(1 << 20);
+        assert_eq!(s, NpkioStatus::Ok);
+        assert!(full_len > 8);
+        // Nothing is waiting after a call that fitted.
+        assert_eq!(take(1 << 20).0, NpkioStatus::InvalidArgument);
+
+        let (s, len, _) = meta(4);
+        assert_eq!((s, len), (NpkioStatus::BufferTooSmall, full_len));
+        // Still too small: reported again, and the document stays.
+        let (s, len, _) = take(full_len - 1);
+        assert_eq!((s, len), (NpkioStatus::BufferTooSmall, full_len));
+        let (s, len, doc) = take(full_len);
+        assert_eq!((s, len), (NpkioStatus::Ok, full_len));
+        assert_eq!(doc, full);
+        // Taken once only.
+        assert_eq!(take(1 << 20).0, NpkioStatus::InvalidArgument);
+
+        // A later call that fits drops a document left untaken.
+        assert_eq!(meta(4).0, NpkioStatus::BufferTooSmall);
+        assert_eq!(meta(1 << 20).0, NpkioStatus::Ok);
+        assert_eq!(take(1 << 20).0, NpkioStatus::InvalidArgument);
+
+        // Each thread has its own.
+        assert_eq!(meta(4).0, NpkioStatus::BufferTooSmall);
+        let other = std::thread::spawn(|| take(1 << 20).0).join().unwrap();
+        assert_eq!(other, NpkioStatus::InvalidArgument);
+        assert_eq!(take(1 << 20).0, NpkioStatus::Ok);
+        // SAFETY: NULL length: refused before anything is read.
+        assert_eq!(
+            unsafe { npkio_json_take(ptr::null_mut(), 0, ptr::null_mut()) },
+            NpkioStatus::NullArgument
+        );
+    }
+
+    /// The iteration's table gives what `npkio_safetensors_iter_next` yields, view by view.
+    fn check_table(iter: *mut NpkioSafetensorsIter, advance: usize) {
+        // SAFETY: a live iterator, a buffer of `c` bytes and a writable length.
+        let (s, _, doc) = call(
+            |b, c, l| unsafe { st::npkio_safetensors_iter_table_json(iter, b, c, l) },
+            1 << 20,
+        );
+        assert_eq!(s, NpkioStatus::Ok);
+        let doc: Value = serde_json::from_slice(&doc).unwrap();
+        let list = |k: &str| doc[k].as_array().unwrap().clone();
+        let (regions, kinds, names) = (list("regions"), list("kinds"), list("names"));
+        let (kind, region, offset) = (list("kind"), list("region"), list("offset"));
+        assert!([&kind, &region, &offset]
+            .iter()
+            .all(|l| l.len() == names.len()));
+        let u = |v: &Value| v.as_u64().unwrap();
+        let mut seen = 0;
+        loop {
+            let mut v = std::mem::MaybeUninit::<NpkioTensorView>::zeroed();
+            let mut more = false;
+            // SAFETY: a live iterator and writable outputs.
+            let s = unsafe { st::npkio_safetensors_iter_next(iter, v.as_mut_ptr(), &mut more) };
+            assert_eq!(s, NpkioStatus::Ok);
+            if !more {
+                break;
+            }
+            // SAFETY: filled by the call above.
+            let v = unsafe { v.assume_init() };
+            // SAFETY: the view's name and shape belong to the live iterator.
+            let (name, shape) = unsafe {
+                (
+                    std::str::from_utf8(std::slice::from_raw_parts(v.name.cast(), v.name_len))
+                        .unwrap(),
+                    if v.ndim == 0 {
+                        &[][..]
+                    } else {
+                        std::slice::from_raw_parts(v.shape, v.ndim)
+                    },
+                )
+            };
+            assert_eq!(names[seen].as_str().unwrap(), name);
+            let k = kinds[u(&kind[seen]) as usize].as_array().unwrap();
+            assert_eq!(u(&k[0]), v.dtype as u64);
+            let want: Vec<u64> = k[1].as_array().unwrap().iter().map(u).collect();
+            assert_eq!(want, shape, "{name}");
+            let r = regions[u(&region[seen]) as usize].as_array().unwrap();
+            let (base, len) = (u(&r[0]), u(&r[1]));
+            let (offset, nbytes) = (u(&offset[seen]), u(&k[2]));
+            assert_eq!(nbytes, v.nbytes as u64);
+            assert!(offset + nbytes <= len, "{name}");
+            if nbytes > 0 {
+                assert_eq!(base + offset, v.data as u64, "{name}");
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, names.len());
+        assert!(seen > advance);
+    }
+
+    #[test]
+    fn the_iteration_table_matches_the_views_of_files_and_shards() {
+        for rel in [
+            "examples/tiny-llama.safetensors",
+            "tests/fixtures/safetensors/all_dtypes.safetensors",
+            "tests/fixtures/safetensors/edge_cases.safetensors",
+            "tests/fixtures/safetensors/sharded",
+        ] {
+            let path = fixture(rel);
+            for advance in [0, 1] {
+                let mut it: *mut NpkioSafetensorsIter = ptr::null_mut();
+                // SAFETY: a NUL-terminated path, no keys, a writable out-handle.
+                let s = unsafe {
+                    st::npkio_safetensors_iter_open(path.as_ptr(), ptr::null(), 0, &mut it)
+                };
+                assert_eq!(s, NpkioStatus::Ok, "{rel}");
+                for _ in 0..advance {
+                    let mut v = std::mem::MaybeUninit::<NpkioTensorView>::zeroed();
+                    let mut more = false;
+                    // SAFETY: a live iterator and writable outputs.
+                    unsafe { st::npkio_safetensors_iter_next(it, v.as_mut_ptr(), &mut more) };
+                    assert!(more);
+                }
+                // The table lists what is still to come.
+                check_table(it, 0);
+                // SAFETY: the iterator from the open above, freed once.
+                unsafe { st::npkio_safetensors_iter_free(it) };
+            }
+        }
+    }
+
+    #[test]
+    fn the_names_document_lists_the_arrays_as_the_index_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let npk = tmp.path().join("m.npk");
+        crate::from_safetensors_file(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/tiny-llama.safetensors"),
+            &npk,
+            None::<&[&str]>,
+            true,
+            1 << 20,
+        )
+        .unwrap();
+        let path = CString::new(npk.to_str().unwrap()).unwrap();
+        let mut h: *mut NpkioNumpack = ptr::null_mut();
+        // SAFETY: a NUL-terminated path and a writable out-handle.
+        assert_eq!(
+            unsafe { np::npkio_numpack_open(path.as_ptr(), &mut h) },
+            NpkioStatus::Ok
+        );
+        // SAFETY: a live handle, a buffer of `c` bytes and a writable length.
+        let (s, _, doc) = call(
+            |b, c, l| unsafe { np::npkio_numpack_names_json(h, b, c, l) },
+            1 << 16,
+        );
+        assert_eq!(s, NpkioStatus::Ok);
+        let names: Vec<String> = serde_json::from_slice(&doc).unwrap();
+        let mut count = 0usize;
+        // SAFETY: a live handle and a writable count.
+        assert_eq!(
+            unsafe { np::npkio_numpack_count(h, &mut count) },
+            NpkioStatus::Ok
+        );
+        assert_eq!(names.len(), count);
+        assert!(count > 3);
+        for (i, want) in names.iter().enumerate() {
+            let (mut p, mut n): (*const c_char, usize) = (ptr::null(), 0);
+            // SAFETY: a live handle and writable outputs; the name it points to lives as long.
+            let got = unsafe {
+                assert_eq!(
+                    np::npkio_numpack_name(h, i, &mut p, &mut n),
+                    NpkioStatus::Ok
+                );
+                std::str::from_utf8(std::slice::from_raw_parts(p.cast(), n)).unwrap()
+            };
+            assert_eq!(got, want);
+        }
+        // SAFETY: the handle from the open above, freed once.
+        unsafe { np::npkio_numpack_free(h) };
     }
 }
