@@ -1,14 +1,16 @@
 //! A sharded checkpoint of more shards than the open-file limit: 150 shards read in a child
 //! whose `RLIMIT_NOFILE` is 64, soft and hard (so npkio cannot raise it): import, metadata,
-//! iteration and the loader all succeed, byte-identical to the same reads without the limit.
+//! iteration and the loader all succeed, byte-identical to the same reads without the limit;
+//! so does the loader over the imported store (300 data files).
 //! And a shard replaced while a checkpoint is open is an error naming it.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use npkio::load::{LoadOptions, Loader, Request};
 use npkio::{ArrayInput, DType, ErrorKind, NumPack, Options};
+
+mod common;
 
 const SHARDS: usize = 150;
 const PER_SHARD: usize = 2;
@@ -91,6 +93,19 @@ fn read_all(ck: &Path, work: &Path) -> Vec<u8> {
         out.extend(name.as_bytes());
         out.extend(store.view(name).unwrap().data);
     }
+    // The loader over the imported store: one data file per array, more than the limit.
+    let loader = Loader::open(&npk).unwrap();
+    let mut bufs: Vec<Vec<u8>> = reqs
+        .iter()
+        .map(|r| vec![0u8; loader.output(r).unwrap().nbytes as usize])
+        .collect();
+    let mut dsts: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+    loader
+        .load(&reqs, &mut dsts, &LoadOptions::default())
+        .unwrap();
+    for b in &bufs {
+        out.extend(b);
+    }
     out
 }
 
@@ -133,19 +148,7 @@ fn a_hundred_and_fifty_shards_read_under_64_open_files() {
         "1",
     ])
     .env(CHILD, tmp.path());
-    // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::limit_child(&mut cmd, libc::RLIMIT_NOFILE, 64);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),

@@ -267,9 +267,9 @@ impl std::fmt::Debug for source::Opened {
 
 impl Loader {
     /// Opens a SafeTensors file, a sharded checkpoint (index file or its directory) or a
-    /// NumPack directory. Reads headers and metadata only. Keeps every data file open, and
-    /// a sharded checkpoint's shards when they fit in half the open-file budget (more are
-    /// opened by each load, a window at a time, and checked to be the files validated).
+    /// NumPack directory. Reads headers and metadata only. Keeps a checkpoint's shards or a
+    /// NumPack directory's data files open when they fit in half the open-file budget (more
+    /// are opened by each load, a window at a time, and checked to be the files validated).
     pub fn open(path: impl AsRef<Path>) -> Result<Loader> {
         let path = path.as_ref();
         Ok(Loader {

@@ -150,9 +150,17 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
 
 fn open_numpack(dir: &Path) -> Result<Opened> {
     let store = NumPack::open(dir)?;
-    // The loader keeps every data file open while it lives (as a sharded checkpoint keeps
-    // its shards): let the process have as many descriptors as it may.
+    // Data files are kept open when they fit in half the open-file budget (as a checkpoint's
+    // shards are); more are checked here, closed, and opened a window at a time by each
+    // load, so that no number of arrays runs the process out of descriptors.
     crate::fdlimit::raise_soft_limit();
+    let count: usize = store
+        .names()
+        .iter()
+        .filter_map(|n| store.array_slot(n).ok())
+        .map(|slot| store.source_runs(slot, |_, _, _| ()))
+        .sum();
+    let keep = count <= (crate::fdlimit::open_file_budget() / 2).max(1);
     let mut files: Vec<SourceFile> = Vec::new();
     let mut tensors = Vec::new();
     for name in store.names() {
@@ -173,10 +181,21 @@ fn open_numpack(dir: &Path) -> Result<Opened> {
             let file = match opened[fi] {
                 Some(i) => i,
                 None => {
+                    let path = store.source_path(slot, fi);
+                    let file = store.open_source(slot, fi)?;
+                    let reopen = match (keep, path.strip_prefix(store.path())) {
+                        (false, Ok(rel)) => Some(Reopener::inside(
+                            store.path(),
+                            &rel.to_string_lossy(),
+                            "data file",
+                            &file,
+                        )?),
+                        _ => None,
+                    };
                     files.push(SourceFile {
-                        path: store.source_path(slot, fi),
-                        file: Some(store.open_source(slot, fi)?),
-                        reopen: None,
+                        path,
+                        file: reopen.is_none().then_some(file),
+                        reopen,
                     });
                     opened[fi] = Some(files.len() - 1);
                     files.len() - 1

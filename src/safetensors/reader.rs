@@ -110,11 +110,35 @@ pub(crate) struct Reopener {
 }
 
 impl Reopener {
+    /// For `file`, just opened and checked as `name` inside `dir` (a NumPack data file, say):
+    /// [`Reopener::open`] opens it again the same way (`safe_open::open_inside`) and checks
+    /// that it is still this file.
+    pub(crate) fn inside(
+        dir: &Path,
+        name: &str,
+        what: &'static str,
+        file: &File,
+    ) -> Result<Reopener> {
+        let path = dir.join(name);
+        let md = file.metadata().ctx(&path, "inspecting")?;
+        Ok(Reopener {
+            path,
+            route: Reopen::Inside {
+                dir: dir.to_path_buf(),
+                name: name.to_string(),
+                what,
+            },
+            id: FileId::of(&md),
+        })
+    }
+
     /// See [`SafeTensorsFile::reopen`].
     pub(crate) fn open(&self) -> Result<File> {
         let file = match &self.route {
             Reopen::Path => open_nonblocking(&self.path)?,
-            Reopen::Inside { dir, name } => crate::safe_open::open_inside(dir, name, "shard")?.file,
+            Reopen::Inside { dir, name, what } => {
+                crate::safe_open::open_inside(dir, name, what)?.file
+            }
         };
         let md = file.metadata().ctx(&self.path, "inspecting")?;
         let now = FileId::of(&md);
@@ -138,8 +162,13 @@ impl Reopener {
 enum Reopen {
     /// A path the caller named.
     Path,
-    /// A shard name inside the index's directory (`safe_open::open_inside`).
-    Inside { dir: PathBuf, name: String },
+    /// A name inside a directory (`safe_open::open_inside`): a shard inside the index's
+    /// directory, or a NumPack data file; `what` names it in messages.
+    Inside {
+        dir: PathBuf,
+        name: String,
+        what: &'static str,
+    },
 }
 
 /// What identifies the file that was validated: device, inode and length.
@@ -191,6 +220,7 @@ impl SafeTensorsFile {
         let reopen = Reopen::Inside {
             dir: dir.to_path_buf(),
             name: name.to_string(),
+            what: "shard",
         };
         Self::from_file(&opened.path, opened.file, md, reopen)
     }
