@@ -108,24 +108,28 @@ pub fn plan_header(
         .map_err(|e| Error::invalid_argument(format!("cannot lay out the header: {e}")))?;
     let tensors_json = serde_json::to_string(&meta)
         .map_err(|e| Error::invalid_argument(format!("cannot serialize the header: {e}")))?;
-    let mut json = String::with_capacity(tensors_json.len() + 64);
-    match metadata {
+    // The crate's map and index go before the header is built: with 100,000 tensors they
+    // and the copies of the JSON text would otherwise all be held at once.
+    drop(meta);
+    // `__metadata__` spliced in first, as the crate writes it: `head`, then the tensors'
+    // object from `body_start` on.
+    let (head, body_start) = match metadata {
         Some(pairs) => {
             let mut map = serde_json::Map::with_capacity(pairs.len());
             for (k, v) in pairs {
                 map.insert(k.clone(), serde_json::Value::String(v.clone()));
             }
-            json.push_str("{\"__metadata__\":");
-            json.push_str(&serde_json::to_string(&map).expect("strings serialize"));
-            let rest = &tensors_json[1..]; // after '{'
-            if rest != "}" {
-                json.push(',');
+            let mut head = String::from("{\"__metadata__\":");
+            head.push_str(&serde_json::to_string(&map).expect("strings serialize"));
+            if &tensors_json[1..] != "}" {
+                head.push(',');
             }
-            json.push_str(rest);
+            (head, 1) // after '{'
         }
-        None => json.push_str(&tensors_json),
-    }
-    let padded = json.len().next_multiple_of(8);
+        None => (String::new(), 0),
+    };
+    let json_len = head.len() + tensors_json.len() - body_start;
+    let padded = json_len.next_multiple_of(8);
     if padded > MAX_HEADER_SIZE {
         return Err(Error::new(
             ErrorKind::Unsupported,
@@ -134,7 +138,9 @@ pub fn plan_header(
     }
     let mut header = Vec::with_capacity(8 + padded);
     header.extend_from_slice(&(padded as u64).to_le_bytes());
-    header.extend_from_slice(json.as_bytes());
+    header.extend_from_slice(head.as_bytes());
+    header.extend_from_slice(&tensors_json.as_bytes()[body_start..]);
+    drop(tensors_json);
     header.resize(8 + padded, b' ');
     let base = header.len() as u64;
     let ranges = rel.into_iter().map(|(s, e)| (base + s, base + e)).collect();
