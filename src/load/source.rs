@@ -58,11 +58,11 @@ impl LoadTensor {
 #[derive(Debug)]
 pub(crate) struct SourceFile {
     pub(crate) path: PathBuf,
-    /// Open for the loader's life; `None` for the shards of a checkpoint of more shards
-    /// than the open-file budget allows to keep open: each load opens them a window at a
-    /// time (see `run`).
+    /// Open for the loader's life; `None` when the source has more files (shards, or a
+    /// NumPack directory's data files) than the open-file budget allows to keep open: each
+    /// load opens them a window at a time (see `run`).
     pub(crate) file: Option<File>,
-    /// How to open a shard again, checking that it is the file validated.
+    /// How to open the file again, checking that it is the file validated.
     pub(crate) reopen: Option<Reopener>,
 }
 
