@@ -192,7 +192,7 @@ pub(crate) fn open_inside(dir: &Path, rel: &str, what: &str) -> Result<Opened> {
 
 /// [`open_inside`] for a path already checked by `checked_relative`.
 pub(crate) fn open_checked(dir: &Path, checked: &Path, rel: &str, what: &str) -> Result<Opened> {
-    let root = open_dir(dir).ctx(dir, "opening the directory")?;
+    let root = dir_handle(dir)?;
     let (file, len) = open_below(&root, dir, checked, rel, what, false)?;
     Ok(Opened {
         file,
@@ -205,6 +205,16 @@ pub(crate) fn open_checked(dir: &Path, checked: &Path, rel: &str, what: &str) ->
 /// listing), for [`open_below`] to open its files relative to it.
 pub(crate) fn dir_handle(dir: &Path) -> Result<OwnedFd> {
     open_dir(dir).ctx(dir, "opening the directory")
+}
+
+/// The named components of `path` (what `checked_relative` leaves: no root, `.` or `..`).
+fn normal_components(path: &Path) -> Vec<&OsStr> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Opens `checked` (a path checked by `checked_relative`) below `root`, the directory `dir`
@@ -224,13 +234,7 @@ pub(crate) fn open_below(
     what: &str,
     listed_regular: bool,
 ) -> Result<(File, u64)> {
-    let comps: Vec<&OsStr> = checked
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let comps = normal_components(checked);
     if comps.is_empty() {
         return Err(Error::malformed(
             dir,
@@ -268,13 +272,7 @@ pub(crate) fn open_below(
     let inner = canon.strip_prefix(&canon_dir).map_err(|_| {
         Error::malformed(dir, format!("{what} {rel:?} leads outside the directory"))
     })?;
-    let comps: Vec<&OsStr> = inner
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let comps = normal_components(inner);
     if comps.is_empty() {
         return Err(Error::malformed(
             dir,
