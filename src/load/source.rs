@@ -154,13 +154,7 @@ fn open_numpack(dir: &Path) -> Result<Opened> {
     // shards are); more are checked here, closed, and opened a window at a time by each
     // load, so that no number of arrays runs the process out of descriptors.
     crate::fdlimit::raise_soft_limit();
-    let count: usize = store
-        .names()
-        .iter()
-        .filter_map(|n| store.array_slot(n).ok())
-        .map(|slot| store.source_runs(slot, |_, _, _| ()))
-        .sum();
-    let keep = count <= (crate::fdlimit::open_file_budget() / 2).max(1);
+    let keep = store.data_file_total() <= (crate::fdlimit::open_file_budget() / 2).max(1);
     let mut files: Vec<SourceFile> = Vec::new();
     let mut tensors = Vec::new();
     for name in store.names() {

@@ -250,6 +250,11 @@ impl NumPack {
         data_file_count(a)
     }
 
+    /// How many data files the arrays have in all (segments counted one by one).
+    pub(crate) fn data_file_total(&self) -> usize {
+        self.arrays.iter().map(data_file_count).sum()
+    }
+
     /// The error for an unknown array name, listing some of the arrays that exist.
     pub(crate) fn not_found(&self, name: &str) -> Error {
         Error::new(
