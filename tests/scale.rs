@@ -9,6 +9,8 @@ use std::thread::ThreadId;
 
 use npkio::{DType, NumPack, Options, TensorInput};
 
+mod common;
+
 const N: usize = 20_000;
 
 /// (name, shape, bytes) of tensor `i`: BF16, 1 to 12 elements, bytes that differ per tensor.
@@ -132,13 +134,7 @@ const CHILD: &str = "NPKIO_SCALE_NOFILE_CHILD";
 /// In the child (open-file limit 64, soft and hard): both conversions, the metadata and the
 /// iteration, every tensor checked.
 fn limited_child(dir: &Path) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid out pointer.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    assert_eq!((lim.rlim_cur, lim.rlim_max), (64, 64));
+    common::assert_limit(libc::RLIMIT_NOFILE, 64);
     let ts = tensors();
     let src = dir.join("moe.safetensors");
     let npk = dir.join("moe.npk");
@@ -170,7 +166,6 @@ fn limited_child(dir: &Path) {
 
 #[test]
 fn twenty_thousand_tensors_convert_both_ways_under_64_open_files() {
-    use std::os::unix::process::CommandExt;
     if let Ok(dir) = std::env::var(CHILD) {
         return limited_child(Path::new(&dir));
     }
@@ -184,19 +179,7 @@ fn twenty_thousand_tensors_convert_both_ways_under_64_open_files() {
         "1",
     ])
     .env(CHILD, dir.path());
-    // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::limit_child(&mut cmd, libc::RLIMIT_NOFILE, 64);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),

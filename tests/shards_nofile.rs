@@ -57,6 +57,21 @@ fn write_sharded(dir: &Path) -> PathBuf {
     out
 }
 
+/// Loads every one of `reqs` with `loader` and appends the bytes to `out`.
+fn load_all(loader: &Loader, reqs: &[Request], out: &mut Vec<u8>) {
+    let mut bufs: Vec<Vec<u8>> = reqs
+        .iter()
+        .map(|r| vec![0u8; loader.output(r).unwrap().nbytes as usize])
+        .collect();
+    let mut dsts: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+    loader
+        .load(reqs, &mut dsts, &LoadOptions::default())
+        .unwrap();
+    for b in &bufs {
+        out.extend(b);
+    }
+}
+
 /// Everything read from the checkpoint, as bytes to compare: the metadata, the tensors by
 /// iteration, the tensors by the loader, and the imported store's arrays.
 fn read_all(ck: &Path, work: &Path) -> Vec<u8> {
@@ -74,17 +89,7 @@ fn read_all(ck: &Path, work: &Path) -> Vec<u8> {
         .iter()
         .map(|(n, _)| Request::new(n.clone()))
         .collect();
-    let mut bufs: Vec<Vec<u8>> = reqs
-        .iter()
-        .map(|r| vec![0u8; loader.output(r).unwrap().nbytes as usize])
-        .collect();
-    let mut dsts: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-    loader
-        .load(&reqs, &mut dsts, &LoadOptions::default())
-        .unwrap();
-    for b in &bufs {
-        out.extend(b);
-    }
+    load_all(&loader, &reqs, &mut out);
     drop(loader);
     let npk = work.join("imported.npk");
     npkio::from_safetensors_file(ck, &npk, None::<&[&str]>, true, 1 << 20).unwrap();
@@ -95,29 +100,13 @@ fn read_all(ck: &Path, work: &Path) -> Vec<u8> {
     }
     // The loader over the imported store: one data file per array, more than the limit.
     let loader = Loader::open(&npk).unwrap();
-    let mut bufs: Vec<Vec<u8>> = reqs
-        .iter()
-        .map(|r| vec![0u8; loader.output(r).unwrap().nbytes as usize])
-        .collect();
-    let mut dsts: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-    loader
-        .load(&reqs, &mut dsts, &LoadOptions::default())
-        .unwrap();
-    for b in &bufs {
-        out.extend(b);
-    }
+    load_all(&loader, &reqs, &mut out);
     out
 }
 
 /// In the child: the limit is really 64 (soft and hard); read everything, write it out.
 fn child(dir: &Path) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid out pointer.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    assert_eq!((lim.rlim_cur, lim.rlim_max), (64, 64));
+    common::assert_limit(libc::RLIMIT_NOFILE, 64);
     let work = dir.join("child");
     std::fs::create_dir(&work).unwrap();
     let bytes = read_all(&dir.join("sharded"), &work);

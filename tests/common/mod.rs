@@ -67,3 +67,15 @@ pub fn limit_child(
         });
     }
 }
+
+/// Asserts that this process runs with both limits of `resource` at `limit` (as
+/// [`limit_child`] starts a child).
+pub fn assert_limit(resource: libc::__rlimit_resource_t, limit: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out pointer.
+    assert_eq!(unsafe { libc::getrlimit(resource, &mut lim) }, 0);
+    assert_eq!((lim.rlim_cur, lim.rlim_max), (limit, limit));
+}
