@@ -6,8 +6,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use npkio::internals::copy::{
-    copy_extents, copy_extents_into, copy_from_memory, copy_from_memory_into, default_threads,
-    preallocate, CopyMethod, CopyOptions, Extent, NewFiles, Side, DEFAULT_CHUNK_SIZE, NO_EXTENT,
+    copy_extents, copy_extents_from, copy_extents_into, copy_from_memory, copy_from_memory_into,
+    default_threads, preallocate, CopyMethod, CopyOptions, Extent, NewFiles, Side, SourceFiles,
+    BOUNCE_SIZE, DEFAULT_CHUNK_SIZE, NO_EXTENT,
 };
 use proptest::prelude::*;
 
@@ -70,8 +71,9 @@ fn opts(method: CopyMethod, threads: usize, chunk_size: usize) -> CopyOptions {
 }
 
 /// Copies with every method, thread counts 1 and 4, from files and from memory, into open
-/// files and into files created on first use, and compares each destination with the
-/// reference; also checks that progress adds up to the total.
+/// files and into files created on first use, and from files opened on first use (keeping
+/// one or many open), and compares each destination with the reference; also checks that
+/// progress adds up to the total.
 fn check_layout(srcs: &[Vec<u8>], dst_lens: &[u64], extents: &[Extent], chunk: usize) {
     let want = reference(srcs, dst_lens, extents);
     let total: u64 = extents.iter().map(|e| e.len).sum();
@@ -102,6 +104,32 @@ fn check_layout(srcs: &[Vec<u8>], dst_lens: &[u64], extents: &[Extent], chunk: u
                     );
                 }
                 assert_eq!(done.load(Ordering::Relaxed), total, "{label}: progress");
+
+                // From sources opened on first use: every source used is opened, and each
+                // is closed after its last use (no descriptor is left to the caller).
+                if !from_memory {
+                    for limit in [1, 64] {
+                        let opens = AtomicU64::new(0);
+                        let files = SourceFiles::new(srcs.len(), limit, |i| {
+                            opens.fetch_add(1, Ordering::Relaxed);
+                            src_files[i].try_clone()
+                        });
+                        let dsts: Vec<File> = dst_lens.iter().map(|&l| dst_file(l)).collect();
+                        let dst_refs: Vec<&File> = dsts.iter().collect();
+                        copy_extents_from(&files, &dst_refs, extents, &o, None)
+                            .unwrap_or_else(|e| panic!("{label}, sources on use: {e}"));
+                        for (i, d) in dsts.iter().enumerate() {
+                            assert!(
+                                contents(d) == want[i],
+                                "{label} chunk={chunk} limit={limit}: destination {i} differs"
+                            );
+                        }
+                        let used = (0..srcs.len())
+                            .filter(|&s| extents.iter().any(|e| e.src == s && e.len > 0))
+                            .count() as u64;
+                        assert!(opens.load(Ordering::Relaxed) >= used, "{label}");
+                    }
+                }
 
                 // The same into files the workers create, each exactly once.
                 let created: Vec<AtomicU64> = dst_lens.iter().map(|_| AtomicU64::new(0)).collect();
@@ -198,6 +226,61 @@ fn many_small_extents() {
         .map(|i| ext(0, (i * 97) % 60_000, 0, i * 131, 1 + i % 120))
         .collect();
     check_layout(&[src], &[500 * 131], &extents, CHUNK);
+}
+
+/// Small extents laid end to end (a SafeTensors file of many small tensors) are gathered into
+/// large writes: every byte lands, with chunks that run across many extents and across piece
+/// boundaries of the buffer, whatever the sources' order.
+#[test]
+fn small_extents_end_to_end_are_gathered() {
+    let srcs: Vec<Vec<u8>> = (0..300)
+        .map(|i| pattern(7_000 + i * 13, i as u64))
+        .collect();
+    let mut at = 5u64;
+    let mut extents = Vec::new();
+    for (k, i) in (0..300).chain(0..300).enumerate() {
+        let len = srcs[i].len() as u64 / 2 - (k % 3) as u64;
+        let src_offset = if k < 300 { 0 } else { srcs[i].len() as u64 / 2 };
+        extents.push(ext(i, src_offset, 0, at, len));
+        at += len;
+    }
+    let total = at;
+    assert!(total > 2 * BOUNCE_SIZE as u64);
+    for chunk in [CHUNK, 1 << 20, DEFAULT_CHUNK_SIZE] {
+        check_layout(&srcs, &[total], &extents, chunk);
+    }
+}
+
+/// In a gathered chunk, the extent whose source is short is the one reported, and nothing
+/// is read past it.
+#[test]
+fn a_short_source_inside_a_gathered_chunk_names_its_extent() {
+    let srcs: Vec<Vec<u8>> = (0..50).map(|i| pattern(3_000, i)).collect();
+    let files: Vec<File> = srcs.iter().map(|s| file_with(s)).collect();
+    // Source 17 ends 100 bytes early.
+    files[17].set_len(2_900).unwrap();
+    let refs: Vec<&File> = files.iter().collect();
+    let extents: Vec<Extent> = (0..50)
+        .map(|i| ext(i, 0, 0, i as u64 * 3_000, 3_000))
+        .collect();
+    for threads in [1, 2, 4] {
+        let d = dst_file(150_000);
+        let o = opts(CopyMethod::Auto, threads, DEFAULT_CHUNK_SIZE);
+        let err = copy_extents(&refs, &[&d], &extents, &o, None).expect_err("short source");
+        assert_eq!(
+            (err.extent, err.side),
+            (17, Side::Read),
+            "threads={threads}"
+        );
+        let on_use = SourceFiles::new(50, 4, |i| files[i].try_clone());
+        let err = copy_extents_from(&on_use, &[&d], &extents, &o, None).expect_err("short");
+        assert_eq!(
+            (err.extent, err.side),
+            (17, Side::Read),
+            "threads={threads}"
+        );
+        assert_eq!(err.source.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 }
 
 #[test]
@@ -379,10 +462,11 @@ fn layout() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<u64>, Vec<Extent>, usize
             any::<u16>(),
             any::<u16>(),
             any::<u32>(),
-            0u64..300,
-            0u64..20_000,
+            // Mostly end to end, as the tensors of a SafeTensors file are.
+            prop_oneof![3 => Just(0u64), 1 => 0u64..300],
+            prop_oneof![1 => 0u64..64, 2 => 0u64..20_000],
         ),
-        0..25,
+        0..40,
     );
     let chunk = prop_oneof![Just(1000usize), Just(4096), Just(5000), Just(16384)];
     (srcs, dsts, pieces, chunk).prop_map(|(src_lens, n_dst, pieces, chunk)| {

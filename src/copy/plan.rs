@@ -67,39 +67,91 @@ pub(super) fn page_size() -> u64 {
     })
 }
 
-/// How extents map to chunks. Chunk numbers are global across extents, in extent order.
+/// How extents map to chunks. Consecutive extents that continue each other in one
+/// destination form a run (when the plan gathers; else every extent is a run of its own), and
+/// chunks are cut from runs, so that one chunk may take bytes from several extents: an export
+/// of 100,000 tensors of 10 KB then writes its file in 512 KiB pieces instead of one small
+/// `pwrite` per tensor. Chunk numbers are global across runs, in extent order.
 pub(super) struct Plan<'a> {
     pub(super) extents: &'a [Extent],
-    /// `first[i]` is the global number of extent `i`'s first chunk; `first[len]` the total.
-    pub(super) first: Vec<u64>,
+    runs: Vec<Run>,
+    /// `first[r]` is the global number of run `r`'s first chunk; `first[runs]` the total.
+    first: Vec<u64>,
     chunk: u64,
     page: u64,
 }
 
-/// One chunk of one extent.
+/// Extents `start..end`, each beginning in destination `dst` where the one before ends.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    start: usize,
+    end: usize,
+    dst: usize,
+    dst_offset: u64,
+    len: u64,
+}
+
+/// One chunk of one run: `len` bytes of destination `dst` at `dst_offset`, taken from the
+/// run's extents from `extent` on. When `parts` is 1 the chunk lies in extent `extent`
+/// alone, `src_offset` bytes into source `src`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Chunk {
+    pub(super) run: usize,
     pub(super) extent: usize,
     pub(super) src: usize,
     pub(super) dst: usize,
     pub(super) src_offset: u64,
     pub(super) dst_offset: u64,
     pub(super) len: u64,
+    /// Extents (with bytes) the chunk takes bytes from.
+    pub(super) parts: usize,
+}
+
+/// The bytes a chunk takes from one extent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Part {
+    pub(super) extent: usize,
+    pub(super) src: usize,
+    pub(super) src_offset: u64,
+    pub(super) dst_offset: u64,
+    pub(super) len: u64,
 }
 
 impl<'a> Plan<'a> {
-    pub(super) fn new(extents: &'a [Extent], chunk: u64) -> Self {
+    /// Cuts `extents` into chunks of at most `chunk` bytes; with `gather`, chunks run across
+    /// the boundaries of extents that continue each other in a destination.
+    pub(super) fn new(extents: &'a [Extent], chunk: u64, gather: bool) -> Self {
         let page = page_size();
+        let mut runs: Vec<Run> = Vec::with_capacity(if gather { 0 } else { extents.len() });
+        for (i, e) in extents.iter().enumerate() {
+            if let Some(r) = runs.last_mut() {
+                // Offsets were checked in `validate`: no sum overflows.
+                if gather && r.dst == e.dst && r.dst_offset + r.len == e.dst_offset {
+                    r.end = i + 1;
+                    r.len += e.len;
+                    continue;
+                }
+            }
+            runs.push(Run {
+                start: i,
+                end: i + 1,
+                dst: e.dst,
+                dst_offset: e.dst_offset,
+                len: e.len,
+            });
+        }
+        runs.shrink_to_fit();
         let mut plan = Plan {
             extents,
-            first: Vec::with_capacity(extents.len() + 1),
+            first: Vec::with_capacity(runs.len() + 1),
+            runs,
             chunk,
             page,
         };
         let mut total = 0u64;
-        for e in extents {
+        for r in &plan.runs {
             plan.first.push(total);
-            total = total.saturating_add(plan.count(e));
+            total = total.saturating_add(plan.count(r));
         }
         plan.first.push(total);
         plan
@@ -109,7 +161,22 @@ impl<'a> Plan<'a> {
         self.first.last().copied().unwrap_or(0)
     }
 
-    /// Size of every chunk but the first of an extent.
+    /// Number of runs.
+    pub(super) fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// The destination of run `r`.
+    pub(super) fn run_dst(&self, r: usize) -> usize {
+        self.runs[r].dst
+    }
+
+    /// The global number of run `r`'s chunk `j`.
+    pub(super) fn chunk_number(&self, r: usize, j: u64) -> u64 {
+        self.first[r] + j
+    }
+
+    /// Size of every chunk but the first of a run.
     fn step(&self) -> u64 {
         if self.chunk >= self.page {
             self.chunk & !(self.page - 1)
@@ -118,48 +185,112 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// Size of the first chunk of `e`: up to the last page boundary within `chunk` bytes.
-    fn first_len(&self, e: &Extent) -> u64 {
+    /// Size of the first chunk of `r`: up to the last page boundary within `chunk` bytes.
+    fn first_len(&self, r: &Run) -> u64 {
         let n = if self.chunk >= self.page {
-            let end = e.dst_offset.saturating_add(self.chunk) & !(self.page - 1);
-            end - e.dst_offset
+            let end = r.dst_offset.saturating_add(self.chunk) & !(self.page - 1);
+            end - r.dst_offset
         } else {
             self.chunk
         };
-        n.min(e.len)
+        n.min(r.len)
     }
 
-    fn count(&self, e: &Extent) -> u64 {
-        if e.len == 0 {
+    fn count(&self, r: &Run) -> u64 {
+        if r.len == 0 {
             return 0;
         }
-        let first = self.first_len(e);
-        1 + (e.len - first).div_ceil(self.step())
+        let first = self.first_len(r);
+        1 + (r.len - first).div_ceil(self.step())
     }
 
-    /// Chunks of extent `i`.
-    pub(super) fn chunks_of(&self, i: usize) -> u64 {
-        self.first[i + 1] - self.first[i]
+    /// The chunk of run `r` that holds the byte `at` bytes into the run.
+    fn chunk_at(&self, r: &Run, at: u64) -> u64 {
+        let first = self.first_len(r);
+        if at < first {
+            0
+        } else {
+            1 + (at - first) / self.step()
+        }
     }
 
-    /// Chunk `j` of extent `i`.
-    pub(super) fn chunk(&self, i: usize, j: u64) -> Chunk {
-        let e = &self.extents[i];
-        let first = self.first_len(e);
+    /// Chunks of run `r`.
+    pub(super) fn chunks_of(&self, r: usize) -> u64 {
+        self.first[r + 1] - self.first[r]
+    }
+
+    /// Per source, how many (chunk, extent) parts read from it: one per chunk of an extent
+    /// that a chunk does not share, more where chunks run across extents.
+    pub(super) fn parts_per_source(&self, count: &mut [u64]) {
+        for r in &self.runs {
+            let mut at = 0u64;
+            for e in &self.extents[r.start..r.end] {
+                if e.len > 0 {
+                    let chunks = self.chunk_at(r, at + e.len - 1) - self.chunk_at(r, at) + 1;
+                    count[e.src] += chunks;
+                }
+                at += e.len;
+            }
+        }
+    }
+
+    /// Chunk `j` of run `r`.
+    pub(super) fn chunk(&self, r: usize, j: u64) -> Chunk {
+        let run = &self.runs[r];
+        let first = self.first_len(run);
         let (start, len) = if j == 0 {
             (0, first)
         } else {
             let start = first + (j - 1) * self.step();
-            (start, self.step().min(e.len - start))
+            (start, self.step().min(run.len - start))
+        };
+        let dst_offset = run.dst_offset + start;
+        let end = dst_offset + len;
+        let exts = &self.extents[run.start..run.end];
+        // The first extent with bytes at or after the chunk's start.
+        let k = run.start + exts.partition_point(|e| e.dst_offset + e.len <= dst_offset);
+        let e = &self.extents[k];
+        let parts = if e.dst_offset + e.len >= end {
+            1
+        } else {
+            self.extents[k..run.end]
+                .iter()
+                .take_while(|x| x.dst_offset < end)
+                .filter(|x| x.len > 0)
+                .count()
         };
         Chunk {
-            extent: i,
+            run: r,
+            extent: k,
             src: e.src,
-            dst: e.dst,
-            src_offset: e.src_offset + start,
-            dst_offset: e.dst_offset + start,
+            dst: run.dst,
+            src_offset: e.src_offset + (dst_offset - e.dst_offset),
+            dst_offset,
             len,
+            parts,
         }
+    }
+
+    /// The parts of chunk `c`, in destination order.
+    pub(super) fn parts<'p>(&'p self, c: &Chunk) -> impl Iterator<Item = Part> + 'p {
+        let (start, end) = (c.dst_offset, c.dst_offset + c.len);
+        let (first, run_end) = (c.extent, self.runs[c.run].end);
+        self.extents[first..run_end]
+            .iter()
+            .enumerate()
+            .take_while(move |(_, e)| e.dst_offset < end)
+            .filter(|(_, e)| e.len > 0)
+            .map(move |(i, e)| {
+                let from = e.dst_offset.max(start);
+                let to = (e.dst_offset + e.len).min(end);
+                Part {
+                    extent: first + i,
+                    src: e.src,
+                    src_offset: e.src_offset + (from - e.dst_offset),
+                    dst_offset: from,
+                    len: to - from,
+                }
+            })
     }
 }
 

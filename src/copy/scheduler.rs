@@ -18,22 +18,22 @@ struct Scheduler {
 }
 
 struct SchedState {
-    /// Per extent: its next chunk to hand out.
+    /// Per run of extents: its next chunk to hand out.
     next: Vec<u64>,
-    /// First extent that may still have chunks to hand out.
+    /// First run that may still have chunks to hand out.
     lo: usize,
     /// Per destination: workers copying into it right now.
     busy: Vec<u32>,
 }
 
-/// How far past the first unfinished extent a worker looks for an idle destination.
+/// How far past the first unfinished run a worker looks for an idle destination.
 const LOOKAHEAD: usize = 64;
 
 impl Scheduler {
     fn new(plan: &Plan<'_>, n_dsts: usize) -> Self {
         Scheduler {
             state: Mutex::new(SchedState {
-                next: vec![0; plan.extents.len()],
+                next: vec![0; plan.runs()],
                 lo: 0,
                 busy: vec![0; n_dsts],
             }),
@@ -50,7 +50,7 @@ impl Scheduler {
         if let Some(d) = done {
             st.busy[d] -= 1;
         }
-        let n = plan.extents.len();
+        let n = plan.runs();
         while st.lo < n && st.next[st.lo] >= plan.chunks_of(st.lo) {
             st.lo += 1;
         }
@@ -59,12 +59,12 @@ impl Scheduler {
         }
         let open = |st: &SchedState, i: usize| st.next[i] < plan.chunks_of(i);
         let idle = (st.lo..n.min(st.lo + LOOKAHEAD))
-            .find(|&i| open(&st, i) && st.busy[plan.extents[i].dst] == 0);
+            .find(|&i| open(&st, i) && st.busy[plan.run_dst(i)] == 0);
         let i = idle.unwrap_or(st.lo);
         let j = st.next[i];
         st.next[i] += 1;
-        st.busy[plan.extents[i].dst] += 1;
-        Some((plan.first[i] + j, plan.chunk(i, j)))
+        st.busy[plan.run_dst(i)] += 1;
+        Some((plan.chunk_number(i, j), plan.chunk(i, j)))
     }
 }
 
@@ -241,15 +241,20 @@ pub(super) fn run(
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<(), CopyError> {
     validate(sources, dsts, extents, opts)?;
-    let plan = Plan::new(extents, opts.chunk_size as u64);
+    let strategy = strategy(opts.method, matches!(sources, Sources::Memory(_)));
+    // Through a buffer, neighbouring extents are gathered into one write.
+    let plan = Plan::new(
+        extents,
+        opts.chunk_size as u64,
+        strategy == Strategy::ReadWrite,
+    );
     let total = plan.total();
     if total == 0 {
         return Ok(());
     }
     if let Sources::OnUse(s) = sources {
-        s.count_chunks(&plan);
+        s.count_parts(&plan);
     }
-    let strategy = strategy(opts.method, matches!(sources, Sources::Memory(_)));
     let dst_lens = match dsts {
         Dsts::Open(files) if strategy == Strategy::MapDst => {
             files.iter().map(|f| regular_len(f)).collect()
@@ -315,7 +320,12 @@ pub(super) fn run(
     };
     match failures.into_error() {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => {
+            if let Sources::OnUse(s) = sources {
+                s.debug_assert_all_closed();
+            }
+            Ok(())
+        }
     }
 }
 
@@ -328,19 +338,19 @@ fn worker(sh: &Shared<'_>) {
             break;
         };
         done = Some(c.dst);
-        match copy_chunk(&sh.route, &c, &mut buf) {
+        match copy_chunk(&sh.route, &sh.plan, &c, &mut buf) {
             Ok(()) => {
                 if let Some(p) = sh.progress {
                     p(c.len);
                 }
             }
-            Err((side, fault)) => {
+            Err((extent, side, fault)) => {
                 sh.failed.store(true, Ordering::Relaxed);
                 let mut failures = match sh.failures.lock() {
                     Ok(g) => g,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                failures.record(k, c.extent, side, fault);
+                failures.record(k, extent, side, fault);
                 break;
             }
         }
