@@ -8,7 +8,8 @@
 //! ```
 //!
 //! With `--tensors N` (or `--preset moe`) it writes a mixture-of-experts-shaped model instead
-//! and times `cp`, a floor writer (see `floor_writer`), the import and the export in paired
+//! and times `cp`, a floor writer (see `floor_writer`), the import, a floor reader (see
+//! `floor_reader`) and the export in paired
 //! rounds, each run from a clean, synced state, then the header-only operations (see
 //! `many_tensors` and docs/benchmarks.md); with `NPKIO_BENCH_PYTHON` set to a Python that
 //! has numpy and safetensors, also the Python package's (python/benchmarks/many_tensors.py
@@ -353,6 +354,12 @@ fn child(mut it: impl Iterator<Item = String>) {
             npkio::to_safetensors_file_with(&a[0], &a[1], None::<&[&str]>, None, &opts).unwrap();
         }
         "floor" => floor_writer(Path::new(&a[0]), Path::new(&a[1]), threads(&a[2])),
+        "floor-read" => floor_reader(
+            Path::new(&a[0]),
+            Path::new(&a[1]),
+            Path::new(&a[2]),
+            threads(&a[3]),
+        ),
         "inspect" => {
             // Header-only: open the directory, list the names, describe every array.
             let store = npkio::NumPack::open(&a[0]).unwrap();
@@ -419,10 +426,10 @@ fn child(mut it: impl Iterator<Item = String>) {
 /// created with plain `open`/`pwrite`/`close` from `threads` threads taking tensors in file
 /// order, nothing else (no staging, no metadata, no preallocation). What the filesystem
 /// charges to create the files and take their bytes; npkio cannot go below it.
-fn floor_writer(src: &Path, out: &Path, threads: usize) {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let f = File::open(src).unwrap();
+/// The tensors of the SafeTensors file `f` as (name, begin, end) in file order, and the
+/// offset of its data section.
+fn tensor_table(f: &File) -> (Vec<(String, u64, u64)>, u64) {
+    use std::os::unix::fs::FileExt;
     let mut n = [0u8; 8];
     f.read_exact_at(&mut n, 0).unwrap();
     let n = u64::from_le_bytes(n);
@@ -439,7 +446,57 @@ fn floor_writer(src: &Path, out: &Path, threads: usize) {
         })
         .collect();
     tensors.sort_by_key(|t| t.1);
-    let start = 8 + n;
+    (tensors, 8 + n)
+}
+
+/// The floor for an export: the plainest program that puts the NumPack directory's tensor
+/// files back into one SafeTensors file. It copies the header from the original file, then
+/// from `threads` threads, per tensor in file order: `open`, one `pread` of the whole data
+/// file, `close`, one `pwrite` at the tensor's place. No preallocation, no checks.
+fn floor_reader(src: &Path, npk: &Path, out: &Path, threads: usize) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let f = File::open(src).unwrap();
+    let (tensors, start) = tensor_table(&f);
+    let mut header = vec![0u8; start as usize];
+    f.read_exact_at(&mut header, 0).unwrap();
+    let dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(out)
+        .unwrap();
+    dst.write_all_at(&header, 0).unwrap();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                let largest = tensors.iter().map(|t| t.2 - t.1).max().unwrap_or(0) as usize;
+                let mut raw = vec![0u8; largest + 4096];
+                let off = raw.as_ptr().align_offset(4096);
+                let buf = &mut raw[off..off + largest];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((name, b, e)) = tensors.get(i) else {
+                        break;
+                    };
+                    let path = npk.join(format!("data_{name}.npkd"));
+                    let data = File::open(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+                    let k = (e - b) as usize;
+                    data.read_exact_at(&mut buf[..k], 0).unwrap();
+                    drop(data);
+                    dst.write_all_at(&buf[..k], start + b).unwrap();
+                }
+            });
+        }
+    });
+}
+
+fn floor_writer(src: &Path, out: &Path, threads: usize) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let f = File::open(src).unwrap();
+    let (tensors, start) = tensor_table(&f);
     std::fs::create_dir(out).unwrap();
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -473,7 +530,8 @@ fn floor_writer(src: &Path, out: &Path, threads: usize) {
     });
 }
 
-/// Many-tensor mode: import and export against the floor writer and `cp`, paired runs.
+/// Many-tensor mode: import and export against the floor writer and reader and `cp`, paired
+/// runs.
 fn many_tensors(args: &Args, me: &Path, dir: &Path, src: &Path, count: u64, len: u64) {
     let threads = args.threads.first().copied().unwrap_or(0);
     let floor_threads = match threads {
@@ -484,6 +542,7 @@ fn many_tensors(args: &Args, me: &Path, dir: &Path, src: &Path, count: u64, len:
     let back = dir.join("back.safetensors");
     let cp_dst = dir.join("cp.safetensors");
     let floor_dir = dir.join("floor.npk");
+    let floor_back = dir.join("floor.safetensors");
     let child = |op: &str, a: &[&dyn AsRef<std::ffi::OsStr>]| {
         let mut c = Command::new(me);
         c.arg("--child").arg(op);
@@ -519,6 +578,12 @@ fn many_tensors(args: &Args, me: &Path, dir: &Path, src: &Path, count: u64, len:
             src,
             &npk,
             child("from", &[&src, &npk, &ts, &"fast"]),
+        ),
+        (
+            format!("floor reader ({floor_threads} thr)"),
+            &npk,
+            &floor_back,
+            child("floor-read", &[&src, &npk, &floor_back, &fts]),
         ),
         (
             format!(
@@ -596,10 +661,11 @@ fn many_tensors(args: &Args, me: &Path, dir: &Path, src: &Path, count: u64, len:
     );
     for (k, (name, ..)) in ops.iter().enumerate() {
         let m = median(secs[k].clone());
-        let vs_floor = if k == 2 {
-            fmt_ratio(&ratio(2, 1))
-        } else {
-            "-".into()
+        // The import against the floor writer, the export against the floor reader.
+        let vs_floor = match k {
+            2 => fmt_ratio(&ratio(2, 1)),
+            4 => fmt_ratio(&ratio(4, 3)),
+            _ => "-".into(),
         };
         let vs_cp = if k == 0 {
             "1.00".into()
@@ -636,7 +702,28 @@ fn many_tensors(args: &Args, me: &Path, dir: &Path, src: &Path, count: u64, len:
         args.reps,
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
+    page_reporting_note();
     python_header_ops(args, me, src, &npk);
+}
+
+/// Says so when the kernel hands freed memory back to a hypervisor (virtio-balloon free page
+/// reporting): on such a machine, writing a file into memory freed a few seconds before (the
+/// previous run's output, removed) costs several times more than into memory in use, and by
+/// chance, which swamps the differences measured here (1 GiB through `dd`: 0.4-0.5 s, or
+/// 2.5-3.5 s four seconds after removing the previous copy).
+fn page_reporting_note() {
+    let knob = "/sys/module/page_reporting/parameters/page_reporting_order";
+    let Ok(order) = std::fs::read_to_string(knob) else {
+        return;
+    };
+    let order = order.trim();
+    if order.parse::<u32>().is_ok_and(|o| o <= 10) {
+        println!(
+            "note: this kernel reports freed memory to the hypervisor (page_reporting_order \
+             {order}), which makes the time of every writer here erratic; for stable numbers, \
+             as root: echo 11 > {knob} (restore {order} afterwards)"
+        );
+    }
 }
 
 /// The Python package's header-only operations on the same model and NumPack directory,

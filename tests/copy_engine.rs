@@ -283,6 +283,72 @@ fn a_short_source_inside_a_gathered_chunk_names_its_extent() {
     }
 }
 
+/// Small extents end to end in one source, each to its own destination (an import of many
+/// small tensors) are read together and scattered: every byte lands, every destination
+/// created once, with runs longer than a buffer and extents too large to be scattered
+/// between them.
+#[test]
+fn small_extents_end_to_end_in_a_source_are_scattered() {
+    let sizes: Vec<u64> = (0..40u64)
+        .map(|i| match i % 20 {
+            7 => 300_000,
+            _ => 1 + i * 1937 % 120_000,
+        })
+        .collect();
+    let total: u64 = sizes.iter().sum();
+    let src = pattern(total as usize + 100, 77);
+    let mut at = 100u64;
+    let extents: Vec<Extent> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let e = ext(0, at, i, i as u64 % 3, len);
+            at += len;
+            e
+        })
+        .collect();
+    let dst_lens: Vec<u64> = extents.iter().map(|e| e.dst_offset + e.len).collect();
+    for chunk in [4096, DEFAULT_CHUNK_SIZE] {
+        check_layout(std::slice::from_ref(&src), &dst_lens, &extents, chunk);
+    }
+}
+
+/// In a scattered chunk, the extent whose bytes the source does not hold is the one
+/// reported, with the source's end and that extent's end; the extents before it were
+/// written, none after it.
+#[test]
+fn a_short_source_inside_a_scattered_chunk_names_its_extent() {
+    let src = pattern(50 * 1000, 3);
+    let s = file_with(&src[..23_500]);
+    let extents: Vec<Extent> = (0..50)
+        .map(|i| ext(0, i * 1000, i as usize, 0, 1000))
+        .collect();
+    for threads in [1, 2, 4] {
+        let o = opts(CopyMethod::Auto, threads, DEFAULT_CHUNK_SIZE);
+        let new_files = NewFiles::new(50, |_| tempfile::tempfile());
+        let err = copy_extents_into(&[&s], &new_files, &extents, &o, None).expect_err("short");
+        assert_eq!(
+            (err.extent, err.side),
+            (23, Side::Read),
+            "threads={threads}"
+        );
+        assert_eq!(err.source.kind(), std::io::ErrorKind::UnexpectedEof);
+        let msg = err.source.to_string();
+        assert!(msg.contains("23500") && msg.contains("24000"), "{msg}");
+        let files = new_files.into_files();
+        assert!(files[23..].iter().all(Option::is_none), "threads={threads}");
+        let on_use = SourceFiles::new(1, 1, |_| s.try_clone());
+        let d = dst_file(1000);
+        let one_dst: Vec<Extent> = (0..50).map(|i| ext(0, i * 1000, 0, 0, 1000)).collect();
+        let err = copy_extents_from(&on_use, &[&d], &one_dst, &o, None).expect_err("short");
+        assert_eq!(
+            (err.extent, err.side),
+            (23, Side::Read),
+            "threads={threads}"
+        );
+    }
+}
+
 #[test]
 fn multiple_sources_and_destinations() {
     let srcs = vec![pattern(50_000, 7), pattern(300_000, 8), pattern(1, 9)];
@@ -465,6 +531,8 @@ fn layout() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<u64>, Vec<Extent>, usize
             // Mostly end to end, as the tensors of a SafeTensors file are.
             prop_oneof![3 => Just(0u64), 1 => 0u64..300],
             prop_oneof![1 => 0u64..64, 2 => 0u64..20_000],
+            // Often continuing the source where the extent before left it.
+            any::<bool>(),
         ),
         0..40,
     );
@@ -476,12 +544,17 @@ fn layout() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<u64>, Vec<Extent>, usize
             .map(|(i, &l)| pattern(l, i as u64 + 100))
             .collect();
         let mut cursor = vec![0u64; n_dst];
-        let mut extents = Vec::new();
-        for (s, d, off, gap, len) in pieces {
+        let mut extents: Vec<Extent> = Vec::new();
+        for (s, d, off, gap, len, follow) in pieces {
             let src = s as usize % srcs.len();
             let dst = d as usize % n_dst;
             let slen = srcs[src].len() as u64;
-            let src_offset = off as u64 % slen;
+            let src_offset = match extents.last() {
+                Some(p) if follow && p.src == src && p.src_offset + p.len < slen => {
+                    p.src_offset + p.len
+                }
+                _ => off as u64 % slen,
+            };
             let len = len.min(slen - src_offset);
             let dst_offset = cursor[dst] + gap;
             cursor[dst] = dst_offset + len;

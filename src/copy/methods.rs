@@ -77,10 +77,16 @@ pub(super) fn copy_chunk(
     c: &Chunk,
     buf: &mut Bounce,
 ) -> Result<(), ChunkFailure> {
-    let dst = sh.dsts.get(c.dst).map_err(|cause| {
-        let fault = Fault::Create { dst: c.dst, cause };
-        (c.extent, Side::Write, fault)
-    })?;
+    let destination = |d: usize, extent: usize| {
+        sh.dsts.get(d).map_err(|cause| {
+            let fault = Fault::Create { dst: d, cause };
+            (extent, Side::Write, fault)
+        })
+    };
+    if c.scatter && c.parts > 1 {
+        return scatter(sh, plan, c, buf, destination);
+    }
+    let dst = destination(c.dst, c.extent)?;
     if c.parts > 1 {
         return gather(sh, plan, c, dst, buf);
     }
@@ -140,6 +146,58 @@ fn gather(
         done.map_err(|(side, e)| (p.extent, side, Fault::Io(e)))?;
     }
     debug_assert_eq!((g.at, g.filled), (g.end, 0));
+    Ok(())
+}
+
+/// Copies a chunk of small extents that lie end to end in one source: one read of them all
+/// into the worker's buffer, then one `pwrite` for each, into its own destination (created
+/// first if it is a new file). An import of 100,000 tensors of 10 KB reads its source
+/// 512 KiB at a time instead of once per tensor.
+fn scatter<'d>(
+    sh: &Route<'_>,
+    plan: &Plan<'_>,
+    c: &Chunk,
+    buf: &mut Bounce,
+    destination: impl Fn(usize, usize) -> Result<&'d File, ChunkFailure>,
+) -> Result<(), ChunkFailure> {
+    let b = buf.slice(c.len as usize, c.dst_offset);
+    let read = match sh.sources {
+        Sources::Files { files, .. } => read_counted(files[c.src], b, c.src_offset),
+        Sources::OnUse(s) => {
+            let src = s
+                .acquire(c.src)
+                .map_err(|cause| (c.extent, Side::Read, Fault::Open { src: c.src, cause }))?;
+            let read = read_counted(&src, b, c.src_offset);
+            drop(src);
+            s.release(c.src);
+            read
+        }
+        Sources::Memory(m) => {
+            // Within the slice: every extent was checked against it in `validate`.
+            let from = c.src_offset as usize;
+            b.copy_from_slice(&m[c.src][from..from + b.len()]);
+            Ok(())
+        }
+    };
+    if let Err((got, e)) = read {
+        // The extent whose bytes could not be read.
+        let at = c.src_offset + got as u64;
+        let p = plan
+            .parts(c)
+            .find(|p| p.src_offset + p.len > at)
+            .expect("a short read ends inside the chunk");
+        let e = match e.kind() {
+            io::ErrorKind::UnexpectedEof => short_source(p.src_offset + p.len, at),
+            _ => e,
+        };
+        return Err((p.extent, Side::Read, Fault::Io(e)));
+    }
+    for p in plan.parts(c) {
+        let dst = destination(p.dst, p.extent)?;
+        let from = (p.src_offset - c.src_offset) as usize;
+        write_all_at(dst, &b[from..from + p.len as usize], p.dst_offset)
+            .map_err(|e| (p.extent, Side::Write, Fault::Io(e)))?;
+    }
     Ok(())
 }
 
@@ -477,17 +535,21 @@ fn write_at(f: &File, buf: &[u8], off: u64) -> io::Result<usize> {
 }
 
 /// Read exactly `buf.len()` bytes at `off`; a source that ends first is `UnexpectedEof`.
-fn read_exact_at(f: &File, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
+fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
+    read_counted(f, buf, off).map_err(|(_, e)| e)
+}
+
+/// [`read_exact_at`], saying on failure how many bytes were read.
+fn read_counted(f: &File, buf: &mut [u8], off: u64) -> Result<(), (usize, io::Error)> {
     let end = off + buf.len() as u64;
-    while !buf.is_empty() {
-        match read_at(f, buf, off) {
-            Ok(0) => return Err(short_source(end, off)),
-            Ok(n) => {
-                buf = &mut buf[n..];
-                off += n as u64;
-            }
+    let mut got = 0usize;
+    while got < buf.len() {
+        let at = off + got as u64;
+        match read_at(f, &mut buf[got..], at) {
+            Ok(0) => return Err((got, short_source(end, at))),
+            Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err((got, e)),
         }
     }
     Ok(())

@@ -490,7 +490,7 @@ impl<'a> NewFiles<'a> {
 pub struct SourceFiles<'a> {
     open: Box<dyn Fn(usize) -> Result<File, Cause> + Sync + 'a>,
     slots: Vec<Mutex<SourceSlot>>,
-    /// Per source: parts of chunks (see `Plan::parts_per_source`) not yet copied.
+    /// Per source: reads of it by chunks (see `Plan::reads_per_source`) not yet done.
     left: Vec<AtomicU64>,
     limit: usize,
     /// Sources kept open now.
@@ -552,16 +552,16 @@ impl<'a> SourceFiles<'a> {
         self.slots.is_empty()
     }
 
-    /// Counts the parts of chunks that read each source in `plan`, before the workers start.
-    fn count_parts(&self, plan: &plan::Plan<'_>) {
+    /// Counts the reads of each source by the chunks of `plan`, before the workers start.
+    fn count_reads(&self, plan: &plan::Plan<'_>) {
         let mut count = vec![0u64; self.left.len()];
-        plan.parts_per_source(&mut count);
+        plan.reads_per_source(&mut count);
         for (n, c) in self.left.iter().zip(count) {
             n.store(c, Ordering::Relaxed);
         }
     }
 
-    /// Source `i` for one part of a chunk, opened if it is not open. When opening fails, the worker
+    /// Source `i` for one read by a chunk, opened if it is not open. When opening fails, the worker
     /// that tried gets `Err(Some(error))` and every later one `Err(None)`.
     fn acquire(&self, i: usize) -> Result<Arc<File>, Option<Cause>> {
         let mut slot = match self.slots[i].lock() {
@@ -591,14 +591,14 @@ impl<'a> SourceFiles<'a> {
         Ok(file)
     }
 
-    /// After a copy that succeeded, every part was counted and released: no source is left
+    /// After a copy that succeeded, every read was counted and released: no source is left
     /// open (checked in debug builds).
     fn debug_assert_all_closed(&self) {
         debug_assert!(self.left.iter().all(|n| n.load(Ordering::Relaxed) == 0));
         debug_assert_eq!(self.kept.load(Ordering::Relaxed), 0);
     }
 
-    /// One part of source `i` is done: after its last, the source is closed.
+    /// One read of source `i` is done: after its last, the source is closed.
     fn release(&self, i: usize) {
         if self.left[i].fetch_sub(1, Ordering::AcqRel) != 1 {
             return;

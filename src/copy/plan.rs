@@ -5,7 +5,9 @@ use std::fs::File;
 use std::io;
 use std::sync::OnceLock;
 
-use super::{Cause, CopyError, CopyOptions, Extent, NewFiles, Side, SourceFiles, NO_EXTENT};
+use super::{
+    Cause, CopyError, CopyOptions, Extent, NewFiles, Side, SourceFiles, BOUNCE_SIZE, NO_EXTENT,
+};
 
 /// Where chunks come from: files, or slices of memory.
 pub(super) enum Sources<'a> {
@@ -67,11 +69,17 @@ pub(super) fn page_size() -> u64 {
     })
 }
 
-/// How extents map to chunks. Consecutive extents that continue each other in one
-/// destination form a run (when the plan gathers; else every extent is a run of its own), and
-/// chunks are cut from runs, so that one chunk may take bytes from several extents: an export
-/// of 100,000 tensors of 10 KB then writes its file in 512 KiB pieces instead of one small
-/// `pwrite` per tensor. Chunk numbers are global across runs, in extent order.
+/// How extents map to chunks.
+///
+/// When the plan groups (copies through a buffer), consecutive extents form runs of two
+/// kinds. Extents that continue each other in one destination are *gathered*: chunks are cut
+/// from the run as from one extent, so one chunk may take bytes from several extents (an
+/// export of 100,000 tensors of 10 KB writes its file in 512 KiB pieces instead of one small
+/// `pwrite` per tensor). Small extents that continue each other in one source are
+/// *scattered*: one chunk reads them all with one `pread` and writes each to its destination
+/// (an import of 100,000 tensors reads its source 512 KiB at a time instead of once per
+/// tensor). Any other extent is a run of its own. Chunk numbers are global across runs, in
+/// extent order.
 pub(super) struct Plan<'a> {
     pub(super) extents: &'a [Extent],
     runs: Vec<Run>,
@@ -81,19 +89,37 @@ pub(super) struct Plan<'a> {
     page: u64,
 }
 
-/// Extents `start..end`, each beginning in destination `dst` where the one before ends.
+/// How a run's chunks are cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// One extent, or extents each beginning in the destination where the one before ends:
+    /// cut into chunks at page boundaries of the destination.
+    Cut,
+    /// Small extents each beginning in the source where the one before ends: one chunk.
+    Scatter,
+}
+
+/// Extents `start..end`: `len` bytes in all, from `src` at `src_offset` or (not both) to
+/// `dst` at `dst_offset`.
 #[derive(Clone, Copy, Debug)]
 struct Run {
+    kind: Kind,
     start: usize,
     end: usize,
+    src: usize,
+    src_offset: u64,
     dst: usize,
     dst_offset: u64,
     len: u64,
 }
 
-/// One chunk of one run: `len` bytes of destination `dst` at `dst_offset`, taken from the
-/// run's extents from `extent` on. When `parts` is 1 the chunk lies in extent `extent`
-/// alone, `src_offset` bytes into source `src`.
+/// Largest extent that is scattered: one of a few tensors read together.
+const SCATTER_MAX: u64 = BOUNCE_SIZE as u64 / 4;
+
+/// One chunk of one run: `len` bytes taken from the run's extents from `extent` on. When
+/// `parts` is 1 the chunk lies in extent `extent` alone, `len` bytes from source `src` at
+/// `src_offset` to destination `dst` at `dst_offset`. With `scatter`, the chunk is the whole
+/// run, `len` bytes of source `src` at `src_offset`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Chunk {
     pub(super) run: usize,
@@ -105,6 +131,7 @@ pub(super) struct Chunk {
     pub(super) len: u64,
     /// Extents (with bytes) the chunk takes bytes from.
     pub(super) parts: usize,
+    pub(super) scatter: bool,
 }
 
 /// The bytes a chunk takes from one extent.
@@ -112,29 +139,45 @@ pub(super) struct Chunk {
 pub(super) struct Part {
     pub(super) extent: usize,
     pub(super) src: usize,
+    pub(super) dst: usize,
     pub(super) src_offset: u64,
     pub(super) dst_offset: u64,
     pub(super) len: u64,
 }
 
 impl<'a> Plan<'a> {
-    /// Cuts `extents` into chunks of at most `chunk` bytes; with `gather`, chunks run across
-    /// the boundaries of extents that continue each other in a destination.
-    pub(super) fn new(extents: &'a [Extent], chunk: u64, gather: bool) -> Self {
+    /// Cuts `extents` into chunks of at most `chunk` bytes; with `group`, extents are
+    /// gathered and scattered (see [`Plan`]).
+    pub(super) fn new(extents: &'a [Extent], chunk: u64, group: bool) -> Self {
         let page = page_size();
-        let mut runs: Vec<Run> = Vec::with_capacity(if gather { 0 } else { extents.len() });
+        let mut runs: Vec<Run> = Vec::with_capacity(if group { 0 } else { extents.len() });
         for (i, e) in extents.iter().enumerate() {
-            if let Some(r) = runs.last_mut() {
-                // Offsets were checked in `validate`: no sum overflows.
-                if gather && r.dst == e.dst && r.dst_offset + r.len == e.dst_offset {
+            // Extents with no bytes (whose indices and offsets were not checked) stay alone.
+            if let Some(r) = runs.last_mut().filter(|r| group && r.len > 0 && e.len > 0) {
+                let alone = r.end - r.start == 1;
+                let gathers = r.kind == Kind::Cut
+                    && r.dst == e.dst
+                    && r.dst_offset.checked_add(r.len) == Some(e.dst_offset);
+                let scatters = (r.kind == Kind::Scatter || alone && r.len <= SCATTER_MAX)
+                    && e.len <= SCATTER_MAX
+                    && r.len + e.len <= BOUNCE_SIZE as u64
+                    && r.src == e.src
+                    && r.src_offset.checked_add(r.len) == Some(e.src_offset);
+                if gathers || scatters {
+                    if !gathers {
+                        r.kind = Kind::Scatter;
+                    }
                     r.end = i + 1;
                     r.len += e.len;
                     continue;
                 }
             }
             runs.push(Run {
+                kind: Kind::Cut,
                 start: i,
                 end: i + 1,
+                src: e.src,
+                src_offset: e.src_offset,
                 dst: e.dst,
                 dst_offset: e.dst_offset,
                 len: e.len,
@@ -200,11 +243,14 @@ impl<'a> Plan<'a> {
         if r.len == 0 {
             return 0;
         }
+        if r.kind == Kind::Scatter {
+            return 1;
+        }
         let first = self.first_len(r);
         1 + (r.len - first).div_ceil(self.step())
     }
 
-    /// The chunk of run `r` that holds the byte `at` bytes into the run.
+    /// The chunk of the cut run `r` that holds the byte `at` bytes into the run.
     fn chunk_at(&self, r: &Run, at: u64) -> u64 {
         let first = self.first_len(r);
         if at < first {
@@ -219,10 +265,15 @@ impl<'a> Plan<'a> {
         self.first[r + 1] - self.first[r]
     }
 
-    /// Per source, how many (chunk, extent) parts read from it: one per chunk of an extent
-    /// that a chunk does not share, more where chunks run across extents.
-    pub(super) fn parts_per_source(&self, count: &mut [u64]) {
+    /// Per source, how many times a chunk reads from it: one per chunk of an extent that a
+    /// chunk does not share, more where gathered chunks run across extents, one for a
+    /// scattered chunk.
+    pub(super) fn reads_per_source(&self, count: &mut [u64]) {
         for r in &self.runs {
+            if r.kind == Kind::Scatter {
+                count[r.src] += u64::from(r.len > 0);
+                continue;
+            }
             let mut at = 0u64;
             for e in &self.extents[r.start..r.end] {
                 if e.len > 0 {
@@ -237,6 +288,20 @@ impl<'a> Plan<'a> {
     /// Chunk `j` of run `r`.
     pub(super) fn chunk(&self, r: usize, j: u64) -> Chunk {
         let run = &self.runs[r];
+        if run.kind == Kind::Scatter {
+            // Every extent of a scattered run has bytes; the first gives the chunk's ends.
+            return Chunk {
+                run: r,
+                extent: run.start,
+                src: run.src,
+                dst: run.dst,
+                src_offset: run.src_offset,
+                dst_offset: run.dst_offset,
+                len: run.len,
+                parts: run.end - run.start,
+                scatter: true,
+            };
+        }
         let first = self.first_len(run);
         let (start, len) = if j == 0 {
             (0, first)
@@ -268,24 +333,30 @@ impl<'a> Plan<'a> {
             dst_offset,
             len,
             parts,
+            scatter: false,
         }
     }
 
-    /// The parts of chunk `c`, in destination order.
+    /// The parts of chunk `c`, in extent order (for a gathered chunk, destination order; for
+    /// a scattered one, source order).
     pub(super) fn parts<'p>(&'p self, c: &Chunk) -> impl Iterator<Item = Part> + 'p {
-        let (start, end) = (c.dst_offset, c.dst_offset + c.len);
         let (first, run_end) = (c.extent, self.runs[c.run].end);
+        let (scatter, start, end) = (c.scatter, c.dst_offset, c.dst_offset + c.len);
         self.extents[first..run_end]
             .iter()
             .enumerate()
-            .take_while(move |(_, e)| e.dst_offset < end)
+            .take_while(move |(_, e)| scatter || e.dst_offset < end)
             .filter(|(_, e)| e.len > 0)
             .map(move |(i, e)| {
-                let from = e.dst_offset.max(start);
-                let to = (e.dst_offset + e.len).min(end);
+                let (from, to) = if scatter {
+                    (e.dst_offset, e.dst_offset + e.len)
+                } else {
+                    (e.dst_offset.max(start), (e.dst_offset + e.len).min(end))
+                };
                 Part {
                     extent: first + i,
                     src: e.src,
+                    dst: e.dst,
                     src_offset: e.src_offset + (from - e.dst_offset),
                     dst_offset: from,
                     len: to - from,

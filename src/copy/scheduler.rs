@@ -242,7 +242,8 @@ pub(super) fn run(
 ) -> Result<(), CopyError> {
     validate(sources, dsts, extents, opts)?;
     let strategy = strategy(opts.method, matches!(sources, Sources::Memory(_)));
-    // Through a buffer, neighbouring extents are gathered into one write.
+    // Through a buffer, neighbouring extents are gathered into one write, or scattered
+    // from one read.
     let plan = Plan::new(
         extents,
         opts.chunk_size as u64,
@@ -253,7 +254,7 @@ pub(super) fn run(
         return Ok(());
     }
     if let Sources::OnUse(s) = sources {
-        s.count_parts(&plan);
+        s.count_reads(&plan);
     }
     let dst_lens = match dsts {
         Dsts::Open(files) if strategy == Strategy::MapDst => {
