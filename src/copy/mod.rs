@@ -78,9 +78,9 @@
 //! its calls instead: 18,000 files had made 142 threads, one pool per batch of 256. Small new
 //! files are not preallocated ([`size_new_file`]), and no `statx` is made per new file, so
 //! an import costs per file what a plain writer pays: `openat`, `pwrite`, `close`, and a
-//! share of one `pread` (`strace -c -f`). What remains is ext4's own cost of creating files: `perf` puts most of
-//! an 18,000-file import in inode allocation (`find_inode_bit`, `recently_deleted`,
-//! `find_get_block_common`) and the directory lock.
+//! share of one `pread` (`strace -c -f`). What remains is ext4's own cost of creating files:
+//! `perf` puts most of an 18,000-file import in inode allocation (`find_inode_bit`,
+//! `recently_deleted`, `find_get_block_common`) and the directory lock.
 //!
 //! The other way, many small sources into one file (an export of 100,000 tensors of 10 KB),
 //! one `pwrite` per tensor had the two workers spinning on the file's inode lock for a quarter
