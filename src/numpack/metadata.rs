@@ -54,7 +54,7 @@ pub struct ArrayRecord {
     /// Compressed size (compression info).
     pub compressed_size: u64,
     /// Block information, if present.
-    pub block_info: Option<BlockInfo>,
+    pub block_info: Option<Box<BlockInfo>>,
 }
 
 /// The whole metadata file.
@@ -140,47 +140,11 @@ impl<'a> Reader<'a> {
 impl Metadata {
     /// Decodes `bytes`, the content of `path` (used in error messages).
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Metadata> {
-        let mut r = Reader {
-            bytes,
-            pos: 0,
-            path,
-        };
-        let magic = r.u32("the magic number")?;
-        if magic != MAGIC {
-            return Err(Error::malformed(
-                path,
-                format!("not NumPack metadata: magic is {magic:#010x}, expected {MAGIC:#010x} (\"NPKB\")"),
-            ));
-        }
-        let version = r.u32("the version")?;
-        if version != VERSION {
-            return Err(Error::new(
-                crate::ErrorKind::Unsupported,
-                format!("NumPack metadata version {version} (only version {VERSION} is known)"),
-            )
-            .at(path));
-        }
-        let total_size = r.u64("total_size")?;
-        let count = r.count(MIN_RECORD, "the array count")?;
-        let mut arrays = Vec::with_capacity(count);
-        for i in 0..count {
-            let name = r.string("an array name length")?;
-            let label = if name.is_empty() {
-                format!("#{i}")
-            } else {
-                name.clone()
-            };
-            let rec = decode_record(&mut r, name).map_err(|e| e.array(label))?;
-            arrays.push(rec);
-        }
-        if r.remaining() != 0 {
-            return Err(Error::malformed(
-                path,
-                format!(
-                    "{} unexpected bytes after the last array record",
-                    r.remaining()
-                ),
-            ));
+        let mut records = Records::new(bytes, path)?;
+        let total_size = records.total_size;
+        let mut arrays = Vec::with_capacity(records.len());
+        for r in &mut records {
+            arrays.push(r?);
         }
         Ok(Metadata { total_size, arrays })
     }
@@ -230,6 +194,97 @@ impl Metadata {
     }
 }
 
+/// The records of a metadata file, decoded one by one as [`Metadata::decode`] decodes them
+/// (none kept): an error ends the iteration, and bytes left after the last record are one.
+pub struct Records<'a> {
+    r: Reader<'a>,
+    /// `total_size` as stored.
+    pub total_size: u64,
+    count: usize,
+    next: usize,
+    done: bool,
+}
+
+impl<'a> Records<'a> {
+    /// Checks the header of `bytes`, the content of `path` (used in error messages).
+    pub fn new(bytes: &'a [u8], path: &'a Path) -> Result<Records<'a>> {
+        let mut r = Reader {
+            bytes,
+            pos: 0,
+            path,
+        };
+        let magic = r.u32("the magic number")?;
+        if magic != MAGIC {
+            return Err(Error::malformed(
+                path,
+                format!("not NumPack metadata: magic is {magic:#010x}, expected {MAGIC:#010x} (\"NPKB\")"),
+            ));
+        }
+        let version = r.u32("the version")?;
+        if version != VERSION {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("NumPack metadata version {version} (only version {VERSION} is known)"),
+            )
+            .at(path));
+        }
+        let total_size = r.u64("total_size")?;
+        let count = r.count(MIN_RECORD, "the array count")?;
+        Ok(Records {
+            r,
+            total_size,
+            count,
+            next: 0,
+            done: false,
+        })
+    }
+
+    /// How many records the file lists.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the file lists none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<ArrayRecord>;
+
+    fn next(&mut self) -> Option<Result<ArrayRecord>> {
+        if self.done {
+            return None;
+        }
+        let r = &mut self.r;
+        if self.next == self.count {
+            self.done = true;
+            return (r.remaining() != 0).then(|| {
+                Err(Error::malformed(
+                    r.path,
+                    format!(
+                        "{} unexpected bytes after the last array record",
+                        r.remaining()
+                    ),
+                ))
+            });
+        }
+        let i = self.next;
+        self.next += 1;
+        let rec = r.string("an array name length").and_then(|name| {
+            let label = if name.is_empty() {
+                format!("#{i}")
+            } else {
+                name.clone()
+            };
+            decode_record(r, name).map_err(|e| e.array(label))
+        });
+        self.done = rec.is_err();
+        Some(rec)
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -264,12 +319,12 @@ fn decode_record(r: &mut Reader<'_>, name: String) -> Result<ArrayRecord> {
                     r.u64("a block size")?,
                 ));
             }
-            Some(BlockInfo {
+            Some(Box::new(BlockInfo {
                 enabled,
                 block_size,
                 num_blocks,
                 blocks,
-            })
+            }))
         }
         other => {
             return Err(Error::malformed(
