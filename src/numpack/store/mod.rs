@@ -30,7 +30,7 @@ use crate::numpack::bitmap::Bitmap;
 use crate::numpack::metadata::ArrayRecord;
 use index::NameIndex;
 
-pub use layout::{make_record, Storage};
+pub use layout::{make_record, needs_entry, Storage};
 pub use mutate::ArrayInput;
 pub(crate) use open::{existing_kind, Existing};
 pub use query::ArrayInfo;
