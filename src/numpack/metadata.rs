@@ -152,46 +152,53 @@ impl Metadata {
     /// Encodes the metadata exactly as NumPack 0.7 lays it out. `total_size` is recomputed.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.arrays.len() * 128);
-        let total: u64 = self
-            .arrays
-            .iter()
-            .fold(0u64, |a, r| a.saturating_add(r.size_bytes));
-        out.extend_from_slice(&MAGIC.to_le_bytes());
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&total.to_le_bytes());
-        out.extend_from_slice(&(self.arrays.len() as u32).to_le_bytes());
-        for a in &self.arrays {
-            put_str(&mut out, &a.name);
-            out.extend_from_slice(&(a.shape.len() as u32).to_le_bytes());
-            for d in &a.shape {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            put_str(&mut out, &a.data_file);
-            out.extend_from_slice(&a.last_modified.to_le_bytes());
-            out.extend_from_slice(&a.size_bytes.to_le_bytes());
-            out.push(a.dtype_code);
-            out.push(a.compression);
-            out.extend_from_slice(&a.compression_level.to_le_bytes());
-            out.extend_from_slice(&a.original_size.to_le_bytes());
-            out.extend_from_slice(&a.compressed_size.to_le_bytes());
-            match &a.block_info {
-                None => out.push(0),
-                Some(b) => {
-                    out.push(1);
-                    out.push(b.enabled);
-                    out.extend_from_slice(&b.block_size.to_le_bytes());
-                    out.extend_from_slice(&b.num_blocks.to_le_bytes());
-                    out.extend_from_slice(&(b.blocks.len() as u32).to_le_bytes());
-                    for (o, s, c) in &b.blocks {
-                        out.extend_from_slice(&o.to_le_bytes());
-                        out.extend_from_slice(&s.to_le_bytes());
-                        out.extend_from_slice(&c.to_le_bytes());
-                    }
+        encode_records(&self.arrays, &mut out).expect("writing to memory does not fail");
+        out
+    }
+}
+
+/// Writes the metadata file listing `arrays` to `out`, as [`Metadata::encode`] lays it out
+/// (`total_size` computed), without building it in memory first.
+pub fn encode_records(
+    arrays: &[ArrayRecord],
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let total: u64 = arrays
+        .iter()
+        .fold(0u64, |a, r| a.saturating_add(r.size_bytes));
+    out.write_all(&MAGIC.to_le_bytes())?;
+    out.write_all(&VERSION.to_le_bytes())?;
+    out.write_all(&total.to_le_bytes())?;
+    out.write_all(&(arrays.len() as u32).to_le_bytes())?;
+    for a in arrays {
+        put_str(out, &a.name)?;
+        out.write_all(&(a.shape.len() as u32).to_le_bytes())?;
+        for d in &a.shape {
+            out.write_all(&d.to_le_bytes())?;
+        }
+        put_str(out, &a.data_file)?;
+        out.write_all(&a.last_modified.to_le_bytes())?;
+        out.write_all(&a.size_bytes.to_le_bytes())?;
+        out.write_all(&[a.dtype_code, a.compression])?;
+        out.write_all(&a.compression_level.to_le_bytes())?;
+        out.write_all(&a.original_size.to_le_bytes())?;
+        out.write_all(&a.compressed_size.to_le_bytes())?;
+        match &a.block_info {
+            None => out.write_all(&[0])?,
+            Some(b) => {
+                out.write_all(&[1, b.enabled])?;
+                out.write_all(&b.block_size.to_le_bytes())?;
+                out.write_all(&b.num_blocks.to_le_bytes())?;
+                out.write_all(&(b.blocks.len() as u32).to_le_bytes())?;
+                for (o, s, c) in &b.blocks {
+                    out.write_all(&o.to_le_bytes())?;
+                    out.write_all(&s.to_le_bytes())?;
+                    out.write_all(&c.to_le_bytes())?;
                 }
             }
         }
-        out
     }
+    Ok(())
 }
 
 /// The records of a metadata file, decoded one by one as [`Metadata::decode`] decodes them
@@ -285,9 +292,9 @@ impl Iterator for Records<'_> {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
+fn put_str(out: &mut impl std::io::Write, s: &str) -> std::io::Result<()> {
+    out.write_all(&(s.len() as u32).to_le_bytes())?;
+    out.write_all(s.as_bytes())
 }
 
 fn decode_record(r: &mut Reader<'_>, name: String) -> Result<ArrayRecord> {
