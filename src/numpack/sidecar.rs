@@ -188,11 +188,11 @@ pub struct EntryRef<'a> {
     #[serde(borrow)]
     pub dtype: Cow<'a, str>,
     /// As [`Entry::shape`].
-    pub shape: Vec<u64>,
+    pub shape: Dims,
     /// As [`Entry::storage_code`].
     pub storage_code: u8,
     /// As [`Entry::storage_shape`].
-    pub storage_shape: Vec<u64>,
+    pub storage_shape: Dims,
     /// As [`Entry::size_bytes`].
     pub size_bytes: u64,
     /// As [`Entry::last_modified`].
@@ -218,12 +218,65 @@ impl EntryRef<'_> {
         Entry {
             name: self.name.to_string(),
             dtype: self.dtype.to_string(),
-            shape: self.shape.clone(),
+            shape: self.shape.to_vec(),
             storage_code: self.storage_code,
-            storage_shape: self.storage_shape.clone(),
+            storage_shape: self.storage_shape.to_vec(),
             size_bytes: self.size_bytes,
             last_modified: self.last_modified,
         }
+    }
+}
+
+/// A shape as [`EntryRef`] reads it: up to eight dimensions without an allocation.
+#[derive(Clone, Debug)]
+pub enum Dims {
+    /// `len` dimensions in place.
+    Inline([u64; 8], u8),
+    /// More.
+    Heap(Vec<u64>),
+}
+
+impl std::ops::Deref for Dims {
+    type Target = [u64];
+
+    fn deref(&self) -> &[u64] {
+        match self {
+            Dims::Inline(d, n) => &d[..usize::from(*n)],
+            Dims::Heap(v) => v,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Dims {
+    /// As `Vec<u64>` deserializes.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dims, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Dims;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Dims, A::Error> {
+                let mut inline = [0u64; 8];
+                let mut n = 0;
+                while let Some(x) = seq.next_element::<u64>()? {
+                    if n == inline.len() {
+                        let mut v = inline.to_vec();
+                        v.push(x);
+                        while let Some(x) = seq.next_element::<u64>()? {
+                            v.push(x);
+                        }
+                        return Ok(Dims::Heap(v));
+                    }
+                    inline[n] = x;
+                    n += 1;
+                }
+                Ok(Dims::Inline(inline, n as u8))
+            }
+        }
+        d.deserialize_seq(V)
     }
 }
 
@@ -433,8 +486,17 @@ impl Sidecar {
         bytes: &'a [u8],
         each: impl FnMut(EntryRef<'a>),
     ) -> Option<StoreFields> {
+        Sidecar::decode_streaming_from(serde_json::de::SliceRead::new(bytes), each)
+    }
+
+    /// [`Sidecar::decode_streaming`] from any source `serde_json` reads: a slice, or a
+    /// reader (`serde_json::de::IoRead`), which needs no copy of the whole sidecar.
+    pub fn decode_streaming_from<'de, R: serde_json::de::Read<'de>>(
+        read: R,
+        each: impl FnMut(EntryRef<'de>),
+    ) -> Option<StoreFields> {
         use serde::de::DeserializeSeed;
-        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let mut de = serde_json::Deserializer::new(read);
         let (format, version, fields) = Streaming(each).deserialize(&mut de).ok()?;
         de.end().ok()?;
         (format == "npkio" && version == 1).then_some(fields)
@@ -538,6 +600,12 @@ mod tests {
         ];
         let bytes = s.encode();
         let (mut fields, entries) = streamed(&bytes).expect("a sidecar");
+        // From a reader, the same.
+        let mut from_reader = Vec::new();
+        let read = serde_json::de::IoRead::new(&bytes[..]);
+        let f = Sidecar::decode_streaming_from(read, |e| from_reader.push(e.to_entry())).unwrap();
+        assert_eq!(from_reader, entries);
+        assert_eq!((&f.metadata, &f.next), (&fields.metadata, &fields.next));
         let mut whole = Sidecar::decode(&bytes).unwrap();
         assert_eq!(entries, whole.arrays);
         assert_eq!(
@@ -570,6 +638,7 @@ mod tests {
             &br#"{"extra": [1, {"x": null}], "arrays": []}"#[..],
             br#"[]"#,
             br#"["npkio", 1, null, [{"name": "a", "dtype": "BF16", "shape": [], "storage_code": 4, "storage_shape": [1], "size_bytes": 2, "last_modified": 0}]]"#,
+            br#"{"arrays": [{"name": "a", "dtype": "U8", "shape": [1,1,1,1,1,1,1,1,1,2], "storage_code": 1, "storage_shape": [1,1,1,1,1,1,1,1,2], "size_bytes": 2, "last_modified": 0, "x": 1}]}"#,
         ] {
             let (_, entries) = streamed(ok).expect("a sidecar");
             assert_eq!(Sidecar::decode(ok).map(|s| s.arrays), Some(entries));

@@ -12,6 +12,7 @@ use crate::dtype::{self, DType};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::numpack::bitmap::Bitmap;
 use crate::numpack::metadata::{self, ArrayRecord, Records};
+use crate::numpack::naming;
 use crate::numpack::segments::{self, Segment};
 use crate::numpack::sidecar::{self, Entry, Sidecar};
 use crate::paths::checked_relative;
@@ -20,6 +21,10 @@ use crate::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 use super::index::NameIndex;
 use super::layout::{bitmap_path, Segments, Storage};
 use super::{Array, Fault, NumPack};
+
+/// The largest sidecar read whole before it is parsed (the fastest way); a larger one is
+/// parsed as it is read.
+const WHOLE_SIDECAR: u64 = 16 << 20;
 
 /// `rel` checked to stay inside `dir` by its components (`paths::checked_relative`).
 fn checked(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
@@ -53,12 +58,23 @@ impl NumPack {
         // Records are decoded into the arrays one by one, not gathered first.
         let mut store = Self::from_parts(dir, root, &bytes, &meta_path)?;
         drop(bytes);
-        if let Some(opened) = sidecar_file {
-            // A sidecar never makes a directory unreadable: one that cannot be read is
-            // ignored.
-            if let Ok(bytes) = read_to_vec(opened, sidecar::MAX_LEN, "sidecar") {
-                store.apply_sidecar(&bytes, digest.as_deref());
+        // A sidecar never makes a directory unreadable: one that cannot be read is ignored.
+        match sidecar_file {
+            Some(opened) if opened.len <= WHOLE_SIDECAR => {
+                if let Ok(bytes) = read_to_vec(opened, sidecar::MAX_LEN, "sidecar") {
+                    let read = serde_json::de::SliceRead::new(&bytes);
+                    store.apply_sidecar(read, digest.as_deref());
+                }
             }
+            // A large one is parsed as it is read, not copied whole into memory first (for
+            // 100,000 arrays it is some 30 MB): slower to parse, bounded in memory.
+            Some(opened) if opened.len <= sidecar::MAX_LEN => {
+                let reader = std::io::Read::take(&opened.file, sidecar::MAX_LEN);
+                let read =
+                    serde_json::de::IoRead::new(std::io::BufReader::with_capacity(1 << 16, reader));
+                store.apply_sidecar(read, digest.as_deref());
+            }
+            _ => {}
         }
         Ok(store)
     }
@@ -124,6 +140,7 @@ impl NumPack {
             dir,
             root: &root,
             listing: listing.as_ref(),
+            scratch: Default::default(),
         };
         let records = Records::new(meta, meta_path)?;
         let mut arrays = Vec::with_capacity(records.len());
@@ -175,20 +192,20 @@ impl NumPack {
         })
     }
 
-    /// Applies the sidecar `bytes` (read with the metadata whose digest is `digest`) to the
+    /// Applies the sidecar `read` (opened with the metadata whose digest is `digest`) to the
     /// arrays just opened: each array's true dtype and shape from the first entry, in file
     /// order, that still describes its record (a name may have two entries, one per
     /// generation, while a change is published), and the store-wide fields. Entries are
     /// applied as they are parsed, none kept, but for arrays that cannot be read (kept for
     /// the next metadata write). A sidecar that does not parse is ignored whole.
-    fn apply_sidecar(&mut self, bytes: &[u8], digest: Option<&str>) {
+    fn apply_sidecar<'de>(&mut self, read: impl serde_json::de::Read<'de>, digest: Option<&str>) {
         // Per array: the dtype and, when it differs from the record's, the shape.
         let mut found: Vec<Option<(DType, Option<Vec<u64>>)>> = Vec::new();
         found.resize_with(self.arrays.len(), || None);
         // Entries of arrays that cannot be read: the first that applies, else the first.
         let mut fault_entries: HashMap<usize, (bool, Entry)> = HashMap::new();
         let (arrays, index) = (&self.arrays, &self.index);
-        let fields = Sidecar::decode_streaming(bytes, |e| {
+        let fields = Sidecar::decode_streaming_from(read, |e| {
             let Some(i) = index.get(&e.name, arrays) else {
                 return;
             };
@@ -206,7 +223,7 @@ impl NumPack {
                 return;
             }
             if let (Some(dtype), None) = (resolved, &found[i]) {
-                let shape = (e.shape != record.shape).then_some(e.shape);
+                let shape = (*e.shape != *record.shape).then(|| e.shape.to_vec());
                 found[i] = Some((dtype, shape));
             }
         });
@@ -279,10 +296,20 @@ struct Parts<'a> {
     root: &'a OwnedFd,
     /// The directory's entries and their types, when it could be listed.
     listing: Option<&'a Listing>,
+    /// A buffer for the file names looked up.
+    scratch: std::cell::RefCell<String>,
 }
 
-/// What a listing of the directory says of its entries, in eight bytes an entry: a keyed
-/// 64-bit hash of each name, its lowest bit set for a regular file, sorted. Two names may
+/// Whether `rel` is one plain path component (what `checked_relative` leaves as it is).
+fn one_component(rel: &str) -> bool {
+    !rel.is_empty()
+        && rel != "."
+        && rel != ".."
+        && !rel.bytes().any(|b| matches!(b, b'/' | b'\\' | 0))
+}
+
+/// What a listing of the directory says of its entries: a table (at most half full) of
+/// keyed 64-bit hashes of the names, the lowest bit set for a regular file. Two names may
 /// share a hash, so an entry may be taken for present (or regular) when it is not; both
 /// answers only save a look before opening, which still decides (a name that is not there
 /// fails to open, as `NotFound`; what is opened is checked to be a regular file by `fstat`).
@@ -294,31 +321,46 @@ struct Listing {
 impl Listing {
     /// The listing of `root`, `None` when it cannot be listed.
     fn of(root: &OwnedFd) -> Option<Listing> {
-        let mut l = Listing {
-            hashes: Vec::new(),
-            hasher: Default::default(),
-        };
+        let mut keys = Vec::new();
+        let hasher = std::collections::hash_map::RandomState::new();
         list_dir(root, |name, kind| {
-            let h = l.key(name) | u64::from(kind == libc::DT_REG);
-            l.hashes.push(h);
+            keys.push(Listing::key(&hasher, name) | u64::from(kind == libc::DT_REG));
         })
         .ok()?;
-        l.hashes.sort_unstable();
+        let size = keys.len().saturating_mul(2).max(8).next_power_of_two();
+        let mut l = Listing {
+            hashes: vec![0; size],
+            hasher,
+        };
+        let mask = size - 1;
+        for k in keys {
+            let mut at = (k >> 32) as usize & mask;
+            while l.hashes[at] != 0 {
+                at = (at + 1) & mask;
+            }
+            l.hashes[at] = k;
+        }
         Some(l)
     }
 
-    fn key(&self, name: &[u8]) -> u64 {
+    /// The slot value of `name` but its regular-file bit: never 0 (an empty slot).
+    fn key(hasher: &std::collections::hash_map::RandomState, name: &[u8]) -> u64 {
         use std::hash::BuildHasher;
-        self.hasher.hash_one(name) & !1
+        (hasher.hash_one(name) & !3) | 2
     }
 
     /// Whether `name` may be in the directory, and whether as a regular file.
     fn find(&self, name: &str) -> (bool, bool) {
-        let key = self.key(name.as_bytes());
-        let at = self.hashes.partition_point(|&h| h < key);
+        let key = Listing::key(&self.hasher, name.as_bytes());
+        let mask = self.hashes.len() - 1;
+        let mut at = (key >> 32) as usize & mask;
         let mut found = (false, false);
-        for &h in self.hashes[at..].iter().take_while(|&&h| h & !1 == key) {
-            found = (true, found.1 || h & 1 == 1);
+        while self.hashes[at] != 0 {
+            let h = self.hashes[at];
+            if h & !1 == key {
+                found = (true, found.1 || h & 1 == 1);
+            }
+            at = (at + 1) & mask;
         }
         found
     }
@@ -483,8 +525,15 @@ fn load_array(parts: &Parts<'_>, record: &ArrayRecord) -> Result<Derived> {
             segments: out,
         }))
     } else {
-        let rel = checked(dir, &record.data_file, "data file")?;
-        if rel.components().count() > 1 {
+        // The common case, one plain component, needs no path built to be checked.
+        let single = one_component(&record.data_file);
+        if !single
+            && checked(dir, &record.data_file, "data file")?
+                .components()
+                .count()
+                > 1
+        {
+            let rel = checked(dir, &record.data_file, "data file")?;
             let len = parts.open_part(&record.data_file, "data file")?.len;
             if len < size {
                 return Err(Error::malformed(
@@ -498,10 +547,14 @@ fn load_array(parts: &Parts<'_>, record: &ArrayRecord) -> Result<Derived> {
         }
         Storage::Plain
     };
-    let brel = bitmap_path(record);
-    let bpath = dir.join(&brel);
-    let bitmap = match parts.open_if_present(&brel.to_string_lossy(), "deletion bitmap")? {
+    // The bitmap's name (`bitmap_path`), built in a buffer kept from array to array.
+    let mut bname = parts.scratch.borrow_mut();
+    bname.clear();
+    let stem = naming::stem_of(&record.data_file).unwrap_or(&record.name);
+    naming::push_bitmap_file(&mut bname, stem);
+    let bitmap = match parts.open_if_present(&bname, "deletion bitmap")? {
         Some(opened) => {
+            let bpath = dir.join(bitmap_path(record));
             if record.shape.is_empty() {
                 return Err(Error::malformed(&bpath, "deletion bitmap for a 0-d array"));
             }
