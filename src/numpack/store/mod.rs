@@ -58,13 +58,11 @@ struct Array {
     record: ArrayRecord,
     /// True dtype (from the sidecar when it still applies, else the record's code).
     dtype: DType,
-    /// True shape before deletions, when it is not the record's (most arrays: one shape
-    /// kept, not three).
-    true_shape: Option<Box<[u64]>>,
-    /// True shape after deletions (what load and export show), when rows are deleted.
-    logical: Option<Box<[u64]>>,
+    /// The true shapes, when they are not the record's shape (most arrays: one shape kept,
+    /// not three).
+    shapes: Option<Box<Shapes>>,
     storage: Storage,
-    bitmap: Option<Bitmap>,
+    bitmap: Option<Box<Bitmap>>,
     data: OnceLock<Box<Data>>,
     /// Whether its data files were found as its record needs them (`NumPack::verify`):
     /// checked on first use, not when the store opens.
@@ -79,8 +77,7 @@ impl Array {
         Array {
             record,
             dtype,
-            true_shape: None,
-            logical: None,
+            shapes: None,
             storage,
             bitmap: None,
             data: OnceLock::new(),
@@ -91,19 +88,26 @@ impl Array {
 
     /// True shape before deletions.
     fn shape(&self) -> &[u64] {
-        self.true_shape.as_deref().unwrap_or(&self.record.shape)
+        let kept = self.shapes.as_ref().and_then(|s| s.true_shape.as_deref());
+        kept.unwrap_or(&self.record.shape)
+    }
+
+    /// Whether the true shape is not the record's.
+    fn has_own_shape(&self) -> bool {
+        self.shapes.as_ref().is_some_and(|s| s.true_shape.is_some())
     }
 
     /// True shape after deletions: what load and export show.
     fn logical_shape(&self) -> &[u64] {
-        self.logical.as_deref().unwrap_or(self.shape())
+        let kept = self.shapes.as_ref().and_then(|s| s.logical.as_deref());
+        kept.unwrap_or(self.shape())
     }
 
     /// Sets the true shape; the logical one follows it and the bitmap.
     fn set_shape(&mut self, shape: Vec<u64>) {
-        self.true_shape = (shape != self.record.shape).then(|| shape.into_boxed_slice());
-        self.logical = None;
-        if let Some(rows) = self.bitmap.as_ref().map(Bitmap::active_count) {
+        let own = (shape != self.record.shape).then(|| shape.into_boxed_slice());
+        self.shapes = Shapes::boxed(own, None);
+        if let Some(rows) = self.bitmap.as_deref().map(Bitmap::active_count) {
             self.set_logical_rows(rows);
         }
     }
@@ -111,11 +115,42 @@ impl Array {
     /// Sets the number of rows the logical shape has (the true shape has rows).
     fn set_logical_rows(&mut self, rows: u64) {
         let shape = self.shape();
-        self.logical = (shape.first() != Some(&rows)).then(|| {
+        let logical = (shape.first() != Some(&rows)).then(|| {
             let mut l = shape.to_vec();
             l[0] = rows;
             l.into_boxed_slice()
         });
+        let own = self.shapes.take().and_then(|s| s.true_shape);
+        self.shapes = Shapes::boxed(own, logical);
+    }
+
+    /// Adds `n` rows to the shapes kept (the others follow the record's).
+    fn add_rows(&mut self, n: u64) {
+        if let Some(s) = &mut self.shapes {
+            for kept in [&mut s.true_shape, &mut s.logical].into_iter().flatten() {
+                kept[0] += n;
+            }
+        }
+    }
+}
+
+/// An array's true shapes that are not its record's shape.
+struct Shapes {
+    /// The true shape before deletions, when it is not the record's.
+    true_shape: Option<Box<[u64]>>,
+    /// After deletions (what load and export show), when rows are deleted.
+    logical: Option<Box<[u64]>>,
+}
+
+impl Shapes {
+    /// The shapes kept, `None` when neither is.
+    fn boxed(true_shape: Option<Box<[u64]>>, logical: Option<Box<[u64]>>) -> Option<Box<Shapes>> {
+        (true_shape.is_some() || logical.is_some()).then(|| {
+            Box::new(Shapes {
+                true_shape,
+                logical,
+            })
+        })
     }
 }
 

@@ -516,12 +516,7 @@ impl NumPack {
         let a = &mut self.arrays[i];
         let old_files = files_of(a);
         // The true and logical shapes follow the record's rows where they are not kept.
-        if let Some(s) = &mut a.true_shape {
-            s[0] += new_rows;
-        }
-        if let Some(l) = &mut a.logical {
-            l[0] += new_rows;
-        }
+        a.add_rows(new_rows);
         a.record = record;
         a.bitmap = bitmap;
         if let Some(d) = a.data.take() {
@@ -540,7 +535,8 @@ impl NumPack {
         let a = &self.arrays[i];
         let mut bitmap = a
             .bitmap
-            .clone()
+            .as_deref()
+            .cloned()
             .unwrap_or_else(|| Bitmap::all_active(a.shape()[0]));
         bitmap
             .delete_logical(rows)
@@ -551,7 +547,7 @@ impl NumPack {
             let late = replace_file(&dir, &bpath.to_string_lossy(), &bitmap.encode(), s.durable)?;
             let a = &mut s.arrays[i];
             a.set_logical_rows(bitmap.active_count());
-            a.bitmap = Some(bitmap);
+            a.bitmap = Some(Box::new(bitmap));
             if let Some(d) = a.data.take() {
                 s.retired.push(*d);
             }

@@ -428,10 +428,10 @@ struct Derived {
 impl Derived {
     fn with(self, record: ArrayRecord) -> Array {
         let mut a = Array::new(record, self.dtype, self.storage);
-        a.bitmap = self.bitmap;
+        a.bitmap = self.bitmap.map(Box::new);
         a.verified = AtomicBool::new(self.verified);
         a.listed_regular = self.listed_regular;
-        if let Some(rows) = a.bitmap.as_ref().map(Bitmap::active_count) {
+        if let Some(rows) = a.bitmap.as_deref().map(Bitmap::active_count) {
             a.set_logical_rows(rows);
         }
         a

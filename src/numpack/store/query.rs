@@ -478,8 +478,7 @@ impl NumPack {
         }
         let a = self.get_listed(name)?;
         let r = &a.record;
-        let native =
-            DType::from_numpack_code(r.dtype_code) == Some(a.dtype) && a.true_shape.is_none();
+        let native = DType::from_numpack_code(r.dtype_code) == Some(a.dtype) && !a.has_own_shape();
         Ok((!native).then(|| Entry::new(r, a.dtype, a.shape())))
     }
 
