@@ -526,14 +526,12 @@ fn load_array(parts: &Parts<'_>, record: &ArrayRecord) -> Result<Derived> {
         }))
     } else {
         // The common case, one plain component, needs no path built to be checked.
-        let single = one_component(&record.data_file);
-        if !single
-            && checked(dir, &record.data_file, "data file")?
-                .components()
-                .count()
-                > 1
-        {
-            let rel = checked(dir, &record.data_file, "data file")?;
+        let rel = if one_component(&record.data_file) {
+            None
+        } else {
+            Some(checked(dir, &record.data_file, "data file")?)
+        };
+        if let Some(rel) = rel.filter(|r| r.components().count() > 1) {
             let len = parts.open_part(&record.data_file, "data file")?.len;
             if len < size {
                 return Err(Error::malformed(
