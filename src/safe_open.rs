@@ -283,10 +283,11 @@ pub(crate) fn open_below(
     walk(&root, &comps, true).map_err(|f| fail(f, &path))
 }
 
-/// The entries of the directory `root` (opened by [`dir_handle`]) by name, with the type
-/// `getdents` gave (`libc::DT_*`; `DT_UNKNOWN` where the filesystem does not say): one pass
-/// over the directory.
-pub(crate) fn list_dir(root: &OwnedFd) -> io::Result<std::collections::HashMap<Vec<u8>, u8>> {
+/// Calls `each(name, type)` for the entries of the directory `root` (opened by
+/// [`dir_handle`]) but `.` and `..`, with the type `getdents` gave (`libc::DT_*`;
+/// `DT_UNKNOWN` where the filesystem does not say): one pass over the directory, nothing
+/// kept (the caller keeps what it needs).
+pub(crate) fn list_dir(root: &OwnedFd, mut each: impl FnMut(&[u8], u8)) -> io::Result<()> {
     let fd = openat(root.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
     // SAFETY: `fd` is an open directory descriptor; fdopendir takes it over (closedir below
     // closes it), so it is released from the OwnedFd first.
@@ -295,7 +296,6 @@ pub(crate) fn list_dir(root: &OwnedFd) -> io::Result<std::collections::HashMap<V
         return Err(io::Error::last_os_error());
     }
     let _ = fd.into_raw_fd();
-    let mut out = std::collections::HashMap::new();
     let result = loop {
         // SAFETY: errno is thread-local; cleared so that an end of directory (NULL with errno
         // 0) is told from an error.
@@ -316,12 +316,12 @@ pub(crate) fn list_dir(root: &OwnedFd) -> io::Result<std::collections::HashMap<V
             (CStr::from_ptr(ent.d_name.as_ptr()).to_bytes(), ent.d_type)
         };
         if name != b"." && name != b".." {
-            out.insert(name.to_vec(), kind);
+            each(name, kind);
         }
     };
     // SAFETY: `dirp` came from fdopendir and is closed once.
     unsafe { libc::closedir(dirp) };
-    result.map(|()| out)
+    result
 }
 
 /// [`open_inside`] relative to `root`, the directory `dir` opened by [`dir_handle`] (no

@@ -13,9 +13,9 @@ use crate::copy::{self, Cause, CopyError, Extent, NewFiles, Side};
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::now_micros;
-use crate::numpack::metadata::{self, ArrayRecord, Metadata};
-use crate::numpack::sidecar::{self, ShardRecord, Sharding, Sidecar};
-use crate::numpack::store::{existing_kind, make_record, ArrayInput, Existing};
+use crate::numpack::metadata::{self, ArrayRecord};
+use crate::numpack::sidecar::{self, Entry, ShardRecord, Sharding, Sidecar};
+use crate::numpack::store::{existing_kind, make_record, needs_entry, ArrayInput, Existing};
 use crate::numpack::{naming, NumPack};
 use crate::publish::{self, Staging};
 use crate::safetensors::index::Checkpoint;
@@ -333,12 +333,12 @@ fn import(
     }
 
     // New arrays: names, records, sidecar entries.
-    // Stems taken, lowercased (`choose_stem` compares ignoring case): a set, not a list
-    // scanned per array, which was quadratic in the number of tensors.
-    let mut stems: HashSet<String> = records
-        .iter()
-        .filter_map(|r| naming::stem_of(&r.data_file).map(str::to_ascii_lowercase))
-        .collect();
+    // Stems taken (`choose_stem` compares ignoring case): a table, not a list scanned per
+    // array, which was quadratic in the number of tensors.
+    let mut stems = Stems::with_capacity(records.len() + arrays.len());
+    for i in 0..records.len() {
+        stems.insert(i, &records);
+    }
     let mut order: Vec<usize> = (0..arrays.len()).collect();
     order.sort_by(|&a, &b| arrays[a].name.cmp(&arrays[b].name));
     let stamp = now_micros();
@@ -346,26 +346,33 @@ fn import(
     let mut record_of = vec![0usize; arrays.len()];
     for &i in &order {
         let a = &arrays[i];
-        let clash = stems.get(&a.name.to_ascii_lowercase()).map(String::as_str);
+        let clash = stems.find(&a.name, &records);
         let stem = naming::choose_stem(&a.name, clash.into_iter());
-        stems.insert(stem.to_ascii_lowercase());
         let data_file = naming::data_file(&stem);
-        let (record, entry) =
+        // The sidecar entry, when one is needed, is made again as it is written.
+        let (record, _) =
             make_record(&a.name, data_file, a.dtype, &a.shape, stamp).map_err(|e| e.at(output))?;
         record_of[i] = records.len();
         records.push(record);
-        sidecar.arrays.extend(entry);
+        stems.insert(records.len() - 1, &records);
     }
     drop(stems);
-    drop(order);
 
     // The staging directory holds neither the metadata nor the sidecar yet (`link_tree`
     // leaves them out). The sidecar (only when it says something) is written now, streamed
-    // to its file, and its entries released before the copy.
-    if !sidecar.is_empty() {
-        write_sidecar(&staging, &mut sidecar, opts.durable)?;
+    // to its file, the new arrays' entries made one at a time as they are written: for
+    // 100,000 arrays, holding them all took some 25 MB.
+    let new_entries = || {
+        order.iter().filter_map(|&i| {
+            let (a, r) = (&arrays[i], &records[record_of[i]]);
+            needs_entry(r, a.dtype, &a.shape).then(|| Entry::new(r, a.dtype, &a.shape))
+        })
+    };
+    if !sidecar.is_empty() || new_entries().next().is_some() {
+        write_sidecar(&staging, &sidecar, new_entries(), opts.durable)?;
     }
     drop(sidecar);
+    drop(order);
 
     // Copy, a batch of files at a time. The copy workers create the data files as they reach
     // them, so that creating hundreds of files (serialized by the kernel on the directory)
@@ -403,36 +410,204 @@ fn import(
     drop(record_of);
     drop(arrays);
 
-    let meta = Metadata {
-        total_size: 0,
-        arrays: records,
-    };
-    staging.write_file(metadata::FILE_NAME, &meta.encode(), opts.durable)?;
-    drop(meta);
+    // Streamed to its file: for 100,000 arrays the encoded metadata is some 17 MB.
+    write_streamed(&staging, metadata::FILE_NAME, opts.durable, |w| {
+        metadata::encode_records(&records, w)
+    })?;
+    drop(records);
     drop(old);
     staging.publish(opts.durable)
 }
 
 /// Writes the sidecar into the staging directory as `Sidecar::encode` lays it out (pretty
 /// JSON, entries sorted by name, a final newline), streamed to the file: for 100,000
-/// entries, `encode` takes a copy of the sidecar and a buffer of some 30 MB.
-fn write_sidecar(staging: &Staging, sidecar: &mut Sidecar, durable: bool) -> Result<()> {
+/// entries, `encode` takes a copy of the sidecar and a buffer of some 30 MB. `new`: more
+/// entries, sorted by name, whose names `sidecar` has no entry for.
+fn write_sidecar(
+    staging: &Staging,
+    sidecar: &Sidecar,
+    new: impl Iterator<Item = Entry>,
+    durable: bool,
+) -> Result<()> {
+    write_streamed(staging, sidecar::FILE_NAME, durable, |w| {
+        encode_sidecar(sidecar, new, w)
+    })
+}
+
+/// Writes the file `name` of the staging directory through a temporary file, filled by
+/// `write` through a buffer, then renamed into place (synced with `durable`).
+fn write_streamed(
+    staging: &Staging,
+    name: &str,
+    durable: bool,
+    write: impl FnOnce(&mut std::io::BufWriter<tempfile::NamedTempFile>) -> std::io::Result<()>,
+) -> Result<()> {
     let tmp = staging.temp_file(".npkio-tmp-")?;
     let path = tmp.path().to_path_buf();
     let mut w = std::io::BufWriter::with_capacity(1 << 16, tmp);
-    staging.ctx(encode_sidecar(sidecar, &mut w), &path, "writing")?;
+    staging.ctx(write(&mut w), &path, "writing")?;
     let tmp = w
         .into_inner()
         .map_err(|e| e.into_error())
         .map_err(|e| staging.error(&path, "writing", e))?;
-    staging.publish_file(tmp, sidecar::FILE_NAME, durable)
+    staging.publish_file(tmp, name, durable)
 }
 
-/// `Sidecar::encode`'s bytes, written to `w` (sorts the entries in place).
-fn encode_sidecar(sidecar: &mut Sidecar, mut w: impl std::io::Write) -> std::io::Result<()> {
-    sidecar.arrays.sort_by(|a, b| a.name.cmp(&b.name));
-    serde_json::to_writer_pretty(&mut w, &*sidecar)?;
+/// `Sidecar::encode`'s bytes for `sidecar` with the entries `new` (sorted by name, names
+/// `sidecar` has no entry for) added, written to `w`.
+fn encode_sidecar(
+    sidecar: &Sidecar,
+    new: impl Iterator<Item = Entry>,
+    mut w: impl std::io::Write,
+) -> std::io::Result<()> {
+    let mut old: Vec<&Entry> = sidecar.arrays.iter().collect();
+    old.sort_by(|a, b| a.name.cmp(&b.name));
+    let view = SidecarView {
+        sidecar,
+        old,
+        new: std::cell::RefCell::new(Some(new)),
+    };
+    serde_json::to_writer_pretty(&mut w, &view)?;
     w.write_all(b"\n")
+}
+
+/// A sidecar serialized as its derived `Serialize` does (same fields, order and omissions),
+/// its entries the sorted merge of `old` and `new`, `new` consumed as it is written.
+struct SidecarView<'a, I> {
+    sidecar: &'a Sidecar,
+    old: Vec<&'a Entry>,
+    new: std::cell::RefCell<Option<I>>,
+}
+
+impl<I: Iterator<Item = Entry>> serde::Serialize for SidecarView<'_, I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let sc = self.sidecar;
+        let mut st = s.serialize_struct("Sidecar", 7)?;
+        st.serialize_field("format", &sc.format)?;
+        st.serialize_field("version", &sc.version)?;
+        match &sc.metadata {
+            Some(m) => st.serialize_field("metadata", m)?,
+            None => st.skip_field("metadata")?,
+        }
+        st.serialize_field("arrays", &Merged(self))?;
+        match &sc.sharding {
+            Some(x) => st.serialize_field("sharding", x)?,
+            None => st.skip_field("sharding")?,
+        }
+        match &sc.source_header {
+            Some(x) => st.serialize_field("source_header", x)?,
+            None => st.skip_field("source_header")?,
+        }
+        match &sc.next {
+            Some(x) => st.serialize_field("next", x)?,
+            None => st.skip_field("next")?,
+        }
+        st.end()
+    }
+}
+
+/// The entries of a [`SidecarView`], merged by name as they are written.
+struct Merged<'v, 'a, I>(&'v SidecarView<'a, I>);
+
+impl<I: Iterator<Item = Entry>> serde::Serialize for Merged<'_, '_, I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let new = self.0.new.borrow_mut().take();
+        let mut new = new.into_iter().flatten().peekable();
+        let mut old = self.0.old.iter().copied().peekable();
+        let mut seq = s.serialize_seq(None)?;
+        loop {
+            let take_old = match (old.peek(), new.peek()) {
+                (Some(o), Some(n)) => o.name <= n.name,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_old {
+                seq.serialize_element(old.next().expect("peeked"))?;
+            } else {
+                seq.serialize_element(&new.next().expect("peeked"))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// The stems of records' data files, found ignoring ASCII case: an open-addressing table
+/// of record positions (at most half full), hashed by the lowercased stem, the stems
+/// compared where the records keep them. No stem is copied.
+struct Stems {
+    slots: Vec<u32>,
+    len: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Stems {
+    const EMPTY: u32 = u32::MAX;
+
+    fn with_capacity(n: usize) -> Stems {
+        Stems {
+            slots: vec![Stems::EMPTY; n.saturating_mul(2).max(8).next_power_of_two()],
+            len: 0,
+            hasher: Default::default(),
+        }
+    }
+
+    fn start(&self, stem: &str) -> usize {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.hasher.build_hasher();
+        let mut buf = [0u8; 64];
+        for chunk in stem.as_bytes().chunks(buf.len()) {
+            let lower = &mut buf[..chunk.len()];
+            lower.copy_from_slice(chunk);
+            lower.make_ascii_lowercase();
+            h.write(lower);
+        }
+        (h.finish() as usize) & (self.slots.len() - 1)
+    }
+
+    /// A stem of `records` equal to `name` ignoring ASCII case.
+    fn find<'r>(&self, name: &str, records: &'r [ArrayRecord]) -> Option<&'r str> {
+        let mask = self.slots.len() - 1;
+        let mut at = self.start(name);
+        loop {
+            match self.slots[at] {
+                Stems::EMPTY => return None,
+                i => {
+                    let stem = naming::stem_of(&records[i as usize].data_file);
+                    if let Some(s) = stem.filter(|s| s.eq_ignore_ascii_case(name)) {
+                        return Some(s);
+                    }
+                    at = (at + 1) & mask;
+                }
+            }
+        }
+    }
+
+    /// Adds the stem of `records[i]`, if its data file has one.
+    fn insert(&mut self, i: usize, records: &[ArrayRecord]) {
+        let Some(stem) = naming::stem_of(&records[i].data_file) else {
+            return;
+        };
+        if (self.len + 1) * 2 > self.slots.len() {
+            let mut grown = Stems::with_capacity(self.len + 1);
+            grown.hasher = std::mem::take(&mut self.hasher);
+            for j in std::mem::take(&mut self.slots) {
+                if j != Stems::EMPTY {
+                    grown.insert(j as usize, records);
+                }
+            }
+            *self = grown;
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = self.start(stem);
+        while self.slots[at] != Stems::EMPTY {
+            at = (at + 1) & mask;
+        }
+        self.slots[at] = u32::try_from(i).expect("fewer than 2^32 arrays");
+        self.len += 1;
+    }
 }
 
 /// Splits `arrays` into runs whose output files and the distinct shards they read take at
@@ -527,7 +702,7 @@ mod tests {
     /// The streamed sidecar is `Sidecar::encode`'s, byte for byte.
     #[test]
     fn the_streamed_sidecar_is_the_encoded_one() {
-        use crate::numpack::sidecar::{ShardRecord, Sharding, Sidecar};
+        use crate::numpack::sidecar::{Entry, ShardRecord, Sharding, Sidecar};
         use crate::numpack::store::make_record;
         let mut s = Sidecar::default();
         for (i, name) in ["z\"q", "a", "m\u{e9}", "b"].iter().enumerate() {
@@ -552,12 +727,63 @@ mod tests {
         });
         s.source_header = Some("{\"a\": 1}".into());
         let expected = s.encode();
+        // Every split of the entries into those kept and those made while writing.
+        let mut sorted = s.arrays.clone();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        for mask in 0..16u32 {
+            let pick = |keep: bool| -> Vec<Entry> {
+                (0..4)
+                    .filter(|i| (mask >> i & 1 == 1) == keep)
+                    .map(|i| sorted[i].clone())
+                    .collect()
+            };
+            let mut kept = s.clone();
+            kept.arrays = pick(true);
+            kept.arrays.reverse();
+            let mut out = Vec::new();
+            super::encode_sidecar(&kept, pick(false).into_iter(), &mut out).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(expected.clone()).unwrap()
+            );
+        }
+        // No entries at all.
+        let mut empty = s.clone();
+        empty.arrays.clear();
         let mut out = Vec::new();
-        super::encode_sidecar(&mut s, &mut out).unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            String::from_utf8(expected).unwrap()
-        );
+        super::encode_sidecar(&empty, std::iter::empty(), &mut out).unwrap();
+        assert_eq!(out, empty.encode());
+    }
+
+    /// Stems are found ignoring ASCII case, across growth of the table.
+    #[test]
+    fn stems_are_found_ignoring_case() {
+        use crate::numpack::store::make_record;
+        let mut records = Vec::new();
+        let mut stems = super::Stems::with_capacity(0);
+        for i in 0..100 {
+            let stem = format!("Layer{i}.W");
+            let data_file = crate::numpack::naming::data_file(&stem);
+            let (r, _) = make_record(&stem, data_file, DType::U8, &[1], 0).unwrap();
+            records.push(r);
+            stems.insert(i, &records);
+        }
+        let (r, _) = make_record("x", "elsewhere.npkd".into(), DType::U8, &[1], 0).unwrap();
+        records.push(r);
+        stems.insert(100, &records);
+        for i in 0..100 {
+            let want = format!("Layer{i}.W");
+            assert_eq!(
+                stems.find(&format!("layer{i}.w"), &records),
+                Some(want.as_str())
+            );
+            assert_eq!(
+                stems.find(&format!("LAYER{i}.W"), &records),
+                Some(want.as_str())
+            );
+        }
+        assert_eq!(stems.find("layer100.w", &records), None);
+        assert_eq!(stems.find("elsewhere", &records), None);
     }
 
     /// A data file that cannot be created in the staging directory (here a stray file of the

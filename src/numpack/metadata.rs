@@ -54,7 +54,7 @@ pub struct ArrayRecord {
     /// Compressed size (compression info).
     pub compressed_size: u64,
     /// Block information, if present.
-    pub block_info: Option<BlockInfo>,
+    pub block_info: Option<Box<BlockInfo>>,
 }
 
 /// The whole metadata file.
@@ -140,6 +140,81 @@ impl<'a> Reader<'a> {
 impl Metadata {
     /// Decodes `bytes`, the content of `path` (used in error messages).
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Metadata> {
+        let mut records = Records::new(bytes, path)?;
+        let total_size = records.total_size;
+        let mut arrays = Vec::with_capacity(records.len());
+        for r in &mut records {
+            arrays.push(r?);
+        }
+        Ok(Metadata { total_size, arrays })
+    }
+
+    /// Encodes the metadata exactly as NumPack 0.7 lays it out. `total_size` is recomputed.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.arrays.len() * 128);
+        encode_records(&self.arrays, &mut out).expect("writing to memory does not fail");
+        out
+    }
+}
+
+/// Writes the metadata file listing `arrays` to `out`, as [`Metadata::encode`] lays it out
+/// (`total_size` computed), without building it in memory first.
+pub fn encode_records(
+    arrays: &[ArrayRecord],
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let total: u64 = arrays
+        .iter()
+        .fold(0u64, |a, r| a.saturating_add(r.size_bytes));
+    out.write_all(&MAGIC.to_le_bytes())?;
+    out.write_all(&VERSION.to_le_bytes())?;
+    out.write_all(&total.to_le_bytes())?;
+    out.write_all(&(arrays.len() as u32).to_le_bytes())?;
+    for a in arrays {
+        put_str(out, &a.name)?;
+        out.write_all(&(a.shape.len() as u32).to_le_bytes())?;
+        for d in &a.shape {
+            out.write_all(&d.to_le_bytes())?;
+        }
+        put_str(out, &a.data_file)?;
+        out.write_all(&a.last_modified.to_le_bytes())?;
+        out.write_all(&a.size_bytes.to_le_bytes())?;
+        out.write_all(&[a.dtype_code, a.compression])?;
+        out.write_all(&a.compression_level.to_le_bytes())?;
+        out.write_all(&a.original_size.to_le_bytes())?;
+        out.write_all(&a.compressed_size.to_le_bytes())?;
+        match &a.block_info {
+            None => out.write_all(&[0])?,
+            Some(b) => {
+                out.write_all(&[1, b.enabled])?;
+                out.write_all(&b.block_size.to_le_bytes())?;
+                out.write_all(&b.num_blocks.to_le_bytes())?;
+                out.write_all(&(b.blocks.len() as u32).to_le_bytes())?;
+                for (o, s, c) in &b.blocks {
+                    out.write_all(&o.to_le_bytes())?;
+                    out.write_all(&s.to_le_bytes())?;
+                    out.write_all(&c.to_le_bytes())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The records of a metadata file, decoded one by one as [`Metadata::decode`] decodes them
+/// (none kept): an error ends the iteration, and bytes left after the last record are one.
+pub struct Records<'a> {
+    r: Reader<'a>,
+    /// `total_size` as stored.
+    pub total_size: u64,
+    count: usize,
+    next: usize,
+    done: bool,
+}
+
+impl<'a> Records<'a> {
+    /// Checks the header of `bytes`, the content of `path` (used in error messages).
+    pub fn new(bytes: &'a [u8], path: &'a Path) -> Result<Records<'a>> {
         let mut r = Reader {
             bytes,
             pos: 0,
@@ -162,77 +237,64 @@ impl Metadata {
         }
         let total_size = r.u64("total_size")?;
         let count = r.count(MIN_RECORD, "the array count")?;
-        let mut arrays = Vec::with_capacity(count);
-        for i in 0..count {
-            let name = r.string("an array name length")?;
+        Ok(Records {
+            r,
+            total_size,
+            count,
+            next: 0,
+            done: false,
+        })
+    }
+
+    /// How many records the file lists.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the file lists none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<ArrayRecord>;
+
+    fn next(&mut self) -> Option<Result<ArrayRecord>> {
+        if self.done {
+            return None;
+        }
+        let r = &mut self.r;
+        if self.next == self.count {
+            self.done = true;
+            return (r.remaining() != 0).then(|| {
+                Err(Error::malformed(
+                    r.path,
+                    format!(
+                        "{} unexpected bytes after the last array record",
+                        r.remaining()
+                    ),
+                ))
+            });
+        }
+        let i = self.next;
+        self.next += 1;
+        let rec = r.string("an array name length").and_then(|name| {
             let label = if name.is_empty() {
                 format!("#{i}")
             } else {
                 name.clone()
             };
-            let rec = decode_record(&mut r, name).map_err(|e| e.array(label))?;
-            arrays.push(rec);
-        }
-        if r.remaining() != 0 {
-            return Err(Error::malformed(
-                path,
-                format!(
-                    "{} unexpected bytes after the last array record",
-                    r.remaining()
-                ),
-            ));
-        }
-        Ok(Metadata { total_size, arrays })
-    }
-
-    /// Encodes the metadata exactly as NumPack 0.7 lays it out. `total_size` is recomputed.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.arrays.len() * 128);
-        let total: u64 = self
-            .arrays
-            .iter()
-            .fold(0u64, |a, r| a.saturating_add(r.size_bytes));
-        out.extend_from_slice(&MAGIC.to_le_bytes());
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&total.to_le_bytes());
-        out.extend_from_slice(&(self.arrays.len() as u32).to_le_bytes());
-        for a in &self.arrays {
-            put_str(&mut out, &a.name);
-            out.extend_from_slice(&(a.shape.len() as u32).to_le_bytes());
-            for d in &a.shape {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            put_str(&mut out, &a.data_file);
-            out.extend_from_slice(&a.last_modified.to_le_bytes());
-            out.extend_from_slice(&a.size_bytes.to_le_bytes());
-            out.push(a.dtype_code);
-            out.push(a.compression);
-            out.extend_from_slice(&a.compression_level.to_le_bytes());
-            out.extend_from_slice(&a.original_size.to_le_bytes());
-            out.extend_from_slice(&a.compressed_size.to_le_bytes());
-            match &a.block_info {
-                None => out.push(0),
-                Some(b) => {
-                    out.push(1);
-                    out.push(b.enabled);
-                    out.extend_from_slice(&b.block_size.to_le_bytes());
-                    out.extend_from_slice(&b.num_blocks.to_le_bytes());
-                    out.extend_from_slice(&(b.blocks.len() as u32).to_le_bytes());
-                    for (o, s, c) in &b.blocks {
-                        out.extend_from_slice(&o.to_le_bytes());
-                        out.extend_from_slice(&s.to_le_bytes());
-                        out.extend_from_slice(&c.to_le_bytes());
-                    }
-                }
-            }
-        }
-        out
+            decode_record(r, name).map_err(|e| e.array(label))
+        });
+        self.done = rec.is_err();
+        Some(rec)
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
+fn put_str(out: &mut impl std::io::Write, s: &str) -> std::io::Result<()> {
+    out.write_all(&(s.len() as u32).to_le_bytes())?;
+    out.write_all(s.as_bytes())
 }
 
 fn decode_record(r: &mut Reader<'_>, name: String) -> Result<ArrayRecord> {
@@ -264,12 +326,12 @@ fn decode_record(r: &mut Reader<'_>, name: String) -> Result<ArrayRecord> {
                     r.u64("a block size")?,
                 ));
             }
-            Some(BlockInfo {
+            Some(Box::new(BlockInfo {
                 enabled,
                 block_size,
                 num_blocks,
                 blocks,
-            })
+            }))
         }
         other => {
             return Err(Error::malformed(

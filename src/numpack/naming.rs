@@ -86,7 +86,16 @@ pub fn data_file(stem: &str) -> String {
 
 /// `deleted_<stem>.npkb`
 pub fn bitmap_file(stem: &str) -> String {
-    format!("deleted_{stem}.npkb")
+    let mut s = String::new();
+    push_bitmap_file(&mut s, stem);
+    s
+}
+
+/// [`bitmap_file`], appended to `out`.
+pub fn push_bitmap_file(out: &mut String, stem: &str) {
+    out.push_str("deleted_");
+    out.push_str(stem);
+    out.push_str(".npkb");
 }
 
 /// The stem of a data file or manifest name (`data_<stem>.npkd` / `.npkseg`).

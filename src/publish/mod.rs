@@ -699,24 +699,6 @@ impl Staging {
         Ok(tmp)
     }
 
-    /// Writes the file `name` of the staging directory through a temporary file renamed into
-    /// place (as `fsutil::write_atomic` does), synced with `durable`.
-    pub(crate) fn write_file(&self, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
-        let dir = self.path();
-        let target = dir.join(name);
-        let mut tmp = self.temp_file(".npkio-tmp-")?;
-        self.ctx(tmp.write_all(bytes), tmp.path(), "writing")?;
-        if durable {
-            self.ctx(tmp.as_file().sync_all(), tmp.path(), "syncing")?;
-        }
-        let persisted = tmp.persist(&target).map(drop).map_err(|e| e.error);
-        self.ctx(persisted, &target, "renaming a temporary file onto")?;
-        if durable {
-            self.sync_dir(dir)?;
-        }
-        Ok(())
-    }
-
     /// Publishes the complete temporary file `tmp` of the staging directory as its file
     /// `name` (see [`publish_file`]).
     pub(crate) fn publish_file(&self, tmp: NamedTempFile, name: &str, durable: bool) -> Result<()> {

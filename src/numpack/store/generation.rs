@@ -451,7 +451,7 @@ impl NumPack {
             let a = &mut self.arrays[i];
             a.record.data_file = naming::data_file(&canon);
             if let Some(d) = a.data.take() {
-                self.retired.push(d);
+                self.retired.push(*d);
             }
             // Unsynced, the old metadata may come back after a power loss: keep its files
             // (the next change removes them).

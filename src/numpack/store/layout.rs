@@ -82,9 +82,14 @@ pub fn make_record(
         compressed_size: 0,
         block_info: None,
     };
-    let entry = (dtype.numpack_code().is_none() || record.shape != shape)
-        .then(|| Entry::new(&record, dtype, shape));
+    let entry = needs_entry(&record, dtype, shape).then(|| Entry::new(&record, dtype, shape));
     Ok((record, entry))
+}
+
+/// Whether an array of `dtype` and true `shape` stored as `record` needs a sidecar entry:
+/// when NumPack 0.7 has no such dtype, or stores another shape.
+pub fn needs_entry(record: &ArrayRecord, dtype: DType, shape: &[u64]) -> bool {
+    dtype.numpack_code().is_none() || record.shape != shape
 }
 
 pub(super) fn physical_rows(a: &Array) -> u64 {

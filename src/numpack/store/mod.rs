@@ -11,6 +11,7 @@
 //!   point), the lock, and the clean-up of interrupted changes.
 
 mod generation;
+mod index;
 mod layout;
 mod mutate;
 mod open;
@@ -27,8 +28,9 @@ use memmap2::Mmap;
 use crate::dtype::DType;
 use crate::numpack::bitmap::Bitmap;
 use crate::numpack::metadata::ArrayRecord;
+use index::NameIndex;
 
-pub use layout::{make_record, Storage};
+pub use layout::{make_record, needs_entry, Storage};
 pub use mutate::ArrayInput;
 pub(crate) use open::{existing_kind, Existing};
 pub use query::ArrayInfo;
@@ -56,18 +58,100 @@ struct Array {
     record: ArrayRecord,
     /// True dtype (from the sidecar when it still applies, else the record's code).
     dtype: DType,
-    /// True shape before deletions.
-    shape: Vec<u64>,
-    /// True shape after deletions: what load and export show.
-    logical_shape: Vec<u64>,
+    /// The true shapes, when they are not the record's shape (most arrays: one shape kept,
+    /// not three).
+    shapes: Option<Box<Shapes>>,
     storage: Storage,
-    bitmap: Option<Bitmap>,
-    data: OnceLock<Data>,
+    bitmap: Option<Box<Bitmap>>,
+    data: OnceLock<Box<Data>>,
     /// Whether its data files were found as its record needs them (`NumPack::verify`):
     /// checked on first use, not when the store opens.
     verified: AtomicBool,
     /// Whether the listing of the directory at open showed its data file as a regular file.
     listed_regular: bool,
+}
+
+impl Array {
+    /// An array of `record` with the dtype and shape it has for NumPack 0.7.
+    fn new(record: ArrayRecord, dtype: DType, storage: Storage) -> Array {
+        Array {
+            record,
+            dtype,
+            shapes: None,
+            storage,
+            bitmap: None,
+            data: OnceLock::new(),
+            verified: AtomicBool::new(false),
+            listed_regular: false,
+        }
+    }
+
+    /// True shape before deletions.
+    fn shape(&self) -> &[u64] {
+        let kept = self.shapes.as_ref().and_then(|s| s.true_shape.as_deref());
+        kept.unwrap_or(&self.record.shape)
+    }
+
+    /// Whether the true shape is not the record's.
+    fn has_own_shape(&self) -> bool {
+        self.shapes.as_ref().is_some_and(|s| s.true_shape.is_some())
+    }
+
+    /// True shape after deletions: what load and export show.
+    fn logical_shape(&self) -> &[u64] {
+        let kept = self.shapes.as_ref().and_then(|s| s.logical.as_deref());
+        kept.unwrap_or(self.shape())
+    }
+
+    /// Sets the true shape; the logical one follows it and the bitmap.
+    fn set_shape(&mut self, shape: Vec<u64>) {
+        let own = (shape != self.record.shape).then(|| shape.into_boxed_slice());
+        self.shapes = Shapes::boxed(own, None);
+        if let Some(rows) = self.bitmap.as_deref().map(Bitmap::active_count) {
+            self.set_logical_rows(rows);
+        }
+    }
+
+    /// Sets the number of rows the logical shape has (the true shape has rows).
+    fn set_logical_rows(&mut self, rows: u64) {
+        let shape = self.shape();
+        let logical = (shape.first() != Some(&rows)).then(|| {
+            let mut l = shape.to_vec();
+            l[0] = rows;
+            l.into_boxed_slice()
+        });
+        let own = self.shapes.take().and_then(|s| s.true_shape);
+        self.shapes = Shapes::boxed(own, logical);
+    }
+
+    /// Adds `n` rows to the shapes kept (the others follow the record's).
+    fn add_rows(&mut self, n: u64) {
+        if let Some(s) = &mut self.shapes {
+            for kept in [&mut s.true_shape, &mut s.logical].into_iter().flatten() {
+                kept[0] += n;
+            }
+        }
+    }
+}
+
+/// An array's true shapes that are not its record's shape.
+struct Shapes {
+    /// The true shape before deletions, when it is not the record's.
+    true_shape: Option<Box<[u64]>>,
+    /// After deletions (what load and export show), when rows are deleted.
+    logical: Option<Box<[u64]>>,
+}
+
+impl Shapes {
+    /// The shapes kept, `None` when neither is.
+    fn boxed(true_shape: Option<Box<[u64]>>, logical: Option<Box<[u64]>>) -> Option<Box<Shapes>> {
+        (true_shape.is_some() || logical.is_some()).then(|| {
+            Box::new(Shapes {
+                true_shape,
+                logical,
+            })
+        })
+    }
 }
 
 /// Why an array listed in the metadata cannot be read (its files disagree with its record,
@@ -103,7 +187,7 @@ pub struct NumPack {
     /// The directory, opened once (`O_PATH`): data files are opened relative to it.
     root: OwnedFd,
     arrays: Vec<Array>,
-    index: HashMap<String, usize>,
+    index: NameIndex,
     /// Arrays that are listed but cannot be read, by name: reading one fails with its error.
     faults: HashMap<String, Fault>,
     /// Metadata from the sidecar that is not tied to an array.

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::OnceLock;
 
 use crate::dtype::{self, DType};
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -20,6 +19,7 @@ use crate::numpack::sidecar::{self, Sidecar};
 use super::generation::{
     canonical_stem, link_over, published, remove_if_exists, replace_file, write_sidecar, TMP_PREFIX,
 };
+use super::index::NameIndex;
 use super::layout::{files_of, make_record, Storage};
 use super::{Array, NumPack};
 
@@ -137,8 +137,8 @@ impl NumPack {
         let mut bases: Option<HashMap<String, usize>> = None;
         let result = (|| -> Result<()> {
             for a in arrays {
-                let canonical = match self.index.get(a.name) {
-                    Some(&i) => canonical_stem(&self.arrays[i].record),
+                let canonical = match self.find(a.name) {
+                    Some(i) => canonical_stem(&self.arrays[i].record),
                     None => None,
                 };
                 let canonical = canonical.unwrap_or_else(|| {
@@ -155,9 +155,8 @@ impl NumPack {
                     let key = a.name.to_ascii_lowercase();
                     // The array of the same name, being replaced, does not count.
                     let own = self
-                        .index
-                        .get(a.name)
-                        .and_then(|&i| naming::stem_of(&self.arrays[i].record.data_file))
+                        .find(a.name)
+                        .and_then(|i| naming::stem_of(&self.arrays[i].record.data_file))
                         .is_some_and(|st| naming::base_stem(st).eq_ignore_ascii_case(a.name));
                     let uses = bases.get(&key).copied().unwrap_or(0);
                     let other = if uses > usize::from(own) {
@@ -205,8 +204,8 @@ impl NumPack {
         let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
         let mut appended = Vec::new();
         for (_, record, _) in &staged {
-            match self.index.get(&record.name) {
-                Some(&i) => records[i] = record.clone(),
+            match self.find(&record.name) {
+                Some(i) => records[i] = record.clone(),
                 None => appended.push(record.clone()),
             }
         }
@@ -249,32 +248,24 @@ impl NumPack {
         let mut old_files = Vec::new();
         let mut touched = Vec::new();
         for (a, (_, record, _)) in arrays.iter().zip(staged) {
-            let array = Array {
-                dtype: a.dtype,
-                shape: a.shape.to_vec(),
-                logical_shape: a.shape.to_vec(),
-                storage: Storage::Plain,
-                bitmap: None,
-                data: OnceLock::new(),
-                // Just written: as long as its record says.
-                verified: AtomicBool::new(true),
-                listed_regular: false,
-                record,
-            };
-            match self.index.get(a.name) {
-                Some(&i) => {
+            let mut array = Array::new(record, a.dtype, Storage::Plain);
+            array.set_shape(a.shape.to_vec());
+            // Just written: as long as its record says.
+            array.verified = AtomicBool::new(true);
+            match self.find(a.name) {
+                Some(i) => {
                     // Saving a damaged array again repairs it.
                     self.faults.remove(a.name);
                     let old = std::mem::replace(&mut self.arrays[i], array);
                     old_files.extend(files_of(&old));
                     if let Some(d) = old.data.into_inner() {
-                        self.retired.push(d);
+                        self.retired.push(*d);
                     }
                     touched.push(i);
                 }
                 None => {
-                    self.index.insert(a.name.to_string(), self.arrays.len());
                     self.arrays.push(array);
+                    self.index.insert(self.arrays.len() - 1, &self.arrays);
                 }
             }
         }
@@ -291,7 +282,7 @@ impl NumPack {
         let mut plan = Vec::new();
         let mut taken = Vec::new();
         for a in arrays {
-            let Some(&i) = self.index.get(a.name) else {
+            let Some(i) = self.find(a.name) else {
                 continue;
             };
             let x = &self.arrays[i];
@@ -352,7 +343,7 @@ impl NumPack {
             let a = &mut self.arrays[*i];
             a.record.data_file = naming::data_file(gen);
             if let Some(d) = a.data.take() {
-                self.retired.push(d);
+                self.retired.push(*d);
             }
         }
         Ok(plan.into_iter().map(|(i, own, _)| (i, own)).collect())
@@ -396,9 +387,9 @@ impl NumPack {
     /// Its data files are checked by the change itself, under the lock.
     fn rows_of(&self, name: &str, act: &str) -> Result<usize> {
         self.get_listed(name)?;
-        let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
+        let i = self.find(name).ok_or_else(|| self.not_found(name))?;
         let a = &self.arrays[i];
-        if a.shape.is_empty() || a.shape.first() != a.record.shape.first() {
+        if a.shape().is_empty() || a.shape().first() != a.record.shape.first() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("a 0-d array or a sub-byte stand-in shape has no rows to {act}"),
@@ -416,7 +407,7 @@ impl NumPack {
         let dir = self.dir.clone();
         let i = self.rows_of(name, "append to")?;
         let a = &self.arrays[i];
-        let row_elems = dtype::element_count(&a.shape[1..]).unwrap_or(0);
+        let row_elems = dtype::element_count(&a.shape()[1..]).unwrap_or(0);
         let row_bytes = a.dtype.byte_len(row_elems).unwrap_or(0);
         if row_bytes == 0 || data.len() as u64 % row_bytes != 0 {
             return Err(Error::invalid_argument(format!(
@@ -508,7 +499,7 @@ impl NumPack {
         records[i] = record.clone();
         let (_, mut new_sidecar) = self.snapshot();
         if let Some(pos) = new_sidecar.arrays.iter().position(|e| e.name == name) {
-            let (dt, shape) = (self.arrays[i].dtype, self.arrays[i].shape.clone());
+            let (dt, shape) = (self.arrays[i].dtype, self.arrays[i].shape().to_vec());
             let mut true_shape = shape;
             true_shape[0] += new_rows;
             new_sidecar.arrays[pos] = sidecar::Entry::new(&record, dt, &true_shape);
@@ -524,12 +515,12 @@ impl NumPack {
         };
         let a = &mut self.arrays[i];
         let old_files = files_of(a);
-        a.shape[0] += new_rows;
-        a.logical_shape[0] += new_rows;
+        // The true and logical shapes follow the record's rows where they are not kept.
+        a.add_rows(new_rows);
         a.record = record;
         a.bitmap = bitmap;
         if let Some(d) = a.data.take() {
-            self.retired.push(d);
+            self.retired.push(*d);
         }
         self.prune_sidecar(&on_disk);
         self.after_commit(&[i], old_files, late)
@@ -544,8 +535,9 @@ impl NumPack {
         let a = &self.arrays[i];
         let mut bitmap = a
             .bitmap
-            .clone()
-            .unwrap_or_else(|| Bitmap::all_active(a.shape[0]));
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| Bitmap::all_active(a.shape()[0]));
         bitmap
             .delete_logical(rows)
             .map_err(|m| Error::invalid_argument(m).at(&dir).array(name))?;
@@ -554,10 +546,10 @@ impl NumPack {
             let bpath = s.bitmap_of(i);
             let late = replace_file(&dir, &bpath.to_string_lossy(), &bitmap.encode(), s.durable)?;
             let a = &mut s.arrays[i];
-            a.logical_shape[0] = bitmap.active_count();
-            a.bitmap = Some(bitmap);
+            a.set_logical_rows(bitmap.active_count());
+            a.bitmap = Some(Box::new(bitmap));
             if let Some(d) = a.data.take() {
-                s.retired.push(d);
+                s.retired.push(*d);
             }
             // The same metadata again, as a new file: other stores open on the directory
             // see that it changed. Best effort: the change is already published.
@@ -571,7 +563,7 @@ impl NumPack {
 
     /// Removes an array: one rename of `metadata.npkm` without it, then its files.
     pub fn delete(&mut self, name: &str) -> Result<()> {
-        let i = *self.index.get(name).ok_or_else(|| self.not_found(name))?;
+        let i = self.find(name).ok_or_else(|| self.not_found(name))?;
         self.locked(|s| {
             let mut records: Vec<ArrayRecord> = s.arrays.iter().map(|a| a.record.clone()).collect();
             records.remove(i);
@@ -580,15 +572,10 @@ impl NumPack {
             let (on_disk, late) = s.commit(records, &sc)?;
             let old = s.arrays.remove(i);
             s.faults.remove(&old.record.name);
-            s.index = s
-                .arrays
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (a.record.name.clone(), i))
-                .collect();
+            s.index = NameIndex::of(&s.arrays);
             let old_files = files_of(&old);
             if let Some(d) = old.data.into_inner() {
-                s.retired.push(d);
+                s.retired.push(*d);
             }
             s.prune_sidecar(&on_disk);
             if let Some(e) = late {
@@ -614,7 +601,7 @@ impl NumPack {
             for a in old {
                 files.extend(files_of(&a));
                 if let Some(d) = a.data.into_inner() {
-                    s.retired.push(d);
+                    s.retired.push(*d);
                 }
             }
             s.prune_sidecar(&on_disk);

@@ -7,19 +7,24 @@ use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::OnceLock;
 
 use crate::dtype::{self, DType};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::numpack::bitmap::Bitmap;
-use crate::numpack::metadata::{self, ArrayRecord, Metadata};
+use crate::numpack::metadata::{self, ArrayRecord, Records};
+use crate::numpack::naming;
 use crate::numpack::segments::{self, Segment};
 use crate::numpack::sidecar::{self, Entry, Sidecar};
 use crate::paths::checked_relative;
 use crate::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 
+use super::index::NameIndex;
 use super::layout::{bitmap_path, Segments, Storage};
 use super::{Array, Fault, NumPack};
+
+/// The largest sidecar read whole before it is parsed (the fastest way); a larger one is
+/// parsed as it is read.
+const WHOLE_SIDECAR: u64 = 16 << 20;
 
 /// `rel` checked to stay inside `dir` by its components (`paths::checked_relative`).
 fn checked(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
@@ -42,13 +47,36 @@ impl NumPack {
         let root = dir_handle(dir)?;
         let opened = open_member(&root, dir, metadata::FILE_NAME, "metadata", false)?;
         let bytes = read_to_vec(opened, metadata::MAX_LEN, "metadata")?;
-        let meta = Metadata::decode(&bytes, &meta_path)?;
-        let sidecar = read_sidecar(&root, dir).map(|mut s| {
-            s.settle(&bytes);
-            s
-        });
+        // The sidecar is opened after the metadata is read (a change writes it before the
+        // metadata), but read only once the metadata's bytes are released: both at once
+        // are most of what opening a store of many arrays holds. Its `next` fields need the
+        // digest of the metadata read, taken now.
+        let sidecar_file = open_member(&root, dir, sidecar::FILE_NAME, "sidecar", false).ok();
+        let digest = sidecar_file
+            .as_ref()
+            .map(|_| sidecar::metadata_digest(&bytes));
+        // Records are decoded into the arrays one by one, not gathered first.
+        let mut store = Self::from_parts(dir, root, &bytes, &meta_path)?;
         drop(bytes);
-        Self::from_parts(dir, root, meta, sidecar)
+        // A sidecar never makes a directory unreadable: one that cannot be read is ignored.
+        match sidecar_file {
+            Some(opened) if opened.len <= WHOLE_SIDECAR => {
+                if let Ok(bytes) = read_to_vec(opened, sidecar::MAX_LEN, "sidecar") {
+                    let read = serde_json::de::SliceRead::new(&bytes);
+                    store.apply_sidecar(read, digest.as_deref());
+                }
+            }
+            // A large one is parsed as it is read, not copied whole into memory first (for
+            // 100,000 arrays it is some 30 MB): slower to parse, bounded in memory.
+            Some(opened) if opened.len <= sidecar::MAX_LEN => {
+                let reader = std::io::Read::take(&opened.file, sidecar::MAX_LEN);
+                let read =
+                    serde_json::de::IoRead::new(std::io::BufReader::with_capacity(1 << 16, reader));
+                store.apply_sidecar(read, digest.as_deref());
+            }
+            _ => {}
+        }
+        Ok(store)
     }
 
     /// Opens the NumPack at `path`, creating an empty one if there is none. With
@@ -82,7 +110,7 @@ impl NumPack {
             dir: dir.to_path_buf(),
             root: dir_handle(dir)?,
             arrays: Vec::new(),
-            index: HashMap::new(),
+            index: NameIndex::with_capacity(0),
             faults: HashMap::new(),
             st_metadata: None,
             sharding: None,
@@ -98,17 +126,13 @@ impl NumPack {
     }
 
     /// Builds a store from decoded metadata, validating every array (but for its data
-    /// files, checked when first opened: see `NumPack::open_data`).
-    fn from_parts(
-        dir: &Path,
-        root: OwnedFd,
-        meta: Metadata,
-        sidecar: Option<Sidecar>,
-    ) -> Result<NumPack> {
+    /// files, checked when first opened: see `NumPack::open_data`). Arrays have the dtype
+    /// and shape of their records until [`NumPack::apply_sidecar`].
+    fn from_parts(dir: &Path, root: OwnedFd, meta: &[u8], meta_path: &Path) -> Result<NumPack> {
         // One pass over the directory says which bitmaps exist and which data files are
         // regular files; without it (a directory that can be searched but not read), each
         // bitmap is looked for by name.
-        let listing = list_dir(&root).ok();
+        let listing = Listing::of(&root);
         // Files are stamped with a clock that may lag this one by a tick: a file changed
         // before this counts as before; one changed within a tick after may too.
         let opened_at = std::time::SystemTime::now();
@@ -116,58 +140,39 @@ impl NumPack {
             dir,
             root: &root,
             listing: listing.as_ref(),
+            scratch: Default::default(),
         };
-        let mut sidecar = sidecar.unwrap_or_default();
-        // A name may have two entries (one per generation while a change is published):
-        // the one matching the record applies. Sorted by name (as written: a stable sort
-        // of sorted entries costs one pass), each name's entries are one run.
-        sidecar.arrays.sort_by(|a, b| a.name.cmp(&b.name));
-        let entries = &sidecar.arrays;
-        let mut next_entry = 0;
-        let mut arrays = Vec::with_capacity(meta.arrays.len());
-        let mut index = HashMap::with_capacity(meta.arrays.len());
+        let records = Records::new(meta, meta_path)?;
+        let mut arrays = Vec::with_capacity(records.len());
+        let mut index = NameIndex::with_capacity(records.len());
         let mut faults = HashMap::new();
         let mut last_stamp = 0;
-        for record in meta.arrays {
-            let name = record.name.clone();
-            if index.contains_key(&name) {
+        for record in records {
+            let record = record?;
+            if index.get(&record.name, &arrays).is_some() {
                 return Err(
-                    Error::malformed(dir, "the metadata lists this array twice").array(name)
+                    Error::malformed(dir, "the metadata lists this array twice").array(record.name)
                 );
             }
             last_stamp = last_stamp.max(record.last_modified);
-            // Records usually come in the entries' order: look where the last run ended
-            // before searching.
-            let lo = match entries.get(next_entry) {
-                Some(e) if e.name == name => next_entry,
-                _ => entries.partition_point(|e| e.name.as_str() < name.as_str()),
-            };
-            let hi = lo + entries[lo..].partition_point(|e| e.name == name);
-            next_entry = hi;
-            let candidates = &entries[lo..hi];
             // An array whose files do not hold what its record says fails alone, when it is
             // read: the other arrays stay readable (docs/format.md, "Damaged arrays").
-            let array = match load_array(&parts, &record, candidates) {
+            let array = match load_array(&parts, &record) {
                 Ok(derived) => derived.with(record),
                 Err(e) => {
-                    // The entry that applies to this record, kept for the next write.
-                    let entry = candidates
-                        .iter()
-                        .find(|e| e.resolve(&record).is_some())
-                        .or(candidates.first())
-                        .cloned();
+                    let name = record.name.clone();
                     faults.insert(
                         name.clone(),
                         Fault {
                             error: e.array(name.clone()).at(dir),
-                            entry,
+                            entry: None,
                         },
                     );
                     placeholder(record)
                 }
             };
-            index.insert(name, arrays.len());
             arrays.push(array);
+            index.insert(arrays.len() - 1, &arrays);
         }
         drop(listing);
         Ok(NumPack {
@@ -176,15 +181,77 @@ impl NumPack {
             arrays,
             index,
             faults,
-            st_metadata: sidecar.metadata,
-            sharding: sidecar.sharding,
-            source_header: sidecar.source_header,
+            st_metadata: None,
+            sharding: None,
+            source_header: None,
             retired: Vec::new(),
             durable: false,
             last_stamp,
             opened_at,
             writer: super::generation::Writer::observe(dir),
         })
+    }
+
+    /// Applies the sidecar `read` (opened with the metadata whose digest is `digest`) to the
+    /// arrays just opened: each array's true dtype and shape from the first entry, in file
+    /// order, that still describes its record (a name may have two entries, one per
+    /// generation, while a change is published), and the store-wide fields. Entries are
+    /// applied as they are parsed, none kept, but for arrays that cannot be read (kept for
+    /// the next metadata write). A sidecar that does not parse is ignored whole.
+    fn apply_sidecar<'de>(&mut self, read: impl serde_json::de::Read<'de>, digest: Option<&str>) {
+        // Per array: the dtype and, when it differs from the record's, the shape.
+        let mut found: Vec<Option<(DType, Option<Vec<u64>>)>> = Vec::new();
+        found.resize_with(self.arrays.len(), || None);
+        // Entries of arrays that cannot be read: the first that applies, else the first.
+        let mut fault_entries: HashMap<usize, (bool, Entry)> = HashMap::new();
+        let (arrays, index) = (&self.arrays, &self.index);
+        let fields = Sidecar::decode_streaming_from(read, |e| {
+            let Some(i) = index.get(&e.name, arrays) else {
+                return;
+            };
+            let record = &arrays[i].record;
+            let resolved = e.resolve(record);
+            if matches!(arrays[i].storage, Storage::Refused) {
+                let applies = resolved.is_some();
+                match fault_entries.get(&i) {
+                    Some((true, _)) => {}
+                    Some((false, _)) if !applies => {}
+                    _ => {
+                        fault_entries.insert(i, (applies, e.to_entry()));
+                    }
+                }
+                return;
+            }
+            if let (Some(dtype), None) = (resolved, &found[i]) {
+                let shape = (*e.shape != *record.shape).then(|| e.shape.to_vec());
+                found[i] = Some((dtype, shape));
+            }
+        });
+        let Some(mut fields) = fields else {
+            return;
+        };
+        fields.settle(digest);
+        self.st_metadata = fields.metadata;
+        self.sharding = fields.sharding;
+        self.source_header = fields.source_header;
+        for (a, f) in self.arrays.iter_mut().zip(found) {
+            let Some((dtype, shape)) = f else { continue };
+            // An entry whose rows differ from the record's cannot be combined with a
+            // deletion bitmap (the bitmap counts the record's rows): read as NumPack sees it.
+            let rows = shape.as_ref().map_or(a.record.shape.first(), |s| s.first());
+            if a.bitmap.is_some() && rows != a.record.shape.first() {
+                continue;
+            }
+            a.dtype = dtype;
+            if let Some(shape) = shape {
+                a.set_shape(shape);
+            }
+        }
+        for (i, (_, entry)) in fault_entries {
+            if let Some(f) = self.faults.get_mut(&self.arrays[i].record.name) {
+                f.entry = Some(entry);
+            }
+        }
     }
 }
 
@@ -223,34 +290,92 @@ pub(crate) fn existing_kind(dir: &Path) -> Result<Existing> {
     }
 }
 
-fn read_sidecar(root: &OwnedFd, dir: &Path) -> Option<Sidecar> {
-    // A sidecar never makes a directory unreadable: one that cannot be read is ignored.
-    let opened = open_member(root, dir, sidecar::FILE_NAME, "sidecar", false).ok()?;
-    let bytes = read_to_vec(opened, sidecar::MAX_LEN, "sidecar").ok()?;
-    Sidecar::decode(&bytes)
-}
-
 /// What opening a store's arrays needs: the directory, opened and listed.
 struct Parts<'a> {
     dir: &'a Path,
     root: &'a OwnedFd,
     /// The directory's entries and their types, when it could be listed.
-    listing: Option<&'a HashMap<Vec<u8>, u8>>,
+    listing: Option<&'a Listing>,
+    /// A buffer for the file names looked up.
+    scratch: std::cell::RefCell<String>,
+}
+
+/// Whether `rel` is one plain path component (what `checked_relative` leaves as it is).
+fn one_component(rel: &str) -> bool {
+    !rel.is_empty()
+        && rel != "."
+        && rel != ".."
+        && !rel.bytes().any(|b| matches!(b, b'/' | b'\\' | 0))
+}
+
+/// What a listing of the directory says of its entries: a table (at most half full) of
+/// keyed 64-bit hashes of the names, the lowest bit set for a regular file. Two names may
+/// share a hash, so an entry may be taken for present (or regular) when it is not; both
+/// answers only save a look before opening, which still decides (a name that is not there
+/// fails to open, as `NotFound`; what is opened is checked to be a regular file by `fstat`).
+struct Listing {
+    hashes: Vec<u64>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Listing {
+    /// The listing of `root`, `None` when it cannot be listed.
+    fn of(root: &OwnedFd) -> Option<Listing> {
+        let mut keys = Vec::new();
+        let hasher = std::collections::hash_map::RandomState::new();
+        list_dir(root, |name, kind| {
+            keys.push(Listing::key(&hasher, name) | u64::from(kind == libc::DT_REG));
+        })
+        .ok()?;
+        let size = keys.len().saturating_mul(2).max(8).next_power_of_two();
+        let mut l = Listing {
+            hashes: vec![0; size],
+            hasher,
+        };
+        let mask = size - 1;
+        for k in keys {
+            let mut at = (k >> 32) as usize & mask;
+            while l.hashes[at] != 0 {
+                at = (at + 1) & mask;
+            }
+            l.hashes[at] = k;
+        }
+        Some(l)
+    }
+
+    /// The slot value of `name` but its regular-file bit: never 0 (an empty slot).
+    fn key(hasher: &std::collections::hash_map::RandomState, name: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        (hasher.hash_one(name) & !3) | 2
+    }
+
+    /// Whether `name` may be in the directory, and whether as a regular file.
+    fn find(&self, name: &str) -> (bool, bool) {
+        let key = Listing::key(&self.hasher, name.as_bytes());
+        let mask = self.hashes.len() - 1;
+        let mut at = (key >> 32) as usize & mask;
+        let mut found = (false, false);
+        while self.hashes[at] != 0 {
+            let h = self.hashes[at];
+            if h & !1 == key {
+                found = (true, found.1 || h & 1 == 1);
+            }
+            at = (at + 1) & mask;
+        }
+        found
+    }
 }
 
 impl Parts<'_> {
     /// Whether the listing showed `name` as a regular file.
     fn listed_regular(&self, name: &str) -> bool {
-        self.listing
-            .and_then(|l| l.get(name.as_bytes()))
-            .is_some_and(|&t| t == libc::DT_REG)
+        self.listing.is_some_and(|l| l.find(name).1)
     }
 
     /// `rel` opened inside the directory, `None` when it does not exist (by the listing,
     /// when there is one).
     fn open_if_present(&self, rel: &str, what: &str) -> Result<Option<Opened>> {
-        let listed = |l: &HashMap<Vec<u8>, u8>| l.contains_key(rel.as_bytes());
-        if !rel.contains('/') && self.listing.is_some_and(|l| !listed(l)) {
+        if !rel.contains('/') && self.listing.is_some_and(|l| !l.find(rel).0) {
             return Ok(None);
         }
         match open_member(self.root, self.dir, rel, what, self.listed_regular(rel)) {
@@ -288,24 +413,12 @@ pub(super) fn open_part(
 /// removed or linked through a path that was refused.
 fn placeholder(record: ArrayRecord) -> Array {
     let dtype = DType::from_numpack_code(record.dtype_code).unwrap_or(DType::U8);
-    Array {
-        dtype,
-        shape: record.shape.clone(),
-        logical_shape: record.shape.clone(),
-        storage: Storage::Refused,
-        bitmap: None,
-        data: OnceLock::new(),
-        verified: AtomicBool::new(false),
-        listed_regular: false,
-        record,
-    }
+    Array::new(record, dtype, Storage::Refused)
 }
 
 /// What opening derives from an array's record (and files but the data files).
 struct Derived {
     dtype: DType,
-    shape: Vec<u64>,
-    logical_shape: Vec<u64>,
     storage: Storage,
     bitmap: Option<Bitmap>,
     verified: bool,
@@ -314,21 +427,18 @@ struct Derived {
 
 impl Derived {
     fn with(self, record: ArrayRecord) -> Array {
-        Array {
-            record,
-            dtype: self.dtype,
-            shape: self.shape,
-            logical_shape: self.logical_shape,
-            storage: self.storage,
-            bitmap: self.bitmap,
-            data: OnceLock::new(),
-            verified: AtomicBool::new(self.verified),
-            listed_regular: self.listed_regular,
+        let mut a = Array::new(record, self.dtype, self.storage);
+        a.bitmap = self.bitmap.map(Box::new);
+        a.verified = AtomicBool::new(self.verified);
+        a.listed_regular = self.listed_regular;
+        if let Some(rows) = a.bitmap.as_deref().map(Bitmap::active_count) {
+            a.set_logical_rows(rows);
         }
+        a
     }
 }
 
-fn load_array(parts: &Parts<'_>, record: &ArrayRecord, entries: &[Entry]) -> Result<Derived> {
+fn load_array(parts: &Parts<'_>, record: &ArrayRecord) -> Result<Derived> {
     let dir = parts.dir;
     let code_dtype = DType::from_numpack_code(record.dtype_code).ok_or_else(|| {
         Error::malformed(
@@ -415,8 +525,13 @@ fn load_array(parts: &Parts<'_>, record: &ArrayRecord, entries: &[Entry]) -> Res
             segments: out,
         }))
     } else {
-        let rel = checked(dir, &record.data_file, "data file")?;
-        if rel.components().count() > 1 {
+        // The common case, one plain component, needs no path built to be checked.
+        let rel = if one_component(&record.data_file) {
+            None
+        } else {
+            Some(checked(dir, &record.data_file, "data file")?)
+        };
+        if let Some(rel) = rel.filter(|r| r.components().count() > 1) {
             let len = parts.open_part(&record.data_file, "data file")?.len;
             if len < size {
                 return Err(Error::malformed(
@@ -430,10 +545,14 @@ fn load_array(parts: &Parts<'_>, record: &ArrayRecord, entries: &[Entry]) -> Res
         }
         Storage::Plain
     };
-    let brel = bitmap_path(record);
-    let bpath = dir.join(&brel);
-    let bitmap = match parts.open_if_present(&brel.to_string_lossy(), "deletion bitmap")? {
+    // The bitmap's name (`bitmap_path`), built in a buffer kept from array to array.
+    let mut bname = parts.scratch.borrow_mut();
+    bname.clear();
+    let stem = naming::stem_of(&record.data_file).unwrap_or(&record.name);
+    naming::push_bitmap_file(&mut bname, stem);
+    let bitmap = match parts.open_if_present(&bname, "deletion bitmap")? {
         Some(opened) => {
+            let bpath = dir.join(bitmap_path(record));
             if record.shape.is_empty() {
                 return Err(Error::malformed(&bpath, "deletion bitmap for a 0-d array"));
             }
@@ -453,23 +572,8 @@ fn load_array(parts: &Parts<'_>, record: &ArrayRecord, entries: &[Entry]) -> Res
         }
         None => None,
     };
-    // A sidecar entry whose rows differ from the record's cannot be combined with a
-    // deletion bitmap (the bitmap counts the record's rows): read as NumPack sees it.
-    let (dtype, shape) = entries
-        .iter()
-        .find_map(|e| e.resolve(record))
-        .filter(|(_, s)| bitmap.is_none() || s.first() == record.shape.first())
-        .unwrap_or((code_dtype, record.shape.clone()));
-    let mut logical_shape = shape.clone();
-    if let Some(b) = &bitmap {
-        if shape.first() == record.shape.first() {
-            logical_shape[0] = b.active_count();
-        }
-    }
     Ok(Derived {
-        dtype,
-        shape,
-        logical_shape,
+        dtype: code_dtype,
         storage,
         bitmap,
         verified,

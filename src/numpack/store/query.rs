@@ -112,9 +112,14 @@ impl NumPack {
         self.arrays.is_empty()
     }
 
+    /// The position of the array `name` in `arrays`.
+    pub(super) fn find(&self, name: &str) -> Option<usize> {
+        self.index.get(name, &self.arrays)
+    }
+
     /// Whether an array of that name exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.find(name).is_some()
     }
 
     /// The array `name`, its data files checked (see [`NumPack::verify`]).
@@ -135,10 +140,7 @@ impl NumPack {
         if let Some(f) = self.faults.get(name) {
             return Err(f.error.duplicate());
         }
-        self.index
-            .get(name)
-            .copied()
-            .ok_or_else(|| self.not_found(name))
+        self.find(name).ok_or_else(|| self.not_found(name))
     }
 
     /// Checks, once, that the data files of `a` are as its record needs (each opened by
@@ -276,7 +278,7 @@ impl NumPack {
     /// files (what an export's header needs).
     pub(crate) fn logical_layout(&self, name: &str) -> Result<(DType, &[u64])> {
         let a = self.get_listed(name)?;
-        Ok((a.dtype, &a.logical_shape))
+        Ok((a.dtype, a.logical_shape()))
     }
 
     /// [`NumPack::info`] without looking at the data files: what the metadata, sidecar and
@@ -286,7 +288,7 @@ impl NumPack {
         Ok(ArrayInfo {
             name: a.record.name.clone(),
             dtype: a.dtype,
-            shape: a.logical_shape.clone(),
+            shape: a.logical_shape().to_vec(),
             nbytes: logical_len(a),
             storage_dtype: DType::from_numpack_code(a.record.dtype_code).unwrap_or(DType::I32),
             storage_shape: a.record.shape.clone(),
@@ -326,7 +328,7 @@ impl NumPack {
         let data = match a.data.get() {
             Some(d) => d,
             None => {
-                let d = self.load_data(a)?;
+                let d = Box::new(self.load_data(a)?);
                 // Another thread may have won the race; either value is the same bytes.
                 let _ = a.data.set(d);
                 a.data.get().expect("just set")
@@ -335,9 +337,9 @@ impl NumPack {
         Ok(TensorView {
             name: &a.record.name,
             dtype: a.dtype,
-            shape: &a.logical_shape,
+            shape: a.logical_shape(),
             data: data.as_slice(),
-            borrowed: !matches!(data, Data::Owned(_)),
+            borrowed: !matches!(**data, Data::Owned(_)),
         })
     }
 
@@ -464,9 +466,8 @@ impl NumPack {
     /// The metadata record of an array, as on disk.
     #[doc(hidden)]
     pub fn record(&self, name: &str) -> Result<&ArrayRecord> {
-        self.index
-            .get(name)
-            .map(|&i| &self.arrays[i].record)
+        self.find(name)
+            .map(|i| &self.arrays[i].record)
             .ok_or_else(|| self.not_found(name))
     }
 
@@ -477,8 +478,8 @@ impl NumPack {
         }
         let a = self.get_listed(name)?;
         let r = &a.record;
-        let native = DType::from_numpack_code(r.dtype_code) == Some(a.dtype) && a.shape == r.shape;
-        Ok((!native).then(|| Entry::new(r, a.dtype, &a.shape)))
+        let native = DType::from_numpack_code(r.dtype_code) == Some(a.dtype) && !a.has_own_shape();
+        Ok((!native).then(|| Entry::new(r, a.dtype, a.shape())))
     }
 
     /// The metadata and sidecar that describe the store now.
