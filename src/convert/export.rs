@@ -92,7 +92,7 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
 /// The header plan for `names` of `store`.
 fn plan_for(
     store: &NumPack,
-    names: &[String],
+    names: &[&str],
     metadata: Option<&[(String, String)]>,
     stored_header: Option<&str>,
 ) -> Result<HeaderPlan> {
@@ -127,7 +127,7 @@ fn write_header(file: &File, plan: &HeaderPlan, path: &Path) -> Result<()> {
 struct Destination<'a> {
     file: &'a File,
     path: &'a Path,
-    names: &'a [String],
+    names: &'a [&'a str],
     plan: &'a HeaderPlan,
 }
 
@@ -210,7 +210,7 @@ fn copy_arrays(
 /// the index here, and leaves writing and publishing them to `publish::sharded`.
 fn export_sharded(
     store: &NumPack,
-    names: Vec<String>,
+    names: Vec<&str>,
     metadata: Option<&[(String, String)]>,
     limit: u64,
     output: &Path,
@@ -223,22 +223,24 @@ fn export_sharded(
         ));
     }
     // The source's tensor order where it is known (shard by shard), then the rest sorted.
-    let mut ordered: Vec<String> = Vec::with_capacity(names.len());
-    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
-    let mut placed: HashSet<String> = HashSet::new();
+    let mut ordered: Vec<&str> = Vec::with_capacity(names.len());
+    let wanted: HashSet<&str> = names.iter().copied().collect();
+    let mut placed: HashSet<&str> = HashSet::new();
     if let Some(sh) = store.sharding() {
         for t in sh.shards.iter().flat_map(|s| &s.tensors) {
-            if wanted.contains(t.as_str()) && placed.insert(t.clone()) {
-                ordered.push(t.clone());
+            if let Some(&n) = wanted.get(t.as_str()) {
+                if placed.insert(n) {
+                    ordered.push(n);
+                }
             }
         }
     }
-    let mut rest: Vec<String> = names
+    let mut rest: Vec<&str> = names
         .iter()
-        .filter(|n| !placed.contains(*n))
-        .cloned()
+        .copied()
+        .filter(|n| !placed.contains(n))
         .collect();
-    rest.sort();
+    rest.sort_unstable();
     ordered.extend(rest);
     let sizes: Vec<u64> = ordered
         .iter()
@@ -251,12 +253,12 @@ fn export_sharded(
     } else {
         (1..=n).map(|k| shard_file_name(k, n)).collect()
     };
-    let groups: Vec<Vec<String>> = if groups.is_empty() {
+    let groups: Vec<Vec<&str>> = if groups.is_empty() {
         vec![Vec::new()]
     } else {
         groups
             .into_iter()
-            .map(|g| g.into_iter().map(|i| ordered[i].clone()).collect())
+            .map(|g| g.into_iter().map(|i| ordered[i]).collect())
             .collect()
     };
     // Each shard's __metadata__: the one given, else the source's shard by shard when the
@@ -287,7 +289,7 @@ fn export_sharded(
         let mut weight_map = std::collections::BTreeMap::new();
         for (g, f) in groups.iter().zip(&file_names) {
             for t in g {
-                weight_map.insert(t.clone(), f.clone());
+                weight_map.insert(t.to_string(), f.clone());
             }
         }
         let fresh = index_json(sizes.iter().sum(), &weight_map);

@@ -181,19 +181,19 @@ fn progress_ref(opts: &Options) -> Option<&(dyn Fn(u64) + Sync)> {
 
 /// The arrays `names` of `store` (all, sorted, when `None`), each once, in the order given;
 /// an unknown name is an error.
-fn select_arrays<S: AsRef<str>>(store: &NumPack, names: Option<&[S]>) -> Result<Vec<String>> {
+fn select_arrays<'s, S: AsRef<str>>(
+    store: &'s NumPack,
+    names: Option<&[S]>,
+) -> Result<Vec<&'s str>> {
     match names {
-        None => Ok(store.names().into_iter().map(str::to_string).collect()),
+        None => Ok(store.names()),
         Some(names) => {
             let mut seen = HashSet::new();
             let mut out = Vec::with_capacity(names.len());
             for n in names {
-                let n = n.as_ref();
-                if !store.contains(n) {
-                    return Err(store.not_found(n));
-                }
-                if seen.insert(n) {
-                    out.push(n.to_string());
+                let slot = store.array_slot(n.as_ref())?;
+                if seen.insert(slot) {
+                    out.push(store.slot_name(slot));
                 }
             }
             Ok(out)

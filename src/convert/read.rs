@@ -160,7 +160,10 @@ pub fn to_safetensors<S: AsRef<str>>(
     array_names: Option<&[S]>,
 ) -> Result<Tensors> {
     let store = NumPack::open(input_path)?;
-    let names = select_arrays(&store, array_names)?;
+    let names: Vec<String> = select_arrays(&store, array_names)?
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     // An array that cannot be read fails here, not half-way through the iteration.
     for n in &names {
         store.info(n)?;

@@ -2,8 +2,9 @@
 //!
 //! The crate orders tensors by dtype (descending alignment) then name, packs them with no
 //! padding, serializes its `Metadata` as compact JSON with `__metadata__` first, and pads
-//! the header with spaces to a multiple of 8. npkio builds the tensor part with the crate's
-//! own `Metadata` type and serializer, and writes `__metadata__` entries in the order given
+//! the header with spaces to a multiple of 8. npkio writes the tensor part as the crate's
+//! `Metadata` serializer does, a map of the crate's own `TensorInfo` entries serialized by
+//! the crate, and writes `__metadata__` entries in the order given
 //! (the crate's `HashMap` has no order of its own), so that a file read and written back by
 //! npkio is byte-identical.
 
@@ -49,7 +50,6 @@ pub fn plan_header(
         let (l, r) = (&tensors[a], &tensors[b]);
         r.dtype.cmp(&l.dtype).then_with(|| l.name.cmp(r.name))
     });
-    let mut infos = Vec::with_capacity(tensors.len());
     let mut rel = vec![(0u64, 0u64); tensors.len()];
     let mut offset = 0u64;
     for w in order.windows(2) {
@@ -59,15 +59,16 @@ pub fn plan_header(
             );
         }
     }
+    // Checked and placed first; the crate's entry for each is made as it is written.
     for &i in &order {
         let t = &tensors[i];
-        let st = t.dtype.to_safetensors().ok_or_else(|| {
-            Error::new(
+        if t.dtype.to_safetensors().is_none() {
+            return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("SafeTensors has no {} dtype", t.dtype.numpy_name()),
             )
-            .array(t.name)
-        })?;
+            .array(t.name));
+        }
         if t.name == "__metadata__" {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -82,37 +83,19 @@ pub fn plan_header(
             ))
             .array(t.name)
         })?;
-        let shape: Vec<usize> = t
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| {
-                Error::invalid_argument("shape too large for this platform").array(t.name)
-            })?;
+        if t.shape.iter().any(|&d| usize::try_from(d).is_err()) {
+            return Err(Error::invalid_argument("shape too large for this platform").array(t.name));
+        }
         let end = offset
             .checked_add(len)
+            .filter(|&e| usize::try_from(e).is_ok())
             .ok_or_else(|| Error::invalid_argument("total size overflows"))?;
-        infos.push((
-            t.name.to_string(),
-            StInfo {
-                dtype: st,
-                shape,
-                data_offsets: (offset as usize, end as usize),
-            },
-        ));
         rel[i] = (offset, end);
         offset = end;
     }
-    let meta = Metadata::new(None, infos)
-        .map_err(|e| Error::invalid_argument(format!("cannot lay out the header: {e}")))?;
-    let tensors_json = serde_json::to_string(&meta)
-        .map_err(|e| Error::invalid_argument(format!("cannot serialize the header: {e}")))?;
-    // The crate's map and index go before the header is built: with 100,000 tensors they
-    // and the copies of the JSON text would otherwise all be held at once.
-    drop(meta);
     // `__metadata__` spliced in first, as the crate writes it: `head`, then the tensors'
-    // object from `body_start` on.
+    // object from byte `body_start` on.
+    let tensors_are_empty = tensors.is_empty();
     let (head, body_start) = match metadata {
         Some(pairs) => {
             let mut map = serde_json::Map::with_capacity(pairs.len());
@@ -121,14 +104,41 @@ pub fn plan_header(
             }
             let mut head = String::from("{\"__metadata__\":");
             head.push_str(&serde_json::to_string(&map).expect("strings serialize"));
-            if &tensors_json[1..] != "}" {
+            if !tensors_are_empty {
                 head.push(',');
             }
             (head, 1) // after '{'
         }
         None => (String::new(), 0),
     };
-    let json_len = head.len() + tensors_json.len() - body_start;
+    // The tensors' object as the crate's `Metadata` serializes it (a map of its `TensorInfo`s
+    // in file order), written twice: once to measure it, once into a header allocated to
+    // its exact size. With 100,000 tensors, building the crate's `Metadata` (a copy of every
+    // name and shape, and its index) and the JSON text beside the header had cost 36 MB.
+    let write_tensors = |sink: &mut Sink<'_>| -> std::result::Result<(), serde_json::Error> {
+        use serde::ser::{SerializeMap, Serializer};
+        let mut ser = serde_json::Serializer::new(sink);
+        let mut map = ser.serialize_map(Some(order.len()))?;
+        for &i in &order {
+            let t = &tensors[i];
+            let info = StInfo {
+                dtype: t.dtype.to_safetensors().expect("checked above"),
+                shape: t.shape.iter().map(|&d| d as usize).collect(),
+                data_offsets: (rel[i].0 as usize, rel[i].1 as usize),
+            };
+            map.serialize_entry(t.name, &info)?;
+        }
+        map.end()
+    };
+    let serialize_error =
+        |e: serde_json::Error| Error::invalid_argument(format!("cannot serialize the header: {e}"));
+    let mut counted = Sink {
+        skip: body_start,
+        len: 0,
+        out: None,
+    };
+    write_tensors(&mut counted).map_err(serialize_error)?;
+    let json_len = head.len() + counted.len;
     let padded = json_len.next_multiple_of(8);
     if padded > MAX_HEADER_SIZE {
         return Err(Error::new(
@@ -139,8 +149,13 @@ pub fn plan_header(
     let mut header = Vec::with_capacity(8 + padded);
     header.extend_from_slice(&(padded as u64).to_le_bytes());
     header.extend_from_slice(head.as_bytes());
-    header.extend_from_slice(&tensors_json.as_bytes()[body_start..]);
-    drop(tensors_json);
+    let mut into = Sink {
+        skip: body_start,
+        len: 0,
+        out: Some(&mut header),
+    };
+    write_tensors(&mut into).map_err(serialize_error)?;
+    debug_assert_eq!(header.len(), 8 + json_len);
     header.resize(8 + padded, b' ');
     let base = header.len() as u64;
     let ranges = rel.into_iter().map(|(s, e)| (base + s, base + e)).collect();
@@ -150,6 +165,31 @@ pub fn plan_header(
         ranges,
         file_len: base + offset,
     })
+}
+
+/// Where `plan_header` writes the tensors' JSON: it drops the first `skip` bytes, counts the
+/// rest, and appends them to `out` if there is one.
+struct Sink<'a> {
+    skip: usize,
+    len: usize,
+    out: Option<&'a mut Vec<u8>>,
+}
+
+impl std::io::Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let skipped = self.skip.min(buf.len());
+        self.skip -= skipped;
+        let rest = &buf[skipped..];
+        self.len += rest.len();
+        if let Some(out) = self.out.as_deref_mut() {
+            out.extend_from_slice(rest);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The layout of an existing header, reused when it describes exactly `tensors` (same names,
