@@ -83,11 +83,11 @@ pub(super) fn copy_chunk(
             (extent, Side::Write, fault)
         })
     };
-    if c.scatter && c.parts > 1 {
+    if c.scatter && c.several {
         return scatter(sh, plan, c, buf, destination);
     }
     let dst = destination(c.dst, c.extent)?;
-    if c.parts > 1 {
+    if c.several {
         return gather(sh, plan, c, dst, buf);
     }
     if let Sources::OnUse(s) = sh.sources {
@@ -123,27 +123,9 @@ fn gather(
     };
     for p in plan.parts(c) {
         debug_assert_eq!(p.dst_offset, g.at + g.filled as u64);
-        let done = match sh.sources {
-            Sources::Files { files, .. } => {
-                g.put(dst, buf, &p, |b, off| read_exact_at(files[p.src], b, off))
-            }
-            Sources::OnUse(s) => {
-                let src = s
-                    .acquire(p.src)
-                    .map_err(|cause| (p.extent, Side::Read, Fault::Open { src: p.src, cause }))?;
-                let done = g.put(dst, buf, &p, |b, off| read_exact_at(&src, b, off));
-                drop(src);
-                s.release(p.src);
-                done
-            }
-            Sources::Memory(m) => g.put(dst, buf, &p, |b, off| {
-                // Within the slice: every extent was checked against it in `validate`.
-                let from = off as usize;
-                b.copy_from_slice(&m[p.src][from..from + b.len()]);
-                Ok(())
-            }),
-        };
-        done.map_err(|(side, e)| (p.extent, side, Fault::Io(e)))?;
+        read_source(sh.sources, p.src, |read| g.put(dst, buf, &p, read))
+            .map_err(|cause| (p.extent, Side::Read, Fault::Open { src: p.src, cause }))?
+            .map_err(|(side, e)| (p.extent, side, Fault::Io(e)))?;
     }
     debug_assert_eq!((g.at, g.filled), (g.end, 0));
     Ok(())
@@ -161,24 +143,8 @@ fn scatter<'d>(
     destination: impl Fn(usize, usize) -> Result<&'d File, ChunkFailure>,
 ) -> Result<(), ChunkFailure> {
     let b = buf.slice(c.len as usize, c.dst_offset);
-    let read = match sh.sources {
-        Sources::Files { files, .. } => read_counted(files[c.src], b, c.src_offset),
-        Sources::OnUse(s) => {
-            let src = s
-                .acquire(c.src)
-                .map_err(|cause| (c.extent, Side::Read, Fault::Open { src: c.src, cause }))?;
-            let read = read_counted(&src, b, c.src_offset);
-            drop(src);
-            s.release(c.src);
-            read
-        }
-        Sources::Memory(m) => {
-            // Within the slice: every extent was checked against it in `validate`.
-            let from = c.src_offset as usize;
-            b.copy_from_slice(&m[c.src][from..from + b.len()]);
-            Ok(())
-        }
-    };
+    let read = read_source(sh.sources, c.src, |read| read(b, c.src_offset))
+        .map_err(|cause| (c.extent, Side::Read, Fault::Open { src: c.src, cause }))?;
     if let Err((got, e)) = read {
         // The extent whose bytes could not be read.
         let at = c.src_offset + got as u64;
@@ -201,6 +167,35 @@ fn scatter<'d>(
     Ok(())
 }
 
+/// Fills `bytes` from a source at an offset; on failure, says how many bytes it had read.
+type SourceRead<'a> = dyn FnMut(&mut [u8], u64) -> Result<(), (usize, io::Error)> + 'a;
+
+/// Runs `read` with a reader of source `src`: a file (opened first, and released after,
+/// when the workers open the sources on use) or a slice of memory, whose bounds every extent
+/// was checked against in `validate`. `Err` when the source could not be opened, as
+/// [`SourceFiles::acquire`](super::SourceFiles) says.
+fn read_source<R>(
+    sources: &Sources<'_>,
+    src: usize,
+    read: impl FnOnce(&mut SourceRead<'_>) -> R,
+) -> Result<R, Option<Cause>> {
+    match sources {
+        Sources::Files { files, .. } => Ok(read(&mut |b, off| read_counted(files[src], b, off))),
+        Sources::OnUse(s) => {
+            let file = s.acquire(src)?;
+            let done = read(&mut |b, off| read_counted(&file, b, off));
+            drop(file);
+            s.release(src);
+            Ok(done)
+        }
+        Sources::Memory(m) => Ok(read(&mut |b, off| {
+            let from = off as usize;
+            b.copy_from_slice(&m[src][from..from + b.len()]);
+            Ok(())
+        })),
+    }
+}
+
 /// A gathered chunk being filled: the piece at `at` holds `filled` bytes so far.
 struct Gather {
     at: u64,
@@ -216,7 +211,7 @@ impl Gather {
         dst: &File,
         buf: &mut Bounce,
         p: &Part,
-        mut read: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+        read: &mut SourceRead<'_>,
     ) -> ChunkResult {
         let mut done = 0u64;
         while done < p.len {
@@ -224,7 +219,7 @@ impl Gather {
             let n = ((p.len - done) as usize).min(piece - self.filled);
             let b = buf.slice(piece, self.at);
             read(&mut b[self.filled..self.filled + n], p.src_offset + done)
-                .map_err(|e| (Side::Read, e))?;
+                .map_err(|(_, e)| (Side::Read, e))?;
             self.filled += n;
             done += n as u64;
             if self.filled == piece {

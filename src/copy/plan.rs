@@ -117,7 +117,7 @@ struct Run {
 const SCATTER_MAX: u64 = BOUNCE_SIZE as u64 / 4;
 
 /// One chunk of one run: `len` bytes taken from the run's extents from `extent` on. When
-/// `parts` is 1 the chunk lies in extent `extent` alone, `len` bytes from source `src` at
+/// `several` is false the chunk lies in extent `extent` alone, `len` bytes from source `src` at
 /// `src_offset` to destination `dst` at `dst_offset`. With `scatter`, the chunk is the whole
 /// run, `len` bytes of source `src` at `src_offset`.
 #[derive(Clone, Copy, Debug)]
@@ -129,8 +129,8 @@ pub(super) struct Chunk {
     pub(super) src_offset: u64,
     pub(super) dst_offset: u64,
     pub(super) len: u64,
-    /// Extents (with bytes) the chunk takes bytes from.
-    pub(super) parts: usize,
+    /// Whether the chunk takes bytes from more than one extent.
+    pub(super) several: bool,
     pub(super) scatter: bool,
 }
 
@@ -289,7 +289,8 @@ impl<'a> Plan<'a> {
     pub(super) fn chunk(&self, r: usize, j: u64) -> Chunk {
         let run = &self.runs[r];
         if run.kind == Kind::Scatter {
-            // Every extent of a scattered run has bytes; the first gives the chunk's ends.
+            // A scattered run has two extents or more, each with bytes; the first gives the
+            // chunk's ends.
             return Chunk {
                 run: r,
                 extent: run.start,
@@ -298,7 +299,7 @@ impl<'a> Plan<'a> {
                 src_offset: run.src_offset,
                 dst_offset: run.dst_offset,
                 len: run.len,
-                parts: run.end - run.start,
+                several: true,
                 scatter: true,
             };
         }
@@ -315,15 +316,9 @@ impl<'a> Plan<'a> {
         // The first extent with bytes at or after the chunk's start.
         let k = run.start + exts.partition_point(|e| e.dst_offset + e.len <= dst_offset);
         let e = &self.extents[k];
-        let parts = if e.dst_offset + e.len >= end {
-            1
-        } else {
-            self.extents[k..run.end]
-                .iter()
-                .take_while(|x| x.dst_offset < end)
-                .filter(|x| x.len > 0)
-                .count()
-        };
+        // Every extent of a run of several has bytes (see `new`): a chunk that goes past
+        // extent `k`'s end takes bytes from the next one too.
+        let several = e.dst_offset + e.len < end;
         Chunk {
             run: r,
             extent: k,
@@ -332,7 +327,7 @@ impl<'a> Plan<'a> {
             src_offset: e.src_offset + (dst_offset - e.dst_offset),
             dst_offset,
             len,
-            parts,
+            several,
             scatter: false,
         }
     }
@@ -346,7 +341,6 @@ impl<'a> Plan<'a> {
             .iter()
             .enumerate()
             .take_while(move |(_, e)| scatter || e.dst_offset < end)
-            .filter(|(_, e)| e.len > 0)
             .map(move |(i, e)| {
                 let (from, to) = if scatter {
                     (e.dst_offset, e.dst_offset + e.len)
