@@ -121,12 +121,8 @@ pub fn plan_header(
         let mut map = ser.serialize_map(Some(order.len()))?;
         for &i in &order {
             let t = &tensors[i];
-            let info = StInfo {
-                dtype: t.dtype.to_safetensors().expect("checked above"),
-                shape: t.shape.iter().map(|&d| d as usize).collect(),
-                data_offsets: (rel[i].0 as usize, rel[i].1 as usize),
-            };
-            map.serialize_entry(t.name, &info)?;
+            let dtype = t.dtype.to_safetensors().expect("checked above");
+            serialize_entry(&mut map, t.name, dtype, t.shape, rel[i])?;
         }
         map.end()
     };
@@ -165,6 +161,23 @@ pub fn plan_header(
         ranges,
         file_len: base + offset,
     })
+}
+
+/// Writes one tensor's entry into the tensors' map as the crate's `Metadata` serializer
+/// does: the name, then the crate's own `TensorInfo`.
+fn serialize_entry<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    name: &str,
+    dtype: ::safetensors::Dtype,
+    shape: &[u64],
+    data_offsets: (u64, u64),
+) -> std::result::Result<(), M::Error> {
+    let info = StInfo {
+        dtype,
+        shape: shape.iter().map(|&d| d as usize).collect(),
+        data_offsets: (data_offsets.0 as usize, data_offsets.1 as usize),
+    };
+    map.serialize_entry(name, &info)
 }
 
 /// Where `plan_header` writes the tensors' JSON: it drops the first `skip` bytes, counts the
@@ -308,12 +321,7 @@ pub fn is_planned_header(
             let Some(dtype) = t.dtype.to_safetensors() else {
                 return Err(serde::ser::Error::custom("no SafeTensors dtype"));
             };
-            let info = StInfo {
-                dtype,
-                shape: t.shape.iter().map(|&d| d as usize).collect(),
-                data_offsets: (t.data_offsets.0 as usize, t.data_offsets.1 as usize),
-            };
-            map.serialize_entry(&t.name, &info)?;
+            serialize_entry(&mut map, &t.name, dtype, &t.shape, t.data_offsets)?;
         }
         map.end()
     })();
