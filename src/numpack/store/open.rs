@@ -399,13 +399,17 @@ pub(super) fn open_part(
     what: &str,
     listed_regular: bool,
 ) -> Result<Opened> {
-    open_member(root, dir, rel, what, listed_regular).map_err(|e| {
-        if e.kind() == ErrorKind::NotFound {
-            Error::new(ErrorKind::Malformed, e.message().to_string()).at(dir)
-        } else {
-            e
-        }
-    })
+    open_member(root, dir, rel, what, listed_regular).map_err(|e| missing_is_malformed(e, dir))
+}
+
+/// An error opening a file the directory `dir` needs: a missing file makes the directory
+/// malformed; any other error stays as it is.
+pub(super) fn missing_is_malformed(e: Error, dir: &Path) -> Error {
+    if e.kind() == ErrorKind::NotFound {
+        Error::new(ErrorKind::Malformed, e.message().to_string()).at(dir)
+    } else {
+        e
+    }
 }
 
 /// The array as listed when its files are not usable: its record only. Reading it fails

@@ -180,15 +180,8 @@ impl NumPack {
         let name = &a.record.name;
         let shown = rel.to_string_lossy();
         let listed = a.listed_regular && !segmented;
-        let (file, len) =
-            open_below(&self.root, &self.dir, rel, &shown, what, listed).map_err(|e| {
-                if e.kind() == ErrorKind::NotFound {
-                    Error::new(ErrorKind::Malformed, e.message().to_string()).at(&self.dir)
-                } else {
-                    e
-                }
-                .array(name)
-            })?;
+        let (file, len) = open_below(&self.root, &self.dir, rel, &shown, what, listed)
+            .map_err(|e| super::open::missing_is_malformed(e, &self.dir).array(name))?;
         if len < need {
             let message = if segmented {
                 format!("segment {shown:?} is {len} bytes, shorter than its {need}")
