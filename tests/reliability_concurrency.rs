@@ -380,3 +380,64 @@ fn store_opened_before_a_replacement_errors_instead_of_faulting_on_a_shorter_fil
     let err = child_error(&stdout).unwrap_or_else(|| panic!("no error: {stdout}"));
     assert!(err.contains("data_w.npkd"), "{err}");
 }
+
+/// A child forked while a conversion holds its directory's lock (as DataLoader workers and
+/// multiprocessing pools fork) does not keep the lock: once the conversion returns, the
+/// next conversion into that directory gets the lock at once, though the child still lives.
+#[test]
+fn a_child_forked_during_a_conversion_does_not_keep_the_directory_locked() {
+    if std::env::var(CHILD_ENV).is_ok() || std::env::var("NPKIO_STALE_HANDLE_CHILD").is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.safetensors");
+    write_safetensors(&contents(1, &["a", "b"], 1 << 20), &src);
+    let mut pipe = [0; 2];
+    // SAFETY: a valid array of two descriptors.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let [read_end, write_end] = pipe;
+    let forked = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let mut opts = Options::default();
+    opts.chunk_size = 64 << 10;
+    opts.progress = Some(Arc::new({
+        let forked = forked.clone();
+        move |_| {
+            if forked
+                .compare_exchange(0, -1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                return;
+            }
+            // SAFETY: the child only makes async-signal-safe calls: it waits for the
+            // parent's byte, then leaves without running anything else.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let mut b = 0u8;
+                unsafe {
+                    libc::read(read_end, (&mut b as *mut u8).cast(), 1);
+                    libc::_exit(0);
+                }
+            }
+            forked.store(pid, Ordering::SeqCst);
+        }
+    }));
+    npkio::from_safetensors_file_with(&src, dir.path().join("out.npk"), ALL, true, &opts).unwrap();
+    let pid = forked.load(Ordering::SeqCst);
+    assert!(pid > 0, "the conversion forked no child ({pid})");
+    let mut status = 0;
+    // SAFETY: our own child; WNOHANG does not wait.
+    let alive = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0;
+    let mut no_wait = Options::default();
+    no_wait.wait_for_lock = false;
+    let next =
+        npkio::from_safetensors_file_with(&src, dir.path().join("next.npk"), ALL, true, &no_wait);
+    // SAFETY: writes one byte to our pipe, then reaps our child and closes the pipe.
+    unsafe {
+        libc::write(write_end, b"x".as_ptr().cast(), 1);
+        libc::waitpid(pid, &mut status, 0);
+        libc::close(read_end);
+        libc::close(write_end);
+    }
+    assert!(alive, "the forked child ended early");
+    next.expect("the next conversion, while the forked child lives");
+}

@@ -7,7 +7,8 @@
 //!   store) into one directory run one after the other, never interleaved. Nothing is created
 //!   for it. Where the filesystem refuses `flock` on a directory, the lock falls back to an
 //!   empty file `dir/.npkio-lock` (mode 0666, so that every user who may write `dir` can lock
-//!   it), never removed.
+//!   it), never removed. A child forked while the lock is held does not keep it
+//!   (see [`lock`]).
 //! - **Staging**: `.model.npk.npkio-tmp-RRRRRRCCCCCC`, where `RRRRRR` is random and `CCCCCC` a
 //!   check of the output's name and `RRRRRR`. A directory output is built in its subdirectory
 //!   `new`; the staging directory also holds a marker file (`.npkio-staging`, a fixed first
@@ -36,7 +37,13 @@
 //! [`publish_file`]. A sharded checkpoint, written into a directory that may already hold
 //! one, has its own protocol in [`sharded`].
 
+mod lock;
 pub(crate) mod sharded;
+
+pub(crate) use lock::lock_output;
+// Part of the lock's crate API, for the store's code.
+#[allow(unused_imports)]
+pub(crate) use lock::{lock_store, OutputLock};
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
@@ -48,67 +55,15 @@ use std::path::{Path, PathBuf};
 
 use tempfile::{NamedTempFile, TempPath};
 
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil::sync_dir;
 
 /// The marker file inside a staging directory.
 const MARKER: &str = ".npkio-staging";
 /// The first line of a marker file.
 const MARKER_MAGIC: &str = "npkio staging directory, safe to remove when no npkio runs here";
-/// The lock file of a directory whose filesystem refuses `flock` on directories.
-const FALLBACK_LOCK: &str = ".npkio-lock";
 /// Output names longer than this are shortened in staging names.
 const LONG_NAME: usize = 200;
-
-/// An exclusive lock on the directory holding an output (see the module docs), held until
-/// dropped (by any thread).
-#[derive(Debug)]
-pub(crate) struct OutputLock {
-    /// The entry of [`HELD`] this guard counts in.
-    owner: Owner,
-}
-
-/// Who holds a directory's lock: a thread of a process, and the directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owner {
-    pid: u32,
-    thread: std::thread::ThreadId,
-    dir: (u64, u64),
-}
-
-impl Drop for OutputLock {
-    fn drop(&mut self) {
-        let mut held = held();
-        if let Some(i) = held.iter().position(|x| x.owner == self.owner) {
-            held[i].depth -= 1;
-            if held[i].depth == 0 {
-                // Closing the descriptor releases the lock.
-                held.remove(i);
-                if held.is_empty() {
-                    // Nothing stays allocated between conversions (a host's leak checker
-                    // sees no memory npkio keeps).
-                    *held = Vec::new();
-                }
-            }
-        }
-    }
-}
-
-/// A directory lock held by a thread, with the number of guards handed out for it.
-struct Held {
-    owner: Owner,
-    _file: File,
-    depth: usize,
-    /// Outputs recovered under this lock.
-    recovered: Vec<String>,
-}
-
-/// The directory locks held in this process.
-static HELD: std::sync::Mutex<Vec<Held>> = std::sync::Mutex::new(Vec::new());
-
-fn held() -> std::sync::MutexGuard<'static, Vec<Held>> {
-    HELD.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The directory holding `output` and the output's file name (as staging names spell it:
 /// bytes that are not UTF-8 replaced).
@@ -122,175 +77,6 @@ pub(crate) fn split(output: &Path) -> Result<(PathBuf, String)> {
         _ => PathBuf::from("."),
     };
     Ok((parent, name))
-}
-
-/// Takes the lock of the directory holding `output` (see the module docs) and recovers what
-/// earlier, interrupted conversions into `output` left behind: an old output moved aside is
-/// restored when `output` is absent, the rest removed. When another conversion or store
-/// change holds the lock, waits for it with `wait`, else fails with [`ErrorKind::Busy`].
-///
-/// The lock is re-entrant within a thread: a thread that holds it gets a nested guard at
-/// once. Anything that writes `output` (or changes a NumPack store at `output`) must hold it.
-pub(crate) fn lock_output(output: &Path, wait: bool) -> Result<OutputLock> {
-    let (parent, name) = split(output)?;
-    for _ in 0..16 {
-        let dir = open_dir(&parent)?;
-        let md = dir.metadata().ctx(&parent, "inspecting")?;
-        let owner = Owner {
-            pid: std::process::id(),
-            thread: std::thread::current().id(),
-            dir: (md.dev(), md.ino()),
-        };
-        let nested = {
-            let mut held = held();
-            held.iter_mut().find(|x| x.owner == owner).map(|x| {
-                x.depth += 1;
-                let first = !x.recovered.contains(&name);
-                if first {
-                    x.recovered.push(name.clone());
-                }
-                first
-            })
-        };
-        if let Some(first) = nested {
-            let guard = OutputLock { owner };
-            if first {
-                recover(&parent, &name, output)?;
-            }
-            return Ok(guard);
-        }
-        let file = lock_dir(dir, &parent, output, wait)?;
-        // The path must still name the directory locked (it may have been renamed meanwhile).
-        match fs::metadata(&parent) {
-            Ok(now) if (now.dev(), now.ino()) == owner.dir => {}
-            _ => continue,
-        }
-        held().push(Held {
-            owner,
-            _file: file,
-            depth: 1,
-            recovered: vec![name.clone()],
-        });
-        let guard = OutputLock { owner };
-        recover(&parent, &name, output)?;
-        return Ok(guard);
-    }
-    Err(Error::new(
-        ErrorKind::Busy,
-        "the output's directory keeps being replaced while npkio locks it",
-    )
-    .at(&parent))
-}
-
-/// Takes the lock a change to the NumPack store `dir` holds: the lock of the directory
-/// holding it, the same one conversions into `dir` take ([`lock_output`]).
-#[allow(dead_code)]
-pub(crate) fn lock_store(dir: &Path, wait: bool) -> Result<OutputLock> {
-    lock_output(dir, wait)
-}
-
-/// Opens a directory for locking, without creating anything.
-fn open_dir(dir: &Path) -> Result<File> {
-    let opened = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir);
-    match opened {
-        Ok(f) => Ok(f),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-            Err(Error::new(ErrorKind::NotFound, "the output's directory does not exist").at(dir))
-        }
-        Err(e) => Err(Error::io(
-            dir,
-            "opening the output's directory to lock it",
-            e,
-        )),
-    }
-}
-
-/// Locks the open directory `dir` (`path`), or its fallback lock file where the filesystem
-/// refuses `flock` on a directory. Returns the locked descriptor.
-fn lock_dir(dir: File, path: &Path, output: &Path, wait: bool) -> Result<File> {
-    match flock(&dir, wait) {
-        Ok(()) => return Ok(dir),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(busy(output)),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EBADF | libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL)
-            ) => {}
-        Err(e) => return Err(Error::io(path, "locking", e)),
-    }
-    let lock_path = path.join(FALLBACK_LOCK);
-    let file = open_fallback_lock(&dir, &lock_path)?;
-    match flock(&file, wait) {
-        Ok(()) => Ok(file),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(busy(output)),
-        Err(e) => Err(Error::io(&lock_path, "locking", e)),
-    }
-}
-
-fn busy(output: &Path) -> Error {
-    Error::new(
-        ErrorKind::Busy,
-        "another conversion (or NumPack store change) into this directory is running",
-    )
-    .at(output)
-}
-
-/// `flock(LOCK_EX)`, waiting with `wait`, else failing with `WouldBlock`.
-fn flock(file: &File, wait: bool) -> io::Result<()> {
-    let op = if wait {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_EX | libc::LOCK_NB
-    };
-    loop {
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Opens (creating it if needed) the fallback lock file in the directory `dir`: never
-/// following a link, never blocking on a FIFO, refusing anything but a regular file.
-fn open_fallback_lock(dir: &File, lock_path: &Path) -> Result<File> {
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    let mut created = true;
-    let fd = match openat(
-        dir,
-        FALLBACK_LOCK,
-        libc::O_RDWR | libc::O_CREAT | flags,
-        0o666,
-    ) {
-        Ok(fd) => fd,
-        // Another user's file (in a sticky directory `O_CREAT` of it may be refused): a
-        // lock needs no write access.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
-            created = false;
-            openat(dir, FALLBACK_LOCK, libc::O_RDONLY | flags, 0)
-                .map_err(|e| Error::io(lock_path, "opening the lock file", e))?
-        }
-        Err(e) => return Err(Error::io(lock_path, "opening the lock file", e)),
-    };
-    let md = fd.metadata().ctx(lock_path, "inspecting")?;
-    if !md.file_type().is_file() {
-        return Err(Error::new(
-            ErrorKind::AlreadyExists,
-            "is not a regular file; npkio locks this directory through it",
-        )
-        .at(lock_path));
-    }
-    if created && md.uid() == euid() && md.mode() & 0o777 != 0o666 {
-        // Every user who may write the directory must be able to lock it.
-        let _ = fd.set_permissions(fs::Permissions::from_mode(0o666));
-    }
-    Ok(fd)
 }
 
 fn openat(dir: &File, name: &str, flags: i32, mode: libc::mode_t) -> io::Result<File> {
@@ -873,6 +659,7 @@ fn exchange(_a: &Path, _b: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     #[test]
     fn staging_names_fit_name_max_and_carry_their_check() {
