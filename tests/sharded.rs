@@ -223,3 +223,72 @@ fn index_inconsistencies_are_errors_naming_tensor_and_shard() {
     });
     assert!(e.to_string().contains("not a file name"), "{e}");
 }
+
+/// Readers opening a sharded checkpoint while it is exported again and again into its
+/// directory (each export replacing every shard, values telling the two checkpoints apart)
+/// get the old checkpoint or the new one whole, or an error saying it changed: never the
+/// tensors of one with those of the other.
+#[test]
+fn readers_of_a_checkpoint_being_exported_again_never_see_a_mix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["t0", "t1", "t2", "t3"];
+    let stores: Vec<PathBuf> = [1u8, 2]
+        .iter()
+        .map(|&v| {
+            let data = vec![v; 4096];
+            let inputs: Vec<npkio::TensorInput> = names
+                .iter()
+                .map(|n| npkio::TensorInput {
+                    name: n,
+                    dtype: npkio::DType::U8,
+                    shape: &[4096],
+                    data: &data,
+                })
+                .collect();
+            let p = tmp.path().join(format!("v{v}.npk"));
+            npkio::from_safetensors(&inputs, &p, false).unwrap();
+            p
+        })
+        .collect();
+    let out = tmp.path().join("out");
+    // One tensor a shard.
+    export(&stores[0], &out, 4096);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (out, done) = (out.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (mut whole, mut changed) = (0u32, 0u32);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) || whole == 0 {
+                    let c = match npkio::Checkpoint::open(&out) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            assert!(
+                                matches!(e.kind(), ErrorKind::Busy | ErrorKind::InvalidArgument),
+                                "{e}"
+                            );
+                            changed += 1;
+                            continue;
+                        }
+                    };
+                    let values: Vec<u8> = (0..c.len()).map(|i| c.view(i).data[0]).collect();
+                    assert_eq!(values.len(), 4);
+                    assert!(
+                        values.iter().all(|&v| v == values[0]),
+                        "a mix of two checkpoints: {values:?}"
+                    );
+                    whole += 1;
+                }
+                (whole, changed)
+            })
+        })
+        .collect();
+    for k in 0..120 {
+        export(&stores[(k + 1) % 2], &out, 4096);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        let (whole, changed) = r.join().unwrap();
+        eprintln!("{whole} whole checkpoints read, {changed} opens failed as changed");
+    }
+}

@@ -13,6 +13,7 @@
 //! to the sum of the tensors' byte lengths.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -78,32 +79,134 @@ pub fn find_index(path: &Path) -> Result<Option<PathBuf>> {
         .then(|| path.to_path_buf()))
 }
 
+/// Whether the directory `path` holds a temporary file of npkio's (`.npkio-tmp-*`): the
+/// new index of a checkpoint being written into it, between the removal of the old index
+/// and the renaming of the new one.
+fn writing_index(path: &Path) -> bool {
+    path.is_dir()
+        && std::fs::read_dir(path).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().as_encoded_bytes().starts_with(b".npkio-tmp-"))
+        })
+}
+
+/// How many times opening a sharded checkpoint starts again when the checkpoint changed
+/// under it, and the first pause between two tries (doubled each time, at most
+/// [`MAX_PAUSE_MS`]): about a second in all, enough for a writer to rename its shards in.
+const OPEN_TRIES: u32 = 12;
+const FIRST_PAUSE_MS: u64 = 1;
+const MAX_PAUSE_MS: u64 = 200;
+
+/// One try at opening a sharded checkpoint.
+enum Attempt {
+    /// The index read is still the one at its path after every shard was opened: this is
+    /// the result (a checkpoint, or an error about that checkpoint).
+    Done(Result<Checkpoint>),
+    /// The index was replaced or removed meanwhile (a conversion is writing the
+    /// checkpoint): whatever was read may mix two checkpoints.
+    Changed,
+}
+
 impl Checkpoint {
     /// Opens a SafeTensors file, an index file, or a directory holding an index.
+    ///
+    /// A sharded checkpoint is opened consistently: the index is read, every shard opened
+    /// and checked against it, and then its path must still name the very index file read
+    /// (its descriptor held open meanwhile, so that its inode cannot be reused; same device
+    /// and inode). npkio replaces a checkpoint by removing its index first and renaming the
+    /// new index in last, so a shard replaced while the checkpoint was being opened always
+    /// shows as a changed index. Then the open starts again, up to [`OPEN_TRIES`] times
+    /// (about a second), and fails with an error of kind [`ErrorKind::Busy`] ("the
+    /// checkpoint changed while being opened"): the tensors read are the old checkpoint's
+    /// or the new one's, never a mix.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
-        match find_index(path)? {
-            Some(index) => Self::open_index(&index),
-            None => {
-                let f = SafeTensorsFile::open(path)?;
-                let tensors: Vec<(usize, usize)> = (0..f.len()).map(|i| (0, i)).collect();
-                Ok(Checkpoint {
-                    path: path.to_path_buf(),
-                    shards: vec![f],
-                    shard_names: Vec::new(),
-                    tensors,
-                    by_name: Vec::new(),
-                    index_text: None,
-                })
+        let mut pause = FIRST_PAUSE_MS;
+        for attempt in 0..OPEN_TRIES {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(pause));
+                pause = (pause * 2).min(MAX_PAUSE_MS);
             }
+            let index = match find_index(path) {
+                Ok(Some(index)) => index,
+                Ok(None) => return Self::open_single(path),
+                // Between the removal of the old index and the renaming of the new one, a
+                // directory being written by npkio holds the new index under a temporary
+                // name.
+                Err(e) if writing_index(path) => {
+                    if attempt + 1 == OPEN_TRIES {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match Self::try_open_index(&index, path.is_dir(), attempt) {
+                Attempt::Done(result) => return result,
+                Attempt::Changed => {}
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Busy,
+            "the checkpoint changed while being opened (a conversion is writing it); open it \
+             again when it is done",
+        )
+        .at(path))
+    }
+
+    fn open_single(path: &Path) -> Result<Checkpoint> {
+        let f = SafeTensorsFile::open(path)?;
+        let tensors: Vec<(usize, usize)> = (0..f.len()).map(|i| (0, i)).collect();
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            shards: vec![f],
+            shard_names: Vec::new(),
+            tensors,
+            by_name: Vec::new(),
+            index_text: None,
+        })
+    }
+
+    /// Opens the checkpoint of `index`, then checks that `index` still names the index file
+    /// read. `found` says the index was found in a directory a moment ago (so a missing one
+    /// was just removed).
+    fn try_open_index(index: &Path, found: bool, attempt: u32) -> Attempt {
+        let opened = match crate::safe_open::open_regular(index, "index") {
+            Ok(o) => o,
+            Err(e) if found && e.io_kind() == std::io::ErrorKind::NotFound => {
+                return Attempt::Changed
+            }
+            Err(e) => return Attempt::Done(Err(e)),
+        };
+        // Held until the check below, so that the index's inode is not reused meanwhile.
+        let read = opened
+            .file
+            .metadata()
+            .ctx(index, "inspecting")
+            .and_then(|md| {
+                let held = opened.file.try_clone().ctx(index, "opening")?;
+                Ok((held, (md.dev(), md.ino())))
+            });
+        let (_held, id) = match read {
+            Ok(r) => r,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
+        let result = Self::open_index(index, opened, attempt);
+        match std::fs::metadata(index) {
+            Ok(now) if (now.dev(), now.ino()) == id => Attempt::Done(result),
+            _ => Attempt::Changed,
         }
     }
 
-    fn open_index(index: &Path) -> Result<Checkpoint> {
+    fn open_index(
+        index: &Path,
+        opened: crate::safe_open::Opened,
+        #[allow(unused_variables)] attempt: u32,
+    ) -> Result<Checkpoint> {
         // An open shard holds no descriptor (see `SafeTensorsFile`): any number of shards
         // opens under any open-file limit.
         // Opened without blocking, a regular file, its length checked before reading.
-        let opened = crate::safe_open::open_regular(index, "index")?;
         if opened.len > MAX_INDEX_LEN {
             return Err(Error::malformed(
                 index,
@@ -114,6 +217,8 @@ impl Checkpoint {
         let text = String::from_utf8(bytes)
             .map_err(|_| Error::malformed(index, "index is not valid UTF-8"))?;
         let parsed = parse_index(&text).map_err(|m| Error::malformed(index, m))?;
+        #[cfg(test)]
+        tests::hook(attempt, tests::Stage::IndexRead);
         let dir = index.parent().unwrap_or(Path::new("."));
         // Shards in name order (model-00001-of-00002 before model-00002-of-00002).
         let shard_names: Vec<String> = {
@@ -181,6 +286,8 @@ impl Checkpoint {
                 total += t.len();
             }
         }
+        #[cfg(test)]
+        tests::hook(attempt, tests::Stage::ShardsOpened);
         let name_of = |i: usize| {
             let (s, p) = tensors[i];
             shards[s]
@@ -442,6 +549,156 @@ pub fn same_index(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::fs;
+
+    /// Where [`hook`] is called while a checkpoint opens.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub(super) enum Stage {
+        /// The index was read; no shard is open yet.
+        IndexRead,
+        /// Every shard was opened; nothing checked yet.
+        ShardsOpened,
+    }
+
+    type Hook = Box<dyn FnMut(u32, Stage)>;
+
+    thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Runs this thread's hook, if any, with the try's number and the stage.
+    pub(super) fn hook(attempt: u32, stage: Stage) {
+        HOOK.with_borrow_mut(|h| {
+            if let Some(h) = h {
+                h(attempt, stage);
+            }
+        });
+    }
+
+    /// A SafeTensors file of one U8 tensor `name` of four bytes `value`.
+    fn shard(name: &str, value: u8) -> Vec<u8> {
+        let mut header =
+            format!(r#"{{"{name}":{{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}}}"#);
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend_from_slice(&[value; 4]);
+        b
+    }
+
+    /// A checkpoint of tensors `a` and `b`, each in a shard of its own, all bytes `value`:
+    /// written into `dir` (`prefix` "") or beside, as the temporary files a conversion
+    /// renames in (`prefix` "new-").
+    fn write_checkpoint(dir: &Path, prefix: &str, value: u8) {
+        let names = [shard_file_name(1, 2), shard_file_name(2, 2)];
+        let mut map = BTreeMap::new();
+        for (t, n) in ["a", "b"].iter().zip(&names) {
+            fs::write(dir.join(format!("{prefix}{n}")), shard(t, value)).unwrap();
+            map.insert(t.to_string(), n.clone());
+        }
+        fs::write(
+            dir.join(format!("{prefix}{INDEX_NAME}")),
+            index_json(8, &map),
+        )
+        .unwrap();
+    }
+
+    /// The value of every tensor of a checkpoint.
+    fn values(c: &Checkpoint) -> Vec<u8> {
+        (0..c.len()).map(|i| c.view(i).data[0]).collect()
+    }
+
+    /// What an export into an existing directory does, step `k` of it: remove the old
+    /// index (0), rename the first shard in (1), the second (2), the index (3).
+    fn export_step(dir: &Path, k: usize) {
+        let new = |n: &str| dir.join(format!("new-{n}"));
+        match k {
+            0 => fs::remove_file(dir.join(INDEX_NAME)).unwrap(),
+            1 | 2 => {
+                let n = shard_file_name(k, 2);
+                fs::rename(new(&n), dir.join(&n)).unwrap();
+            }
+            _ => fs::rename(new(INDEX_NAME), dir.join(INDEX_NAME)).unwrap(),
+        }
+    }
+
+    /// A checkpoint re-exported while it opens: the index read, then the old index removed
+    /// and one shard replaced before the shards are opened, the rest of the export done
+    /// before the check. The open must start again and give the new checkpoint whole,
+    /// never the first shard's new tensor with the second's old one.
+    #[test]
+    fn a_checkpoint_replaced_while_it_opens_is_opened_again_never_mixed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        write_checkpoint(&dir, "", 1);
+        write_checkpoint(&dir, "new-", 2);
+        let d = dir.clone();
+        HOOK.set(Some(Box::new(move |attempt, stage| {
+            if attempt > 0 {
+                return;
+            }
+            match stage {
+                Stage::IndexRead => (0..2).for_each(|k| export_step(&d, k)),
+                Stage::ShardsOpened => (2..4).for_each(|k| export_step(&d, k)),
+            }
+        })));
+        let opened = Checkpoint::open(&dir);
+        HOOK.set(None);
+        assert_eq!(values(&opened.unwrap()), [2, 2]);
+    }
+
+    /// An export that stops between replacing a shard and renaming its index in (as a
+    /// killed one does): every try sees a changed or missing index, and the open fails
+    /// after a bounded number of tries instead of returning a mix.
+    #[test]
+    fn a_checkpoint_left_half_replaced_is_an_error_never_a_mix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        write_checkpoint(&dir, "", 1);
+        write_checkpoint(&dir, "new-", 2);
+        // The new index as an export keeps it until the end.
+        fs::rename(
+            dir.join(format!("new-{INDEX_NAME}")),
+            dir.join(".npkio-tmp-index"),
+        )
+        .unwrap();
+        let d = dir.clone();
+        HOOK.set(Some(Box::new(move |attempt, stage| {
+            if attempt == 0 && stage == Stage::IndexRead {
+                (0..2).for_each(|k| export_step(&d, k));
+            }
+        })));
+        let opened = Checkpoint::open(&dir);
+        HOOK.set(None);
+        let e = opened.map(|c| values(&c)).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::Busy | ErrorKind::InvalidArgument),
+            "{e}"
+        );
+        // Given the index itself, the same: the index read is gone.
+        write_checkpoint(&dir, "", 1);
+        write_checkpoint(&dir, "new-", 2);
+        let d = dir.clone();
+        HOOK.set(Some(Box::new(move |attempt, stage| {
+            if stage == Stage::IndexRead {
+                // Each try sees the index replaced by another copy of itself.
+                let text = fs::read(d.join(INDEX_NAME)).unwrap();
+                fs::remove_file(d.join(INDEX_NAME)).unwrap();
+                fs::write(d.join(INDEX_NAME), text).unwrap();
+                if attempt == 0 {
+                    export_step(&d, 1);
+                }
+            }
+        })));
+        let opened = Checkpoint::open(dir.join(INDEX_NAME));
+        HOOK.set(None);
+        let e = opened.map(|c| values(&c)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+        assert!(e.to_string().contains("changed while being opened"), "{e}");
+    }
 
     #[test]
     fn save_pretrained_layout() {
