@@ -442,6 +442,61 @@ def _owned(result: np.ndarray, buffer: np.ndarray) -> np.ndarray:
     return result.copy()
 
 
+def _checkpoint_file(path: str) -> Optional[str]:
+    """The file that a new checkpoint at ``path`` replaces: the index of a sharded one (as
+    the core finds it), else the file itself."""
+    if not os.path.isdir(path):
+        return path
+    standard = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(standard):
+        return standard
+    try:
+        found = [e for e in os.listdir(path) if e.endswith(".safetensors.index.json")]
+    except OSError:
+        return None
+    return os.path.join(path, found[0]) if len(found) == 1 else None
+
+
+def _open_checkpoint_twice(path: str) -> Tuple[_Loader, Handle]:
+    """The loader and the view handle of one checkpoint. Each opens it consistently (the
+    core's ``Checkpoint::open``); the pair is of one checkpoint when the file that a new
+    checkpoint replaces (see :func:`_checkpoint_file`), held open meanwhile so that its
+    inode is not reused, is still the one at its path after both opened. npkio's writers
+    replace that file last (an index) or by one rename (a single file); otherwise the two
+    are opened again, and after 12 tries ``NpkioBusyError`` is raised."""
+    for _ in range(12):
+        pinned = _checkpoint_file(path)
+        fd = None
+        if pinned is not None:
+            try:
+                fd = os.open(pinned, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                fd = None  # the core's open says what is wrong
+        try:
+            loader = _Loader(path)
+            handle = _lib.open_handle(
+                lib.npkio_safetensors_open, lib.npkio_safetensors_free, path_arg(path)
+            )
+            if fd is None:
+                return loader, handle
+            before = os.fstat(fd)
+            try:
+                now = os.stat(pinned)
+            except OSError:
+                continue
+            if (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
+                return loader, handle
+        finally:
+            if fd is not None:
+                os.close(fd)
+    raise error_for_status(
+        8,
+        f"{path}: the checkpoint changed while being opened (a conversion is writing it); "
+        "open it again when it is done",
+        "NPKIO_STATUS_BUSY",
+    )
+
+
 class SafeOpen:
     """What :func:`safe_open` returns; use it as a context manager."""
 
@@ -452,19 +507,17 @@ class SafeOpen:
                 f"not {framework!r}"
             )
         self._path = os.fspath(path)
-        self._loader = _Loader(path)
         self._last_report: Optional[LoadReport] = None  # of the last get_slice read
         self._numpack = os.path.isdir(self._path) and os.path.isfile(
             os.path.join(self._path, "metadata.npkm")
         )
         if self._numpack:
+            self._loader = _Loader(path)
             self._view_handle: Handle = _lib.open_handle(
                 lib.npkio_numpack_open, lib.npkio_numpack_free, path_arg(path)
             )
         else:
-            self._view_handle = _lib.open_handle(
-                lib.npkio_safetensors_open, lib.npkio_safetensors_free, path_arg(path)
-            )
+            self._loader, self._view_handle = _open_checkpoint_twice(self._path)
 
     def __enter__(self) -> "SafeOpen":
         return self

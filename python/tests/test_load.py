@@ -449,3 +449,38 @@ def test_the_library_refuses_overlap_and_small_capacity_too():
     with pytest.raises(ValueError, match="request 1 .*the output needs"):
         L._run(ld, planned, [witness, small], L._options(0, "auto", False))
     _untouched(small, witness)
+
+
+def test_safe_open_of_a_checkpoint_exported_again_while_it_opens_is_one_checkpoint(
+    tmp_path, monkeypatch
+):
+    # safe_open opens the checkpoint twice (a loader for slices, a handle for views): a
+    # re-export between the two must not leave get_tensor and get_slice reading different
+    # checkpoints.
+    from npkio import loader as L
+
+    stores = []
+    for v in (1, 2):
+        p = tmp_path / f"v{v}.npk"
+        npkio.from_safetensors(
+            {n: np.full(16, v, dtype=np.uint8) for n in ("a", "b")}, str(p)
+        )
+        stores.append(p)
+    out = tmp_path / "ckpt"
+    npkio.to_safetensors_file(str(stores[0]), str(out), max_shard_size=16)
+    real = L._Loader
+    exported = []
+
+    def loader_then_export(path):
+        ld = real(path)
+        if not exported:
+            exported.append(True)
+            npkio.to_safetensors_file(str(stores[1]), str(out), max_shard_size=16)
+        return ld
+
+    monkeypatch.setattr(L, "_Loader", loader_then_export)
+    with npkio.safe_open(out) as f:
+        for n in ("a", "b"):
+            assert f.get_tensor(n)[0] == 2
+            assert f.get_slice(n)[:][0] == 2
+    assert exported
