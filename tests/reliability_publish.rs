@@ -436,3 +436,229 @@ fn the_fallback_lock_file_is_used_only_where_directories_cannot_be_locked() {
         assert_eq!(read_npk(&out).unwrap(), tensors(&[("a", 1, 100)]));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Locking without read permission on the directory.
+
+const NOBODY_CHILD: &str = "NPKIO_PUBLISH_NOBODY_CHILD";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes `cmd` run as the unprivileged user `nobody` (uid and gid 65534).
+fn as_nobody(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// This test binary, run again as `nobody`, saving the array `name` into `store`.
+fn save_as_nobody(store: &Path, name: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "nobody_child_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(NOBODY_CHILD, format!("{name}|{}", store.display()))
+    .stdout(std::process::Stdio::piped())
+    .stdin(std::process::Stdio::null());
+    as_nobody(&mut c);
+    c
+}
+
+/// Runs in the child: saves one array into a store.
+#[test]
+fn nobody_child_entry() {
+    let Ok(spec) = std::env::var(NOBODY_CHILD) else {
+        return;
+    };
+    let (name, store) = spec.split_once('|').unwrap();
+    let saved = NumPack::open(store).and_then(|mut s| {
+        s.save(&[npkio::ArrayInput {
+            name,
+            dtype: DType::U8,
+            shape: &[3],
+            data: &[7, 8, 9],
+        }])
+    });
+    match saved {
+        Ok(()) => println!("CHILD-OK"),
+        Err(e) => println!("CHILD-ERROR: {:?}: {e}", e.kind()),
+    }
+}
+
+/// Gives `path` and everything in it to `nobody`.
+fn chown_nobody(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path; lchown follows no link.
+    assert_eq!(unsafe { libc::lchown(c.as_ptr(), 65534, 65534) }, 0);
+    if path.is_dir() {
+        for e in fs::read_dir(path).unwrap() {
+            chown_nobody(&e.unwrap().path());
+        }
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Holds `flock(LOCK_EX)` on `path` (a directory or a file) until dropped.
+fn hold_flock(path: &Path) -> fs::File {
+    let f = fs::File::open(path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) },
+        0
+    );
+    f
+}
+
+/// Whether the process `pid` waits for a `flock` (a `->` line of /proc/locks).
+fn waits_for_flock(pid: u32) -> bool {
+    fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"->")
+            && f.get(2) == Some(&"FLOCK")
+            && f.get(5) == Some(&&*pid.to_string())
+    })
+}
+
+/// A user changes their own store inside a parent they may only search (0711, another
+/// user's): the parent can be neither read (no `flock` on it) nor written (no lock file
+/// there, and nothing can be renamed there either), so the lock is the store's own, which
+/// every writer of the store takes too: a holder of it makes the user's change wait.
+#[test]
+fn a_user_changes_their_store_inside_a_parent_they_may_only_search() {
+    if std::env::var(NOBODY_CHILD).is_ok() {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to run a child as another user (uid 65534)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let parent = tmp.path().join("parent");
+    fs::create_dir(&parent).unwrap();
+    let store = parent.join("s.npk");
+    let t = tensors(&[("a", 1, 10)]);
+    write_st(&tmp.path().join("a.st"), &t);
+    npkio::from_safetensors_file(
+        tmp.path().join("a.st"),
+        &store,
+        None::<&[&str]>,
+        false,
+        1 << 20,
+    )
+    .unwrap();
+    chown_nobody(&store);
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o711)).unwrap();
+    let o = save_as_nobody(&store, "b").output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("CHILD-OK"), "{o:?}");
+    assert_eq!(read_npk(&store).unwrap()["b"], [7, 8, 9]);
+    assert_eq!(names_in(&parent), ["s.npk"]);
+    // Another writer holding the store's lock (as root's conversions and store changes
+    // into it take it) makes the change wait.
+    let held = hold_flock(&store);
+    let mut child = save_as_nobody(&store, "c").spawn().unwrap();
+    let mut tries = 0;
+    while !waits_for_flock(child.id()) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the change did not wait for the lock: {status:?}");
+        }
+        tries += 1;
+        assert!(tries < 2000, "the child never waited for the lock");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(child.try_wait().unwrap().is_none());
+    drop(held);
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("CHILD-OK"),
+        "{o:?}"
+    );
+    assert_eq!(read_npk(&store).unwrap()["c"], [7, 8, 9]);
+    assert_eq!(
+        names_in(&store)
+            .iter()
+            .filter(|n| n.contains("lock"))
+            .count(),
+        0
+    );
+}
+
+/// A user converts into a directory they may write but not read (0733), as `cp` can: the
+/// lock is then the directory's `.npkio-lock` file, which every user takes in a directory
+/// of such a mode (root, who can read it, included), so that they exclude each other.
+#[test]
+fn a_user_converts_into_a_directory_they_may_write_but_not_read() {
+    if std::env::var(NOBODY_CHILD).is_ok() {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to run a child as another user (uid 65534)");
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let st = tmp.path().join("a.st");
+    write_st(&st, &tensors(&[("a", 1, 10)]));
+    fs::set_permissions(&st, fs::Permissions::from_mode(0o644)).unwrap();
+    let drop_box = tmp.path().join("drop");
+    fs::create_dir(&drop_box).unwrap();
+    fs::set_permissions(&drop_box, fs::Permissions::from_mode(0o733)).unwrap();
+    let nobody = |args: &[&Path]| as_nobody(Command::new(NPKIO).args(args)).output().unwrap();
+    let theirs = drop_box.join("theirs.npk");
+    let o = nobody(&[Path::new("convert"), &st, &theirs]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(read_npk(&theirs).unwrap(), tensors(&[("a", 1, 10)]));
+    let lock = drop_box.join(".npkio-lock");
+    let md = fs::symlink_metadata(&lock).unwrap();
+    assert!(md.is_file());
+    assert_eq!((md.uid(), md.mode() & 0o777), (65534, 0o666));
+    assert_eq!(names_in(&drop_box), [".npkio-lock", "theirs.npk"]);
+    // Again, over its own output (merging), and root after it.
+    let o = nobody(&[Path::new("convert"), &st, &theirs]);
+    assert!(o.status.success(), "{o:?}");
+    let o = npkio(&[Path::new("convert"), &st, &drop_box.join("mine.npk")]);
+    assert!(o.status.success(), "{o:?}");
+    // The lock file held: both users' conversions find the directory locked.
+    let held = hold_flock(&lock);
+    let o = nobody(&[Path::new("convert"), Path::new("--no-wait"), &st, &theirs]);
+    assert_eq!(o.status.code(), Some(10), "{o:?}");
+    let o = npkio(&[
+        Path::new("convert"),
+        Path::new("--no-wait"),
+        &st,
+        &drop_box.join("mine.npk"),
+    ]);
+    assert_eq!(o.status.code(), Some(10), "{o:?}");
+    drop(held);
+    assert_eq!(
+        names_in(&drop_box),
+        [".npkio-lock", "mine.npk", "theirs.npk"]
+    );
+}

@@ -75,7 +75,8 @@ pub struct Options {
     /// When another writer holds the lock of the output's directory: wait for it (the
     /// default), or fail at once with `ErrorKind::Busy`. Conversions into one directory
     /// (whatever their output's name) and changes to NumPack stores in it share that lock
-    /// (`flock` on the directory; nothing is created beside the output): they run one after
+    /// (`flock` on the directory; see docs/guarantees.md for the one case where a
+    /// `.npkio-lock` file is made): they run one after
     /// the other.
     pub wait_for_lock: bool,
     /// For exports: never replace existing weights. An output file that exists, or (with

@@ -32,12 +32,12 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 /// The lock file of a directory whose filesystem refuses `flock` on directories.
 const FALLBACK_LOCK: &str = ".npkio-lock";
 
-/// An exclusive lock on the directory holding an output (see the module docs), held until
-/// dropped (by any thread).
+/// An exclusive lock on the directory holding an output, and on the output itself when it
+/// is a directory (see [`lock_output`]), held until dropped (by any thread).
 #[derive(Debug)]
 pub(crate) struct OutputLock {
-    /// The entry of [`HELD`] this guard counts in.
-    owner: Owner,
+    /// The entries of [`HELD`] this guard counts in.
+    owners: Vec<Owner>,
 }
 
 /// Who holds a directory's lock: a thread of a process, and the directory.
@@ -51,17 +51,20 @@ struct Owner {
 impl Drop for OutputLock {
     fn drop(&mut self) {
         let mut held = held();
-        if let Some(i) = held.iter().position(|x| x.owner == self.owner) {
-            held[i].depth -= 1;
-            if held[i].depth == 0 {
-                // Closing the descriptor releases the lock.
-                held.remove(i);
-                if held.is_empty() {
-                    // Nothing stays allocated between conversions (a host's leak checker
-                    // sees no memory npkio keeps).
-                    *held = Vec::new();
+        // The output's own lock first: the reverse of the order taken.
+        for owner in self.owners.iter().rev() {
+            if let Some(i) = held.iter().position(|x| x.owner == *owner) {
+                held[i].depth -= 1;
+                if held[i].depth == 0 {
+                    // Closing the descriptors releases the lock.
+                    held.remove(i);
                 }
             }
+        }
+        if held.is_empty() {
+            // Nothing stays allocated between conversions (a host's leak checker sees no
+            // memory npkio keeps).
+            *held = Vec::new();
         }
     }
 }
@@ -69,7 +72,8 @@ impl Drop for OutputLock {
 /// A directory lock held by a thread, with the number of guards handed out for it.
 struct Held {
     owner: Owner,
-    _file: LockFd,
+    /// The descriptors locked: the directory's, its lock file's, or both.
+    _files: Vec<LockFd>,
     depth: usize,
     /// Outputs recovered under this lock.
     recovered: Vec<String>,
@@ -82,96 +86,188 @@ fn held() -> std::sync::MutexGuard<'static, Vec<Held>> {
     HELD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Takes the lock of the directory holding `output` (see the module docs) and recovers what
-/// earlier, interrupted conversions into `output` left behind: an old output moved aside is
-/// restored when `output` is absent, the rest removed. When another conversion or store
-/// change holds the lock, waits for it with `wait`, else fails with [`ErrorKind::Busy`].
+/// Takes the lock of the directory holding `output` and, when `output` is an existing
+/// directory (a NumPack store, a checkpoint directory), the lock of `output` itself (see
+/// the module docs), and recovers what earlier, interrupted conversions into `output` left
+/// behind: an old output moved aside is restored when `output` is absent, the rest removed.
+/// When another conversion or store change holds the lock, waits for it with `wait`, else
+/// fails with [`ErrorKind::Busy`].
+///
+/// Where the directory holding `output` can be neither read nor written by this process
+/// (a store of this user's inside a parent of mode 0711), nothing can be renamed there, and
+/// the lock of the existing directory `output` alone is taken: what can change is inside it.
 ///
 /// The lock is re-entrant within a thread: a thread that holds it gets a nested guard at
 /// once. Anything that writes `output` (or changes a NumPack store at `output`) must hold it.
 /// A child forked while it is held does not hold it (see the module docs).
 pub(crate) fn lock_output(output: &Path, wait: bool) -> Result<OutputLock> {
     let (parent, name) = split(output)?;
-    for _ in 0..16 {
-        let dir = open_dir(&parent)?;
-        let md = dir.file().metadata().ctx(&parent, "inspecting")?;
-        let owner = Owner {
-            pid: std::process::id(),
-            thread: std::thread::current().id(),
-            dir: (md.dev(), md.ino()),
-        };
-        let nested = {
-            let mut held = held();
-            held.iter_mut().find(|x| x.owner == owner).map(|x| {
-                x.depth += 1;
-                let first = !x.recovered.contains(&name);
-                if first {
-                    x.recovered.push(name.clone());
-                }
-                first
-            })
-        };
-        if let Some(first) = nested {
-            let guard = OutputLock { owner };
+    let mut guard = OutputLock { owners: Vec::new() };
+    let refused = match take(&parent, false, output, wait)? {
+        Taken::Locked(owner) => {
+            guard.owners.push(owner);
+            let first = held()
+                .iter_mut()
+                .find(|x| x.owner == owner)
+                .is_some_and(|x| {
+                    let first = !x.recovered.contains(&name);
+                    if first {
+                        x.recovered.push(name.clone());
+                    }
+                    first
+                });
             if first {
                 recover(&parent, &name, output)?;
             }
-            return Ok(guard);
+            None
         }
-        let file = lock_dir(dir, &parent, output, wait)?;
-        // The path must still name the directory locked (it may have been renamed meanwhile).
-        match fs::metadata(&parent) {
-            Ok(now) if (now.dev(), now.ino()) == owner.dir => {}
-            _ => continue,
+        Taken::Refused(e) => Some(e),
+    };
+    if fs::symlink_metadata(output).is_ok_and(|m| m.is_dir()) {
+        match take(output, true, output, wait)? {
+            Taken::Locked(owner) => guard.owners.push(owner),
+            // Locked through its parent alone, as before it was a directory.
+            Taken::Refused(_) if refused.is_none() => {}
+            Taken::Refused(e) => return Err(e),
         }
-        held().push(Held {
-            owner,
-            _file: file,
-            depth: 1,
-            recovered: vec![name.clone()],
-        });
-        let guard = OutputLock { owner };
-        recover(&parent, &name, output)?;
-        return Ok(guard);
+    } else if let Some(e) = refused {
+        return Err(e);
     }
-    Err(Error::new(
-        ErrorKind::Busy,
-        "the output's directory keeps being replaced while npkio locks it",
-    )
-    .at(&parent))
+    Ok(guard)
 }
 
-/// Takes the lock a change to the NumPack store `dir` holds: the lock of the directory
-/// holding it, the same one conversions into `dir` take ([`lock_output`]).
+/// Takes the lock a change to the NumPack store `dir` holds: the same one conversions into
+/// `dir` take ([`lock_output`]).
 #[allow(dead_code)]
 pub(crate) fn lock_store(dir: &Path, wait: bool) -> Result<OutputLock> {
     lock_output(dir, wait)
 }
 
-/// Opens a directory for locking, without creating anything.
-fn open_dir(dir: &Path) -> Result<LockFd> {
-    let opened = LockFd::open(|| {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(dir)
-    });
-    match opened {
-        Ok(f) => Ok(f),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-            Err(Error::new(ErrorKind::NotFound, "the output's directory does not exist").at(dir))
+/// What [`take`] did.
+enum Taken {
+    /// Locked (or already held by this thread: one more guard).
+    Locked(Owner),
+    /// The directory can be neither read nor written here: no lock can be taken (the
+    /// error says why).
+    Refused(Error),
+}
+
+/// Locks the directory `dir` for this thread (see the module docs: `flock` on the
+/// directory, and on its lock file where there must be one), `nofollow` refusing a link at
+/// `dir` itself.
+fn take(dir: &Path, nofollow: bool, output: &Path, wait: bool) -> Result<Taken> {
+    for _ in 0..16 {
+        let opened = open_dir(dir, nofollow)?;
+        let md = opened.file().metadata().ctx(dir, "inspecting")?;
+        let owner = Owner {
+            pid: std::process::id(),
+            thread: std::thread::current().id(),
+            dir: (md.dev(), md.ino()),
+        };
+        if let Some(x) = held().iter_mut().find(|x| x.owner == owner) {
+            x.depth += 1;
+            return Ok(Taken::Locked(owner));
         }
-        Err(e) => Err(Error::io(
-            dir,
-            "opening the output's directory to lock it",
-            e,
-        )),
+        let files = match opened {
+            Opened::Readable(d) => lock_readable(d, md.mode(), dir, output, wait)?,
+            Opened::SearchOnly(base, e) => match lock_file(&base, dir, output, wait, true) {
+                // Required: opened, or an error.
+                Ok(f) => f.into_iter().collect(),
+                Err(denied)
+                    if matches!(
+                        denied.io_kind(),
+                        io::ErrorKind::PermissionDenied
+                            | io::ErrorKind::ReadOnlyFilesystem
+                            // Not allowed to create it, and not there.
+                            | io::ErrorKind::NotFound
+                    ) =>
+                {
+                    return Ok(Taken::Refused(e));
+                }
+                Err(other) => return Err(other),
+            },
+        };
+        // The path must still name the directory locked (it may have been renamed meanwhile).
+        match fs::metadata(dir) {
+            Ok(now) if (now.dev(), now.ino()) == owner.dir => {}
+            _ => continue,
+        }
+        held().push(Held {
+            owner,
+            _files: files,
+            depth: 1,
+            recovered: Vec::new(),
+        });
+        return Ok(Taken::Locked(owner));
+    }
+    Err(Error::new(
+        ErrorKind::Busy,
+        "the output's directory keeps being replaced while npkio locks it",
+    )
+    .at(dir))
+}
+
+/// A directory opened for locking.
+enum Opened {
+    /// Opened for reading: `flock` works on it.
+    Readable(LockFd),
+    /// Without read permission: opened `O_PATH` (search permission suffices), for its lock
+    /// file to be opened relative to it; the error opening it for reading gave.
+    SearchOnly(File, Error),
+}
+
+impl Opened {
+    fn file(&self) -> &File {
+        match self {
+            Opened::Readable(d) => d.file(),
+            Opened::SearchOnly(f, _) => f,
+        }
     }
 }
 
-/// Locks the open directory `dir` (`path`), or its fallback lock file where the filesystem
-/// refuses `flock` on a directory. Returns the locked descriptor.
-fn lock_dir(dir: LockFd, path: &Path, output: &Path, wait: bool) -> Result<LockFd> {
+/// Opens a directory for locking, without creating anything: for reading where this process
+/// may, else `O_PATH`.
+fn open_dir(dir: &Path, nofollow: bool) -> Result<Opened> {
+    let flags = libc::O_DIRECTORY | libc::O_CLOEXEC | if nofollow { libc::O_NOFOLLOW } else { 0 };
+    let opened = LockFd::open(|| OpenOptions::new().read(true).custom_flags(flags).open(dir));
+    let err = match opened {
+        Ok(f) => return Ok(Opened::Readable(f)),
+        Err(e) => e,
+    };
+    let error = |e: io::Error| match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR) => {
+            Error::new(ErrorKind::NotFound, "the output's directory does not exist").at(dir)
+        }
+        _ => Error::io(dir, "opening the output's directory to lock it", e),
+    };
+    if err.raw_os_error() != Some(libc::EACCES) {
+        return Err(error(err));
+    }
+    let path = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | libc::O_PATH)
+        .open(dir)
+        .map_err(error)?;
+    Ok(Opened::SearchOnly(path, error(err)))
+}
+
+/// Whether a directory of mode `mode` lets some users write it without reading it (one of
+/// its owner, group and other classes has write and search permission but not read, as in
+/// 0733 or 0730): those users lock it through its lock file, and so must everyone.
+fn writable_unread(mode: u32) -> bool {
+    [6, 3, 0].iter().any(|shift| (mode >> shift) & 0o7 == 0o3)
+}
+
+/// Locks the directory `dir` (`path`) opened for reading: `flock` on it, and on its lock
+/// file where its mode lets users write it unread, where the filesystem refuses `flock` on
+/// a directory, or where one exists (a user who could not read the directory made it).
+fn lock_readable(
+    dir: LockFd,
+    mode: u32,
+    path: &Path,
+    output: &Path,
+    wait: bool,
+) -> Result<Vec<LockFd>> {
     #[cfg(test)]
     let refused = tests::REFUSE_DIRECTORY_FLOCK.get();
     #[cfg(not(test))]
@@ -181,20 +277,47 @@ fn lock_dir(dir: LockFd, path: &Path, output: &Path, wait: bool) -> Result<LockF
     } else {
         flock(dir.file(), wait)
     };
+    let mut need_file = writable_unread(mode);
     match locked {
-        Ok(()) => return Ok(dir),
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(busy(output)),
         Err(e)
             if matches!(
                 e.raw_os_error(),
                 Some(libc::EBADF | libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL)
-            ) => {}
+            ) =>
+        {
+            need_file = true
+        }
         Err(e) => return Err(Error::io(path, "locking", e)),
     }
+    let file = lock_file(dir.file(), path, output, wait, need_file)?;
+    // The directory's descriptor is kept (locked or not: it costs nothing) with the file's.
+    Ok([Some(dir), file].into_iter().flatten().collect())
+}
+
+/// Locks the lock file of the directory `dir` (`path`): created if `required`, else only
+/// when there is a regular file at its name (`None` otherwise).
+fn lock_file(
+    dir: &File,
+    path: &Path,
+    output: &Path,
+    wait: bool,
+    required: bool,
+) -> Result<Option<LockFd>> {
     let lock_path = path.join(FALLBACK_LOCK);
-    let file = open_fallback_lock(dir.file(), &lock_path)?;
+    let file = if required {
+        open_fallback_lock(dir, &lock_path)?
+    } else {
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        match LockFd::open(|| openat(dir, FALLBACK_LOCK, flags, 0)) {
+            Ok(f) if f.file().metadata().is_ok_and(|m| m.is_file()) => f,
+            // Absent (the usual case), or a link or anything else npkio did not make.
+            _ => return Ok(None),
+        }
+    };
     match flock(file.file(), wait) {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok(Some(file)),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(busy(output)),
         Err(e) => Err(Error::io(&lock_path, "locking", e)),
     }
@@ -465,6 +588,16 @@ mod tests {
         /// Makes `flock` on directories fail on this thread, as NFS does.
         pub(super) static REFUSE_DIRECTORY_FLOCK: std::cell::Cell<bool> =
             const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn the_modes_that_let_some_users_write_a_directory_unread() {
+        for m in [0o733, 0o730, 0o703, 0o333, 0o1733, 0o2730, 0o731] {
+            assert!(writable_unread(m), "{m:o}");
+        }
+        for m in [0o755, 0o711, 0o777, 0o1777, 0o700, 0o750, 0o722, 0o751] {
+            assert!(!writable_unread(m), "{m:o}");
+        }
     }
 
     /// A child forked while the lock is held through the fallback lock file does not keep

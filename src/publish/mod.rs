@@ -4,11 +4,16 @@
 //! For an output `dir/model.npk`:
 //! - **The lock** is `flock(LOCK_EX)` on `dir` itself ([`lock_output`]), held for the whole
 //!   conversion: conversions (and NumPack store changes, which lock the directory holding the
-//!   store) into one directory run one after the other, never interleaved. Nothing is created
-//!   for it. Where the filesystem refuses `flock` on a directory, the lock falls back to an
-//!   empty file `dir/.npkio-lock` (mode 0666, so that every user who may write `dir` can lock
-//!   it), never removed. A child forked while the lock is held does not keep it
-//!   (see [`lock`]).
+//!   store) into one directory run one after the other, never interleaved; when the output
+//!   is an existing directory (a store), it is locked too, after `dir`. Usually nothing is
+//!   created for it. An empty file `.npkio-lock` in a directory (mode 0666, so that every
+//!   user who may write the directory can lock it; never removed) is locked as well, made if
+//!   needed, where `flock` on the directory cannot serve every writer: the filesystem refuses
+//!   `flock` on directories, the directory's mode lets some users write it without reading it
+//!   (0733: they cannot open it to `flock` it), or this process cannot read it; an existing
+//!   one is always locked too. A directory this process can neither read nor write (a 0711
+//!   parent of its store) is not locked: nothing can be renamed there, and the store's own
+//!   lock serves. A child forked while the lock is held does not keep it (see [`lock`]).
 //! - **Staging**: `.model.npk.npkio-tmp-RRRRRRCCCCCC`, where `RRRRRR` is random and `CCCCCC` a
 //!   check of the output's name and `RRRRRR`. A directory output is built in its subdirectory
 //!   `new`; the staging directory also holds a marker file (`.npkio-staging`, a fixed first
