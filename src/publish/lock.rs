@@ -11,10 +11,12 @@
 //! child later closes. The handler only reads atomics and calls `open`, `dup3` and `close`
 //! (async-signal-safe, no allocation, no lock). Descriptors are opened and closed inside
 //! [`ForkGuard`], which the prepare handler also takes, so the table matches the open lock
-//! descriptors at the instant of the fork. While locks are held, the parent handler waits
-//! for the child's word (one byte through a pipe made by the prepare handler) that it let
-//! go of them, so that when `fork` returns in the parent, no child shares its locks: the
-//! cost, only while a lock is held, is one pipe and one switch to the child per fork.
+//! descriptors at the instant of the fork; the table of held locks ([`HELD`]) is locked
+//! under it too, so that a child never finds that mutex held by a thread it does not have.
+//! While locks are held, the parent handler waits for the child's word (one byte through a
+//! pipe made by the prepare handler) that it let go of them, so that when `fork` returns in
+//! the parent, no child shares its locks: the cost, only while a lock is held, is one pipe
+//! and one switch to the child per fork.
 //! `O_CLOEXEC` keeps the descriptors from an `exec` (`posix_spawn` and `vfork` run no fork
 //! handlers, and exec at once).
 
@@ -50,22 +52,27 @@ struct Owner {
 
 impl Drop for OutputLock {
     fn drop(&mut self) {
-        let mut held = held();
-        // The output's own lock first: the reverse of the order taken.
-        for owner in self.owners.iter().rev() {
-            if let Some(i) = held.iter().position(|x| x.owner == *owner) {
-                held[i].depth -= 1;
-                if held[i].depth == 0 {
-                    // Closing the descriptors releases the lock.
-                    held.remove(i);
+        let mut released = Vec::new();
+        {
+            let mut held = held();
+            // The output's own lock first: the reverse of the order taken.
+            for owner in self.owners.iter().rev() {
+                if let Some(i) = held.iter().position(|x| x.owner == *owner) {
+                    held[i].depth -= 1;
+                    if held[i].depth == 0 {
+                        released.push(held.remove(i));
+                    }
                 }
             }
+            if held.is_empty() {
+                // Nothing stays allocated between conversions (a host's leak checker sees
+                // no memory npkio keeps).
+                *held = Vec::new();
+            }
         }
-        if held.is_empty() {
-            // Nothing stays allocated between conversions (a host's leak checker sees no
-            // memory npkio keeps).
-            *held = Vec::new();
-        }
+        // Closing the descriptors releases the locks (outside the table's guard: closing
+        // takes the fork guard itself).
+        drop(released);
     }
 }
 
@@ -82,8 +89,34 @@ struct Held {
 /// The directory locks held in this process.
 static HELD: std::sync::Mutex<Vec<Held>> = std::sync::Mutex::new(Vec::new());
 
-fn held() -> std::sync::MutexGuard<'static, Vec<Held>> {
-    HELD.lock().unwrap_or_else(|e| e.into_inner())
+/// The table of held locks, taken under the fork guard too, so that no fork happens while
+/// another thread holds the table's mutex (a forked child would find it locked forever).
+/// No descriptor may be opened or closed while it is held.
+fn held() -> HeldTable {
+    let fork = ForkGuard::take();
+    HeldTable {
+        table: HELD.lock().unwrap_or_else(|e| e.into_inner()),
+        _fork: fork,
+    }
+}
+
+/// [`HELD`], locked (fields drop in order: the mutex, then the fork guard).
+struct HeldTable {
+    table: std::sync::MutexGuard<'static, Vec<Held>>,
+    _fork: ForkGuard,
+}
+
+impl std::ops::Deref for HeldTable {
+    type Target = Vec<Held>;
+    fn deref(&self) -> &Vec<Held> {
+        &self.table
+    }
+}
+
+impl std::ops::DerefMut for HeldTable {
+    fn deref_mut(&mut self) -> &mut Vec<Held> {
+        &mut self.table
+    }
 }
 
 /// Takes the lock of the directory holding `output` and, when `output` is an existing
@@ -164,8 +197,13 @@ fn take(dir: &Path, nofollow: bool, output: &Path, wait: bool) -> Result<Taken> 
             thread: std::thread::current().id(),
             dir: (md.dev(), md.ino()),
         };
-        if let Some(x) = held().iter_mut().find(|x| x.owner == owner) {
-            x.depth += 1;
+        let nested = held()
+            .iter_mut()
+            .find(|x| x.owner == owner)
+            .map(|x| x.depth += 1)
+            .is_some();
+        if nested {
+            // `opened` is closed on the way out, with the table's guard released.
             return Ok(Taken::Locked(owner));
         }
         let files = match opened {
