@@ -154,7 +154,8 @@ enum NpkioStatus
      */
     NPKIO_STATUS_INVALID_ARGUMENT = 7,
     /**
-     * Another process holds the output's lock.
+     * Another process holds the output's lock, or was writing the sharded checkpoint
+     * being opened (it changed while being opened: open it again).
      */
     NPKIO_STATUS_BUSY = 8,
     /**

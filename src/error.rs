@@ -30,7 +30,8 @@ macro_rules! error_kinds {
             Unsupported = 6,
             /// A bad argument from the caller (chunk size 0, shape and data disagreeing, ...).
             InvalidArgument = 7,
-            /// Another process holds the output's lock.
+            /// Another process holds the output's lock, or was writing the sharded checkpoint
+            /// being opened (it changed while being opened: open it again).
             Busy = 8,
         }
     };

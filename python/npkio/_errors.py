@@ -85,7 +85,8 @@ class NpkioOSError(NpkioError, OSError):
 
 
 class NpkioBusyError(NpkioError, BlockingIOError):
-    """Another process holds the output's lock."""
+    """Another process holds the output's lock, or was writing the sharded checkpoint
+    being opened (it changed while being opened: open it again)."""
 
 
 class NpkioIndexError(NpkioError, IndexError):

@@ -47,7 +47,8 @@ pub enum NpkioStatus {
     Unsupported = 6,
     /// A bad argument (chunk size 0, shape and data disagreeing, unknown dtype number, ...).
     InvalidArgument = 7,
-    /// Another process holds the output's lock.
+    /// Another process holds the output's lock, or was writing the sharded checkpoint
+    /// being opened (it changed while being opened: open it again).
     Busy = 8,
     /// A required pointer argument was NULL.
     NullArgument = 100,
