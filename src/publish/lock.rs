@@ -482,6 +482,8 @@ fn register_fork_handlers() {
 /// The pipe through which a forked child tells its parent it let go of the lock
 /// descriptors (`-1` when no fork is under way or no lock was held).
 static HANDOFF: [AtomicI32; 2] = [const { AtomicI32::new(-1) }; 2];
+/// How long the parent waits for a forked child's word, at most (milliseconds).
+const HANDOFF_WAIT_MS: libc::c_int = 2000;
 
 /// Before a fork: no lock descriptor is opened or closed until it is done, and when locks
 /// are held, a pipe for the child's word.
@@ -507,13 +509,23 @@ extern "C" fn after_fork_parent() {
     );
     if r >= 0 {
         // SAFETY: the pipe made before the fork. Closing the write end first makes the read
-        // end at the child's end (should the child die before writing).
+        // end at the child's end (should the child die before writing). The wait is bounded
+        // (another library's fork handler, run before npkio's, might hang the child): past
+        // it, the child lets go of the lock whenever its handler runs.
         unsafe {
             libc::close(w);
-            let mut b = 0u8;
-            while libc::read(r, (&mut b as *mut u8).cast(), 1) < 0
+            let mut p = libc::pollfd {
+                fd: r,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let mut waits = 0;
+            while libc::poll(&mut p, 1, HANDOFF_WAIT_MS) < 0
                 && *libc::__errno_location() == libc::EINTR
-            {}
+                && waits < 8
+            {
+                waits += 1;
+            }
             libc::close(r);
         }
     }
