@@ -347,10 +347,14 @@ fn lock_file(
     let file = if required {
         open_fallback_lock(dir, &lock_path)?
     } else {
+        // Absent (the usual case), or a link or anything else npkio did not make: looked at
+        // before opening, so that a device there is not even opened.
+        if kind_at(dir, FALLBACK_LOCK) != Some(libc::S_IFREG) {
+            return Ok(None);
+        }
         let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-        match LockFd::open(|| openat(dir, FALLBACK_LOCK, flags, 0)) {
+        match LockFd::open(|| openat(dir, FALLBACK_LOCK, flags | libc::O_NOCTTY, 0)) {
             Ok(f) if f.file().metadata().is_ok_and(|m| m.is_file()) => f,
-            // Absent (the usual case), or a link or anything else npkio did not make.
             _ => return Ok(None),
         }
     };
@@ -391,7 +395,19 @@ fn flock(file: &File, wait: bool) -> io::Result<()> {
 /// Opens (creating it if needed) the fallback lock file in the directory `dir`: never
 /// following a link, never blocking on a FIFO, refusing anything but a regular file.
 fn open_fallback_lock(dir: &File, lock_path: &Path) -> Result<LockFd> {
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let not_regular = || {
+        Error::new(
+            ErrorKind::AlreadyExists,
+            "is not a regular file; npkio locks this directory through it",
+        )
+        .at(lock_path)
+    };
+    // Looked at before opening, so that a device there is not even opened; the check that
+    // counts is the `fstat` below, of what was opened.
+    if kind_at(dir, FALLBACK_LOCK).is_some_and(|k| k != libc::S_IFREG) {
+        return Err(not_regular());
+    }
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
     let mut created = true;
     let opened = LockFd::open(|| {
         openat(
@@ -414,17 +430,32 @@ fn open_fallback_lock(dir: &File, lock_path: &Path) -> Result<LockFd> {
     };
     let md = fd.file().metadata().ctx(lock_path, "inspecting")?;
     if !md.file_type().is_file() {
-        return Err(Error::new(
-            ErrorKind::AlreadyExists,
-            "is not a regular file; npkio locks this directory through it",
-        )
-        .at(lock_path));
+        return Err(not_regular());
     }
     if created && md.uid() == euid() && md.mode() & 0o777 != 0o666 {
         // Every user who may write the directory must be able to lock it.
         let _ = fd.file().set_permissions(fs::Permissions::from_mode(0o666));
     }
     Ok(fd)
+}
+
+/// The type (`S_IFMT` bits) of `name` in the directory `dir`, not following a link; `None`
+/// when it cannot be seen (absent, most often).
+fn kind_at(dir: &File, name: &str) -> Option<libc::mode_t> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a valid directory descriptor, NUL-terminated name and out pointer; `st` is
+    // read only after success.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    // SAFETY: fstatat succeeded, so `st` is initialized.
+    (r == 0).then(|| unsafe { st.assume_init() }.st_mode & libc::S_IFMT)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -648,6 +679,23 @@ mod tests {
         for m in [0o755, 0o711, 0o777, 0o1777, 0o700, 0o750, 0o722, 0o751] {
             assert!(!writable_unread(m), "{m:o}");
         }
+    }
+
+    /// A FIFO at the lock file's name is neither opened nor waited on: ignored where no
+    /// lock file is needed, an error where one is.
+    #[test]
+    fn a_fifo_at_the_lock_files_name_is_ignored_or_refused_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(FALLBACK_LOCK);
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        let out = dir.path().join("out.npk");
+        drop(lock_output(&out, false).unwrap());
+        REFUSE_DIRECTORY_FLOCK.set(true);
+        let e = lock_output(&out, false).map(drop);
+        REFUSE_DIRECTORY_FLOCK.set(false);
+        assert_eq!(e.unwrap_err().kind(), ErrorKind::AlreadyExists);
     }
 
     /// A child forked while the lock is held through the fallback lock file does not keep
