@@ -157,11 +157,17 @@ pub(crate) fn lock_output(output: &Path, wait: bool) -> Result<OutputLock> {
         Taken::Refused(e) => Some(e),
     };
     if fs::symlink_metadata(output).is_ok_and(|m| m.is_dir()) {
-        match take(output, true, output, wait)? {
-            Taken::Locked(owner) => guard.owners.push(owner),
+        match take(output, true, output, wait) {
+            Ok(Taken::Locked(owner)) => guard.owners.push(owner),
             // Locked through its parent alone, as before it was a directory.
-            Taken::Refused(_) if refused.is_none() => {}
-            Taken::Refused(e) => return Err(e),
+            Ok(Taken::Refused(_)) if refused.is_none() => {}
+            Ok(Taken::Refused(e)) => return Err(e),
+            // No longer a directory (removed, or a link put there by another program since
+            // it was looked at): the parent's lock serves, as for any other output.
+            Err(_)
+                if refused.is_none() && !fs::symlink_metadata(output).is_ok_and(|m| m.is_dir()) => {
+            }
+            Err(e) => return Err(e),
         }
     } else if let Some(e) = refused {
         return Err(e);
