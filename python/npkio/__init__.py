@@ -38,8 +38,10 @@ from ._errors import (
     NpkioKeyError,
     NpkioMalformedError,
     NpkioOSError,
+    NpkioSliceError,
     NpkioUnsupportedError,
     NpkioValueError,
+    SafetensorError,
 )
 from ._lib import lib as _clib
 from ._lib import library_path
@@ -47,12 +49,14 @@ from .io import (
     DEFAULT_CHUNK_SIZE,
     from_safetensors,
     from_safetensors_file,
+    from_tensor_dict,
     get_safetensors_metadata,
     iter_safetensors,
     to_safetensors,
     to_safetensors_file,
+    to_tensor_dict,
 )
-from .files import load, load_file, save, save_file
+from .files import TensorSpec, load, load_file, save, save_file, serialize, serialize_file
 from .io import SafeTensorsMetadata, TensorMetadata
 from .numpack import NumPack, NumPackStateError
 from .loader import SafeOpen, Shard, TensorSlice, load_tensors, safe_open, shard
@@ -79,9 +83,15 @@ __all__ = [
     "load_file",
     "save",
     "load",
+    "serialize",
+    "serialize_file",
+    "TensorSpec",
+    "SafetensorError",
     "SafeTensorsMetadata",
     "TensorMetadata",
     "DEFAULT_CHUNK_SIZE",
+    "from_tensor_dict",
+    "to_tensor_dict",
     "from_safetensors",
     "to_safetensors",
     "from_safetensors_file",
@@ -104,5 +114,6 @@ __all__ = [
     "NpkioOSError",
     "NpkioBusyError",
     "NpkioIndexError",
+    "NpkioSliceError",
     "NpkioInternalError",
 ]

@@ -29,10 +29,11 @@ import numpy as np
 
 from . import _lib
 from ._dtypes import bytes_to_array, finish, row_by_name
+from ._errors import NpkioValueError
 from ._lib import check, lib, path_arg
 from .io import _flags, metadata_args, prepare
 
-__all__ = ["save_file", "load_file", "save", "load"]
+__all__ = ["save_file", "load_file", "save", "load", "TensorSpec", "serialize", "serialize_file"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -167,3 +168,111 @@ def load(data: bytes, *, copy: bool = False) -> Dict[str, np.ndarray]:
                              row_by_name(t["dtype"]), shape, end - begin)
         out[name] = finish(arr, copy)
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# safetensors' raw-pointer API: TensorSpec, serialize, serialize_file
+
+#: ``TensorSpec``'s dtype names (NumPy's and ``ml_dtypes``' spelling) -> SafeTensors names.
+_SPEC_DTYPES = {
+    "bool": "BOOL", "int8": "I8", "uint8": "U8", "int16": "I16", "uint16": "U16",
+    "int32": "I32", "uint32": "U32", "int64": "I64", "uint64": "U64",
+    "float16": "F16", "float32": "F32", "float64": "F64", "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3", "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2": "F8_E5M2",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
+    "float4_e2m1fn_x2": "F4", "complex64": "C64",
+}
+
+
+class TensorSpec:
+    """One tensor given by address for :func:`serialize` / :func:`serialize_file`
+    (``safetensors.TensorSpec``): ``TensorSpec(dtype, shape, data_ptr, data_len)``.
+
+    ``dtype`` is NumPy's name (``"float32"``, ``"bfloat16"``, ``"float8_e4m3fn"``, ...),
+    checked here: an unknown one raises :class:`npkio.SafetensorError`. ``shape`` is the
+    logical shape; for ``float4_e2m1fn_x2`` (two values a byte) the storage shape may be
+    given, and its last dimension is doubled, as ``safetensors`` does. ``data_ptr`` is the
+    address of ``data_len`` bytes in C order, little-endian, which the caller keeps alive
+    and unchanged while a call that takes this spec runs.
+    """
+
+    __slots__ = ("dtype", "shape", "data_ptr", "data_len")
+
+    def __init__(self, dtype: str, shape: Any, data_ptr: int, data_len: int) -> None:
+        if dtype not in _SPEC_DTYPES:
+            raise NpkioValueError(
+                f"invalid dtype {dtype!r}: expected one of {', '.join(_SPEC_DTYPES)}"
+            )
+        dims = [int(d) for d in shape]
+        row = row_by_name(_SPEC_DTYPES[dtype])
+        if row.bits == 4 and dims:
+            elements = 1
+            for d in dims:
+                elements *= d
+            if elements * row.bits // 8 != int(data_len):
+                dims[-1] *= 2  # the storage shape: two values a byte
+        self.dtype = dtype
+        self.shape = dims
+        self.data_ptr = int(data_ptr)
+        self.data_len = int(data_len)
+
+    def __repr__(self) -> str:
+        return (f"TensorSpec(dtype={self.dtype!r}, shape={self.shape}, "
+                f"data_ptr={self.data_ptr}, data_len={self.data_len})")
+
+    def _array(self, name: str) -> np.ndarray:
+        row = row_by_name(_SPEC_DTYPES[self.dtype])
+        elements = 1
+        for d in self.shape:
+            elements *= d
+        bits = elements * row.bits
+        if bits % 8 or bits // 8 != self.data_len:
+            raise NpkioValueError(
+                f"Error while serializing: tensor {name!r}: shape {self.shape} of "
+                f"{self.dtype} needs {(bits + 7) // 8} bytes, data_len is {self.data_len}"
+            )
+        if self.data_len and not self.data_ptr:
+            raise NpkioValueError(f"Error while serializing: tensor {name!r}: data_ptr is 0")
+        flat = None
+        if self.data_len:
+            buf = (ctypes.c_uint8 * self.data_len).from_address(self.data_ptr)
+            flat = np.frombuffer(buf, dtype=np.uint8)
+        return bytes_to_array(flat, row, tuple(self.shape), self.data_len)
+
+
+def _spec_arrays(tensor_dict: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    if not isinstance(tensor_dict, Mapping):
+        raise TypeError(
+            f"tensor_dict must be a dict of name to TensorSpec, not {type(tensor_dict).__name__}"
+        )
+    out = {}
+    for name, spec in tensor_dict.items():
+        if not isinstance(spec, TensorSpec):
+            raise TypeError(
+                f"tensor_dict[{name!r}] must be a TensorSpec, not {type(spec).__name__}"
+            )
+        out[name] = spec._array(name)
+    return out
+
+
+def serialize(
+    tensor_dict: Mapping[str, TensorSpec], metadata: Optional[Dict[str, str]] = None
+) -> bytes:
+    """The bytes of a SafeTensors file of tensors given by address
+    (``safetensors.serialize``): the same bytes :func:`save` makes of the same arrays.
+
+    Raises:
+        TypeError: a value that is not a :class:`TensorSpec`.
+        npkio.SafetensorError: a spec whose ``data_len`` does not fit its shape and dtype.
+    """
+    return save(_spec_arrays(tensor_dict), metadata)
+
+
+def serialize_file(
+    tensor_dict: Mapping[str, TensorSpec],
+    filename: PathLike,
+    metadata: Optional[Dict[str, str]] = None,
+) -> None:
+    """Write a SafeTensors file of tensors given by address (``safetensors.serialize_file``),
+    as :func:`save_file` writes it. The library writes without holding the GIL."""
+    save_file(_spec_arrays(tensor_dict), filename, metadata)

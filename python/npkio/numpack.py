@@ -173,7 +173,8 @@ class NumPack:
     def _h(self) -> Handle:
         if self._handle is None:
             raise NumPackStateError(
-                f"NumPack {self._path!r} is closed; call open() or use a with block"
+                f"NumPack {self._path!r} is not opened or has been closed; call open() or use "
+                "a with block"
             )
         if self._strict and not self._in_context:
             raise NumPackStateError(
@@ -303,30 +304,49 @@ class NumPack:
                 check(lib.npkio_numpack_append(h.ptr, name_b, data, arr.nbytes))
 
     def drop(self, array_name: Union[str, Sequence[str]], indexes: Optional[Indexes] = None) -> None:
-        """Delete arrays, or rows of an array.
+        """Drop arrays, or rows of an array, as NumPack 0.7 does.
 
-        ``drop(name)`` (or a list of names) deletes whole arrays and their files.
-        ``drop(name, indexes)`` deletes rows: an int, a slice, or a sequence of row indices
-        as the array reads now (negative ones count from the end), marked in the deletion
-        bitmap as NumPack does. Arrays loaded before keep their old contents.
+        ``drop(name)`` (or a list of names) marks every row of the array deleted: the name
+        stays listed, with shape ``(0,) + row_shape``, and :meth:`save` or :meth:`append`
+        fill it again (a 0-d array, which has no rows, is deleted with its file). Names that
+        do not exist are skipped silently. ``drop(name, indexes)`` deletes rows: an int, a
+        slice, or a sequence of row indices as the array reads now (negative ones count
+        from the end); indices out of range are skipped silently, as in NumPack. Rows are
+        marked in the deletion bitmap (:meth:`update` compacts the file). Arrays loaded
+        before keep their old contents. :meth:`reset` deletes arrays and their files.
 
         Each array's deletion (or its rows' deletion) is all or none; several names are
         handled one after the other.
         """
         h = self._h()
         names = [array_name] if isinstance(array_name, str) else list(array_name)
-        if indexes is None:
-            with h.lock:
-                for name in names:
-                    check(lib.npkio_numpack_delete(h.ptr, name_arg(name, "array_name")))
-            return
         for name in names:
-            rows = self._rows(name, indexes)
-            buf = (c_uint64 * max(len(rows), 1))(*rows)
+            if not self.has_array(name):
+                continue
+            shape = self.get_shape(name)
+            if indexes is None:
+                if not shape:
+                    with h.lock:
+                        check(lib.npkio_numpack_delete(h.ptr, name_arg(name, "array_name")))
+                    continue
+                rows = list(range(shape[0]))
+            else:
+                rows = self._rows(name, indexes, skip_out_of_range=True)
+            if not rows:
+                continue
+            buf = (c_uint64 * len(rows))(*rows)
             with h.lock:
                 check(lib.npkio_numpack_drop_rows(h.ptr, name_arg(name), buf, len(rows)))
 
-    def _rows(self, name: str, indexes: Indexes, what: str = "drop") -> List[int]:
+    def _delete(self, names: Sequence[str]) -> None:
+        h = self._h()
+        with h.lock:
+            for name in names:
+                check(lib.npkio_numpack_delete(h.ptr, name_arg(name, "array_name")))
+
+    def _rows(
+        self, name: str, indexes: Indexes, what: str = "drop", skip_out_of_range: bool = False
+    ) -> List[int]:
         shape = self.get_shape(name)
         if not shape:
             raise ValueError(f"{name!r} is 0-d: it has no rows to {what}")
@@ -342,6 +362,8 @@ class NumPack:
         for i in idx.reshape(-1).tolist():
             j = i + n if i < 0 else i
             if not 0 <= j < n:
+                if skip_out_of_range:
+                    continue
                 raise IndexError(f"row {i} is out of range for {name!r} with {n} rows")
             rows.append(j)
         return rows
@@ -415,6 +437,11 @@ class NumPack:
         """
         if not isinstance(arrays, dict):
             raise ValueError("arrays must be a dictionary")
+        if not isinstance(indexes, (int, np.integer, list, tuple, np.ndarray, slice)):
+            raise ValueError(
+                "The indexes must be int or list or numpy.ndarray or slice, not "
+                f"{type(indexes).__name__}"
+            )
         new: Dict[str, np.ndarray] = {}
         for name, value in arrays.items():
             current = self.load(name)
@@ -473,7 +500,7 @@ class NumPack:
         """Delete every array (NumPack's ``reset``); the directory stays, empty."""
         names = self.get_member_list()
         if names:
-            self.drop(names)
+            self._delete(names)
 
     def _records(self) -> Dict[str, Any]:
         h = self._h()

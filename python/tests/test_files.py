@@ -195,3 +195,29 @@ def test_signatures_match_safetensors_numpy():
             assert p.name in ours, (name, p.name)
             assert ours[p.name].default == p.default, (name, p.name)
             assert ours[p.name].kind == p.kind, (name, p.name)
+
+
+def test_serialize_takes_tensor_specs_as_safetensors_does(tmp_path):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.arange(6, dtype=ml_dtypes.bfloat16)
+    specs = {
+        "a": npkio.TensorSpec(dtype="float32", shape=a.shape, data_ptr=a.ctypes.data,
+                              data_len=a.nbytes),
+        "b": npkio.TensorSpec(dtype="bfloat16", shape=[6], data_ptr=b.ctypes.data,
+                              data_len=b.nbytes),
+    }
+    st = pytest.importorskip("safetensors")
+    theirs = {k: st.TensorSpec(dtype=v.dtype, shape=v.shape, data_ptr=v.data_ptr,
+                               data_len=v.data_len) for k, v in specs.items()}
+    meta = {"format": "np"}
+    assert npkio.serialize(specs, meta) == st.serialize(theirs, meta)
+    npkio.serialize_file(specs, tmp_path / "x.safetensors", metadata=meta)
+    assert (tmp_path / "x.safetensors").read_bytes() == st.serialize(theirs, meta)
+    with pytest.raises(npkio.SafetensorError):
+        npkio.TensorSpec(dtype="nonsense", shape=[1], data_ptr=0, data_len=0)
+    with pytest.raises(npkio.SafetensorError, match="needs 48 bytes"):
+        npkio.serialize({"a": npkio.TensorSpec("float32", [3, 4], a.ctypes.data, 40)})
+    with pytest.raises(TypeError):
+        npkio.serialize({"a": {"dtype": "float32", "shape": [1], "data_ptr": 0, "data_len": 0}})
+    # Every npkio error is a SafetensorError, as code written for safetensors catches them.
+    assert issubclass(npkio.NpkioKeyError, npkio.SafetensorError)

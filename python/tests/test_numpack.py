@@ -68,7 +68,11 @@ def test_save_replaces_and_earlier_views_keep_their_bytes(tmp_path):
         npk.save({"w": np.zeros(10, dtype=np.float32)})
         assert npk.get_shape("w") == (10,)
         np.testing.assert_array_equal(old, np.arange(1000))
-        npk.drop("w")
+        npk.drop("w")  # NumPack 0.7: every row dropped, the name stays
+        assert npk.get_member_list() == ["w"]
+        assert npk.get_shape("w") == (0,)
+        np.testing.assert_array_equal(old, np.arange(1000))
+        npk.reset()
         assert npk.get_member_list() == []
         np.testing.assert_array_equal(old, np.arange(1000))
 
@@ -90,21 +94,30 @@ def test_append_and_drop_rows(tmp_path):
             npk.append({"x": np.zeros((1, 3), dtype=np.int32)})
         with pytest.raises(KeyError):
             npk.append({"nope": np.zeros(1)})
-        with pytest.raises(IndexError):
-            npk.drop("x", [5])
+        npk.drop("x", [5, -7])  # rows out of range are skipped, as in NumPack 0.7
+        assert npk.get_shape("x") == (2, 2)
+        npk.drop("x", [1, 5])
+        np.testing.assert_array_equal(npk.load("x"), np.arange(6, 8).reshape(1, 2))
     # NumPack 0.7 semantics on disk: the export sees only active rows
     np.testing.assert_array_equal(
-        to_safetensors(tmp_path / "m.npk")["x"], np.arange(6, 10).reshape(2, 2)
+        to_safetensors(tmp_path / "m.npk")["x"], np.arange(6, 8).reshape(1, 2)
     )
 
 
 def test_drop_several_arrays(tmp_path):
     with NumPack(tmp_path / "m.npk") as npk:
         npk.save({"a": np.ones(1), "b": np.ones(1), "c": np.ones(1)})
-        npk.drop(["a", "c"])
-        assert npk.get_member_list() == ["b"]
-        with pytest.raises(KeyError):
-            npk.drop("a")
+        npk.save({"m": np.arange(6).reshape(2, 3), "s": np.float32(2)})
+        npk.drop(["a", "c", "m", "s"])
+        # NumPack 0.7: the names stay, with no rows; a 0-d array has none and goes
+        assert npk.get_member_list() == ["a", "b", "c", "m"]
+        assert [npk.get_shape(n) for n in "abcm"] == [(0,), (1,), (0,), (0, 3)]
+        assert npk.load("m").shape == (0, 3)
+        npk.drop(["a", "nope"])  # names that are not there are skipped, as in NumPack
+        npk.save({"a": np.arange(3.0)})  # a dropped name is filled again by save
+        np.testing.assert_array_equal(npk.load("a"), np.arange(3.0))
+        npk.reset()
+        assert npk.get_member_list() == []
 
 
 def test_unknown_names_raise_key_error(tmp_path):
