@@ -13,8 +13,10 @@ save_file, load_file``.
   :func:`npkio.raw_dtype`); arrays need not be contiguous or little-endian.
 * :func:`save_file` writes beside the target and renames the finished file into place,
   so a failure never leaves a half-written file.
-* Arrays returned are read-only zero-copy views (of the mapped file, or of the ``bytes``
-  given to :func:`load`); ``copy=True`` returns writable copies instead.
+* Arrays returned are writable, as ``safetensors`` returns them: :func:`load_file` maps
+  the file privately (copy-on-write: zero-copy, a page copied only when written),
+  :func:`load` copies. ``copy=True`` gives copies that own their memory, ``copy=False``
+  read-only views with no copy (of one shared mapping of the file, or of ``data``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import numpy as np
 from . import _lib
 from ._dtypes import bytes_to_array, finish, row_by_name
 from ._errors import NpkioValueError
-from ._lib import check, lib, path_arg
+from ._lib import TensorView, check, lib, path_arg
+from ._private import SafetensorsMaps
 from .io import _flags, metadata_args, prepare
 
 __all__ = ["save_file", "load_file", "save", "load", "TensorSpec", "serialize", "serialize_file"]
@@ -103,7 +106,7 @@ def save(tensor_dict: Dict[str, np.ndarray], metadata: Optional[Dict[str, str]] 
 
 
 def load_file(
-    filename: PathLike, *, backend: str = "mmap", copy: bool = False
+    filename: PathLike, *, backend: str = "mmap", copy: Optional[bool] = None
 ) -> Dict[str, np.ndarray]:
     """Load every tensor of a SafeTensors file (``safetensors.numpy.load_file``).
 
@@ -111,17 +114,35 @@ def load_file(
         filename: the ``.safetensors`` file (a sharded checkpoint's index, or a directory
             holding one, works too).
         backend: ``"mmap"`` (the default) or ``"pread"``, as ``safetensors`` takes it.
-            npkio always maps the file; ``"pread"`` returns arrays read into memory that
-            npkio owns (as ``copy=True``), so that nothing refers to the file afterwards.
-        copy: return writable copies instead of read-only views of the mapped file.
+            ``"pread"`` returns arrays read into memory they own (as ``copy=True``), so
+            that nothing refers to the file afterwards.
+        copy: ``None`` (the default): writable zero-copy arrays, views of a private,
+            copy-on-write mapping of the file made for this call (a page is copied only
+            when written; writes reach neither the file nor other calls' arrays).
+            ``True``: copies that own their memory. ``False``: read-only views of one
+            shared mapping (the cheapest).
 
     Returns:
-        name to array, in file order. Without ``copy``, each array is a read-only view of
-        the mapped file that keeps the mapping alive for as long as it is referenced.
+        name to array, in file order. Mapped arrays keep their mapping alive for as long
+        as they are referenced.
     """
     if backend not in ("mmap", "pread"):
         raise ValueError(f"backend must be 'mmap' or 'pread', not {backend!r}")
-    copy = bool(copy) or backend == "pread"
+    if backend == "pread":
+        copy = True
+    if copy is None:
+        h = _lib.open_handle(lib.npkio_safetensors_open, lib.npkio_safetensors_free,
+                             path_arg(filename))
+        n = c_size_t()
+        check(lib.npkio_safetensors_count(h.ptr, ctypes.byref(n)))
+        maps = SafetensorsMaps(h)
+        out: Dict[str, np.ndarray] = {}
+        v = TensorView()
+        for i in range(n.value):
+            check(lib.npkio_safetensors_get(h.ptr, i, ctypes.byref(v)))
+            name, arr = maps.array(i, v)
+            out[name] = arr
+        return out
     # One reading path for the whole file: every tensor as a view of one mapping.
     from .io import iter_safetensors  # noqa: PLC0415
 
@@ -145,17 +166,19 @@ def _describe_bytes(view: memoryview) -> Dict[str, Any]:
         return json.loads(buf.raw[: need.value])
 
 
-def load(data: bytes, *, copy: bool = False) -> Dict[str, np.ndarray]:
+def load(data: bytes, *, copy: Optional[bool] = None) -> Dict[str, np.ndarray]:
     """The tensors of a SafeTensors file held in memory (``safetensors.numpy.load``).
 
     Args:
         data: the file's bytes (any object with the buffer protocol).
-        copy: return writable copies instead of read-only views of ``data``.
+        copy: ``None`` (the default) or ``True``: writable copies, as ``safetensors``
+            returns. ``False``: views of ``data`` (read-only for ``bytes``) that keep it
+            alive, with no copy.
 
     Returns:
-        name to array, in the order of their offsets. Without ``copy`` each array is a
-        view of ``data`` (read-only for ``bytes``) that keeps it alive.
+        name to array, in the order of their offsets.
     """
+    copy = True if copy is None else bool(copy)
     view = memoryview(data).cast("B")
     desc = _describe_bytes(view)
     flat = np.frombuffer(view, dtype=np.uint8)

@@ -25,9 +25,10 @@ import numpy as np
 
 from . import _lib
 from ._dtypes import _BY_NAME, _BY_NUMBER, _BY_NUMPY_NAME, _Row, _numpy_dtype, _row_of
-from ._dtypes import _sub_byte_raw_shape, raw_dtype, view_to_array
+from ._dtypes import _sub_byte_raw_shape, raw_dtype
 from ._lib import Handle, LoadOptions, LoadReport, LoadRequest, TensorView, check, lib
 from ._errors import NpkioSliceError, error_for_status
+from ._private import numpack_array, safetensors_array
 from ._lib import name_arg, path_arg, take_str
 
 __all__ = ["load_tensors", "shard", "Shard", "safe_open", "SafeOpen", "TensorSlice"]
@@ -555,17 +556,19 @@ class SafeOpen:
                                    lib.npkio_safetensors_metadata_get, h.ptr)
 
     def get_tensor(self, name: str) -> np.ndarray:
-        """The tensor as a read-only zero-copy view (of the mapped file; for a NumPack
-        array with segments or dropped rows, of memory gathered once). It keeps what it
-        points into alive."""
+        """The tensor, writable as ``safetensors`` returns it, and zero-copy: a private,
+        copy-on-write mapping of its bytes made for this call (a page is copied only when
+        written; writes reach neither the file nor other arrays). A NumPack array with
+        segments or dropped rows is gathered into a writable array of its own."""
         h = self._view_handle
         v = TensorView()
         with h.lock:
             if self._numpack:
-                check(lib.npkio_numpack_view(h.ptr, name_arg(name), ctypes.byref(v)))
-            else:
-                check(lib.npkio_safetensors_find(h.ptr, name_arg(name), ctypes.byref(v), None))
-            return view_to_array(h, v)[1]
+                return numpack_array(h, name)
+            index = c_size_t()
+            check(lib.npkio_safetensors_find(h.ptr, name_arg(name), ctypes.byref(v),
+                                             ctypes.byref(index)))
+            return safetensors_array(h, index.value, v)
 
     def get_tensors(self) -> Dict[str, np.ndarray]:
         """Every tensor, name to array, in checkpoint order (``safe_open.get_tensors``)."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _lib
 from ._dtypes import _BY_NUMBER, array_input, finish, view_to_array
+from ._private import numpack_array
 from ._lib import (
     ArrayInfo, Handle, TensorView, call_json, check, lib, name_arg, path_arg,
 )
@@ -213,22 +214,29 @@ class NumPack:
         """Whether there is an array of that name."""
         return array_name in self.get_member_list()
 
-    def load(self, array_name: str, lazy: bool = False, *, copy: bool = False) -> np.ndarray:
-        """An array as a read-only NumPy array.
+    def load(
+        self, array_name: str, lazy: bool = False, *, copy: Optional[bool] = None
+    ) -> np.ndarray:
+        """An array, writable as NumPack returns it.
 
-        Zero-copy (a view of the mapped data file) when the array is one file with no
-        dropped rows; otherwise its active rows are gathered once into memory the handle
-        keeps. ``lazy=True`` (NumPack's memory-mapped ``LazyArray``) returns the same
-        mapped view: nothing is read until it is indexed, and it supports everything an
-        ``ndarray`` does (``shape``, ``dtype``, indexing, slicing, ``len``). With
-        ``copy=True``, a writable copy that owns its memory.
+        By default (``copy=None``) a private, copy-on-write mapping of the array's data
+        file, made for this call: zero-copy (pages are read from the file when touched),
+        and writable without changing the file or any other array (a page written is
+        copied then). An array with dropped rows or in segments is gathered into a
+        writable array of its own. ``lazy=True`` (NumPack's memory-mapped ``LazyArray``)
+        returns the same: nothing is read until it is indexed, and it supports everything
+        an ``ndarray`` does. ``copy=True``: a copy that owns its memory (read now; nothing
+        refers to the file afterwards). ``copy=False``: the read-only view the directory
+        handle keeps (shared by every such call; no new mapping).
 
         Raises:
             KeyError: no array of that name.
         """
         h = self._h()
-        v = TensorView()
         with h.lock:
+            if copy is None:
+                return numpack_array(h, array_name)
+            v = TensorView()
             check(lib.npkio_numpack_view(h.ptr, name_arg(array_name, "array_name"), ctypes.byref(v)))
             arr = view_to_array(h, v)[1]
         return finish(arr, copy)

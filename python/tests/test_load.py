@@ -316,7 +316,7 @@ def test_safe_open_matches_safetensors(path):
         assert f.metadata() == st.metadata()
         for name in st.keys():
             mine = f.get_tensor(name)
-            assert not mine.flags.writeable
+            assert mine.flags.writeable and (not mine.flags.owndata or not mine.nbytes)
             assert f.get_slice(name).get_dtype() == st.get_slice(name).get_dtype()
             assert f.get_slice(name).get_shape() == list(st.get_slice(name).get_shape())
             try:
@@ -339,7 +339,7 @@ def test_safe_open_on_sharded_and_numpack(path):
         assert f.keys() == sorted(ref)
         for name, arr in ref.items():
             view = f.get_tensor(name)
-            assert not view.flags.writeable
+            assert view.flags.writeable  # a private mapping, or gathered rows
             same(view, arr)
             _check_slices(f, name, arr, rng, count=25)
 

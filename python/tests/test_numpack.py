@@ -35,16 +35,31 @@ def test_context_manager_save_load_and_listing(tmp_path):
     npk.close()
 
 
-def test_loaded_arrays_are_read_only_views(tmp_path):
+def test_loaded_arrays_are_writable_private_mappings(tmp_path):
     with NumPack(tmp_path / "m.npk") as npk:
-        npk.save({"x": np.ones(4)})
+        npk.save({"x": np.arange(4.0), "r": np.arange(6.0).reshape(3, 2)})
+        npk.drop("r", [1])
         x = npk.load("x")
-        assert not x.flags.writeable and not x.flags.owndata
+        lazy = npk.load("x", lazy=True)
+        assert x.flags.writeable and not x.flags.owndata and isinstance(x.base, np.ndarray)
+        x += 1  # NumPack's in-place use: pages copied, the file untouched
+        lazy[0] = 9
+        np.testing.assert_array_equal(x, [1, 2, 3, 4])
+        np.testing.assert_array_equal(lazy, [9, 1, 2, 3])
+        np.testing.assert_array_equal(npk.load("x"), np.arange(4.0))  # each call its own
+        r = npk.load("r")  # dropped rows: gathered into an array of its own
+        r[0, 0] = 7
+        np.testing.assert_array_equal(npk.load("r"), [[0, 1], [4, 5]])
+        shared = npk.load("x", copy=False)  # the handle's read-only view
+        assert not shared.flags.writeable
         with pytest.raises(ValueError):
-            x[0] = 2
-        y = x.copy()
-        y[0] = 2
-        assert y[0] == 2
+            shared[0] = 2
+        owned = npk.load("x", copy=True)
+        assert owned.flags.writeable and owned.flags.owndata
+        npk.save({"x": np.zeros(4)})  # replaced: the mapped array keeps its bytes
+        np.testing.assert_array_equal(x, [1, 2, 3, 4])
+        np.testing.assert_array_equal(lazy, [9, 1, 2, 3])
+    np.testing.assert_array_equal(to_safetensors(tmp_path / "m.npk")["x"], np.zeros(4))
 
 
 def test_drop_if_exists_and_reopening(tmp_path):
