@@ -261,10 +261,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter with npkio installed (default: this one)")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per file")
-    ap.add_argument("--show-expected", action="store_true",
-                    help="also list the expected failures and their reasons")
     ap.add_argument("files", nargs="*", help="run only these files (file or file::Class)")
     args = ap.parse_args(argv)
+    args.cache = args.cache.resolve()
 
     expected = load_expected(args.expected)
     fetch(args.cache, args.python)
@@ -303,9 +302,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             for test_id, reason, listed in failures:
                 if not listed:
                     unexpected.append((f"{suite}: {test_id}", reason))
-                if args.show_expected or not listed:
-                    mark = "  expected" if listed else "  NEW FAILURE"
-                    print(f"{mark}: {test_id}\n      {reason}")
+                mark = "  expected" if listed else "  NEW FAILURE"
+                print(f"{mark}: {test_id}\n      {reason}")
         print(f"{suite}: {totals['passed']} passed, {totals['failed']} failed "
               f"({totals['failed'] - sum(1 for u in unexpected if u[0].startswith(suite + ':'))}"
               f" expected), {totals['skipped']} skipped")
