@@ -16,14 +16,14 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ._dtypes import _BY_NUMBER, bytes_to_array, finish
 from ._lib import Handle, TensorView, check, lib, name_arg, take_str
 
-__all__ = ["private_bytes", "numpack_array", "safetensors_array", "SafetensorsMaps"]
+__all__ = ["private_bytes", "numpack_array", "safetensors_array", "private_regions"]
 
 
 def private_bytes(fd: int, offset: int, length: int) -> np.ndarray:
@@ -68,39 +68,39 @@ def numpack_array(h: Handle, name: str) -> np.ndarray:
     return _array(v, private_bytes(fd.value, 0, v.nbytes))[1]
 
 
-class SafetensorsMaps:
-    """Private mappings of a SafeTensors checkpoint's files for one call: a file is mapped
-    whole once, at its first tensor, and every tensor of it is a view of that mapping."""
-
-    def __init__(self, h: Handle) -> None:
-        self._h = h
-        # (first address of the library's mapping, its length, our private mapping)
-        self._maps: List[Tuple[int, int, np.ndarray]] = []
-
-    def array(self, index: int, v: TensorView) -> "Tuple[str, np.ndarray]":
-        """Tensor ``index`` (``v`` its view from the handle) over a private mapping."""
-        if not v.nbytes:
-            return _array(v, None)
-        addr = v.data or 0
-        for base, length, flat in self._maps:
-            if base <= addr and addr + v.nbytes <= base + length:
-                off = addr - base
-                return _array(v, flat[off : off + v.nbytes])
+def private_regions(st: Handle, table: Dict[str, Any]) -> List[Optional[np.ndarray]]:
+    """For a table of views (``npkio_safetensors_iter_table_json``), one private mapping
+    per region, of the bytes the region shows, from the files ``st`` (a SafeTensors handle
+    on the same checkpoint) validated; for :func:`table_arrays`'s ``bases``."""
+    first: Dict[int, int] = {}
+    for t, r in enumerate(table["region"]):
+        first.setdefault(r, t)
+    bases: List[Optional[np.ndarray]] = []
+    v = TensorView()
+    index = ctypes.c_size_t()
+    for r, (_, n) in enumerate(table["regions"]):
+        t = first.get(r)
+        if not n or t is None:
+            bases.append(None)
+            continue
+        check(lib.npkio_safetensors_find(
+            st.ptr, name_arg(table["names"][t]), ctypes.byref(v), ctypes.byref(index)))
         fd, offset = ctypes.c_int(-1), ctypes.c_uint64()
         check(lib.npkio_safetensors_tensor_fd(
-            self._h.ptr, index, ctypes.byref(fd), ctypes.byref(offset)))
-        try:
-            length = os.fstat(fd.value).st_size
-        except OSError:
+            st.ptr, index.value, ctypes.byref(fd), ctypes.byref(offset)))
+        start = offset.value - int(table["offset"][t])
+        if start < 0:
             os.close(fd.value)
-            raise
-        # The library maps each file whole, from its first byte: its views sit at their
-        # file offset from the start of that mapping.
-        flat = private_bytes(fd.value, 0, length)
-        self._maps.append((addr - offset.value, length, flat))
-        return _array(v, flat[offset.value : offset.value + v.nbytes])
+            raise RuntimeError("npkio's table of views disagrees with the file's offsets")
+        bases.append(private_bytes(fd.value, start, n))
+    return bases
 
 
 def safetensors_array(h: Handle, index: int, v: TensorView) -> np.ndarray:
-    """One tensor of a SafeTensors handle over a private mapping of its own."""
-    return SafetensorsMaps(h).array(index, v)[1]
+    """Tensor ``index`` of a SafeTensors handle (``v`` its view) over a private mapping of
+    its own bytes."""
+    if not v.nbytes:
+        return _array(v, None)[1]
+    fd, offset = ctypes.c_int(-1), ctypes.c_uint64()
+    check(lib.npkio_safetensors_tensor_fd(h.ptr, index, ctypes.byref(fd), ctypes.byref(offset)))
+    return _array(v, private_bytes(fd.value, offset.value, v.nbytes))[1]

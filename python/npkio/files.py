@@ -30,10 +30,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from . import _lib
-from ._dtypes import bytes_to_array, finish, row_by_name
+from ._dtypes import bytes_to_array, finish, row_by_name, table_arrays
 from ._errors import NpkioValueError
-from ._lib import TensorView, check, lib, path_arg
-from ._private import SafetensorsMaps
+from ._lib import call_json, check, lib, path_arg
+from ._private import private_regions
 from .io import _flags, metadata_args, prepare
 
 __all__ = ["save_file", "load_file", "save", "load", "TensorSpec", "serialize", "serialize_file"]
@@ -131,18 +131,14 @@ def load_file(
     if backend == "pread":
         copy = True
     if copy is None:
-        h = _lib.open_handle(lib.npkio_safetensors_open, lib.npkio_safetensors_free,
-                             path_arg(filename))
-        n = c_size_t()
-        check(lib.npkio_safetensors_count(h.ptr, ctypes.byref(n)))
-        maps = SafetensorsMaps(h)
-        out: Dict[str, np.ndarray] = {}
-        v = TensorView()
-        for i in range(n.value):
-            check(lib.npkio_safetensors_get(h.ptr, i, ctypes.byref(v)))
-            name, arr = maps.array(i, v)
-            out[name] = arr
-        return out
+        # The table of the file's views (one C call), over private mappings of the same
+        # bytes: one a file, from the descriptor the library checked.
+        it = _lib.open_handle(lib.npkio_safetensors_iter_open, lib.npkio_safetensors_iter_free,
+                              path_arg(filename), None, 0)
+        table = json.loads(call_json(lib.npkio_safetensors_iter_table_json, it.ptr))
+        st = _lib.open_handle(lib.npkio_safetensors_open, lib.npkio_safetensors_free,
+                              path_arg(filename))
+        return dict(table_arrays(None, table, private_regions(st, table)))
     # One reading path for the whole file: every tensor as a view of one mapping.
     from .io import iter_safetensors  # noqa: PLC0415
 
