@@ -19,7 +19,7 @@ it) and, for
 functions accept a sharded checkpoint's ``*.safetensors.index.json`` or a directory holding
 one wherever they accept a ``.safetensors`` file.
 
-Arrays that npkio returns are read-only NumPy views of the mapped files (or of memory the
+Arrays these functions return are read-only NumPy views of the mapped files (or of memory the
 library holds); each keeps what it points into alive, however long it lives. See
 :mod:`npkio._dtypes` for dtypes NumPy lacks (BF16, FP8, F4, F6).
 """

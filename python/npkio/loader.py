@@ -6,7 +6,7 @@
   call (``npkio_load_run``), which reads them in parallel with ``pread`` or ``O_DIRECT``.
 * :func:`safe_open` opens a SafeTensors file, a sharded checkpoint or a NumPack directory
   like ``safetensors.safe_open(path, framework="np")``: ``keys()``, ``metadata()``,
-  ``get_tensor()`` (a zero-copy read-only view) and ``get_slice(name)[...]``, which reads
+  ``get_tensor()`` (writable and zero-copy: a private mapping) and ``get_slice(name)[...]``, which reads
   only the rows (or columns) the index needs.
 
 Works on the three kinds of checkpoint the loader opens: a ``.safetensors`` file, a sharded

@@ -53,11 +53,11 @@ class NumPack:
     directory is never removed: that raises an error. Use it as a context manager, or call
     :meth:`close` when done.
 
-    Arrays from :meth:`load` are read-only zero-copy views of the data files where
-    possible. Each keeps the directory handle it came from alive, so it stays valid after
-    :meth:`close`, after the ``NumPack`` object is gone, and after the array is replaced,
-    appended to or dropped through this object (it keeps showing the bytes it was loaded
-    with). Every change is on disk when its method returns.
+    Arrays from :meth:`load` are writable zero-copy private (copy-on-write) mappings of
+    the data files where possible (see :meth:`load`). Each keeps what it points into
+    alive, so it stays valid after :meth:`close`, after the ``NumPack`` object is gone, and
+    after the array is replaced, appended to or dropped through this object (it keeps
+    showing the bytes it was loaded with). Every change is on disk when its method returns.
 
     Each change (one :meth:`save`, one array's :meth:`append` or :meth:`drop`) is all or
     none: if the process is killed or a write fails at any point, the directory reads as
@@ -382,9 +382,9 @@ class NumPack:
         """Rows of an array (NumPack's random access).
 
         ``indexes``: a slice (any step; negative bounds count from the end) gives a
-        read-only zero-copy view of the rows; an int, a list or an integer array (negative
-        indices count from the end, as NumPack's documentation promises) gives a new array
-        of those rows, in that order. As in NumPack, an int gives one row *with* its
+        zero-copy view of the rows (writable: see :meth:`load`); an int, a list or an
+        integer array (negative indices count from the end, as NumPack's documentation
+        promises) gives a new array of those rows, in that order. As in NumPack, an int gives one row *with* its
         leading axis (shape ``(1, ...)``). ``copy=True`` gives a writable copy in every case.
 
         Raises:
@@ -403,9 +403,10 @@ class NumPack:
         self, array_name: str, buffer_size: Optional[int] = None, *, copy: bool = False
     ) -> Iterator[np.ndarray]:
         """Iterate over an array in batches of ``buffer_size`` rows (1 when ``None``), as
-        NumPack does; the last batch may be shorter. Each batch is a read-only zero-copy
-        view of the rows (a writable copy with ``copy=True``). The array is the one this
-        call found: changes made while iterating are not seen.
+        NumPack does; the last batch may be shorter. Each batch is a writable zero-copy
+        view of the rows (of a private mapping, see :meth:`load`; a copy that owns its
+        memory with ``copy=True``). The array is the one this call found: changes made
+        while iterating are not seen.
 
         Raises:
             KeyError: no array of that name (at the call, not at the first batch).
