@@ -916,6 +916,25 @@ NpkioStatus npkio_numpack_set_metadata(struct NpkioNumpack *npk,
                                        size_t count);
 
 /**
+ * Opens again the data file of array `name` for a private (copy-on-write) mapping of it,
+ * when the array's bytes are that whole file as stored (one file, no dropped rows, at
+ * least one byte): writes a new descriptor, open for reading, to `*fd` and the bytes to
+ * map (from offset 0) to `*len`. Otherwise (segments, dropped rows, no bytes: arrays that
+ * `npkio_numpack_view` gathers) writes -1 to `*fd` and 0 to `*len`. The file is opened and
+ * checked as `npkio_numpack_view` opens it (inside the directory, long enough for the
+ * array). The caller owns the descriptor and closes it (`close`).
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle; `name` NULL or a NUL-terminated UTF-8 string; `fd` and
+ * `len` NULL or writable.
+ */
+NpkioStatus npkio_numpack_data_fd(const struct NpkioNumpack *npk,
+                                  const char *name,
+                                  int *fd,
+                                  uint64_t *len);
+
+/**
  * Writes a JSON document describing every array of the directory `npk` to `buffer`:
  *
  * `{"base_dir": "...", "arrays": {name: {"shape": [physical], "logical_shape": [..],
@@ -1141,6 +1160,24 @@ NpkioStatus npkio_safetensors_iter_table_json(const struct NpkioSafetensorsIter 
  * must not be used afterwards.
  */
 void npkio_safetensors_iter_free(struct NpkioSafetensorsIter *iter);
+
+/**
+ * Opens again the file that holds tensor `index` (in `npkio_safetensors_get`'s order) of
+ * `st`, for a private (copy-on-write) mapping of its bytes: writes a new descriptor, open
+ * for reading, to `*fd`, and the tensor's first byte's offset in that file to `*offset`.
+ * The file is checked to be the one `st` validated (same device, inode and length; a
+ * file replaced or resized since is `NPKIO_STATUS_MALFORMED`), so a mapping of
+ * `[*offset, *offset + nbytes)` shows the bytes `st`'s views show. The caller owns the
+ * descriptor and closes it (`close`); nothing is written on failure.
+ *
+ * # Safety
+ *
+ * `st` must be NULL or a live handle; `fd` and `offset` NULL or writable.
+ */
+NpkioStatus npkio_safetensors_tensor_fd(const struct NpkioSafetensors *st,
+                                        size_t index,
+                                        int *fd,
+                                        uint64_t *offset);
 
 /**
  * Writes `count` tensors held in the caller's memory to the SafeTensors file

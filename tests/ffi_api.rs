@@ -720,3 +720,85 @@ fn no_clobber_flag_keeps_an_existing_export() {
     ok(export(0));
     assert_ne!(std::fs::read(&out_path).unwrap(), b"mine");
 }
+
+/// The bytes at `[offset, offset + len)` of a descriptor the library handed out, which the
+/// test then closes.
+fn read_fd(fd: std::ffi::c_int, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::FromRawFd;
+    assert!(fd >= 0);
+    // SAFETY: the library gave this descriptor to the caller to own.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+#[test]
+fn descriptors_for_private_mappings_show_the_validated_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("m.safetensors");
+    std::fs::copy(fixture("safetensors/with_metadata.safetensors"), &copy).unwrap();
+    let path = c(&copy);
+    let dir = c(tmp.path().join("s.npk"));
+    let rows: Vec<u8> = (0..12).collect();
+    let shape = [4u64, 3];
+    let desc = u8_tensor(&rows, &shape);
+    // SAFETY: valid strings, descriptions and out-pointers; handles freed at the end.
+    unsafe {
+        let mut st = ptr::null_mut();
+        ok(npkio_safetensors_open(path.as_ptr(), &mut st));
+        let mut count = 0;
+        ok(npkio_safetensors_count(st, &mut count));
+        for i in 0..count {
+            let mut v = std::mem::zeroed();
+            ok(npkio_safetensors_get(st, i, &mut v));
+            let (name, _, _, data) = read_view(&v);
+            let (mut fd, mut offset) = (-1, 0u64);
+            ok(npkio_safetensors_tensor_fd(st, i, &mut fd, &mut offset));
+            assert_eq!(read_fd(fd, offset, data.len()), data, "{name}");
+        }
+        let (mut fd, mut offset) = (-1, 0u64);
+        assert_eq!(
+            npkio_safetensors_tensor_fd(st, count, &mut fd, &mut offset),
+            NpkioStatus::IndexOutOfRange
+        );
+        assert_eq!(
+            npkio_safetensors_tensor_fd(st, 0, ptr::null_mut(), &mut offset),
+            NpkioStatus::NullArgument
+        );
+        // A file replaced since it was validated is refused, not mapped.
+        std::fs::remove_file(&copy).unwrap();
+        std::fs::write(&copy, b"something else").unwrap();
+        assert_eq!(
+            npkio_safetensors_tensor_fd(st, 0, &mut fd, &mut offset),
+            NpkioStatus::Malformed,
+            "{}",
+            last_message()
+        );
+        assert_eq!((fd, offset), (-1, 0), "nothing written on failure");
+        npkio_safetensors_free(st);
+
+        let mut h = ptr::null_mut();
+        ok(npkio_numpack_create(dir.as_ptr(), true, &mut h));
+        ok(npkio_numpack_save(h, &desc, 1));
+        let (mut fd, mut len) = (-1, 0u64);
+        ok(npkio_numpack_data_fd(h, c"t".as_ptr(), &mut fd, &mut len));
+        assert_eq!(len, 12);
+        assert_eq!(read_fd(fd, 0, 12), rows);
+        // Dropped rows: the view gathers them, so there is no file to map.
+        ok(npkio_numpack_drop_rows(
+            h,
+            c"t".as_ptr(),
+            [1u64].as_ptr(),
+            1,
+        ));
+        ok(npkio_numpack_data_fd(h, c"t".as_ptr(), &mut fd, &mut len));
+        assert_eq!((fd, len), (-1, 0));
+        assert_eq!(
+            npkio_numpack_data_fd(h, c"nope".as_ptr(), &mut fd, &mut len),
+            NpkioStatus::KeyNotFound
+        );
+        npkio_numpack_free(h);
+    }
+}

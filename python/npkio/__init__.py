@@ -2,11 +2,14 @@
 
 A ``ctypes`` package over the ``libnpkio`` shared library (no compiled extension module).
 
-* :mod:`npkio.io`: the SafeTensors API of ``numpack.io`` (``from_safetensors``,
-  ``to_safetensors``, ``from_safetensors_file``, ``to_safetensors_file``,
-  ``get_safetensors_metadata``, ``iter_safetensors``, ``DEFAULT_CHUNK_SIZE``).
+* :mod:`npkio.io`: the SafeTensors API of ``numpack.io`` (``from_tensor_dict``,
+  ``to_tensor_dict`` and their older names ``from_safetensors``, ``to_safetensors``;
+  ``from_safetensors_file``, ``to_safetensors_file``, ``get_safetensors_metadata``,
+  ``iter_safetensors``, ``DEFAULT_CHUNK_SIZE``).
 * :mod:`npkio.files`: the file API of ``safetensors.numpy`` (``save_file``, ``load_file``,
-  ``save``, ``load``), also importable from ``npkio`` itself.
+  ``save``, ``load``) and ``safetensors``' ``TensorSpec``, ``serialize`` and
+  ``serialize_file``, also importable from ``npkio`` itself. Arrays come back writable
+  and zero-copy (private copy-on-write mappings), as the peers return them.
 * :class:`npkio.NumPack`: a NumPack directory (``load``, ``save``, ``append``, ``drop``,
   ``get_member_list``, ``get_shape``, and NumPack 0.7's ``getitem``, ``replace``,
   ``clone``, ``update``, ``reset``, ``stream_load``, ``get_metadata``,
@@ -15,8 +18,9 @@ A ``ctypes`` package over the ``libnpkio`` shared library (no compiled extension
   into memory of their own (or the caller's), with BF16/F16/F32 conversion on the way;
   :func:`npkio.safe_open`: ``safetensors.safe_open(path, framework="np")`` over SafeTensors
   files, sharded checkpoints and NumPack directories (:mod:`npkio.loader`).
-* :class:`npkio.NpkioError` and its subclasses, each also a built-in exception
-  (``KeyError``, ``FileNotFoundError``, ``FileExistsError``, ``ValueError``, ...).
+* :class:`npkio.NpkioError` (also named ``SafetensorError``) and its subclasses, each
+  also a built-in exception (``KeyError``, ``FileNotFoundError``, ``FileExistsError``,
+  ``ValueError``, ...).
 * :func:`npkio.dtype_of`, :func:`npkio.raw_dtype`: dtypes NumPy lacks (BF16, FP8, F4, F6).
 
 Environment: ``NPKIO_LIBRARY`` names the shared library to load (for development);
@@ -38,8 +42,10 @@ from ._errors import (
     NpkioKeyError,
     NpkioMalformedError,
     NpkioOSError,
+    NpkioSliceError,
     NpkioUnsupportedError,
     NpkioValueError,
+    SafetensorError,
 )
 from ._lib import lib as _clib
 from ._lib import library_path
@@ -47,12 +53,14 @@ from .io import (
     DEFAULT_CHUNK_SIZE,
     from_safetensors,
     from_safetensors_file,
+    from_tensor_dict,
     get_safetensors_metadata,
     iter_safetensors,
     to_safetensors,
     to_safetensors_file,
+    to_tensor_dict,
 )
-from .files import load, load_file, save, save_file
+from .files import TensorSpec, load, load_file, save, save_file, serialize, serialize_file
 from .io import SafeTensorsMetadata, TensorMetadata
 from .numpack import NumPack, NumPackStateError
 from .loader import SafeOpen, Shard, TensorSlice, load_tensors, safe_open, shard
@@ -79,9 +87,15 @@ __all__ = [
     "load_file",
     "save",
     "load",
+    "serialize",
+    "serialize_file",
+    "TensorSpec",
+    "SafetensorError",
     "SafeTensorsMetadata",
     "TensorMetadata",
     "DEFAULT_CHUNK_SIZE",
+    "from_tensor_dict",
+    "to_tensor_dict",
     "from_safetensors",
     "to_safetensors",
     "from_safetensors_file",
@@ -104,5 +118,6 @@ __all__ = [
     "NpkioOSError",
     "NpkioBusyError",
     "NpkioIndexError",
+    "NpkioSliceError",
     "NpkioInternalError",
 ]

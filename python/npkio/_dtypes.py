@@ -225,16 +225,24 @@ def bytes_to_array(
     return flat.view(dt).reshape(shape)
 
 
-def table_arrays(owner: object, table: Dict[str, Any]) -> Iterator["Tuple[str, np.ndarray]"]:
+def table_arrays(
+    owner: object, table: Dict[str, Any], bases: Optional[List[Any]] = None
+) -> Iterator["Tuple[str, np.ndarray]"]:
     """``(name, array)`` for each tensor of a table of views, as
     ``npkio_safetensors_iter_table_json`` gives it (its memory belongs to ``owner``'s
     handle).
 
     Zero-copy and read-only as :func:`view_to_array`. Each region is wrapped once, each
     kind (dtype, shape) resolved once, and every array is one ``ndarray`` over its region,
-    so that the cost per tensor is one small NumPy call.
+    so that the cost per tensor is one small NumPy call. With ``bases`` (one writable
+    ``uint8`` array per region, holding the region's bytes) the arrays are views of those
+    instead, and writable, empty ones included.
     """
-    bases = [np.asarray(_Buffer(owner, addr, n)) if n else None for addr, n in table["regions"]]
+    writable = bases is not None
+    if bases is None:
+        bases = [
+            np.asarray(_Buffer(owner, addr, n)) if n else None for addr, n in table["regions"]
+        ]
     # Per kind: (dtype, shape, nbytes) for a plain view, or (None, row, shape, nbytes).
     kinds: List[Tuple[Any, ...]] = []
     for number, shape, nbytes in table["kinds"]:
@@ -259,7 +267,8 @@ def table_arrays(owner: object, table: Dict[str, Any]) -> Iterator["Tuple[str, n
         else:
             _, row, shape, nbytes = kind
             flat = bases[region][offset : offset + nbytes] if nbytes else None
-            yield name, bytes_to_array(flat, row, shape, nbytes)
+            arr = bytes_to_array(flat, row, shape, nbytes)
+            yield name, (finish(arr, True) if writable and not nbytes else arr)
 
 
 def row_by_name(name: str) -> _Row:

@@ -22,6 +22,10 @@ anything else (a bug)             :class:`NpkioInternalError`       :class:`Runt
 complex128 array exported to SafeTensors, appending to a segmented array): it derives from
 both ``TypeError`` and ``ValueError`` so either ``except`` clause catches it.
 
+:data:`SafetensorError` is :class:`NpkioError` under ``safetensors``' name, so that code
+written for ``safetensors`` catches npkio's errors; :class:`NpkioSliceError` (an index
+``get_slice`` refuses, as ``safetensors`` does) is one of them.
+
 Every instance has ``status`` (the C status number), ``status_name``
 (``"NPKIO_STATUS_KEY_NOT_FOUND"``) and ``message`` (the library's message, also ``str(e)``).
 """
@@ -42,6 +46,8 @@ __all__ = [
     "NpkioBusyError",
     "NpkioIndexError",
     "NpkioInternalError",
+    "NpkioSliceError",
+    "SafetensorError",
 ]
 
 
@@ -91,6 +97,16 @@ class NpkioBusyError(NpkioError, BlockingIOError):
 
 class NpkioIndexError(NpkioError, IndexError):
     """An index past the end."""
+
+
+class NpkioSliceError(NpkioIndexError):
+    """An index :meth:`npkio.TensorSlice.__getitem__` refuses as ``safetensors`` does (a
+    non-empty list, an index or slice bound past the end), with its message."""
+
+
+#: ``safetensors.SafetensorError``: npkio's base error under the name ``safetensors`` code
+#: catches.
+SafetensorError = NpkioError
 
 
 class NpkioInternalError(NpkioError, RuntimeError):

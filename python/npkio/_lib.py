@@ -220,6 +220,10 @@ _proto("npkio_numpack_drop_rows", _status, _handle, c_char_p, POINTER(c_uint64),
 _proto("npkio_numpack_delete", _status, _handle, c_char_p)
 _proto("npkio_numpack_records_json", _status, _handle, c_void_p, c_size_t, POINTER(c_size_t))
 _proto("npkio_numpack_names_json", _status, _handle, c_void_p, c_size_t, POINTER(c_size_t))
+_proto("npkio_numpack_data_fd", _status, _handle, c_char_p, POINTER(ctypes.c_int),
+       POINTER(c_uint64))
+_proto("npkio_safetensors_tensor_fd", _status, _handle, c_size_t, POINTER(ctypes.c_int),
+       POINTER(c_uint64))
 
 _proto("npkio_safetensors_find", _status, _handle, c_char_p, POINTER(TensorView),
        POINTER(c_size_t))

@@ -2,8 +2,9 @@
 return types as ``numpack.io``, so ``from npkio.io import ...`` is the only change.
 
 Memory functions
-    :func:`from_safetensors` (dict of arrays to a NumPack directory),
-    :func:`to_safetensors` (NumPack directory to a dict of zero-copy arrays).
+    :func:`from_tensor_dict` (dict of arrays to a NumPack directory),
+    :func:`to_tensor_dict` (NumPack directory to a dict of zero-copy arrays); NumPack 0.7
+    renamed them from ``from_safetensors``/``to_safetensors``, which remain as aliases.
 File functions (streaming, bounded memory)
     :func:`from_safetensors_file`, :func:`to_safetensors_file`.
 Utility functions
@@ -18,7 +19,7 @@ it) and, for
 functions accept a sharded checkpoint's ``*.safetensors.index.json`` or a directory holding
 one wherever they accept a ``.safetensors`` file.
 
-Arrays that npkio returns are read-only NumPy views of the mapped files (or of memory the
+Arrays these functions return are read-only NumPy views of the mapped files (or of memory the
 library holds); each keeps what it points into alive, however long it lives. See
 :mod:`npkio._dtypes` for dtypes NumPy lacks (BF16, FP8, F4, F6).
 """
@@ -31,7 +32,9 @@ import os
 import re
 import threading
 from ctypes import c_size_t, c_uint64
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, TypedDict, Union
+from typing import (
+    TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple, TypedDict, Union,
+)
 
 import numpy as np
 
@@ -41,6 +44,8 @@ from ._lib import TensorDesc, TensorView, call_json, check, lib, path_arg, str_l
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "from_tensor_dict",
+    "to_tensor_dict",
     "from_safetensors",
     "to_safetensors",
     "from_safetensors_file",
@@ -48,6 +53,9 @@ __all__ = [
     "get_safetensors_metadata",
     "iter_safetensors",
 ]
+
+if TYPE_CHECKING:
+    from .numpack import NumPack
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -117,16 +125,18 @@ def prepare(
     return descs, keep, arrays
 
 
-def from_safetensors(
+def from_tensor_dict(
     tensors: Dict[str, np.ndarray],
     output_path: PathLike,
     drop_if_exists: bool = False,
+    return_npk_obj: bool = False,
     *,
     threads: int = 0,
     durable: bool = False,
     wait_for_lock: bool = True,
-) -> None:
-    """Save a dictionary of tensors to a NumPack directory.
+) -> "Optional[NumPack]":
+    """Save a dictionary of tensors to a NumPack directory (NumPack 0.7's name;
+    :func:`from_safetensors` is the same function under its older name).
 
     Args:
         tensors: name to array (anything ``np.asarray`` takes). Non-contiguous arrays are
@@ -136,6 +146,8 @@ def from_safetensors(
             the tensors are merged into it (same names replaced, others kept); with
             ``drop_if_exists`` it is replaced whole. Either way in one atomic step.
         drop_if_exists: replace an existing directory instead of merging into it.
+        return_npk_obj: return the directory opened as a :class:`~npkio.NumPack` (the
+            caller closes it) instead of ``None``.
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
         wait_for_lock: when another conversion or store change holds the lock of the
@@ -154,12 +166,28 @@ def from_safetensors(
         )
     )
     del keep
+    return _opened(output_path, return_npk_obj)
 
 
-def to_safetensors(
+def _opened(path: PathLike, return_npk_obj: bool) -> "Optional[NumPack]":
+    """The conversion's output opened as a ``NumPack`` when asked for (NumPack 0.7's
+    ``return_npk_obj``), else ``None``."""
+    if not return_npk_obj:
+        return None
+    from .numpack import NumPack  # noqa: PLC0415 (numpack imports this module)
+
+    return NumPack(path)
+
+
+#: ``numpack.io``'s name before NumPack 0.7 for :func:`from_tensor_dict`.
+from_safetensors = from_tensor_dict
+
+
+def to_tensor_dict(
     input_path: PathLike, array_names: Optional[List[str]] = None, *, copy: bool = False
 ) -> Dict[str, np.ndarray]:
-    """Load NumPack arrays as a dictionary of tensors.
+    """Load NumPack arrays as a dictionary of tensors (NumPack 0.7's name;
+    :func:`to_safetensors` is the same function under its older name).
 
     Args:
         input_path: the NumPack directory.
@@ -190,6 +218,10 @@ def to_safetensors(
     return out
 
 
+#: ``numpack.io``'s name before NumPack 0.7 for :func:`to_tensor_dict`.
+to_safetensors = to_tensor_dict
+
+
 # ----------------------------------------------------------------------------------------
 # File functions
 
@@ -200,11 +232,12 @@ def from_safetensors_file(
     keys: Optional[List[str]] = None,
     drop_if_exists: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    return_npk_obj: bool = False,
     *,
     threads: int = 0,
     durable: bool = False,
     wait_for_lock: bool = True,
-) -> None:
+) -> "Optional[NumPack]":
     """Convert a SafeTensors file (or a sharded checkpoint) to a NumPack directory,
     streaming in bounded memory.
 
@@ -218,6 +251,8 @@ def from_safetensors_file(
             nothing is written.
         drop_if_exists: replace an existing directory instead of merging into it.
         chunk_size: bytes copied at once (the bound on memory per thread).
+        return_npk_obj: return the directory opened as a :class:`~npkio.NumPack` (the
+            caller closes it) instead of ``None``.
         threads: copy threads (0 picks the default).
         durable: sync everything to disk before the output appears.
         wait_for_lock: when another conversion or store change holds the lock of the
@@ -232,6 +267,7 @@ def from_safetensors_file(
             _flags(durable, wait_for_lock),
         )
     )
+    return _opened(output_path, return_npk_obj)
 
 
 def parse_size(size: Union[int, str]) -> int:

@@ -6,7 +6,7 @@
   call (``npkio_load_run``), which reads them in parallel with ``pread`` or ``O_DIRECT``.
 * :func:`safe_open` opens a SafeTensors file, a sharded checkpoint or a NumPack directory
   like ``safetensors.safe_open(path, framework="np")``: ``keys()``, ``metadata()``,
-  ``get_tensor()`` (a zero-copy read-only view) and ``get_slice(name)[...]``, which reads
+  ``get_tensor()`` (writable and zero-copy: a private mapping) and ``get_slice(name)[...]``, which reads
   only the rows (or columns) the index needs.
 
 Works on the three kinds of checkpoint the loader opens: a ``.safetensors`` file, a sharded
@@ -25,9 +25,10 @@ import numpy as np
 
 from . import _lib
 from ._dtypes import _BY_NAME, _BY_NUMBER, _BY_NUMPY_NAME, _Row, _numpy_dtype, _row_of
-from ._dtypes import _sub_byte_raw_shape, raw_dtype, view_to_array
+from ._dtypes import _sub_byte_raw_shape, raw_dtype
 from ._lib import Handle, LoadOptions, LoadReport, LoadRequest, TensorView, check, lib
-from ._errors import error_for_status
+from ._errors import NpkioSliceError, error_for_status
+from ._private import numpack_array, safetensors_array
 from ._lib import name_arg, path_arg, take_str
 
 __all__ = ["load_tensors", "shard", "Shard", "safe_open", "SafeOpen", "TensorSlice"]
@@ -374,6 +375,7 @@ class TensorSlice:
         t = self._tensor
         if t.row.bits % 8:
             raise TypeError(f"get_slice cannot index packed {t.row.name} tensors")
+        _refuse_as_safetensors(index, t.shape)
         key = _expand(index, len(t.shape))
         if key is None:  # advanced indexing, None, or too many indices: NumPy decides
             whole = self._owner._load(self._name, None)
@@ -389,6 +391,63 @@ class TensorSlice:
                 adjusted.append(k)
         part = self._owner._load(self._name, narrow)
         return _owned(part[tuple(adjusted) + (Ellipsis,)], part)
+
+
+def _int_index(it: Any) -> bool:
+    return isinstance(it, (int, np.integer)) and not isinstance(it, (bool, np.bool_))
+
+
+def _refuse_as_safetensors(index: Any, shape: Tuple[int, ...]) -> None:
+    """Raise :class:`NpkioSliceError` with ``safetensors``' message for the indices it
+    refuses: a non-empty list, a negative index past the start, an index or a slice bound
+    past the end. (npkio also takes negative slice bounds and steps, which it does not.)"""
+    if isinstance(index, list):
+        if index:
+            raise NpkioSliceError("Non empty lists are not implemented")
+        return
+    items = index if isinstance(index, tuple) else (index,)
+    if not all(it is Ellipsis or isinstance(it, slice) or _int_index(it) for it in items):
+        return
+    if sum(1 for it in items if it is Ellipsis) > 1 or len(items) - (Ellipsis in items) > len(shape):
+        return  # NumPy's own error follows
+    dims: List[Any] = []
+    for it in items:
+        if it is Ellipsis:
+            dims += [slice(None)] * (len(shape) - (len(items) - 1))
+        else:
+            dims.append(it)
+    for d, it in enumerate(dims):
+        if _int_index(it) and int(it) < 0 and int(it) + shape[d] < 0:
+            raise NpkioSliceError(f"Invalid index {int(it)} for dimension {d} of size {shape[d]}")
+
+    def show(d: int) -> str:
+        it = dims[d]
+        if isinstance(it, slice):
+            text = f"{'' if it.start is None else it.start}:{'' if it.stop is None else it.stop}"
+            return text if it.step in (None, 1) else f"{text}:{it.step}"
+        return str(int(it) + shape[d] if int(it) < 0 else int(it))
+
+    for d in reversed(range(len(dims))):  # safetensors reports the innermost dimension
+        it, n = dims[d], shape[d]
+        asked = None
+        if _int_index(it):
+            j = int(it) + n if int(it) < 0 else int(it)
+            asked = j if j >= n else None
+        elif (it.step is None or it.step > 0) and all(
+            b is None or (_int_index(b) and b >= 0) for b in (it.start, it.stop)
+        ):
+            start = 0 if it.start is None else int(it.start)
+            stop = n if it.stop is None else int(it.stop)
+            if it.start is not None and start >= n and stop > start:
+                asked = start
+            elif stop > n:
+                asked = stop - 1
+        if asked is not None:
+            shown = ", ".join(show(k) for k in range(len(dims)))
+            raise NpkioSliceError(
+                f"Error during slicing [{shown}] with shape {list(shape)}: index {asked} out "
+                f"of bounds for tensor dimension #{d} of size {n}"
+            )
 
 
 def _expand(index: Any, ndim: int) -> Optional[Tuple[Any, ...]]:
@@ -550,17 +609,23 @@ class SafeOpen:
                                    lib.npkio_safetensors_metadata_get, h.ptr)
 
     def get_tensor(self, name: str) -> np.ndarray:
-        """The tensor as a read-only zero-copy view (of the mapped file; for a NumPack
-        array with segments or dropped rows, of memory gathered once). It keeps what it
-        points into alive."""
+        """The tensor, writable as ``safetensors`` returns it, and zero-copy: a private,
+        copy-on-write mapping of its bytes made for this call (a page is copied only when
+        written; writes reach neither the file nor other arrays). A NumPack array with
+        segments or dropped rows is gathered into a writable array of its own."""
         h = self._view_handle
         v = TensorView()
         with h.lock:
             if self._numpack:
-                check(lib.npkio_numpack_view(h.ptr, name_arg(name), ctypes.byref(v)))
-            else:
-                check(lib.npkio_safetensors_find(h.ptr, name_arg(name), ctypes.byref(v), None))
-            return view_to_array(h, v)[1]
+                return numpack_array(h, name)
+            index = c_size_t()
+            check(lib.npkio_safetensors_find(h.ptr, name_arg(name), ctypes.byref(v),
+                                             ctypes.byref(index)))
+            return safetensors_array(h, index.value, v)
+
+    def get_tensors(self) -> Dict[str, np.ndarray]:
+        """Every tensor, name to array, in checkpoint order (``safe_open.get_tensors``)."""
+        return {name: self.get_tensor(name) for name in self.offset_keys()}
 
     def get_slice(self, name: str) -> TensorSlice:
         """A lazy slice of the tensor: ``get_shape()``, ``get_dtype()``, and indexing that

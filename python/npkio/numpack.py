@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _lib
 from ._dtypes import _BY_NUMBER, array_input, finish, view_to_array
+from ._private import numpack_array
 from ._lib import (
     ArrayInfo, Handle, TensorView, call_json, check, lib, name_arg, path_arg,
 )
@@ -52,11 +53,11 @@ class NumPack:
     directory is never removed: that raises an error. Use it as a context manager, or call
     :meth:`close` when done.
 
-    Arrays from :meth:`load` are read-only zero-copy views of the data files where
-    possible. Each keeps the directory handle it came from alive, so it stays valid after
-    :meth:`close`, after the ``NumPack`` object is gone, and after the array is replaced,
-    appended to or dropped through this object (it keeps showing the bytes it was loaded
-    with). Every change is on disk when its method returns.
+    Arrays from :meth:`load` are writable zero-copy private (copy-on-write) mappings of
+    the data files where possible (see :meth:`load`). Each keeps what it points into
+    alive, so it stays valid after :meth:`close`, after the ``NumPack`` object is gone, and
+    after the array is replaced, appended to or dropped through this object (it keeps
+    showing the bytes it was loaded with). Every change is on disk when its method returns.
 
     Each change (one :meth:`save`, one array's :meth:`append` or :meth:`drop`) is all or
     none: if the process is killed or a write fails at any point, the directory reads as
@@ -173,7 +174,8 @@ class NumPack:
     def _h(self) -> Handle:
         if self._handle is None:
             raise NumPackStateError(
-                f"NumPack {self._path!r} is closed; call open() or use a with block"
+                f"NumPack {self._path!r} is not opened or has been closed; call open() or use "
+                "a with block"
             )
         if self._strict and not self._in_context:
             raise NumPackStateError(
@@ -212,22 +214,29 @@ class NumPack:
         """Whether there is an array of that name."""
         return array_name in self.get_member_list()
 
-    def load(self, array_name: str, lazy: bool = False, *, copy: bool = False) -> np.ndarray:
-        """An array as a read-only NumPy array.
+    def load(
+        self, array_name: str, lazy: bool = False, *, copy: Optional[bool] = None
+    ) -> np.ndarray:
+        """An array, writable as NumPack returns it.
 
-        Zero-copy (a view of the mapped data file) when the array is one file with no
-        dropped rows; otherwise its active rows are gathered once into memory the handle
-        keeps. ``lazy=True`` (NumPack's memory-mapped ``LazyArray``) returns the same
-        mapped view: nothing is read until it is indexed, and it supports everything an
-        ``ndarray`` does (``shape``, ``dtype``, indexing, slicing, ``len``). With
-        ``copy=True``, a writable copy that owns its memory.
+        By default (``copy=None``) a private, copy-on-write mapping of the array's data
+        file, made for this call: zero-copy (pages are read from the file when touched),
+        and writable without changing the file or any other array (a page written is
+        copied then). An array with dropped rows or in segments is gathered into a
+        writable array of its own. ``lazy=True`` (NumPack's memory-mapped ``LazyArray``)
+        returns the same: nothing is read until it is indexed, and it supports everything
+        an ``ndarray`` does. ``copy=True``: a copy that owns its memory (read now; nothing
+        refers to the file afterwards). ``copy=False``: the read-only view the directory
+        handle keeps (shared by every such call; no new mapping).
 
         Raises:
             KeyError: no array of that name.
         """
         h = self._h()
-        v = TensorView()
         with h.lock:
+            if copy is None:
+                return numpack_array(h, array_name)
+            v = TensorView()
             check(lib.npkio_numpack_view(h.ptr, name_arg(array_name, "array_name"), ctypes.byref(v)))
             arr = view_to_array(h, v)[1]
         return finish(arr, copy)
@@ -303,30 +312,49 @@ class NumPack:
                 check(lib.npkio_numpack_append(h.ptr, name_b, data, arr.nbytes))
 
     def drop(self, array_name: Union[str, Sequence[str]], indexes: Optional[Indexes] = None) -> None:
-        """Delete arrays, or rows of an array.
+        """Drop arrays, or rows of an array, as NumPack 0.7 does.
 
-        ``drop(name)`` (or a list of names) deletes whole arrays and their files.
-        ``drop(name, indexes)`` deletes rows: an int, a slice, or a sequence of row indices
-        as the array reads now (negative ones count from the end), marked in the deletion
-        bitmap as NumPack does. Arrays loaded before keep their old contents.
+        ``drop(name)`` (or a list of names) marks every row of the array deleted: the name
+        stays listed, with shape ``(0,) + row_shape``, and :meth:`save` or :meth:`append`
+        fill it again (a 0-d array, which has no rows, is deleted with its file). Names that
+        do not exist are skipped silently. ``drop(name, indexes)`` deletes rows: an int, a
+        slice, or a sequence of row indices as the array reads now (negative ones count
+        from the end); indices out of range are skipped silently, as in NumPack. Rows are
+        marked in the deletion bitmap (:meth:`update` compacts the file). Arrays loaded
+        before keep their old contents. :meth:`reset` deletes arrays and their files.
 
         Each array's deletion (or its rows' deletion) is all or none; several names are
         handled one after the other.
         """
         h = self._h()
         names = [array_name] if isinstance(array_name, str) else list(array_name)
-        if indexes is None:
-            with h.lock:
-                for name in names:
-                    check(lib.npkio_numpack_delete(h.ptr, name_arg(name, "array_name")))
-            return
         for name in names:
-            rows = self._rows(name, indexes)
-            buf = (c_uint64 * max(len(rows), 1))(*rows)
+            if not self.has_array(name):
+                continue
+            shape = self.get_shape(name)
+            if indexes is None:
+                if not shape:
+                    with h.lock:
+                        check(lib.npkio_numpack_delete(h.ptr, name_arg(name, "array_name")))
+                    continue
+                rows = list(range(shape[0]))
+            else:
+                rows = self._rows(name, indexes, skip_out_of_range=True)
+            if not rows:
+                continue
+            buf = (c_uint64 * len(rows))(*rows)
             with h.lock:
                 check(lib.npkio_numpack_drop_rows(h.ptr, name_arg(name), buf, len(rows)))
 
-    def _rows(self, name: str, indexes: Indexes, what: str = "drop") -> List[int]:
+    def _delete(self, names: Sequence[str]) -> None:
+        h = self._h()
+        with h.lock:
+            for name in names:
+                check(lib.npkio_numpack_delete(h.ptr, name_arg(name, "array_name")))
+
+    def _rows(
+        self, name: str, indexes: Indexes, what: str = "drop", skip_out_of_range: bool = False
+    ) -> List[int]:
         shape = self.get_shape(name)
         if not shape:
             raise ValueError(f"{name!r} is 0-d: it has no rows to {what}")
@@ -342,6 +370,8 @@ class NumPack:
         for i in idx.reshape(-1).tolist():
             j = i + n if i < 0 else i
             if not 0 <= j < n:
+                if skip_out_of_range:
+                    continue
                 raise IndexError(f"row {i} is out of range for {name!r} with {n} rows")
             rows.append(j)
         return rows
@@ -352,9 +382,9 @@ class NumPack:
         """Rows of an array (NumPack's random access).
 
         ``indexes``: a slice (any step; negative bounds count from the end) gives a
-        read-only zero-copy view of the rows; an int, a list or an integer array (negative
-        indices count from the end, as NumPack's documentation promises) gives a new array
-        of those rows, in that order. As in NumPack, an int gives one row *with* its
+        zero-copy view of the rows (writable: see :meth:`load`); an int, a list or an
+        integer array (negative indices count from the end, as NumPack's documentation
+        promises) gives a new array of those rows, in that order. As in NumPack, an int gives one row *with* its
         leading axis (shape ``(1, ...)``). ``copy=True`` gives a writable copy in every case.
 
         Raises:
@@ -373,9 +403,10 @@ class NumPack:
         self, array_name: str, buffer_size: Optional[int] = None, *, copy: bool = False
     ) -> Iterator[np.ndarray]:
         """Iterate over an array in batches of ``buffer_size`` rows (1 when ``None``), as
-        NumPack does; the last batch may be shorter. Each batch is a read-only zero-copy
-        view of the rows (a writable copy with ``copy=True``). The array is the one this
-        call found: changes made while iterating are not seen.
+        NumPack does; the last batch may be shorter. Each batch is a writable zero-copy
+        view of the rows (of a private mapping, see :meth:`load`; a copy that owns its
+        memory with ``copy=True``). The array is the one this call found: changes made
+        while iterating are not seen.
 
         Raises:
             KeyError: no array of that name (at the call, not at the first batch).
@@ -415,6 +446,11 @@ class NumPack:
         """
         if not isinstance(arrays, dict):
             raise ValueError("arrays must be a dictionary")
+        if not isinstance(indexes, (int, np.integer, list, tuple, np.ndarray, slice)):
+            raise ValueError(
+                "The indexes must be int or list or numpy.ndarray or slice, not "
+                f"{type(indexes).__name__}"
+            )
         new: Dict[str, np.ndarray] = {}
         for name, value in arrays.items():
             current = self.load(name)
@@ -473,7 +509,7 @@ class NumPack:
         """Delete every array (NumPack's ``reset``); the directory stays, empty."""
         names = self.get_member_list()
         if names:
-            self.drop(names)
+            self._delete(names)
 
     def _records(self) -> Dict[str, Any]:
         h = self._h()

@@ -144,11 +144,24 @@ def test_bf16_and_fp8_round_trip_through_ml_dtypes(tmp_path, dtype_mode):
                 assert got.dtype == v.dtype and got.shape == v.shape
 
 
-def test_arrays_are_read_only_views_unless_copy(tmp_path):
+def test_arrays_are_writable_and_independent_and_copy_picks_the_kind(tmp_path):
     path = tmp_path / "m.safetensors"
-    npkio.save_file({"w": np.arange(6, dtype=np.int32).reshape(2, 3)}, path)
+    w = np.arange(6, dtype=np.int32).reshape(2, 3)
+    npkio.save_file({"w": w, "e": np.zeros((0, 3), np.float32)}, path)
     data = path.read_bytes()
-    for view in (npkio.load_file(path)["w"], npkio.load(data)["w"]):
+    # Writable as safetensors returns them: load_file maps the file privately (zero-copy,
+    # copy-on-write), load copies; each call's arrays are its own.
+    mapped, again = npkio.load_file(path), npkio.load_file(path)
+    assert not mapped["w"].flags.owndata and mapped["e"].flags.writeable
+    with npkio.safe_open(path) as f:
+        got = f.get_tensor("w")
+    for arr in (mapped["w"], npkio.load(data)["w"], got):
+        assert arr.flags.writeable
+        arr += 1
+        np.testing.assert_array_equal(arr, w + 1)
+    np.testing.assert_array_equal(again["w"], w)
+    assert path.read_bytes() == data
+    for view in (npkio.load_file(path, copy=False)["w"], npkio.load(data, copy=False)["w"]):
         assert not view.flags.writeable
         with pytest.raises(ValueError):
             view[0, 0] = 1
@@ -160,6 +173,7 @@ def test_arrays_are_read_only_views_unless_copy(tmp_path):
         assert owned.flags.writeable and owned.flags.owndata
         owned[0, 0] = 42
     np.testing.assert_array_equal(npkio.load_file(path)["w"], np.arange(6).reshape(2, 3))
+    assert path.read_bytes() == data
     with pytest.raises(ValueError):
         npkio.load_file(path, backend="mmapx")
 
@@ -195,3 +209,29 @@ def test_signatures_match_safetensors_numpy():
             assert p.name in ours, (name, p.name)
             assert ours[p.name].default == p.default, (name, p.name)
             assert ours[p.name].kind == p.kind, (name, p.name)
+
+
+def test_serialize_takes_tensor_specs_as_safetensors_does(tmp_path):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.arange(6, dtype=ml_dtypes.bfloat16)
+    specs = {
+        "a": npkio.TensorSpec(dtype="float32", shape=a.shape, data_ptr=a.ctypes.data,
+                              data_len=a.nbytes),
+        "b": npkio.TensorSpec(dtype="bfloat16", shape=[6], data_ptr=b.ctypes.data,
+                              data_len=b.nbytes),
+    }
+    st = pytest.importorskip("safetensors")
+    theirs = {k: st.TensorSpec(dtype=v.dtype, shape=v.shape, data_ptr=v.data_ptr,
+                               data_len=v.data_len) for k, v in specs.items()}
+    meta = {"format": "np"}
+    assert npkio.serialize(specs, meta) == st.serialize(theirs, meta)
+    npkio.serialize_file(specs, tmp_path / "x.safetensors", metadata=meta)
+    assert (tmp_path / "x.safetensors").read_bytes() == st.serialize(theirs, meta)
+    with pytest.raises(npkio.SafetensorError):
+        npkio.TensorSpec(dtype="nonsense", shape=[1], data_ptr=0, data_len=0)
+    with pytest.raises(npkio.SafetensorError, match="needs 48 bytes"):
+        npkio.serialize({"a": npkio.TensorSpec("float32", [3, 4], a.ctypes.data, 40)})
+    with pytest.raises(TypeError):
+        npkio.serialize({"a": {"dtype": "float32", "shape": [1], "data_ptr": 0, "data_len": 0}})
+    # Every npkio error is a SafetensorError, as code written for safetensors catches them.
+    assert issubclass(npkio.NpkioKeyError, npkio.SafetensorError)

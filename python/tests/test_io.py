@@ -269,7 +269,7 @@ def test_keyword_extras(tmp_path):
     from_safetensors({"x": np.ones(3)}, tmp_path / "x.npk", threads=1, durable=True)
     assert load_file(tmp_path / "o.safetensors").keys() == load_file(src).keys()
     with pytest.raises(TypeError):
-        from_safetensors_file(src, tmp_path / "m.npk", None, False, DEFAULT_CHUNK_SIZE, 2)
+        from_safetensors_file(src, tmp_path / "m.npk", None, False, DEFAULT_CHUNK_SIZE, False, 2)
     with pytest.raises(ValueError):
         from_safetensors_file(src, tmp_path / "m.npk", chunk_size=0)
 
@@ -430,3 +430,24 @@ def test_versions_come_from_cargo_toml():
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("npkio is not installed: no distribution metadata to compare")
     assert installed == crate
+
+
+def test_numpack_07_names_and_return_npk_obj(tmp_path):
+    from npkio.io import from_tensor_dict, to_tensor_dict
+
+    assert npkio.io.from_safetensors is from_tensor_dict
+    assert npkio.io.to_safetensors is to_tensor_dict
+    x = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    assert from_tensor_dict(x, tmp_path / "a.npk") is None
+    npk = from_tensor_dict(x, tmp_path / "b.npk", drop_if_exists=True, return_npk_obj=True)
+    try:
+        assert isinstance(npk, npkio.NumPack)
+        np.testing.assert_array_equal(npk.load("w"), x["w"])
+    finally:
+        npk.close()
+    np.testing.assert_array_equal(to_tensor_dict(tmp_path / "a.npk")["w"], x["w"])
+    npkio.save_file(x, tmp_path / "x.safetensors")
+    npk = from_safetensors_file(tmp_path / "x.safetensors", tmp_path / "c.npk",
+                                return_npk_obj=True)
+    with npk:
+        assert npk.get_member_list() == ["w"]

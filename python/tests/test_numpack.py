@@ -35,16 +35,31 @@ def test_context_manager_save_load_and_listing(tmp_path):
     npk.close()
 
 
-def test_loaded_arrays_are_read_only_views(tmp_path):
+def test_loaded_arrays_are_writable_private_mappings(tmp_path):
     with NumPack(tmp_path / "m.npk") as npk:
-        npk.save({"x": np.ones(4)})
+        npk.save({"x": np.arange(4.0), "r": np.arange(6.0).reshape(3, 2)})
+        npk.drop("r", [1])
         x = npk.load("x")
-        assert not x.flags.writeable and not x.flags.owndata
+        lazy = npk.load("x", lazy=True)
+        assert x.flags.writeable and not x.flags.owndata and isinstance(x.base, np.ndarray)
+        x += 1  # NumPack's in-place use: pages copied, the file untouched
+        lazy[0] = 9
+        np.testing.assert_array_equal(x, [1, 2, 3, 4])
+        np.testing.assert_array_equal(lazy, [9, 1, 2, 3])
+        np.testing.assert_array_equal(npk.load("x"), np.arange(4.0))  # each call its own
+        r = npk.load("r")  # dropped rows: gathered into an array of its own
+        r[0, 0] = 7
+        np.testing.assert_array_equal(npk.load("r"), [[0, 1], [4, 5]])
+        shared = npk.load("x", copy=False)  # the handle's read-only view
+        assert not shared.flags.writeable
         with pytest.raises(ValueError):
-            x[0] = 2
-        y = x.copy()
-        y[0] = 2
-        assert y[0] == 2
+            shared[0] = 2
+        owned = npk.load("x", copy=True)
+        assert owned.flags.writeable and owned.flags.owndata
+        npk.save({"x": np.zeros(4)})  # replaced: the mapped array keeps its bytes
+        np.testing.assert_array_equal(x, [1, 2, 3, 4])
+        np.testing.assert_array_equal(lazy, [9, 1, 2, 3])
+    np.testing.assert_array_equal(to_safetensors(tmp_path / "m.npk")["x"], np.zeros(4))
 
 
 def test_drop_if_exists_and_reopening(tmp_path):
@@ -68,7 +83,11 @@ def test_save_replaces_and_earlier_views_keep_their_bytes(tmp_path):
         npk.save({"w": np.zeros(10, dtype=np.float32)})
         assert npk.get_shape("w") == (10,)
         np.testing.assert_array_equal(old, np.arange(1000))
-        npk.drop("w")
+        npk.drop("w")  # NumPack 0.7: every row dropped, the name stays
+        assert npk.get_member_list() == ["w"]
+        assert npk.get_shape("w") == (0,)
+        np.testing.assert_array_equal(old, np.arange(1000))
+        npk.reset()
         assert npk.get_member_list() == []
         np.testing.assert_array_equal(old, np.arange(1000))
 
@@ -90,21 +109,30 @@ def test_append_and_drop_rows(tmp_path):
             npk.append({"x": np.zeros((1, 3), dtype=np.int32)})
         with pytest.raises(KeyError):
             npk.append({"nope": np.zeros(1)})
-        with pytest.raises(IndexError):
-            npk.drop("x", [5])
+        npk.drop("x", [5, -7])  # rows out of range are skipped, as in NumPack 0.7
+        assert npk.get_shape("x") == (2, 2)
+        npk.drop("x", [1, 5])
+        np.testing.assert_array_equal(npk.load("x"), np.arange(6, 8).reshape(1, 2))
     # NumPack 0.7 semantics on disk: the export sees only active rows
     np.testing.assert_array_equal(
-        to_safetensors(tmp_path / "m.npk")["x"], np.arange(6, 10).reshape(2, 2)
+        to_safetensors(tmp_path / "m.npk")["x"], np.arange(6, 8).reshape(1, 2)
     )
 
 
 def test_drop_several_arrays(tmp_path):
     with NumPack(tmp_path / "m.npk") as npk:
         npk.save({"a": np.ones(1), "b": np.ones(1), "c": np.ones(1)})
-        npk.drop(["a", "c"])
-        assert npk.get_member_list() == ["b"]
-        with pytest.raises(KeyError):
-            npk.drop("a")
+        npk.save({"m": np.arange(6).reshape(2, 3), "s": np.float32(2)})
+        npk.drop(["a", "c", "m", "s"])
+        # NumPack 0.7: the names stay, with no rows; a 0-d array has none and goes
+        assert npk.get_member_list() == ["a", "b", "c", "m"]
+        assert [npk.get_shape(n) for n in "abcm"] == [(0,), (1,), (0,), (0, 3)]
+        assert npk.load("m").shape == (0, 3)
+        npk.drop(["a", "nope"])  # names that are not there are skipped, as in NumPack
+        npk.save({"a": np.arange(3.0)})  # a dropped name is filled again by save
+        np.testing.assert_array_equal(npk.load("a"), np.arange(3.0))
+        npk.reset()
+        assert npk.get_member_list() == []
 
 
 def test_unknown_names_raise_key_error(tmp_path):

@@ -32,7 +32,7 @@ def test_getitem_rows_by_index_slice_and_array(npk):
     np.testing.assert_array_equal(npk.getitem("a", 4), a[[4]])
     view = npk.getitem("a", slice(2, 6))
     np.testing.assert_array_equal(view, a[2:6])
-    assert not view.flags.writeable and not view.flags.owndata  # zero-copy
+    assert view.flags.writeable and not view.flags.owndata  # zero-copy, private mapping
     np.testing.assert_array_equal(npk.getitem("a", slice(-3, None)), a[-3:])
     assert npk.getitem("a", []).shape == (0, 2)
     assert npk.getitem("a", slice(2, 6), copy=True).flags.writeable
@@ -124,7 +124,7 @@ def test_stream_load_batches(npk):
     batches = list(npk.stream_load("a", 4))
     assert [b.shape for b in batches] == [(4, 2), (4, 2), (2, 2)]
     np.testing.assert_array_equal(np.concatenate(batches), npk.load("a"))
-    assert all(not b.flags.writeable for b in batches)
+    assert all(b.flags.writeable and not b.flags.owndata for b in batches)
     assert [b.shape for b in npk.stream_load("s")] == [(1,)] * 5  # None: one row a batch
     assert all(b.flags.writeable for b in npk.stream_load("a", 3, copy=True))
     with pytest.raises(ValueError):

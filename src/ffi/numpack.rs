@@ -514,3 +514,47 @@ pub unsafe extern "C" fn npkio_numpack_set_metadata(
         Ok(())
     })
 }
+
+/// Opens again the data file of array `name` for a private (copy-on-write) mapping of it,
+/// when the array's bytes are that whole file as stored (one file, no dropped rows, at
+/// least one byte): writes a new descriptor, open for reading, to `*fd` and the bytes to
+/// map (from offset 0) to `*len`. Otherwise (segments, dropped rows, no bytes: arrays that
+/// `npkio_numpack_view` gathers) writes -1 to `*fd` and 0 to `*len`. The file is opened and
+/// checked as `npkio_numpack_view` opens it (inside the directory, long enough for the
+/// array). The caller owns the descriptor and closes it (`close`).
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle; `name` NULL or a NUL-terminated UTF-8 string; `fd` and
+/// `len` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_data_fd(
+    npk: *const NpkioNumpack,
+    name: *const c_char,
+    fd: *mut std::ffi::c_int,
+    len: *mut u64,
+) -> NpkioStatus {
+    status_boundary(|| {
+        use std::os::unix::io::IntoRawFd;
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, fd, len) = unsafe {
+            (
+                handle_ref(npk, "npk")?,
+                str_arg(name, "name")?,
+                Out::new(fd, "fd")?,
+                Out::new(len, "len")?,
+            )
+        };
+        match h.store.plain_data_file(name)? {
+            Some((file, n)) => {
+                len.set(n);
+                fd.set(file.into_raw_fd());
+            }
+            None => {
+                len.set(0);
+                fd.set(-1);
+            }
+        }
+        Ok(())
+    })
+}

@@ -495,3 +495,45 @@ pub unsafe extern "C" fn npkio_safetensors_iter_free(iter: *mut NpkioSafetensors
     // SAFETY: the caller's contract above.
     unsafe { free_handle(iter) }
 }
+
+/// Opens again the file that holds tensor `index` (in `npkio_safetensors_get`'s order) of
+/// `st`, for a private (copy-on-write) mapping of its bytes: writes a new descriptor, open
+/// for reading, to `*fd`, and the tensor's first byte's offset in that file to `*offset`.
+/// The file is checked to be the one `st` validated (same device, inode and length; a
+/// file replaced or resized since is `NPKIO_STATUS_MALFORMED`), so a mapping of
+/// `[*offset, *offset + nbytes)` shows the bytes `st`'s views show. The caller owns the
+/// descriptor and closes it (`close`); nothing is written on failure.
+///
+/// # Safety
+///
+/// `st` must be NULL or a live handle; `fd` and `offset` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_safetensors_tensor_fd(
+    st: *const NpkioSafetensors,
+    index: usize,
+    fd: *mut std::ffi::c_int,
+    offset: *mut u64,
+) -> NpkioStatus {
+    status_boundary(|| {
+        use std::os::unix::io::IntoRawFd;
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (st, fd, offset) = unsafe {
+            (
+                handle_ref(st, "st")?,
+                Out::new(fd, "fd")?,
+                Out::new(offset, "offset")?,
+            )
+        };
+        let (shard, _) = st.file.location(st.check_index(index)?);
+        let file = &st.file.shards()[shard];
+        let begin = st.file.info(index).data_offsets.0;
+        // Checked: the header was validated against the file's length, but say so here.
+        let at = file.data_start().checked_add(begin).ok_or_else(|| {
+            crate::error::Error::malformed(file.path(), "tensor offset overflows")
+        })?;
+        let opened = file.reopen()?;
+        offset.set(at);
+        fd.set(opened.into_raw_fd());
+        Ok(())
+    })
+}

@@ -308,6 +308,19 @@ impl NumPack {
         self.source_header.as_deref()
     }
 
+    /// The data file of `name` opened again and checked as [`NumPack::view`] opens it,
+    /// with the bytes it holds (the array's `size_bytes`), when the array's bytes are that
+    /// whole file as stored: one file, no dropped rows, at least one byte. `None` otherwise
+    /// (segments, dropped rows, no bytes), when a view gathers them instead. For a private,
+    /// copy-on-write mapping of the array: it shows the file the store checked.
+    pub fn plain_data_file(&self, name: &str) -> Result<Option<(File, u64)>> {
+        let a = self.get_listed(name)?;
+        if logical_len(a) == 0 || !matches!((&a.storage, &a.bitmap), (Storage::Plain, None)) {
+            return Ok(None);
+        }
+        Ok(Some((self.open_data(a, 0)?, a.record.size_bytes)))
+    }
+
     /// A view of an array's logical bytes. It borrows the mapped data file when the array is
     /// one file with no deleted rows (`borrowed` is true); otherwise the active rows are
     /// gathered into one buffer, once, kept by the store.
