@@ -469,30 +469,14 @@ impl NumPack {
         let mut new_files = Vec::new();
         if let Some(b) = &mut bitmap {
             b.extend_active(new_rows);
-            let step = (|| -> Result<()> {
-                let canonical = canonical_stem(&a.record).unwrap_or_else(|| {
-                    naming::stem_of(&a.record.data_file)
-                        .map(naming::base_stem)
-                        .unwrap_or("array")
-                        .to_string()
-                });
-                let stem = self.fresh_stem(&canonical, &[])?;
-                let link = dir.join(naming::data_file(&stem));
-                fs::hard_link(&path, &link).ctx(&link, "linking")?;
-                new_files.push(link);
-                let bname = naming::bitmap_file(&stem);
-                new_files.push(dir.join(&bname));
-                if let Some(e) = replace_file(&dir, &bname, &b.encode(), durable)? {
-                    return Err(e);
+            match self.restem(i, b, &mut new_files) {
+                Ok(f) => record.data_file = f,
+                Err(e) => {
+                    for f in &new_files {
+                        let _ = remove_if_exists(f);
+                    }
+                    return Err(undo(e));
                 }
-                record.data_file = naming::data_file(&stem);
-                Ok(())
-            })();
-            if let Err(e) = step {
-                for f in &new_files {
-                    let _ = remove_if_exists(f);
-                }
-                return Err(undo(e));
             }
         }
         let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
@@ -527,8 +511,9 @@ impl NumPack {
     }
 
     /// Deletes rows (logical indices, as the array reads now) by marking them in the
-    /// deletion bitmap, as NumPack does: one rename of the bitmap publishes the change (the
-    /// metadata record does not change).
+    /// deletion bitmap, as NumPack does. The new bitmap goes under a fresh stem with a link
+    /// to the data, published by one rename of `metadata.npkm` (which every other handle's
+    /// check sees), then moved to the array's own stem, where NumPack 0.7 reads it.
     pub fn drop_rows(&mut self, name: &str, rows: &[u64]) -> Result<()> {
         let dir = self.dir.clone();
         let i = self.rows_of(name, "drop")?;
@@ -543,22 +528,104 @@ impl NumPack {
             .map_err(|m| Error::invalid_argument(m).at(&dir).array(name))?;
         self.locked(|s| {
             s.verify(&s.arrays[i])?;
-            let bpath = s.bitmap_of(i);
-            let late = replace_file(&dir, &bpath.to_string_lossy(), &bitmap.encode(), s.durable)?;
-            let a = &mut s.arrays[i];
-            a.set_logical_rows(bitmap.active_count());
-            a.bitmap = Some(Box::new(bitmap));
-            if let Some(d) = a.data.take() {
-                s.retired.push(*d);
+            if matches!(s.arrays[i].storage, Storage::Plain) {
+                s.drop_rows_locked(i, bitmap)
+            } else {
+                s.drop_rows_in_place(i, bitmap)
             }
-            // The same metadata again, as a new file: other stores open on the directory
-            // see that it changed. Best effort: the change is already published.
-            let (meta, _) = s.snapshot();
-            if late.is_none() {
-                let _ = replace_file(&dir, metadata::FILE_NAME, &meta.encode(), s.durable);
-            }
-            late.map_or(Ok(()), |e| Err(published(&dir, e)))
         })
+    }
+
+    fn drop_rows_locked(&mut self, i: usize, bitmap: Bitmap) -> Result<()> {
+        let mut new_files = Vec::new();
+        let data_file = match self.restem(i, &bitmap, &mut new_files) {
+            Ok(f) => f,
+            Err(e) => {
+                for f in &new_files {
+                    let _ = remove_if_exists(f);
+                }
+                return Err(e.array(&self.arrays[i].record.name));
+            }
+        };
+        let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
+        records[i].data_file = data_file;
+        let record = records[i].clone();
+        // The records change only their data file, which sidecar entries do not name.
+        let (_, sc) = self.snapshot();
+        let (on_disk, late) = match self.commit(records, &sc) {
+            Ok(done) => done,
+            Err(e) => {
+                for f in &new_files {
+                    let _ = remove_if_exists(f);
+                }
+                return Err(e.array(&record.name));
+            }
+        };
+        let a = &mut self.arrays[i];
+        let old_files = files_of(a);
+        a.record = record;
+        a.set_logical_rows(bitmap.active_count());
+        a.bitmap = Some(Box::new(bitmap));
+        if let Some(d) = a.data.take() {
+            self.retired.push(*d);
+        }
+        self.prune_sidecar(&on_disk);
+        self.after_commit(&[i], old_files, late)
+    }
+
+    /// [`NumPack::drop_rows`] of a segmented array (never written by npkio): its bitmap
+    /// replaced by one rename, then the same metadata again as a new file, so that other
+    /// handles see that the store changed.
+    fn drop_rows_in_place(&mut self, i: usize, bitmap: Bitmap) -> Result<()> {
+        let dir = self.dir.clone();
+        let bpath = self.bitmap_of(i);
+        let late = replace_file(
+            &dir,
+            &bpath.to_string_lossy(),
+            &bitmap.encode(),
+            self.durable,
+        )?;
+        let a = &mut self.arrays[i];
+        a.set_logical_rows(bitmap.active_count());
+        a.bitmap = Some(Box::new(bitmap));
+        if let Some(d) = a.data.take() {
+            self.retired.push(*d);
+        }
+        let (meta, _) = self.snapshot();
+        if late.is_none() {
+            let _ = replace_file(&dir, metadata::FILE_NAME, &meta.encode(), self.durable);
+        }
+        late.map_or(Ok(()), |e| Err(published(&dir, e)))
+    }
+
+    /// A fresh stem for new files of the array at `i`: its own stem, or a generation of it.
+    fn change_stem(&self, i: usize) -> Result<String> {
+        let record = &self.arrays[i].record;
+        let canonical = canonical_stem(record).unwrap_or_else(|| {
+            naming::stem_of(&record.data_file)
+                .map(naming::base_stem)
+                .unwrap_or("array")
+                .to_string()
+        });
+        self.fresh_stem(&canonical, &[])
+    }
+
+    /// Puts the array at `i` under a fresh stem for a change of its bitmap: a link to its
+    /// data file and `bitmap`, both named by that stem (and pushed to `made`, for the
+    /// caller to remove on a failure). Returns the new data file's name.
+    fn restem(&self, i: usize, bitmap: &Bitmap, made: &mut Vec<PathBuf>) -> Result<String> {
+        let dir = &self.dir;
+        let stem = self.change_stem(i)?;
+        let link = dir.join(naming::data_file(&stem));
+        let path = dir.join(&self.arrays[i].record.data_file);
+        fs::hard_link(&path, &link).ctx(&link, "linking")?;
+        made.push(link);
+        let bname = naming::bitmap_file(&stem);
+        made.push(dir.join(&bname));
+        if let Some(e) = replace_file(dir, &bname, &bitmap.encode(), self.durable)? {
+            return Err(e);
+        }
+        Ok(naming::data_file(&stem))
     }
 
     /// Removes an array: one rename of `metadata.npkm` without it, then its files.

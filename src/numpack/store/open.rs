@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -18,6 +19,7 @@ use crate::numpack::sidecar::{self, Entry, Sidecar};
 use crate::paths::checked_relative;
 use crate::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 
+use super::generation::{Held, Writer};
 use super::index::NameIndex;
 use super::layout::{bitmap_path, Segments, Storage};
 use super::{Array, Fault, NumPack};
@@ -26,6 +28,9 @@ use super::{Array, Fault, NumPack};
 /// parsed as it is read.
 const WHOLE_SIDECAR: u64 = 16 << 20;
 
+/// How many times opening reads a store that another writer keeps changing meanwhile.
+const OPEN_TRIES: u32 = 20;
+
 /// `rel` checked to stay inside `dir` by its components (`paths::checked_relative`).
 fn checked(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
     checked_relative(rel).map_err(|m| Error::malformed(dir, format!("{what}: {m}")))
@@ -33,8 +38,46 @@ fn checked(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
 
 impl NumPack {
     /// Opens an existing NumPack directory.
+    ///
+    /// The store is one committed state: if another writer commits while it is being
+    /// opened (the metadata read is no longer the current one once the rest is read), it is
+    /// opened again, a few times at most, then fails with [`ErrorKind::Busy`].
     pub fn open(path: impl AsRef<Path>) -> Result<NumPack> {
         let dir = path.as_ref();
+        let meta_path = dir.join(metadata::FILE_NAME);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let before = fs::symlink_metadata(&meta_path)
+                .ok()
+                .map(|m| (m.ino(), m.ctime_nsec(), m.ctime()));
+            match NumPack::open_once(dir) {
+                Ok(store) if store.writer.is_current(&store.root) => return Ok(store),
+                Err(e) => {
+                    let now = fs::symlink_metadata(&meta_path)
+                        .ok()
+                        .map(|m| (m.ino(), m.ctime_nsec(), m.ctime()));
+                    // An error of a store changed while it was read may be of the change
+                    // (a file of the old state removed): look again.
+                    if now == before || tries >= OPEN_TRIES {
+                        return Err(e);
+                    }
+                }
+                Ok(_) if tries >= OPEN_TRIES => {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        "the store kept being changed by another writer while it was opened",
+                    )
+                    .at(dir))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// One try of [`NumPack::open`]: the store as read, which may mix two states if
+    /// another writer committed meanwhile (the caller checks).
+    fn open_once(dir: &Path) -> Result<NumPack> {
         let meta_path = dir.join(metadata::FILE_NAME);
         let md = fs::metadata(dir).ctx(dir, "opening NumPack directory")?;
         if !md.is_dir() {
@@ -46,17 +89,22 @@ impl NumPack {
         }
         let root = dir_handle(dir)?;
         let opened = open_member(&root, dir, metadata::FILE_NAME, "metadata", false)?;
+        // The version read, by its descriptor: later reads check it is still current.
+        let meta_held = Held::of(&opened.file);
         let bytes = read_to_vec(opened, metadata::MAX_LEN, "metadata")?;
+        crate::hook::at("numpack-open:metadata-read");
         // The sidecar is opened after the metadata is read (a change writes it before the
         // metadata), but read only once the metadata's bytes are released: both at once
         // are most of what opening a store of many arrays holds. Its `next` fields need the
         // digest of the metadata read, taken now.
         let sidecar_file = open_member(&root, dir, sidecar::FILE_NAME, "sidecar", false).ok();
+        let sidecar_held = sidecar_file.as_ref().and_then(|o| Held::of(&o.file));
         let digest = sidecar_file
             .as_ref()
             .map(|_| sidecar::metadata_digest(&bytes));
         // Records are decoded into the arrays one by one, not gathered first.
         let mut store = Self::from_parts(dir, root, &bytes, &meta_path)?;
+        store.writer = Writer::of_files(dir, meta_held, sidecar_held);
         drop(bytes);
         // A sidecar never makes a directory unreadable: one that cannot be read is ignored.
         match sidecar_file {
@@ -188,7 +236,7 @@ impl NumPack {
             durable: false,
             last_stamp,
             opened_at,
-            writer: super::generation::Writer::observe(dir),
+            writer: Writer::of_files(dir, None, None),
         })
     }
 

@@ -1,0 +1,232 @@
+//! What readers and writers see while other handles (threads or processes) change one
+//! NumPack store: a reader reads one committed state of every array it reads (old or
+//! new), or gets `Busy` once the state it opened is gone, never bytes of one state under
+//! the dtype or shape of another and never a "missing" file; a writer never overwrites a
+//! change it did not see. Races are placed at one exact step with the test hooks
+//! (`npkio::internals::hooks`); a bounded stress run checks the same with free timing.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use npkio::internals::hooks;
+use npkio::{ArrayInput, DType, ErrorKind, NumPack};
+
+/// 100 values of generation `k`: float32 `k + 0.5` for even `k`, int32 `k` for odd `k`.
+/// The two kinds have the same byte length, and the bytes of one read as the other are
+/// never a valid value of either.
+fn generation(k: u32) -> (DType, Vec<u8>) {
+    if k % 2 == 0 {
+        let v = k as f32 + 0.5;
+        (DType::F32, v.to_le_bytes().repeat(100))
+    } else {
+        (DType::I32, (k as i32).to_le_bytes().repeat(100))
+    }
+}
+
+/// The generation whose values `dtype` and `data` hold, `None` if they are no generation.
+fn which_generation(dtype: DType, shape: &[u64], data: &[u8]) -> Option<u32> {
+    if shape != [100] || data.len() != 400 {
+        return None;
+    }
+    let first: [u8; 4] = data[..4].try_into().ok()?;
+    if data.chunks(4).any(|c| c != first) {
+        return None;
+    }
+    let k = match dtype {
+        DType::F32 => {
+            let v = f32::from_le_bytes(first) - 0.5;
+            (v >= 0.0 && v.fract() == 0.0 && v < 1e7).then_some(v as u32)?
+        }
+        DType::I32 => u32::try_from(i32::from_le_bytes(first)).ok()?,
+        _ => return None,
+    };
+    (generation(k) == (dtype, data.to_vec())).then_some(k)
+}
+
+fn save_generation(np: &mut NumPack, name: &str, k: u32) -> npkio::Result<()> {
+    let (dtype, data) = generation(k);
+    np.save(&[ArrayInput {
+        name,
+        dtype,
+        shape: &[100],
+        data: &data,
+    }])
+}
+
+/// Reads `name` from `np`: the generation it holds, or the error; panics on a mix.
+fn read_generation(np: &NumPack, name: &str) -> npkio::Result<u32> {
+    let v = np.view(name)?;
+    Ok(
+        which_generation(v.dtype, v.shape, v.data).unwrap_or_else(|| {
+            panic!(
+                "{name} read as {:?} {:?}: a mix of states",
+                v.dtype, v.shape
+            )
+        }),
+    )
+}
+
+fn store_with(dir: &Path, names: &[&str]) {
+    let mut np = NumPack::create(dir, false).unwrap();
+    for n in names {
+        save_generation(&mut np, n, 0).unwrap();
+    }
+}
+
+#[test]
+fn a_handle_reads_an_array_replaced_since_it_opened_as_before_or_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x"]);
+    let reader = NumPack::open(&dir).unwrap();
+    // Replaced: its new data moves back to the plain file name the reader's metadata names.
+    let mut writer = NumPack::open(&dir).unwrap();
+    save_generation(&mut writer, "x", 1).unwrap();
+    match read_generation(&reader, "x") {
+        Ok(k) => assert_eq!(k, 0),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Busy, "{e}"),
+    }
+}
+
+#[test]
+fn a_handle_opened_between_a_commit_and_the_move_back_never_finds_its_file_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x"]);
+    let mut writer = NumPack::open(&dir).unwrap();
+    let opened: Arc<std::sync::Mutex<Option<NumPack>>> = Arc::default();
+    let slot = opened.clone();
+    let d = dir.clone();
+    // At the first commit (the new data under a generation name), open a reader.
+    hooks::set(Some(Box::new(move |point| {
+        let mut s = slot.lock().unwrap();
+        if point == "numpack:published" && s.is_none() {
+            *s = Some(NumPack::open(&d).unwrap());
+        }
+    })));
+    save_generation(&mut writer, "x", 1).unwrap();
+    hooks::set(None);
+    let reader = opened.lock().unwrap().take().expect("the hook ran");
+    match read_generation(&reader, "x") {
+        Ok(k) => assert_eq!(k, 1),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Busy, "{e}"),
+    }
+    // Opened again, the store reads the new state.
+    assert_eq!(
+        read_generation(&NumPack::open(&dir).unwrap(), "x").unwrap(),
+        1
+    );
+}
+
+#[test]
+fn a_handle_opened_while_another_writer_commits_does_not_undo_that_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x"]);
+    let done = Arc::new(AtomicBool::new(false));
+    let (d, flag) = (dir.clone(), done.clone());
+    // Right after this handle's open read the metadata, another writer commits.
+    hooks::set(Some(Box::new(move |point| {
+        if point == "numpack-open:metadata-read" && !flag.swap(true, Ordering::SeqCst) {
+            let mut other = NumPack::open(&d).unwrap();
+            save_generation(&mut other, "x", 1).unwrap();
+            save_generation(&mut other, "y", 3).unwrap();
+        }
+    })));
+    let mut late = NumPack::open(&dir).unwrap();
+    hooks::set(None);
+    assert!(done.load(Ordering::SeqCst));
+    // Its own change either sees the other writer's (it opened the newer state) or is
+    // refused as Busy; either way that change stays.
+    match save_generation(&mut late, "z", 5) {
+        Ok(()) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Busy, "{e}"),
+    }
+    let now = NumPack::open(&dir).unwrap();
+    assert_eq!(read_generation(&now, "x").unwrap(), 1);
+    assert_eq!(read_generation(&now, "y").unwrap(), 3);
+}
+
+#[test]
+fn readers_see_whole_generations_while_another_thread_keeps_replacing_arrays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x", "y"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut np = NumPack::open(&dir).unwrap();
+            for k in 1..=150 {
+                save_generation(&mut np, "x", k).unwrap();
+                save_generation(&mut np, "y", k).unwrap();
+            }
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut good, mut busy) = (0u32, 0u32);
+                while !stop.load(Ordering::SeqCst) {
+                    let np = match NumPack::open(&dir) {
+                        Ok(np) => np,
+                        Err(e) if e.kind() == ErrorKind::Busy => {
+                            busy += 1;
+                            continue;
+                        }
+                        Err(e) => panic!("open: {e}"),
+                    };
+                    for name in ["x", "y"] {
+                        match read_generation(&np, name) {
+                            Ok(_) => good += 1,
+                            Err(e) if e.kind() == ErrorKind::Busy => busy += 1,
+                            Err(e) => panic!("reading {name}: {e}"),
+                        }
+                    }
+                }
+                (good, busy)
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    for r in readers {
+        let (good, busy) = r.join().unwrap();
+        eprintln!("reads: {good} whole, {busy} busy");
+    }
+    let np = NumPack::open(&dir).unwrap();
+    assert_eq!(read_generation(&np, "x").unwrap(), 150);
+    assert_eq!(read_generation(&np, "y").unwrap(), 150);
+}
+
+#[test]
+fn a_drop_cut_short_after_its_commit_is_seen_by_a_handle_opened_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x"]);
+    let mut early = NumPack::open(&dir).unwrap();
+    let mut dropper = NumPack::open(&dir).unwrap();
+    // The dropping process dies right after the change is published (its later steps,
+    // such as writing the metadata again, never run).
+    hooks::set(Some(Box::new(|point| {
+        if point == "numpack:published" {
+            panic!("killed after publishing");
+        }
+    })));
+    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dropper.drop_rows("x", &[99])
+    }));
+    hooks::set(None);
+    assert!(cut.is_err(), "the hook ran");
+    let visible = NumPack::open(&dir).unwrap().view("x").unwrap().shape == [99];
+    assert!(visible, "the drop is published");
+    // The handle opened before it must not write the old bitmap back.
+    let e = early
+        .append("x", &0.5f32.to_le_bytes())
+        .expect_err("a change the handle did not see");
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    let now = NumPack::open(&dir).unwrap();
+    assert_eq!(now.view("x").unwrap().shape, [99]);
+}
