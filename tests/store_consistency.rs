@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod common;
+
 use npkio::internals::hooks;
 use npkio::{ArrayInput, DType, ErrorKind, NumPack};
 
@@ -229,4 +231,124 @@ fn a_drop_cut_short_after_its_commit_is_seen_by_a_handle_opened_before_it() {
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
     let now = NumPack::open(&dir).unwrap();
     assert_eq!(now.view("x").unwrap().shape, [99]);
+}
+
+/// A SafeTensors file holding `names`, each generation `k` of [`generation`].
+fn safetensors_with(path: &Path, names: &[&str], k: u32) {
+    let tmp = tempfile::tempdir().unwrap();
+    let npk = tmp.path().join("t.npk");
+    store_with(&npk, &[]);
+    let mut np = NumPack::open(&npk).unwrap();
+    for n in names {
+        save_generation(&mut np, n, k).unwrap();
+    }
+    npkio::to_safetensors_file(&npk, path, None::<&[&str]>, None, 1 << 20).unwrap();
+}
+
+#[test]
+fn creating_a_store_while_a_conversion_publishes_there_keeps_the_conversion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.safetensors");
+    safetensors_with(&src, &["w"], 3);
+    let dir = tmp.path().join("s.npk");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let converter: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
+    let slot = converter.clone();
+    let (d, s) = (dir.clone(), src.clone());
+    // Once the store's directory is made, a conversion into the same path runs; it is
+    // given a few seconds to finish before creating goes on (under the lock it waits).
+    hooks::set(Some(Box::new(move |point| {
+        if point != "numpack-create:directory-made" {
+            return;
+        }
+        let (d, s, tx) = (d.clone(), s.clone(), tx.clone());
+        *slot.lock().unwrap() = Some(std::thread::spawn(move || {
+            npkio::from_safetensors_file(&s, &d, None::<&[&str]>, true, 1 << 20).unwrap();
+            let _ = tx.send(());
+        }));
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(3));
+    })));
+    let created = NumPack::create(&dir, false);
+    hooks::set(None);
+    let created = created.unwrap();
+    drop(created);
+    converter
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the hook ran")
+        .join()
+        .unwrap();
+    // Both calls succeeded: the store holds the conversion's array.
+    let np = NumPack::open(&dir).unwrap();
+    assert_eq!(np.names(), ["w"]);
+    assert_eq!(read_generation(&np, "w").unwrap(), 3);
+}
+
+const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
+
+/// Leaves `out` as a conversion killed between the two renames of the fallback without
+/// `RENAME_EXCHANGE` leaves it: absent, the old store aside. False if that state was not
+/// reached.
+fn kill_between_the_renames(out: &Path, src: &Path) -> bool {
+    for sc in ["rename", "renameat"] {
+        for n in 1..=20 {
+            if out.exists() {
+                std::fs::remove_dir_all(out).unwrap();
+            }
+            let parent = out.parent().unwrap();
+            for e in std::fs::read_dir(parent).unwrap() {
+                let e = e.unwrap();
+                if e.file_name().to_string_lossy().contains("npkio-tmp") {
+                    std::fs::remove_dir_all(e.path()).unwrap();
+                }
+            }
+            store_with(out, &["x", "y"]);
+            let o = std::process::Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg("inject=renameat2:error=EINVAL")
+                .arg("-e")
+                .arg(format!("inject={sc}:signal=KILL:when={n}"))
+                .arg(NPKIO)
+                .arg("convert")
+                .arg("--force")
+                .arg(src)
+                .arg(out)
+                .output()
+                .unwrap();
+            if o.status.success() {
+                break;
+            }
+            if !out.exists() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn a_store_left_aside_by_a_killed_conversion_is_restored_when_opened_or_created() {
+    if !common::have_strace("aside_restored") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.safetensors");
+    safetensors_with(&src, &["w"], 3);
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = work.join("s.npk");
+    for how in ["create", "open"] {
+        assert!(
+            kill_between_the_renames(&out, &src),
+            "no kill left the store aside"
+        );
+        let np = if how == "create" {
+            NumPack::create(&out, false).unwrap()
+        } else {
+            NumPack::open(&out).unwrap()
+        };
+        assert_eq!(np.names(), ["x", "y"], "{how}");
+        assert_eq!(read_generation(&np, "x").unwrap(), 0, "{how}");
+    }
 }

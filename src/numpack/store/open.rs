@@ -45,6 +45,12 @@ impl NumPack {
     pub fn open(path: impl AsRef<Path>) -> Result<NumPack> {
         let dir = path.as_ref();
         let meta_path = dir.join(metadata::FILE_NAME);
+        if fs::symlink_metadata(dir).is_err() {
+            // An interrupted conversion may have left the old store aside (the fallback
+            // without an exchange): the lock restores it, if the directory holding it can
+            // be locked. Else the store is what it is.
+            let _ = crate::publish::lock_output(dir, true);
+        }
         let mut tries = 0;
         loop {
             tries += 1;
@@ -131,8 +137,25 @@ impl NumPack {
     /// `drop_if_exists`, an existing one is removed first. A path that exists but is not a
     /// NumPack directory (a file, or a non-empty directory without `metadata.npkm`) is never
     /// removed: that is an error.
+    ///
+    /// Everything is decided and done under the lock every change and conversion into the
+    /// path takes (see `publish`), which first restores an old store an interrupted
+    /// conversion left aside: a conversion publishing into the path meanwhile comes before
+    /// or after, never in between.
     pub fn create(path: impl AsRef<Path>, drop_if_exists: bool) -> Result<NumPack> {
         let dir = path.as_ref();
+        // The directory holding the store is locked: it must exist (making it changes no
+        // store).
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if fs::symlink_metadata(parent).is_err() {
+                fs::create_dir_all(parent).ctx(parent, "creating directory")?;
+            }
+        }
+        let lock_path = match dir.file_name() {
+            Some(_) => dir.to_path_buf(),
+            None => dir.canonicalize().ctx(dir, "resolving")?,
+        };
+        let _lock = crate::publish::lock_output(&lock_path, true).map_err(|e| e.at(dir))?;
         match fs::symlink_metadata(dir) {
             Ok(_) => {
                 let kind = existing_kind(dir)?;
@@ -140,7 +163,7 @@ impl NumPack {
                     return NumPack::open(dir);
                 }
                 if kind == Existing::NumPack {
-                    // A store that opens is emptied all or none, under the lock.
+                    // A store that opens is emptied all or none.
                     if let Ok(mut store) = NumPack::open(dir) {
                         store.clear()?;
                         return Ok(store);
@@ -150,10 +173,11 @@ impl NumPack {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir_all(dir).ctx(dir, "creating directory")?;
+                fs::create_dir(dir).ctx(dir, "creating directory")?;
             }
             Err(e) => return Err(Error::io(dir, "inspecting", e)),
         }
+        crate::hook::at("numpack-create:directory-made");
         let store = NumPack {
             dir: dir.to_path_buf(),
             root: dir_handle(dir)?,
@@ -167,7 +191,7 @@ impl NumPack {
             durable: false,
             last_stamp: 0,
             opened_at: std::time::SystemTime::now(),
-            writer: super::generation::Writer::observe(dir),
+            writer: Writer::observe(dir),
         };
         store.write_metadata()?;
         Ok(store)
