@@ -352,3 +352,42 @@ fn a_store_left_aside_by_a_killed_conversion_is_restored_when_opened_or_created(
         assert_eq!(read_generation(&np, "x").unwrap(), 0, "{how}");
     }
 }
+
+/// Every file of `dir` and its bytes.
+fn files_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn appending_to_a_hard_linked_copy_of_a_store_leaves_the_original_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x", "d"]);
+    NumPack::open(&dir).unwrap().drop_rows("d", &[5]).unwrap();
+    // `cp -al`: every file of the copy is a second link to the original's.
+    let copy = tmp.path().join("copy.npk");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::hard_link(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let before = files_of(&dir);
+    let mut np = NumPack::open(&copy).unwrap();
+    np.append("x", &0.5f32.to_le_bytes()).unwrap();
+    np.append("d", &0.5f32.to_le_bytes()).unwrap();
+    assert!(files_of(&dir) == before, "the original's files changed");
+    let np = NumPack::open(&copy).unwrap();
+    assert_eq!(np.view("x").unwrap().shape, [101]);
+    assert_eq!(np.view("d").unwrap().shape, [100]);
+    let orig = NumPack::open(&dir).unwrap();
+    assert_eq!(read_generation(&orig, "x").unwrap(), 0);
+}

@@ -21,7 +21,8 @@
 //!   generation stem, one commit that reads the same), because NumPack 0.7's bitmap under
 //!   its own name cannot be withdrawn by the metadata rename: it is removed just before
 //!   the replacement's commit (`NumPack::move_aside` in `mutate`).
-//! - An append writes past the data file's end, which the current generation ignores.
+//! - An append writes past the data file's end, which the current generation ignores; into a
+//!   copy under a generation name when the file has other hard links (`cp -al`).
 //! - `npkio.json` is written before the metadata with the entries of both generations (an
 //!   entry applies only to the record it was made for), and pruned after the commit.
 //!

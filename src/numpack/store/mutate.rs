@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -447,36 +447,52 @@ impl NumPack {
             .open(&path)
             .ctx(&path, "opening")
             .map_err(|e| e.array(&name))?;
+        // A file with other links (a copy made by `cp -al`, a backup sharing it) is never
+        // written: the rows go into a copy, under a fresh stem.
+        let shared = file.metadata().map_or(true, |m| m.nlink() > 1);
         // Past the end: the current generation reads only its size_bytes, so these bytes
         // (and any left by an interrupted append) are invisible until the commit.
         let undo = |e: Error| {
-            let _ = file.set_len(old_size);
+            if !shared {
+                let _ = file.set_len(old_size);
+            }
             e.array(&name)
         };
-        file.write_all_at(data, old_size)
-            .ctx(&path, "appending to")
-            .map_err(undo)?;
-        if durable {
-            file.sync_all().ctx(&path, "syncing").map_err(undo)?;
+        if !shared {
+            file.write_all_at(data, old_size)
+                .ctx(&path, "appending to")
+                .map_err(undo)?;
+            if durable {
+                file.sync_all().ctx(&path, "syncing").map_err(undo)?;
+            }
         }
         let mut record = a.record.clone();
         record.shape[0] += new_rows;
         record.size_bytes += data.len() as u64;
         record.last_modified = stamp;
         // An array with dropped rows needs a longer bitmap: it goes with a link to the data
-        // under a fresh stem, so that the same rename publishes both.
+        // (or the copy) under a fresh stem, so that the same rename publishes both.
         let mut bitmap = a.bitmap.clone();
-        let mut new_files = Vec::new();
         if let Some(b) = &mut bitmap {
             b.extend_active(new_rows);
-            match self.restem(i, b, &mut new_files) {
-                Ok(f) => record.data_file = f,
-                Err(e) => {
-                    for f in &new_files {
-                        let _ = remove_if_exists(f);
-                    }
-                    return Err(undo(e));
+        }
+        let mut new_files = Vec::new();
+        let staged = if shared {
+            self.copy_with_rows(i, data, bitmap.as_deref(), &mut new_files)
+                .map(Some)
+        } else if let Some(b) = &bitmap {
+            self.restem(i, b, &mut new_files).map(Some)
+        } else {
+            Ok(None)
+        };
+        match staged {
+            Ok(Some(f)) => record.data_file = f,
+            Ok(None) => {}
+            Err(e) => {
+                for f in &new_files {
+                    let _ = remove_if_exists(f);
                 }
+                return Err(undo(e));
             }
         }
         let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
@@ -608,6 +624,52 @@ impl NumPack {
                 .to_string()
         });
         self.fresh_stem(&canonical, &[])
+    }
+
+    /// Writes the array at `i` with `rows` after its bytes into a new file under a fresh
+    /// stem, and `bitmap` (if any) beside it (both pushed to `made`, for the caller to remove
+    /// on a failure): an append that must not write into the live data file. Returns the
+    /// new data file's name.
+    fn copy_with_rows(
+        &self,
+        i: usize,
+        rows: &[u8],
+        bitmap: Option<&Bitmap>,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<String> {
+        let dir = &self.dir;
+        let a = &self.arrays[i];
+        let source = self.open_data(a, 0)?;
+        let stem = self.change_stem(i)?;
+        let path = dir.join(naming::data_file(&stem));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(&path, "creating")?;
+        made.push(path.clone());
+        let size = a.record.size_bytes;
+        let copied = std::io::copy(&mut std::io::Read::take(&source, size), &mut out)
+            .ctx(&path, "copying into")?;
+        if copied != size {
+            let short = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the data file ended after {copied} of its {size} bytes"),
+            );
+            return Err(Error::io(dir.join(&a.record.data_file), "reading", short));
+        }
+        out.write_all(rows).ctx(&path, "writing")?;
+        if self.durable {
+            out.sync_all().ctx(&path, "syncing")?;
+        }
+        if let Some(b) = bitmap {
+            let bname = naming::bitmap_file(&stem);
+            made.push(dir.join(&bname));
+            if let Some(e) = replace_file(dir, &bname, &b.encode(), self.durable)? {
+                return Err(e);
+            }
+        }
+        Ok(naming::data_file(&stem))
     }
 
     /// Puts the array at `i` under a fresh stem for a change of its bitmap: a link to its
