@@ -184,13 +184,24 @@ fn links_inside_the_directory_are_followed() {
 }
 
 #[test]
-fn a_fifo_sidecar_is_ignored() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("s.npk");
-    copy_dir(&fixtures().join("numpack-0.7/dropped.npk"), &dir);
-    mkfifo(&dir.join("npkio.json"));
-    let names = without_hanging("FIFO sidecar", move || open_and_read(dir)).unwrap();
-    assert!(!names.is_empty());
+fn a_sidecar_that_cannot_be_opened_safely_is_an_error_naming_it() {
+    let special: [(&str, &dyn Fn(&Path)); 3] = [
+        ("FIFO", &|p| mkfifo(p)),
+        ("a link out of the directory", &|p| {
+            relink(p, "/etc/hostname")
+        }),
+        ("a link to a device", &|p| relink(p, "/dev/zero")),
+    ];
+    for (case, make) in special {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s.npk");
+        copy_dir(&fixtures().join("numpack-0.7/dropped.npk"), &dir);
+        let _ = std::fs::remove_file(dir.join("npkio.json"));
+        make(&dir.join("npkio.json"));
+        let e = without_hanging(case, move || open_and_read(dir)).expect_err(case);
+        assert_eq!(e.kind(), ErrorKind::Malformed, "{case}: {e}");
+        assert!(e.to_string().contains("npkio.json"), "{case}: {e}");
+    }
 }
 
 #[test]

@@ -103,7 +103,13 @@ impl NumPack {
         // metadata), but read only once the metadata's bytes are released: both at once
         // are most of what opening a store of many arrays holds. Its `next` fields need the
         // digest of the metadata read, taken now.
-        let sidecar_file = open_member(&root, dir, sidecar::FILE_NAME, "sidecar", false).ok();
+        // A sidecar that is there but cannot be opened safely (a link leading out, a device,
+        // a FIFO) is an error, not an absent one: without it arrays read as another dtype.
+        let sidecar_file = match open_member(&root, dir, sidecar::FILE_NAME, "sidecar", false) {
+            Ok(o) => Some(o),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
         let sidecar_held = sidecar_file.as_ref().and_then(|o| Held::of(&o.file));
         let digest = sidecar_file
             .as_ref()
@@ -112,7 +118,7 @@ impl NumPack {
         let mut store = Self::from_parts(dir, root, &bytes, &meta_path)?;
         store.writer = Writer::of_files(dir, meta_held, sidecar_held);
         drop(bytes);
-        // A sidecar never makes a directory unreadable: one that cannot be read is ignored.
+        // A sidecar whose bytes cannot be read or parsed is ignored.
         match sidecar_file {
             Some(opened) if opened.len <= WHOLE_SIDECAR => {
                 if let Ok(bytes) = read_to_vec(opened, sidecar::MAX_LEN, "sidecar") {
