@@ -395,6 +395,47 @@ typedef struct NpkioTensorView {
 } NpkioTensorView;
 
 /**
+ * Rows of an array, as it reads now (rows after deletions): `count` indices, or with
+ * `is_slice` nonzero the slice `start:stop:step` with Python's rules.
+ */
+typedef struct NpkioRows {
+    /**
+     * `count` row indices in order; a negative one counts from the end (-1 is the last
+     * row). Ignored (may be NULL) when `count` is 0 or `is_slice` is nonzero.
+     */
+    const int64_t *indices;
+    /**
+     * Number of indices.
+     */
+    size_t count;
+    /**
+     * Nonzero: the rows are the slice below instead of the indices.
+     */
+    uint8_t is_slice;
+    /**
+     * Nonzero when `start` is given; else the slice starts at the first row (the last for
+     * a negative step).
+     */
+    uint8_t has_start;
+    /**
+     * Nonzero when `stop` is given; else the slice runs to the end in its direction.
+     */
+    uint8_t has_stop;
+    /**
+     * First row; negative counts from the end; clipped to the array.
+     */
+    int64_t start;
+    /**
+     * Row the slice stops before; negative counts from the end; clipped to the array.
+     */
+    int64_t stop;
+    /**
+     * Distance between rows; not 0.
+     */
+    int64_t step;
+} NpkioRows;
+
+/**
  * Called after each chunk with the bytes delivered so far and the total, from npkio's
  * worker threads, one call at a time.
  */
@@ -913,6 +954,59 @@ NpkioStatus npkio_numpack_set_metadata(struct NpkioNumpack *npk,
                                        const char *const *keys,
                                        const char *const *values,
                                        size_t count);
+
+/**
+ * Copies rows of the array called `name` (NumPack's `getitem`), chosen by index (negative
+ * ones count from the end) or by slice, resolved in this call against the array as the
+ * handle holds it, and fills `*view` with them: shape `[rows taken, row shape...]`, in the
+ * order given. The view's data stays valid until the next `npkio_numpack_get_rows` on
+ * this handle or the handle is freed; its name and shape until the handle is freed. An
+ * index out of range is `NPKIO_STATUS_INDEX_OUT_OF_RANGE`.
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+ * string; `rows` NULL or a readable `NpkioRows` following its rules; `view` NULL or
+ * writable.
+ */
+NpkioStatus npkio_numpack_get_rows(struct NpkioNumpack *npk,
+                                   const char *name,
+                                   const struct NpkioRows *rows,
+                                   struct NpkioTensorView *view);
+
+/**
+ * Deletes rows of the array called `name`, chosen by index (negative ones count from the
+ * end) or by slice, resolved in this call against the array as the handle holds it; the
+ * change fails with `NPKIO_STATUS_BUSY` if another writer changed the store since, so the
+ * rows deleted are those named. As `npkio_numpack_drop_rows` otherwise.
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+ * string; `rows` NULL or a readable `NpkioRows` following its rules.
+ */
+NpkioStatus npkio_numpack_drop_rows_at(struct NpkioNumpack *npk,
+                                       const char *name,
+                                       const struct NpkioRows *rows);
+
+/**
+ * Overwrites rows of existing arrays (NumPack's `replace`): `values[i]` names an array and
+ * holds its new rows in the array's dtype (shape `[rows named, row shape...]`, or one row,
+ * with or without a leading 1, written to every row named). The rows, chosen by index
+ * (negative ones count from the end) or by slice, are resolved in this call against each
+ * array as the handle holds it. Every array is saved whole with its rows replaced, all in
+ * one commit as `npkio_numpack_save`; its dropped rows stay dropped.
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle, not used concurrently; `values` NULL (only when `count` is
+ * 0) or `count` descriptions following `NpkioTensorDesc`'s rules; `rows` NULL or a
+ * readable `NpkioRows` following its rules.
+ */
+NpkioStatus npkio_numpack_replace_rows(struct NpkioNumpack *npk,
+                                       const struct NpkioTensorDesc *values,
+                                       size_t count,
+                                       const struct NpkioRows *rows);
 
 /**
  * Writes a JSON document describing every array of the directory `npk` to `buffer`:

@@ -81,7 +81,7 @@ pub use convert::{
 pub use copy::CopyMethod;
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
-pub use numpack::{ArrayInfo, ArrayInput, NumPack};
+pub use numpack::{ArrayInfo, ArrayInput, NumPack, Rows};
 pub use safetensors::index::Checkpoint;
 pub use safetensors::{SafeTensorsFile, Tensor, TensorInfo};
 pub use save::{safetensors_header, save_safetensors_file};

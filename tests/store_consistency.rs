@@ -391,3 +391,60 @@ fn appending_to_a_hard_linked_copy_of_a_store_leaves_the_original_alone() {
     let orig = NumPack::open(&dir).unwrap();
     assert_eq!(read_generation(&orig, "x").unwrap(), 0);
 }
+
+#[test]
+fn rows_by_negative_index_or_slice_are_resolved_in_the_call_that_acts() {
+    use npkio::Rows;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    let mut np = NumPack::create(&dir, false).unwrap();
+    let data: Vec<u8> = (0..10i32).flat_map(|v| v.to_le_bytes()).collect();
+    let x = ArrayInput {
+        name: "x",
+        dtype: DType::I32,
+        shape: &[10],
+        data: &data,
+    };
+    np.save(&[x]).unwrap();
+    let ints = |b: &[u8]| -> Vec<i32> {
+        b.chunks(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (dtype, shape, got) = np.get_rows("x", Rows::Indices(&[-1, 0, -10])).unwrap();
+    assert_eq!(
+        (dtype, shape, ints(&got)),
+        (DType::I32, vec![3], vec![9, 0, 0])
+    );
+    let every_third = Rows::Slice {
+        start: None,
+        stop: None,
+        step: -3,
+    };
+    assert_eq!(
+        ints(&np.get_rows("x", every_third).unwrap().2),
+        [9, 6, 3, 0]
+    );
+    let e = np.get_rows("x", Rows::Indices(&[10])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    np.drop_rows_at("x", Rows::Indices(&[-1])).unwrap();
+    np.drop_rows_at("x", every_third).unwrap();
+    assert_eq!(ints(np.view("x").unwrap().data), [0, 1, 3, 4, 6, 7]);
+    let v = 99i32.to_le_bytes();
+    let one = ArrayInput {
+        name: "x",
+        dtype: DType::I32,
+        shape: &[],
+        data: &v,
+    };
+    np.replace_rows(&[one], Rows::Indices(&[-1, 0])).unwrap();
+    let now = NumPack::open(&dir).unwrap();
+    assert_eq!(ints(now.view("x").unwrap().data), [99, 1, 3, 4, 6, 99]);
+    // Resolved against a store another writer changed since: Busy, nothing dropped.
+    let mut other = NumPack::open(&dir).unwrap();
+    other.drop_rows_at("x", Rows::Indices(&[0])).unwrap();
+    let e = np.drop_rows_at("x", Rows::Indices(&[-1])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    let now = NumPack::open(&dir).unwrap();
+    assert_eq!(ints(now.view("x").unwrap().data), [1, 3, 4, 6, 99]);
+}

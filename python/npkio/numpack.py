@@ -10,10 +10,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import operator
 import os
 import sys
 import warnings
-from ctypes import c_size_t, c_uint64
+from ctypes import c_size_t
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from . import _lib
 from ._dtypes import _BY_NUMBER, array_input, finish, view_to_array
 from ._lib import (
-    ArrayInfo, Handle, TensorView, call_json, check, lib, name_arg, path_arg,
+    ArrayInfo, Handle, Rows, TensorView, call_json, check, lib, name_arg, path_arg,
 )
 from .io import descriptions
 
@@ -320,31 +321,12 @@ class NumPack:
                 for name in names:
                     check(lib.npkio_numpack_delete(h.ptr, name_arg(name, "array_name")))
             return
+        rows, keep = _rows_arg(indexes, "drop")
         for name in names:
-            rows = self._rows(name, indexes)
-            buf = (c_uint64 * max(len(rows), 1))(*rows)
+            # npkio resolves negative indices and slices in the call that drops the rows.
             with h.lock:
-                check(lib.npkio_numpack_drop_rows(h.ptr, name_arg(name), buf, len(rows)))
-
-    def _rows(self, name: str, indexes: Indexes, what: str = "drop") -> List[int]:
-        shape = self.get_shape(name)
-        if not shape:
-            raise ValueError(f"{name!r} is 0-d: it has no rows to {what}")
-        n = shape[0]
-        if isinstance(indexes, slice):
-            return list(range(*indexes.indices(n)))
-        idx = np.asarray(indexes)
-        if idx.dtype == bool:
-            raise TypeError(f"{what} takes row indices, not a boolean mask")
-        if idx.size and idx.dtype.kind not in "iu":
-            raise TypeError(f"row indices must be integers, not {idx.dtype}")
-        rows = []
-        for i in idx.reshape(-1).tolist():
-            j = i + n if i < 0 else i
-            if not 0 <= j < n:
-                raise IndexError(f"row {i} is out of range for {name!r} with {n} rows")
-            rows.append(j)
-        return rows
+                check(lib.npkio_numpack_drop_rows_at(h.ptr, name_arg(name), ctypes.byref(rows)))
+        del keep
 
     # -- NumPack 0.7's other methods -------------------------------------------------
 
@@ -362,12 +344,20 @@ class NumPack:
             IndexError: an index out of range.
             TypeError: indices that are not integers (a boolean mask included).
         """
-        arr = self.load(array_name)
         if isinstance(indexes, slice):
-            return finish(arr[indexes], copy)
-        rows = self._rows(array_name, [indexes] if _is_int(indexes) else indexes, "getitem")
-        # Fancy indexing makes a new array, which owns its memory and is writable.
-        return arr[np.asarray(rows, dtype=np.intp)]
+            return finish(self.load(array_name)[indexes], copy)
+        rows, keep = _rows_arg([indexes] if _is_int(indexes) else indexes, "getitem")
+        h = self._h()
+        v = TensorView()
+        # npkio resolves the indices against the state it copies the rows from.
+        with h.lock:
+            check(lib.npkio_numpack_get_rows(
+                h.ptr, name_arg(array_name, "array_name"), ctypes.byref(rows), ctypes.byref(v)
+            ))
+            # A new array, which owns its memory and is writable.
+            arr = np.array(view_to_array(h, v)[1], copy=True)
+        del keep
+        return arr
 
     def stream_load(
         self, array_name: str, buffer_size: Optional[int] = None, *, copy: bool = False
@@ -415,30 +405,40 @@ class NumPack:
         """
         if not isinstance(arrays, dict):
             raise ValueError("arrays must be a dictionary")
-        new: Dict[str, np.ndarray] = {}
+        rows, keep = _rows_arg([indexes] if _is_int(indexes) else indexes, "replace")
+        values: Dict[str, np.ndarray] = {}
         for name, value in arrays.items():
-            current = self.load(name)
-            if current.ndim == 0:
-                raise ValueError(f"{name!r} is 0-d: it has no rows to replace")
-            rows = self._rows(name, [indexes] if _is_int(indexes) else indexes, "replace")
-            inp = array_input(value, f"arrays[{name!r}]")
             info = self._info(name)
+            if info.ndim == 0:
+                raise ValueError(f"{name!r} is 0-d: it has no rows to replace")
+            inp = array_input(value, f"arrays[{name!r}]")
             if inp.number != info.dtype:
                 raise TypeError(
                     f"cannot write {_BY_NUMBER[inp.number].name} rows into {name!r}, an array "
                     f"of {_BY_NUMBER[info.dtype].name}"
                 )
-            updated = current.copy()
+            row_shape = tuple(int(info.shape[i]) for i in range(1, info.ndim))
+            arr = inp.array
             try:
-                updated[np.asarray(rows, dtype=np.intp)] = inp.array.view(current.dtype)
+                # One row (written to every row named) or rows: broadcast within a row.
+                if arr.ndim <= len(row_shape):
+                    arr = np.broadcast_to(arr, row_shape)
+                elif arr.shape[1:] != row_shape:
+                    arr = np.broadcast_to(arr, arr.shape[:1] + row_shape)
             except ValueError as e:
                 raise ValueError(
-                    f"cannot write values of shape {inp.array.shape} into {len(rows)} rows of "
-                    f"{name!r}, whose rows have shape {current.shape[1:]}: {e}"
+                    f"cannot write values of shape {inp.array.shape} into rows of {name!r}, "
+                    f"whose rows have shape {row_shape}: {e}"
                 ) from None
-            new[name] = updated
-        if new:
-            self.save(new)
+            values[name] = np.ascontiguousarray(arr)
+        if not values:
+            return
+        h = self._h()
+        descs, keep_descs = descriptions(values, "arrays")
+        # npkio resolves the indices against the state it rewrites: all arrays in one commit.
+        with h.lock:
+            check(lib.npkio_numpack_replace_rows(h.ptr, descs, len(values), ctypes.byref(rows)))
+        del keep, keep_descs
 
     def clone(self, source_name: str, target_name: str) -> None:
         """Copy an array to a new name; the copy is independent of the source.
@@ -515,6 +515,32 @@ class NumPack:
     def get_io_stats(self) -> Dict[str, Any]:
         """NumPack 0.7's I/O statistics, which it does not collect either."""
         return {"stats_available": False}
+
+
+def _rows_arg(indexes: Indexes, what: str) -> "Tuple[Rows, List[Any]]":
+    """``NpkioRows`` for row indices (negative ones count from the end) or a slice, and the
+    objects to keep alive while C reads them."""
+    rows = Rows()
+    if isinstance(indexes, slice):
+        rows.is_slice = 1
+        for bound in ("start", "stop"):
+            b = getattr(indexes, bound)
+            if b is not None:
+                setattr(rows, "has_" + bound, 1)
+                setattr(rows, bound, operator.index(b))
+        rows.step = 1 if indexes.step is None else operator.index(indexes.step)
+        return rows, []
+    idx = np.asarray(indexes)
+    if idx.dtype == bool:
+        raise TypeError(f"{what} takes row indices, not a boolean mask")
+    if idx.size and idx.dtype.kind not in "iu":
+        raise TypeError(f"row indices must be integers, not {idx.dtype}")
+    if idx.dtype.kind == "u" and idx.size and int(idx.max()) > np.iinfo(np.int64).max:
+        raise IndexError(f"row index {int(idx.max())} is out of range")
+    flat = np.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
+    rows.indices = flat.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+    rows.count = flat.size
+    return rows, [flat]
 
 
 def _is_int(x: Any) -> bool:
