@@ -888,6 +888,22 @@ NpkioStatus npkio_numpack_append(struct NpkioNumpack *npk,
                                  size_t nbytes);
 
 /**
+ * Appends `rows` rows to the array called `name`: `nbytes` bytes holding exactly that many
+ * rows of its dtype and row shape, in C order (0 bytes for rows of 0 bytes, such as those
+ * of an array of shape `(n, 0)`, which `npkio_numpack_append` cannot count).
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+ * string; `data` NULL (only when `nbytes` is 0) or `nbytes` readable bytes.
+ */
+NpkioStatus npkio_numpack_append_rows(struct NpkioNumpack *npk,
+                                      const char *name,
+                                      const uint8_t *data,
+                                      size_t nbytes,
+                                      uint64_t rows);
+
+/**
  * Deletes rows of the array called `name`: `count` row indices as the array reads now
  * (logical, 0-based), marked in the deletion bitmap as NumPack does.
  *

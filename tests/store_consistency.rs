@@ -448,3 +448,83 @@ fn rows_by_negative_index_or_slice_are_resolved_in_the_call_that_acts() {
     let now = NumPack::open(&dir).unwrap();
     assert_eq!(ints(now.view("x").unwrap().data), [1, 3, 4, 6, 99]);
 }
+
+const FAILED_SAVE_CHILD: &str = "NPKIO_FAILED_SAVE_CHILD";
+
+/// In a child whose files may not grow past 16 KiB: saves 64 KiB over the array `d`.
+#[test]
+fn failed_save_child_entry() {
+    let Ok(dir) = std::env::var(FAILED_SAVE_CHILD) else {
+        return;
+    };
+    let mut np = NumPack::open(&dir).unwrap();
+    let big = vec![7u8; 64 << 10];
+    let r = np.save(&[ArrayInput {
+        name: "d",
+        dtype: DType::U8,
+        shape: &[64 << 10],
+        data: &big,
+    }]);
+    println!("RESULT {}", if r.is_ok() { "ok" } else { "err" });
+}
+
+#[test]
+fn a_failed_save_of_an_array_with_dropped_rows_leaves_it_under_its_own_name() {
+    if std::env::var(FAILED_SAVE_CHILD).is_ok() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["d"]);
+    NumPack::open(&dir).unwrap().drop_rows("d", &[3]).unwrap();
+    let before = files_of(&dir);
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "failed_save_child_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(FAILED_SAVE_CHILD, &dir);
+    common::limit_child(&mut cmd, libc::RLIMIT_FSIZE, 16 << 10);
+    // SAFETY: only signal(), async-signal-safe, between fork and exec: a write past the
+    // limit fails with EFBIG instead of killing the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("RESULT err"),
+        "the save did not fail: {stdout}"
+    );
+    // As before the save: no file under a generation name, the same metadata.
+    assert!(files_of(&dir) == before, "{:?}", files_of(&dir).keys());
+}
+
+#[test]
+fn rows_of_zero_bytes_are_appended_by_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    let mut np = NumPack::create(&dir, false).unwrap();
+    np.save(&[ArrayInput {
+        name: "z",
+        dtype: DType::F32,
+        shape: &[3, 0],
+        data: &[],
+    }])
+    .unwrap();
+    np.append_rows("z", &[], 2).unwrap();
+    assert_eq!(
+        NumPack::open(&dir).unwrap().view("z").unwrap().shape,
+        [5, 0]
+    );
+    // Without a count, 0 bytes name no number of rows.
+    let e = np.append("z", &[]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let e = np.append_rows("z", &[0; 4], 1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+}

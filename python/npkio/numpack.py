@@ -291,17 +291,20 @@ class NumPack:
             if info.ndim == 0:
                 raise ValueError(f"cannot append to the 0-d array {name!r}")
             if inp.shape == row_shape:
-                pass  # one row without its leading axis
+                count = 1  # one row without its leading axis
             elif inp.shape[1:] != row_shape or len(inp.shape) != info.ndim:
                 raise ValueError(
                     f"cannot append rows of shape {inp.shape[1:]} to {name!r}, whose rows "
                     f"have shape {row_shape}"
                 )
-            prepared.append((name_arg(name), inp.array))
+            else:
+                count = inp.shape[0]
+            prepared.append((name_arg(name), inp.array, count))
         with h.lock:
-            for name_b, arr in prepared:
+            for name_b, arr, count in prepared:
                 data = arr.ctypes.data if arr.nbytes else None
-                check(lib.npkio_numpack_append(h.ptr, name_b, data, arr.nbytes))
+                # The row count given: rows of 0 bytes cannot be counted from the bytes.
+                check(lib.npkio_numpack_append_rows(h.ptr, name_b, data, arr.nbytes, count))
 
     def drop(self, array_name: Union[str, Sequence[str]], indexes: Optional[Indexes] = None) -> None:
         """Delete arrays, or rows of an array.

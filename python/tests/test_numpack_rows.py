@@ -77,3 +77,9 @@ def test_rows_by_slice_and_negative_index_match_numpy(npk):
         npk.drop("a", [-7])
     with pytest.raises(ValueError):
         npk.drop("a", slice(None, None, 0))
+
+
+def test_rows_of_zero_bytes_append(npk):
+    npk.save({"z": np.zeros((3, 0), np.float32)})
+    npk.append({"z": np.zeros((2, 0), np.float32)})
+    assert npk.load("z").shape == (5, 0)

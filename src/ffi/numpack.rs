@@ -411,6 +411,36 @@ pub unsafe extern "C" fn npkio_numpack_append(
     })
 }
 
+/// Appends `rows` rows to the array called `name`: `nbytes` bytes holding exactly that many
+/// rows of its dtype and row shape, in C order (0 bytes for rows of 0 bytes, such as those
+/// of an array of shape `(n, 0)`, which `npkio_numpack_append` cannot count).
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+/// string; `data` NULL (only when `nbytes` is 0) or `nbytes` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_append_rows(
+    npk: *mut NpkioNumpack,
+    name: *const c_char,
+    data: *const u8,
+    nbytes: usize,
+    rows: u64,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, data) = unsafe {
+            (
+                handle_mut(npk, "npk")?,
+                str_arg(name, "name")?,
+                slice_arg(data, nbytes, "data")?,
+            )
+        };
+        h.store.append_rows(name, data, rows)?;
+        Ok(())
+    })
+}
+
 /// Deletes rows of the array called `name`: `count` row indices as the array reads now
 /// (logical, 0-based), marked in the deletion bitmap as NumPack does.
 ///

@@ -264,6 +264,11 @@ fn temp_name(dir: &Path) -> PathBuf {
 
 /// Gives `from`'s file the name `to` too, replacing whatever `to` was in one rename.
 pub(super) fn link_over(dir: &Path, from: &Path, to: &Path) -> Result<()> {
+    // Already the same file: nothing to do (a rename between two links of one file does
+    // nothing and would leave the temporary link).
+    if same_file(from, to) {
+        return Ok(());
+    }
     let tmp = temp_name(dir);
     remove_if_exists(&tmp)?;
     fs::hard_link(from, &tmp).ctx(&tmp, "linking")?;

@@ -194,10 +194,17 @@ impl NumPack {
             }
             Ok(())
         })();
+        // Arrays moved aside go back to their own names when the save fails (best effort:
+        // else the next change moves them).
+        let put_back = |s: &mut NumPack| {
+            let indices: Vec<usize> = aside.iter().map(|(i, _)| *i).collect();
+            let _ = s.canonicalize(&indices);
+        };
         if let Err(e) = result {
             for p in written {
                 let _ = fs::remove_file(p);
             }
+            put_back(self);
             return Err(e);
         }
         // The new generation's records and sidecar.
@@ -241,6 +248,7 @@ impl NumPack {
                 for p in written {
                     let _ = fs::remove_file(p);
                 }
+                put_back(self);
                 return Err(e);
             }
         };
@@ -402,26 +410,49 @@ impl NumPack {
 
     /// Appends rows to an array: `data` holds whole rows of the array's dtype and row shape.
     /// All or none: the rows are written past the data file's end (which the current
-    /// generation ignores), then one rename of `metadata.npkm` publishes them.
+    /// generation ignores), then one rename of `metadata.npkm` publishes them. Rows of 0
+    /// bytes cannot be counted from the bytes: [`NumPack::append_rows`] takes their number.
     pub fn append(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let dir = self.dir.clone();
         let i = self.rows_of(name, "append to")?;
-        let a = &self.arrays[i];
-        let row_elems = dtype::element_count(&a.shape()[1..]).unwrap_or(0);
-        let row_bytes = a.dtype.byte_len(row_elems).unwrap_or(0);
-        if row_bytes == 0 || data.len() as u64 % row_bytes != 0 {
+        let row_bytes = self.row_bytes(i)?;
+        if row_bytes == 0 {
+            return Err(Error::invalid_argument(
+                "the array's rows hold 0 bytes, so their number cannot be told from the \
+                 bytes: give it (append_rows)",
+            )
+            .at(&self.dir)
+            .array(name));
+        }
+        if data.len() as u64 % row_bytes != 0 {
             return Err(Error::invalid_argument(format!(
                 "{} bytes is not a whole number of rows of {row_bytes} bytes",
+                data.len()
+            ))
+            .at(&self.dir)
+            .array(name));
+        }
+        self.append_rows(name, data, data.len() as u64 / row_bytes)
+    }
+
+    /// Appends `rows` rows to an array: `data` holds exactly that many rows of the array's
+    /// dtype and row shape (no bytes at all for rows of 0 bytes, such as those of an
+    /// array of shape `(n, 0)`). As [`NumPack::append`] otherwise.
+    pub fn append_rows(&mut self, name: &str, data: &[u8], rows: u64) -> Result<()> {
+        let dir = self.dir.clone();
+        let i = self.rows_of(name, "append to")?;
+        let row_bytes = self.row_bytes(i)?;
+        if rows.checked_mul(row_bytes) != Some(data.len() as u64) {
+            return Err(Error::invalid_argument(format!(
+                "{} bytes are not {rows} rows of {row_bytes} bytes",
                 data.len()
             ))
             .at(&dir)
             .array(name));
         }
-        let new_rows = data.len() as u64 / row_bytes;
-        if new_rows == 0 {
+        if rows == 0 {
             return Ok(());
         }
-        if !matches!(a.storage, Storage::Plain) {
+        if !matches!(self.arrays[i].storage, Storage::Plain) {
             return Err(
                 Error::new(ErrorKind::Unsupported, "appending to a segmented array")
                     .at(&dir)
@@ -430,8 +461,20 @@ impl NumPack {
         }
         self.locked(|s| {
             s.verify(&s.arrays[i])?;
-            s.append_locked(i, data, new_rows)
+            s.append_locked(i, data, rows)
         })
+    }
+
+    /// Bytes of one row of the array at `i` (which has rows: see `rows_of`).
+    fn row_bytes(&self, i: usize) -> Result<u64> {
+        let a = &self.arrays[i];
+        dtype::element_count(&a.shape()[1..])
+            .and_then(|n| a.dtype.byte_len(n))
+            .ok_or_else(|| {
+                Error::invalid_argument("the array's rows have no whole byte length")
+                    .at(&self.dir)
+                    .array(&a.record.name)
+            })
     }
 
     fn append_locked(&mut self, i: usize, data: &[u8], new_rows: u64) -> Result<()> {
