@@ -185,7 +185,8 @@ fn links_inside_the_directory_are_followed() {
 
 #[test]
 fn a_sidecar_that_cannot_be_opened_safely_is_an_error_naming_it() {
-    let special: [(&str, &dyn Fn(&Path)); 3] = [
+    type Make<'a> = &'a dyn Fn(&Path);
+    let special: [(&str, Make<'_>); 3] = [
         ("FIFO", &|p| mkfifo(p)),
         ("a link out of the directory", &|p| {
             relink(p, "/etc/hostname")

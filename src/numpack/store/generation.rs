@@ -96,6 +96,8 @@ fn stamp_at(root: &OwnedFd, name: &str) -> Option<Stamp> {
     }
     // SAFETY: fstatat succeeded and filled the buffer.
     let st = unsafe { st.assume_init() };
+    // The fields' types differ between targets.
+    #[allow(clippy::unnecessary_cast)]
     Some(Stamp {
         dev: st.st_dev as u64,
         ino: st.st_ino as u64,
