@@ -1,8 +1,8 @@
 //! What readers and writers see while other handles (threads or processes) change one
 //! NumPack store: a reader reads one committed state of every array it reads (old or
 //! new), or gets `Busy` once the state it opened is gone, never bytes of one state under
-//! the dtype or shape of another and never a "missing" file; a writer never overwrites a
-//! change it did not see. Races are placed at one exact step with the test hooks
+//! the dtype or shape of another and never a "missing" file (views, exports); a writer
+//! never overwrites a change it did not see. Races are placed at one exact step with the test hooks
 //! (`npkio::internals::hooks`); a bounded stress run checks the same with free timing.
 
 use std::path::Path;
@@ -171,7 +171,8 @@ fn readers_see_whole_generations_while_another_thread_keeps_replacing_arrays() {
         .map(|_| {
             let (dir, stop) = (dir.clone(), stop.clone());
             std::thread::spawn(move || {
-                let (mut good, mut busy) = (0u32, 0u32);
+                let (mut good, mut busy, mut exports) = (0u32, 0u32, 0u32);
+                let out_dir = tempfile::tempdir().unwrap();
                 while !stop.load(Ordering::SeqCst) {
                     let np = match NumPack::open(&dir) {
                         Ok(np) => np,
@@ -186,6 +187,28 @@ fn readers_see_whole_generations_while_another_thread_keeps_replacing_arrays() {
                             Ok(_) => good += 1,
                             Err(e) if e.kind() == ErrorKind::Busy => busy += 1,
                             Err(e) => panic!("reading {name}: {e}"),
+                        }
+                    }
+                    // An export: every tensor one whole generation, or Busy.
+                    exports += 1;
+                    if exports % 8 == 0 {
+                        let out = out_dir.path().join(format!("e{exports}.safetensors"));
+                        match npkio::to_safetensors_file(&dir, &out, None::<&[&str]>, None, 1 << 20)
+                        {
+                            Ok(()) => {
+                                let f = npkio::SafeTensorsFile::open(&out).unwrap();
+                                for name in ["x", "y"] {
+                                    let v = f.get(name).unwrap();
+                                    assert!(
+                                        which_generation(v.dtype, v.shape, v.data).is_some(),
+                                        "exported {name} as {:?}: a mix of states",
+                                        v.dtype
+                                    );
+                                }
+                                good += 1;
+                            }
+                            Err(e) if e.kind() == ErrorKind::Busy => busy += 1,
+                            Err(e) => panic!("exporting: {e}"),
                         }
                     }
                 }
