@@ -729,6 +729,10 @@ const char *npkio_status_name(uint32_t status);
  * Opens an existing NumPack directory, validating its metadata and every data file (an
  * array whose files are damaged fails with its own error when read; the others read).
  *
+ * The handle reads one committed state of the store: once another writer has changed the
+ * store, reading an array not read before fails with `NPKIO_STATUS_BUSY` (open it again),
+ * never with the new bytes under the old dtype and shape.
+ *
  * On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`
  * (or `npkio_numpack_close`).
  *
@@ -742,7 +746,9 @@ NpkioStatus npkio_numpack_open(const char *path,
 /**
  * Opens the NumPack directory at `path`, creating an empty one if there is none. With
  * `drop_if_exists`, an existing NumPack directory is removed first. A path that exists but
- * is not a NumPack directory is never removed: that is an error.
+ * is not a NumPack directory is never removed: that is an error. All of it happens under
+ * the lock conversions into `path` take (which first restores a store an interrupted
+ * conversion left aside), so a conversion publishing there meanwhile comes before or after.
  *
  * On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`.
  *
