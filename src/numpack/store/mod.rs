@@ -186,6 +186,11 @@ struct Fault {
 /// A change takes the lock that conversions into the directory take, and fails without
 /// changing anything if the directory was replaced since it was opened or another writer
 /// changed it since; reopen the store then.
+///
+/// A store reads one committed state: opening reads again if a writer committed meanwhile,
+/// and once another writer has changed the store, reading an array whose files were not
+/// opened yet fails with [`ErrorKind::Busy`](crate::ErrorKind::Busy) rather than return
+/// bytes of the new state under the old dtype and shape (see `generation`).
 pub struct NumPack {
     dir: PathBuf,
     /// The directory, opened once (`O_PATH`): data files are opened relative to it.
