@@ -150,8 +150,27 @@ fn a_handle_opened_while_another_writer_commits_does_not_undo_that_change() {
     assert_eq!(read_generation(&now, "y").unwrap(), 3);
 }
 
+const WRITER_CHILD: &str = "NPKIO_STORE_WRITER_CHILD";
+
+/// The writer of the stress run, in a process of its own: replaces `x` and `y` 150 times.
 #[test]
-fn readers_see_whole_generations_while_another_thread_keeps_replacing_arrays() {
+fn writer_child_entry() {
+    let Ok(dir) = std::env::var(WRITER_CHILD) else {
+        return;
+    };
+    let mut np = NumPack::open(&dir).unwrap();
+    for k in 1..=150 {
+        save_generation(&mut np, "x", k).unwrap();
+        save_generation(&mut np, "y", k).unwrap();
+    }
+    println!("WRITER done");
+}
+
+#[test]
+fn readers_see_whole_generations_while_another_process_keeps_replacing_arrays() {
+    if std::env::var(WRITER_CHILD).is_ok() {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("s.npk");
     store_with(&dir, &["x", "y"]);
@@ -159,12 +178,19 @@ fn readers_see_whole_generations_while_another_thread_keeps_replacing_arrays() {
     let writer = {
         let (dir, stop) = (dir.clone(), stop.clone());
         std::thread::spawn(move || {
-            let mut np = NumPack::open(&dir).unwrap();
-            for k in 1..=150 {
-                save_generation(&mut np, "x", k).unwrap();
-                save_generation(&mut np, "y", k).unwrap();
-            }
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "writer_child_entry",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(WRITER_CHILD, &dir)
+                .output()
+                .unwrap();
             stop.store(true, Ordering::SeqCst);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("WRITER done"), "the writer failed: {out:?}");
         })
     };
     let readers: Vec<_> = (0..2)
