@@ -117,11 +117,11 @@ pub(super) struct Held {
 
 impl Held {
     /// The version `file` is (its status now, taken before its bytes are read).
-    pub(super) fn of(file: &File) -> Option<Held> {
-        let md = file.metadata().ok()?;
-        Some(Held {
+    pub(super) fn of(file: &File) -> std::io::Result<Held> {
+        let md = file.metadata()?;
+        Ok(Held {
             stamp: Stamp::of(&md),
-            _file: file.try_clone().ok()?,
+            _file: file.try_clone()?,
         })
     }
 
@@ -132,7 +132,7 @@ impl Held {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
             .ok()?;
-        Held::of(&file)
+        Held::of(&file).ok()
     }
 }
 

@@ -96,7 +96,7 @@ impl NumPack {
         let root = dir_handle(dir)?;
         let opened = open_member(&root, dir, metadata::FILE_NAME, "metadata", false)?;
         // The version read, by its descriptor: later reads check it is still current.
-        let meta_held = Held::of(&opened.file);
+        let meta_held = Held::of(&opened.file).ctx(&meta_path, "inspecting")?;
         let bytes = read_to_vec(opened, metadata::MAX_LEN, "metadata")?;
         crate::hook::at("numpack-open:metadata-read");
         // The sidecar is opened after the metadata is read (a change writes it before the
@@ -110,13 +110,16 @@ impl NumPack {
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let sidecar_held = sidecar_file.as_ref().and_then(|o| Held::of(&o.file));
+        let sidecar_held = match &sidecar_file {
+            Some(o) => Some(Held::of(&o.file).ctx(&o.path, "inspecting")?),
+            None => None,
+        };
         let digest = sidecar_file
             .as_ref()
             .map(|_| sidecar::metadata_digest(&bytes));
         // Records are decoded into the arrays one by one, not gathered first.
         let mut store = Self::from_parts(dir, root, &bytes, &meta_path)?;
-        store.writer = Writer::of_files(dir, meta_held, sidecar_held);
+        store.writer = Writer::of_files(dir, Some(meta_held), sidecar_held);
         drop(bytes);
         // A sidecar whose bytes cannot be read or parsed is ignored.
         match sidecar_file {
