@@ -107,7 +107,10 @@ impl NumPack {
         // a FIFO) is an error, not an absent one: without it arrays read as another dtype.
         let sidecar_file = match open_member(&root, dir, sidecar::FILE_NAME, "sidecar", false) {
             Ok(o) => Some(o),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                refuse_dangling(dir, sidecar::FILE_NAME, "sidecar")?;
+                None
+            }
             Err(e) => return Err(e),
         };
         let sidecar_held = match &sidecar_file {
@@ -461,7 +464,10 @@ impl Parts<'_> {
         }
         match open_member(self.root, self.dir, rel, what, self.listed_regular(rel)) {
             Ok(o) => Ok(Some(o)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                refuse_dangling(self.dir, rel, what)?;
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -469,6 +475,19 @@ impl Parts<'_> {
     /// `rel` opened inside the directory, a missing file being a malformed directory.
     fn open_part(&self, rel: &str, what: &str) -> Result<Opened> {
         open_part(self.root, self.dir, rel, what, self.listed_regular(rel))
+    }
+}
+
+/// After `rel` (an optional file of the store) was not found: fails if its name is there
+/// all the same, a link leading nowhere; a file that is there but cannot be opened is never
+/// taken for an absent one.
+fn refuse_dangling(dir: &Path, rel: &str, what: &str) -> Result<()> {
+    match fs::symlink_metadata(dir.join(rel)) {
+        Ok(_) => Err(Error::malformed(
+            dir,
+            format!("{what} {rel:?} is a symbolic link to nothing"),
+        )),
+        Err(_) => Ok(()),
     }
 }
 
