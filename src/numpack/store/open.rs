@@ -156,6 +156,10 @@ impl NumPack {
     /// or after, never in between.
     pub fn create(path: impl AsRef<Path>, drop_if_exists: bool) -> Result<NumPack> {
         let dir = path.as_ref();
+        // A store that is there is only read: no lock needed (nor the right to take it).
+        if !drop_if_exists && matches!(existing_kind(dir), Ok(Existing::NumPack)) {
+            return NumPack::open(dir);
+        }
         // The directory holding the store is locked: it must exist (making it changes no
         // store).
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
