@@ -396,6 +396,52 @@ typedef struct NpkioTensorView {
 } NpkioTensorView;
 
 /**
+ * Rows of an array, as it reads now (rows after deletions): `count` indices, or with
+ * `is_slice` nonzero the slice `start:stop:step` with Python's rules.
+ */
+typedef struct NpkioRows {
+    /**
+     * `count` row indices in order; a negative one counts from the end (-1 is the last
+     * row). Ignored (may be NULL) when `count` is 0 or `is_slice` is nonzero.
+     */
+    const int64_t *indices;
+    /**
+     * Number of indices.
+     */
+    size_t count;
+    /**
+     * Nonzero: the rows are the slice below instead of the indices.
+     */
+    uint8_t is_slice;
+    /**
+     * Nonzero when `start` is given; else the slice starts at the first row (the last for
+     * a negative step).
+     */
+    uint8_t has_start;
+    /**
+     * Nonzero when `stop` is given; else the slice runs to the end in its direction.
+     */
+    uint8_t has_stop;
+    /**
+     * First row; negative counts from the end; clipped to the array.
+     */
+    int64_t start;
+    /**
+     * Row the slice stops before; negative counts from the end; clipped to the array.
+     */
+    int64_t stop;
+    /**
+     * Distance between rows; not 0.
+     */
+    int64_t step;
+    /**
+     * Nonzero: indices that name no row are skipped instead of refused (NumPack's `drop`
+     * ignores them). Ignored for a slice, whose bounds are clipped anyway.
+     */
+    uint8_t skip_out_of_range;
+} NpkioRows;
+
+/**
  * Called after each chunk with the bytes delivered so far and the total, from npkio's
  * worker threads, one call at a time.
  */
@@ -689,6 +735,10 @@ const char *npkio_status_name(uint32_t status);
  * Opens an existing NumPack directory, validating its metadata and every data file (an
  * array whose files are damaged fails with its own error when read; the others read).
  *
+ * The handle reads one committed state of the store: once another writer has changed the
+ * store, reading an array not read before fails with `NPKIO_STATUS_BUSY` (open it again),
+ * never with the new bytes under the old dtype and shape.
+ *
  * On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`
  * (or `npkio_numpack_close`).
  *
@@ -702,7 +752,9 @@ NpkioStatus npkio_numpack_open(const char *path,
 /**
  * Opens the NumPack directory at `path`, creating an empty one if there is none. With
  * `drop_if_exists`, an existing NumPack directory is removed first. A path that exists but
- * is not a NumPack directory is never removed: that is an error.
+ * is not a NumPack directory is never removed: that is an error. All of it happens under
+ * the lock conversions into `path` take (which first restores a store an interrupted
+ * conversion left aside), so a conversion publishing there meanwhile comes before or after.
  *
  * On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`.
  *
@@ -848,6 +900,22 @@ NpkioStatus npkio_numpack_append(struct NpkioNumpack *npk,
                                  size_t nbytes);
 
 /**
+ * Appends `rows` rows to the array called `name`: `nbytes` bytes holding exactly that many
+ * rows of its dtype and row shape, in C order (0 bytes for rows of 0 bytes, such as those
+ * of an array of shape `(n, 0)`, which `npkio_numpack_append` cannot count).
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+ * string; `data` NULL (only when `nbytes` is 0) or `nbytes` readable bytes.
+ */
+NpkioStatus npkio_numpack_append_rows(struct NpkioNumpack *npk,
+                                      const char *name,
+                                      const uint8_t *data,
+                                      size_t nbytes,
+                                      uint64_t rows);
+
+/**
  * Deletes rows of the array called `name`: `count` row indices as the array reads now
  * (logical, 0-based), marked in the deletion bitmap as NumPack does.
  *
@@ -933,6 +1001,59 @@ NpkioStatus npkio_numpack_data_fd(const struct NpkioNumpack *npk,
                                   const char *name,
                                   int *fd,
                                   uint64_t *len);
+
+/**
+ * Copies rows of the array called `name` (NumPack's `getitem`), chosen by index (negative
+ * ones count from the end) or by slice, resolved in this call against the array as the
+ * handle holds it, and fills `*view` with them: shape `[rows taken, row shape...]`, in the
+ * order given. The view's data stays valid until the next `npkio_numpack_get_rows` on
+ * this handle or the handle is freed; its name and shape until the handle is freed. An
+ * index out of range is `NPKIO_STATUS_INDEX_OUT_OF_RANGE`.
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+ * string; `rows` NULL or a readable `NpkioRows` following its rules; `view` NULL or
+ * writable.
+ */
+NpkioStatus npkio_numpack_get_rows(struct NpkioNumpack *npk,
+                                   const char *name,
+                                   const struct NpkioRows *rows,
+                                   struct NpkioTensorView *view);
+
+/**
+ * Deletes rows of the array called `name`, chosen by index (negative ones count from the
+ * end) or by slice, resolved in this call against the array as the handle holds it; the
+ * change fails with `NPKIO_STATUS_BUSY` if another writer changed the store since, so the
+ * rows deleted are those named. As `npkio_numpack_drop_rows` otherwise.
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+ * string; `rows` NULL or a readable `NpkioRows` following its rules.
+ */
+NpkioStatus npkio_numpack_drop_rows_at(struct NpkioNumpack *npk,
+                                       const char *name,
+                                       const struct NpkioRows *rows);
+
+/**
+ * Overwrites rows of existing arrays (NumPack's `replace`): `values[i]` names an array and
+ * holds its new rows in the array's dtype (shape `[rows named, row shape...]`, or one row,
+ * with or without a leading 1, written to every row named). The rows, chosen by index
+ * (negative ones count from the end) or by slice, are resolved in this call against each
+ * array as the handle holds it. Every array is saved whole with its rows replaced, all in
+ * one commit as `npkio_numpack_save`; its dropped rows stay dropped.
+ *
+ * # Safety
+ *
+ * `npk` NULL or a live handle, not used concurrently; `values` NULL (only when `count` is
+ * 0) or `count` descriptions following `NpkioTensorDesc`'s rules; `rows` NULL or a
+ * readable `NpkioRows` following its rules.
+ */
+NpkioStatus npkio_numpack_replace_rows(struct NpkioNumpack *npk,
+                                       const struct NpkioTensorDesc *values,
+                                       size_t count,
+                                       const struct NpkioRows *rows);
 
 /**
  * Writes a JSON document describing every array of the directory `npk` to `buffer`:

@@ -59,6 +59,7 @@ mod error;
 mod fdlimit;
 pub mod ffi;
 mod fsutil;
+mod hook;
 pub mod load;
 mod names;
 mod numpack;
@@ -80,7 +81,7 @@ pub use convert::{
 pub use copy::CopyMethod;
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
-pub use numpack::{ArrayInfo, ArrayInput, NumPack};
+pub use numpack::{ArrayInfo, ArrayInput, NumPack, Rows};
 pub use safetensors::index::Checkpoint;
 pub use safetensors::{SafeTensorsFile, Tensor, TensorInfo};
 pub use save::{safetensors_header, save_safetensors_file};
@@ -103,6 +104,10 @@ pub mod internals {
     /// The NumPack format's codecs.
     pub mod numpack {
         pub use crate::numpack::{bitmap, metadata, segments, sidecar};
+    }
+    /// Points where a test runs its own code in the middle of an operation.
+    pub mod hooks {
+        pub use crate::hook::{set, Hook};
     }
     /// The SafeTensors header writer.
     pub mod safetensors {

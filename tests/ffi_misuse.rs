@@ -381,6 +381,32 @@ fn null_everywhere_on_the_numpack_handle() {
         null_arg(npkio_numpack_drop_rows(h, c"x".as_ptr(), null(), 1), "rows");
         null_arg(npkio_numpack_delete(null_mut(), c"x".as_ptr()), "npk");
         null_arg(npkio_numpack_delete(h, null()), "name");
+        let rows = npkio::ffi::numpack::NpkioRows {
+            indices: null(),
+            count: 1,
+            is_slice: 0,
+            has_start: 0,
+            has_stop: 0,
+            start: 0,
+            stop: 0,
+            step: 1,
+        };
+        let x = c"x".as_ptr();
+        null_arg(npkio_numpack_get_rows(null_mut(), x, &rows, &mut v), "npk");
+        null_arg(npkio_numpack_get_rows(h, null(), &rows, &mut v), "name");
+        null_arg(npkio_numpack_get_rows(h, x, null(), &mut v), "rows");
+        let none = npkio::ffi::numpack::NpkioRows { count: 0, ..rows };
+        null_arg(npkio_numpack_get_rows(h, x, &none, null_mut()), "view");
+        null_arg(npkio_numpack_get_rows(h, x, &rows, &mut v), "rows.indices");
+        null_arg(npkio_numpack_drop_rows_at(null_mut(), x, &rows), "npk");
+        null_arg(npkio_numpack_drop_rows_at(h, null(), &rows), "name");
+        null_arg(npkio_numpack_drop_rows_at(h, x, null()), "rows");
+        null_arg(
+            npkio_numpack_replace_rows(null_mut(), null(), 0, &rows),
+            "npk",
+        );
+        null_arg(npkio_numpack_replace_rows(h, null(), 1, &rows), "values");
+        null_arg(npkio_numpack_replace_rows(h, null(), 0, null()), "rows");
         null_arg(npkio_numpack_metadata_count(null(), &mut n), "npk");
         null_arg(npkio_numpack_metadata_count(h, null_mut()), "count");
         null_arg(

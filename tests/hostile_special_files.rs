@@ -184,13 +184,29 @@ fn links_inside_the_directory_are_followed() {
 }
 
 #[test]
-fn a_fifo_sidecar_is_ignored() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("s.npk");
-    copy_dir(&fixtures().join("numpack-0.7/dropped.npk"), &dir);
-    mkfifo(&dir.join("npkio.json"));
-    let names = without_hanging("FIFO sidecar", move || open_and_read(dir)).unwrap();
-    assert!(!names.is_empty());
+fn a_sidecar_that_cannot_be_opened_safely_is_an_error_naming_it() {
+    type Make<'a> = &'a dyn Fn(&Path);
+    let special: [(&str, Make<'_>); 5] = [
+        ("FIFO", &|p| mkfifo(p)),
+        ("a link out of the directory", &|p| {
+            relink(p, "/etc/hostname")
+        }),
+        ("a link to a device", &|p| relink(p, "/dev/zero")),
+        ("a link to nothing outside", &|p| {
+            relink(p, "/nonexistent/npkio.json")
+        }),
+        ("a link to nothing inside", &|p| relink(p, "gone.json")),
+    ];
+    for (case, make) in special {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s.npk");
+        copy_dir(&fixtures().join("numpack-0.7/dropped.npk"), &dir);
+        let _ = std::fs::remove_file(dir.join("npkio.json"));
+        make(&dir.join("npkio.json"));
+        let e = without_hanging(case, move || open_and_read(dir)).expect_err(case);
+        assert_eq!(e.kind(), ErrorKind::Malformed, "{case}: {e}");
+        assert!(e.to_string().contains("npkio.json"), "{case}: {e}");
+    }
 }
 
 #[test]
@@ -267,4 +283,17 @@ fn special_files_as_safetensors_inputs() {
     .unwrap();
     relink(&dir.join("model-00001-of-00002.safetensors"), "first.real");
     npkio::get_safetensors_metadata(&dir).unwrap();
+}
+
+#[test]
+fn a_bitmap_that_is_a_link_to_nothing_fails_its_array_instead_of_reading_dropped_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    copy_dir(&fixtures().join("numpack-0.7/dropped.npk"), &dir);
+    relink(&dir.join("deleted_v.npkb"), "/nonexistent/deleted_v.npkb");
+    let store = NumPack::open(&dir).unwrap();
+    let e = store.view("v").expect_err("its rows cannot be known");
+    assert_eq!(e.kind(), ErrorKind::Malformed, "{e}");
+    assert!(e.to_string().contains("deleted_v.npkb"), "{e}");
+    store.view("untouched").unwrap();
 }

@@ -108,6 +108,23 @@ class TensorDesc(ctypes.Structure):
     ]
 
 
+class Rows(ctypes.Structure):
+    """``NpkioRows``: rows of an array, by index (negative ones count from the end) or by
+    slice, resolved by npkio in the call that acts on them."""
+
+    _fields_ = [
+        ("indices", POINTER(ctypes.c_int64)),
+        ("count", c_size_t),
+        ("is_slice", ctypes.c_uint8),
+        ("has_start", ctypes.c_uint8),
+        ("has_stop", ctypes.c_uint8),
+        ("start", ctypes.c_int64),
+        ("stop", ctypes.c_int64),
+        ("step", ctypes.c_int64),
+        ("skip_out_of_range", ctypes.c_uint8),
+    ]
+
+
 class ArrayInfo(ctypes.Structure):
     """``NpkioArrayInfo``: what ``npkio_numpack_info`` says about an array."""
 
@@ -216,8 +233,13 @@ _proto("npkio_numpack_info", _status, _handle, c_char_p, POINTER(ArrayInfo))
 _proto("npkio_numpack_view", _status, _handle, c_char_p, POINTER(TensorView))
 _proto("npkio_numpack_save", _status, _handle, POINTER(TensorDesc), c_size_t)
 _proto("npkio_numpack_append", _status, _handle, c_char_p, c_void_p, c_size_t)
+_proto("npkio_numpack_append_rows", _status, _handle, c_char_p, c_void_p, c_size_t, c_uint64)
 _proto("npkio_numpack_drop_rows", _status, _handle, c_char_p, POINTER(c_uint64), c_size_t)
 _proto("npkio_numpack_delete", _status, _handle, c_char_p)
+_proto("npkio_numpack_get_rows", _status, _handle, c_char_p, POINTER(Rows), POINTER(TensorView))
+_proto("npkio_numpack_drop_rows_at", _status, _handle, c_char_p, POINTER(Rows))
+_proto("npkio_numpack_replace_rows", _status, _handle, POINTER(TensorDesc), c_size_t,
+       POINTER(Rows))
 _proto("npkio_numpack_records_json", _status, _handle, c_void_p, c_size_t, POINTER(c_size_t))
 _proto("npkio_numpack_names_json", _status, _handle, c_void_p, c_size_t, POINTER(c_size_t))
 _proto("npkio_numpack_data_fd", _status, _handle, c_char_p, POINTER(ctypes.c_int),

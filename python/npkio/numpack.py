@@ -10,10 +10,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import operator
 import os
 import sys
 import warnings
-from ctypes import c_size_t, c_uint64
+from ctypes import c_size_t
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -22,7 +23,7 @@ from . import _lib
 from ._dtypes import _BY_NUMBER, array_input, finish, view_to_array
 from ._private import numpack_array
 from ._lib import (
-    ArrayInfo, Handle, TensorView, call_json, check, lib, name_arg, path_arg,
+    ArrayInfo, Handle, Rows, TensorView, call_json, check, lib, name_arg, path_arg,
 )
 from .io import descriptions
 
@@ -299,17 +300,20 @@ class NumPack:
             if info.ndim == 0:
                 raise ValueError(f"cannot append to the 0-d array {name!r}")
             if inp.shape == row_shape:
-                pass  # one row without its leading axis
+                count = 1  # one row without its leading axis
             elif inp.shape[1:] != row_shape or len(inp.shape) != info.ndim:
                 raise ValueError(
                     f"cannot append rows of shape {inp.shape[1:]} to {name!r}, whose rows "
                     f"have shape {row_shape}"
                 )
-            prepared.append((name_arg(name), inp.array))
+            else:
+                count = inp.shape[0]
+            prepared.append((name_arg(name), inp.array, count))
         with h.lock:
-            for name_b, arr in prepared:
+            for name_b, arr, count in prepared:
                 data = arr.ctypes.data if arr.nbytes else None
-                check(lib.npkio_numpack_append(h.ptr, name_b, data, arr.nbytes))
+                # The row count given: rows of 0 bytes cannot be counted from the bytes.
+                check(lib.npkio_numpack_append_rows(h.ptr, name_b, data, arr.nbytes, count))
 
     def drop(self, array_name: Union[str, Sequence[str]], indexes: Optional[Indexes] = None) -> None:
         """Drop arrays, or rows of an array, as NumPack 0.7 does.
@@ -331,50 +335,30 @@ class NumPack:
         for name in names:
             if not self.has_array(name):
                 continue
-            shape = self.get_shape(name)
             if indexes is None:
-                if not shape:
+                if not self.get_shape(name):
+                    # A 0-d array has no rows: it is deleted with its file.
                     with h.lock:
                         check(lib.npkio_numpack_delete(h.ptr, name_arg(name, "array_name")))
                     continue
-                rows = list(range(shape[0]))
+                # Every row, counted in the call that drops them.
+                rows, keep = _rows_arg(slice(None), "drop")
             else:
-                rows = self._rows(name, indexes, skip_out_of_range=True)
-            if not rows:
-                continue
-            buf = (c_uint64 * len(rows))(*rows)
-            with h.lock:
-                check(lib.npkio_numpack_drop_rows(h.ptr, name_arg(name), buf, len(rows)))
+                rows, keep = _rows_arg(indexes, "drop", skip_out_of_range=True)
+            # npkio resolves negative indices and slices in the call that drops the rows.
+            try:
+                with h.lock:
+                    check(lib.npkio_numpack_drop_rows_at(h.ptr, name_arg(name), ctypes.byref(rows)))
+            except KeyError:
+                # Deleted since has_array: nothing left to drop, as for a name not there.
+                pass
+            del keep
 
     def _delete(self, names: Sequence[str]) -> None:
         h = self._h()
         with h.lock:
             for name in names:
                 check(lib.npkio_numpack_delete(h.ptr, name_arg(name, "array_name")))
-
-    def _rows(
-        self, name: str, indexes: Indexes, what: str = "drop", skip_out_of_range: bool = False
-    ) -> List[int]:
-        shape = self.get_shape(name)
-        if not shape:
-            raise ValueError(f"{name!r} is 0-d: it has no rows to {what}")
-        n = shape[0]
-        if isinstance(indexes, slice):
-            return list(range(*indexes.indices(n)))
-        idx = np.asarray(indexes)
-        if idx.dtype == bool:
-            raise TypeError(f"{what} takes row indices, not a boolean mask")
-        if idx.size and idx.dtype.kind not in "iu":
-            raise TypeError(f"row indices must be integers, not {idx.dtype}")
-        rows = []
-        for i in idx.reshape(-1).tolist():
-            j = i + n if i < 0 else i
-            if not 0 <= j < n:
-                if skip_out_of_range:
-                    continue
-                raise IndexError(f"row {i} is out of range for {name!r} with {n} rows")
-            rows.append(j)
-        return rows
 
     # -- NumPack 0.7's other methods -------------------------------------------------
 
@@ -392,12 +376,20 @@ class NumPack:
             IndexError: an index out of range.
             TypeError: indices that are not integers (a boolean mask included).
         """
-        arr = self.load(array_name)
         if isinstance(indexes, slice):
-            return finish(arr[indexes], copy)
-        rows = self._rows(array_name, [indexes] if _is_int(indexes) else indexes, "getitem")
-        # Fancy indexing makes a new array, which owns its memory and is writable.
-        return arr[np.asarray(rows, dtype=np.intp)]
+            return finish(self.load(array_name)[indexes], copy)
+        rows, keep = _rows_arg([indexes] if _is_int(indexes) else indexes, "getitem")
+        h = self._h()
+        v = TensorView()
+        # npkio resolves the indices against the state it copies the rows from.
+        with h.lock:
+            check(lib.npkio_numpack_get_rows(
+                h.ptr, name_arg(array_name, "array_name"), ctypes.byref(rows), ctypes.byref(v)
+            ))
+            # A new array, which owns its memory and is writable.
+            arr = np.array(view_to_array(h, v)[1], copy=True)
+        del keep
+        return arr
 
     def stream_load(
         self, array_name: str, buffer_size: Optional[int] = None, *, copy: bool = False
@@ -451,30 +443,40 @@ class NumPack:
                 "The indexes must be int or list or numpy.ndarray or slice, not "
                 f"{type(indexes).__name__}"
             )
-        new: Dict[str, np.ndarray] = {}
+        rows, keep = _rows_arg([indexes] if _is_int(indexes) else indexes, "replace")
+        values: Dict[str, np.ndarray] = {}
         for name, value in arrays.items():
-            current = self.load(name)
-            if current.ndim == 0:
-                raise ValueError(f"{name!r} is 0-d: it has no rows to replace")
-            rows = self._rows(name, [indexes] if _is_int(indexes) else indexes, "replace")
-            inp = array_input(value, f"arrays[{name!r}]")
             info = self._info(name)
+            if info.ndim == 0:
+                raise ValueError(f"{name!r} is 0-d: it has no rows to replace")
+            inp = array_input(value, f"arrays[{name!r}]")
             if inp.number != info.dtype:
                 raise TypeError(
                     f"cannot write {_BY_NUMBER[inp.number].name} rows into {name!r}, an array "
                     f"of {_BY_NUMBER[info.dtype].name}"
                 )
-            updated = current.copy()
+            row_shape = tuple(int(info.shape[i]) for i in range(1, info.ndim))
+            arr = inp.array
             try:
-                updated[np.asarray(rows, dtype=np.intp)] = inp.array.view(current.dtype)
+                # One row (written to every row named) or rows: broadcast within a row.
+                if arr.ndim <= len(row_shape):
+                    arr = np.broadcast_to(arr, row_shape)
+                elif arr.shape[1:] != row_shape:
+                    arr = np.broadcast_to(arr, arr.shape[:1] + row_shape)
             except ValueError as e:
                 raise ValueError(
-                    f"cannot write values of shape {inp.array.shape} into {len(rows)} rows of "
-                    f"{name!r}, whose rows have shape {current.shape[1:]}: {e}"
+                    f"cannot write values of shape {inp.array.shape} into rows of {name!r}, "
+                    f"whose rows have shape {row_shape}: {e}"
                 ) from None
-            new[name] = updated
-        if new:
-            self.save(new)
+            values[name] = np.ascontiguousarray(arr)
+        if not values:
+            return
+        h = self._h()
+        descs, keep_descs = descriptions(values, "arrays")
+        # npkio resolves the indices against the state it rewrites: all arrays in one commit.
+        with h.lock:
+            check(lib.npkio_numpack_replace_rows(h.ptr, descs, len(values), ctypes.byref(rows)))
+        del keep, keep_descs
 
     def clone(self, source_name: str, target_name: str) -> None:
         """Copy an array to a new name; the copy is independent of the source.
@@ -551,6 +553,36 @@ class NumPack:
     def get_io_stats(self) -> Dict[str, Any]:
         """NumPack 0.7's I/O statistics, which it does not collect either."""
         return {"stats_available": False}
+
+
+def _rows_arg(
+    indexes: Indexes, what: str, skip_out_of_range: bool = False
+) -> "Tuple[Rows, List[Any]]":
+    """``NpkioRows`` for row indices (negative ones count from the end) or a slice, and the
+    objects to keep alive while C reads them. With ``skip_out_of_range``, indices that name
+    no row are skipped by npkio instead of refused."""
+    rows = Rows()
+    rows.skip_out_of_range = 1 if skip_out_of_range else 0
+    if isinstance(indexes, slice):
+        rows.is_slice = 1
+        for bound in ("start", "stop"):
+            b = getattr(indexes, bound)
+            if b is not None:
+                setattr(rows, "has_" + bound, 1)
+                setattr(rows, bound, operator.index(b))
+        rows.step = 1 if indexes.step is None else operator.index(indexes.step)
+        return rows, []
+    idx = np.asarray(indexes)
+    if idx.dtype == bool:
+        raise TypeError(f"{what} takes row indices, not a boolean mask")
+    if idx.size and idx.dtype.kind not in "iu":
+        raise TypeError(f"row indices must be integers, not {idx.dtype}")
+    if idx.dtype.kind == "u" and idx.size and int(idx.max()) > np.iinfo(np.int64).max:
+        raise IndexError(f"row index {int(idx.max())} is out of range")
+    flat = np.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
+    rows.indices = flat.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+    rows.count = flat.size
+    return rows, [flat]
 
 
 def _is_int(x: Any) -> bool:

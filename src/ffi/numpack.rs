@@ -11,7 +11,8 @@ use super::handle::{
 };
 use super::list::{self, MetadataList};
 use super::panic::status_boundary;
-use crate::numpack::NumPack;
+use crate::numpack::store::Unresolved;
+use crate::numpack::{NumPack, Rows};
 
 /// A NumPack directory (opaque). Made by `npkio_numpack_open` or `npkio_numpack_create`,
 /// freed by `npkio_numpack_free` or `npkio_numpack_close`.
@@ -26,6 +27,8 @@ pub struct NpkioNumpack {
     list: Vec<String>,
     /// Copies of the names, shapes and metadata handed to C; only grows.
     strings: Mutex<Interner>,
+    /// The rows the last `npkio_numpack_get_rows` gathered.
+    rows: Vec<u8>,
 }
 
 impl NpkioNumpack {
@@ -34,6 +37,7 @@ impl NpkioNumpack {
             store,
             list: Vec::new(),
             strings: Mutex::new(Interner::default()),
+            rows: Vec::new(),
         };
         h.refresh();
         h
@@ -68,6 +72,10 @@ impl MetadataList for NpkioNumpack {
 /// Opens an existing NumPack directory, validating its metadata and every data file (an
 /// array whose files are damaged fails with its own error when read; the others read).
 ///
+/// The handle reads one committed state of the store: once another writer has changed the
+/// store, reading an array not read before fails with `NPKIO_STATUS_BUSY` (open it again),
+/// never with the new bytes under the old dtype and shape.
+///
 /// On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`
 /// (or `npkio_numpack_close`).
 ///
@@ -89,7 +97,9 @@ pub unsafe extern "C" fn npkio_numpack_open(
 
 /// Opens the NumPack directory at `path`, creating an empty one if there is none. With
 /// `drop_if_exists`, an existing NumPack directory is removed first. A path that exists but
-/// is not a NumPack directory is never removed: that is an error.
+/// is not a NumPack directory is never removed: that is an error. All of it happens under
+/// the lock conversions into `path` take (which first restores a store an interrupted
+/// conversion left aside), so a conversion publishing there meanwhile comes before or after.
 ///
 /// On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`.
 ///
@@ -407,6 +417,36 @@ pub unsafe extern "C" fn npkio_numpack_append(
     })
 }
 
+/// Appends `rows` rows to the array called `name`: `nbytes` bytes holding exactly that many
+/// rows of its dtype and row shape, in C order (0 bytes for rows of 0 bytes, such as those
+/// of an array of shape `(n, 0)`, which `npkio_numpack_append` cannot count).
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+/// string; `data` NULL (only when `nbytes` is 0) or `nbytes` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_append_rows(
+    npk: *mut NpkioNumpack,
+    name: *const c_char,
+    data: *const u8,
+    nbytes: usize,
+    rows: u64,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, data) = unsafe {
+            (
+                handle_mut(npk, "npk")?,
+                str_arg(name, "name")?,
+                slice_arg(data, nbytes, "data")?,
+            )
+        };
+        h.store.append_rows(name, data, rows)?;
+        Ok(())
+    })
+}
+
 /// Deletes rows of the array called `name`: `count` row indices as the array reads now
 /// (logical, 0-based), marked in the deletion bitmap as NumPack does.
 ///
@@ -555,6 +595,196 @@ pub unsafe extern "C" fn npkio_numpack_data_fd(
                 fd.set(-1);
             }
         }
+        Ok(())
+    })
+}
+
+/// Rows of an array, as it reads now (rows after deletions): `count` indices, or with
+/// `is_slice` nonzero the slice `start:stop:step` with Python's rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NpkioRows {
+    /// `count` row indices in order; a negative one counts from the end (-1 is the last
+    /// row). Ignored (may be NULL) when `count` is 0 or `is_slice` is nonzero.
+    pub indices: *const i64,
+    /// Number of indices.
+    pub count: usize,
+    /// Nonzero: the rows are the slice below instead of the indices.
+    pub is_slice: u8,
+    /// Nonzero when `start` is given; else the slice starts at the first row (the last for
+    /// a negative step).
+    pub has_start: u8,
+    /// Nonzero when `stop` is given; else the slice runs to the end in its direction.
+    pub has_stop: u8,
+    /// First row; negative counts from the end; clipped to the array.
+    pub start: i64,
+    /// Row the slice stops before; negative counts from the end; clipped to the array.
+    pub stop: i64,
+    /// Distance between rows; not 0.
+    pub step: i64,
+    /// Nonzero: indices that name no row are skipped instead of refused (NumPack's `drop`
+    /// ignores them). Ignored for a slice, whose bounds are clipped anyway.
+    pub skip_out_of_range: u8,
+}
+
+/// The rows `r` describes.
+///
+/// # Safety
+///
+/// `r` NULL or a readable `NpkioRows` whose `indices` follow its rules.
+unsafe fn rows_arg<'a>(r: *const NpkioRows) -> FfiResult<Rows<'a>> {
+    // SAFETY: the caller's contract.
+    let r = unsafe { r.as_ref() }.ok_or_else(|| FfiError::null("rows"))?;
+    if r.is_slice != 0 {
+        return Ok(Rows::Slice {
+            start: (r.has_start != 0).then_some(r.start),
+            stop: (r.has_stop != 0).then_some(r.stop),
+            step: r.step,
+        });
+    }
+    // SAFETY: the caller's contract on `indices`.
+    let indices = unsafe { slice_arg(r.indices, r.count, "rows.indices")? };
+    Ok(if r.skip_out_of_range != 0 {
+        Rows::Existing(indices)
+    } else {
+        Rows::Indices(indices)
+    })
+}
+
+/// Checks that `rows` names rows of the array `name` as `h` holds it: an index out of
+/// range is `NPKIO_STATUS_INDEX_OUT_OF_RANGE`.
+fn check_rows(h: &NpkioNumpack, name: &str, rows: Rows<'_>) -> FfiResult<Vec<u64>> {
+    match h.store.resolve_rows(name, rows)? {
+        Ok(picked) => Ok(picked),
+        Err(u) => {
+            let at = format!(
+                "{}: array {name:?}: {}",
+                h.store.path().display(),
+                u.message()
+            );
+            Err(match u {
+                Unresolved::OutOfRange { .. } => FfiError::new(NpkioStatus::IndexOutOfRange, at),
+                Unresolved::ZeroStep => FfiError::invalid(at),
+            })
+        }
+    }
+}
+
+/// Copies rows of the array called `name` (NumPack's `getitem`), chosen by index (negative
+/// ones count from the end) or by slice, resolved in this call against the array as the
+/// handle holds it, and fills `*view` with them: shape `[rows taken, row shape...]`, in the
+/// order given. The view's data stays valid until the next `npkio_numpack_get_rows` on
+/// this handle or the handle is freed; its name and shape until the handle is freed. An
+/// index out of range is `NPKIO_STATUS_INDEX_OUT_OF_RANGE`.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+/// string; `rows` NULL or a readable `NpkioRows` following its rules; `view` NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_get_rows(
+    npk: *mut NpkioNumpack,
+    name: *const c_char,
+    rows: *const NpkioRows,
+    view: *mut NpkioTensorView,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, rows, out) = unsafe {
+            (
+                handle_mut(npk, "npk")?,
+                str_arg(name, "name")?,
+                rows_arg(rows)?,
+                Out::new(view, "view")?,
+            )
+        };
+        let picked = check_rows(h, name, rows)?;
+        let (dtype, shape, data) = h.store.gather_rows(name, &picked)?;
+        h.rows = data;
+        let h: &NpkioNumpack = h;
+        let mut strings = h.interner();
+        let name = strings.name(name);
+        out.set(NpkioTensorView::new(
+            name,
+            dtype,
+            strings.shape(&shape),
+            &h.rows,
+        ));
+        Ok(())
+    })
+}
+
+/// Deletes rows of the array called `name`, chosen by index (negative ones count from the
+/// end) or by slice, resolved in this call against the array as the handle holds it; the
+/// change fails with `NPKIO_STATUS_BUSY` if another writer changed the store since, so the
+/// rows deleted are those named. As `npkio_numpack_drop_rows` otherwise.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `name` NULL or a NUL-terminated
+/// string; `rows` NULL or a readable `NpkioRows` following its rules.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_drop_rows_at(
+    npk: *mut NpkioNumpack,
+    name: *const c_char,
+    rows: *const NpkioRows,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, name, rows) = unsafe {
+            (
+                handle_mut(npk, "npk")?,
+                str_arg(name, "name")?,
+                rows_arg(rows)?,
+            )
+        };
+        let picked = check_rows(h, name, rows)?;
+        h.store.drop_rows(name, &picked)?;
+        Ok(())
+    })
+}
+
+/// Overwrites rows of existing arrays (NumPack's `replace`): `values[i]` names an array and
+/// holds its new rows in the array's dtype (shape `[rows named, row shape...]`, or one row,
+/// with or without a leading 1, written to every row named). The rows, chosen by index
+/// (negative ones count from the end) or by slice, are resolved in this call against each
+/// array as the handle holds it. Every array is saved whole with its rows replaced, all in
+/// one commit as `npkio_numpack_save`; its dropped rows stay dropped.
+///
+/// # Safety
+///
+/// `npk` NULL or a live handle, not used concurrently; `values` NULL (only when `count` is
+/// 0) or `count` descriptions following `NpkioTensorDesc`'s rules; `rows` NULL or a
+/// readable `NpkioRows` following its rules.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_numpack_replace_rows(
+    npk: *mut NpkioNumpack,
+    values: *const NpkioTensorDesc,
+    count: usize,
+    rows: *const NpkioRows,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above, checked for NULL inside.
+        let (h, descs, rows) = unsafe {
+            (
+                handle_mut(npk, "npk")?,
+                slice_arg(values, count, "values")?,
+                rows_arg(rows)?,
+            )
+        };
+        let inputs = descs
+            .iter()
+            .enumerate()
+            // SAFETY: each description follows NpkioTensorDesc's rules (the contract).
+            .map(|(i, d)| unsafe { desc_input(d, i) })
+            .collect::<FfiResult<Vec<_>>>()?;
+        for v in &inputs {
+            check_rows(h, v.name, rows)?;
+        }
+        let result = h.store.replace_rows(&inputs, rows);
+        h.refresh();
+        result?;
         Ok(())
     })
 }

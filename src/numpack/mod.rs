@@ -10,4 +10,4 @@ pub mod segments;
 pub mod sidecar;
 pub mod store;
 
-pub use store::{ArrayInfo, ArrayInput, NumPack};
+pub use store::{ArrayInfo, ArrayInput, NumPack, Rows};

@@ -21,7 +21,8 @@
 //!   generation stem, one commit that reads the same), because NumPack 0.7's bitmap under
 //!   its own name cannot be withdrawn by the metadata rename: it is removed just before
 //!   the replacement's commit (`NumPack::move_aside` in `mutate`).
-//! - An append writes past the data file's end, which the current generation ignores.
+//! - An append writes past the data file's end, which the current generation ignores; into a
+//!   copy under a generation name when the file has other hard links (`cp -al`).
 //! - `npkio.json` is written before the metadata with the entries of both generations (an
 //!   entry applies only to the record it was made for), and pruned after the commit.
 //!
@@ -32,8 +33,9 @@
 //! interrupted changes left behind.
 
 use std::collections::HashSet;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::fs::{self, File};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -53,7 +55,9 @@ use super::NumPack;
 pub(super) const TMP_PREFIX: &str = ".npkio-tmp-";
 
 /// What identifies a file's current version: a rename, a rewrite or a replacement changes
-/// at least one of these.
+/// at least one of these. On its own an inode number may be reused by a later file and a
+/// time may not tick between two writes: a stamp identifies a version only while the
+/// descriptor it was taken from is held ([`Held`]), which keeps the inode from being reused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
@@ -63,15 +67,77 @@ struct Stamp {
     ctime: (i64, i64),
 }
 
+impl Stamp {
+    fn of(md: &fs::Metadata) -> Stamp {
+        Stamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
+/// The stamp of the file at `path` (a link followed: opening checked where it leads).
 fn stamp_of(path: &Path) -> Option<Stamp> {
-    let md = fs::symlink_metadata(path).ok()?;
+    fs::metadata(path).ok().map(|md| Stamp::of(&md))
+}
+
+/// The stamp of `name` in the directory `root`, as [`stamp_of`].
+fn stamp_at(root: &OwnedFd, name: &str) -> Option<Stamp> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a directory descriptor we own, a NUL-terminated name and a buffer of the
+    // right type; the buffer is read only when the call succeeded.
+    let rc = unsafe { libc::fstatat(root.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), 0) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: fstatat succeeded and filled the buffer.
+    let st = unsafe { st.assume_init() };
+    // The fields' types differ between targets.
+    #[allow(clippy::unnecessary_cast)]
     Some(Stamp {
-        dev: md.dev(),
-        ino: md.ino(),
-        size: md.size(),
-        mtime: (md.mtime(), md.mtime_nsec()),
-        ctime: (md.ctime(), md.ctime_nsec()),
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+        size: st.st_size as u64,
+        mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
     })
+}
+
+/// A version of one of the store's own files, by the descriptor it was read through: held
+/// open so that no later file can get its inode number while the store lives.
+#[derive(Debug)]
+pub(super) struct Held {
+    stamp: Stamp,
+    _file: File,
+}
+
+impl Held {
+    /// The version `file` is (its status now, taken before its bytes are read).
+    pub(super) fn of(file: &File) -> std::io::Result<Held> {
+        let md = file.metadata()?;
+        Ok(Held {
+            stamp: Stamp::of(&md),
+            _file: file.try_clone()?,
+        })
+    }
+
+    /// The file now at `path` (not blocking on a FIFO).
+    fn at(path: &Path) -> Option<Held> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .ok()?;
+        Held::of(&file).ok()
+    }
+}
+
+fn stamp(h: &Option<Held>) -> Option<&Stamp> {
+    h.as_ref().map(|h| &h.stamp)
 }
 
 /// The directory a store was opened on, and the versions of its metadata files this store
@@ -80,29 +146,46 @@ fn stamp_of(path: &Path) -> Option<Stamp> {
 pub(super) struct Writer {
     /// st_dev and st_ino of the directory when the store was opened.
     dir: Option<(u64, u64)>,
-    /// `metadata.npkm` and `npkio.json` as last seen.
-    files: Mutex<(Option<Stamp>, Option<Stamp>)>,
+    /// `metadata.npkm` and `npkio.json` as last read or written.
+    files: Mutex<(Option<Held>, Option<Held>)>,
 }
 
 impl Writer {
     /// Records the directory and its metadata files as they are now.
     pub(super) fn observe(dir: &Path) -> Writer {
-        let id = fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()));
-        let w = Writer {
-            dir: id,
-            files: Mutex::new((None, None)),
-        };
+        let w = Writer::of_files(dir, None, None);
         w.refresh(dir);
         w
     }
 
-    /// Records the metadata files as they are now (call holding the lock, or at open).
+    /// Records the directory as it is now and the versions of the metadata files the store
+    /// was read from.
+    pub(super) fn of_files(dir: &Path, meta: Option<Held>, sidecar: Option<Held>) -> Writer {
+        let id = fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()));
+        Writer {
+            dir: id,
+            files: Mutex::new((meta, sidecar)),
+        }
+    }
+
+    /// Records the metadata files as they are now (call holding the lock, after this store
+    /// wrote them).
     pub(super) fn refresh(&self, dir: &Path) {
         let now = (
-            stamp_of(&dir.join(metadata::FILE_NAME)),
-            stamp_of(&dir.join(sidecar::FILE_NAME)),
+            Held::at(&dir.join(metadata::FILE_NAME)),
+            Held::at(&dir.join(sidecar::FILE_NAME)),
         );
         *self.files.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+
+    /// Whether `metadata.npkm` in the directory `root` is still the version this store
+    /// read or wrote last: then every file its records name still holds what it held.
+    pub(super) fn is_current(&self, root: &OwnedFd) -> bool {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        match stamp(&files.0) {
+            Some(seen) => stamp_at(root, metadata::FILE_NAME).as_ref() == Some(seen),
+            None => false,
+        }
     }
 
     /// Fails unless `dir` is still the directory the store was opened on, with the metadata
@@ -117,11 +200,12 @@ impl Writer {
             )
             .at(dir));
         }
-        let files = (
+        let now = (
             stamp_of(&dir.join(metadata::FILE_NAME)),
             stamp_of(&dir.join(sidecar::FILE_NAME)),
         );
-        if files != *self.files.lock().unwrap_or_else(|e| e.into_inner()) {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if (now.0.as_ref(), now.1.as_ref()) != (stamp(&files.0), stamp(&files.1)) {
             return Err(Error::new(
                 ErrorKind::Busy,
                 "another writer changed the store since it was opened; reopen it",
@@ -130,6 +214,17 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The error of a read through a store whose state is gone: another writer changed it
+/// since it was opened, and the file the read needs may hold the newer state.
+pub(super) fn changed_under(dir: &Path) -> Error {
+    Error::new(
+        ErrorKind::Busy,
+        "another writer changed the store since it was opened, and the array's files may \
+         now hold its new state; reopen the store",
+    )
+    .at(dir)
 }
 
 /// Whether `path` is a regular file (not followed if a link) owned by this process's user.
@@ -171,6 +266,11 @@ fn temp_name(dir: &Path) -> PathBuf {
 
 /// Gives `from`'s file the name `to` too, replacing whatever `to` was in one rename.
 pub(super) fn link_over(dir: &Path, from: &Path, to: &Path) -> Result<()> {
+    // Already the same file: nothing to do (a rename between two links of one file does
+    // nothing and would leave the temporary link).
+    if same_file(from, to) {
+        return Ok(());
+    }
     let tmp = temp_name(dir);
     remove_if_exists(&tmp)?;
     fs::hard_link(from, &tmp).ctx(&tmp, "linking")?;
@@ -365,6 +465,9 @@ impl NumPack {
             }
         }
         let late = replace_file(&self.dir, metadata::FILE_NAME, &encoded, self.durable)?;
+        // The store reads as the new metadata from here on (its arrays follow at once).
+        self.writer.refresh(&self.dir);
+        crate::hook::at("numpack:published");
         Ok((both, late.map(|e| published(&self.dir, e))))
     }
 
@@ -432,9 +535,9 @@ impl NumPack {
         for (_, stem, canon) in &plan {
             let from = dir.join(naming::data_file(stem));
             let to = dir.join(naming::data_file(canon));
+            // One rename: the plain name is never missing, even for a moment.
             if !same_file(&from, &to) {
-                remove_if_exists(&to)?;
-                fs::hard_link(&from, &to).ctx(&to, "linking")?;
+                link_over(&dir, &from, &to)?;
             }
         }
         if self.durable {

@@ -7,6 +7,7 @@
 //! - `open`: opening and creating a directory, and the validation done at open time.
 //! - `query`: names, descriptions, views and extents of the arrays.
 //! - `mutate`: save, append, drop rows, delete, and writing the metadata.
+//! - `rows`: reading, dropping and replacing rows chosen by (possibly negative) index.
 //! - `generation`: how a change is published in one step (fresh file names, one commit
 //!   point), the lock, and the clean-up of interrupted changes.
 
@@ -16,6 +17,7 @@ mod layout;
 mod mutate;
 mod open;
 mod query;
+mod rows;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -34,6 +36,8 @@ pub use layout::{make_record, needs_entry, Storage};
 pub use mutate::ArrayInput;
 pub(crate) use open::{existing_kind, Existing};
 pub use query::ArrayInfo;
+pub use rows::Rows;
+pub(crate) use rows::Unresolved;
 
 /// An array's bytes held by the store: a mapping of its file, or a copy gathered from
 /// segments or active rows.
@@ -182,6 +186,11 @@ struct Fault {
 /// A change takes the lock that conversions into the directory take, and fails without
 /// changing anything if the directory was replaced since it was opened or another writer
 /// changed it since; reopen the store then.
+///
+/// A store reads one committed state: opening reads again if a writer committed meanwhile,
+/// and once another writer has changed the store, reading an array whose files were not
+/// opened yet fails with [`ErrorKind::Busy`](crate::ErrorKind::Busy) rather than return
+/// bytes of the new state under the old dtype and shape (see `generation`).
 pub struct NumPack {
     dir: PathBuf,
     /// The directory, opened once (`O_PATH`): data files are opened relative to it.

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -194,10 +194,17 @@ impl NumPack {
             }
             Ok(())
         })();
+        // Arrays moved aside go back to their own names when the save fails (best effort:
+        // else the next change moves them).
+        let put_back = |s: &mut NumPack| {
+            let indices: Vec<usize> = aside.iter().map(|(i, _)| *i).collect();
+            let _ = s.canonicalize(&indices);
+        };
         if let Err(e) = result {
             for p in written {
                 let _ = fs::remove_file(p);
             }
+            put_back(self);
             return Err(e);
         }
         // The new generation's records and sidecar.
@@ -241,6 +248,7 @@ impl NumPack {
                 for p in written {
                     let _ = fs::remove_file(p);
                 }
+                put_back(self);
                 return Err(e);
             }
         };
@@ -402,26 +410,49 @@ impl NumPack {
 
     /// Appends rows to an array: `data` holds whole rows of the array's dtype and row shape.
     /// All or none: the rows are written past the data file's end (which the current
-    /// generation ignores), then one rename of `metadata.npkm` publishes them.
+    /// generation ignores), then one rename of `metadata.npkm` publishes them. Rows of 0
+    /// bytes cannot be counted from the bytes: [`NumPack::append_rows`] takes their number.
     pub fn append(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let dir = self.dir.clone();
         let i = self.rows_of(name, "append to")?;
-        let a = &self.arrays[i];
-        let row_elems = dtype::element_count(&a.shape()[1..]).unwrap_or(0);
-        let row_bytes = a.dtype.byte_len(row_elems).unwrap_or(0);
-        if row_bytes == 0 || data.len() as u64 % row_bytes != 0 {
+        let row_bytes = self.row_bytes(i)?;
+        if row_bytes == 0 {
+            return Err(Error::invalid_argument(
+                "the array's rows hold 0 bytes, so their number cannot be told from the \
+                 bytes: give it (append_rows)",
+            )
+            .at(&self.dir)
+            .array(name));
+        }
+        if data.len() as u64 % row_bytes != 0 {
             return Err(Error::invalid_argument(format!(
                 "{} bytes is not a whole number of rows of {row_bytes} bytes",
+                data.len()
+            ))
+            .at(&self.dir)
+            .array(name));
+        }
+        self.append_rows(name, data, data.len() as u64 / row_bytes)
+    }
+
+    /// Appends `rows` rows to an array: `data` holds exactly that many rows of the array's
+    /// dtype and row shape (no bytes at all for rows of 0 bytes, such as those of an
+    /// array of shape `(n, 0)`). As [`NumPack::append`] otherwise.
+    pub fn append_rows(&mut self, name: &str, data: &[u8], rows: u64) -> Result<()> {
+        let dir = self.dir.clone();
+        let i = self.rows_of(name, "append to")?;
+        let row_bytes = self.row_bytes(i)?;
+        if rows.checked_mul(row_bytes) != Some(data.len() as u64) {
+            return Err(Error::invalid_argument(format!(
+                "{} bytes are not {rows} rows of {row_bytes} bytes",
                 data.len()
             ))
             .at(&dir)
             .array(name));
         }
-        let new_rows = data.len() as u64 / row_bytes;
-        if new_rows == 0 {
+        if rows == 0 {
             return Ok(());
         }
-        if !matches!(a.storage, Storage::Plain) {
+        if !matches!(self.arrays[i].storage, Storage::Plain) {
             return Err(
                 Error::new(ErrorKind::Unsupported, "appending to a segmented array")
                     .at(&dir)
@@ -430,8 +461,20 @@ impl NumPack {
         }
         self.locked(|s| {
             s.verify(&s.arrays[i])?;
-            s.append_locked(i, data, new_rows)
+            s.append_locked(i, data, rows)
         })
+    }
+
+    /// Bytes of one row of the array at `i` (which has rows: see `rows_of`).
+    fn row_bytes(&self, i: usize) -> Result<u64> {
+        let a = &self.arrays[i];
+        dtype::element_count(&a.shape()[1..])
+            .and_then(|n| a.dtype.byte_len(n))
+            .ok_or_else(|| {
+                Error::invalid_argument("the array's rows have no whole byte length")
+                    .at(&self.dir)
+                    .array(&a.record.name)
+            })
     }
 
     fn append_locked(&mut self, i: usize, data: &[u8], new_rows: u64) -> Result<()> {
@@ -447,48 +490,48 @@ impl NumPack {
             .open(&path)
             .ctx(&path, "opening")
             .map_err(|e| e.array(&name))?;
+        // A file with other links (a copy made by `cp -al`, a backup sharing it) is never
+        // written: the rows go into a copy, under a fresh stem.
+        let shared = file.metadata().map_or(true, |m| m.nlink() > 1);
         // Past the end: the current generation reads only its size_bytes, so these bytes
         // (and any left by an interrupted append) are invisible until the commit.
         let undo = |e: Error| {
-            let _ = file.set_len(old_size);
+            if !shared {
+                let _ = file.set_len(old_size);
+            }
             e.array(&name)
         };
-        file.write_all_at(data, old_size)
-            .ctx(&path, "appending to")
-            .map_err(undo)?;
-        if durable {
-            file.sync_all().ctx(&path, "syncing").map_err(undo)?;
+        if !shared {
+            file.write_all_at(data, old_size)
+                .ctx(&path, "appending to")
+                .map_err(undo)?;
+            if durable {
+                file.sync_all().ctx(&path, "syncing").map_err(undo)?;
+            }
         }
         let mut record = a.record.clone();
         record.shape[0] += new_rows;
         record.size_bytes += data.len() as u64;
         record.last_modified = stamp;
         // An array with dropped rows needs a longer bitmap: it goes with a link to the data
-        // under a fresh stem, so that the same rename publishes both.
+        // (or the copy) under a fresh stem, so that the same rename publishes both.
         let mut bitmap = a.bitmap.clone();
-        let mut new_files = Vec::new();
         if let Some(b) = &mut bitmap {
             b.extend_active(new_rows);
-            let step = (|| -> Result<()> {
-                let canonical = canonical_stem(&a.record).unwrap_or_else(|| {
-                    naming::stem_of(&a.record.data_file)
-                        .map(naming::base_stem)
-                        .unwrap_or("array")
-                        .to_string()
-                });
-                let stem = self.fresh_stem(&canonical, &[])?;
-                let link = dir.join(naming::data_file(&stem));
-                fs::hard_link(&path, &link).ctx(&link, "linking")?;
-                new_files.push(link);
-                let bname = naming::bitmap_file(&stem);
-                new_files.push(dir.join(&bname));
-                if let Some(e) = replace_file(&dir, &bname, &b.encode(), durable)? {
-                    return Err(e);
-                }
-                record.data_file = naming::data_file(&stem);
-                Ok(())
-            })();
-            if let Err(e) = step {
+        }
+        let mut new_files = Vec::new();
+        let staged = if shared {
+            self.copy_with_rows(i, data, bitmap.as_deref(), &mut new_files)
+                .map(Some)
+        } else if let Some(b) = &bitmap {
+            self.restem(i, b, &mut new_files).map(Some)
+        } else {
+            Ok(None)
+        };
+        match staged {
+            Ok(Some(f)) => record.data_file = f,
+            Ok(None) => {}
+            Err(e) => {
                 for f in &new_files {
                     let _ = remove_if_exists(f);
                 }
@@ -527,8 +570,9 @@ impl NumPack {
     }
 
     /// Deletes rows (logical indices, as the array reads now) by marking them in the
-    /// deletion bitmap, as NumPack does: one rename of the bitmap publishes the change (the
-    /// metadata record does not change).
+    /// deletion bitmap, as NumPack does. The new bitmap goes under a fresh stem with a link
+    /// to the data, published by one rename of `metadata.npkm` (which every other handle's
+    /// check sees), then moved to the array's own stem, where NumPack 0.7 reads it.
     pub fn drop_rows(&mut self, name: &str, rows: &[u64]) -> Result<()> {
         let dir = self.dir.clone();
         let i = self.rows_of(name, "drop")?;
@@ -543,22 +587,150 @@ impl NumPack {
             .map_err(|m| Error::invalid_argument(m).at(&dir).array(name))?;
         self.locked(|s| {
             s.verify(&s.arrays[i])?;
-            let bpath = s.bitmap_of(i);
-            let late = replace_file(&dir, &bpath.to_string_lossy(), &bitmap.encode(), s.durable)?;
-            let a = &mut s.arrays[i];
-            a.set_logical_rows(bitmap.active_count());
-            a.bitmap = Some(Box::new(bitmap));
-            if let Some(d) = a.data.take() {
-                s.retired.push(*d);
+            if matches!(s.arrays[i].storage, Storage::Plain) {
+                s.drop_rows_locked(i, bitmap)
+            } else {
+                s.drop_rows_in_place(i, bitmap)
             }
-            // The same metadata again, as a new file: other stores open on the directory
-            // see that it changed. Best effort: the change is already published.
-            let (meta, _) = s.snapshot();
-            if late.is_none() {
-                let _ = replace_file(&dir, metadata::FILE_NAME, &meta.encode(), s.durable);
-            }
-            late.map_or(Ok(()), |e| Err(published(&dir, e)))
         })
+    }
+
+    fn drop_rows_locked(&mut self, i: usize, bitmap: Bitmap) -> Result<()> {
+        let mut new_files = Vec::new();
+        let data_file = match self.restem(i, &bitmap, &mut new_files) {
+            Ok(f) => f,
+            Err(e) => {
+                for f in &new_files {
+                    let _ = remove_if_exists(f);
+                }
+                return Err(e.array(&self.arrays[i].record.name));
+            }
+        };
+        let mut records: Vec<ArrayRecord> = self.arrays.iter().map(|a| a.record.clone()).collect();
+        records[i].data_file = data_file;
+        let record = records[i].clone();
+        // The records change only their data file, which sidecar entries do not name.
+        let (_, sc) = self.snapshot();
+        let (on_disk, late) = match self.commit(records, &sc) {
+            Ok(done) => done,
+            Err(e) => {
+                for f in &new_files {
+                    let _ = remove_if_exists(f);
+                }
+                return Err(e.array(&record.name));
+            }
+        };
+        let a = &mut self.arrays[i];
+        let old_files = files_of(a);
+        a.record = record;
+        a.set_logical_rows(bitmap.active_count());
+        a.bitmap = Some(Box::new(bitmap));
+        if let Some(d) = a.data.take() {
+            self.retired.push(*d);
+        }
+        self.prune_sidecar(&on_disk);
+        self.after_commit(&[i], old_files, late)
+    }
+
+    /// [`NumPack::drop_rows`] of a segmented array (never written by npkio): its bitmap
+    /// replaced by one rename, then the same metadata again as a new file, so that other
+    /// handles see that the store changed.
+    fn drop_rows_in_place(&mut self, i: usize, bitmap: Bitmap) -> Result<()> {
+        let dir = self.dir.clone();
+        let bpath = self.bitmap_of(i);
+        let late = replace_file(
+            &dir,
+            &bpath.to_string_lossy(),
+            &bitmap.encode(),
+            self.durable,
+        )?;
+        let a = &mut self.arrays[i];
+        a.set_logical_rows(bitmap.active_count());
+        a.bitmap = Some(Box::new(bitmap));
+        if let Some(d) = a.data.take() {
+            self.retired.push(*d);
+        }
+        let (meta, _) = self.snapshot();
+        if late.is_none() {
+            let _ = replace_file(&dir, metadata::FILE_NAME, &meta.encode(), self.durable);
+        }
+        late.map_or(Ok(()), |e| Err(published(&dir, e)))
+    }
+
+    /// A fresh stem for new files of the array at `i`: its own stem, or a generation of it.
+    fn change_stem(&self, i: usize) -> Result<String> {
+        let record = &self.arrays[i].record;
+        let canonical = canonical_stem(record).unwrap_or_else(|| {
+            naming::stem_of(&record.data_file)
+                .map(naming::base_stem)
+                .unwrap_or("array")
+                .to_string()
+        });
+        self.fresh_stem(&canonical, &[])
+    }
+
+    /// Writes the array at `i` with `rows` after its bytes into a new file under a fresh
+    /// stem, and `bitmap` (if any) beside it (both pushed to `made`, for the caller to remove
+    /// on a failure): an append that must not write into the live data file. Returns the
+    /// new data file's name.
+    fn copy_with_rows(
+        &self,
+        i: usize,
+        rows: &[u8],
+        bitmap: Option<&Bitmap>,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<String> {
+        let dir = &self.dir;
+        let a = &self.arrays[i];
+        let source = self.open_data(a, 0)?;
+        let stem = self.change_stem(i)?;
+        let path = dir.join(naming::data_file(&stem));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(&path, "creating")?;
+        made.push(path.clone());
+        let size = a.record.size_bytes;
+        let copied = std::io::copy(&mut std::io::Read::take(&source, size), &mut out)
+            .ctx(&path, "copying into")?;
+        if copied != size {
+            let short = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the data file ended after {copied} of its {size} bytes"),
+            );
+            return Err(Error::io(dir.join(&a.record.data_file), "reading", short));
+        }
+        out.write_all(rows).ctx(&path, "writing")?;
+        if self.durable {
+            out.sync_all().ctx(&path, "syncing")?;
+        }
+        if let Some(b) = bitmap {
+            let bname = naming::bitmap_file(&stem);
+            made.push(dir.join(&bname));
+            if let Some(e) = replace_file(dir, &bname, &b.encode(), self.durable)? {
+                return Err(e);
+            }
+        }
+        Ok(naming::data_file(&stem))
+    }
+
+    /// Puts the array at `i` under a fresh stem for a change of its bitmap: a link to its
+    /// data file and `bitmap`, both named by that stem (and pushed to `made`, for the
+    /// caller to remove on a failure). Returns the new data file's name.
+    fn restem(&self, i: usize, bitmap: &Bitmap, made: &mut Vec<PathBuf>) -> Result<String> {
+        let dir = &self.dir;
+        let stem = self.change_stem(i)?;
+        let link = dir.join(naming::data_file(&stem));
+        let path = dir.join(&self.arrays[i].record.data_file);
+        fs::hard_link(&path, &link).ctx(&link, "linking")?;
+        made.push(link);
+        let bname = naming::bitmap_file(&stem);
+        made.push(dir.join(&bname));
+        if let Some(e) = replace_file(dir, &bname, &bitmap.encode(), self.durable)? {
+            return Err(e);
+        }
+        Ok(naming::data_file(&stem))
     }
 
     /// Removes an array: one rename of `metadata.npkm` without it, then its files.

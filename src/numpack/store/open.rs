@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -18,6 +19,7 @@ use crate::numpack::sidecar::{self, Entry, Sidecar};
 use crate::paths::checked_relative;
 use crate::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 
+use super::generation::{Held, Writer};
 use super::index::NameIndex;
 use super::layout::{bitmap_path, Segments, Storage};
 use super::{Array, Fault, NumPack};
@@ -26,6 +28,9 @@ use super::{Array, Fault, NumPack};
 /// parsed as it is read.
 const WHOLE_SIDECAR: u64 = 16 << 20;
 
+/// How many times opening reads a store that another writer keeps changing meanwhile.
+const OPEN_TRIES: u32 = 20;
+
 /// `rel` checked to stay inside `dir` by its components (`paths::checked_relative`).
 fn checked(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
     checked_relative(rel).map_err(|m| Error::malformed(dir, format!("{what}: {m}")))
@@ -33,8 +38,52 @@ fn checked(dir: &Path, rel: &str, what: &str) -> Result<PathBuf> {
 
 impl NumPack {
     /// Opens an existing NumPack directory.
+    ///
+    /// The store is one committed state: if another writer commits while it is being
+    /// opened (the metadata read is no longer the current one once the rest is read), it is
+    /// opened again, a few times at most, then fails with [`ErrorKind::Busy`].
     pub fn open(path: impl AsRef<Path>) -> Result<NumPack> {
         let dir = path.as_ref();
+        let meta_path = dir.join(metadata::FILE_NAME);
+        if fs::symlink_metadata(dir).is_err() {
+            // An interrupted conversion may have left the old store aside (the fallback
+            // without an exchange): the lock restores it, if the directory holding it can
+            // be locked. Else the store is what it is.
+            let _ = crate::publish::lock_output(dir, true);
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let before = fs::symlink_metadata(&meta_path)
+                .ok()
+                .map(|m| (m.ino(), m.ctime_nsec(), m.ctime()));
+            match NumPack::open_once(dir) {
+                Ok(store) if store.writer.is_current(&store.root) => return Ok(store),
+                Err(e) => {
+                    let now = fs::symlink_metadata(&meta_path)
+                        .ok()
+                        .map(|m| (m.ino(), m.ctime_nsec(), m.ctime()));
+                    // An error of a store changed while it was read may be of the change
+                    // (a file of the old state removed): look again.
+                    if now == before || tries >= OPEN_TRIES {
+                        return Err(e);
+                    }
+                }
+                Ok(_) if tries >= OPEN_TRIES => {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        "the store kept being changed by another writer while it was opened",
+                    )
+                    .at(dir))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// One try of [`NumPack::open`]: the store as read, which may mix two states if
+    /// another writer committed meanwhile (the caller checks).
+    fn open_once(dir: &Path) -> Result<NumPack> {
         let meta_path = dir.join(metadata::FILE_NAME);
         let md = fs::metadata(dir).ctx(dir, "opening NumPack directory")?;
         if !md.is_dir() {
@@ -46,19 +95,36 @@ impl NumPack {
         }
         let root = dir_handle(dir)?;
         let opened = open_member(&root, dir, metadata::FILE_NAME, "metadata", false)?;
+        // The version read, by its descriptor: later reads check it is still current.
+        let meta_held = Held::of(&opened.file).ctx(&meta_path, "inspecting")?;
         let bytes = read_to_vec(opened, metadata::MAX_LEN, "metadata")?;
+        crate::hook::at("numpack-open:metadata-read");
         // The sidecar is opened after the metadata is read (a change writes it before the
         // metadata), but read only once the metadata's bytes are released: both at once
         // are most of what opening a store of many arrays holds. Its `next` fields need the
         // digest of the metadata read, taken now.
-        let sidecar_file = open_member(&root, dir, sidecar::FILE_NAME, "sidecar", false).ok();
+        // A sidecar that is there but cannot be opened safely (a link leading out, a device,
+        // a FIFO) is an error, not an absent one: without it arrays read as another dtype.
+        let sidecar_file = match open_member(&root, dir, sidecar::FILE_NAME, "sidecar", false) {
+            Ok(o) => Some(o),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                refuse_dangling(dir, sidecar::FILE_NAME, "sidecar")?;
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let sidecar_held = match &sidecar_file {
+            Some(o) => Some(Held::of(&o.file).ctx(&o.path, "inspecting")?),
+            None => None,
+        };
         let digest = sidecar_file
             .as_ref()
             .map(|_| sidecar::metadata_digest(&bytes));
         // Records are decoded into the arrays one by one, not gathered first.
         let mut store = Self::from_parts(dir, root, &bytes, &meta_path)?;
+        store.writer = Writer::of_files(dir, Some(meta_held), sidecar_held);
         drop(bytes);
-        // A sidecar never makes a directory unreadable: one that cannot be read is ignored.
+        // A sidecar whose bytes cannot be read or parsed is ignored.
         match sidecar_file {
             Some(opened) if opened.len <= WHOLE_SIDECAR => {
                 if let Ok(bytes) = read_to_vec(opened, sidecar::MAX_LEN, "sidecar") {
@@ -83,8 +149,29 @@ impl NumPack {
     /// `drop_if_exists`, an existing one is removed first. A path that exists but is not a
     /// NumPack directory (a file, or a non-empty directory without `metadata.npkm`) is never
     /// removed: that is an error.
+    ///
+    /// Everything is decided and done under the lock every change and conversion into the
+    /// path takes (see `publish`), which first restores an old store an interrupted
+    /// conversion left aside: a conversion publishing into the path meanwhile comes before
+    /// or after, never in between.
     pub fn create(path: impl AsRef<Path>, drop_if_exists: bool) -> Result<NumPack> {
         let dir = path.as_ref();
+        // A store that is there is only read: no lock needed (nor the right to take it).
+        if !drop_if_exists && matches!(existing_kind(dir), Ok(Existing::NumPack)) {
+            return NumPack::open(dir);
+        }
+        // The directory holding the store is locked: it must exist (making it changes no
+        // store).
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if fs::symlink_metadata(parent).is_err() {
+                fs::create_dir_all(parent).ctx(parent, "creating directory")?;
+            }
+        }
+        let lock_path = match dir.file_name() {
+            Some(_) => dir.to_path_buf(),
+            None => dir.canonicalize().ctx(dir, "resolving")?,
+        };
+        let _lock = crate::publish::lock_output(&lock_path, true).map_err(|e| e.at(dir))?;
         match fs::symlink_metadata(dir) {
             Ok(_) => {
                 let kind = existing_kind(dir)?;
@@ -92,7 +179,7 @@ impl NumPack {
                     return NumPack::open(dir);
                 }
                 if kind == Existing::NumPack {
-                    // A store that opens is emptied all or none, under the lock.
+                    // A store that opens is emptied all or none.
                     if let Ok(mut store) = NumPack::open(dir) {
                         store.clear()?;
                         return Ok(store);
@@ -102,10 +189,11 @@ impl NumPack {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir_all(dir).ctx(dir, "creating directory")?;
+                fs::create_dir(dir).ctx(dir, "creating directory")?;
             }
             Err(e) => return Err(Error::io(dir, "inspecting", e)),
         }
+        crate::hook::at("numpack-create:directory-made");
         let store = NumPack {
             dir: dir.to_path_buf(),
             root: dir_handle(dir)?,
@@ -119,7 +207,7 @@ impl NumPack {
             durable: false,
             last_stamp: 0,
             opened_at: std::time::SystemTime::now(),
-            writer: super::generation::Writer::observe(dir),
+            writer: Writer::observe(dir),
         };
         store.write_metadata()?;
         Ok(store)
@@ -188,7 +276,7 @@ impl NumPack {
             durable: false,
             last_stamp,
             opened_at,
-            writer: super::generation::Writer::observe(dir),
+            writer: Writer::of_files(dir, None, None),
         })
     }
 
@@ -380,7 +468,10 @@ impl Parts<'_> {
         }
         match open_member(self.root, self.dir, rel, what, self.listed_regular(rel)) {
             Ok(o) => Ok(Some(o)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                refuse_dangling(self.dir, rel, what)?;
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -388,6 +479,19 @@ impl Parts<'_> {
     /// `rel` opened inside the directory, a missing file being a malformed directory.
     fn open_part(&self, rel: &str, what: &str) -> Result<Opened> {
         open_part(self.root, self.dir, rel, what, self.listed_regular(rel))
+    }
+}
+
+/// After `rel` (an optional file of the store) was not found: fails if its name is there
+/// all the same, a link leading nowhere; a file that is there but cannot be opened is never
+/// taken for an absent one.
+fn refuse_dangling(dir: &Path, rel: &str, what: &str) -> Result<()> {
+    match fs::symlink_metadata(dir.join(rel)) {
+        Ok(_) => Err(Error::malformed(
+            dir,
+            format!("{what} {rel:?} is a symbolic link to nothing"),
+        )),
+        Err(_) => Ok(()),
     }
 }
 

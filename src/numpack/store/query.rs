@@ -180,8 +180,16 @@ impl NumPack {
         let name = &a.record.name;
         let shown = rel.to_string_lossy();
         let listed = a.listed_regular && !segmented;
-        let (file, len) = open_below(&self.root, &self.dir, rel, &shown, what, listed)
-            .map_err(|e| super::open::missing_is_malformed(e, &self.dir).array(name))?;
+        let opened = open_below(&self.root, &self.dir, rel, &shown, what, listed);
+        // Opened by name after the metadata was read: it holds the state this store read
+        // only if that metadata is still the current one (while it is, no writer changes a
+        // file it names). If not, the state read is gone: a typed error, not the new bytes
+        // under the old dtype and shape, nor a file of the old state reported missing.
+        if !self.writer.is_current(&self.root) {
+            return Err(super::generation::changed_under(&self.dir).array(name));
+        }
+        let (file, len) =
+            opened.map_err(|e| super::open::missing_is_malformed(e, &self.dir).array(name))?;
         if len < need {
             let message = if segmented {
                 format!("segment {shown:?} is {len} bytes, shorter than its {need}")
