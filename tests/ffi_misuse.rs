@@ -390,6 +390,7 @@ fn null_everywhere_on_the_numpack_handle() {
             start: 0,
             stop: 0,
             step: 1,
+            skip_out_of_range: 0,
         };
         let x = c"x".as_ptr();
         null_arg(npkio_numpack_get_rows(null_mut(), x, &rows, &mut v), "npk");

@@ -230,6 +230,20 @@ mod tests {
     }
 
     #[test]
+    fn indices_out_of_range_are_refused_or_skipped() {
+        let idx = [-1, 7, -6, 0, 5];
+        assert_eq!(
+            resolve(Rows::Indices(&idx), 5),
+            Err(Unresolved::OutOfRange { index: 7, len: 5 })
+        );
+        assert_eq!(resolve(Rows::Existing(&idx), 5), Ok(vec![4, 0]));
+        assert_eq!(
+            resolve(Rows::Existing(&[i64::MIN, i64::MAX]), 5),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
     fn slices_follow_python() {
         assert_eq!(py(None, None, 1, 5), [0, 1, 2, 3, 4]);
         assert_eq!(py(None, None, -1, 5), [4, 3, 2, 1, 0]);
