@@ -466,7 +466,8 @@ impl Loader {
                 .filter(|(i, r)| r.nbytes > 0 && !dsts[*i].ptr.is_null())
                 .map(|(i, r)| {
                     let a = dsts[i].ptr as usize;
-                    (a, a + (r.nbytes as usize).min(dsts[i].cap), i)
+                    let len = usize::try_from(r.nbytes).unwrap_or(usize::MAX);
+                    (a, a.saturating_add(len.min(dsts[i].cap)), i)
                 })
                 .collect();
             spans.sort();

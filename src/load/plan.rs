@@ -120,11 +120,18 @@ pub(crate) fn resolve(loader: &Loader, req: &Request) -> std::result::Result<Res
     if let Some(d) = shape.get_mut(dim) {
         *d = end - start;
     }
-    let elems: u64 = shape.iter().product();
-    let bits = u64::from(t.dtype.bits());
+    // The sliced shape has no more elements than the tensor, whose byte length fits in 64
+    // bits; the output's length in another dtype may not (F16 to F32 doubles it).
+    let too_large = || {
+        inv(format!(
+            "the output ({to} {shape:?}) would be more than 2^64 bytes"
+        ))
+    };
+    let elems = crate::dtype::element_count(&shape).ok_or_else(too_large)?;
+    let bits = t.dtype.bits();
     if bits % 8 != 0 && req.slice.is_some() {
-        let inner: u64 = t.shape[dim + 1..].iter().product();
-        if (inner * bits) % 8 != 0 {
+        let inner = crate::dtype::element_count(&t.shape[dim + 1..]).ok_or_else(too_large)?;
+        if (u128::from(inner) * u128::from(bits)) % 8 != 0 {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
@@ -135,7 +142,7 @@ pub(crate) fn resolve(loader: &Loader, req: &Request) -> std::result::Result<Res
             ));
         }
     }
-    let nbytes = (elems * u64::from(to.bits())).div_ceil(8);
+    let nbytes = bytes_of(elems, to.bits()).ok_or_else(too_large)?;
     Ok(Resolved {
         tensor,
         dim,
@@ -146,6 +153,12 @@ pub(crate) fn resolve(loader: &Loader, req: &Request) -> std::result::Result<Res
         shape,
         nbytes,
     })
+}
+
+/// The bytes `elems` elements of `bits` bits take (rounded up to a whole byte), `None`
+/// past `u64::MAX`.
+pub(crate) fn bytes_of(elems: u64, bits: u32) -> Option<u64> {
+    u64::try_from((u128::from(elems) * u128::from(bits)).div_ceil(8)).ok()
 }
 
 /// Validates every request; on any failure, one error listing every invalid request.
@@ -449,14 +462,17 @@ fn plan_request(
     if r.nbytes == 0 || t.nbytes == 0 {
         return;
     }
-    let bits = u64::from(t.dtype.bits());
     if t.shape.is_empty() {
         contiguous(t, r, req, 0, t.nbytes, 0, runs);
         return;
     }
     let k = r.dim;
+    // None of these overflow: the tensor's byte length fits in 64 bits and is not zero, so
+    // every partial product of its shape times the element size is at most that length.
     let outer: u64 = t.shape[..k].iter().product();
-    let inner = t.shape[k + 1..].iter().product::<u64>() * bits / 8;
+    let inner = crate::dtype::element_count(&t.shape[k + 1..])
+        .and_then(|n| bytes_of(n, t.dtype.bits()))
+        .expect("a part of a tensor's shape is no larger than the tensor");
     let dk = t.shape[k];
     let row = dk * inner;
     let first = r.start * inner;

@@ -78,9 +78,11 @@ pub fn run(args: &LoadArgs) -> Outcome {
             for r in &reqs {
                 sizes.push(loader.output(r)?.nbytes);
             }
-            let total: u64 = sizes.iter().sum();
-            let total = usize::try_from(total)
-                .map_err(|_| Error::invalid_argument("the tensors do not fit in memory"))?;
+            let total = sizes
+                .iter()
+                .try_fold(0u64, |a, &n| a.checked_add(n))
+                .and_then(|t| usize::try_from(t).ok())
+                .ok_or_else(|| Error::invalid_argument("the tensors do not fit in memory"))?;
             // Ready memory, as an engine would have: touched before the clock starts.
             let mut arena = vec![1u8; total];
             let mut dsts: Vec<&mut [u8]> = Vec::with_capacity(sizes.len());

@@ -1,0 +1,188 @@
+//! The loader against hostile sizes and exhausted resources: NumPack directories whose
+//! shapes describe sparse files of exabytes, sizes that would wrap around 2^64, staging far
+//! smaller than the tensor, and children run out of threads or address space.
+
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+
+use npkio::ffi::*;
+use npkio::load::{LoadOptions, Loader, Request};
+use npkio::{DType, ErrorKind};
+
+const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
+
+/// A directory on tmpfs when there is one (sparse files of exabytes fit there), else the
+/// system's temporary directory.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(t) = tempfile::tempdir_in(shm) {
+            return t;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A NumPack directory holding one array `name` of `dtype` and `shape` whose data file is
+/// a hole of the length the shape needs (no byte of it is written). `None` when the
+/// filesystem cannot hold a file that long.
+fn sparse_numpack(dir: &Path, name: &str, dtype: DType, shape: &[u64]) -> Option<PathBuf> {
+    let itemsize = u64::from(dtype.bits() / 8);
+    let size = shape
+        .iter()
+        .try_fold(itemsize, |a, &d| a.checked_mul(d))
+        .expect("the test's shapes fit in 64 bits");
+    let path = dir.join("hostile.npk");
+    std::fs::create_dir(&path).unwrap();
+    let data_file = format!("data_{name}.npkd");
+    let f = std::fs::File::create(path.join(&data_file)).unwrap();
+    if f.set_len(size).is_err() {
+        return None;
+    }
+    let mut meta = Vec::new();
+    meta.extend_from_slice(b"NPKB");
+    meta.extend_from_slice(&1u32.to_le_bytes());
+    meta.extend_from_slice(&size.to_le_bytes());
+    meta.extend_from_slice(&1u32.to_le_bytes());
+    put_str(&mut meta, name);
+    meta.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+    for d in shape {
+        meta.extend_from_slice(&d.to_le_bytes());
+    }
+    put_str(&mut meta, &data_file);
+    meta.extend_from_slice(&1_764_720_000_000_000u64.to_le_bytes());
+    meta.extend_from_slice(&size.to_le_bytes());
+    meta.push(dtype.storage_code());
+    meta.push(0); // compression: none
+    meta.extend_from_slice(&0u32.to_le_bytes());
+    meta.extend_from_slice(&0u64.to_le_bytes());
+    meta.extend_from_slice(&0u64.to_le_bytes());
+    meta.push(0); // no block info
+    std::fs::write(path.join("metadata.npkm"), meta).unwrap();
+    Some(path)
+}
+
+/// Every path the size of `req` takes gives `want` bytes exactly: `Loader::output` and
+/// the C ABI's `npkio_load_output_size`; a destination of the size a computation wrapping
+/// around 2^64 gives (`wrapped` bytes) is refused untouched by `load` and `npkio_load_run`.
+fn exact_everywhere(
+    path: &Path,
+    req: &Request,
+    c_req: &NpkioLoadRequest,
+    want: u64,
+    wrapped: usize,
+) {
+    let loader = Loader::open(path).unwrap();
+    assert_eq!(loader.output(req).unwrap().nbytes, want);
+    let mut dst = vec![7u8; wrapped];
+    let err = loader
+        .load(
+            std::slice::from_ref(req),
+            &mut [&mut dst[..]],
+            &LoadOptions::default(),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains(&want.to_string()), "{err}");
+    assert!(dst.iter().all(|&b| b == 7));
+
+    let c_path = CString::new(path.to_str().unwrap()).unwrap();
+    let mut l = std::ptr::null_mut();
+    // SAFETY: a valid C string, request and out-pointers; the handle is freed below.
+    unsafe {
+        assert_eq!(npkio_load_open(c_path.as_ptr(), &mut l), NpkioStatus::Ok);
+        let mut n = 0usize;
+        assert_eq!(npkio_load_output_size(l, c_req, &mut n), NpkioStatus::Ok);
+        assert_eq!(n as u64, want);
+        let mut r = *c_req;
+        r.dst = dst.as_mut_ptr().cast();
+        r.capacity = dst.len();
+        assert_eq!(
+            npkio_load_run(l, &r, 1, std::ptr::null(), std::ptr::null_mut()),
+            NpkioStatus::InvalidArgument
+        );
+        let msg = CStr::from_ptr(npkio_last_error_message()).to_string_lossy();
+        assert!(msg.contains(&want.to_string()), "{msg}");
+        npkio_load_free(l);
+    }
+    assert!(dst.iter().all(|&b| b == 7));
+}
+
+#[test]
+fn a_sliced_output_whose_bit_count_passes_2_pow_64_is_exact() {
+    let tmp = scratch();
+    // 2^47 + 1 rows of 8191 F16 (2.3 EB of file, all hole); columns [0, 4096) as F32 are
+    // (2^47 + 1) × 4096 × 4 bytes = 2^61 + 16 KiB, whose count of bits, 2^64 + 128 Ki,
+    // wraps to 16 KiB of bytes.
+    let Some(path) = sparse_numpack(tmp.path(), "w", DType::F16, &[(1 << 47) + 1, 8191]) else {
+        eprintln!("SKIPPED: the filesystem cannot hold a sparse file of 2.3 EB");
+        return;
+    };
+    let name = CString::new("w").unwrap();
+    let c_req = NpkioLoadRequest {
+        name: name.as_ptr(),
+        slice: NPKIO_LOAD_RANGE,
+        dim: 1,
+        start: 0,
+        end: 4096,
+        dtype: DType::F32 as _,
+        dst: std::ptr::null_mut(),
+        capacity: 0,
+    };
+    let req = Request::new("w").slice(1, 0, 4096).to(DType::F32);
+    exact_everywhere(&path, &req, &c_req, (1 << 61) + (16 << 10), 16 << 10);
+}
+
+#[test]
+fn a_converted_tensor_whose_bit_count_passes_2_pow_64_is_exact() {
+    let tmp = scratch();
+    // 2^59 + 1 F16 elements (2^60 + 2 bytes of hole): as F32, 2^61 + 4 bytes, a size that
+    // fits, though its count of bits does not.
+    let n = (1u64 << 59) + 1;
+    let Some(path) = sparse_numpack(tmp.path(), "w", DType::F16, &[n]) else {
+        eprintln!("SKIPPED: the filesystem cannot hold a sparse file of 1 EB");
+        return;
+    };
+    let name = CString::new("w").unwrap();
+    let c_req = NpkioLoadRequest {
+        name: name.as_ptr(),
+        slice: NPKIO_LOAD_RANGE,
+        dim: 0,
+        start: 1,
+        end: n,
+        dtype: DType::F32 as _,
+        dst: std::ptr::null_mut(),
+        capacity: 0,
+    };
+    let req = Request::new("w").slice(0, 1, n).to(DType::F32);
+    // (2^59) × 32 bits wraps to 0 bytes.
+    exact_everywhere(&path, &req, &c_req, (n - 1) * 4, 0);
+    let whole = Loader::open(&path).unwrap();
+    let out = whole.output(&Request::new("w").to(DType::F32)).unwrap();
+    assert_eq!(out.nbytes, n * 4);
+}
+
+#[test]
+fn cli_load_of_outputs_adding_up_past_2_pow_64_is_refused() {
+    let tmp = scratch();
+    let Some(path) = sparse_numpack(tmp.path(), "w", DType::U8, &[1 << 62]) else {
+        eprintln!("SKIPPED: the filesystem cannot hold a sparse file of 4 EB");
+        return;
+    };
+    // Four times 2^62 bytes: 2^64 together.
+    let out = std::process::Command::new(NPKIO)
+        .arg("load")
+        .arg(&path)
+        .args(["--keys", "w", "w", "w", "w"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("do not fit in memory"), "{stderr}");
+    assert!(!out.status.success());
+}
