@@ -4,9 +4,10 @@
 
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use npkio::ffi::*;
-use npkio::load::{LoadOptions, Loader, Request};
+use npkio::load::{LoadOptions, Loader, Method, Request};
 use npkio::{DType, ErrorKind};
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
@@ -185,4 +186,127 @@ fn cli_load_of_outputs_adding_up_past_2_pow_64_is_refused() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("do not fit in memory"), "{stderr}");
     assert!(!out.status.success());
+}
+
+// ---------------------------------------------------------------------------------------
+// Children: this test binary run again, with one test and an environment variable saying
+// what to do.
+
+/// Runs test `entry` of this binary as a child with `NPKIO_LIMITS_CHILD=spec`, `prepare`
+/// applied to its command; returns its exit code and output.
+fn child(entry: &str, spec: &str, prepare: impl FnOnce(&mut Command)) -> (i32, String) {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", entry, "--nocapture", "--test-threads=1"])
+        .env("NPKIO_LIMITS_CHILD", spec)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null());
+    prepare(&mut c);
+    let out = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn child_spec() -> Option<String> {
+    std::env::var("NPKIO_LIMITS_CHILD").ok()
+}
+
+/// A SafeTensors file of one U8 tensor `w` holding `data`.
+fn write_safetensors(path: &Path, data: &[u8]) {
+    let mut h = format!(
+        r#"{{"w":{{"dtype":"U8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#,
+        n = data.len()
+    );
+    while h.len() % 8 != 0 {
+        h.push(' ');
+    }
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Leaves this process in a mount namespace of its own without `/proc`; false when that
+/// is not permitted (not root).
+fn hide_proc() -> bool {
+    // SAFETY: plain system calls on constant C strings; the namespace is this process's.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return false;
+        }
+        let none = c"none";
+        if libc::mount(
+            none.as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return false;
+        }
+        if libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH) != 0 {
+            return false;
+        }
+    }
+    !Path::new("/proc/self/fd").exists()
+}
+
+#[test]
+fn without_proc_o_direct_reads_only_the_file_validated() {
+    let entry = "without_proc_o_direct_reads_only_the_file_validated";
+    if child_spec().is_none() {
+        let (code, text) = child(entry, "run", |_| {});
+        if text.contains("SKIPPED") {
+            eprintln!("{text}");
+            return;
+        }
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("CHILD-DONE"), "{text}");
+        return;
+    }
+    // The child: the files first (tempfile may want /proc), then /proc goes.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = tmp.path().join("model.safetensors");
+    let old: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let new: Vec<u8> = (0..4u32 << 20).map(|i| (i % 13) as u8 + 100).collect();
+    write_safetensors(&path, &old);
+    let loader = Loader::open(&path).unwrap();
+    if !hide_proc() {
+        println!("SKIPPED: cannot unmount /proc in a mount namespace (not root?)");
+        return;
+    }
+    let opts = LoadOptions {
+        method: Method::Direct,
+        chunk_size: 256 << 10,
+        threads: 2,
+        ..LoadOptions::default()
+    };
+    let load = |loader: &Loader| {
+        let mut dst = vec![0u8; old.len()];
+        let r = loader
+            .load(&[Request::new("w")], &mut [&mut dst[..]], &opts)
+            .unwrap();
+        (r, dst)
+    };
+    // The path still names the file validated: reopened by path, proven the same file.
+    let (r, got) = load(&loader);
+    assert!(got == old);
+    if r.direct_refused {
+        println!("SKIPPED: the filesystem refuses O_DIRECT");
+        return;
+    }
+    assert_eq!(r.direct_bytes, old.len() as u64, "{r:?}");
+    // Atomically replaced: the path names another file, whose bytes must not be read.
+    let next = tmp.path().join("next.safetensors");
+    write_safetensors(&next, &new);
+    std::fs::rename(&next, &path).unwrap();
+    let (r, got) = load(&loader);
+    assert!(got == old, "bytes of the replacing file were read");
+    assert_eq!(r.direct_bytes, 0, "{r:?}");
+    assert!(r.direct_refused, "{r:?}");
+    println!("CHILD-DONE");
 }

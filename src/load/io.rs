@@ -125,24 +125,41 @@ impl Drop for Aligned {
 }
 
 /// Opens the file behind `f` again with `O_DIRECT` (through `/proc/self/fd`, so it is the
-/// same file even if its path was replaced since), else by `path`; `None` when the
-/// filesystem refuses it (tmpfs, some FUSE and network filesystems answer `EINVAL`).
-/// A new open file description is needed: setting `O_DIRECT` with `fcntl` on a duplicate
-/// would change the buffered descriptor too.
+/// same file even if its path was replaced since); `None` when the filesystem refuses it
+/// (tmpfs, some FUSE and network filesystems answer `EINVAL`), and the chunks are then read
+/// buffered through `f`. A new open file description is needed: setting `O_DIRECT` with
+/// `fcntl` on a duplicate would change the buffered descriptor too.
+///
+/// Without `/proc` (some containers and chroots), the file is opened by `path`, which may
+/// name another file by now (replaced by a rename): that descriptor is used only when it is
+/// the file `f` is (same device and inode), and `None` is returned otherwise.
 pub(crate) fn open_direct(f: &File, path: &Path) -> Option<File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let open = |p: &Path| {
         std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECT)
+            // Non-blocking: a path replaced by a FIFO must not hang the open.
+            .custom_flags(libc::O_DIRECT | libc::O_NONBLOCK)
             .open(p)
     };
     let proc = std::path::PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
     match open(&proc) {
         Ok(d) => Some(d),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => open(path).ok(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let d = open(path).ok()?;
+            same_file(f, &d).then_some(d)
+        }
         Err(_) => None,
+    }
+}
+
+/// Whether two descriptors are of the same file (device and inode).
+pub(crate) fn same_file(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 
