@@ -366,9 +366,9 @@ fn read_span<'b>(
 ) -> io::Result<&'b [u8]> {
     if direct {
         if let Some(df) = direct_file(sh, f) {
-            match lio::read_direct(df, off, len, bounce) {
-                Ok(start) => {
-                    sh.direct_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            match lio::read_direct(df, sh.file(f), off, len, bounce) {
+                Ok((start, direct)) => {
+                    sh.direct_bytes.fetch_add(direct, Ordering::Relaxed);
                     return Ok(bounce.view(start, len));
                 }
                 Err(e) if lio::direct_refused(&e) => {
@@ -527,9 +527,9 @@ fn direct_into(
         let at = ptr(&segs[0]).wrapping_add((a - off) as usize);
         // SAFETY: `[a, b)` lies inside the piece, whose bytes are the segments' validated
         // destination ranges, consecutive in memory and written by this task alone.
-        match unsafe { pread_direct(df, at, (b - a) as usize, a) } {
-            Ok(()) => {
-                sh.direct_bytes.fetch_add(b - a, Ordering::Relaxed);
+        match unsafe { pread_direct(df, sh.file(t.file), at, (b - a) as usize, a) } {
+            Ok(direct) => {
+                sh.direct_bytes.fetch_add(direct, Ordering::Relaxed);
             }
             Err(e) if lio::direct_refused(&e) => {
                 sh.direct_refused.store(true, Ordering::Relaxed);
@@ -567,23 +567,25 @@ fn scatter(dsts: &[RawDst], segs: &[Seg], start: u64, at: u64, bytes: &[u8]) {
 
 /// Reads exactly `len` bytes at `off` into `ptr` with an `O_DIRECT` descriptor (address,
 /// offset and length block-aligned), by system calls on the raw pointer: the bytes may
-/// span several requests' destinations that follow each other in memory.
+/// span several requests' destinations that follow each other in memory. Returns how many
+/// were read with `O_DIRECT`: after a short count that is not a block multiple, offsets
+/// are no longer aligned and the rest is read through `plain`, a buffered descriptor of the
+/// same file (`df` keeps `O_DIRECT`).
 ///
 /// # Safety
 ///
 /// `ptr` must be valid for writes of `len` bytes that nothing else accesses meanwhile.
 unsafe fn pread_direct(
     df: &File,
+    plain: &File,
     mut ptr: *mut u8,
     mut len: usize,
     mut off: u64,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     use std::os::fd::AsRawFd;
-    // After a short count that is not a block multiple, offsets are no longer aligned: the
-    // rest is read through the page cache (a plain descriptor of the same file).
-    let mut plain: Option<File> = None;
+    let mut fd = df.as_raw_fd();
+    let mut direct = 0u64;
     while len > 0 {
-        let fd = plain.as_ref().map_or(df.as_raw_fd(), |f| f.as_raw_fd());
         // SAFETY: the caller's contract; the kernel writes at most `len` bytes.
         let n = unsafe { libc::pread(fd, ptr.cast(), len, off as libc::off_t) };
         if n < 0 {
@@ -603,14 +605,17 @@ unsafe fn pread_direct(
                 ),
             ));
         }
-        if n % BLOCK as usize != 0 && plain.is_none() {
-            plain = Some(File::open(format!("/proc/self/fd/{}", df.as_raw_fd()))?);
+        if fd == df.as_raw_fd() {
+            direct += n as u64;
+            if n % BLOCK as usize != 0 {
+                fd = plain.as_raw_fd();
+            }
         }
         ptr = ptr.wrapping_add(n);
         len -= n;
         off += n as u64;
     }
-    Ok(())
+    Ok(direct)
 }
 
 /// Buffered read of a contiguous task into its segments: one `preadv` (continued with
