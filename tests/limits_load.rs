@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use npkio::ffi::*;
-use npkio::load::{LoadOptions, Loader, Method, Request};
+use npkio::load::{LoadOptions, Loader, Method, Request, Staging};
 use npkio::{DType, ErrorKind};
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
@@ -308,5 +308,112 @@ fn without_proc_o_direct_reads_only_the_file_validated() {
     assert!(got == old, "bytes of the replacing file were read");
     assert_eq!(r.direct_bytes, 0, "{r:?}");
     assert!(r.direct_refused, "{r:?}");
+    println!("CHILD-DONE");
+}
+
+/// The tiny model copied where any user can read it.
+fn readable_model(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tiny-llama.safetensors");
+    let path = dir.join("model.safetensors");
+    std::fs::copy(model, &path).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}
+
+#[test]
+fn running_out_of_threads_is_an_io_error() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        // RLIMIT_NPROC counts all of a user's processes: only a user of its own (root
+        // switching to `nobody`) gives a deterministic count.
+        eprintln!("SKIPPED: needs root to run the child as a user with no other process");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = readable_model(tmp.path());
+    for method in ["--buffered", "--direct"] {
+        let mut cmd = Command::new(NPKIO);
+        cmd.args(["load", "--threads", "4", "--staging", "4096", method])
+            .arg(&model)
+            .stdin(Stdio::null())
+            .env_remove("RUST_BACKTRACE");
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, setgid and setuid, async-signal-safe, between fork and
+        // exec. Two processes for `nobody`: the child itself and no thread more.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 2,
+                    rlim_max: 2,
+                };
+                if libc::setrlimit(libc::RLIMIT_NPROC, &lim) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{method}: {stderr}");
+        // The first worker thread may start; the second cannot.
+        assert_eq!(out.status.code(), Some(3), "{method}: {stderr}");
+        assert!(stderr.contains("worker thread"), "{method}: {stderr}");
+        assert!(stderr.contains("model.safetensors"), "{method}: {stderr}");
+    }
+}
+
+/// This process's virtual size, from `/proc/self/status`.
+fn vm_size() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmSize:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb << 10)
+}
+
+#[test]
+fn staging_that_cannot_be_mapped_is_an_io_error() {
+    let entry = "staging_that_cannot_be_mapped_is_an_io_error";
+    let tmp = scratch();
+    // 1 TiB of hole, loaded through staging of 1 TiB: the buffer cannot be mapped under
+    // the limit.
+    let Some(path) = sparse_numpack(tmp.path(), "w", DType::U8, &[1 << 40]) else {
+        eprintln!("SKIPPED: the filesystem cannot hold a sparse file of 1 TiB");
+        return;
+    };
+    if child_spec().is_none() {
+        let (code, text) = child(entry, path.to_str().unwrap(), |_| {});
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("CHILD-DONE"), "{text}");
+        return;
+    }
+    let path = PathBuf::from(child_spec().unwrap());
+    let loader = Loader::open(&path).unwrap();
+    // Room for this process and its threads, not for the staging.
+    let limit = vm_size().unwrap() + (1 << 30);
+    let lim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: a valid rlimit; the limit is this child's.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+    for (threads, method) in [(1, Method::Buffered), (2, Method::Direct)] {
+        let opts = LoadOptions {
+            threads,
+            method,
+            chunk_size: 1 << 40,
+            ..LoadOptions::default()
+        };
+        let sink = |_: usize, _: u64, _: &[u8]| -> Result<(), String> { Ok(()) };
+        let err = loader
+            .load_to_sink(&[Request::new("w")], Staging::Size(1 << 40), &sink, &opts)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        assert!(err.to_string().contains("cannot map"), "{err}");
+    }
     println!("CHILD-DONE");
 }

@@ -72,11 +72,21 @@ impl Default for Aligned {
 const HUGE: usize = 2 << 20;
 
 impl Aligned {
-    /// At least `len` bytes starting on a [`BLOCK`] boundary (zeroed when first mapped).
-    pub(crate) fn get(&mut self, len: usize) -> &mut [u8] {
+    /// At least `len` bytes starting on a [`BLOCK`] boundary (zeroed when first mapped);
+    /// `OutOfMemory` when the memory cannot be had (`ENOMEM` under `ulimit -v`).
+    pub(crate) fn get(&mut self, len: usize) -> io::Result<&mut [u8]> {
         if self.cap < len {
             self.release(); // the old one first: memory stays bounded
-            let cap = len.next_multiple_of(HUGE).max(BLOCK as usize);
+            let oom = || {
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("cannot map a buffer of {len} bytes: out of memory"),
+                )
+            };
+            let cap = len
+                .checked_next_multiple_of(HUGE)
+                .ok_or_else(oom)?
+                .max(BLOCK as usize);
             // SAFETY: a fresh private anonymous mapping, checked for failure below.
             let p = unsafe {
                 libc::mmap(
@@ -88,7 +98,13 @@ impl Aligned {
                     0,
                 )
             };
-            assert!(p != libc::MAP_FAILED, "out of memory mapping {cap} bytes");
+            if p == libc::MAP_FAILED {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot map a buffer of {cap} bytes: {e}"),
+                ));
+            }
             if cap >= HUGE {
                 // SAFETY: advice on our own mapping; failure only means small pages.
                 unsafe { libc::madvise(p, cap, libc::MADV_HUGEPAGE) };
@@ -98,7 +114,7 @@ impl Aligned {
         }
         // SAFETY: `len <= cap` bytes of our mapping (page-aligned, so block-aligned),
         // initialised (anonymous memory reads as zeros), borrowed mutably through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, len) }
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, len) })
     }
 
     /// `len` bytes from `at` (within what [`Aligned::get`] gave).
@@ -193,7 +209,7 @@ pub(crate) fn read_direct(
     let end = off + len as u64;
     let e = end.div_ceil(BLOCK) * BLOCK;
     let span = (e - a) as usize;
-    let b = buf.get(span);
+    let b = buf.get(span)?;
     let need = (end - a) as usize;
     let head = (off - a) as usize;
     let mut done = 0usize;
@@ -382,10 +398,21 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_that_cannot_be_mapped_is_an_error() {
+        let mut a = Aligned::default();
+        for len in [usize::MAX, 1 << 62] {
+            let e = a.get(len).unwrap_err();
+            assert!(e.to_string().contains("cannot map a buffer"), "{e}");
+        }
+        // The next request that fits works.
+        assert_eq!(a.get(4096).unwrap().len(), 4096);
+    }
+
+    #[test]
     fn aligned_buffers_start_on_a_block() {
         let mut a = Aligned::default();
         for len in [1, 4096, 5000, 100] {
-            let b = a.get(len);
+            let b = a.get(len).unwrap();
             assert_eq!(b.len(), len);
             assert_eq!(b.as_ptr() as usize % BLOCK as usize, 0);
         }

@@ -245,7 +245,24 @@ fn run_window(
         std::thread::scope(|s| {
             for w in 0..threads {
                 let sh = &sh;
-                s.spawn(move || worker(sh, w));
+                let spawned = std::thread::Builder::new()
+                    .name(format!("npkio-load-{w}"))
+                    .spawn_scoped(s, move || worker(sh, w));
+                if let Err(e) = spawned {
+                    // Out of threads (RLIMIT_NPROC, cgroup pids limit): stop the workers
+                    // started and fail the load.
+                    sh.stop.store(true, Ordering::Relaxed);
+                    let err = Error::io(
+                        &loader.path,
+                        &format!("starting worker thread {} of {threads} to load", w + 1),
+                        e,
+                    );
+                    sh.errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((0, err));
+                    break;
+                }
             }
         });
     }
@@ -379,7 +396,7 @@ fn read_span<'b>(
         }
     }
     let file = sh.file(f);
-    let b = bounce.get(len);
+    let b = bounce.get(len)?;
     lio::read_exact_at(file, b, off)?;
     if sh.opts.drop_behind {
         lio::drop_cache(file, off, len as u64);
@@ -419,7 +436,7 @@ fn do_task(
             }
             let out_len = t.out_len() as usize;
             let staging: &mut [u8] = if buffers.is_empty() {
-                bufs.staging.get(sh.staging_size.max(out_len))
+                bufs.staging.get(sh.staging_size.max(out_len))?
             } else {
                 let b = buffers[w];
                 debug_assert!(out_len <= b.cap);
