@@ -417,3 +417,70 @@ fn staging_that_cannot_be_mapped_is_an_io_error() {
     }
     println!("CHILD-DONE");
 }
+
+#[test]
+fn the_plan_of_a_sink_load_does_not_grow_with_the_tensor() {
+    let entry = "the_plan_of_a_sink_load_does_not_grow_with_the_tensor";
+    let tmp = scratch();
+    // 1 PiB, 8 TiB and 2 PiB of hole: through 4096-byte staging, 2^38, 2^40 and 2^35
+    // chunks; the plan must not hold one entry per chunk. The sink stops each load after
+    // a few chunks.
+    let cases: [(&str, &[u64]); 3] = [
+        ("whole", &[1 << 50]),
+        ("short", &[1 << 30, 8192]),
+        ("long", &[1 << 34, 131072]),
+    ];
+    if child_spec().is_none() {
+        let mut paths = Vec::new();
+        for (name, shape) in cases {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            let Some(p) = sparse_numpack(&dir, "w", DType::U8, shape) else {
+                eprintln!("SKIPPED: the filesystem cannot hold sparse files of petabytes");
+                return;
+            };
+            paths.push(p.to_str().unwrap().to_string());
+        }
+        let (code, text) = child(entry, &paths.join("\n"), |_| {});
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("CHILD-DONE"), "{text}");
+        return;
+    }
+    let spec = child_spec().unwrap();
+    let paths: Vec<&str> = spec.lines().collect();
+    // Room for this process, its threads and their staging; none for a plan of 2^35
+    // entries or more.
+    let limit = vm_size().unwrap() + (256 << 20);
+    let lim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: a valid rlimit; the limit is this child's.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+    let reqs = [
+        Request::new("w"),
+        Request::new("w").slice(1, 0, 4096),
+        Request::new("w").slice(1, 0, 65536),
+    ];
+    for (path, req) in paths.iter().zip(reqs) {
+        let loader = Loader::open(path).unwrap();
+        let calls = std::sync::atomic::AtomicU64::new(0);
+        let sink = |_: usize, _: u64, data: &[u8]| -> Result<(), String> {
+            assert!(data.len() <= 4096);
+            if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 100 {
+                return Err("enough".into());
+            }
+            Ok(())
+        };
+        let opts = LoadOptions {
+            threads: 2,
+            method: Method::Buffered,
+            ..LoadOptions::default()
+        };
+        let err = loader
+            .load_to_sink(&[req.clone()], Staging::Size(4096), &sink, &opts)
+            .unwrap_err();
+        assert!(err.to_string().contains("enough"), "{req:?}: {err}");
+    }
+    println!("CHILD-DONE");
+}

@@ -263,6 +263,12 @@ pub(crate) struct Residency {
     page: u64,
 }
 
+// SAFETY: the mapping is only passed to `mincore`, which any thread may call on it; it is
+// unmapped once, on drop.
+unsafe impl Send for Residency {}
+// SAFETY: as above; `mostly_resident` takes `&self` and writes nothing shared.
+unsafe impl Sync for Residency {}
+
 impl Residency {
     /// Maps `[off, off + len)` of `f`; `None` for an empty range or a refused mapping.
     pub(crate) fn map(f: &File, off: u64, len: u64) -> Option<Residency> {

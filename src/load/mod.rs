@@ -21,8 +21,9 @@
 //! slice along an inner dimension is strided, see [`STRIDE_ROW_READ`] and
 //! [`STRIDE_MAX_GAP`]), neighbouring runs are merged (a vectored `preadv` scatters them into
 //! their destinations), and long runs are split into chunks of at most
-//! [`LoadOptions::chunk_size`] bytes cut on page boundaries. Worker threads take chunks in
-//! file order and read them with `pread`:
+//! [`LoadOptions::chunk_size`] bytes cut on page boundaries, each computed when a worker
+//! takes it (the plan's memory grows with the requests, not with their bytes). Worker
+//! threads take chunks in file order and read them with `pread`:
 //!
 //! - buffered, straight into the destination, when the pages are in the page cache;
 //! - with `O_DIRECT` through a block-aligned buffer per worker when they are not (the
@@ -359,9 +360,17 @@ impl Loader {
             out: u64::MAX,
             merge_requests: true,
         };
-        let tasks = plan::tasks(self, &res, lim);
-        self.check_files(reqs, &tasks)?;
-        run::run(self, reqs, &tasks, &Target::Memory(dsts), opts, 0)
+        let plan = plan::plan(self, &res, lim);
+        self.check_files(reqs, &plan)?;
+        run::run(
+            self,
+            reqs,
+            &plan,
+            &Target::Memory(dsts),
+            opts,
+            0,
+            total_out(&res),
+        )
     }
 
     /// Loads every request through staging buffers handed to `sink`, in chunks of at most
@@ -425,10 +434,10 @@ impl Loader {
             out: size as u64,
             merge_requests: false,
         };
-        let tasks = plan::tasks(self, &res, lim);
-        self.check_files(reqs, &tasks)?;
+        let plan = plan::plan(self, &res, lim);
+        self.check_files(reqs, &plan)?;
         let target = Target::Sink { sink, buffers };
-        run::run(self, reqs, &tasks, &target, opts, size)
+        run::run(self, reqs, &plan, &target, opts, size, total_out(&res))
     }
 
     /// Resolves every request and checks the destinations; one error for all problems.
@@ -494,13 +503,13 @@ impl Loader {
 
     /// Every byte the plan reads must be inside its file now (a file shortened since the
     /// checkpoint was opened is refused before anything is written).
-    fn check_files(&self, reqs: &[Request], tasks: &[plan::Task]) -> Result<()> {
+    fn check_files(&self, reqs: &[Request], plan: &plan::Plan) -> Result<()> {
         let mut need = vec![0u64; self.opened.files.len()];
         let mut who = vec![0usize; self.opened.files.len()];
-        for t in tasks {
-            if t.offset + t.len > need[t.file] {
-                need[t.file] = t.offset + t.len;
-                who[t.file] = t.first_req();
+        for u in &plan.units {
+            if u.hi > need[u.file] {
+                need[u.file] = u.hi;
+                who[u.file] = plan.first_req(u);
             }
         }
         for (i, f) in self.opened.files.iter().enumerate() {
@@ -529,6 +538,11 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+/// The bytes the requests deliver together (saturating: only reported).
+fn total_out(res: &[Resolved]) -> u64 {
+    res.iter().fold(0u64, |a, r| a.saturating_add(r.nbytes))
 }
 
 fn placeholder() -> Resolved {

@@ -292,122 +292,321 @@ struct Run {
     conv: Conversion,
 }
 
-/// Cuts the resolved requests into tasks, sorted by file and offset.
-pub(crate) fn tasks(loader: &Loader, res: &[Resolved], lim: Limits) -> Vec<Task> {
+/// The tasks of a load, described compactly: a unit per group of merged runs and per
+/// piece of a strided slice, each producing its tasks on demand ([`Plan::task`]). The
+/// plan's memory grows with the requests and the pieces of their tensors, never with their
+/// bytes: a tensor of any size through a small staging buffer is a few units of many
+/// tasks each.
+pub(crate) struct Plan {
+    /// Units sorted by file and offset.
+    pub(crate) units: Vec<Unit>,
+    /// The merged runs of the [`Shape::Group`] units, each group a range of them.
+    runs: Vec<Run>,
+}
+
+/// Tasks of one file, in increasing offsets.
+#[derive(Clone, Debug)]
+pub(crate) struct Unit {
+    pub(crate) file: usize,
+    /// Where its first task starts.
+    pub(crate) lo: u64,
+    /// Where its last task ends.
+    pub(crate) hi: u64,
+    /// How many tasks.
+    pub(crate) count: u64,
+    shape: Shape,
+}
+
+#[derive(Clone, Debug)]
+enum Shape {
+    /// Runs `runs` of the plan, adjacent in the file, cut at `base + k × step`: the first
+    /// task is `[lo, base)`, then `step` bytes each, the last one ending at `hi`.
+    Group {
+        runs: std::ops::Range<usize>,
+        base: u64,
+        step: u64,
+    },
+    /// Rows of `run` bytes, `stride` apart from `lo`, each cut into `per_row` tasks of at
+    /// most `step` bytes; row `i` goes to `req`'s output at `out_off + i × run_out`.
+    LongRows {
+        req: usize,
+        conv: Conversion,
+        stride: u64,
+        run: u64,
+        out_off: u64,
+        run_out: u64,
+        per_row: u64,
+        step: u64,
+    },
+    /// `rows` rows of `run` bytes, `stride` apart from `lo`, `per_task` rows a task (one
+    /// read of the span, or with `each` one read a row).
+    ShortRows {
+        req: usize,
+        conv: Conversion,
+        stride: u64,
+        run: u64,
+        out_off: u64,
+        run_out: u64,
+        rows: u64,
+        per_task: u64,
+        each: bool,
+    },
+}
+
+impl Plan {
+    /// Tasks in all.
+    pub(crate) fn task_count(&self) -> u64 {
+        self.units
+            .iter()
+            .fold(0u64, |a, u| a.saturating_add(u.count))
+    }
+
+    /// Source bytes the tasks read (saturating).
+    pub(crate) fn read_len(&self) -> u64 {
+        self.units.iter().fold(0u64, |a, u| {
+            let n = match u.shape {
+                Shape::Group { .. } => u.hi - u.lo,
+                Shape::LongRows { run, stride, .. } => {
+                    // `hi - lo` spans the rows and the gaps between them.
+                    let rows = (u.hi - u.lo - run) / stride + 1;
+                    rows.saturating_mul(run)
+                }
+                Shape::ShortRows {
+                    run,
+                    stride,
+                    rows,
+                    each,
+                    ..
+                } => {
+                    if each {
+                        rows.saturating_mul(run)
+                    } else {
+                        // Each task reads from its first row's start to its last row's end.
+                        (u.hi - u.lo).saturating_sub((u.count - 1).saturating_mul(stride - run))
+                    }
+                }
+            };
+            a.saturating_add(n)
+        })
+    }
+
+    /// Task `k` (`k < unit.count`) of `unit`.
+    pub(crate) fn task(&self, unit: &Unit, k: u64) -> Task {
+        match unit.shape {
+            Shape::Group {
+                ref runs,
+                base,
+                step,
+            } => {
+                let cur = if k == 0 {
+                    unit.lo
+                } else {
+                    base + (k - 1) * step
+                };
+                let next = unit.hi.min(base + k * step);
+                let g = &self.runs[runs.clone()];
+                let first = g[0];
+                if first.conv != Conversion::None {
+                    // Converted runs are single (never merged).
+                    let (a, b) = first.conv.sizes();
+                    return Task {
+                        file: unit.file,
+                        offset: cur,
+                        len: next - cur,
+                        kind: Kind::Rows {
+                            req: first.seg.req,
+                            out_off: first.seg.out_off + (cur - first.offset) / a * b,
+                            conv: first.conv,
+                            stride: next - cur,
+                            run: next - cur,
+                            count: 1,
+                            each: false,
+                        },
+                    };
+                }
+                let mut segs = Vec::new();
+                let mut i = g.partition_point(|r| r.offset + r.len <= cur);
+                let mut pos = cur;
+                while pos < next {
+                    let r = g[i];
+                    let take_end = (r.offset + r.len).min(next);
+                    segs.push(Seg {
+                        req: r.seg.req,
+                        out_off: r.seg.out_off + (pos - r.offset),
+                        len: take_end - pos,
+                    });
+                    pos = take_end;
+                    i += 1;
+                }
+                Task {
+                    file: unit.file,
+                    offset: cur,
+                    len: next - cur,
+                    kind: Kind::Contig(segs),
+                }
+            }
+            Shape::LongRows {
+                req,
+                conv,
+                stride,
+                run,
+                out_off,
+                run_out,
+                per_row,
+                step,
+            } => {
+                let (row, j) = (k / per_row, k % per_row);
+                let at = j * step;
+                let len = step.min(run - at);
+                let (a, b) = conv.sizes();
+                let out_off = out_off + row * run_out + at / a * b;
+                let offset = unit.lo + row * stride + at;
+                let kind = if conv == Conversion::None {
+                    Kind::Contig(vec![Seg { req, out_off, len }])
+                } else {
+                    Kind::Rows {
+                        req,
+                        out_off,
+                        conv,
+                        stride: len,
+                        run: len,
+                        count: 1,
+                        each: false,
+                    }
+                };
+                Task {
+                    file: unit.file,
+                    offset,
+                    len,
+                    kind,
+                }
+            }
+            Shape::ShortRows {
+                req,
+                conv,
+                stride,
+                run,
+                out_off,
+                run_out,
+                rows,
+                per_task,
+                each,
+            } => {
+                let first = k * per_task;
+                let n = per_task.min(rows - first);
+                Task {
+                    file: unit.file,
+                    offset: unit.lo + first * stride,
+                    len: (n - 1) * stride + run,
+                    kind: Kind::Rows {
+                        req,
+                        out_off: out_off + first * run_out,
+                        conv,
+                        stride,
+                        run,
+                        count: n,
+                        each,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The request of the unit's first output byte.
+    pub(crate) fn first_req(&self, unit: &Unit) -> usize {
+        match unit.shape {
+            Shape::Group { ref runs, .. } => self.runs[runs.start].seg.req,
+            Shape::LongRows { req, .. } | Shape::ShortRows { req, .. } => req,
+        }
+    }
+}
+
+/// Cuts the resolved requests into a plan, its units sorted by file and offset.
+pub(crate) fn plan(loader: &Loader, res: &[Resolved], lim: Limits) -> Plan {
     let page = super::io::page_size();
     let mut runs: Vec<Run> = Vec::new();
-    let mut tasks: Vec<Task> = Vec::new();
+    let mut units: Vec<Unit> = Vec::new();
     for (req, r) in res.iter().enumerate() {
         let t = &loader.opened.tensors[r.tensor];
-        plan_request(t, r, req, lim, &mut runs, &mut tasks);
+        plan_request(t, r, req, lim, &mut runs, &mut units);
     }
     // Merge neighbouring unconverted runs: same file, adjacent bytes, and (when allowed
     // across requests) whatever their destinations are; a task then scatters with one
-    // vectored read.
+    // vectored read. A group is a range of the sorted runs.
     runs.sort_by_key(|r| (r.file, r.offset));
-    let mut groups: Vec<Vec<Run>> = Vec::new();
-    for r in runs {
-        if r.conv == Conversion::None {
-            if let Some(g) = groups.last_mut() {
-                let last = g.last().expect("groups are never empty");
-                if last.conv == Conversion::None
+    let mut start = 0;
+    for i in 0..runs.len() {
+        let r = runs[i];
+        let joins = i > start
+            && r.conv == Conversion::None
+            && {
+                let last = runs[i - 1];
+                last.conv == Conversion::None
                     && last.file == r.file
                     && last.offset + last.len == r.offset
                     && (lim.merge_requests
                         || (last.seg.req == r.seg.req
                             && last.seg.out_off + last.seg.len == r.seg.out_off))
-                    && g.len() < 512
-                {
-                    g.push(r);
-                    continue;
-                }
             }
+            && i - start < 512;
+        if !joins && i > start {
+            units.push(group(&runs, start..i, lim, page));
+            start = i;
         }
-        groups.push(vec![r]);
     }
-    for g in groups {
-        chunk_group(&g, lim, page, &mut tasks);
+    if start < runs.len() {
+        units.push(group(&runs, start..runs.len(), lim, page));
     }
-    tasks.sort_by_key(|t| (t.file, t.offset));
-    tasks
+    units.sort_by_key(|u| (u.file, u.lo));
+    Plan { units, runs }
 }
 
-/// Splits a group of adjacent runs into tasks of at most `lim.chunk` source bytes (and
-/// `lim.out` output bytes), cutting on page boundaries of the file where possible and on
-/// element boundaries when converting.
-fn chunk_group(g: &[Run], lim: Limits, page: u64, tasks: &mut Vec<Task>) {
-    let first = g[0];
-    let conv = first.conv;
+/// Source bytes per task: `lim.chunk`, and no more than `lim.out` output bytes; a multiple
+/// of the source element size `a` (and of the page size when at least a page), so that
+/// cuts fall on element boundaries and, on a grid of file offsets, on block boundaries:
+/// an `O_DIRECT` read then covers exactly its chunk, with no block read twice by two
+/// neighbouring chunks.
+fn step_of(conv: Conversion, lim: Limits, page: u64) -> u64 {
     let (a, b) = conv.sizes();
-    let end = g.last().map(|r| r.offset + r.len).expect("non-empty");
-    // Source bytes per task: the output limit scaled back to source bytes.
     let target = lim.chunk.min((lim.out / b).saturating_mul(a)).max(a);
-    let mut cur = first.offset;
-    let mut ri = 0usize; // current run
-    while cur < end {
-        // Cut on a grid of the chunk size in file offsets (a page multiple), so that the
-        // chunks of a long run start and end on block boundaries: an O_DIRECT read then
-        // covers exactly its chunk, with no block read twice by two neighbouring chunks.
-        let step = if target >= page {
-            target - target % page
-        } else {
-            target
-        };
-        let mut next = end.min((cur / step + 1) * step);
-        if next < end && a > 1 {
-            // Element boundary relative to the run's logical start (runs hold whole
-            // elements, so `end` is one).
-            next -= (next - first.offset + first.logical) % a;
-            if next <= cur {
-                let far = end.min(cur + target);
-                next = far - (far - first.offset + first.logical) % a;
-                if next <= cur {
-                    next = end;
-                }
-            }
-        }
-        if conv != Conversion::None {
-            // Converted runs are single (never merged).
-            let out_off = first.seg.out_off + (cur - first.offset) / a * b;
-            tasks.push(Task {
-                file: first.file,
-                offset: cur,
-                len: next - cur,
-                kind: Kind::Rows {
-                    req: first.seg.req,
-                    out_off,
-                    conv,
-                    stride: next - cur,
-                    run: next - cur,
-                    count: 1,
-                    each: false,
-                },
-            });
-        } else {
-            let mut segs = Vec::new();
-            let mut pos = cur;
-            while pos < next {
-                let r = g[ri];
-                let r_end = r.offset + r.len;
-                let take_end = r_end.min(next);
-                segs.push(Seg {
-                    req: r.seg.req,
-                    out_off: r.seg.out_off + (pos - r.offset),
-                    len: take_end - pos,
-                });
-                pos = take_end;
-                if pos == r_end {
-                    ri += 1;
-                }
-            }
-            tasks.push(Task {
-                file: first.file,
-                offset: cur,
-                len: next - cur,
-                kind: Kind::Contig(segs),
-            });
-        }
-        cur = next;
+    let step = if target >= page {
+        target - target % page
+    } else {
+        target
+    };
+    (step - step % a).max(a)
+}
+
+/// The unit of a group of adjacent runs: cut on a grid of `step` in file offsets, moved
+/// back to element boundaries when converting (the same distance for every cut, as the
+/// step is a multiple of the element size).
+fn group(runs: &[Run], range: std::ops::Range<usize>, lim: Limits, page: u64) -> Unit {
+    let g = &runs[range.clone()];
+    let first = g[0];
+    let (lo, hi) = (first.offset, g[g.len() - 1].offset + g[g.len() - 1].len);
+    let (a, _) = first.conv.sizes();
+    let step = step_of(first.conv, lim, page);
+    let grid = (lo / step + 1) * step;
+    let back = (grid - first.offset + first.logical) % a;
+    let mut base = grid - back;
+    if base <= lo {
+        base += step;
+    }
+    let count = if base < hi {
+        (hi - 1 - base) / step + 2
+    } else {
+        1
+    };
+    Unit {
+        file: first.file,
+        lo,
+        hi,
+        count,
+        shape: Shape::Group {
+            runs: range,
+            base,
+            step,
+        },
     }
 }
 
@@ -457,7 +656,7 @@ fn plan_request(
     req: usize,
     lim: Limits,
     runs: &mut Vec<Run>,
-    tasks: &mut Vec<Task>,
+    units: &mut Vec<Unit>,
 ) {
     if r.nbytes == 0 || t.nbytes == 0 {
         return;
@@ -486,12 +685,7 @@ fn plan_request(
     let (a, b) = r.conv.sizes();
     let run_out = run / a * b;
     let gap = row - run;
-    if run >= STRIDE_ROW_READ || run_out > lim.out {
-        for o in 0..outer {
-            contiguous(t, r, req, o * row + first, run, o * run_out, runs);
-        }
-        return;
-    }
+    let long = run >= STRIDE_ROW_READ || run_out > lim.out;
     let each = gap > STRIDE_MAX_GAP;
     let per_task = if each {
         (lim.out.min(lim.chunk) / run_out).max(1)
@@ -500,29 +694,61 @@ fn plan_request(
             .min(lim.out / run_out)
             .max(1)
     };
-    let mut o = 0u64;
-    while o < outer {
-        let at = o * row + first;
-        let p = piece_at(t, at).expect("validated ranges lie inside the tensor");
-        // Rows of one group stay inside one piece (a piece holds whole dimension-0 rows,
-        // and a strided slice's rows never straddle one).
-        let in_piece = (p.logical + p.len - at + gap) / row;
-        let n = per_task.min(outer - o).min(in_piece.max(1));
-        tasks.push(Task {
+    let step = step_of(r.conv, lim, 1);
+    // One unit per piece: the rows starting in it (a piece holds whole dimension-0 rows,
+    // and a strided slice's rows never straddle one).
+    let last = (outer - 1) * row + first;
+    for p in &t.pieces {
+        let p_end = p.logical + p.len;
+        if p_end <= first || p.logical > last {
+            continue;
+        }
+        let o0 = p.logical.saturating_sub(first).div_ceil(row);
+        let o1 = outer.min((p_end - first).div_ceil(row));
+        if o0 >= o1 {
+            continue;
+        }
+        let rows = o1 - o0;
+        let lo = p.offset + (o0 * row + first - p.logical);
+        let hi = lo + (rows - 1) * row + run;
+        let (count, shape) = if long {
+            let per_row = run.div_ceil(step);
+            (
+                rows * per_row,
+                Shape::LongRows {
+                    req,
+                    conv: r.conv,
+                    stride: row,
+                    run,
+                    out_off: o0 * run_out,
+                    run_out,
+                    per_row,
+                    step,
+                },
+            )
+        } else {
+            (
+                rows.div_ceil(per_task),
+                Shape::ShortRows {
+                    req,
+                    conv: r.conv,
+                    stride: row,
+                    run,
+                    out_off: o0 * run_out,
+                    run_out,
+                    rows,
+                    per_task,
+                    each,
+                },
+            )
+        };
+        units.push(Unit {
             file: p.file,
-            offset: p.offset + (at - p.logical),
-            len: (n - 1) * row + run,
-            kind: Kind::Rows {
-                req,
-                out_off: o * run_out,
-                conv: r.conv,
-                stride: row,
-                run,
-                count: n,
-                each,
-            },
+            lo,
+            hi,
+            count,
+            shape,
         });
-        o += n;
     }
 }
 
