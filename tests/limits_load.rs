@@ -484,3 +484,48 @@ fn the_plan_of_a_sink_load_does_not_grow_with_the_tensor() {
     }
     println!("CHILD-DONE");
 }
+
+#[test]
+fn cli_load_into_more_memory_than_there_is_is_an_io_error() {
+    let tmp = scratch();
+    let Some(path) = sparse_numpack(tmp.path(), "w", DType::U8, &[4 << 30]) else {
+        eprintln!("SKIPPED: the filesystem cannot hold a sparse file of 4 GiB");
+        return;
+    };
+    let run = |limit: u64, args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(NPKIO);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .env_remove("RUST_BACKTRACE");
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The smallest limit under which the binary starts, plus room to open the store.
+    let base = [48u64, 64, 96, 128, 192, 256]
+        .into_iter()
+        .map(|mb| mb << 20)
+        .find(|&l| run(l, &["--version".as_ref()]).0 == 0)
+        .expect("the binary starts under 256 MiB of address space");
+    let (code, stderr) = run(base + (128 << 20), &["load".as_ref(), path.as_os_str()]);
+    // 4 GiB of destination cannot be had: an I/O error naming the store, not an abort.
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("hostile.npk"), "{stderr}");
+}

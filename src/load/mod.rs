@@ -360,7 +360,7 @@ impl Loader {
             out: u64::MAX,
             merge_requests: true,
         };
-        let plan = plan::plan(self, &res, lim);
+        let plan = plan::plan(self, &res, lim)?;
         self.check_files(reqs, &plan)?;
         run::run(
             self,
@@ -434,7 +434,7 @@ impl Loader {
             out: size as u64,
             merge_requests: false,
         };
-        let plan = plan::plan(self, &res, lim);
+        let plan = plan::plan(self, &res, lim)?;
         self.check_files(reqs, &plan)?;
         let target = Target::Sink { sink, buffers };
         run::run(self, reqs, &plan, &target, opts, size, total_out(&res))

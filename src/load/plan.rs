@@ -13,6 +13,8 @@ use super::convert::Conversion;
 use super::source::{LoadTensor, Piece};
 use super::{Loader, Request, Slice};
 use crate::dtype::DType;
+use std::collections::TryReserveError;
+
 use crate::error::{Error, ErrorKind, Result};
 
 /// Strided slices: rows of at least this many bytes are read one `pread` each, straight into
@@ -521,14 +523,26 @@ impl Plan {
     }
 }
 
-/// Cuts the resolved requests into a plan, its units sorted by file and offset.
-pub(crate) fn plan(loader: &Loader, res: &[Resolved], lim: Limits) -> Plan {
+/// Appends `x` to `v`, growing it fallibly: the plan is as long as the requests and the
+/// pieces of their tensors, which the input decides.
+fn push<T>(v: &mut Vec<T>, x: T) -> std::result::Result<(), TryReserveError> {
+    if v.len() == v.capacity() {
+        v.try_reserve(v.len().max(16))?;
+    }
+    v.push(x);
+    Ok(())
+}
+
+/// Cuts the resolved requests into a plan, its units sorted by file and offset; out of
+/// memory is an `Io` error.
+pub(crate) fn plan(loader: &Loader, res: &[Resolved], lim: Limits) -> Result<Plan> {
     let page = super::io::page_size();
     let mut runs: Vec<Run> = Vec::new();
     let mut units: Vec<Unit> = Vec::new();
+    let oom = |_| super::source::out_of_memory(loader.path(), "the plan of a load");
     for (req, r) in res.iter().enumerate() {
         let t = &loader.opened.tensors[r.tensor];
-        plan_request(t, r, req, lim, &mut runs, &mut units);
+        plan_request(t, r, req, lim, &mut runs, &mut units).map_err(oom)?;
     }
     // Merge neighbouring unconverted runs: same file, adjacent bytes, and (when allowed
     // across requests) whatever their destinations are; a task then scatters with one
@@ -550,15 +564,15 @@ pub(crate) fn plan(loader: &Loader, res: &[Resolved], lim: Limits) -> Plan {
             }
             && i - start < 512;
         if !joins && i > start {
-            units.push(group(&runs, start..i, lim, page));
+            push(&mut units, group(&runs, start..i, lim, page)).map_err(oom)?;
             start = i;
         }
     }
     if start < runs.len() {
-        units.push(group(&runs, start..runs.len(), lim, page));
+        push(&mut units, group(&runs, start..runs.len(), lim, page)).map_err(oom)?;
     }
     units.sort_by_key(|u| (u.file, u.lo));
-    Plan { units, runs }
+    Ok(Plan { units, runs })
 }
 
 /// Source bytes per task: `lim.chunk`, and no more than `lim.out` output bytes; a multiple
@@ -626,28 +640,32 @@ fn contiguous(
     len: u64,
     mut out_off: u64,
     runs: &mut Vec<Run>,
-) {
+) -> std::result::Result<(), TryReserveError> {
     let (a, b) = r.conv.sizes();
     let end = at + len;
     while at < end {
         let p = piece_at(t, at).expect("validated ranges lie inside the tensor");
         let take = end.min(p.logical + p.len) - at;
         let out_len = take / a * b;
-        runs.push(Run {
-            file: p.file,
-            offset: p.offset + (at - p.logical),
-            len: take,
-            seg: Seg {
-                req,
-                out_off,
-                len: out_len,
+        push(
+            runs,
+            Run {
+                file: p.file,
+                offset: p.offset + (at - p.logical),
+                len: take,
+                seg: Seg {
+                    req,
+                    out_off,
+                    len: out_len,
+                },
+                logical: at,
+                conv: r.conv,
             },
-            logical: at,
-            conv: r.conv,
-        });
+        )?;
         at += take;
         out_off += out_len;
     }
+    Ok(())
 }
 
 fn plan_request(
@@ -657,13 +675,12 @@ fn plan_request(
     lim: Limits,
     runs: &mut Vec<Run>,
     units: &mut Vec<Unit>,
-) {
+) -> std::result::Result<(), TryReserveError> {
     if r.nbytes == 0 || t.nbytes == 0 {
-        return;
+        return Ok(());
     }
     if t.shape.is_empty() {
-        contiguous(t, r, req, 0, t.nbytes, 0, runs);
-        return;
+        return contiguous(t, r, req, 0, t.nbytes, 0, runs);
     }
     let k = r.dim;
     // None of these overflow: the tensor's byte length fits in 64 bits and is not zero, so
@@ -679,8 +696,7 @@ fn plan_request(
     if outer == 1 || run == row {
         let len = if run == row { t.nbytes } else { run };
         let at = if run == row { 0 } else { first };
-        contiguous(t, r, req, at, len, 0, runs);
-        return;
+        return contiguous(t, r, req, at, len, 0, runs);
     }
     let (a, b) = r.conv.sizes();
     let run_out = run / a * b;
@@ -742,14 +758,18 @@ fn plan_request(
                 },
             )
         };
-        units.push(Unit {
-            file: p.file,
-            lo,
-            hi,
-            count,
-            shape,
-        });
+        push(
+            units,
+            Unit {
+                file: p.file,
+                lo,
+                hi,
+                count,
+                shape,
+            },
+        )?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
