@@ -478,7 +478,12 @@ fn the_plan_of_a_sink_load_does_not_grow_with_the_tensor() {
             ..LoadOptions::default()
         };
         let err = loader
-            .load_to_sink(&[req.clone()], Staging::Size(4096), &sink, &opts)
+            .load_to_sink(
+                std::slice::from_ref(&req),
+                Staging::Size(4096),
+                &sink,
+                &opts,
+            )
             .unwrap_err();
         assert!(err.to_string().contains("enough"), "{req:?}: {err}");
     }
