@@ -776,6 +776,88 @@ fn plan_request(
 mod tests {
     use super::*;
 
+    /// Every task of `plan`, unit by unit.
+    fn all_tasks(plan: &Plan) -> Vec<Task> {
+        let mut out = Vec::new();
+        for u in &plan.units {
+            for k in 0..u.count {
+                out.push(plan.task(u, k));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_tasks_a_plan_describes_deliver_each_output_byte_once() {
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/tiny-llama.safetensors");
+        let loader = Loader::open(model).unwrap();
+        let mut reqs = Vec::new();
+        for t in loader.tensors() {
+            let to = match t.dtype {
+                DType::BF16 => DType::F32,
+                _ => DType::BF16,
+            };
+            reqs.push(Request::new(&t.name));
+            reqs.push(Request::new(&t.name).to(to));
+            if t.shape.len() == 2 {
+                for (dim, s, e) in [(0, 3, 50), (1, 1, 2), (1, 5, 60), (1, 0, 33)] {
+                    let e = e.min(t.shape[dim]);
+                    reqs.push(Request::new(&t.name).slice(dim, s, e));
+                    reqs.push(Request::new(&t.name).slice(dim, s, e).to(to));
+                }
+            }
+        }
+        let res = resolve_all(&loader, &reqs).unwrap();
+        for (chunk, out, merge) in [
+            (4096, u64::MAX, true),
+            (4096, 4096, false),
+            (8 << 20, 8192, false),
+            (12288, u64::MAX, true),
+        ] {
+            let lim = Limits {
+                chunk,
+                out,
+                merge_requests: merge,
+            };
+            let plan = plan(&loader, &res, lim).unwrap();
+            let tasks = all_tasks(&plan);
+            assert_eq!(tasks.len() as u64, plan.task_count());
+            let read: u64 = tasks.iter().map(Task::read_len).sum();
+            assert_eq!(read, plan.read_len(), "{lim:?}");
+            let mut got: Vec<(usize, u64, u64)> = Vec::new();
+            for (u, t) in plan
+                .units
+                .iter()
+                .flat_map(|u| std::iter::repeat_n(u, u.count as usize))
+                .zip(&tasks)
+            {
+                assert!(
+                    u.lo <= t.offset && t.offset + t.len <= u.hi,
+                    "{t:?} in {u:?}"
+                );
+                assert!(t.len <= chunk.max(STRIDE_SPAN), "{t:?}");
+                assert!(t.out_len() <= out, "{t:?}");
+                match &t.kind {
+                    Kind::Contig(segs) => {
+                        assert_eq!(segs.iter().map(|s| s.len).sum::<u64>(), t.len);
+                        got.extend(segs.iter().map(|s| (s.req, s.out_off, s.len)));
+                    }
+                    Kind::Rows { req, out_off, .. } => got.push((*req, *out_off, t.out_len())),
+                }
+            }
+            got.sort();
+            let mut next = vec![0u64; reqs.len()];
+            for (req, off, len) in got {
+                assert_eq!(off, next[req], "request {req} ({:?}), {lim:?}", reqs[req]);
+                next[req] += len;
+            }
+            for (i, r) in res.iter().enumerate() {
+                assert_eq!(next[i], r.nbytes, "request {i} ({:?})", reqs[i]);
+            }
+        }
+    }
+
     #[test]
     fn shards_cover_the_dimension_with_the_first_ranks_one_longer() {
         assert_eq!(shard_range(10, 0, 3), Some((0, 4)));
