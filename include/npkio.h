@@ -545,8 +545,9 @@ typedef struct NpkioLoadReport {
      */
     size_t threads;
     /**
-     * `O_DIRECT` was wanted but the filesystem refused it; those chunks were read
-     * buffered.
+     * `O_DIRECT` was wanted but the filesystem refused it (or, without `/proc`, the
+     * file could not be opened again and proven to be the file validated); those chunks
+     * were read buffered.
      */
     bool direct_refused;
 } NpkioLoadReport;

@@ -254,8 +254,9 @@ impl DType {
     /// Bytes taken by `elements` elements, `None` on overflow or when the bit count is not
     /// a whole number of bytes.
     pub fn byte_len(self, elements: u64) -> Option<u64> {
-        let bits = elements.checked_mul(u64::from(self.bits()))?;
-        (bits % 8 == 0).then_some(bits / 8)
+        // In 128 bits: the count of bits may pass 2^64 when the bytes do not.
+        let bits = u128::from(elements) * u128::from(self.bits());
+        (bits % 8 == 0).then(|| u64::try_from(bits / 8).ok())?
     }
 }
 
@@ -279,6 +280,17 @@ pub fn byte_len(dtype: DType, shape: &[u64]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_lengths_are_exact_up_to_2_pow_64_and_none_past_it() {
+        // The count of bits passes 2^64 while the bytes fit.
+        assert_eq!(DType::U8.byte_len(1 << 62), Some(1 << 62));
+        assert_eq!(DType::F16.byte_len(u64::MAX / 2), Some(u64::MAX - 1));
+        assert_eq!(DType::F32.byte_len(1 << 62), None);
+        assert_eq!(DType::U8.byte_len(u64::MAX), Some(u64::MAX));
+        assert_eq!(DType::F4.byte_len(u64::MAX), None); // fractional bytes
+        assert_eq!(DType::F4.byte_len(u64::MAX - 1), Some(u64::MAX / 2));
+    }
 
     #[test]
     fn table_is_indexed_by_discriminant() {

@@ -94,6 +94,26 @@ fn overlapping_destinations_are_refused_before_any_write() {
 }
 
 #[test]
+fn a_destination_ending_past_the_address_space_is_checked_without_overflow() {
+    let l = open();
+    let name = c"lm_head.weight";
+    let mut probe = [0u8; 0];
+    let mut a = req(name, &mut probe);
+    // A destination claimed to end past the top of the address space (never written:
+    // the other request is invalid, so nothing is).
+    a.dst = (usize::MAX - 4095) as *mut c_void;
+    a.capacity = usize::MAX;
+    let bad = req(c"no.such.tensor", &mut probe);
+    let reqs = [a, bad];
+    // SAFETY: live handle; the requests are refused before any write.
+    let s = unsafe { npkio_load_run(l, reqs.as_ptr(), 2, ptr::null(), ptr::null_mut()) };
+    assert_eq!(s, NpkioStatus::InvalidArgument, "{}", message());
+    assert!(message().contains("request 1"), "{}", message());
+    // SAFETY: live handle, freed once.
+    unsafe { npkio_load_free(l) };
+}
+
+#[test]
 fn malformed_request_fields_are_named() {
     let l = open();
     let name = c"lm_head.weight";

@@ -119,8 +119,9 @@ pub struct NpkioLoadReport {
     pub tasks: usize,
     /// Worker threads used.
     pub threads: usize,
-    /// `O_DIRECT` was wanted but the filesystem refused it; those chunks were read
-    /// buffered.
+    /// `O_DIRECT` was wanted but the filesystem refused it (or, without `/proc`, the
+    /// file could not be opened again and proven to be the file validated); those chunks
+    /// were read buffered.
     pub direct_refused: bool,
 }
 

@@ -72,11 +72,21 @@ impl Default for Aligned {
 const HUGE: usize = 2 << 20;
 
 impl Aligned {
-    /// At least `len` bytes starting on a [`BLOCK`] boundary (zeroed when first mapped).
-    pub(crate) fn get(&mut self, len: usize) -> &mut [u8] {
+    /// At least `len` bytes starting on a [`BLOCK`] boundary (zeroed when first mapped);
+    /// `OutOfMemory` when the memory cannot be had (`ENOMEM` under `ulimit -v`).
+    pub(crate) fn get(&mut self, len: usize) -> io::Result<&mut [u8]> {
         if self.cap < len {
             self.release(); // the old one first: memory stays bounded
-            let cap = len.next_multiple_of(HUGE).max(BLOCK as usize);
+            let oom = || {
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("cannot map a buffer of {len} bytes: out of memory"),
+                )
+            };
+            let cap = len
+                .checked_next_multiple_of(HUGE)
+                .ok_or_else(oom)?
+                .max(BLOCK as usize);
             // SAFETY: a fresh private anonymous mapping, checked for failure below.
             let p = unsafe {
                 libc::mmap(
@@ -88,7 +98,13 @@ impl Aligned {
                     0,
                 )
             };
-            assert!(p != libc::MAP_FAILED, "out of memory mapping {cap} bytes");
+            if p == libc::MAP_FAILED {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot map a buffer of {cap} bytes: {e}"),
+                ));
+            }
             if cap >= HUGE {
                 // SAFETY: advice on our own mapping; failure only means small pages.
                 unsafe { libc::madvise(p, cap, libc::MADV_HUGEPAGE) };
@@ -98,7 +114,7 @@ impl Aligned {
         }
         // SAFETY: `len <= cap` bytes of our mapping (page-aligned, so block-aligned),
         // initialised (anonymous memory reads as zeros), borrowed mutably through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, len) }
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, len) })
     }
 
     /// `len` bytes from `at` (within what [`Aligned::get`] gave).
@@ -125,24 +141,41 @@ impl Drop for Aligned {
 }
 
 /// Opens the file behind `f` again with `O_DIRECT` (through `/proc/self/fd`, so it is the
-/// same file even if its path was replaced since), else by `path`; `None` when the
-/// filesystem refuses it (tmpfs, some FUSE and network filesystems answer `EINVAL`).
-/// A new open file description is needed: setting `O_DIRECT` with `fcntl` on a duplicate
-/// would change the buffered descriptor too.
+/// same file even if its path was replaced since); `None` when the filesystem refuses it
+/// (tmpfs, some FUSE and network filesystems answer `EINVAL`), and the chunks are then read
+/// buffered through `f`. A new open file description is needed: setting `O_DIRECT` with
+/// `fcntl` on a duplicate would change the buffered descriptor too.
+///
+/// Without `/proc` (some containers and chroots), the file is opened by `path`, which may
+/// name another file by now (replaced by a rename): that descriptor is used only when it is
+/// the file `f` is (same device and inode), and `None` is returned otherwise.
 pub(crate) fn open_direct(f: &File, path: &Path) -> Option<File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let open = |p: &Path| {
         std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECT)
+            // Non-blocking: a path replaced by a FIFO must not hang the open.
+            .custom_flags(libc::O_DIRECT | libc::O_NONBLOCK)
             .open(p)
     };
     let proc = std::path::PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
     match open(&proc) {
         Ok(d) => Some(d),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => open(path).ok(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let d = open(path).ok()?;
+            same_file(f, &d).then_some(d)
+        }
         Err(_) => None,
+    }
+}
+
+/// Whether two descriptors are of the same file (device and inode).
+pub(crate) fn same_file(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 
@@ -156,53 +189,68 @@ pub(crate) fn direct_refused(e: &io::Error) -> bool {
 }
 
 /// Reads bytes `[off, off + len)` of `f` (opened with `O_DIRECT`) through `buf`, in aligned
-/// blocks; returns where the requested bytes start in `buf` (for [`Aligned::view`]). A file whose size is not a
-/// multiple of the block size is fine: the last block is short. A file that ends before
-/// `off + len` is `UnexpectedEof`.
-pub(crate) fn read_direct(f: &File, off: u64, len: usize, buf: &mut Aligned) -> io::Result<usize> {
+/// blocks; returns where the requested bytes start in `buf` (for [`Aligned::view`]) and how
+/// many of them were read with `O_DIRECT`. A file whose size is not a multiple of the block
+/// size is fine: the last block is short. A file that ends before `off + len` is
+/// `UnexpectedEof`.
+///
+/// After a short count that is not a block multiple and not at the file's end (signals,
+/// FUSE), the next offset is no longer aligned: the rest is read through `plain`, a
+/// buffered descriptor of the same file. `f` itself keeps `O_DIRECT` (clearing it with
+/// `fcntl` on a duplicate would clear it on the open file description `f` shares).
+pub(crate) fn read_direct(
+    f: &File,
+    plain: &File,
+    off: u64,
+    len: usize,
+    buf: &mut Aligned,
+) -> io::Result<(usize, u64)> {
     let a = off - off % BLOCK;
     let end = off + len as u64;
     let e = end.div_ceil(BLOCK) * BLOCK;
     let span = (e - a) as usize;
-    let b = buf.get(span);
+    let b = buf.get(span)?;
     let need = (end - a) as usize;
+    let head = (off - a) as usize;
     let mut done = 0usize;
     while done < need {
         // Offsets and lengths stay block multiples until the file's end, where the kernel
         // returns a short count.
-        match f.read_at(&mut b[done..span], a + done as u64) {
+        match f
+            .read_at(&mut b[done..span], a + done as u64)
+            .map(short_read_for_tests)
+        {
             Ok(0) => return Err(short(end, a + done as u64)),
             Ok(n) => {
                 done += n;
                 if n % BLOCK as usize != 0 && done < need {
-                    // A short read that is not at the end of the file: the next offset is no
-                    // longer aligned. Finish with buffered reads (rare: signals, FUSE).
-                    let rest = &mut b[done..need];
-                    let mut plain = f.try_clone()?;
-                    clear_direct(&mut plain)?;
-                    read_exact_at(&plain, rest, a + done as u64)?;
-                    done = need;
+                    let direct = done.saturating_sub(head) as u64;
+                    read_exact_at(plain, &mut b[done..need], a + done as u64)?;
+                    return Ok((head, direct));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok((off - a) as usize)
+    Ok((head, len as u64))
 }
 
-/// Turns `O_DIRECT` off on a descriptor (used for the odd unaligned remainder).
-fn clear_direct(f: &mut File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) < 0 {
-            return Err(io::Error::last_os_error());
-        }
+#[cfg(test)]
+thread_local! {
+    /// Unit tests: the count the next `O_DIRECT` read reports, cut short as a signal or
+    /// FUSE may cut it.
+    static SHORT_READ: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The count of bytes a read returned (`got`), except in unit tests that ask for one
+/// short read.
+fn short_read_for_tests(got: usize) -> usize {
+    #[cfg(test)]
+    if let Some(n) = SHORT_READ.with(|c| c.take()) {
+        return n.min(got);
     }
-    Ok(())
+    got
 }
 
 /// A temporary read-only mapping of a file range, only ever passed to `mincore` to ask
@@ -214,6 +262,12 @@ pub(crate) struct Residency {
     base: u64,
     page: u64,
 }
+
+// SAFETY: the mapping is only passed to `mincore`, which any thread may call on it; it is
+// unmapped once, on drop.
+unsafe impl Send for Residency {}
+// SAFETY: as above; `mostly_resident` takes `&self` and writes nothing shared.
+unsafe impl Sync for Residency {}
 
 impl Residency {
     /// Maps `[off, off + len)` of `f`; `None` for an empty range or a refused mapping.
@@ -301,11 +355,70 @@ pub(crate) fn drop_cache(f: &File, off: u64, len: u64) {
 mod tests {
     use super::*;
 
+    /// A file of `len` patterned bytes in a directory of the local filesystem (tmpfs
+    /// refuses `O_DIRECT`), opened buffered and with `O_DIRECT`; `None` when the filesystem
+    /// refuses `O_DIRECT`.
+    fn direct_pair(dir: &Path, len: usize) -> Option<(Vec<u8>, File, File)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let path = dir.join("data");
+        std::fs::write(&path, &data).unwrap();
+        let plain = File::open(&path).unwrap();
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .ok()?;
+        let mut probe = Aligned::default();
+        read_direct(&direct, &plain, 0, 1, &mut probe).ok()?;
+        Some((data, plain, direct))
+    }
+
+    fn has_direct(f: &File) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_GETFL on a descriptor we own.
+        let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+        flags & libc::O_DIRECT != 0
+    }
+
+    #[test]
+    fn a_short_unaligned_direct_read_leaves_the_descriptor_direct() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((data, plain, direct)) = direct_pair(dir.path(), 1 << 20) else {
+            eprintln!("SKIPPED: the filesystem refuses O_DIRECT");
+            return;
+        };
+        assert!(has_direct(&direct));
+        let mut buf = Aligned::default();
+        // The first read returns 5000 bytes: the next offset is no longer aligned.
+        SHORT_READ.with(|c| c.set(Some(5000)));
+        let (off, len) = (100u64, 300_000usize);
+        let (at, direct_bytes) = read_direct(&direct, &plain, off, len, &mut buf).unwrap();
+        assert!(buf.view(at, len) == &data[off as usize..off as usize + len]);
+        // Bytes 100..5000 came with O_DIRECT, the rest buffered.
+        assert_eq!(direct_bytes, 4900);
+        assert!(
+            has_direct(&direct),
+            "the O_DIRECT descriptor went buffered after a short read"
+        );
+    }
+
+    #[test]
+    fn a_buffer_that_cannot_be_mapped_is_an_error() {
+        let mut a = Aligned::default();
+        for len in [usize::MAX, 1 << 62] {
+            let e = a.get(len).unwrap_err();
+            assert!(e.to_string().contains("cannot map a buffer"), "{e}");
+        }
+        // The next request that fits works.
+        assert_eq!(a.get(4096).unwrap().len(), 4096);
+    }
+
     #[test]
     fn aligned_buffers_start_on_a_block() {
         let mut a = Aligned::default();
         for len in [1, 4096, 5000, 100] {
-            let b = a.get(len);
+            let b = a.get(len).unwrap();
             assert_eq!(b.len(), len);
             assert_eq!(b.as_ptr() as usize % BLOCK as usize, 0);
         }

@@ -21,8 +21,9 @@
 //! slice along an inner dimension is strided, see [`STRIDE_ROW_READ`] and
 //! [`STRIDE_MAX_GAP`]), neighbouring runs are merged (a vectored `preadv` scatters them into
 //! their destinations), and long runs are split into chunks of at most
-//! [`LoadOptions::chunk_size`] bytes cut on page boundaries. Worker threads take chunks in
-//! file order and read them with `pread`:
+//! [`LoadOptions::chunk_size`] bytes cut on page boundaries, each computed when a worker
+//! takes it (the plan's memory grows with the requests, not with their bytes). Worker
+//! threads take chunks in file order and read them with `pread`:
 //!
 //! - buffered, straight into the destination, when the pages are in the page cache;
 //! - with `O_DIRECT` through a block-aligned buffer per worker when they are not (the
@@ -242,8 +243,9 @@ pub struct LoadReport {
     pub tasks: usize,
     /// Worker threads used.
     pub threads: usize,
-    /// `O_DIRECT` was wanted but the filesystem refused it; those chunks were read
-    /// buffered.
+    /// `O_DIRECT` was wanted but the filesystem refused it (or, without `/proc`, the
+    /// file could not be opened again and proven to be the file validated); those chunks
+    /// were read buffered.
     pub direct_refused: bool,
 }
 
@@ -358,9 +360,17 @@ impl Loader {
             out: u64::MAX,
             merge_requests: true,
         };
-        let tasks = plan::tasks(self, &res, lim);
-        self.check_files(reqs, &tasks)?;
-        run::run(self, reqs, &tasks, &Target::Memory(dsts), opts, 0)
+        let plan = plan::plan(self, &res, lim)?;
+        self.check_files(reqs, &plan)?;
+        run::run(
+            self,
+            reqs,
+            &plan,
+            &Target::Memory(dsts),
+            opts,
+            0,
+            total_out(&res),
+        )
     }
 
     /// Loads every request through staging buffers handed to `sink`, in chunks of at most
@@ -424,10 +434,10 @@ impl Loader {
             out: size as u64,
             merge_requests: false,
         };
-        let tasks = plan::tasks(self, &res, lim);
-        self.check_files(reqs, &tasks)?;
+        let plan = plan::plan(self, &res, lim)?;
+        self.check_files(reqs, &plan)?;
         let target = Target::Sink { sink, buffers };
-        run::run(self, reqs, &tasks, &target, opts, size)
+        run::run(self, reqs, &plan, &target, opts, size, total_out(&res))
     }
 
     /// Resolves every request and checks the destinations; one error for all problems.
@@ -466,7 +476,8 @@ impl Loader {
                 .filter(|(i, r)| r.nbytes > 0 && !dsts[*i].ptr.is_null())
                 .map(|(i, r)| {
                     let a = dsts[i].ptr as usize;
-                    (a, a + (r.nbytes as usize).min(dsts[i].cap), i)
+                    let len = usize::try_from(r.nbytes).unwrap_or(usize::MAX);
+                    (a, a.saturating_add(len.min(dsts[i].cap)), i)
                 })
                 .collect();
             spans.sort();
@@ -492,13 +503,13 @@ impl Loader {
 
     /// Every byte the plan reads must be inside its file now (a file shortened since the
     /// checkpoint was opened is refused before anything is written).
-    fn check_files(&self, reqs: &[Request], tasks: &[plan::Task]) -> Result<()> {
+    fn check_files(&self, reqs: &[Request], plan: &plan::Plan) -> Result<()> {
         let mut need = vec![0u64; self.opened.files.len()];
         let mut who = vec![0usize; self.opened.files.len()];
-        for t in tasks {
-            if t.offset + t.len > need[t.file] {
-                need[t.file] = t.offset + t.len;
-                who[t.file] = t.first_req();
+        for u in &plan.units {
+            if u.hi > need[u.file] {
+                need[u.file] = u.hi;
+                who[u.file] = plan.first_req(u);
             }
         }
         for (i, f) in self.opened.files.iter().enumerate() {
@@ -527,6 +538,11 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+/// The bytes the requests deliver together (saturating: only reported).
+fn total_out(res: &[Resolved]) -> u64 {
+    res.iter().fold(0u64, |a, r| a.saturating_add(r.nbytes))
 }
 
 fn placeholder() -> Resolved {

@@ -13,6 +13,8 @@ use super::convert::Conversion;
 use super::source::{LoadTensor, Piece};
 use super::{Loader, Request, Slice};
 use crate::dtype::DType;
+use std::collections::TryReserveError;
+
 use crate::error::{Error, ErrorKind, Result};
 
 /// Strided slices: rows of at least this many bytes are read one `pread` each, straight into
@@ -120,11 +122,18 @@ pub(crate) fn resolve(loader: &Loader, req: &Request) -> std::result::Result<Res
     if let Some(d) = shape.get_mut(dim) {
         *d = end - start;
     }
-    let elems: u64 = shape.iter().product();
-    let bits = u64::from(t.dtype.bits());
+    // The sliced shape has no more elements than the tensor, whose byte length fits in 64
+    // bits; the output's length in another dtype may not (F16 to F32 doubles it).
+    let too_large = || {
+        inv(format!(
+            "the output ({to} {shape:?}) would be more than 2^64 bytes"
+        ))
+    };
+    let elems = crate::dtype::element_count(&shape).ok_or_else(too_large)?;
+    let bits = t.dtype.bits();
     if bits % 8 != 0 && req.slice.is_some() {
-        let inner: u64 = t.shape[dim + 1..].iter().product();
-        if (inner * bits) % 8 != 0 {
+        let inner = crate::dtype::element_count(&t.shape[dim + 1..]).ok_or_else(too_large)?;
+        if (u128::from(inner) * u128::from(bits)) % 8 != 0 {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
@@ -135,7 +144,7 @@ pub(crate) fn resolve(loader: &Loader, req: &Request) -> std::result::Result<Res
             ));
         }
     }
-    let nbytes = (elems * u64::from(to.bits())).div_ceil(8);
+    let nbytes = bytes_of(elems, to.bits()).ok_or_else(too_large)?;
     Ok(Resolved {
         tensor,
         dim,
@@ -146,6 +155,12 @@ pub(crate) fn resolve(loader: &Loader, req: &Request) -> std::result::Result<Res
         shape,
         nbytes,
     })
+}
+
+/// The bytes `elems` elements of `bits` bits take (rounded up to a whole byte), `None`
+/// past `u64::MAX`.
+pub(crate) fn bytes_of(elems: u64, bits: u32) -> Option<u64> {
+    u64::try_from((u128::from(elems) * u128::from(bits)).div_ceil(8)).ok()
 }
 
 /// Validates every request; on any failure, one error listing every invalid request.
@@ -279,122 +294,333 @@ struct Run {
     conv: Conversion,
 }
 
-/// Cuts the resolved requests into tasks, sorted by file and offset.
-pub(crate) fn tasks(loader: &Loader, res: &[Resolved], lim: Limits) -> Vec<Task> {
+/// The tasks of a load, described compactly: a unit per group of merged runs and per
+/// piece of a strided slice, each producing its tasks on demand ([`Plan::task`]). The
+/// plan's memory grows with the requests and the pieces of their tensors, never with their
+/// bytes: a tensor of any size through a small staging buffer is a few units of many
+/// tasks each.
+pub(crate) struct Plan {
+    /// Units sorted by file and offset.
+    pub(crate) units: Vec<Unit>,
+    /// The merged runs of the [`Shape::Group`] units, each group a range of them.
+    runs: Vec<Run>,
+}
+
+/// Tasks of one file, in increasing offsets.
+#[derive(Clone, Debug)]
+pub(crate) struct Unit {
+    pub(crate) file: usize,
+    /// Where its first task starts.
+    pub(crate) lo: u64,
+    /// Where its last task ends.
+    pub(crate) hi: u64,
+    /// How many tasks.
+    pub(crate) count: u64,
+    shape: Shape,
+}
+
+#[derive(Clone, Debug)]
+enum Shape {
+    /// Runs `runs` of the plan, adjacent in the file, cut at `base + k × step`: the first
+    /// task is `[lo, base)`, then `step` bytes each, the last one ending at `hi`.
+    Group {
+        runs: std::ops::Range<usize>,
+        base: u64,
+        step: u64,
+    },
+    /// Rows of `run` bytes, `stride` apart from `lo`, each cut into `per_row` tasks of at
+    /// most `step` bytes; row `i` goes to `req`'s output at `out_off + i × run_out`.
+    LongRows {
+        req: usize,
+        conv: Conversion,
+        stride: u64,
+        run: u64,
+        out_off: u64,
+        run_out: u64,
+        per_row: u64,
+        step: u64,
+    },
+    /// `rows` rows of `run` bytes, `stride` apart from `lo`, `per_task` rows a task (one
+    /// read of the span, or with `each` one read a row).
+    ShortRows {
+        req: usize,
+        conv: Conversion,
+        stride: u64,
+        run: u64,
+        out_off: u64,
+        run_out: u64,
+        rows: u64,
+        per_task: u64,
+        each: bool,
+    },
+}
+
+impl Plan {
+    /// Tasks in all.
+    pub(crate) fn task_count(&self) -> u64 {
+        self.units
+            .iter()
+            .fold(0u64, |a, u| a.saturating_add(u.count))
+    }
+
+    /// Source bytes the tasks read (saturating).
+    pub(crate) fn read_len(&self) -> u64 {
+        self.units.iter().fold(0u64, |a, u| {
+            let n = match u.shape {
+                Shape::Group { .. } => u.hi - u.lo,
+                Shape::LongRows { run, stride, .. } => {
+                    // `hi - lo` spans the rows and the gaps between them.
+                    let rows = (u.hi - u.lo - run) / stride + 1;
+                    rows.saturating_mul(run)
+                }
+                Shape::ShortRows {
+                    run,
+                    stride,
+                    rows,
+                    each,
+                    ..
+                } => {
+                    if each {
+                        rows.saturating_mul(run)
+                    } else {
+                        // Each task reads from its first row's start to its last row's end.
+                        (u.hi - u.lo).saturating_sub((u.count - 1).saturating_mul(stride - run))
+                    }
+                }
+            };
+            a.saturating_add(n)
+        })
+    }
+
+    /// Task `k` (`k < unit.count`) of `unit`.
+    pub(crate) fn task(&self, unit: &Unit, k: u64) -> Task {
+        match unit.shape {
+            Shape::Group {
+                ref runs,
+                base,
+                step,
+            } => {
+                let cur = if k == 0 {
+                    unit.lo
+                } else {
+                    base + (k - 1) * step
+                };
+                let next = unit.hi.min(base + k * step);
+                let g = &self.runs[runs.clone()];
+                let first = g[0];
+                if first.conv != Conversion::None {
+                    // Converted runs are single (never merged).
+                    let (a, b) = first.conv.sizes();
+                    return Task {
+                        file: unit.file,
+                        offset: cur,
+                        len: next - cur,
+                        kind: Kind::Rows {
+                            req: first.seg.req,
+                            out_off: first.seg.out_off + (cur - first.offset) / a * b,
+                            conv: first.conv,
+                            stride: next - cur,
+                            run: next - cur,
+                            count: 1,
+                            each: false,
+                        },
+                    };
+                }
+                let mut segs = Vec::new();
+                let mut i = g.partition_point(|r| r.offset + r.len <= cur);
+                let mut pos = cur;
+                while pos < next {
+                    let r = g[i];
+                    let take_end = (r.offset + r.len).min(next);
+                    segs.push(Seg {
+                        req: r.seg.req,
+                        out_off: r.seg.out_off + (pos - r.offset),
+                        len: take_end - pos,
+                    });
+                    pos = take_end;
+                    i += 1;
+                }
+                Task {
+                    file: unit.file,
+                    offset: cur,
+                    len: next - cur,
+                    kind: Kind::Contig(segs),
+                }
+            }
+            Shape::LongRows {
+                req,
+                conv,
+                stride,
+                run,
+                out_off,
+                run_out,
+                per_row,
+                step,
+            } => {
+                let (row, j) = (k / per_row, k % per_row);
+                let at = j * step;
+                let len = step.min(run - at);
+                let (a, b) = conv.sizes();
+                let out_off = out_off + row * run_out + at / a * b;
+                let offset = unit.lo + row * stride + at;
+                let kind = if conv == Conversion::None {
+                    Kind::Contig(vec![Seg { req, out_off, len }])
+                } else {
+                    Kind::Rows {
+                        req,
+                        out_off,
+                        conv,
+                        stride: len,
+                        run: len,
+                        count: 1,
+                        each: false,
+                    }
+                };
+                Task {
+                    file: unit.file,
+                    offset,
+                    len,
+                    kind,
+                }
+            }
+            Shape::ShortRows {
+                req,
+                conv,
+                stride,
+                run,
+                out_off,
+                run_out,
+                rows,
+                per_task,
+                each,
+            } => {
+                let first = k * per_task;
+                let n = per_task.min(rows - first);
+                Task {
+                    file: unit.file,
+                    offset: unit.lo + first * stride,
+                    len: (n - 1) * stride + run,
+                    kind: Kind::Rows {
+                        req,
+                        out_off: out_off + first * run_out,
+                        conv,
+                        stride,
+                        run,
+                        count: n,
+                        each,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The request of the unit's first output byte.
+    pub(crate) fn first_req(&self, unit: &Unit) -> usize {
+        match unit.shape {
+            Shape::Group { ref runs, .. } => self.runs[runs.start].seg.req,
+            Shape::LongRows { req, .. } | Shape::ShortRows { req, .. } => req,
+        }
+    }
+}
+
+/// Appends `x` to `v`, growing it fallibly: the plan is as long as the requests and the
+/// pieces of their tensors, which the input decides.
+fn push<T>(v: &mut Vec<T>, x: T) -> std::result::Result<(), TryReserveError> {
+    if v.len() == v.capacity() {
+        v.try_reserve(v.len().max(16))?;
+    }
+    v.push(x);
+    Ok(())
+}
+
+/// Cuts the resolved requests into a plan, its units sorted by file and offset; out of
+/// memory is an `Io` error.
+pub(crate) fn plan(loader: &Loader, res: &[Resolved], lim: Limits) -> Result<Plan> {
     let page = super::io::page_size();
     let mut runs: Vec<Run> = Vec::new();
-    let mut tasks: Vec<Task> = Vec::new();
+    let mut units: Vec<Unit> = Vec::new();
+    let oom = |_| super::source::out_of_memory(loader.path(), "the plan of a load");
     for (req, r) in res.iter().enumerate() {
         let t = &loader.opened.tensors[r.tensor];
-        plan_request(t, r, req, lim, &mut runs, &mut tasks);
+        plan_request(t, r, req, lim, &mut runs, &mut units).map_err(oom)?;
     }
     // Merge neighbouring unconverted runs: same file, adjacent bytes, and (when allowed
     // across requests) whatever their destinations are; a task then scatters with one
-    // vectored read.
+    // vectored read. A group is a range of the sorted runs.
     runs.sort_by_key(|r| (r.file, r.offset));
-    let mut groups: Vec<Vec<Run>> = Vec::new();
-    for r in runs {
-        if r.conv == Conversion::None {
-            if let Some(g) = groups.last_mut() {
-                let last = g.last().expect("groups are never empty");
-                if last.conv == Conversion::None
+    let mut start = 0;
+    for i in 0..runs.len() {
+        let r = runs[i];
+        let joins = i > start
+            && r.conv == Conversion::None
+            && {
+                let last = runs[i - 1];
+                last.conv == Conversion::None
                     && last.file == r.file
                     && last.offset + last.len == r.offset
                     && (lim.merge_requests
                         || (last.seg.req == r.seg.req
                             && last.seg.out_off + last.seg.len == r.seg.out_off))
-                    && g.len() < 512
-                {
-                    g.push(r);
-                    continue;
-                }
             }
+            && i - start < 512;
+        if !joins && i > start {
+            push(&mut units, group(&runs, start..i, lim, page)).map_err(oom)?;
+            start = i;
         }
-        groups.push(vec![r]);
     }
-    for g in groups {
-        chunk_group(&g, lim, page, &mut tasks);
+    if start < runs.len() {
+        push(&mut units, group(&runs, start..runs.len(), lim, page)).map_err(oom)?;
     }
-    tasks.sort_by_key(|t| (t.file, t.offset));
-    tasks
+    units.sort_by_key(|u| (u.file, u.lo));
+    Ok(Plan { units, runs })
 }
 
-/// Splits a group of adjacent runs into tasks of at most `lim.chunk` source bytes (and
-/// `lim.out` output bytes), cutting on page boundaries of the file where possible and on
-/// element boundaries when converting.
-fn chunk_group(g: &[Run], lim: Limits, page: u64, tasks: &mut Vec<Task>) {
-    let first = g[0];
-    let conv = first.conv;
+/// Source bytes per task: `lim.chunk`, and no more than `lim.out` output bytes; a multiple
+/// of the source element size `a` (and of the page size when at least a page), so that
+/// cuts fall on element boundaries and, on a grid of file offsets, on block boundaries:
+/// an `O_DIRECT` read then covers exactly its chunk, with no block read twice by two
+/// neighbouring chunks.
+fn step_of(conv: Conversion, lim: Limits, page: u64) -> u64 {
     let (a, b) = conv.sizes();
-    let end = g.last().map(|r| r.offset + r.len).expect("non-empty");
-    // Source bytes per task: the output limit scaled back to source bytes.
     let target = lim.chunk.min((lim.out / b).saturating_mul(a)).max(a);
-    let mut cur = first.offset;
-    let mut ri = 0usize; // current run
-    while cur < end {
-        // Cut on a grid of the chunk size in file offsets (a page multiple), so that the
-        // chunks of a long run start and end on block boundaries: an O_DIRECT read then
-        // covers exactly its chunk, with no block read twice by two neighbouring chunks.
-        let step = if target >= page {
-            target - target % page
-        } else {
-            target
-        };
-        let mut next = end.min((cur / step + 1) * step);
-        if next < end && a > 1 {
-            // Element boundary relative to the run's logical start (runs hold whole
-            // elements, so `end` is one).
-            next -= (next - first.offset + first.logical) % a;
-            if next <= cur {
-                let far = end.min(cur + target);
-                next = far - (far - first.offset + first.logical) % a;
-                if next <= cur {
-                    next = end;
-                }
-            }
-        }
-        if conv != Conversion::None {
-            // Converted runs are single (never merged).
-            let out_off = first.seg.out_off + (cur - first.offset) / a * b;
-            tasks.push(Task {
-                file: first.file,
-                offset: cur,
-                len: next - cur,
-                kind: Kind::Rows {
-                    req: first.seg.req,
-                    out_off,
-                    conv,
-                    stride: next - cur,
-                    run: next - cur,
-                    count: 1,
-                    each: false,
-                },
-            });
-        } else {
-            let mut segs = Vec::new();
-            let mut pos = cur;
-            while pos < next {
-                let r = g[ri];
-                let r_end = r.offset + r.len;
-                let take_end = r_end.min(next);
-                segs.push(Seg {
-                    req: r.seg.req,
-                    out_off: r.seg.out_off + (pos - r.offset),
-                    len: take_end - pos,
-                });
-                pos = take_end;
-                if pos == r_end {
-                    ri += 1;
-                }
-            }
-            tasks.push(Task {
-                file: first.file,
-                offset: cur,
-                len: next - cur,
-                kind: Kind::Contig(segs),
-            });
-        }
-        cur = next;
+    let step = if target >= page {
+        target - target % page
+    } else {
+        target
+    };
+    (step - step % a).max(a)
+}
+
+/// The unit of a group of adjacent runs: cut on a grid of `step` in file offsets, moved
+/// back to element boundaries when converting (the same distance for every cut, as the
+/// step is a multiple of the element size).
+fn group(runs: &[Run], range: std::ops::Range<usize>, lim: Limits, page: u64) -> Unit {
+    let g = &runs[range.clone()];
+    let first = g[0];
+    let (lo, hi) = (first.offset, g[g.len() - 1].offset + g[g.len() - 1].len);
+    let (a, _) = first.conv.sizes();
+    let step = step_of(first.conv, lim, page);
+    let grid = (lo / step + 1) * step;
+    let back = (grid - first.offset + first.logical) % a;
+    let mut base = grid - back;
+    if base <= lo {
+        base += step;
+    }
+    let count = if base < hi {
+        (hi - 1 - base) / step + 2
+    } else {
+        1
+    };
+    Unit {
+        file: first.file,
+        lo,
+        hi,
+        count,
+        shape: Shape::Group {
+            runs: range,
+            base,
+            step,
+        },
     }
 }
 
@@ -414,28 +640,32 @@ fn contiguous(
     len: u64,
     mut out_off: u64,
     runs: &mut Vec<Run>,
-) {
+) -> std::result::Result<(), TryReserveError> {
     let (a, b) = r.conv.sizes();
     let end = at + len;
     while at < end {
         let p = piece_at(t, at).expect("validated ranges lie inside the tensor");
         let take = end.min(p.logical + p.len) - at;
         let out_len = take / a * b;
-        runs.push(Run {
-            file: p.file,
-            offset: p.offset + (at - p.logical),
-            len: take,
-            seg: Seg {
-                req,
-                out_off,
-                len: out_len,
+        push(
+            runs,
+            Run {
+                file: p.file,
+                offset: p.offset + (at - p.logical),
+                len: take,
+                seg: Seg {
+                    req,
+                    out_off,
+                    len: out_len,
+                },
+                logical: at,
+                conv: r.conv,
             },
-            logical: at,
-            conv: r.conv,
-        });
+        )?;
         at += take;
         out_off += out_len;
     }
+    Ok(())
 }
 
 fn plan_request(
@@ -444,19 +674,21 @@ fn plan_request(
     req: usize,
     lim: Limits,
     runs: &mut Vec<Run>,
-    tasks: &mut Vec<Task>,
-) {
+    units: &mut Vec<Unit>,
+) -> std::result::Result<(), TryReserveError> {
     if r.nbytes == 0 || t.nbytes == 0 {
-        return;
+        return Ok(());
     }
-    let bits = u64::from(t.dtype.bits());
     if t.shape.is_empty() {
-        contiguous(t, r, req, 0, t.nbytes, 0, runs);
-        return;
+        return contiguous(t, r, req, 0, t.nbytes, 0, runs);
     }
     let k = r.dim;
+    // None of these overflow: the tensor's byte length fits in 64 bits and is not zero, so
+    // every partial product of its shape times the element size is at most that length.
     let outer: u64 = t.shape[..k].iter().product();
-    let inner = t.shape[k + 1..].iter().product::<u64>() * bits / 8;
+    let inner = crate::dtype::element_count(&t.shape[k + 1..])
+        .and_then(|n| bytes_of(n, t.dtype.bits()))
+        .expect("a part of a tensor's shape is no larger than the tensor");
     let dk = t.shape[k];
     let row = dk * inner;
     let first = r.start * inner;
@@ -464,18 +696,12 @@ fn plan_request(
     if outer == 1 || run == row {
         let len = if run == row { t.nbytes } else { run };
         let at = if run == row { 0 } else { first };
-        contiguous(t, r, req, at, len, 0, runs);
-        return;
+        return contiguous(t, r, req, at, len, 0, runs);
     }
     let (a, b) = r.conv.sizes();
     let run_out = run / a * b;
     let gap = row - run;
-    if run >= STRIDE_ROW_READ || run_out > lim.out {
-        for o in 0..outer {
-            contiguous(t, r, req, o * row + first, run, o * run_out, runs);
-        }
-        return;
-    }
+    let long = run >= STRIDE_ROW_READ || run_out > lim.out;
     let each = gap > STRIDE_MAX_GAP;
     let per_task = if each {
         (lim.out.min(lim.chunk) / run_out).max(1)
@@ -484,35 +710,153 @@ fn plan_request(
             .min(lim.out / run_out)
             .max(1)
     };
-    let mut o = 0u64;
-    while o < outer {
-        let at = o * row + first;
-        let p = piece_at(t, at).expect("validated ranges lie inside the tensor");
-        // Rows of one group stay inside one piece (a piece holds whole dimension-0 rows,
-        // and a strided slice's rows never straddle one).
-        let in_piece = (p.logical + p.len - at + gap) / row;
-        let n = per_task.min(outer - o).min(in_piece.max(1));
-        tasks.push(Task {
-            file: p.file,
-            offset: p.offset + (at - p.logical),
-            len: (n - 1) * row + run,
-            kind: Kind::Rows {
-                req,
-                out_off: o * run_out,
-                conv: r.conv,
-                stride: row,
-                run,
-                count: n,
-                each,
+    let step = step_of(r.conv, lim, 1);
+    // One unit per piece: the rows starting in it (a piece holds whole dimension-0 rows,
+    // and a strided slice's rows never straddle one).
+    let last = (outer - 1) * row + first;
+    for p in &t.pieces {
+        let p_end = p.logical + p.len;
+        if p_end <= first || p.logical > last {
+            continue;
+        }
+        let o0 = p.logical.saturating_sub(first).div_ceil(row);
+        let o1 = outer.min((p_end - first).div_ceil(row));
+        if o0 >= o1 {
+            continue;
+        }
+        let rows = o1 - o0;
+        let lo = p.offset + (o0 * row + first - p.logical);
+        let hi = lo + (rows - 1) * row + run;
+        let (count, shape) = if long {
+            let per_row = run.div_ceil(step);
+            (
+                rows * per_row,
+                Shape::LongRows {
+                    req,
+                    conv: r.conv,
+                    stride: row,
+                    run,
+                    out_off: o0 * run_out,
+                    run_out,
+                    per_row,
+                    step,
+                },
+            )
+        } else {
+            (
+                rows.div_ceil(per_task),
+                Shape::ShortRows {
+                    req,
+                    conv: r.conv,
+                    stride: row,
+                    run,
+                    out_off: o0 * run_out,
+                    run_out,
+                    rows,
+                    per_task,
+                    each,
+                },
+            )
+        };
+        push(
+            units,
+            Unit {
+                file: p.file,
+                lo,
+                hi,
+                count,
+                shape,
             },
-        });
-        o += n;
+        )?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every task of `plan`, unit by unit.
+    fn all_tasks(plan: &Plan) -> Vec<Task> {
+        let mut out = Vec::new();
+        for u in &plan.units {
+            for k in 0..u.count {
+                out.push(plan.task(u, k));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_tasks_a_plan_describes_deliver_each_output_byte_once() {
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/tiny-llama.safetensors");
+        let loader = Loader::open(model).unwrap();
+        let mut reqs = Vec::new();
+        for t in loader.tensors() {
+            let to = match t.dtype {
+                DType::BF16 => DType::F32,
+                _ => DType::BF16,
+            };
+            reqs.push(Request::new(&t.name));
+            reqs.push(Request::new(&t.name).to(to));
+            if t.shape.len() == 2 {
+                for (dim, s, e) in [(0, 3, 50), (1, 1, 2), (1, 5, 60), (1, 0, 33)] {
+                    let e = e.min(t.shape[dim]);
+                    reqs.push(Request::new(&t.name).slice(dim, s, e));
+                    reqs.push(Request::new(&t.name).slice(dim, s, e).to(to));
+                }
+            }
+        }
+        let res = resolve_all(&loader, &reqs).unwrap();
+        for (chunk, out, merge) in [
+            (4096, u64::MAX, true),
+            (4096, 4096, false),
+            (8 << 20, 8192, false),
+            (12288, u64::MAX, true),
+        ] {
+            let lim = Limits {
+                chunk,
+                out,
+                merge_requests: merge,
+            };
+            let plan = plan(&loader, &res, lim).unwrap();
+            let tasks = all_tasks(&plan);
+            assert_eq!(tasks.len() as u64, plan.task_count());
+            let read: u64 = tasks.iter().map(Task::read_len).sum();
+            assert_eq!(read, plan.read_len(), "{lim:?}");
+            let mut got: Vec<(usize, u64, u64)> = Vec::new();
+            for (u, t) in plan
+                .units
+                .iter()
+                .flat_map(|u| std::iter::repeat_n(u, u.count as usize))
+                .zip(&tasks)
+            {
+                assert!(
+                    u.lo <= t.offset && t.offset + t.len <= u.hi,
+                    "{t:?} in {u:?}"
+                );
+                assert!(t.len <= chunk.max(STRIDE_SPAN), "{t:?}");
+                assert!(t.out_len() <= out, "{t:?}");
+                match &t.kind {
+                    Kind::Contig(segs) => {
+                        assert_eq!(segs.iter().map(|s| s.len).sum::<u64>(), t.len);
+                        got.extend(segs.iter().map(|s| (s.req, s.out_off, s.len)));
+                    }
+                    Kind::Rows { req, out_off, .. } => got.push((*req, *out_off, t.out_len())),
+                }
+            }
+            got.sort();
+            let mut next = vec![0u64; reqs.len()];
+            for (req, off, len) in got {
+                assert_eq!(off, next[req], "request {req} ({:?}), {lim:?}", reqs[req]);
+                next[req] += len;
+            }
+            for (i, r) in res.iter().enumerate() {
+                assert_eq!(next[i], r.nbytes, "request {i} ({:?})", reqs[i]);
+            }
+        }
+    }
 
     #[test]
     fn shards_cover_the_dimension_with_the_first_ranks_one_longer() {

@@ -4,12 +4,12 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use super::convert::Conversion;
 use super::io::{self as lio, Aligned, BLOCK};
-use super::plan::{Kind, Seg, Task};
+use super::plan::{Kind, Plan, Seg, Task, Unit};
 use super::{LoadOptions, LoadReport, Loader, Method, Request, SinkFn};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -46,15 +46,19 @@ struct Shared<'a> {
     /// loader keeps open and files outside the window).
     window: &'a [Option<File>],
     reqs: &'a [Request],
-    tasks: &'a [Task],
-    direct: Vec<bool>,
+    plan: &'a Plan,
+    /// This window's units, and after each the count of its tasks and those before it.
+    units: &'a [Unit],
+    ends: Vec<u64>,
+    /// For [`Method::Auto`], a residency map per file of the window (by file index).
+    residency: Vec<Option<lio::Residency>>,
     target: &'a Target<'a>,
     opts: &'a LoadOptions,
     direct_files: Vec<OnceLock<Option<File>>>,
     direct_refused: AtomicBool,
-    next: AtomicUsize,
+    next: AtomicU64,
     stop: AtomicBool,
-    errors: Mutex<Vec<(usize, Error)>>,
+    errors: Mutex<Vec<(u64, Error)>>,
     done: AtomicU64,
     total: u64,
     direct_bytes: AtomicU64,
@@ -67,6 +71,39 @@ impl Shared<'_> {
     fn file(&self, f: usize) -> &File {
         file_of(self.loader, self.window, f)
     }
+
+    /// Task `i` of the window (`None` past its end).
+    fn task(&self, i: u64) -> Option<Task> {
+        task_at(self.plan, self.units, &self.ends, i)
+    }
+
+    /// Whether `t` is read with `O_DIRECT`.
+    fn direct(&self, t: &Task) -> bool {
+        match self.opts.method {
+            Method::Buffered => false,
+            Method::Direct => true,
+            Method::Auto => auto_direct(&self.residency, t),
+        }
+    }
+}
+
+/// Task `i` of the units whose cumulative task counts are `ends`.
+fn task_at(plan: &Plan, units: &[Unit], ends: &[u64], i: u64) -> Option<Task> {
+    let u = ends.partition_point(|&e| e <= i);
+    let unit = units.get(u)?;
+    let before = if u == 0 { 0 } else { ends[u - 1] };
+    Some(plan.task(unit, i - before))
+}
+
+/// [`Method::Auto`]: `O_DIRECT` for a task of at least [`AUTO_DIRECT_MIN`] bytes whose
+/// pages are mostly not in the page cache.
+fn auto_direct(residency: &[Option<lio::Residency>], t: &Task) -> bool {
+    if t.read_len() < AUTO_DIRECT_MIN {
+        return false; // small reads: the page cache's read-ahead serves them well
+    }
+    residency[t.file]
+        .as_ref()
+        .is_some_and(|res| !res.mostly_resident(t.offset, t.len, RESIDENCY_SAMPLES))
 }
 
 fn file_of<'a>(loader: &'a Loader, window: &'a [Option<File>], f: usize) -> &'a File {
@@ -77,45 +114,38 @@ fn file_of<'a>(loader: &'a Loader, window: &'a [Option<File>], f: usize) -> &'a 
         .expect("the files of a window are open")
 }
 
-/// Decides per task whether to read with `O_DIRECT`.
-fn choose_direct(
+/// For [`Method::Auto`]: a residency map of each file over the range the window's units
+/// read in it (by file index; `None` elsewhere and for other methods).
+fn residency_maps(
     loader: &Loader,
     window: &[Option<File>],
-    tasks: &[Task],
+    units: &[Unit],
     method: Method,
-) -> Vec<bool> {
-    match method {
-        Method::Buffered => return vec![false; tasks.len()],
-        Method::Direct => return vec![true; tasks.len()],
-        Method::Auto => {}
+) -> Vec<Option<lio::Residency>> {
+    let mut out: Vec<Option<lio::Residency>> =
+        (0..loader.opened.files.len()).map(|_| None).collect();
+    if method != Method::Auto {
+        return out;
     }
-    let mut out = vec![false; tasks.len()];
-    // Tasks are sorted by file: one residency query per file.
+    // Units are sorted by file: one mapping per file.
     let mut i = 0;
-    while i < tasks.len() {
-        let f = tasks[i].file;
+    while i < units.len() {
+        let f = units[i].file;
         let mut j = i;
-        while j < tasks.len() && tasks[j].file == f {
+        while j < units.len() && units[j].file == f {
             j += 1;
         }
-        let lo = tasks[i..j].iter().map(|t| t.offset).min().unwrap_or(0);
-        let hi = tasks[i..j]
-            .iter()
-            .map(|t| t.offset + t.len)
-            .max()
-            .unwrap_or(0);
-        if let Some(res) = lio::Residency::map(file_of(loader, window, f), lo, hi - lo) {
-            for (k, t) in tasks[i..j].iter().enumerate() {
-                if t.read_len() < AUTO_DIRECT_MIN {
-                    continue; // small reads: the page cache's read-ahead serves them well
-                }
-                out[i + k] = !res.mostly_resident(t.offset, t.len, RESIDENCY_SAMPLES);
-            }
-        }
+        let lo = units[i..j].iter().map(|u| u.lo).min().unwrap_or(0);
+        let hi = units[i..j].iter().map(|u| u.hi).max().unwrap_or(0);
+        out[f] = lio::Residency::map(file_of(loader, window, f), lo, hi - lo);
         i = j;
     }
     out
 }
+
+/// Tasks sampled, spread evenly over a window, to decide whether [`Method::Auto`] reads
+/// some with `O_DIRECT` (which sets the default thread count).
+const AUTO_SAMPLES: u64 = 64;
 
 /// Pages of a task [`Method::Auto`] asks `mincore` about (one call each, spread evenly):
 /// asking about every page of a 1 GiB checkpoint cost about 20 ms, a fifth of a warm load.
@@ -124,26 +154,27 @@ const RESIDENCY_SAMPLES: u64 = 16;
 /// Tasks reading fewer bytes than this are read buffered by [`Method::Auto`].
 const AUTO_DIRECT_MIN: u64 = 256 << 10;
 
-/// Runs `tasks` (sorted by file). Files the loader does not keep open are opened a window
-/// at a time: the tasks of at most half the open-file budget's worth of them run, then
-/// those files are closed and the next window opens (with their `O_DIRECT` descriptors,
-/// a window takes at most the budget).
+/// Runs the plan's tasks (units sorted by file). Files the loader does not keep open are
+/// opened a window at a time: the units of at most half the open-file budget's worth of
+/// them run, then those files are closed and the next window opens (with their `O_DIRECT`
+/// descriptors, a window takes at most the budget). `total` is the output's length.
 pub(crate) fn run(
     loader: &Loader,
     reqs: &[Request],
-    tasks: &[Task],
+    plan: &Plan,
     target: &Target<'_>,
     opts: &LoadOptions,
     staging_size: usize,
+    total: u64,
 ) -> Result<LoadReport> {
     let files = &loader.opened.files;
-    let total = tasks.iter().map(Task::out_len).sum();
+    let units = &plan.units;
     let per_window = (crate::fdlimit::open_file_budget() / 2).max(1);
     let mut report = LoadReport {
         bytes_out: total,
-        bytes_read: tasks.iter().map(Task::read_len).sum(),
+        bytes_read: plan.read_len(),
         direct_bytes: 0,
-        tasks: tasks.len(),
+        tasks: usize::try_from(plan.task_count()).unwrap_or(usize::MAX),
         threads: 0,
         direct_refused: false,
     };
@@ -151,11 +182,11 @@ pub(crate) fn run(
     let mut done = 0u64;
     let mut start = 0;
     loop {
-        // The window: tasks up to the first that needs one file too many.
+        // The window: units up to the first that needs one file too many.
         let mut end = start;
         let mut opened: Vec<usize> = Vec::new();
-        while end < tasks.len() {
-            let f = tasks[end].file;
+        while end < units.len() {
+            let f = units[end].file;
             if files[f].file.is_none() && opened.last() != Some(&f) {
                 if opened.len() == per_window {
                     break;
@@ -171,7 +202,8 @@ pub(crate) fn run(
             loader,
             &window,
             reqs,
-            &tasks[start..end],
+            plan,
+            &units[start..end],
             target,
             opts,
             staging_size,
@@ -183,14 +215,14 @@ pub(crate) fn run(
         let (threads, refused) = w?;
         report.threads = report.threads.max(threads);
         report.direct_refused |= refused;
-        if end >= tasks.len() {
+        if end >= units.len() {
             return Ok(report);
         }
         start = end;
     }
 }
 
-/// Runs one window of tasks; returns the threads used and whether `O_DIRECT` was refused.
+/// Runs one window of units; returns the threads used and whether `O_DIRECT` was refused.
 /// `progress` is the load's total output, and its bytes delivered and read with `O_DIRECT`
 /// so far, added to.
 #[allow(clippy::too_many_arguments)]
@@ -198,14 +230,28 @@ fn run_window(
     loader: &Loader,
     window: &[Option<File>],
     reqs: &[Request],
-    tasks: &[Task],
+    plan: &Plan,
+    units: &[Unit],
     target: &Target<'_>,
     opts: &LoadOptions,
     staging_size: usize,
     progress: (u64, &mut u64, &mut u64),
 ) -> Result<(usize, bool)> {
-    let direct = choose_direct(loader, window, tasks, opts.method);
-    let any_direct = direct.iter().any(|&d| d);
+    let mut ends = Vec::with_capacity(units.len());
+    let mut count = 0u64;
+    for u in units {
+        count = count.saturating_add(u.count);
+        ends.push(count);
+    }
+    let residency = residency_maps(loader, window, units, opts.method);
+    let any_direct = match opts.method {
+        Method::Buffered => false,
+        Method::Direct => true,
+        Method::Auto => (0..AUTO_SAMPLES.min(count)).any(|k| {
+            task_at(plan, units, &ends, k * count / AUTO_SAMPLES.min(count))
+                .is_some_and(|t| auto_direct(&residency, &t))
+        }),
+    };
     let mut threads = match opts.threads {
         0 if any_direct => DIRECT_THREADS,
         0 => crate::copy::default_threads(),
@@ -216,21 +262,23 @@ fn run_window(
             threads = threads.min(buffers.len());
         }
     }
-    threads = threads.clamp(1, tasks.len().max(1));
+    threads = threads.clamp(1, usize::try_from(count).unwrap_or(usize::MAX).max(1));
     let (total, done, direct_bytes) = progress;
     let sh = Shared {
         loader,
         window,
         reqs,
-        tasks,
-        direct,
+        plan,
+        units,
+        ends,
+        residency,
         target,
         opts,
         direct_files: (0..loader.opened.files.len())
             .map(|_| OnceLock::new())
             .collect(),
         direct_refused: AtomicBool::new(false),
-        next: AtomicUsize::new(0),
+        next: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         errors: Mutex::new(Vec::new()),
         done: AtomicU64::new(*done),
@@ -245,7 +293,24 @@ fn run_window(
         std::thread::scope(|s| {
             for w in 0..threads {
                 let sh = &sh;
-                s.spawn(move || worker(sh, w));
+                let spawned = std::thread::Builder::new()
+                    .name(format!("npkio-load-{w}"))
+                    .spawn_scoped(s, move || worker(sh, w));
+                if let Err(e) = spawned {
+                    // Out of threads (RLIMIT_NPROC, cgroup pids limit): stop the workers
+                    // started and fail the load.
+                    sh.stop.store(true, Ordering::Relaxed);
+                    let err = Error::io(
+                        &loader.path,
+                        &format!("starting worker thread {} of {threads} to load", w + 1),
+                        e,
+                    );
+                    sh.errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((0, err));
+                    break;
+                }
             }
         });
     }
@@ -294,8 +359,9 @@ fn worker(sh: &Shared<'_>, w: usize) {
             return;
         }
         let i = sh.next.fetch_add(1, Ordering::Relaxed);
-        let Some(task) = sh.tasks.get(i) else { return };
-        if let Err(e) = do_task(sh, w, task, sh.direct[i], &mut bufs) {
+        let Some(task) = sh.task(i) else { return };
+        let task = &task;
+        if let Err(e) = do_task(sh, w, task, sh.direct(task), &mut bufs) {
             sh.stop.store(true, Ordering::Relaxed);
             let req = task.first_req();
             let f = &sh.loader.opened.files[task.file];
@@ -366,9 +432,9 @@ fn read_span<'b>(
 ) -> io::Result<&'b [u8]> {
     if direct {
         if let Some(df) = direct_file(sh, f) {
-            match lio::read_direct(df, off, len, bounce) {
-                Ok(start) => {
-                    sh.direct_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            match lio::read_direct(df, sh.file(f), off, len, bounce) {
+                Ok((start, direct)) => {
+                    sh.direct_bytes.fetch_add(direct, Ordering::Relaxed);
                     return Ok(bounce.view(start, len));
                 }
                 Err(e) if lio::direct_refused(&e) => {
@@ -379,7 +445,7 @@ fn read_span<'b>(
         }
     }
     let file = sh.file(f);
-    let b = bounce.get(len);
+    let b = bounce.get(len)?;
     lio::read_exact_at(file, b, off)?;
     if sh.opts.drop_behind {
         lio::drop_cache(file, off, len as u64);
@@ -419,7 +485,7 @@ fn do_task(
             }
             let out_len = t.out_len() as usize;
             let staging: &mut [u8] = if buffers.is_empty() {
-                bufs.staging.get(sh.staging_size.max(out_len))
+                bufs.staging.get(sh.staging_size.max(out_len))?
             } else {
                 let b = buffers[w];
                 debug_assert!(out_len <= b.cap);
@@ -527,9 +593,9 @@ fn direct_into(
         let at = ptr(&segs[0]).wrapping_add((a - off) as usize);
         // SAFETY: `[a, b)` lies inside the piece, whose bytes are the segments' validated
         // destination ranges, consecutive in memory and written by this task alone.
-        match unsafe { pread_direct(df, at, (b - a) as usize, a) } {
-            Ok(()) => {
-                sh.direct_bytes.fetch_add(b - a, Ordering::Relaxed);
+        match unsafe { pread_direct(df, sh.file(t.file), at, (b - a) as usize, a) } {
+            Ok(direct) => {
+                sh.direct_bytes.fetch_add(direct, Ordering::Relaxed);
             }
             Err(e) if lio::direct_refused(&e) => {
                 sh.direct_refused.store(true, Ordering::Relaxed);
@@ -567,23 +633,25 @@ fn scatter(dsts: &[RawDst], segs: &[Seg], start: u64, at: u64, bytes: &[u8]) {
 
 /// Reads exactly `len` bytes at `off` into `ptr` with an `O_DIRECT` descriptor (address,
 /// offset and length block-aligned), by system calls on the raw pointer: the bytes may
-/// span several requests' destinations that follow each other in memory.
+/// span several requests' destinations that follow each other in memory. Returns how many
+/// were read with `O_DIRECT`: after a short count that is not a block multiple, offsets
+/// are no longer aligned and the rest is read through `plain`, a buffered descriptor of the
+/// same file (`df` keeps `O_DIRECT`).
 ///
 /// # Safety
 ///
 /// `ptr` must be valid for writes of `len` bytes that nothing else accesses meanwhile.
 unsafe fn pread_direct(
     df: &File,
+    plain: &File,
     mut ptr: *mut u8,
     mut len: usize,
     mut off: u64,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     use std::os::fd::AsRawFd;
-    // After a short count that is not a block multiple, offsets are no longer aligned: the
-    // rest is read through the page cache (a plain descriptor of the same file).
-    let mut plain: Option<File> = None;
+    let mut fd = df.as_raw_fd();
+    let mut direct = 0u64;
     while len > 0 {
-        let fd = plain.as_ref().map_or(df.as_raw_fd(), |f| f.as_raw_fd());
         // SAFETY: the caller's contract; the kernel writes at most `len` bytes.
         let n = unsafe { libc::pread(fd, ptr.cast(), len, off as libc::off_t) };
         if n < 0 {
@@ -603,14 +671,17 @@ unsafe fn pread_direct(
                 ),
             ));
         }
-        if n % BLOCK as usize != 0 && plain.is_none() {
-            plain = Some(File::open(format!("/proc/self/fd/{}", df.as_raw_fd()))?);
+        if fd == df.as_raw_fd() {
+            direct += n as u64;
+            if n % BLOCK as usize != 0 {
+                fd = plain.as_raw_fd();
+            }
         }
         ptr = ptr.wrapping_add(n);
         len -= n;
         off += n as u64;
     }
-    Ok(())
+    Ok(direct)
 }
 
 /// Buffered read of a contiguous task into its segments: one `preadv` (continued with

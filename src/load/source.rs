@@ -84,11 +84,30 @@ pub(crate) struct Opened {
     pub(crate) by_name: HashMap<String, usize>,
 }
 
+/// Reserves room for `n` more items in `v`; out of memory is an `Io` error naming `path`
+/// (the tables of a checkpoint's tensors, files and pieces are as long as its metadata
+/// says).
+pub(crate) fn reserve<T>(v: &mut Vec<T>, n: usize, path: &Path, what: &str) -> Result<()> {
+    v.try_reserve(n).map_err(|_| out_of_memory(path, what))
+}
+
+/// The `Io` error of an allocation for `what` that failed.
+pub(crate) fn out_of_memory(path: &Path, what: &str) -> Error {
+    Error::io(
+        path,
+        &format!("allocating memory for {what} of"),
+        std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+    )
+}
+
 pub(crate) fn open(path: &Path) -> Result<Opened> {
     let mut o = match Container::detect(path)? {
         Container::NumPack => open_numpack(path)?,
         _ => open_safetensors(path)?,
     };
+    o.by_name
+        .try_reserve(o.tensors.len())
+        .map_err(|_| out_of_memory(path, "the table of tensor names"))?;
     for (i, t) in o.tensors.iter().enumerate() {
         o.by_name.insert(t.name.clone(), i);
     }
@@ -101,7 +120,8 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
     // `O_DIRECT` descriptors and the caller); more are opened a window at a time by each
     // load, so that no number of shards runs the process out of descriptors.
     let keep = ck.shards().len() <= (crate::fdlimit::open_file_budget() / 2).max(1);
-    let mut files = Vec::with_capacity(ck.shards().len());
+    let mut files = Vec::new();
+    reserve(&mut files, ck.shards().len(), path, "the shards")?;
     for s in ck.shards() {
         files.push(SourceFile {
             path: s.path().to_path_buf(),
@@ -114,7 +134,8 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
     } else {
         Container::SafeTensors
     };
-    let mut tensors = Vec::with_capacity(ck.len());
+    let mut tensors = Vec::new();
+    reserve(&mut tensors, ck.len(), path, "the tensors")?;
     // Shard by shard in file order (the checkpoint's order), names and shapes moved out of
     // the parsed headers.
     for (shard, s) in ck.into_shards().into_iter().enumerate() {
@@ -155,21 +176,40 @@ fn open_numpack(dir: &Path) -> Result<Opened> {
     // load, so that no number of arrays runs the process out of descriptors.
     crate::fdlimit::raise_soft_limit();
     let keep = store.data_file_total() <= (crate::fdlimit::open_file_budget() / 2).max(1);
+    let names = store.names();
     let mut files: Vec<SourceFile> = Vec::new();
     let mut tensors = Vec::new();
-    for name in store.names() {
+    reserve(&mut tensors, names.len(), dir, "the arrays")?;
+    for name in names {
         let slot = store.array_slot(name)?;
         let info = store.describe(name)?;
+        // Runs of active rows: as many as the deletion bitmap (checked against its file's
+        // size) says.
         let mut runs = Vec::new();
-        let count = store.source_runs(slot, |fi, offset, len| runs.push((fi, offset, len)));
+        let mut grown = true;
+        let count = store.source_runs(slot, |fi, offset, len| {
+            if !grown
+                || (runs.len() == runs.capacity() && runs.try_reserve(runs.len().max(16)).is_err())
+            {
+                grown = false;
+                return;
+            }
+            runs.push((fi, offset, len))
+        });
+        if !grown {
+            return Err(out_of_memory(dir, "the active rows").array(name));
+        }
         if runs.is_empty() {
             // No bytes to read, so no file opened below: checked here.
             store.verify_slot(slot)?;
         }
         // This array's data files, opened as the store opens them (inside the directory,
         // no links out, as long as the record needs), each once.
-        let mut opened: Vec<Option<usize>> = vec![None; count];
-        let mut pieces = Vec::with_capacity(runs.len());
+        let mut opened: Vec<Option<usize>> = Vec::new();
+        reserve(&mut opened, count, dir, "the data files")?;
+        opened.resize(count, None);
+        let mut pieces = Vec::new();
+        reserve(&mut pieces, runs.len(), dir, "the active rows")?;
         let mut logical = 0u64;
         for (fi, offset, len) in runs {
             let file = match opened[fi] {
@@ -186,6 +226,7 @@ fn open_numpack(dir: &Path) -> Result<Opened> {
                         )?),
                         _ => None,
                     };
+                    reserve(&mut files, 1, dir, "the data files")?;
                     files.push(SourceFile {
                         path,
                         file: reopen.is_none().then_some(file),
@@ -228,4 +269,18 @@ fn open_numpack(dir: &Path) -> Result<Opened> {
         tensors,
         by_name: HashMap::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_too_large_for_memory_is_an_io_error() {
+        let mut v: Vec<u64> = Vec::new();
+        let e = reserve(&mut v, usize::MAX, Path::new("model.npk"), "the arrays").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert!(e.to_string().contains("model.npk"), "{e}");
+        assert!(e.to_string().contains("the arrays"), "{e}");
+    }
 }

@@ -78,11 +78,22 @@ pub fn run(args: &LoadArgs) -> Outcome {
             for r in &reqs {
                 sizes.push(loader.output(r)?.nbytes);
             }
-            let total: u64 = sizes.iter().sum();
-            let total = usize::try_from(total)
-                .map_err(|_| Error::invalid_argument("the tensors do not fit in memory"))?;
-            // Ready memory, as an engine would have: touched before the clock starts.
-            let mut arena = vec![1u8; total];
+            let total = sizes
+                .iter()
+                .try_fold(0u64, |a, &n| a.checked_add(n))
+                .and_then(|t| usize::try_from(t).ok())
+                .ok_or_else(|| Error::invalid_argument("the tensors do not fit in memory"))?;
+            // Ready memory, as an engine would have: touched before the clock starts. Too
+            // large for the memory at hand is an I/O error (exit 3), not an abort.
+            let mut arena: Vec<u8> = Vec::new();
+            arena.try_reserve_exact(total).map_err(|_| {
+                Error::io(
+                    &args.checkpoint,
+                    &format!("allocating {total} bytes to load the tensors of"),
+                    std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                )
+            })?;
+            arena.resize(total, 1);
             let mut dsts: Vec<&mut [u8]> = Vec::with_capacity(sizes.len());
             let mut rest = &mut arena[..];
             for &n in &sizes {
