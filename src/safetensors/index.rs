@@ -42,6 +42,31 @@ pub struct Checkpoint {
     index_text: Option<String>,
 }
 
+/// The single-file model name `save_pretrained` writes when everything fits in one file.
+pub const SINGLE_FILE_NAME: &str = "model.safetensors";
+
+/// The `model.safetensors` inside `path` when `path` is a model directory holding one and
+/// no `*.safetensors.index.json` (an index, when there is one, names the checkpoint).
+/// `None` for anything else.
+pub fn model_file_in(path: &Path) -> Result<Option<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let file = path.join(SINGLE_FILE_NAME);
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let has_index = std::fs::read_dir(path)
+        .ctx(path, "listing")?
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".safetensors.index.json")
+        });
+    Ok((!has_index).then_some(file))
+}
+
 /// Where an index is: `path` itself when it is a file ending in `.json`, or the index
 /// inside `path` when it is a directory. `None` for anything else (a single file).
 pub fn find_index(path: &Path) -> Result<Option<PathBuf>> {
@@ -80,8 +105,11 @@ pub fn find_index(path: &Path) -> Result<Option<PathBuf>> {
 
 impl Checkpoint {
     /// Opens a SafeTensors file, an index file, or a directory holding an index.
+    /// A model directory holding `model.safetensors` and no index opens that file.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
+        let model_file = model_file_in(path)?;
+        let path = model_file.as_deref().unwrap_or(path);
         match find_index(path)? {
             Some(index) => Self::open_index(&index),
             None => {
