@@ -35,6 +35,22 @@ __all__ = ["load_tensors", "shard", "Shard", "safe_open", "SafeOpen", "TensorSli
 PathLike = Union[str, "os.PathLike[str]"]
 _U64_MAX = 2**64 - 1
 _FLOATS = ("F32", "F16", "BF16")
+# torch's other names of dtypes, as strings.
+_TORCH_ALIASES = {"half": "float16", "float": "float32", "double": "float64",
+                  "float4_e2m1fn_x2": "float4_e2m1fn"}
+_FRAMEWORKS = {"np": "np", "numpy": "np", "pt": "pt", "torch": "pt"}
+
+
+def _framework(framework: Any) -> str:
+    fw = _FRAMEWORKS.get(framework) if isinstance(framework, str) else None
+    if fw is None:
+        raise ValueError(
+            f"framework must be 'np' (NumPy arrays) or 'pt' (torch tensors), not {framework!r}; "
+            "npkio returns no other framework's tensors"
+        )
+    if fw == "pt":
+        from . import torch as _pt  # noqa: F401, PLC0415 - the clear ImportError without torch
+    return fw
 
 
 class Shard(NamedTuple):
@@ -62,12 +78,22 @@ def _int(value: Any, what: str, maximum: int = _U64_MAX) -> int:
 
 
 def _target_row(dtype: Any, what: str) -> _Row:
-    """The npkio dtype named by ``"float32"``, ``"F32"``, ``np.float32``,
-    ``ml_dtypes.bfloat16``..."""
+    """The npkio dtype named by ``"float32"``, ``"F32"``, ``"torch.bfloat16"``,
+    ``np.float32``, ``ml_dtypes.bfloat16``, ``torch.float16``..."""
     if isinstance(dtype, str):
-        row = _BY_NAME.get(dtype) or _BY_NUMPY_NAME.get(dtype)
+        name = dtype[len("torch."):] if dtype.startswith("torch.") else dtype
+        row = _BY_NAME.get(name) or _BY_NUMPY_NAME.get(name) or _BY_NUMPY_NAME.get(
+            _TORCH_ALIASES.get(name, "")
+        )
         if row is not None:
             return row
+    if type(dtype).__module__ == "torch":  # a torch.dtype; torch is imported already
+        from .torch import from_torch_dtype  # noqa: PLC0415
+
+        try:
+            return _BY_NAME[from_torch_dtype(dtype)]
+        except TypeError as e:
+            raise TypeError(f"{what}: {e}") from None
     try:
         return _row_of(np.dtype(dtype))
     except TypeError as e:
@@ -181,17 +207,89 @@ def _array_layout(
     return raw_dtype(row.name), shape
 
 
-def _check_into(p: _Planned, arr: Any) -> np.ndarray:
+def _raw_layout(row: _Row, shape: Tuple[int, ...], nbytes: int) -> Tuple[np.dtype, Tuple[int, ...]]:
+    """As :func:`_array_layout`, with raw tagged bits for every dtype NumPy lacks (no
+    ``ml_dtypes`` needed): how torch outputs are seen from NumPy."""
+    if row.bits % 8 == 0 and row.name in _NATIVE_ROWS:
+        return np.dtype(row.numpy_name).newbyteorder("<"), shape
+    if row.bits % 8:
+        return raw_dtype(row.name, shape), _sub_byte_raw_shape(shape, row.bits, nbytes)
+    return raw_dtype(row.name), shape
+
+
+_NATIVE_ROWS = {r.name for r in _BY_NUMBER.values() if r.numpy_name in (
+    "bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128")}
+
+
+def _ptr(out: Any) -> Tuple[int, int]:
+    """(address, bytes) of an output: a NumPy array or a torch tensor."""
+    if isinstance(out, np.ndarray):
+        return out.ctypes.data, out.nbytes
+    return out.data_ptr(), out.numel() * out.element_size()
+
+
+def _torch_out(p: _Planned) -> Any:
+    """A fresh torch tensor for an output (``torch.empty``: no page is touched, no huge-page
+    advice, and the tensor owns its memory)."""
+    import torch  # noqa: PLC0415
+
+    from .torch import torch_dtype  # noqa: PLC0415
+
+    dt = torch_dtype(p.row.name)
+    shape = list(p.shape)
+    if p.row.name == "F4":
+        if not shape or shape[-1] % 2:
+            raise TypeError(f"{p.name!r}: an F4 output of shape {tuple(shape)} cannot be a "
+                            "float4_e2m1fn_x2 tensor (its last dimension is odd)")
+        shape[-1] //= 2
+    return torch.empty(shape, dtype=dt)
+
+
+def _check_into_torch(p: _Planned, t: Any, what: str) -> Any:
+    from .torch import torch_dtype  # noqa: PLC0415
+
+    want = _torch_out_meta(p)
+    dt = torch_dtype(p.row.name)
+    if t.dtype != dt:
+        raise TypeError(f"{what} has dtype {t.dtype}; the output is {p.row.name} ({dt})")
+    if t.device.type != "cpu":
+        raise ValueError(f"{what} is on {t.device}; npkio fills CPU tensors only")
+    if list(t.shape) != want:
+        raise ValueError(f"{what} has shape {tuple(t.shape)}; the output has shape {tuple(want)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{what} is not contiguous")
+    if t.numel() * t.element_size() < p.nbytes:
+        raise ValueError(f"{what} holds {t.numel() * t.element_size()} bytes; the output needs "
+                         f"{p.nbytes}")
+    return t
+
+
+def _torch_out_meta(p: _Planned) -> List[int]:
+    shape = list(p.shape)
+    if p.row.name == "F4" and shape:
+        shape[-1] //= 2
+    return shape
+
+
+def _check_into(p: _Planned, arr: Any) -> Any:
     what = f"into[{p.name!r}]"
+    if type(arr).__module__.startswith("torch") and hasattr(arr, "data_ptr"):
+        return _check_into_torch(p, arr, what)
     if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{what} must be a numpy array, not {type(arr).__name__}")
-    dt, shape = _array_layout(p.row, p.shape, p.nbytes)
+        raise TypeError(f"{what} must be a numpy array or a torch tensor, not "
+                        f"{type(arr).__name__}")
+    dt, shape = _raw_layout(p.row, p.shape, p.nbytes)
     try:
         number = _row_of(arr.dtype).number
     except TypeError:
         number = -1
-    if number != p.row.number or arr.dtype.itemsize != dt.itemsize or arr.dtype.byteorder == ">":
-        raise TypeError(f"{what} has dtype {arr.dtype}; the output is {p.row.name} ({dt})")
+    # The output's own dtype, or its raw bits as the unsigned integer of the same width.
+    raw_bits = arr.dtype.kind == "u" and not arr.dtype.metadata and p.row.bits % 8 == 0
+    if (number != p.row.number and not raw_bits) or arr.dtype.itemsize != dt.itemsize or \
+            arr.dtype.byteorder == ">":
+        raise TypeError(f"{what} has dtype {arr.dtype}; the output is {p.row.name} ({dt}, or "
+                        f"its raw bits as uint{dt.itemsize * 8})")
     if tuple(arr.shape) != shape:
         raise ValueError(f"{what} has shape {tuple(arr.shape)}; the output has shape {shape}")
     if not arr.flags.c_contiguous:
@@ -215,15 +313,16 @@ def _options(threads: int, method: str, drop_behind: bool) -> LoadOptions:
     return opts
 
 
-def _run(loader: _Loader, planned: Sequence[_Planned], outs: Sequence[np.ndarray],
+def _run(loader: _Loader, planned: Sequence[_Planned], outs: Sequence[Any],
          opts: LoadOptions) -> LoadReport:
     reqs = (LoadRequest * max(len(planned), 1))()
     for i, (p, arr) in enumerate(zip(planned, outs)):
         reqs[i] = p.request
         r = reqs[i]
         r.name = p.name_b
-        r.dst = arr.ctypes.data if p.nbytes else None
-        r.capacity = arr.nbytes
+        addr, nbytes = _ptr(arr)
+        r.dst = addr if p.nbytes else None
+        r.capacity = nbytes
     report = LoadReport()
     keep = [p.name_b for p in planned]
     check(lib.npkio_load_run(loader.handle.ptr, reqs, len(planned), ctypes.byref(opts),
@@ -242,7 +341,8 @@ def load_tensors(
     threads: int = 0,
     method: str = "auto",
     drop_behind: bool = False,
-) -> Dict[str, np.ndarray]:
+    framework: str = "np",
+) -> Dict[str, Any]:
     """Read tensors of a checkpoint into memory of their own (or of the caller's).
 
     Args:
@@ -250,9 +350,12 @@ def load_tensors(
             or its directory) or a NumPack directory.
         names: tensors to load, in that order (all, in checkpoint order, if ``None``; a
             single ``str`` is one name).
-        into: name to a C-contiguous writable array to fill instead of allocating one: its
-            dtype and shape must be exactly the output's (the slice's shape, the converted
-            dtype). Names in ``into`` but not in ``names`` are added to them.
+        into: name to a C-contiguous writable NumPy array, or a contiguous CPU torch
+            tensor, to fill instead of allocating one. Its shape must be exactly the
+            output's (the slice's shape) and its dtype the output's (the converted dtype;
+            a NumPy array may also hold the raw bits as the unsigned integer of the same
+            width, ``uint16`` for BF16). Names in ``into`` but not in ``names`` are added
+            to them.
         slices: name to ``(dim, start, end)`` (indices ``[start, end)`` of dimension
             ``dim``), or to ``npkio.shard(dim, rank, world)`` / ``("shard", dim, rank,
             world)`` (a tensor-parallel rank's part; uneven splits give the first ranks
@@ -260,23 +363,27 @@ def load_tensors(
         dtype: convert on the way: a dict name to target dtype, or one target for every
             floating tensor (F32, F16, BF16; the others load as stored). Targets:
             ``"float32"``/``"F32"``, ``"bfloat16"``/``"BF16"``, ``"float16"``/``"F16"``,
-            or NumPy / ``ml_dtypes`` dtypes. The library converts BF16/F16 to F32 and F32
-            to BF16/F16 (rounding to nearest even); other pairs raise
-            :class:`npkio.NpkioUnsupportedError`.
+            ``"torch.bfloat16"``, NumPy / ``ml_dtypes`` dtypes or torch dtypes
+            (``torch.float32``). The library converts BF16/F16 to F32, F32 to BF16/F16,
+            BF16 to F16 and F16 to BF16 (rounding to nearest even, as torch's ``.to()``);
+            other pairs raise :class:`npkio.NpkioUnsupportedError`.
         threads: reading threads (0: the library chooses).
         method: ``"auto"`` (buffered reads for cached pages, ``O_DIRECT`` otherwise),
             ``"buffered"`` or ``"direct"``.
         drop_behind: drop what was read from the page cache afterwards.
+        framework: ``"np"`` (NumPy arrays, the default) or ``"pt"`` (torch tensors, of
+            torch's dtypes: BF16 as ``torch.bfloat16``; needs torch).
 
     Returns:
-        name to array, writable and owning its memory (or the array from ``into``), in the
-        order of ``names``.
+        name to array (or torch tensor), writable and owning its memory (or the object
+        from ``into``), in the order of ``names``.
 
     Raises:
         KeyError: an unknown tensor. ValueError / TypeError: a slice out of range, an
         invalid shard, an ``into`` array of the wrong dtype, shape or layout, overlapping
         ``into`` arrays. Every request is checked before any byte is written.
     """
+    fw = _framework(framework)
     if isinstance(names, str):
         names = [names]
     into = dict(into or {})
@@ -308,21 +415,28 @@ def load_tensors(
         _plan(loader, name, slices.get(name), targets.get(name))
         for name in wanted
     ]
-    outs: List[np.ndarray] = []
+    outs: List[Any] = []
     for p in planned:
         if p.name in into:
             outs.append(_check_into(p, into[p.name]))
+        elif fw == "pt":
+            outs.append(_torch_out(p))
         else:
             dt, shape = _array_layout(p.row, p.shape, p.nbytes)
-            outs.append(np.empty(shape, dtype=dt))
+            outs.append(_empty(shape, dt))
     _check_overlap(planned, outs)
     _run(loader, planned, outs, opts)
     return {p.name: arr for p, arr in zip(planned, outs)}
 
 
-def _check_overlap(planned: Sequence[_Planned], outs: Sequence[np.ndarray]) -> None:
+def _empty(shape: Tuple[int, ...], dt: np.dtype) -> np.ndarray:
+    """A fresh array for an output."""
+    return np.empty(shape, dtype=dt)
+
+
+def _check_overlap(planned: Sequence[_Planned], outs: Sequence[Any]) -> None:
     spans = sorted(
-        (arr.ctypes.data, arr.ctypes.data + p.nbytes, p.name)
+        (_ptr(arr)[0], _ptr(arr)[0] + p.nbytes, p.name)
         for p, arr in zip(planned, outs)
         if p.nbytes
     )
@@ -377,7 +491,7 @@ class TensorSlice:
         key = _expand(index, len(t.shape))
         if key is None:  # advanced indexing, None, or too many indices: NumPy decides
             whole = self._owner._load(self._name, None)
-            return _owned(whole[index], whole)
+            return self._owner._out(_owned(whole[index], whole), t.row)
         narrow: Optional[Tuple[int, int, int]] = None
         adjusted: List[Any] = []
         for d, (k, n) in enumerate(zip(key, t.shape)):
@@ -388,7 +502,7 @@ class TensorSlice:
             else:
                 adjusted.append(k)
         part = self._owner._load(self._name, narrow)
-        return _owned(part[tuple(adjusted) + (Ellipsis,)], part)
+        return self._owner._out(_owned(part[tuple(adjusted) + (Ellipsis,)], part), t.row)
 
 
 def _expand(index: Any, ndim: int) -> Optional[Tuple[Any, ...]]:
@@ -445,12 +559,14 @@ def _owned(result: np.ndarray, buffer: np.ndarray) -> np.ndarray:
 class SafeOpen:
     """What :func:`safe_open` returns; use it as a context manager."""
 
-    def __init__(self, path: PathLike, framework: str = "np") -> None:
-        if framework not in ("np", "numpy"):
+    def __init__(self, path: PathLike, framework: str = "np", device: Any = "cpu") -> None:
+        self._fw = _framework(framework)
+        if self._fw == "np" and device != "cpu":
             raise ValueError(
-                f"npkio.safe_open returns NumPy arrays: framework must be 'np' or 'numpy', "
-                f"not {framework!r}"
+                f"npkio.safe_open reads NumPy arrays into host memory: device must be 'cpu', "
+                f"not {device!r}"
             )
+        self._device = device
         self._path = os.fspath(path)
         self._loader = _Loader(path)
         self._last_report: Optional[LoadReport] = None  # of the last get_slice read
@@ -496,10 +612,16 @@ class SafeOpen:
             return _metadata_pairs(lib.npkio_safetensors_metadata_count,
                                    lib.npkio_safetensors_metadata_get, h.ptr)
 
-    def get_tensor(self, name: str) -> np.ndarray:
+    def get_tensor(self, name: str) -> Any:
         """The tensor as a read-only zero-copy view (of the mapped file; for a NumPack
         array with segments or dropped rows, of memory gathered once). It keeps what it
-        points into alive."""
+        points into alive.
+
+        With ``framework="pt"``, a torch tensor of torch's dtype (BF16 as
+        ``torch.bfloat16``) read into memory of its own, writable, on ``device``."""
+        if self._fw == "pt":
+            t = self._loader.tensor(name)
+            return self._out(self._load(name, None), t.row)
         h = self._view_handle
         v = TensorView()
         with h.lock:
@@ -508,6 +630,16 @@ class SafeOpen:
             else:
                 check(lib.npkio_safetensors_find(h.ptr, name_arg(name), ctypes.byref(v), None))
             return view_to_array(h, v)[1]
+
+    def _out(self, arr: np.ndarray, row: _Row) -> Any:
+        """What a read returns: the array, or for ``"pt"`` a torch tensor over it (on
+        ``device``)."""
+        if self._fw == "np":
+            return arr
+        from .torch import array_to_tensor  # noqa: PLC0415
+
+        t = array_to_tensor(arr if arr.flags.c_contiguous else arr.copy(), row)
+        return t if str(self._device) == "cpu" else t.to(self._device)
 
     def get_slice(self, name: str) -> TensorSlice:
         """A lazy slice of the tensor: ``get_shape()``, ``get_dtype()``, and indexing that
@@ -520,23 +652,33 @@ class SafeOpen:
             t = self._loader.tensor(name)
             d = narrow[0]
             shape = t.shape[:d] + (0,) + t.shape[d + 1:]
-            return np.empty(shape, dtype=_array_layout(t.row, shape, 0)[0])
+            layout = _raw_layout if self._fw == "pt" else _array_layout
+            return np.empty(shape, dtype=layout(t.row, shape, 0)[0])
         planned = [_plan(self._loader, name, None if slices is None else slices[name], None)]
-        dt, shape = _array_layout(planned[0].row, planned[0].shape, planned[0].nbytes)
+        layout = _raw_layout if self._fw == "pt" else _array_layout
+        dt, shape = layout(planned[0].row, planned[0].shape, planned[0].nbytes)
         out = np.empty(shape, dtype=dt)
         self._last_report = _run(self._loader, planned, [out], _options(0, "auto", False))
         return out
 
 
-def safe_open(path: PathLike, framework: str = "np", device: str = "cpu") -> SafeOpen:
-    """Open a checkpoint as ``safetensors.safe_open(path, framework="np")`` does.
+def safe_open(
+    path: PathLike, framework: str = "np", device: Any = "cpu", *, backend: str = "mmap",
+    **kwargs: Any,
+) -> SafeOpen:
+    """Open a checkpoint as ``safetensors.safe_open(path, framework, device)`` does.
 
-    ``path`` is a ``.safetensors`` file, a sharded checkpoint (its index or directory) or a
-    NumPack directory. Only NumPy arrays are returned: another ``framework`` raises
-    ``ValueError``; ``device`` must be ``"cpu"``.
+    ``path`` is a ``.safetensors`` file, a model directory holding ``model.safetensors``, a
+    sharded checkpoint (its index or directory) or a NumPack directory.
+
+    ``framework="np"`` returns NumPy arrays (``device`` must be ``"cpu"``);
+    ``framework="pt"`` returns torch tensors of torch's dtypes, read into memory of their
+    own and moved to ``device`` (any torch device: ``"cpu"``, ``0``, ``"cuda:1"``).
+    Another framework raises ``ValueError``. ``backend`` (``"mmap"`` or ``"pread"``, as
+    ``safetensors`` takes it) and other keyword arguments that callers such as
+    transformers pass are accepted and change nothing: npkio chooses how to read.
     """
-    if device != "cpu":
-        raise ValueError(
-            f"npkio.safe_open reads into host memory: device must be 'cpu', not {device!r}"
-        )
-    return SafeOpen(path, framework)
+    if backend not in ("mmap", "pread"):
+        raise ValueError(f"backend must be 'mmap' or 'pread', not {backend!r}")
+    del kwargs
+    return SafeOpen(path, framework, device)

@@ -244,9 +244,14 @@ def test_invalid_requests_write_nothing(case):
     _untouched(witness, *into.values())
 
 
-def test_framework_other_than_numpy_is_refused():
-    with pytest.raises(ValueError, match="framework"):
-        npkio.safe_open(TINY, framework="pt")
+def test_frameworks_other_than_numpy_and_torch_are_refused():
+    for fw in ("tf", "flax", "mlx", "paddle", None):
+        with pytest.raises(ValueError, match="framework must be 'np'.*or 'pt'"):
+            npkio.safe_open(TINY, framework=fw)
+        with pytest.raises(ValueError, match="framework"):
+            npkio.load_tensors(TINY, framework=fw)
+    with pytest.raises(ValueError, match="device must be 'cpu'"):
+        npkio.safe_open(TINY, framework="np", device="cuda")
 
 
 # ----------------------------------------------------------------------------------------
