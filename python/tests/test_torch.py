@@ -240,3 +240,29 @@ def test_a_model_directory_loads_in_python(tmp_path):
     with npkio.safe_open(model, framework="pt") as f:
         assert f.keys() == ["w"] and torch.equal(f.get_tensor("w"), d["w"])
     np.testing.assert_array_equal(npkio.load_file(model)["w"], d["w"].numpy())
+
+
+@pytest.mark.parametrize("max_shard_size", ["25KB", "40KB", "100KB"])
+def test_sharded_export_splits_as_save_pretrained_does(tmp_path, max_shard_size):
+    from npkio.io import from_safetensors_file, to_safetensors_file
+
+    _, model, out = _tiny_llama(tmp_path, max_shard_size)
+    npk = tmp_path / "m.npk"
+    from_safetensors_file(out, npk)
+    back = tmp_path / "back"
+    to_safetensors_file(npk, back, max_shard_size=max_shard_size)
+    weights = sorted(p.name for p in out.iterdir() if "safetensors" in p.name)
+    assert sorted(p.name for p in back.iterdir()) == weights
+    for name in weights:
+        assert (back / name).read_bytes() == (out / name).read_bytes(), name
+    # The index as npkio writes it afresh, from arrays that carry no source index.
+    if len(weights) > 1:
+        plain = tmp_path / "plain.npk"
+        npkio.from_safetensors(npkio.load_file(out), plain)
+        fresh = tmp_path / "fresh"
+        to_safetensors_file(plain, fresh, max_shard_size=max_shard_size)
+        index = json.loads((fresh / "model.safetensors.index.json").read_text())
+        theirs = json.loads((out / "model.safetensors.index.json").read_text())
+        assert index["metadata"] == theirs["metadata"]
+        assert index["metadata"]["total_parameters"] == model.num_parameters()
+        assert sorted(index["weight_map"]) == sorted(theirs["weight_map"])

@@ -442,13 +442,22 @@ pub fn shard_file_name(k: usize, n: usize) -> String {
 }
 
 /// The index JSON for a shard layout, formatted as `save_pretrained` does (2-space indent,
-/// sorted keys, trailing newline).
-pub fn index_json(total_size: u64, weight_map: &BTreeMap<String, String>) -> String {
+/// sorted keys, trailing newline), with `total_parameters` (the tensors' element count,
+/// which `save_pretrained` writes as the model's parameter count) when given.
+pub fn index_json(
+    total_size: u64,
+    total_parameters: Option<u64>,
+    weight_map: &BTreeMap<String, String>,
+) -> String {
     let mut wm = serde_json::Map::new();
     for (k, v) in weight_map {
         wm.insert(k.clone(), serde_json::Value::String(v.clone()));
     }
     let mut meta = serde_json::Map::new();
+    // In sorted order, as Python's `json.dumps(sort_keys=True)` writes them.
+    if let Some(n) = total_parameters {
+        meta.insert("total_parameters".into(), n.into());
+    }
     meta.insert("total_size".into(), total_size.into());
     let mut root = serde_json::Map::new();
     root.insert("metadata".into(), serde_json::Value::Object(meta));
