@@ -55,7 +55,8 @@ from .io import (
 from .files import load, load_file, save, save_file
 from .io import SafeTensorsMetadata, TensorMetadata
 from .numpack import NumPack, NumPackStateError
-from .loader import SafeOpen, Shard, TensorSlice, load_tensors, safe_open, shard
+from .loader import Range, SafeOpen, Shard, TensorSlice, load_tensors, safe_open, shard
+from .loader import range_slice as slice  # noqa: A001 - npkio.slice, as npkio.shard
 
 #: The version of the loaded ``libnpkio``, which is this package's version: the package is
 #: built with the library, both from the crate's Cargo.toml.
@@ -72,6 +73,8 @@ __all__ = [
     "load_tensors",
     "shard",
     "Shard",
+    "slice",
+    "Range",
     "safe_open",
     "SafeOpen",
     "TensorSlice",

@@ -30,7 +30,8 @@ from ._lib import Handle, LoadOptions, LoadReport, LoadRequest, TensorView, chec
 from ._errors import error_for_status
 from ._lib import name_arg, path_arg, take_str
 
-__all__ = ["load_tensors", "shard", "Shard", "safe_open", "SafeOpen", "TensorSlice"]
+__all__ = ["load_tensors", "shard", "Shard", "range_slice", "Range", "safe_open", "SafeOpen",
+           "TensorSlice"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _U64_MAX = 2**64 - 1
@@ -66,6 +67,20 @@ def shard(dim: int, rank: int, world: int) -> Shard:
     :func:`load_tensors`' ``slices``. A dimension of length ``n`` is split in rank order:
     the first ``n % world`` ranks get ``n // world + 1`` indices, the others ``n // world``."""
     return Shard(dim, rank, world)
+
+
+class Range(NamedTuple):
+    """Indices ``[start, end)`` of dimension ``dim`` (see :func:`npkio.slice`)."""
+
+    dim: int
+    start: int
+    end: int
+
+
+def range_slice(dim: int, start: int, end: int) -> Range:
+    """Indices ``[start, end)`` of dimension ``dim``, for :func:`load_tensors`' ``slices``
+    (exported as ``npkio.slice``)."""
+    return Range(dim, start, end)
 
 
 def _int(value: Any, what: str, maximum: int = _U64_MAX) -> int:
@@ -113,6 +128,7 @@ class _Loader:
     """An open ``NpkioLoader`` and the tensors it describes, by name, in checkpoint order."""
 
     def __init__(self, path: PathLike) -> None:
+        self.path = os.fspath(path)
         self.handle = _lib.open_handle(lib.npkio_load_open, lib.npkio_load_free, path_arg(path))
         n = c_size_t()
         check(lib.npkio_load_count(self.handle.ptr, ctypes.byref(n)))
@@ -127,7 +143,8 @@ class _Loader:
     def tensor(self, name: str) -> _Tensor:
         t = self.tensors.get(name)
         if t is None:
-            raise error_for_status(5, f"no tensor named {name!r}", "NPKIO_STATUS_KEY_NOT_FOUND")
+            raise error_for_status(5, f"{self.path}: no tensor named {name!r}",
+                                   "NPKIO_STATUS_KEY_NOT_FOUND")
         return t
 
 
@@ -171,16 +188,20 @@ def _plan(
             req.dim = _int(dim, f"{what} dim", 2**32 - 1)
             req.start = _int(rank, f"{what} rank")
             req.end = _int(world, f"{what} world")
-        elif isinstance(spec, tuple) and len(spec) == 3:
-            dim, start, end = spec
+        elif isinstance(spec, Range) or (
+            isinstance(spec, tuple) and len(spec) == 4 and spec[0] == "range"
+        ):
+            dim, start, end = spec if isinstance(spec, Range) else spec[1:]
             req.slice = _lib.NPKIO_LOAD_RANGE
             req.dim = _int(dim, f"{what} dim", 2**32 - 1)
             req.start = _int(start, f"{what} start")
             req.end = _int(end, f"{what} end")
         else:
+            # A bare tuple is refused: (0, 1, 2) reads as rank 1 of 2 as easily as the
+            # range [1, 2) of dimension 0.
             raise TypeError(
-                f"{what} must be (dim, start, end), ('shard', dim, rank, world) or "
-                f"npkio.shard(dim, rank, world), not {spec!r}"
+                f"{what} must be npkio.slice(dim, start, end) / ('range', dim, start, end) "
+                f"or npkio.shard(dim, rank, world) / ('shard', dim, rank, world), not {spec!r}"
             )
     row = t.row
     req.dtype = _lib.NPKIO_LOAD_AS_STORED
@@ -336,7 +357,7 @@ def load_tensors(
     names: Optional[Sequence[str]] = None,
     *,
     into: Optional[Mapping[str, np.ndarray]] = None,
-    slices: Optional[Mapping[str, Any]] = None,
+    slices: Union[Mapping[str, Any], Shard, None] = None,
     dtype: Any = None,
     threads: int = 0,
     method: str = "auto",
@@ -356,10 +377,15 @@ def load_tensors(
             a NumPy array may also hold the raw bits as the unsigned integer of the same
             width, ``uint16`` for BF16). Names in ``into`` but not in ``names`` are added
             to them.
-        slices: name to ``(dim, start, end)`` (indices ``[start, end)`` of dimension
-            ``dim``), or to ``npkio.shard(dim, rank, world)`` / ``("shard", dim, rank,
-            world)`` (a tensor-parallel rank's part; uneven splits give the first ranks
-            one more index). Tensors not named are loaded whole.
+        slices: name to ``npkio.slice(dim, start, end)`` / ``("range", dim, start,
+            end)`` (indices ``[start, end)`` of dimension ``dim``), or to
+            ``npkio.shard(dim, rank, world)`` / ``("shard", dim, rank, world)`` (a
+            tensor-parallel rank's part; uneven splits give the first ranks one more
+            index). A bare ``(dim, start, end)`` tuple is refused (``TypeError``), being
+            too easily read as a shard. Tensors not named are loaded whole. A shard of
+            a dimension a tensor lacks is an error. Or one ``npkio.shard(dim, rank,
+            world)`` for every tensor, as ``npkio load --shard DIM,RANK,WORLD`` takes it:
+            tensors without dimension ``dim`` (biases, norms) then load whole.
         dtype: convert on the way: a dict name to target dtype, or one target for every
             floating tensor (F32, F16, BF16; the others load as stored). Targets:
             ``"float32"``/``"F32"``, ``"bfloat16"``/``"BF16"``, ``"float16"``/``"F16"``,
@@ -387,6 +413,14 @@ def load_tensors(
     if isinstance(names, str):
         names = [names]
     into = dict(into or {})
+    blanket: Optional[Shard] = None
+    if isinstance(slices, Shard) or (isinstance(slices, tuple) and len(slices) == 4 and
+                                     slices[0] == "shard"):
+        blanket = slices if isinstance(slices, Shard) else Shard(*slices[1:])
+        slices = {}
+    elif slices is not None and not isinstance(slices, Mapping):
+        raise TypeError("slices must be a dict of name to npkio.slice/npkio.shard, or one "
+                        f"npkio.shard for every tensor, not {type(slices).__name__}")
     slices = dict(slices or {})
     loader = _Loader(path)
     wanted: List[str] = list(loader.tensors) if names is None else list(names)
@@ -411,6 +445,12 @@ def load_tensors(
                 targets[name] = target
     opts = _options(threads, method, drop_behind)
 
+    if blanket is not None:
+        # One shard for every tensor, as the command line's --shard: tensors with no
+        # dimension `dim` (biases, norms) load whole.
+        for name in wanted:
+            if isinstance(blanket.dim, int) and len(loader.tensor(name).shape) > blanket.dim:
+                slices[name] = blanket
     planned = [
         _plan(loader, name, slices.get(name), targets.get(name))
         for name in wanted
@@ -647,7 +687,7 @@ class SafeOpen:
         return TensorSlice(self, name)
 
     def _load(self, name: str, narrow: Optional[Tuple[int, int, int]]) -> np.ndarray:
-        slices = None if narrow is None else {name: narrow}
+        slices = None if narrow is None else {name: Range(*narrow)}
         if narrow is not None and narrow[1] == narrow[2]:
             t = self._loader.tensor(name)
             d = narrow[0]

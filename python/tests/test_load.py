@@ -112,7 +112,7 @@ def test_random_ranges_equal_view_slices(path):
             n = arr.shape[dim]
             start = rng.randint(0, n)
             end = rng.randint(start, n)
-            got = npkio.load_tensors(path, [name], slices={name: (dim, start, end)})[name]
+            got = npkio.load_tensors(path, [name], slices={name: npkio.slice(dim, start, end)})[name]
             index = (slice(None),) * dim + (slice(start, end),)
             same(got, arr[index])
 
@@ -205,13 +205,14 @@ def _bad_requests():
     rows, cols = ref[q].shape
     dt = ref[q].dtype
     yield "unknown tensor", dict(names=[k, "nope"]), KeyError
-    yield "range past the end", dict(slices={q: (0, 0, rows + 1)}), ValueError
-    yield "range reversed", dict(slices={q: (1, 5, 2)}), ValueError
-    yield "dim past ndim", dict(slices={q: (2, 0, 1)}), ValueError
+    yield "range past the end", dict(slices={q: npkio.slice(0, 0, rows + 1)}), ValueError
+    yield "range reversed", dict(slices={q: ("range", 1, 5, 2)}), ValueError
+    yield "dim past ndim", dict(slices={q: npkio.slice(2, 0, 1)}), ValueError
     yield "rank past world", dict(slices={q: npkio.shard(0, 2, 2)}), ValueError
     yield "world zero", dict(slices={q: ("shard", 0, 0, 0)}), ValueError
-    yield "negative start", dict(slices={q: (0, -1, 2)}), ValueError
+    yield "negative start", dict(slices={q: npkio.slice(0, -1, 2)}), ValueError
     yield "bad slice spec", dict(slices={q: (0, 1)}), TypeError
+    yield "bare tuple: a range or a shard?", dict(slices={q: (0, 1, 2)}), TypeError
     yield "into wrong dtype", dict(into={q: _patterned((rows, cols), np.float32)}), TypeError
     yield "into wrong shape", dict(into={q: _patterned((rows * cols,), dt)}), ValueError
     yield "into too small", dict(into={q: _patterned((rows - 1, cols), dt)}), ValueError
@@ -454,3 +455,33 @@ def test_the_library_refuses_overlap_and_small_capacity_too():
     with pytest.raises(ValueError, match="request 1 .*the output needs"):
         L._run(ld, planned, [witness, small], L._options(0, "auto", False))
     _untouched(small, witness)
+
+
+def test_a_bare_tuple_is_no_slice_and_named_forms_are():
+    q = "model.layers.0.self_attn.q_proj.weight"
+    whole = npkio.load_tensors(TINY, [q])[q]
+    with pytest.raises(TypeError, match="npkio.slice.*npkio.shard"):
+        npkio.load_tensors(TINY, [q], slices={q: (0, 1, 2)})
+    for spec in (npkio.slice(0, 1, 2), ("range", 0, 1, 2)):
+        np.testing.assert_array_equal(npkio.load_tensors(TINY, [q], slices={q: spec})[q],
+                                      whole[1:2])
+
+
+def test_unknown_tensor_error_names_the_checkpoint():
+    with pytest.raises(KeyError) as info:
+        npkio.load_tensors(TINY, ["nope"])
+    assert "nope" in str(info.value) and str(TINY) in str(info.value)
+
+
+def test_one_shard_for_every_tensor_loads_lower_rank_tensors_whole_as_the_cli_does():
+    names = list(npkio.get_safetensors_metadata(TINY)["tensors"])
+    ref = npkio.load_tensors(TINY)
+    got = npkio.load_tensors(TINY, slices=npkio.shard(1, 0, 2))
+    for n in names:
+        if ref[n].ndim > 1:
+            np.testing.assert_array_equal(got[n], np.array_split(ref[n], 2, axis=1)[0])
+        else:
+            np.testing.assert_array_equal(got[n], ref[n])
+    one_d = next(n for n in names if ref[n].ndim == 1)
+    with pytest.raises(ValueError):  # asked for by name: the tensor has no dimension 1
+        npkio.load_tensors(TINY, [one_d], slices={one_d: npkio.shard(1, 0, 2)})

@@ -56,6 +56,14 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
     if let Some(limit) = opts.max_shard_size {
         return export_sharded(&store, names, metadata, limit, output, opts);
     }
+    if output.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "ends with '/', naming a directory; the output must be a .safetensors file path \
+             (or give a maximum shard size to write a sharded checkpoint into a directory)",
+        )
+        .at(output));
+    }
     let st_meta: Option<Vec<(String, String)>> = match metadata {
         Some(m) => Some(m.to_vec()),
         None => store.safetensors_metadata().map(<[_]>::to_vec),
