@@ -266,3 +266,19 @@ def test_sharded_export_splits_as_save_pretrained_does(tmp_path, max_shard_size)
         assert index["metadata"] == theirs["metadata"]
         assert index["metadata"]["total_parameters"] == model.num_parameters()
         assert sorted(index["weight_map"]) == sorted(theirs["weight_map"])
+
+
+def test_the_readme_torch_example_runs(monkeypatch, capsys):
+    import re
+
+    from conftest import REPO
+
+    readme = (REPO / "python" / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### From PyTorch / transformers"):]
+    code = re.search(r"```py\n(.*?)```", section, flags=re.S).group(1)
+    monkeypatch.chdir(REPO)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert capsys.readouterr().out.splitlines() == ["BF16 [64, 64] torch.bfloat16"]
+    assert scope["w"]["lm_head.weight"].dtype == torch.float32
+    assert torch.equal(scope["buf"], scope["sd"]["model.norm.weight"])
