@@ -4,14 +4,17 @@ safetensors, in one process, on the same file.
 Compared, each run several times in alternation, median reported:
 
 * ``npkio.load_tensors(path, framework="pt")``: torch tensors from ``torch.empty``;
-* ``npkio.load_tensors(path)`` (NumPy arrays from ``np.empty``), and the same with NumPy's
-  huge-page advice turned off, to show what allocation costs;
+* ``npkio.load_tensors(path)`` (NumPy arrays, allocated without NumPy's huge-page advice),
+  and the same into arrays from a plain ``np.empty`` (``into=``), to show what that advice
+  costs;
 * ``safetensors.torch.load_file(path, backend="pread")`` (safetensors >= 0.8), and
   ``safetensors.torch.load_file(path)`` followed by ``.clone()`` where it lacks ``pread``;
 * a raw baseline: two threads ``pread`` the whole file into one fresh ``torch.empty``
   buffer (``os.preadv``), what a C host loading into one arena does at best.
 
-Warm: the file is read once first, so that it is in the page cache. ``--cold`` drops it
+Every output comes from fresh pages (glibc's mmap threshold is fixed at 1 MiB, so that no
+run reuses memory another one faulted in). Warm: the file is read once first, so that it
+is in the page cache. ``--cold`` drops it
 from the cache (``posix_fadvise(DONTNEED)``) before every run instead.
 
     python benchmarks/torch_load.py                 # 1 GiB, warm
@@ -91,6 +94,12 @@ def raw_pread(path: str) -> None:
 
 
 def main() -> None:
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # Every large buffer from fresh pages, as in a process that loads a model once:
+        # without this glibc raises its mmap threshold after the first free and later runs
+        # reuse memory already faulted in, which favours whichever case runs after another.
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20))
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="1GiB", help="checkpoint size (default 1GiB)")
     ap.add_argument("--tensors", type=int, default=64)
@@ -103,6 +112,8 @@ def main() -> None:
         path = os.path.join(tmp, "model.safetensors")
         make_checkpoint(path, parse_size(args.size), args.tensors)
         size = os.path.getsize(path)
+        shapes = {k: tuple(v["shape"]) for k, v in
+                  npkio.get_safetensors_metadata(path)["tensors"].items()}
 
         def st_load() -> None:
             try:
@@ -110,21 +121,14 @@ def main() -> None:
             except TypeError:  # safetensors < 0.8: no pread backend; copy out of the map
                 {k: v.clone() for k, v in safetensors.torch.load_file(path).items()}
 
-        def np_nohuge() -> None:
-            from numpy._core.multiarray import _set_madvise_hugepage
-
-            old = _set_madvise_hugepage(False)
-            try:
-                npkio.load_tensors(path)
-            finally:
-                _set_madvise_hugepage(old)
-
         cases = {
             "npkio.load_tensors(framework='pt')": lambda: npkio.load_tensors(path, framework="pt"),
             "npkio.torch.load_file(backend='pread')":
                 lambda: npkio.torch.load_file(path, backend="pread"),
             "npkio.load_tensors (NumPy)": lambda: npkio.load_tensors(path),
-            "npkio.load_tensors (NumPy, no huge-page advice)": np_nohuge,
+            "np.empty arrays (huge-page advice) filled by load_tensors(into=)":
+                lambda: npkio.load_tensors(path, into={k: np.empty(v, np.uint16)
+                                                       for k, v in shapes.items()}),
             f"safetensors {safetensors.__version__} load_file(backend='pread')": st_load,
             "raw 2-thread pread into torch.empty": lambda: raw_pread(path),
         }
