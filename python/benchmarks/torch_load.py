@@ -9,6 +9,8 @@ Compared, each run several times in alternation, median reported:
   costs;
 * ``safetensors.torch.load_file(path, backend="pread")`` (safetensors >= 0.8), and
   ``safetensors.torch.load_file(path)`` followed by ``.clone()`` where it lacks ``pread``;
+* ``npkio.load_tensors(path, into=...)`` into views of one fresh ``torch.empty`` arena, as
+  a C host loading into one malloc'd buffer through ``npkio_load_run``;
 * a raw baseline: two threads ``pread`` the whole file into one fresh ``torch.empty``
   buffer (``os.preadv``), what a C host loading into one arena does at best.
 
@@ -93,6 +95,18 @@ def raw_pread(path: str) -> None:
         os.close(fd)
 
 
+def arena_load(path: str, shapes: dict) -> None:
+    """Every tensor into one fresh ``torch.empty`` arena, one ``npkio_load_run``: what a C
+    host loading into one malloc'd buffer does."""
+    sizes = {k: 2 * int(np.prod(v)) for k, v in shapes.items()}
+    arena = torch.empty(sum(sizes.values()), dtype=torch.uint8)
+    into, at = {}, 0
+    for k, shape in shapes.items():
+        into[k] = arena[at: at + sizes[k]].view(torch.bfloat16).view(shape)
+        at += sizes[k]
+    npkio.load_tensors(path, into=into)
+
+
 def main() -> None:
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         # Every large buffer from fresh pages, as in a process that loads a model once:
@@ -130,6 +144,7 @@ def main() -> None:
                 lambda: npkio.load_tensors(path, into={k: np.empty(v, np.uint16)
                                                        for k, v in shapes.items()}),
             f"safetensors {safetensors.__version__} load_file(backend='pread')": st_load,
+            "npkio into one fresh arena (as a C host)": lambda: arena_load(path, shapes),
             "raw 2-thread pread into torch.empty": lambda: raw_pread(path),
         }
         times = {k: [] for k in cases}
