@@ -505,8 +505,8 @@ typedef struct NpkioLoadRequest {
     uint64_t end;
     /**
      * `NPKIO_LOAD_AS_STORED`, or an `NpkioDtype` number to convert to (BF16/F16 to F32,
-     * F32 to BF16/F16, rounding to nearest even; other pairs are refused with
-     * `NPKIO_STATUS_UNSUPPORTED`).
+     * F32 to BF16/F16, BF16 to F16 and back, rounding to nearest even; other pairs are
+     * refused with `NPKIO_STATUS_UNSUPPORTED`).
      */
     uint32_t dtype;
     /**

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::numpack::metadata::FILE_NAME as NUMPACK_METADATA;
-use crate::safetensors::index::find_index;
+use crate::safetensors::index::{find_index, model_file_in};
 
 /// What kind of checkpoint a path is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Container {
-    /// One `.safetensors` file.
+    /// One `.safetensors` file (or a model directory holding `model.safetensors`).
     SafeTensors,
     /// A sharded SafeTensors checkpoint: a `*.safetensors.index.json` and its shards (the
     /// index file, or a directory holding it).
@@ -28,7 +28,9 @@ impl Container {
     ///
     /// A directory holding `metadata.npkm` is a NumPack directory; one holding a
     /// `*.safetensors.index.json` (exactly one, or `model.safetensors.index.json`) is a
-    /// sharded checkpoint; any other directory is an `InvalidArgument` error. A file ending
+    /// sharded checkpoint; one holding `model.safetensors` and no index (a model directory
+    /// as `save_pretrained` writes it) is that single file; any other directory is an
+    /// `InvalidArgument` error. A file ending
     /// in `.json` is a sharded checkpoint's index; any other file is a single SafeTensors
     /// file.
     pub fn detect(path: impl AsRef<Path>) -> Result<Container> {
@@ -43,6 +45,9 @@ impl Container {
         if path.join(NUMPACK_METADATA).exists() {
             return Ok(Container::NumPack);
         }
+        if model_file_in(path)?.is_some() {
+            return Ok(Container::SafeTensors);
+        }
         let has_index = fs::read_dir(path).ctx(path, "listing")?.flatten().any(|e| {
             e.file_name()
                 .to_string_lossy()
@@ -52,7 +57,7 @@ impl Container {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "is a directory but neither a NumPack directory (no metadata.npkm) nor a \
-                 sharded SafeTensors checkpoint (no *.safetensors.index.json)",
+                 SafeTensors checkpoint (no model.safetensors, no *.safetensors.index.json)",
             )
             .at(path));
         }
@@ -90,6 +95,17 @@ mod tests {
         let e = Container::detect(&npk).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         assert!(e.to_string().contains("neither a NumPack directory"), "{e}");
+        // A model directory: config.json and model.safetensors, as save_pretrained leaves it.
+        let model = d.join("model");
+        fs::create_dir(&model).unwrap();
+        fs::write(model.join("config.json"), b"{}").unwrap();
+        fs::write(model.join("model.safetensors"), b"x").unwrap();
+        assert_eq!(Container::detect(&model).unwrap(), Container::SafeTensors);
+        fs::write(model.join("model.safetensors.index.json"), b"{}").unwrap();
+        assert_eq!(
+            Container::detect(&model).unwrap(),
+            Container::ShardedSafeTensors
+        );
         fs::write(npk.join("metadata.npkm"), b"").unwrap();
         assert_eq!(Container::detect(&npk).unwrap(), Container::NumPack);
         fs::write(d.join("other.safetensors.index.json"), b"{}").unwrap();

@@ -1059,3 +1059,20 @@ fn convert_no_wait_exits_10_when_the_output_is_busy() {
     assert!(err.contains("another conversion"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn convert_to_a_path_ending_in_a_slash_says_a_file_is_expected() {
+    let t = tmp();
+    let out = format!("{}/newdir/", t.path().display());
+    let r = run([
+        "convert".as_ref(),
+        fixture("numpack-0.7/basic.npk").as_os_str(),
+        OsStr::new(&out),
+    ]);
+    assert_one_line_error(&r, 9);
+    assert!(
+        r.stderr.contains("must be a .safetensors file path"),
+        "{r:?}"
+    );
+    assert!(!t.path().join("newdir").exists());
+}

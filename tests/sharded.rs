@@ -292,3 +292,66 @@ fn readers_of_a_checkpoint_being_exported_again_never_see_a_mix() {
         eprintln!("{whole} whole checkpoints read, {changed} opens failed as changed");
     }
 }
+
+#[test]
+fn a_model_directory_is_a_checkpoint_for_every_entry_point() {
+    use std::ffi::CString;
+    use std::process::Command;
+
+    use npkio::ffi::*;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::write(model.join("config.json"), b"{}").unwrap();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tiny-llama.safetensors");
+    std::fs::copy(&file, model.join("model.safetensors")).unwrap();
+    let names = |l: &npkio::load::Loader| -> Vec<String> {
+        l.tensors().iter().map(|t| t.name.clone()).collect()
+    };
+    let want = names(&npkio::load::Loader::open(&file).unwrap());
+
+    // Rust: what the directory is, and the loader and reader open the file inside it.
+    assert_eq!(
+        npkio::Container::detect(&model).unwrap(),
+        npkio::Container::SafeTensors
+    );
+    assert_eq!(names(&npkio::load::Loader::open(&model).unwrap()), want);
+    assert_eq!(
+        npkio::get_safetensors_metadata(&model)
+            .unwrap()
+            .tensors
+            .len(),
+        want.len()
+    );
+
+    // C: the loader and the SafeTensors handle.
+    let c = CString::new(model.to_str().unwrap()).unwrap();
+    let (mut l, mut st, mut n) = (std::ptr::null_mut(), std::ptr::null_mut(), 0usize);
+    // SAFETY: valid C string and out-pointers; the handles are freed below.
+    unsafe {
+        assert_eq!(npkio_load_open(c.as_ptr(), &mut l), NpkioStatus::Ok);
+        assert_eq!(npkio_load_count(l, &mut n), NpkioStatus::Ok);
+        assert_eq!(n, want.len());
+        assert_eq!(npkio_safetensors_open(c.as_ptr(), &mut st), NpkioStatus::Ok);
+        assert_eq!(npkio_safetensors_count(st, &mut n), NpkioStatus::Ok);
+        assert_eq!(n, want.len());
+        npkio_load_free(l);
+        npkio_safetensors_free(st);
+    }
+
+    // The command line: inspect, and convert to NumPack and back.
+    let cli = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_npkio"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    cli(&["inspect".as_ref(), model.as_os_str()]);
+    let npk = tmp.path().join("m.npk");
+    let back = tmp.path().join("back.safetensors");
+    cli(&["convert".as_ref(), model.as_os_str(), npk.as_os_str()]);
+    cli(&["convert".as_ref(), npk.as_os_str(), back.as_os_str()]);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
+}

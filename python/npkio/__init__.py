@@ -18,14 +18,16 @@ A ``ctypes`` package over the ``libnpkio`` shared library (no compiled extension
   into memory of their own (or the caller's), with BF16/F16/F32 conversion on the way;
   :func:`npkio.safe_open`: ``safetensors.safe_open(path, framework="np")`` over SafeTensors
   files, sharded checkpoints and NumPack directories (:mod:`npkio.loader`).
+* :mod:`npkio.torch` (needs PyTorch, imported on use): the file API of
+  ``safetensors.torch``; ``load_tensors`` and ``safe_open`` take ``framework="pt"``.
 * :class:`npkio.NpkioError` (also named ``SafetensorError``) and its subclasses, each
   also a built-in exception (``KeyError``, ``FileNotFoundError``, ``FileExistsError``,
   ``ValueError``, ...).
 * :func:`npkio.dtype_of`, :func:`npkio.raw_dtype`: dtypes NumPy lacks (BF16, FP8, F4, F6).
 
 Environment: ``NPKIO_LIBRARY`` names the shared library to load (for development);
-``NPKIO_NO_ML_DTYPES=1`` returns BF16/FP8 as raw unsigned arrays even when ``ml_dtypes``
-is installed.
+``NPKIO_NO_ML_DTYPES=1`` returns BF16/FP8 as raw unsigned arrays tagged with their dtype
+(without it, and without ``ml_dtypes``, reading them raises ``ImportError``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ from .io import (
 from .files import TensorSpec, load, load_file, save, save_file, serialize, serialize_file
 from .io import SafeTensorsMetadata, TensorMetadata
 from .numpack import NumPack, NumPackStateError
-from .loader import SafeOpen, Shard, TensorSlice, load_tensors, safe_open, shard
+from .loader import Range, SafeOpen, Shard, TensorSlice, load_tensors, safe_open, shard
+from .loader import range_slice as slice  # noqa: A001 - npkio.slice, as npkio.shard
 
 #: The version of the loaded ``libnpkio``, which is this package's version: the package is
 #: built with the library, both from the crate's Cargo.toml.
@@ -80,6 +83,8 @@ __all__ = [
     "load_tensors",
     "shard",
     "Shard",
+    "slice",
+    "Range",
     "safe_open",
     "SafeOpen",
     "TensorSlice",

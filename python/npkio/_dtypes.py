@@ -7,8 +7,11 @@ Dtypes NumPy lacks
 ------------------
 
 * **BF16 and the FP8 kinds** come back as arrays of the ``ml_dtypes`` type (``bfloat16``,
-  ``float8_e4m3fn``, ...) when ``ml_dtypes`` is importable, otherwise as *raw* arrays of
-  the unsigned integer of the same width (``uint16`` for BF16, ``uint8`` for FP8).
+  ``float8_e4m3fn``, ...); ``ml_dtypes`` is a dependency of the package. Without it,
+  reading such a tensor raises ``ImportError`` rather than hand back integers that look
+  like weights. Only when asked (``NPKIO_NO_ML_DTYPES=1``) do they come back as *raw*
+  arrays of the unsigned integer of the same width (``uint16`` for BF16, ``uint8`` for
+  FP8), tagged with their true dtype as below.
 * **F4 and the F6 kinds** (4 and 6 bits an element, packed) always come back raw: as
   ``uint8`` arrays of the packed bytes, with the last dimension counted in bytes when it
   holds whole bytes and the flat byte count otherwise (the layout npkio stores them with in
@@ -117,14 +120,26 @@ def raw_dtype(dtype: str, shape: Optional[Sequence[int]] = None) -> np.dtype:
 
 
 def _numpy_dtype(row: _Row) -> Optional[np.dtype]:
-    """The NumPy dtype an array of this dtype comes back as, ``None`` for a raw one."""
+    """The NumPy dtype an array of this dtype comes back as, ``None`` for a raw one.
+
+    BF16 and FP8 are never returned under a plain integer dtype by default: without
+    ``ml_dtypes`` (a dependency of the package) this raises ``ImportError``, unless raw
+    arrays were asked for with ``NPKIO_NO_ML_DTYPES=1``.
+    """
     if row.numpy_name in _NATIVE:
         return np.dtype(row.numpy_name).newbyteorder("<")
-    if row.bits % 8 == 0 and use_ml_dtypes():
-        t = getattr(_ml_dtypes(), row.numpy_name, None)
-        if t is not None:
-            return np.dtype(t)
-    return None
+    if row.bits % 8 or os.environ.get("NPKIO_NO_ML_DTYPES", "") not in ("", "0"):
+        return None
+    ml = _ml_dtypes()
+    t = getattr(ml, row.numpy_name, None) if ml is not None else None
+    if t is None:
+        why = "is not installed" if ml is None else f"{ml.__version__} lacks {row.numpy_name}"
+        raise ImportError(
+            f"npkio returns {row.name} tensors as ml_dtypes.{row.numpy_name} arrays, but "
+            f"ml_dtypes {why}: install or upgrade it (pip install -U ml_dtypes), or set "
+            f"NPKIO_NO_ML_DTYPES=1 to get the raw bits as tagged unsigned arrays"
+        )
+    return np.dtype(t)
 
 
 def dtype_of(array: Any) -> str:

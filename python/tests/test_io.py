@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -451,3 +452,44 @@ def test_numpack_07_names_and_return_npk_obj(tmp_path):
                                 return_npk_obj=True)
     with npk:
         assert npk.get_member_list() == ["w"]
+
+
+def test_bf16_and_fp8_are_never_returned_as_integers_without_ml_dtypes(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    raw = np.array([0xBD28, 0x3F80], np.uint16)  # -0.041, 1.0 as bfloat16
+    npkio.save_file({"w": raw.view(npkio.raw_dtype("BF16")), "i": np.arange(3)}, path)
+    monkeypatch.delenv("NPKIO_NO_ML_DTYPES", raising=False)
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # as if it were not installed
+    for read in (lambda: npkio.load_file(path), lambda: npkio.load(path.read_bytes()),
+                 lambda: npkio.safe_open(path).get_tensor("w"),
+                 lambda: npkio.load_tensors(path, ["w"])):
+        with pytest.raises(ImportError, match="BF16.*ml_dtypes"):
+            read()
+    # Other dtypes still load, and raw bits come back only when asked for.
+    assert npkio.load_tensors(path, ["i"])["i"].tolist() == [0, 1, 2]
+    monkeypatch.setenv("NPKIO_NO_ML_DTYPES", "1")
+    got = npkio.load_file(path)["w"]
+    assert npkio.dtype_of(got) == "BF16" and got.view(np.uint16).tolist() == raw.tolist()
+
+
+def test_npkio_imports_without_torch_and_npkio_torch_names_it(tmp_path):
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import npkio, numpy as np\n"
+        "npkio.save_file({'a': np.arange(3)}, sys.argv[1])\n"
+        "assert npkio.load_file(sys.argv[1])['a'].tolist() == [0, 1, 2]\n"
+        "for f in (lambda: __import__('npkio.torch'),\n"
+        "          lambda: npkio.load_tensors(sys.argv[1], framework='pt')):\n"
+        "    try:\n"
+        "        f()\n"
+        "    except ImportError as e:\n"
+        "        assert \"'torch' package is not installed\" in str(e), e\n"
+        "    else:\n"
+        "        raise AssertionError('no ImportError')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.safetensors")],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -112,7 +112,7 @@ def test_random_ranges_equal_view_slices(path):
             n = arr.shape[dim]
             start = rng.randint(0, n)
             end = rng.randint(start, n)
-            got = npkio.load_tensors(path, [name], slices={name: (dim, start, end)})[name]
+            got = npkio.load_tensors(path, [name], slices={name: npkio.slice(dim, start, end)})[name]
             index = (slice(None),) * dim + (slice(start, end),)
             same(got, arr[index])
 
@@ -205,13 +205,14 @@ def _bad_requests():
     rows, cols = ref[q].shape
     dt = ref[q].dtype
     yield "unknown tensor", dict(names=[k, "nope"]), KeyError
-    yield "range past the end", dict(slices={q: (0, 0, rows + 1)}), ValueError
-    yield "range reversed", dict(slices={q: (1, 5, 2)}), ValueError
-    yield "dim past ndim", dict(slices={q: (2, 0, 1)}), ValueError
+    yield "range past the end", dict(slices={q: npkio.slice(0, 0, rows + 1)}), ValueError
+    yield "range reversed", dict(slices={q: ("range", 1, 5, 2)}), ValueError
+    yield "dim past ndim", dict(slices={q: npkio.slice(2, 0, 1)}), ValueError
     yield "rank past world", dict(slices={q: npkio.shard(0, 2, 2)}), ValueError
     yield "world zero", dict(slices={q: ("shard", 0, 0, 0)}), ValueError
-    yield "negative start", dict(slices={q: (0, -1, 2)}), ValueError
+    yield "negative start", dict(slices={q: npkio.slice(0, -1, 2)}), ValueError
     yield "bad slice spec", dict(slices={q: (0, 1)}), TypeError
+    yield "bare tuple: a range or a shard?", dict(slices={q: (0, 1, 2)}), TypeError
     yield "into wrong dtype", dict(into={q: _patterned((rows, cols), np.float32)}), TypeError
     yield "into wrong shape", dict(into={q: _patterned((rows * cols,), dt)}), ValueError
     yield "into too small", dict(into={q: _patterned((rows - 1, cols), dt)}), ValueError
@@ -244,9 +245,14 @@ def test_invalid_requests_write_nothing(case):
     _untouched(witness, *into.values())
 
 
-def test_framework_other_than_numpy_is_refused():
-    with pytest.raises(ValueError, match="framework"):
-        npkio.safe_open(TINY, framework="pt")
+def test_frameworks_other_than_numpy_and_torch_are_refused():
+    for fw in ("tf", "flax", "mlx", "paddle", None):
+        with pytest.raises(ValueError, match="framework must be 'np'.*or 'pt'"):
+            npkio.safe_open(TINY, framework=fw)
+        with pytest.raises(ValueError, match="framework"):
+            npkio.load_tensors(TINY, framework=fw)
+    with pytest.raises(ValueError, match="device must be 'cpu'"):
+        npkio.safe_open(TINY, framework="np", device="cuda")
 
 
 # ----------------------------------------------------------------------------------------
@@ -514,3 +520,48 @@ def test_safe_open_of_a_checkpoint_exported_again_while_it_opens_is_one_checkpoi
             assert f.get_tensor(n)[0] == 2
             assert f.get_slice(n)[:][0] == 2
     assert exported
+
+
+def test_a_bare_tuple_is_no_slice_and_named_forms_are():
+    q = "model.layers.0.self_attn.q_proj.weight"
+    whole = npkio.load_tensors(TINY, [q])[q]
+    with pytest.raises(TypeError, match="npkio.slice.*npkio.shard"):
+        npkio.load_tensors(TINY, [q], slices={q: (0, 1, 2)})
+    for spec in (npkio.slice(0, 1, 2), ("range", 0, 1, 2)):
+        np.testing.assert_array_equal(npkio.load_tensors(TINY, [q], slices={q: spec})[q],
+                                      whole[1:2])
+
+
+def test_unknown_tensor_error_names_the_checkpoint():
+    with pytest.raises(KeyError) as info:
+        npkio.load_tensors(TINY, ["nope"])
+    assert "nope" in str(info.value) and str(TINY) in str(info.value)
+
+
+def test_one_shard_for_every_tensor_loads_lower_rank_tensors_whole_as_the_cli_does():
+    names = list(npkio.get_safetensors_metadata(TINY)["tensors"])
+    ref = npkio.load_tensors(TINY)
+    got = npkio.load_tensors(TINY, slices=npkio.shard(1, 0, 2))
+    for n in names:
+        if ref[n].ndim > 1:
+            np.testing.assert_array_equal(got[n], np.array_split(ref[n], 2, axis=1)[0])
+        else:
+            np.testing.assert_array_equal(got[n], ref[n])
+    one_d = next(n for n in names if ref[n].ndim == 1)
+    with pytest.raises(ValueError):  # asked for by name: the tensor has no dimension 1
+        npkio.load_tensors(TINY, [one_d], slices={one_d: npkio.shard(1, 0, 2)})
+
+
+def test_safe_open_is_closed_after_its_block_and_names_a_missing_path_as_safetensors(tmp_path):
+    path = tmp_path / "m.safetensors"
+    npkio.save_file({"a": np.arange(4, dtype=np.float32)}, path)
+    with npkio.safe_open(path) as f:
+        a = f.get_tensor("a")
+        s = f.get_slice("a")
+    np.testing.assert_array_equal(a, np.arange(4))  # taken before: still valid
+    for use in (f.keys, f.metadata, lambda: f.get_tensor("a"), lambda: s[:2]):
+        with pytest.raises(npkio.SafetensorError, match="closed"):
+            use()
+    with pytest.raises(FileNotFoundError) as info:
+        npkio.safe_open(tmp_path / "notafile")
+    assert str(info.value) == f"No such file or directory: {tmp_path / 'notafile'}"

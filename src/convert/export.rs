@@ -56,6 +56,14 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
     if let Some(limit) = opts.max_shard_size {
         return export_sharded(&store, names, metadata, limit, output, opts);
     }
+    if output.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "ends with '/', naming a directory; the output must be a .safetensors file path \
+             (or give a maximum shard size to write a sharded checkpoint into a directory)",
+        )
+        .at(output));
+    }
     let st_meta: Option<Vec<(String, String)>> = match metadata {
         Some(m) => Some(m.to_vec()),
         None => store.safetensors_metadata().map(<[_]>::to_vec),
@@ -222,17 +230,39 @@ fn export_sharded(
             "max_shard_size must be at least 1 byte",
         ));
     }
-    // The source's tensor order where it is known (shard by shard), then the rest sorted.
+    // `save_pretrained` splits the model's state dict in its own order, which the files do
+    // not record. The order used instead: the source's shards one after the other, each in
+    // natural order of the names (`layers.2` before `layers.10`, as modules number their
+    // layers) except that a tensor that does not fit after the previous source shard opens
+    // it, so that a checkpoint that `save_pretrained` sharded with the same limit is split
+    // exactly as it was; then the tensors of no source shard, in natural order.
+    let nbytes = |n: &str| store.describe(n).map(|i| i.nbytes);
     let mut ordered: Vec<&str> = Vec::with_capacity(names.len());
     let wanted: HashSet<&str> = names.iter().copied().collect();
     let mut placed: HashSet<&str> = HashSet::new();
     if let Some(sh) = store.sharding() {
-        for t in sh.shards.iter().flat_map(|s| &s.tensors) {
-            if let Some(&n) = wanted.get(t.as_str()) {
-                if placed.insert(n) {
-                    ordered.push(n);
+        let mut previous: Option<u64> = None;
+        for s in &sh.shards {
+            let mut shard: Vec<(u64, &str)> = Vec::new();
+            for t in &s.tensors {
+                if let Some(&n) = wanted.get(t.as_str()) {
+                    if placed.insert(n) {
+                        shard.push((nbytes(n)?, n));
+                    }
                 }
             }
+            shard.sort_by(|a, b| natural_cmp(a.1, b.1));
+            if let Some(prev) = previous {
+                if let Some(i) = shard
+                    .iter()
+                    .position(|(size, _)| prev.saturating_add(*size) > limit)
+                {
+                    let opener = shard.remove(i);
+                    shard.insert(0, opener);
+                }
+            }
+            previous = Some(shard.iter().map(|(size, _)| size).sum());
+            ordered.extend(shard.into_iter().map(|(_, n)| n));
         }
     }
     let mut rest: Vec<&str> = names
@@ -240,12 +270,17 @@ fn export_sharded(
         .copied()
         .filter(|n| !placed.contains(n))
         .collect();
-    rest.sort_unstable();
+    rest.sort_unstable_by(|a, b| natural_cmp(a, b));
     ordered.extend(rest);
-    let sizes: Vec<u64> = ordered
+    let sizes: Vec<u64> = ordered.iter().map(|n| nbytes(n)).collect::<Result<_>>()?;
+    let total_parameters: u64 = ordered
         .iter()
-        .map(|n| store.describe(n).map(|i| i.nbytes))
-        .collect::<Result<_>>()?;
+        .map(|n| {
+            store
+                .logical_layout(n)
+                .map(|(_, shape)| shape.iter().product::<u64>())
+        })
+        .sum::<Result<u64>>()?;
     let groups = split_into_shards(&sizes, limit);
     let n = groups.len().max(1);
     let file_names: Vec<String> = if n == 1 {
@@ -292,7 +327,7 @@ fn export_sharded(
                 weight_map.insert(t.to_string(), f.clone());
             }
         }
-        let fresh = index_json(sizes.iter().sum(), &weight_map);
+        let fresh = index_json(sizes.iter().sum(), Some(total_parameters), &weight_map);
         match store.sharding() {
             Some(s) if same_index(&s.index, &fresh) => s.index.clone(),
             _ => fresh,
@@ -344,4 +379,61 @@ fn holds_weights(dir: &Path) -> bool {
             name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")
         })
     })
+}
+
+/// Names compared with their runs of digits as numbers: `layers.2.w` before `layers.10.w`.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (x, y) = (chunks(a), chunks(b));
+    for (p, q) in x.iter().zip(&y) {
+        let ord = match (p, q) {
+            ((true, m), (true, n)) => {
+                let (m, n) = (m.trim_start_matches('0'), n.trim_start_matches('0'));
+                m.len().cmp(&n.len()).then_with(|| m.cmp(n))
+            }
+            _ => p.1.cmp(q.1),
+        };
+        if ord.is_ne() {
+            return ord;
+        }
+    }
+    x.len().cmp(&y.len()).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_cmp;
+
+    #[test]
+    fn layer_numbers_sort_as_numbers() {
+        let mut v = vec![
+            "layers.10.w",
+            "layers.2.w",
+            "layers.1.w",
+            "lm_head",
+            "layers.02.b",
+        ];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            [
+                "layers.1.w",
+                "layers.02.b",
+                "layers.2.w",
+                "layers.10.w",
+                "lm_head"
+            ]
+        );
+    }
 }

@@ -59,8 +59,8 @@ pub struct NpkioLoadRequest {
     /// Range: one past the last index. Shard: the number of ranks.
     pub end: u64,
     /// `NPKIO_LOAD_AS_STORED`, or an `NpkioDtype` number to convert to (BF16/F16 to F32,
-    /// F32 to BF16/F16, rounding to nearest even; other pairs are refused with
-    /// `NPKIO_STATUS_UNSUPPORTED`).
+    /// F32 to BF16/F16, BF16 to F16 and back, rounding to nearest even; other pairs are
+    /// refused with `NPKIO_STATUS_UNSUPPORTED`).
     pub dtype: u32,
     /// Where the output goes (the sliced tensor in C order); ignored by `npkio_load_run_sink`.
     pub dst: *mut c_void,

@@ -1,4 +1,5 @@
-//! Dtype conversion fused into the load: BF16/F16 to F32 and F32 to BF16/F16.
+//! Dtype conversion fused into the load: BF16/F16 to F32, F32 to BF16/F16, and BF16 to
+//! F16 and back (through the exact F32 value, as PyTorch's `.to()` does).
 //!
 //! Narrowing rounds to nearest, ties to even, as IEEE 754 and PyTorch's `.to()` do; a NaN
 //! stays a NaN (quiet, sign kept); values too large for F16 become infinities. All data is
@@ -19,6 +20,10 @@ pub(crate) enum Conversion {
     F32ToBf16,
     /// F32 to F16.
     F32ToF16,
+    /// BF16 to F16 (rounded; large values become infinities, small ones subnormals).
+    Bf16ToF16,
+    /// F16 to BF16 (rounded).
+    F16ToBf16,
 }
 
 impl Conversion {
@@ -30,6 +35,8 @@ impl Conversion {
             (DType::F16, DType::F32) => Conversion::F16ToF32,
             (DType::F32, DType::BF16) => Conversion::F32ToBf16,
             (DType::F32, DType::F16) => Conversion::F32ToF16,
+            (DType::BF16, DType::F16) => Conversion::Bf16ToF16,
+            (DType::F16, DType::BF16) => Conversion::F16ToBf16,
             _ => return None,
         })
     }
@@ -40,6 +47,7 @@ impl Conversion {
             Conversion::None => (1, 1),
             Conversion::Bf16ToF32 | Conversion::F16ToF32 => (2, 4),
             Conversion::F32ToBf16 | Conversion::F32ToF16 => (4, 2),
+            Conversion::Bf16ToF16 | Conversion::F16ToBf16 => (2, 2),
         }
     }
 
@@ -74,8 +82,30 @@ impl Conversion {
                     d.copy_from_slice(&f32_to_f16(f).to_le_bytes());
                 }
             }
+            Conversion::Bf16ToF16 => {
+                for (s, d) in src.chunks_exact(2).zip(dst.chunks_exact_mut(2)) {
+                    let h = u16::from_le_bytes([s[0], s[1]]);
+                    d.copy_from_slice(&bf16_to_f16(h).to_le_bytes());
+                }
+            }
+            Conversion::F16ToBf16 => {
+                for (s, d) in src.chunks_exact(2).zip(dst.chunks_exact_mut(2)) {
+                    let h = u16::from_le_bytes([s[0], s[1]]);
+                    d.copy_from_slice(&f16_to_bf16(h).to_le_bytes());
+                }
+            }
         }
     }
+}
+
+/// BF16 bits to F16 bits: the exact F32 value rounded to nearest even.
+pub fn bf16_to_f16(h: u16) -> u16 {
+    f32_to_f16((h as u32) << 16)
+}
+
+/// F16 bits to BF16 bits: the exact F32 value rounded to nearest even.
+pub fn f16_to_bf16(h: u16) -> u16 {
+    f32_to_bf16(f16_to_f32(h).to_bits())
 }
 
 /// F32 bits to BF16 bits, round to nearest even; NaN stays a quiet NaN with its sign.
@@ -188,6 +218,40 @@ mod tests {
         assert_eq!(f32_to_f16(5.960_464_5e-8f32.to_bits()), 0x0001);
         assert_eq!(f32_to_f16(2.980_232_2e-8f32.to_bits()), 0x0000);
         assert_eq!(f32_to_f16(f32::NAN.to_bits()) & 0x7e00, 0x7e00);
+    }
+
+    #[test]
+    fn bf16_and_f16_convert_into_each_other_through_the_exact_value() {
+        assert_eq!(bf16_to_f16(0x3f80), 0x3c00); // 1.0
+        assert_eq!(bf16_to_f16(0xbd28), 0xa940); // -0.041015625, exact in F16
+        assert_eq!(bf16_to_f16(0x4780), 0x7c00); // 65536 is past F16's range: infinity
+        assert_eq!(bf16_to_f16(0x3380), 0x0001); // 2^-24, F16's smallest subnormal
+        assert_eq!(bf16_to_f16(0x3300), 0x0000); // 2^-25: a tie, to even (zero)
+        assert_eq!(bf16_to_f16(0xff80), 0xfc00);
+        assert_eq!(f16_to_bf16(0x3c00), 0x3f80);
+        assert_eq!(f16_to_bf16(0x3c01), 0x3f80); // 1 + 2^-10 rounds to 1.0 in BF16
+        assert_eq!(f16_to_bf16(0x0001), 0x3380);
+        // 65504, F16's largest, rounds up to 65536 in BF16.
+        assert_eq!(f16_to_bf16(0x7bff), 0x4780);
+
+        // Every value that BF16 and F16 share comes back unchanged.
+        for h in 0..=u16::MAX {
+            let b = f16_to_bf16(h);
+            if f16_to_f32(h).is_nan() {
+                assert!(f32::from_bits((b as u32) << 16).is_nan(), "{h:#x}");
+            } else if f32::from_bits((b as u32) << 16) == f16_to_f32(h) {
+                assert_eq!(bf16_to_f16(b), h, "{h:#x}");
+            }
+        }
+        let conv = Conversion::between(DType::BF16, DType::F16).unwrap();
+        assert_eq!(conv.sizes(), (2, 2));
+        let mut out = [0u8; 4];
+        conv.run(&[0x80, 0x3f, 0x28, 0xbd], &mut out);
+        assert_eq!(out, [0x00, 0x3c, 0x40, 0xa9]);
+        assert_eq!(
+            Conversion::between(DType::F16, DType::BF16),
+            Some(Conversion::F16ToBf16)
+        );
     }
 
     #[test]

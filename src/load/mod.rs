@@ -6,7 +6,8 @@
 //! directory (plain, segmented or with dropped rows). The caller asks for a list of
 //! [`Request`]s: a tensor by name, optionally a [`Slice`] along one dimension (a
 //! `[start, end)` range, or [`Slice::Shard`] for tensor parallelism), optionally a dtype
-//! to convert to on the way (BF16/F16 to F32, F32 to BF16/F16, rounding to nearest even).
+//! to convert to on the way (BF16/F16 to F32, F32 to BF16/F16, BF16 to F16 and back,
+//! rounding to nearest even).
 //! Each request's output is the sliced tensor in C order; [`Loader::output`] gives its
 //! dtype, shape and byte length.
 //!

@@ -78,7 +78,7 @@ pub(crate) fn resolve(loader: &Loader, req: &Request) -> std::result::Result<Res
             ErrorKind::Unsupported,
             format!(
                 "cannot convert {} to {} while loading (supported: BF16/F16 to F32, F32 to \
-                 BF16/F16)",
+                 BF16/F16, BF16 to F16 and F16 to BF16)",
                 t.dtype, to
             ),
         )

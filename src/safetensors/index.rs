@@ -43,6 +43,31 @@ pub struct Checkpoint {
     index_text: Option<String>,
 }
 
+/// The single-file model name `save_pretrained` writes when everything fits in one file.
+pub const SINGLE_FILE_NAME: &str = "model.safetensors";
+
+/// The `model.safetensors` inside `path` when `path` is a model directory holding one and
+/// no `*.safetensors.index.json` (an index, when there is one, names the checkpoint).
+/// `None` for anything else.
+pub fn model_file_in(path: &Path) -> Result<Option<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let file = path.join(SINGLE_FILE_NAME);
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let has_index = std::fs::read_dir(path)
+        .ctx(path, "listing")?
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".safetensors.index.json")
+        });
+    Ok((!has_index).then_some(file))
+}
+
 /// Where an index is: `path` itself when it is a file ending in `.json`, or the index
 /// inside `path` when it is a directory. `None` for anything else (a single file).
 pub fn find_index(path: &Path) -> Result<Option<PathBuf>> {
@@ -120,8 +145,12 @@ impl Checkpoint {
     /// (about a second), and fails with an error of kind [`ErrorKind::Busy`] ("the
     /// checkpoint changed while being opened"): the tensors read are the old checkpoint's
     /// or the new one's, never a mix.
+    ///
+    /// A model directory holding `model.safetensors` and no index opens that file.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
+        let model_file = model_file_in(path)?;
+        let path = model_file.as_deref().unwrap_or(path);
         let mut pause = FIRST_PAUSE_MS;
         for attempt in 0..OPEN_TRIES {
             if attempt > 0 {
@@ -521,13 +550,22 @@ pub fn shard_file_name(k: usize, n: usize) -> String {
 }
 
 /// The index JSON for a shard layout, formatted as `save_pretrained` does (2-space indent,
-/// sorted keys, trailing newline).
-pub fn index_json(total_size: u64, weight_map: &BTreeMap<String, String>) -> String {
+/// sorted keys, trailing newline), with `total_parameters` (the tensors' element count,
+/// which `save_pretrained` writes as the model's parameter count) when given.
+pub fn index_json(
+    total_size: u64,
+    total_parameters: Option<u64>,
+    weight_map: &BTreeMap<String, String>,
+) -> String {
     let mut wm = serde_json::Map::new();
     for (k, v) in weight_map {
         wm.insert(k.clone(), serde_json::Value::String(v.clone()));
     }
     let mut meta = serde_json::Map::new();
+    // In sorted order, as Python's `json.dumps(sort_keys=True)` writes them.
+    if let Some(n) = total_parameters {
+        meta.insert("total_parameters".into(), n.into());
+    }
     meta.insert("total_size".into(), total_size.into());
     let mut root = serde_json::Map::new();
     root.insert("metadata".into(), serde_json::Value::Object(meta));
