@@ -82,7 +82,8 @@ if [ -d python ]; then
     # libraries (about 3 GB to download, 5.6 GB installed, 3.5 minutes on 2 cores with a
     # warm pip cache), and without them `import torch` fails (libtorch_cuda links them).
     if [ "${NPKIO_TEST_TORCH:-1}" != 0 ]; then
-        "$venv/bin/pip" install -q torch transformers
+        # Pinned to the versions the tests were written against.
+        "$venv/bin/pip" install -q torch==2.15.0 transformers==5.25.0
     fi
     "$venv/bin/pip" install -q --no-deps --no-index "$wheel"
     (cd python && env -u NPKIO_LIBRARY PATH="$nocargo" NPKIO_REQUIRE_INSTALLED=1 \

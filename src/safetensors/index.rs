@@ -639,7 +639,7 @@ mod tests {
         }
         fs::write(
             dir.join(format!("{prefix}{INDEX_NAME}")),
-            index_json(8, &map),
+            index_json(8, None, &map),
         )
         .unwrap();
     }
