@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use memmap2::Mmap;
 
@@ -213,6 +213,9 @@ pub struct NumPack {
     opened_at: std::time::SystemTime,
     /// The directory this store was opened on, and its metadata files as last seen.
     writer: generation::Writer,
+    /// The store as another writer left it, read once after it changed: what reads fall
+    /// back to (`NumPack::read_state`) while it is current.
+    newer: Mutex<Option<Arc<NumPack>>>,
 }
 
 impl std::fmt::Debug for NumPack {
