@@ -194,6 +194,106 @@ fn a_handle_reads_an_array_rewritten_with_its_dtype_and_shape_as_one_whole_state
     assert!(k >= 12 && k % 2 == 0, "{k}");
 }
 
+#[test]
+fn an_export_or_a_loader_opened_as_the_store_changes_starts_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x", "y"]);
+    let out = tmp.path().join("out.safetensors");
+    // Right after the store is opened, before any data file is: x becomes int32.
+    let change_x_once = |k: u32| {
+        let (d, done) = (dir.clone(), Arc::new(AtomicBool::new(false)));
+        let flag = done.clone();
+        hooks::set(Some(Box::new(move |p| {
+            if p == "numpack:opened" && !flag.swap(true, Ordering::SeqCst) {
+                let mut other = NumPack::open(&d).unwrap();
+                save_generation(&mut other, "x", k).unwrap();
+            }
+        })));
+        done
+    };
+    let done = change_x_once(1);
+    let exported = npkio::to_safetensors_file(&dir, &out, None::<&[&str]>, None, 1 << 20);
+    hooks::set(None);
+    assert!(done.load(Ordering::SeqCst), "the hook ran");
+    exported.unwrap();
+    let f = npkio::SafeTensorsFile::open(&out).unwrap();
+    let x = f.get("x").unwrap();
+    assert_eq!(which_generation(x.dtype, x.shape, x.data), Some(1));
+    let done = change_x_once(3);
+    let loader = npkio::load::Loader::open(&dir);
+    hooks::set(None);
+    assert!(done.load(Ordering::SeqCst), "the hook ran");
+    let loader = loader.unwrap();
+    let x = loader.tensor("x").unwrap();
+    assert_eq!(x.dtype, DType::I32);
+    let mut buf = vec![0u8; 400];
+    let req = [npkio::load::Request::new("x")];
+    loader
+        .load(&req, &mut [&mut buf[..]], &Default::default())
+        .unwrap();
+    assert_eq!(which_generation(DType::I32, &[100], &buf), Some(3));
+}
+
+#[test]
+fn a_handle_opened_between_a_commit_and_the_move_back_never_finds_its_file_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x"]);
+    let mut writer = NumPack::open(&dir).unwrap();
+    let opened: Arc<std::sync::Mutex<Option<NumPack>>> = Arc::default();
+    let slot = opened.clone();
+    let d = dir.clone();
+    // At the first commit (the new data under a generation name), open a reader.
+    hooks::set(Some(Box::new(move |point| {
+        let mut s = slot.lock().unwrap();
+        if point == "numpack:published" && s.is_none() {
+            *s = Some(NumPack::open(&d).unwrap());
+        }
+    })));
+    save_generation(&mut writer, "x", 1).unwrap();
+    hooks::set(None);
+    let reader = opened.lock().unwrap().take().expect("the hook ran");
+    match read_generation(&reader, "x") {
+        Ok(k) => assert_eq!(k, 1),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Busy, "{e}"),
+    }
+    // Opened again, the store reads the new state.
+    assert_eq!(
+        read_generation(&NumPack::open(&dir).unwrap(), "x").unwrap(),
+        1
+    );
+}
+
+#[test]
+fn a_handle_opened_while_another_writer_commits_does_not_undo_that_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x"]);
+    let done = Arc::new(AtomicBool::new(false));
+    let (d, flag) = (dir.clone(), done.clone());
+    // Right after this handle's open read the metadata, another writer commits.
+    hooks::set(Some(Box::new(move |point| {
+        if point == "numpack-open:metadata-read" && !flag.swap(true, Ordering::SeqCst) {
+            let mut other = NumPack::open(&d).unwrap();
+            save_generation(&mut other, "x", 1).unwrap();
+            save_generation(&mut other, "y", 3).unwrap();
+        }
+    })));
+    let mut late = NumPack::open(&dir).unwrap();
+    hooks::set(None);
+    assert!(done.load(Ordering::SeqCst));
+    // Its own change either sees the other writer's (it opened the newer state) or is
+    // refused as Busy; either way that change stays.
+    match save_generation(&mut late, "z", 5) {
+        Ok(()) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Busy, "{e}"),
+    }
+    let now = NumPack::open(&dir).unwrap();
+    assert_eq!(read_generation(&now, "x").unwrap(), 1);
+    assert_eq!(read_generation(&now, "y").unwrap(), 3);
+}
+
 const WRITER_CHILD: &str = "NPKIO_STORE_WRITER_CHILD";
 
 /// The writer of the stress run, in a process of its own: replaces `x` and `y` 150 times

@@ -170,7 +170,13 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
 }
 
 fn open_numpack(dir: &Path) -> Result<Opened> {
-    let store = NumPack::open(dir)?;
+    // The data files are opened here: a writer committing after the store is opened, before
+    // they are, makes it start again (the files may hold the newer state).
+    NumPack::open_with(dir, |store| open_store(dir, &store))
+}
+
+/// [`open_numpack`] of the store opened.
+fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
     // Data files are kept open when they fit in half the open-file budget (as a checkpoint's
     // shards are); more are checked here, closed, and opened a window at a time by each
     // load, so that no number of arrays runs the process out of descriptors.
