@@ -399,6 +399,7 @@ impl NumPack {
         self.writer.refresh(&self.dir);
         // The store reads what it wrote: a newer state kept for reads is not needed now.
         *self.newer.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.changed.get_mut() = false;
         result
     }
 

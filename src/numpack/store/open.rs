@@ -218,6 +218,7 @@ impl NumPack {
             opened_at: std::time::SystemTime::now(),
             writer: Writer::observe(dir),
             newer: Default::default(),
+            changed: AtomicBool::new(false),
         };
         store.write_metadata()?;
         Ok(store)
@@ -288,6 +289,7 @@ impl NumPack {
             opened_at,
             writer: Writer::of_files(dir, None, None),
             newer: Default::default(),
+            changed: AtomicBool::new(false),
         })
     }
 

@@ -279,9 +279,15 @@ impl NumPack {
 
     /// Describes an array. Its data files are checked (once) as a read would check them, so
     /// that a damaged array fails here too.
+    ///
+    /// After another writer changed the store, the array is checked as a view would read
+    /// it (`Busy` if its dtype or shape changed, or it is gone), unless it was viewed
+    /// before: the store holds its bytes then.
     pub fn info(&self, name: &str) -> Result<ArrayInfo> {
         let a = self.get_listed(name)?;
-        self.read_state(a, |s, b| s.verify(b))?;
+        if a.data.get().is_none() {
+            self.read_state(a, |s, b| s.verify(b))?;
+        }
         self.describe(name)
     }
 
@@ -354,8 +360,8 @@ impl NumPack {
     ///
     /// The first view of an array after another writer changed the store reads the array's
     /// state now if it has the dtype and shape this store describes, else fails with
-    /// [`ErrorKind::Busy`] (see [`NumPack::read_state`]); either way it is one committed
-    /// state of the array, kept for every later view.
+    /// [`ErrorKind::Busy`] (docs/guarantees.md, "What readers and writers see"); either
+    /// way it is one committed state of the array, kept for every later view.
     pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
         // Loading opens (and so checks) the data files.
         let a = self.get_listed(name)?;
@@ -365,7 +371,7 @@ impl NumPack {
                 let d = Box::new(self.read_state(a, |s, b| s.load_data(b))?);
                 if d.as_slice().len() as u64 != logical_len(a) {
                     // Not reached: the same dtype and shape have as many bytes.
-                    return Err(super::generation::state_gone(&self.dir).array(&a.record.name));
+                    return Err(generation::state_gone(&self.dir).array(&a.record.name));
                 }
                 // Another thread may have won the race; either value is the same bytes.
                 let _ = a.data.set(d);
@@ -395,9 +401,15 @@ impl NumPack {
         a: &Array,
         read: impl Fn(&NumPack, &Array) -> Result<T>,
     ) -> Result<T> {
-        match read(self, a) {
-            Err(e) if generation::is_changed_under(&e) => {}
-            done => return done,
+        // Once the store changed, this state stays gone (until the handle's own next change):
+        // no first try through it.
+        if !self.changed.load(Ordering::Relaxed) {
+            match read(self, a) {
+                Err(e) if generation::is_changed_under(&e) => {
+                    self.changed.store(true, Ordering::Relaxed);
+                }
+                done => return done,
+            }
         }
         let name = &a.record.name;
         for _ in 0..READ_TRIES {
