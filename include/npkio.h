@@ -736,9 +736,11 @@ const char *npkio_status_name(uint32_t status);
  * Opens an existing NumPack directory, validating its metadata and every data file (an
  * array whose files are damaged fails with its own error when read; the others read).
  *
- * The handle reads one committed state of the store: once another writer has changed the
- * store, reading an array not read before fails with `NPKIO_STATUS_BUSY` (open it again),
- * never with the new bytes under the old dtype and shape.
+ * The handle reads one committed state of each array: once another writer has changed the
+ * store, reading an array not read before reads it as the store is now if its dtype and
+ * shape are still those the handle describes, and fails with `NPKIO_STATUS_BUSY` if not
+ * (open it again then), never with the new bytes under the old dtype and shape. Changes
+ * through the handle fail with `NPKIO_STATUS_BUSY` after any change by another writer.
  *
  * On success `*out` receives a new handle; the caller frees it with `npkio_numpack_free`
  * (or `npkio_numpack_close`).

@@ -2,7 +2,9 @@
 //! whose `RLIMIT_NOFILE` is 64, soft and hard (so npkio cannot raise it): import, metadata,
 //! iteration and the loader all succeed, byte-identical to the same reads without the limit;
 //! so does the loader over the imported store (300 data files).
-//! And a shard replaced while a checkpoint is open is an error naming it.
+//! And a shard replaced while a checkpoint is open is an error naming it; a data file of a
+//! store replaced by another writer after the loader opened it is `Busy` for that array
+//! alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -184,5 +186,47 @@ fn a_shard_replaced_after_opening_is_an_error_naming_it() {
     assert_eq!(err.kind(), ErrorKind::Malformed, "{err}");
     assert_eq!(err.path(), Some(shard.as_path()), "{err}");
     assert!(err.message().contains("changed while being read"), "{err}");
+    assert!(buf.iter().all(|&b| b == 0), "nothing written");
+}
+
+#[test]
+fn a_loader_over_a_store_of_many_files_reads_arrays_left_alone_and_is_busy_for_replaced_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npk = tmp.path().join("s.npk");
+    let ts = tensors();
+    let inputs: Vec<ArrayInput<'_>> = ts
+        .iter()
+        .map(|(name, bytes)| ArrayInput {
+            name,
+            dtype: DType::F32,
+            shape: &[16],
+            data: bytes,
+        })
+        .collect();
+    npkio::from_safetensors(&inputs, &npk, true).unwrap();
+    // 300 data files, more than the loader keeps open: each load opens them again.
+    let loader = Loader::open(&npk).unwrap();
+    let (replaced, alone) = (&ts[3], &ts[4]);
+    let mut other = NumPack::open(&npk).unwrap();
+    let new = [7u8; 64];
+    other
+        .save(&[ArrayInput {
+            name: &replaced.0,
+            dtype: DType::F32,
+            shape: &[16],
+            data: &new,
+        }])
+        .unwrap();
+    let load = |name: &str, buf: &mut [u8]| {
+        let req = [Request::new(name)];
+        loader.load(&req, &mut [buf], &LoadOptions::default())
+    };
+    let mut buf = [0u8; 64];
+    load(&alone.0, &mut buf).unwrap();
+    assert_eq!(buf, alone.1[..], "an array the change left alone");
+    let mut buf = [0u8; 64];
+    let err = load(&replaced.0, &mut buf).expect_err("its file was replaced");
+    assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+    assert!(err.message().contains("open the loader again"), "{err}");
     assert!(buf.iter().all(|&b| b == 0), "nothing written");
 }

@@ -77,18 +77,156 @@ fn store_with(dir: &Path, names: &[&str]) {
 }
 
 #[test]
-fn a_handle_reads_an_array_replaced_since_it_opened_as_before_or_busy() {
+fn a_handle_reads_an_array_another_writer_did_not_touch() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("s.npk");
-    store_with(&dir, &["x"]);
-    let reader = NumPack::open(&dir).unwrap();
-    // Replaced: its new data moves back to the plain file name the reader's metadata names.
+    store_with(&dir, &["x", "y", "z"]);
+    let mut reader = NumPack::open(&dir).unwrap();
     let mut writer = NumPack::open(&dir).unwrap();
+    save_generation(&mut writer, "y", 1).unwrap();
+    // x is as the reader opened it: read, described and handed out as a file.
+    assert_eq!(read_generation(&reader, "x").unwrap(), 0);
+    assert_eq!(reader.info("z").unwrap().dtype, DType::F32);
+    let (file, len) = reader
+        .plain_data_file("z")
+        .unwrap()
+        .expect("one plain file");
+    assert_eq!(len, 400);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut bytes).unwrap();
+    assert_eq!(which_generation(DType::F32, &[100], &bytes), Some(0));
+    // y's state as the reader describes it (float32) is gone.
+    let e = read_generation(&reader, "y").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    // Still a change the reader did not see: its own change is refused.
+    let e = save_generation(&mut reader, "z", 2).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    let now = NumPack::open(&dir).unwrap();
+    assert_eq!(read_generation(&now, "y").unwrap(), 1);
+    assert_eq!(read_generation(&now, "z").unwrap(), 0);
+}
+
+#[test]
+fn a_handle_whose_array_changed_dtype_or_is_gone_gets_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x", "w"]);
+    let reader = NumPack::open(&dir).unwrap();
+    let mut writer = NumPack::open(&dir).unwrap();
+    // Replaced as int32 of the same byte length, its data moved back to the plain file
+    // name the reader's metadata names: never the new bytes as float32.
     save_generation(&mut writer, "x", 1).unwrap();
-    match read_generation(&reader, "x") {
-        Ok(k) => assert_eq!(k, 0),
-        Err(e) => assert_eq!(e.kind(), ErrorKind::Busy, "{e}"),
+    writer.delete("w").unwrap();
+    for name in ["x", "w"] {
+        let e = read_generation(&reader, name).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy, "{name}: {e}");
+        let e = reader.info(name).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy, "{name}: {e}");
     }
+    // Of another shape, with the same dtype: gone too.
+    let reader = NumPack::open(&dir).unwrap();
+    let data = 3i32.to_le_bytes().repeat(50);
+    let half = ArrayInput {
+        name: "x",
+        dtype: DType::I32,
+        shape: &[50],
+        data: &data,
+    };
+    writer.save(&[half]).unwrap();
+    let e = read_generation(&reader, "x").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+}
+
+#[test]
+fn a_handle_reads_an_array_rewritten_with_its_dtype_and_shape_as_one_whole_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x", "y", "z"]);
+    let reader = NumPack::open(&dir).unwrap();
+    let mut writer = NumPack::open(&dir).unwrap();
+    // float32 again: the same dtype and shape, other values. The old state's files are
+    // gone; the new one is read whole.
+    save_generation(&mut writer, "x", 2).unwrap();
+    assert_eq!(read_generation(&reader, "x").unwrap(), 2);
+    // Changed again while the reader reads the store as it is now, once right after
+    // reading the newer metadata, once after opening the data file it names: each time
+    // it reads the store again, and the state it returns is one whole generation.
+    // (A view is kept by the handle: one array each time.)
+    for (name, k, point) in [
+        ("y", 4, "numpack-open:metadata-read"),
+        ("z", 6, "numpack-read:data-opened"),
+    ] {
+        save_generation(&mut NumPack::open(&dir).unwrap(), name, k).unwrap();
+        let fired = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (d, count) = (dir.clone(), fired.clone());
+        hooks::set(Some(Box::new(move |p| {
+            // (The reader knows its own state is gone: every opening is of the newer one.)
+            if p == point && count.fetch_add(1, Ordering::SeqCst) == 0 {
+                let mut other = NumPack::open(&d).unwrap();
+                save_generation(&mut other, name, k + 2).unwrap();
+            }
+        })));
+        let got = read_generation(&reader, name);
+        hooks::set(None);
+        assert!(fired.load(Ordering::SeqCst) > 1, "{point}: the hook ran");
+        assert_eq!(got.unwrap(), k + 2, "{point}");
+    }
+    // A store that changes at every try: Busy after a few, then read once it stops.
+    let reader = NumPack::open(&dir).unwrap();
+    save_generation(&mut NumPack::open(&dir).unwrap(), "x", 10).unwrap();
+    let (d, next) = (dir.clone(), Arc::new(std::sync::atomic::AtomicU32::new(12)));
+    hooks::set(Some(Box::new(move |p| {
+        if p == "numpack-open:metadata-read" {
+            let mut other = NumPack::open(&d).unwrap();
+            save_generation(&mut other, "x", next.fetch_add(2, Ordering::SeqCst)).unwrap();
+        }
+    })));
+    let e = read_generation(&reader, "x").unwrap_err();
+    hooks::set(None);
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    let k = read_generation(&reader, "x").unwrap();
+    assert!(k >= 12 && k % 2 == 0, "{k}");
+}
+
+#[test]
+fn an_export_or_a_loader_opened_as_the_store_changes_starts_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s.npk");
+    store_with(&dir, &["x", "y"]);
+    let out = tmp.path().join("out.safetensors");
+    // Right after the store is opened, before any data file is: x becomes int32.
+    let change_x_once = |k: u32| {
+        let (d, done) = (dir.clone(), Arc::new(AtomicBool::new(false)));
+        let flag = done.clone();
+        hooks::set(Some(Box::new(move |p| {
+            if p == "numpack:opened" && !flag.swap(true, Ordering::SeqCst) {
+                let mut other = NumPack::open(&d).unwrap();
+                save_generation(&mut other, "x", k).unwrap();
+            }
+        })));
+        done
+    };
+    let done = change_x_once(1);
+    let exported = npkio::to_safetensors_file(&dir, &out, None::<&[&str]>, None, 1 << 20);
+    hooks::set(None);
+    assert!(done.load(Ordering::SeqCst), "the hook ran");
+    exported.unwrap();
+    let f = npkio::SafeTensorsFile::open(&out).unwrap();
+    let x = f.get("x").unwrap();
+    assert_eq!(which_generation(x.dtype, x.shape, x.data), Some(1));
+    let done = change_x_once(3);
+    let loader = npkio::load::Loader::open(&dir);
+    hooks::set(None);
+    assert!(done.load(Ordering::SeqCst), "the hook ran");
+    let loader = loader.unwrap();
+    let x = loader.tensor("x").unwrap();
+    assert_eq!(x.dtype, DType::I32);
+    let mut buf = vec![0u8; 400];
+    let req = [npkio::load::Request::new("x")];
+    loader
+        .load(&req, &mut [&mut buf[..]], &Default::default())
+        .unwrap();
+    assert_eq!(which_generation(DType::I32, &[100], &buf), Some(3));
 }
 
 #[test]
@@ -152,7 +290,8 @@ fn a_handle_opened_while_another_writer_commits_does_not_undo_that_change() {
 
 const WRITER_CHILD: &str = "NPKIO_STORE_WRITER_CHILD";
 
-/// The writer of the stress run, in a process of its own: replaces `x` and `y` 150 times.
+/// The writer of the stress run, in a process of its own: replaces `x` and `y` 150 times
+/// (float32 and int32 in turn) and `z` with them (float32 always); `w` stays as it is.
 #[test]
 fn writer_child_entry() {
     let Ok(dir) = std::env::var(WRITER_CHILD) else {
@@ -161,9 +300,30 @@ fn writer_child_entry() {
     let mut np = NumPack::open(&dir).unwrap();
     for k in 1..=150 {
         save_generation(&mut np, "x", k).unwrap();
-        save_generation(&mut np, "y", k).unwrap();
+        let (y, z) = (generation(k), generation(2 * k));
+        np.save(&[
+            ArrayInput {
+                name: "y",
+                dtype: y.0,
+                shape: &[100],
+                data: &y.1,
+            },
+            ArrayInput {
+                name: "z",
+                dtype: z.0,
+                shape: &[100],
+                data: &z.1,
+            },
+        ])
+        .unwrap();
     }
     println!("WRITER done");
+}
+
+/// Whether `e` is the `Busy` of a read that found the store changing at every try, rather
+/// than the array's state gone.
+fn kept_changing(e: &npkio::Error) -> bool {
+    e.kind() == ErrorKind::Busy && e.message().contains("kept changing")
 }
 
 #[test]
@@ -173,7 +333,7 @@ fn readers_see_whole_generations_while_another_process_keeps_replacing_arrays() 
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("s.npk");
-    store_with(&dir, &["x", "y"]);
+    store_with(&dir, &["x", "y", "z", "w"]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (dir, stop) = (dir.clone(), stop.clone());
@@ -197,8 +357,11 @@ fn readers_see_whole_generations_while_another_process_keeps_replacing_arrays() 
         .map(|_| {
             let (dir, stop) = (dir.clone(), stop.clone());
             std::thread::spawn(move || {
-                let (mut good, mut busy, mut exports) = (0u32, 0u32, 0u32);
+                let (mut good, mut busy, mut changing, mut exports) = (0u32, 0u32, 0u32, 0u32);
                 let out_dir = tempfile::tempdir().unwrap();
+                // Each handle is read a round after it opened, when the writer has most
+                // likely changed the store since.
+                let mut earlier: Option<NumPack> = None;
                 while !stop.load(Ordering::SeqCst) {
                     let np = match NumPack::open(&dir) {
                         Ok(np) => np,
@@ -208,10 +371,26 @@ fn readers_see_whole_generations_while_another_process_keeps_replacing_arrays() 
                         }
                         Err(e) => panic!("open: {e}"),
                     };
-                    for name in ["x", "y"] {
+                    let Some(np) = earlier.replace(np) else {
+                        continue;
+                    };
+                    for name in ["x", "y", "z", "w"] {
                         match read_generation(&np, name) {
-                            Ok(_) => good += 1,
-                            Err(e) if e.kind() == ErrorKind::Busy => busy += 1,
+                            Ok(k) => {
+                                // z keeps its dtype and shape, w is never changed.
+                                match name {
+                                    "z" => assert_eq!(k % 2, 0, "{name}"),
+                                    "w" => assert_eq!(k, 0, "{name}"),
+                                    _ => {}
+                                }
+                                good += 1;
+                            }
+                            Err(e) if kept_changing(&e) => changing += 1,
+                            // The state read is gone: only of an array whose dtype changes.
+                            Err(e) if e.kind() == ErrorKind::Busy => {
+                                assert!(name == "x" || name == "y", "{name}: {e}");
+                                busy += 1;
+                            }
                             Err(e) => panic!("reading {name}: {e}"),
                         }
                     }
@@ -223,7 +402,7 @@ fn readers_see_whole_generations_while_another_process_keeps_replacing_arrays() 
                         {
                             Ok(()) => {
                                 let f = npkio::SafeTensorsFile::open(&out).unwrap();
-                                for name in ["x", "y"] {
+                                for name in ["x", "y", "z", "w"] {
                                     let v = f.get(name).unwrap();
                                     assert!(
                                         which_generation(v.dtype, v.shape, v.data).is_some(),
@@ -233,19 +412,24 @@ fn readers_see_whole_generations_while_another_process_keeps_replacing_arrays() 
                                 }
                                 good += 1;
                             }
-                            Err(e) if e.kind() == ErrorKind::Busy => busy += 1,
+                            // Started again from a fresh open a few times, the store
+                            // changing under every one.
+                            Err(e) if e.kind() == ErrorKind::Busy => changing += 1,
                             Err(e) => panic!("exporting: {e}"),
                         }
                     }
                 }
-                (good, busy)
+                (good, busy, changing)
             })
         })
         .collect();
     writer.join().unwrap();
     for r in readers {
-        let (good, busy) = r.join().unwrap();
-        eprintln!("reads: {good} whole, {busy} busy");
+        let (good, busy, changing) = r.join().unwrap();
+        eprintln!(
+            "reads: {good} whole, {busy} busy (the dtype changed), {changing} busy (kept \
+             changing)"
+        );
     }
     let np = NumPack::open(&dir).unwrap();
     assert_eq!(read_generation(&np, "x").unwrap(), 150);

@@ -68,7 +68,12 @@ class NumPack:
     directory as before. A change holds the lock conversions into the directory hold, and
     raises :class:`FileNotFoundError` (``NpkioFileNotFoundError``) if a conversion
     replaced the directory since it was opened, or :class:`BlockingIOError`
-    (``NpkioBusyError``) if another writer changed it since; reopen it then.
+    (``NpkioBusyError``) if another writer changed it since; reopen it then. Reading an
+    array (:meth:`load`, :meth:`getitem`, ``[]``) after another writer changed the store
+    reads it as it is now if its dtype and shape are still those this object describes (an
+    array the change did not touch, or one rewritten with its dtype and shape: one whole
+    state of it, never a mix); if they are not, or the array is gone, it raises
+    :class:`BlockingIOError` (``NpkioBusyError``): reopen it then.
 
     Methods may be called from several threads; calls on one object run one at a time.
 

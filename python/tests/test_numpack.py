@@ -207,3 +207,36 @@ def test_threads_share_one_numpack(tmp_path):
             t.join()
         assert not errors
         assert npk.get_member_list() == ["t0", "t1", "t2", "t3"]
+
+
+def test_a_handle_reads_arrays_another_handle_left_as_they_were(tmp_path):
+    path = tmp_path / "m.npk"
+    x = np.arange(100, dtype=np.float32)
+    with NumPack(path) as npk:
+        npk.save({"x": x, "y": np.ones(100, dtype=np.int32), "z": np.ones(8, dtype=np.float32)})
+        npk.save({"v": np.ones(3, dtype=np.int64)})
+    reader = NumPack(path)
+    v = reader.load("v")
+    with NumPack(path) as other:
+        other.save({"y": np.zeros(100, dtype=np.float32)})  # another dtype
+        other.save({"z": np.full(8, 2, dtype=np.float32)})  # the same dtype and shape
+        other.save({"v": np.zeros(5, dtype=np.float64)})
+    # v was loaded before: its bytes and description stay.
+    np.testing.assert_array_equal(v, np.ones(3, dtype=np.int64))
+    assert reader.get_shape("v") == (3,)
+    # x is as the reader opened it; z keeps the dtype and shape the reader describes: its
+    # new values, whole.
+    np.testing.assert_array_equal(reader.load("x"), x)
+    np.testing.assert_array_equal(reader.load("z"), np.full(8, 2, dtype=np.float32))
+    # y is no longer the int32 array the reader describes.
+    with pytest.raises(npkio.NpkioBusyError, match="reopen"):
+        reader.load("y")
+    with pytest.raises(npkio.NpkioBusyError):
+        reader.get_shape("y")
+    assert reader.get_shape("x") == (100,)
+    # A change through the reader would overwrite one it did not see.
+    with pytest.raises(npkio.NpkioBusyError):
+        reader.save({"w": x})
+    reader.close()
+    with NumPack(path) as again:
+        np.testing.assert_array_equal(again.load("y"), np.zeros(100, dtype=np.float32))

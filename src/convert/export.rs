@@ -51,10 +51,25 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
     let copy_opts = opts.check()?;
     let output = output_path.as_ref();
     refuse_overlap(&[input_path.as_ref()], output)?;
-    let store = NumPack::open(input_path.as_ref())?;
-    let names = select_arrays(&store, array_names)?;
+    // Read from one committed state of the store: a writer committing under the export
+    // (after the open, before a data file is opened) makes it start again.
+    NumPack::open_with(input_path.as_ref(), |store| {
+        export_store(&store, output, array_names, metadata, &copy_opts, opts)
+    })
+}
+
+/// [`to_safetensors_file_with`] from the store opened.
+fn export_store<S: AsRef<str>>(
+    store: &NumPack,
+    output: &Path,
+    array_names: Option<&[S]>,
+    metadata: Option<&[(String, String)]>,
+    copy_opts: &CopyOptions,
+    opts: &Options,
+) -> Result<()> {
+    let names = select_arrays(store, array_names)?;
     if let Some(limit) = opts.max_shard_size {
-        return export_sharded(&store, names, metadata, limit, output, opts);
+        return export_sharded(store, names, metadata, limit, output, opts);
     }
     if output.as_os_str().as_encoded_bytes().ends_with(b"/") {
         return Err(Error::new(
@@ -68,7 +83,7 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
         Some(m) => Some(m.to_vec()),
         None => store.safetensors_metadata().map(<[_]>::to_vec),
     };
-    let plan = plan_for(&store, &names, st_meta.as_deref(), store.source_header())?;
+    let plan = plan_for(store, &names, st_meta.as_deref(), store.source_header())?;
     // Whether the output exists is decided under the lock, which orders the writers.
     let _lock = publish::lock_output(output, opts.wait_for_lock)?;
     if fs::metadata(output).is_ok_and(|m| m.is_dir()) {
@@ -93,7 +108,7 @@ pub fn to_safetensors_file_with<S: AsRef<str>>(
         names: &names,
         plan: &plan,
     }];
-    copy_arrays(&store, &dests, &copy_opts, opts)?;
+    copy_arrays(store, &dests, copy_opts, opts)?;
     publish::publish_file(tmp, output, opts.durable)
 }
 

@@ -64,14 +64,31 @@ pub(crate) struct SourceFile {
     pub(crate) file: Option<File>,
     /// How to open the file again, checking that it is the file validated.
     pub(crate) reopen: Option<Reopener>,
+    /// Whether it is a data file of a NumPack store (which other writers change by
+    /// replacing files, never in place).
+    pub(crate) of_store: bool,
 }
 
 impl SourceFile {
-    /// The file opened now: the one kept, or a new descriptor of the file validated.
+    /// The file opened now: the one kept, or a new descriptor of the file validated. A data
+    /// file of a store that is no longer the file validated (or is gone) was replaced by
+    /// another writer's change: the state the loader opened is gone, a `Busy` error.
     pub(crate) fn open_now(&self) -> Result<Option<File>> {
         match (&self.file, &self.reopen) {
             (Some(_), _) | (None, None) => Ok(None),
-            (None, Some(r)) => r.open().map(Some),
+            (None, Some(r)) => r.open().map(Some).map_err(|e| match e.kind() {
+                ErrorKind::Malformed | ErrorKind::NotFound if self.of_store => Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "another writer changed the store since the loader opened it, and \
+                         the array's state the loader read is gone ({}); open the loader \
+                         again",
+                        e.message()
+                    ),
+                )
+                .at(&self.path),
+                _ => e,
+            }),
         }
     }
 }
@@ -127,6 +144,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
             path: s.path().to_path_buf(),
             file: if keep { Some(s.reopen()?) } else { None },
             reopen: Some(s.reopener()),
+            of_store: false,
         });
     }
     let container = if ck.is_sharded() {
@@ -170,7 +188,13 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
 }
 
 fn open_numpack(dir: &Path) -> Result<Opened> {
-    let store = NumPack::open(dir)?;
+    // The data files are opened here: a writer committing after the store is opened, before
+    // they are, makes it start again (the files may hold the newer state).
+    NumPack::open_with(dir, |store| open_store(dir, &store))
+}
+
+/// [`open_numpack`] of the store opened.
+fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
     // Data files are kept open when they fit in half the open-file budget (as a checkpoint's
     // shards are); more are checked here, closed, and opened a window at a time by each
     // load, so that no number of arrays runs the process out of descriptors.
@@ -231,6 +255,7 @@ fn open_numpack(dir: &Path) -> Result<Opened> {
                         path,
                         file: reopen.is_none().then_some(file),
                         reopen,
+                        of_store: true,
                     });
                     opened[fi] = Some(files.len() - 1);
                     files.len() - 1

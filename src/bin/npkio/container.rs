@@ -155,7 +155,12 @@ impl Container {
     }
 
     fn open_numpack(path: &Path) -> Result<Container> {
-        let store = NumPack::open(path)?;
+        // One committed state: a store changed under the reading starts it again.
+        NumPack::open_with(path, |store| Container::of_store(path, &store))
+    }
+
+    /// [`Container::open_numpack`] of the store opened.
+    fn of_store(path: &Path, store: &NumPack) -> Result<Container> {
         let mut entries = Vec::with_capacity(store.len());
         for name in store.names() {
             let info = store.info(name)?;

@@ -216,15 +216,44 @@ impl Writer {
     }
 }
 
+/// The message of a read through a store another writer changed since it was opened,
+/// whose file (as named by the metadata it read) may hold the newer state.
+const CHANGED_UNDER: &str = "another writer changed the store since it was opened, and the \
+     array's files may now hold its new state; reopen the store";
+
+/// The message of a read of an array whose state as the store describes it (its dtype and
+/// shape) no longer exists: another writer changed it or removed it.
+const STATE_GONE: &str = "another writer changed the store since it was opened, and the \
+     array is no longer the dtype and shape this store describes (or is gone); reopen the \
+     store";
+
+/// The message of a read through a store another writer changed since it was opened, that
+/// could not read the array as the store is now because it kept changing.
+const KEPT_CHANGING: &str = "another writer changed the store since it was opened, and kept \
+     changing it while the array was read as it is now; reopen the store";
+
+/// The error of a read that found the store changing at every try (see
+/// `NumPack::read_state`).
+pub(super) fn kept_changing(dir: &Path) -> Error {
+    Error::new(ErrorKind::Busy, KEPT_CHANGING).at(dir)
+}
+
 /// The error of a read through a store whose state is gone: another writer changed it
 /// since it was opened, and the file the read needs may hold the newer state.
 pub(super) fn changed_under(dir: &Path) -> Error {
-    Error::new(
-        ErrorKind::Busy,
-        "another writer changed the store since it was opened, and the array's files may \
-         now hold its new state; reopen the store",
-    )
-    .at(dir)
+    Error::new(ErrorKind::Busy, CHANGED_UNDER).at(dir)
+}
+
+/// The error of a read of an array whose state as the store describes it is gone (see
+/// `NumPack::read_state`).
+pub(super) fn state_gone(dir: &Path) -> Error {
+    Error::new(ErrorKind::Busy, STATE_GONE).at(dir)
+}
+
+/// Whether `e` is the error of a read through a store that another writer changed since it
+/// was opened ([`changed_under`], [`state_gone`], [`kept_changing`]): a fresh open of the store reads it.
+pub(crate) fn is_changed_under(e: &Error) -> bool {
+    e.kind() == ErrorKind::Busy && [CHANGED_UNDER, STATE_GONE, KEPT_CHANGING].contains(&e.message())
 }
 
 /// Whether `path` is a regular file (not followed if a link) owned by this process's user.
@@ -368,6 +397,9 @@ impl NumPack {
         self.remove_leftovers();
         let result = f(self);
         self.writer.refresh(&self.dir);
+        // The store reads what it wrote: a newer state kept for reads is not needed now.
+        *self.newer.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.changed.get_mut() = false;
         result
     }
 

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use memmap2::Mmap;
 
@@ -187,10 +187,12 @@ struct Fault {
 /// changing anything if the directory was replaced since it was opened or another writer
 /// changed it since; reopen the store then.
 ///
-/// A store reads one committed state: opening reads again if a writer committed meanwhile,
-/// and once another writer has changed the store, reading an array whose files were not
-/// opened yet fails with [`ErrorKind::Busy`](crate::ErrorKind::Busy) rather than return
-/// bytes of the new state under the old dtype and shape (see `generation`).
+/// A store reads one committed state of each array: opening reads again if a writer
+/// committed meanwhile. Once another writer has changed the store, reading an array whose
+/// files were not opened yet reads it as the store is now if it still has the dtype and
+/// shape this store describes, and fails with [`ErrorKind::Busy`](crate::ErrorKind::Busy)
+/// if not (rather than return bytes of the new state under the old dtype and shape); see
+/// `NumPack::read_state` in `query`.
 pub struct NumPack {
     dir: PathBuf,
     /// The directory, opened once (`O_PATH`): data files are opened relative to it.
@@ -213,6 +215,12 @@ pub struct NumPack {
     opened_at: std::time::SystemTime,
     /// The directory this store was opened on, and its metadata files as last seen.
     writer: generation::Writer,
+    /// The store as another writer left it, read once after it changed: what reads fall
+    /// back to (`NumPack::read_state`) while it is current.
+    newer: Mutex<Option<Arc<NumPack>>>,
+    /// Whether a read found that another writer changed the store since this store last
+    /// read or wrote its metadata (the state it describes is not current).
+    changed: AtomicBool,
 }
 
 impl std::fmt::Debug for NumPack {

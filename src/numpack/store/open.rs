@@ -58,7 +58,10 @@ impl NumPack {
                 .ok()
                 .map(|m| (m.ino(), m.ctime_nsec(), m.ctime()));
             match NumPack::open_once(dir) {
-                Ok(store) if store.writer.is_current(&store.root) => return Ok(store),
+                Ok(store) if store.writer.is_current(&store.root) => {
+                    crate::hook::at("numpack:opened");
+                    return Ok(store);
+                }
                 Err(e) => {
                     let now = fs::symlink_metadata(&meta_path)
                         .ok()
@@ -84,7 +87,6 @@ impl NumPack {
     /// One try of [`NumPack::open`]: the store as read, which may mix two states if
     /// another writer committed meanwhile (the caller checks).
     fn open_once(dir: &Path) -> Result<NumPack> {
-        let meta_path = dir.join(metadata::FILE_NAME);
         let md = fs::metadata(dir).ctx(dir, "opening NumPack directory")?;
         if !md.is_dir() {
             return Err(Error::new(
@@ -93,7 +95,14 @@ impl NumPack {
             )
             .at(dir));
         }
-        let root = dir_handle(dir)?;
+        NumPack::open_in(dir, dir_handle(dir)?)
+    }
+
+    /// [`NumPack::open_once`] of the directory `root` (opened from `dir`, the path kept for
+    /// messages): the store a handle's directory holds now, even if the path was since
+    /// given to another directory.
+    pub(super) fn open_in(dir: &Path, root: OwnedFd) -> Result<NumPack> {
+        let meta_path = dir.join(metadata::FILE_NAME);
         let opened = open_member(&root, dir, metadata::FILE_NAME, "metadata", false)?;
         // The version read, by its descriptor: later reads check it is still current.
         let meta_held = Held::of(&opened.file).ctx(&meta_path, "inspecting")?;
@@ -208,6 +217,8 @@ impl NumPack {
             last_stamp: 0,
             opened_at: std::time::SystemTime::now(),
             writer: Writer::observe(dir),
+            newer: Default::default(),
+            changed: AtomicBool::new(false),
         };
         store.write_metadata()?;
         Ok(store)
@@ -277,6 +288,8 @@ impl NumPack {
             last_stamp,
             opened_at,
             writer: Writer::of_files(dir, None, None),
+            newer: Default::default(),
+            changed: AtomicBool::new(false),
         })
     }
 

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use memmap2::MmapOptions;
 
@@ -18,7 +19,14 @@ use crate::view::TensorView;
 use super::layout::{
     bitmap_path, data_files_of, is_zero_copy, logical_len, physical_rows, Storage,
 };
-use super::{Array, Data, NumPack};
+use super::{generation, Array, Data, NumPack};
+
+/// How many times a read through a store that another writer changed reads the store
+/// as it is now, while it keeps changing (see [`NumPack::read_state`]).
+const READ_TRIES: u32 = 8;
+
+/// How many times [`NumPack::open_with`] runs a job on a fresh open of the store.
+const JOB_TRIES: u32 = 5;
 
 /// Describes one array of a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,12 +189,13 @@ impl NumPack {
         let shown = rel.to_string_lossy();
         let listed = a.listed_regular && !segmented;
         let opened = open_below(&self.root, &self.dir, rel, &shown, what, listed);
+        crate::hook::at("numpack-read:data-opened");
         // Opened by name after the metadata was read: it holds the state this store read
         // only if that metadata is still the current one (while it is, no writer changes a
         // file it names). If not, the state read is gone: a typed error, not the new bytes
         // under the old dtype and shape, nor a file of the old state reported missing.
         if !self.writer.is_current(&self.root) {
-            return Err(super::generation::changed_under(&self.dir).array(name));
+            return Err(generation::changed_under(&self.dir).array(name));
         }
         let (file, len) =
             opened.map_err(|e| super::open::missing_is_malformed(e, &self.dir).array(name))?;
@@ -270,8 +279,15 @@ impl NumPack {
 
     /// Describes an array. Its data files are checked (once) as a read would check them, so
     /// that a damaged array fails here too.
+    ///
+    /// After another writer changed the store, the array is checked as a view would read
+    /// it (`Busy` if its dtype or shape changed, or it is gone), unless it was viewed
+    /// before: the store holds its bytes then.
     pub fn info(&self, name: &str) -> Result<ArrayInfo> {
-        self.verify(self.get_listed(name)?)?;
+        let a = self.get_listed(name)?;
+        if a.data.get().is_none() {
+            self.read_state(a, |s, b| s.verify(b))?;
+        }
         self.describe(name)
     }
 
@@ -321,12 +337,17 @@ impl NumPack {
     /// whole file as stored: one file, no dropped rows, at least one byte. `None` otherwise
     /// (segments, dropped rows, no bytes), when a view gathers them instead. For a private,
     /// copy-on-write mapping of the array: it shows the file the store checked.
+    ///
+    /// After another writer changed the store, it is the file of the array's state now, as
+    /// [`NumPack::view`] reads it.
     pub fn plain_data_file(&self, name: &str) -> Result<Option<(File, u64)>> {
         let a = self.get_listed(name)?;
-        if logical_len(a) == 0 || !matches!((&a.storage, &a.bitmap), (Storage::Plain, None)) {
-            return Ok(None);
-        }
-        Ok(Some((self.open_data(a, 0)?, a.record.size_bytes)))
+        self.read_state(a, |s, b| {
+            if logical_len(b) == 0 || !matches!((&b.storage, &b.bitmap), (Storage::Plain, None)) {
+                return Ok(None);
+            }
+            Ok(Some((s.open_data(b, 0)?, b.record.size_bytes)))
+        })
     }
 
     /// A view of an array's logical bytes. It borrows the mapped data file when the array is
@@ -336,13 +357,22 @@ impl NumPack {
     /// A mapping reflects the file: if another process truncates a data file while it is
     /// mapped, touching the missing pages raises SIGBUS. npkio never truncates a file it has
     /// published; replacing an array writes a new file.
+    ///
+    /// The first view of an array after another writer changed the store reads the array's
+    /// state now if it has the dtype and shape this store describes, else fails with
+    /// [`ErrorKind::Busy`] (docs/guarantees.md, "What readers and writers see"); either
+    /// way it is one committed state of the array, kept for every later view.
     pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
         // Loading opens (and so checks) the data files.
         let a = self.get_listed(name)?;
         let data = match a.data.get() {
             Some(d) => d,
             None => {
-                let d = Box::new(self.load_data(a)?);
+                let d = Box::new(self.read_state(a, |s, b| s.load_data(b))?);
+                if d.as_slice().len() as u64 != logical_len(a) {
+                    // Not reached: the same dtype and shape have as many bytes.
+                    return Err(generation::state_gone(&self.dir).array(&a.record.name));
+                }
                 // Another thread may have won the race; either value is the same bytes.
                 let _ = a.data.set(d);
                 a.data.get().expect("just set")
@@ -355,6 +385,99 @@ impl NumPack {
             data: data.as_slice(),
             borrowed: !matches!(**data, Data::Owned(_)),
         })
+    }
+
+    /// Reads the array `a` of this store with `read`. If another writer changed the store
+    /// since it was opened (`read` fails as [`generation::changed_under`] says), `read` is
+    /// given the array as the store is now instead, if it has `a`'s dtype and logical shape:
+    /// its bytes are then its state now, one committed state of it with the dtype and shape
+    /// this store describes. If it does not, or is gone, the state this store opened is
+    /// gone: [`ErrorKind::Busy`]. The store as it is now is read once a change, and kept
+    /// while it is current (`NumPack::newer_state`); `read` checks that it still is once
+    /// it opened the files it needs, and on a change it is read again, a few times at most
+    /// (then `Busy` too, saying the store kept changing).
+    pub(super) fn read_state<T>(
+        &self,
+        a: &Array,
+        read: impl Fn(&NumPack, &Array) -> Result<T>,
+    ) -> Result<T> {
+        // Once the store changed, this state stays gone (until the handle's own next change):
+        // no first try through it.
+        if !self.changed.load(Ordering::Relaxed) {
+            match read(self, a) {
+                Err(e) if generation::is_changed_under(&e) => {
+                    self.changed.store(true, Ordering::Relaxed);
+                }
+                done => return done,
+            }
+        }
+        let name = &a.record.name;
+        for _ in 0..READ_TRIES {
+            let now = self.newer_state().map_err(|e| e.array(name))?;
+            let b = match now.get_listed(name) {
+                Ok(b) if b.dtype == a.dtype && b.logical_shape() == a.logical_shape() => b,
+                _ => return Err(generation::state_gone(&self.dir).array(name)),
+            };
+            match read(&now, b) {
+                Err(e) if generation::is_changed_under(&e) => {}
+                done => return done,
+            }
+        }
+        Err(generation::kept_changing(&self.dir).array(name))
+    }
+
+    /// The store as it is now in this store's directory (the directory opened, wherever
+    /// its path leads now): the one read last while it is current, else read again. Fails
+    /// with `Busy` when it cannot be read (the state opened is gone) or keeps changing.
+    fn newer_state(&self) -> Result<Arc<NumPack>> {
+        let mut kept = self.newer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(now) = kept.as_ref().filter(|n| n.writer.is_current(&n.root)) {
+            return Ok(Arc::clone(now));
+        }
+        *kept = None;
+        let mut changing = false;
+        for _ in 0..READ_TRIES {
+            let root = self
+                .root
+                .try_clone()
+                .ctx(&self.dir, "duplicating the handle of")?;
+            // An error of a state being replaced meanwhile (a file of it removed) may be
+            // gone on the next try, as in `NumPack::open`.
+            if let Ok(now) = NumPack::open_in(&self.dir, root) {
+                if now.writer.is_current(&now.root) {
+                    let now = Arc::new(now);
+                    *kept = Some(Arc::clone(&now));
+                    return Ok(now);
+                }
+                changing = true;
+            }
+        }
+        Err(if changing {
+            generation::kept_changing(&self.dir)
+        } else {
+            generation::state_gone(&self.dir)
+        })
+    }
+
+    /// Opens the store at `path` and runs `job` on it; if `job` fails because another
+    /// writer changed the store under it (the state it opened is gone), opens the store
+    /// again and runs `job` again, a few times at most, then returns that error: what a
+    /// job that reads a store once (an export, a load, an inspection) does to read one
+    /// committed state of it.
+    #[doc(hidden)]
+    pub fn open_with<T>(
+        path: impl AsRef<Path>,
+        mut job: impl FnMut(NumPack) -> Result<T>,
+    ) -> Result<T> {
+        let path = path.as_ref();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match job(NumPack::open(path)?) {
+                Err(e) if tries < JOB_TRIES && generation::is_changed_under(&e) => {}
+                done => return done,
+            }
+        }
     }
 
     fn load_data(&self, a: &Array) -> Result<Data> {
