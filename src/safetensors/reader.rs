@@ -306,14 +306,14 @@ impl SafeTensorsFile {
         // The header is at most 100 MB (checked above); failing to get that memory is a
         // resource error, not a malformed file.
         let mut head = Vec::new();
-        head.try_reserve_exact(8 + declared as usize).map_err(|_| {
+        head.try_reserve_exact(declared as usize).map_err(|_| {
             Error::io(
                 path,
                 "allocating memory for the header of",
                 std::io::Error::from(std::io::ErrorKind::OutOfMemory),
             )
         })?;
-        head.resize(8 + declared as usize, 0);
+        head.resize(declared as usize, 0);
         // Parsing a header takes several times its length in memory (names, shapes, maps),
         // and an allocation that fails while parsing aborts the process. Make sure that much
         // address space can be had first, so that a header too large for the memory
@@ -330,12 +330,14 @@ impl SafeTensorsFile {
                     )
                 })?;
         }
-        head[..8].copy_from_slice(&len_bytes);
-        read_at(&mut head[8..], 8)?;
-        let parsed = read_metadata(&head, file_len).map_err(|e| {
+        read_at(&mut head, 8)?;
+        let header = String::from_utf8(head).map_err(|_| {
+            Error::malformed(path, "invalid SafeTensors file: header is not valid UTF-8")
+        })?;
+        let parsed = read_metadata(&header, file_len).map_err(|e| {
             let mut err =
                 Error::malformed(path, format!("invalid SafeTensors file: {}", describe(&e)));
-            if let Some(name) = culprit(&head[8..], &e) {
+            if let Some(name) = culprit(header.as_bytes(), &e) {
                 err = err.array(name);
             }
             err
@@ -355,10 +357,6 @@ impl SafeTensorsFile {
         }
         // The mapping keeps the file: the descriptor is not needed any more.
         drop(file);
-        head.drain(..8);
-        let header = String::from_utf8(head).map_err(|_| {
-            Error::malformed(path, "invalid SafeTensors file: header is not valid UTF-8")
-        })?;
         let header_len = header.len() as u64;
         if let Some((name, dtype)) = parsed.unsupported {
             return Err(Error::new(
@@ -512,9 +510,15 @@ const PARSE_MEMORY_FACTOR: usize = 10;
 
 /// Positions of `tensors` sorted by name.
 fn sorted_by_name(tensors: &[TensorInfo]) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..tensors.len()).collect();
-    v.sort_unstable_by(|&a, &b| tensors[a].name.cmp(&tensors[b].name));
-    v
+    // Sorting the names beside their positions, not positions looking the names up, keeps
+    // what each comparison reads together (a header may name a million tensors).
+    let mut v: Vec<(&str, usize)> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    v.into_iter().map(|(_, i)| i).collect()
 }
 
 /// A header, parsed and validated.
@@ -531,12 +535,50 @@ struct Parsed {
 /// own `TensorInfo` deserializes it, and `__metadata__` as ordered pairs of strings (the
 /// crate keeps a `HashMap`, which loses the order).
 struct HeaderEntries {
-    tensors: Vec<(String, ::safetensors::tensor::TensorInfo)>,
+    tensors: Vec<(String, Entry)>,
     metadata: Option<Vec<(String, String)>>,
 }
 
-impl<'de> Deserialize<'de> for HeaderEntries {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+/// One tensor's entry as the crate's own `TensorInfo` deserializes it (same fields, same
+/// types, same names in messages), the dtype as the crate's, but the shape in npkio's
+/// `u64`s, so that it moves into npkio's table without a copy.
+#[derive(Deserialize)]
+#[serde(rename = "TensorInfo")]
+struct Entry {
+    dtype: ::safetensors::Dtype,
+    #[serde(deserialize_with = "shape_of_usizes")]
+    shape: Vec<u64>,
+    data_offsets: (usize, usize),
+}
+
+/// A sequence of `usize`s (what the crate's `Vec<usize>` accepts, with its messages),
+/// kept as `u64`s.
+fn shape_of_usizes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<u64>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Vec<u64>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(d) = seq.next_element::<usize>()? {
+                v.push(d as u64);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(V)
+}
+
+impl HeaderEntries {
+    /// Parses `text` as `serde_json::from_str` would, with room for `capacity` tensors.
+    fn parse(text: &str, capacity: usize) -> serde_json::Result<HeaderEntries> {
         struct Pairs(Vec<(String, String)>);
         impl<'de> Deserialize<'de> for Pairs {
             fn deserialize<D: serde::Deserializer<'de>>(
@@ -572,7 +614,8 @@ impl<'de> Deserialize<'de> for HeaderEntries {
                 d.deserialize_map(V)
             }
         }
-        struct V;
+        /// Room for the tensors.
+        struct V(usize);
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = HeaderEntries;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -582,7 +625,7 @@ impl<'de> Deserialize<'de> for HeaderEntries {
                 self,
                 mut m: A,
             ) -> std::result::Result<HeaderEntries, A::Error> {
-                let mut tensors = Vec::with_capacity(m.size_hint().unwrap_or(0));
+                let mut tensors = Vec::with_capacity(self.0);
                 let mut metadata = None;
                 let mut seen_metadata = false;
                 while let Some(key) = m.next_key::<String>()? {
@@ -599,45 +642,47 @@ impl<'de> Deserialize<'de> for HeaderEntries {
                 Ok(HeaderEntries { tensors, metadata })
             }
         }
-        d.deserialize_map(V)
+        let mut de = serde_json::Deserializer::from_str(text);
+        let entries = serde::Deserializer::deserialize_map(&mut de, V(capacity))?;
+        de.end()?;
+        Ok(entries)
     }
 }
 
-/// The crate's header parsing and validation for a file of `file_len` bytes whose first
-/// bytes (the length and the header) are `head`, without a buffer as long as the file, and
-/// in one pass over the header.
+/// The crate's header parsing and validation for a file of `file_len` bytes whose header
+/// is `header` (after the 8-byte length), without a buffer as long as the file, and in one
+/// pass over the header.
 ///
 /// The crate's `read_metadata` wants the whole file as one buffer, though it reads only the
 /// header and the buffer's length; and it keeps a map of every name that npkio would only
-/// copy into its own table. Instead, the header is parsed once, every tensor's entry by the
-/// crate's own `TensorInfo` deserializer, sorted by offsets as the crate sorts them, and
-/// handed to the crate's `Metadata::new`, which runs the crate's validation (offsets in
-/// order without gaps, shapes and dtypes agreeing with the offsets) and is dropped at once.
-/// The names stay in npkio's table: the crate gets empty ones, since its validation looks
-/// at offsets, dtypes and shapes only (a gap's tensor is named here). The one check left,
-/// that the tensors end exactly at the end of the file, is made here too. When parsing
-/// fails, the crate's `read_metadata` runs on `head` alone to name the error exactly as the
-/// crate does.
+/// copy into its own table. Instead, the header is parsed once, every tensor's entry with
+/// the fields and types of the crate's own `TensorInfo` (so the same headers are refused,
+/// with the same messages), sorted by offsets as the crate sorts them, and validated with
+/// the rules of the crate's `Metadata::validate`, in its order and with its errors (offsets
+/// in order without gaps; each shape's element count and bit length without overflow, a
+/// whole number of bytes, as long as the offsets say); a gap's tensor is named. The check
+/// the crate's `read_metadata` adds, that the tensors end exactly at the end of the file,
+/// is made too. When parsing fails, the crate's `read_metadata` runs on the header alone
+/// to name the error exactly as the crate does. The names, shapes and `__metadata__` pairs
+/// parsed move into npkio's table.
 fn read_metadata(
-    head: &[u8],
+    header: &str,
     file_len: u64,
 ) -> std::result::Result<Parsed, ::safetensors::SafeTensorError> {
     use ::safetensors::SafeTensorError as E;
-    let parsed = std::str::from_utf8(&head[8..])
-        .map_err(|_| None)
-        .and_then(|text| serde_json::from_str::<HeaderEntries>(text).map_err(Some));
-    let entries = match parsed {
+    // The shortest entry (`"":{"dtype":"I8","shape":[],"data_offsets":[0,0]}`) takes 48
+    // bytes: room for that many entries is never outgrown, and costs nothing where unused.
+    let entries = match HeaderEntries::parse(header, header.len() / 48 + 1) {
         Ok(entries) => entries,
         Err(ours) => {
-            return match ::safetensors::SafeTensors::read_metadata(head) {
+            let mut head = Vec::with_capacity(8 + header.len());
+            head.extend_from_slice(&(header.len() as u64).to_le_bytes());
+            head.extend_from_slice(header.as_bytes());
+            return match ::safetensors::SafeTensors::read_metadata(&head) {
                 // The crate takes what npkio does not (cannot be but for a header npkio's
                 // one-pass parser refuses): npkio's reason.
                 Ok(_) | Err(E::MetadataIncompleteBuffer) => {
-                    Err(E::InvalidHeaderDeserialization(ours.unwrap_or_else(|| {
-                        serde_json::from_slice::<HeaderEntries>(&head[8..])
-                            .err()
-                            .expect("not UTF-8")
-                    })))
+                    Err(E::InvalidHeaderDeserialization(ours))
                 }
                 Err(e) => Err(e),
             };
@@ -650,7 +695,7 @@ fn read_metadata(
     // The crate's order: by offsets, stable (entries of equal offsets, empty tensors, keep
     // the header's order).
     tensors.sort_by_key(|(_, t)| t.data_offsets);
-    // A gap or overlap is named here (the crate would see the empty names).
+    // A gap or overlap is named here (the crate names it too, by a search of its map).
     let mut at = 0usize;
     for (name, t) in &tensors {
         let (s, e) = t.data_offsets;
@@ -659,31 +704,45 @@ fn read_metadata(
         }
         at = e;
     }
-    let mut ours = Vec::with_capacity(tensors.len());
+    // The crate's `Metadata::validate`, entry by entry.
+    for (_, t) in &tensors {
+        let (s, e) = t.data_offsets;
+        let bits = t
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+            .and_then(|n| n.checked_mul(t.dtype.bitsize()))
+            .ok_or(E::ValidationOverflow)?;
+        if bits % 8 != 0 {
+            return Err(E::MisalignedSlice);
+        }
+        if e - s != bits / 8 {
+            return Err(E::TensorInvalidInfo);
+        }
+    }
+    let end = (at as u64).checked_add(8 + header.len() as u64);
+    if end != Some(file_len) {
+        return Err(E::MetadataIncompleteBuffer);
+    }
     let mut unsupported = None;
-    let mut checked = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        match DType::from_safetensors(t.dtype) {
-            Some(dtype) => ours.push(TensorInfo {
+    // In place where the layouts allow: no second table of every entry.
+    let ours = tensors
+        .into_iter()
+        .filter_map(|(name, t)| match DType::from_safetensors(t.dtype) {
+            Some(dtype) => Some(TensorInfo {
                 name,
                 dtype,
-                shape: t.shape.iter().map(|&d| d as u64).collect(),
+                shape: t.shape,
                 data_offsets: (t.data_offsets.0 as u64, t.data_offsets.1 as u64),
             }),
             None => {
                 if unsupported.is_none() {
                     unsupported = Some((name, t.dtype));
                 }
+                None
             }
-        }
-        checked.push((String::new(), t));
-    }
-    let meta = ::safetensors::tensor::Metadata::new(None, checked)?;
-    let end = (meta.data_len() as u64).checked_add(head.len() as u64);
-    drop(meta);
-    if end != Some(file_len) {
-        return Err(E::MetadataIncompleteBuffer);
-    }
+        })
+        .collect();
     Ok(Parsed {
         tensors: ours,
         metadata,
@@ -752,4 +811,70 @@ fn culprit(header: &[u8], e: &::safetensors::SafeTensorError) -> Option<String> 
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::SafeTensorsFile;
+    use crate::error::ErrorKind;
+
+    /// Headers corrupted one byte at a time (deterministic): npkio's one-pass parser opens
+    /// exactly the files the `safetensors` crate's `read_metadata` accepts, with the same
+    /// tensors, but for what npkio refuses on purpose (a name given twice, a dtype it does
+    /// not support).
+    #[test]
+    fn the_parser_accepts_what_the_crate_accepts() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/safetensors");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        let (mut opened, mut refused) = (0, 0);
+        for name in ["with_metadata.safetensors", "edge_cases.safetensors"] {
+            let good = std::fs::read(root.join(name)).unwrap();
+            let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+            for at in 0..8 + n {
+                for b in [b'0', b'"', b'}', 0xff] {
+                    if good[at] == b {
+                        continue;
+                    }
+                    let mut bad = good.clone();
+                    bad[at] = b;
+                    std::fs::write(&p, &bad).unwrap();
+                    let crate_says = ::safetensors::SafeTensors::read_metadata(&bad);
+                    match (SafeTensorsFile::open(&p), crate_says) {
+                        (Ok(f), Ok((_, meta))) => {
+                            let mut ours: Vec<_> = f
+                                .tensors()
+                                .map(|t| (t.name.clone(), t.data_offsets))
+                                .collect();
+                            let mut theirs: Vec<_> = meta
+                                .tensors()
+                                .into_iter()
+                                .map(|(k, t)| {
+                                    let (b, e) = t.data_offsets;
+                                    (k, (b as u64, e as u64))
+                                })
+                                .collect();
+                            ours.sort();
+                            theirs.sort();
+                            assert_eq!(ours, theirs, "byte {at} = {b}");
+                            opened += 1;
+                        }
+                        (Ok(_), Err(e)) => panic!("byte {at} = {b}: the crate refuses: {e}"),
+                        (Err(e), Ok(_)) => {
+                            let on_purpose = e.kind() == ErrorKind::Unsupported
+                                || e.to_string().contains("names the tensor twice");
+                            assert!(on_purpose, "byte {at} = {b}: npkio refuses: {e}");
+                        }
+                        (Err(_), Err(_)) => refused += 1,
+                    }
+                }
+            }
+        }
+        assert!(
+            opened > 10 && refused > 1000,
+            "{opened} opened, {refused} refused"
+        );
+    }
 }
