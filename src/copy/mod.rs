@@ -87,6 +87,7 @@ pub const NO_EXTENT: usize = usize::MAX;
 /// Every method is safe against a source truncated during the copy: it yields a
 /// [`Side::Read`] error, never a signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum CopyMethod {
     /// The fastest method measured (see the module docs): [`CopyMethod::ReadWrite`].
     #[default]
