@@ -5,10 +5,11 @@
 //! types of its `TensorInfo`, the dtype by its `Dtype`, and the table is checked as its
 //! `Metadata::validate` checks it, with the same errors (`SafeTensors::read_metadata` names
 //! a parse error exactly as the crate does). npkio parses the header once, in
-//! `reader::read_metadata`, the one parser of untrusted SafeTensors headers: every caller
+//! `header::read_metadata`, the one parser of untrusted SafeTensors headers: every caller
 //! (the Rust API, the C ABI, the command line) goes through it. Its table keeps what the
 //! crate does not: the order of the `__metadata__` entries.
 
+mod header;
 pub mod index;
 pub mod reader;
 pub mod writer;
