@@ -272,14 +272,12 @@ fn npkio_load(path: &Path, dst: &mut [u8], method: Method) {
     ts.sort_by_key(|t| t.name.split('.').nth(2).unwrap().parse::<u64>().unwrap());
     let reqs: Vec<Request> = ts.iter().map(|t| Request::new(&t.name)).collect();
     let mut dsts: Vec<&mut [u8]> = dst.chunks_mut(TENSOR as usize).collect();
-    let opts = LoadOptions {
-        method,
-        threads: std::env::var("LOAD_BENCH_THREADS")
+    let opts = LoadOptions::default().method(method).threads(
+        std::env::var("LOAD_BENCH_THREADS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
-        ..LoadOptions::default()
-    };
+    );
     loader.load(&reqs, &mut dsts, &opts).unwrap();
 }
 

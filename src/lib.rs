@@ -104,6 +104,23 @@ pub mod internals {
     /// The NumPack format's codecs.
     pub mod numpack {
         pub use crate::numpack::{bitmap, metadata, segments, sidecar};
+
+        /// The metadata record of an array of `store`, as on disk.
+        pub fn record<'a>(
+            store: &'a crate::NumPack,
+            name: &str,
+        ) -> crate::Result<&'a metadata::ArrayRecord> {
+            store.record(name)
+        }
+
+        /// The files that make up an array of `store`, relative to its directory: data
+        /// file or manifest and segments, and the deletion bitmap if any.
+        pub fn array_files(
+            store: &crate::NumPack,
+            name: &str,
+        ) -> crate::Result<Vec<std::path::PathBuf>> {
+            store.array_files(name)
+        }
     }
     /// Points where a test runs its own code in the middle of an operation.
     pub mod hooks {

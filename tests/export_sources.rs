@@ -42,7 +42,11 @@ fn make_store(dir: &Path, n: usize) -> Vec<(String, Vec<u8>)> {
 /// The data file of array `name`.
 fn data_file(dir: &Path, name: &str) -> PathBuf {
     let store = NumPack::open(dir).unwrap();
-    dir.join(&store.record(name).unwrap().data_file)
+    dir.join(
+        &npkio::internals::numpack::record(&store, name)
+            .unwrap()
+            .data_file,
+    )
 }
 
 fn mkfifo(path: &Path) {

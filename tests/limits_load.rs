@@ -279,12 +279,10 @@ fn without_proc_o_direct_reads_only_the_file_validated() {
         println!("SKIPPED: cannot unmount /proc in a mount namespace (not root?)");
         return;
     }
-    let opts = LoadOptions {
-        method: Method::Direct,
-        chunk_size: 256 << 10,
-        threads: 2,
-        ..LoadOptions::default()
-    };
+    let opts = LoadOptions::default()
+        .method(Method::Direct)
+        .chunk_size(256 << 10)
+        .threads(2);
     let load = |loader: &Loader| {
         let mut dst = vec![0u8; old.len()];
         let r = loader
@@ -402,12 +400,10 @@ fn staging_that_cannot_be_mapped_is_an_io_error() {
     // SAFETY: a valid rlimit; the limit is this child's.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
     for (threads, method) in [(1, Method::Buffered), (2, Method::Direct)] {
-        let opts = LoadOptions {
-            threads,
-            method,
-            chunk_size: 1 << 40,
-            ..LoadOptions::default()
-        };
+        let opts = LoadOptions::default()
+            .threads(threads)
+            .method(method)
+            .chunk_size(1 << 40);
         let sink = |_: usize, _: u64, _: &[u8]| -> Result<(), String> { Ok(()) };
         let err = loader
             .load_to_sink(&[Request::new("w")], Staging::Size(1 << 40), &sink, &opts)
@@ -472,11 +468,7 @@ fn the_plan_of_a_sink_load_does_not_grow_with_the_tensor() {
             }
             Ok(())
         };
-        let opts = LoadOptions {
-            threads: 2,
-            method: Method::Buffered,
-            ..LoadOptions::default()
-        };
+        let opts = LoadOptions::default().threads(2).method(Method::Buffered);
         let err = loader
             .load_to_sink(
                 std::slice::from_ref(&req),

@@ -76,6 +76,7 @@ fn resolve(slice: Option<Slice>, shape: &[u64]) -> Option<(usize, u64, u64)> {
             let (s, e) = shard_range(shape[dim], rank, world).unwrap();
             Some((dim, s, e))
         }
+        other => panic!("a slice this test does not know: {other:?}"),
     }
 }
 
@@ -234,26 +235,12 @@ fn fixture_paths() -> Vec<PathBuf> {
 }
 
 fn methods() -> [LoadOptions; 4] {
-    let small = LoadOptions {
-        chunk_size: 4096,
-        threads: 3,
-        ..LoadOptions::default()
-    };
+    let small = LoadOptions::default().chunk_size(4096).threads(3);
     [
         LoadOptions::default(),
-        LoadOptions {
-            method: Method::Buffered,
-            threads: 1,
-            ..LoadOptions::default()
-        },
-        LoadOptions {
-            method: Method::Direct,
-            ..small.clone()
-        },
-        LoadOptions {
-            drop_behind: true,
-            ..small
-        },
+        LoadOptions::default().method(Method::Buffered).threads(1),
+        small.clone().method(Method::Direct),
+        small.drop_behind(true),
     ]
 }
 
@@ -520,12 +507,10 @@ fn direct_reads_handle_a_file_whose_size_is_not_a_block_multiple() {
     let refs = reference(&path);
     let reqs = all_requests(&refs);
     for threads in [1, 4] {
-        let opts = LoadOptions {
-            method: Method::Direct,
-            threads,
-            chunk_size: 4096,
-            ..LoadOptions::default()
-        };
+        let opts = LoadOptions::default()
+            .method(Method::Direct)
+            .threads(threads)
+            .chunk_size(4096);
         let sizes: Vec<usize> = reqs
             .iter()
             .map(|r| loader.output(r).unwrap().nbytes as usize)
@@ -566,10 +551,7 @@ fn a_source_truncated_before_the_load_is_an_error_naming_it() {
     f.set_len(50_000).unwrap();
     let mut out = vec![0x11u8; 100_000];
     for method in [Method::Buffered, Method::Direct] {
-        let opts = LoadOptions {
-            method,
-            ..LoadOptions::default()
-        };
+        let opts = LoadOptions::default().method(method);
         let err = loader
             .load(&[Request::new("x")], &mut [&mut out[..]], &opts)
             .unwrap_err();
@@ -599,11 +581,7 @@ fn a_source_truncated_during_the_load_is_an_error_not_a_signal() {
         let loader = Loader::open(&path).unwrap();
         // One worker, small chunks: the sink truncates the file on its first chunk, so the
         // next read finds the file short.
-        let opts = LoadOptions {
-            method,
-            threads: 1,
-            ..LoadOptions::default()
-        };
+        let opts = LoadOptions::default().method(method).threads(1);
         let calls = Mutex::new(0);
         let sink = |_: usize, _: u64, _: &[u8]| -> Result<(), String> {
             let mut c = calls.lock().unwrap();
@@ -674,10 +652,7 @@ fn caller_staging_buffers_bound_the_chunks_and_the_workers() {
             &reqs,
             Staging::Buffers(vec![&mut b1[..], &mut b2[..]]),
             &sink,
-            &LoadOptions {
-                threads: 8,
-                ..LoadOptions::default()
-            },
+            &LoadOptions::default().threads(8),
         )
         .unwrap();
     assert_eq!(report.threads, 2);
@@ -692,13 +667,11 @@ fn progress_reaches_the_total() {
     let loader = Loader::open(&model).unwrap();
     let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
-    let opts = LoadOptions {
-        chunk_size: 4096,
-        progress: Some(std::sync::Arc::new(move |d, t| {
+    let opts = LoadOptions::default()
+        .chunk_size(4096)
+        .progress(Some(std::sync::Arc::new(move |d, t| {
             s2.lock().unwrap().push((d, t))
-        })),
-        ..LoadOptions::default()
-    };
+        })));
     let reqs: Vec<Request> = loader
         .tensors()
         .iter()
@@ -896,7 +869,7 @@ proptest! {
             }
             reqs.push(r);
         }
-        let opts = LoadOptions { method, threads, chunk_size: chunk, ..LoadOptions::default() };
+        let opts = LoadOptions::default().method(method).threads(threads).chunk_size(chunk);
         let got = if sink {
             load_sink(&loader, &reqs, chunk.max(4096), &opts)
         } else {
@@ -956,10 +929,7 @@ fn strided_slices_take_every_read_rule() {
         reqs.push(Request::new(name).slice(dim, s, e).to(to));
     }
     for method in [Method::Buffered, Method::Direct, Method::Auto] {
-        let opts = LoadOptions {
-            method,
-            ..LoadOptions::default()
-        };
+        let opts = LoadOptions::default().method(method);
         let got = load_all(&loader, &reqs, &opts);
         for (r, g) in reqs.iter().zip(&got) {
             assert!(*g == expected(&refs, r), "{r:?} {method:?}");
@@ -1001,12 +971,10 @@ fn direct_reads_go_straight_into_destinations_aligned_like_the_file() {
         let mut buf = vec![0u8; data.len() + 8192];
         let skew = (file_off as usize + 4096 - buf.as_ptr() as usize % 4096) % 4096;
         let dst = &mut buf[skew..skew + data.len()];
-        let opts = LoadOptions {
-            method: Method::Direct,
-            threads: 2,
-            chunk_size: 16384,
-            ..LoadOptions::default()
-        };
+        let opts = LoadOptions::default()
+            .method(Method::Direct)
+            .threads(2)
+            .chunk_size(16384);
         let report = loader
             .load(&[Request::new(name)], &mut [dst], &opts)
             .unwrap();
@@ -1067,12 +1035,10 @@ fn an_arena_laid_out_like_the_file_is_read_in_place_across_tensors() {
         dsts.push(x);
         rest = y;
     }
-    let opts = LoadOptions {
-        method: Method::Direct,
-        threads: 3,
-        chunk_size: 16384,
-        ..LoadOptions::default()
-    };
+    let opts = LoadOptions::default()
+        .method(Method::Direct)
+        .threads(3)
+        .chunk_size(16384);
     loader.load(&reqs, &mut dsts, &opts).unwrap();
     let file = std::fs::read(&path).unwrap();
     assert!(arena[base + start..base + file_len] == file[start..]);

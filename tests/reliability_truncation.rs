@@ -214,7 +214,7 @@ fn numpack_data_file_truncated_mid_export_is_an_error_for_every_copy_method() {
     write_numpack(&src_c, &pristine);
     let np = npkio::NumPack::open(&pristine).unwrap();
     // The second array in copy order (sorted names: small, w0, w1, ...): w1's data file.
-    let victim_rel: PathBuf = np.array_files("w1").unwrap()[0].clone();
+    let victim_rel: PathBuf = npkio::internals::numpack::array_files(&np, "w1").unwrap()[0].clone();
     drop(np);
     let old = dir.path().join("old.safetensors");
     write_safetensors(&big_contents_small_old(), &old);

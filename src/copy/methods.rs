@@ -246,7 +246,7 @@ fn copy_chunk_to(sh: &Route<'_>, c: &Chunk, dst: &File, buf: &mut Bounce) -> Chu
                 }
             }
             // In pieces: one large pwrite from user memory was measured up to 10x slower
-            // than the same bytes in BOUNCE_SIZE pieces (`copy` module docs).
+            // than the same bytes in BOUNCE_SIZE pieces (docs/benchmarks.md).
             for (i, piece) in src.chunks(BOUNCE_SIZE).enumerate() {
                 let at = c.dst_offset + (i * BOUNCE_SIZE) as u64;
                 write_all_at(dst, piece, at).map_err(|e| (Side::Write, e))?;
@@ -300,7 +300,7 @@ fn fits(sh: &Route<'_>, c: &Chunk) -> bool {
 ///
 /// Small enough that the buffer stays in the core's cache between the two copies (the kernel
 /// copies into it, then out of it), large enough that the system calls do not show. Measured
-/// on 1 GiB, 2 threads, page-aligned buffer (`copy` module docs): 512 KiB 0.21 s both ways, 256 KiB
+/// on 1 GiB, 2 threads, page-aligned buffer (docs/benchmarks.md): 512 KiB 0.21 s both ways, 256 KiB
 /// 0.25 s, 1 MiB 0.22 s for an export but 0.50-0.83 s for an import; `cp` 0.30-0.36 s.
 pub const BOUNCE_SIZE: usize = 512 << 10;
 
@@ -374,7 +374,6 @@ fn mapdst_from_file(src: &File, map: &memmap2::MmapRaw, src_offset: u64) -> Chun
     // reports EFAULT rather than raising SIGBUS.
     let window = unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr(), map.len()) };
     read_exact_at(src, window, src_offset).map_err(|e| {
-        #[cfg(unix)]
         if e.raw_os_error() == Some(libc::EFAULT) {
             return (Side::Write, e);
         }
@@ -384,7 +383,6 @@ fn mapdst_from_file(src: &File, map: &memmap2::MmapRaw, src_offset: u64) -> Chun
 }
 
 /// pwrite the chunk to the destination straight from the mapped source window `map`.
-#[cfg(unix)]
 fn mapsrc(src: &File, dst: &File, map: &memmap2::MmapRaw, c: &Chunk) -> ChunkResult {
     use std::os::unix::io::AsRawFd;
     let base = map.as_ptr();
@@ -428,19 +426,6 @@ fn mapsrc(src: &File, dst: &File, map: &memmap2::MmapRaw, c: &Chunk) -> ChunkRes
         return Err((Side::Write, err));
     }
     Ok(())
-}
-
-#[cfg(not(unix))]
-fn mapsrc(src: &File, dst: &File, _map: &memmap2::MmapRaw, c: &Chunk) -> ChunkResult {
-    let mut buf = Bounce::default();
-    read_write(
-        src,
-        dst,
-        c.src_offset,
-        c.dst_offset,
-        c.len as usize,
-        &mut buf,
-    )
 }
 
 /// Copy the slice into the mapped destination window `map` (of the same length).
@@ -509,24 +494,12 @@ fn copy_range(_sh: &Route<'_>, src: &File, dst: &File, c: &Chunk, buf: &mut Boun
 // ---------------------------------------------------------------------------------------------
 // Positioned I/O.
 
-#[cfg(unix)]
 fn read_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::read_at(f, buf, off)
 }
 
-#[cfg(unix)]
 fn write_at(f: &File, buf: &[u8], off: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::write_at(f, buf, off)
-}
-
-#[cfg(windows)]
-fn read_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_read(f, buf, off)
-}
-
-#[cfg(windows)]
-fn write_at(f: &File, buf: &[u8], off: u64) -> io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_write(f, buf, off)
 }
 
 /// Read exactly `buf.len()` bytes at `off`; a source that ends first is `UnexpectedEof`.

@@ -1,4 +1,6 @@
-//! The copy engine: the one place in npkio that moves bytes, file to file or memory to file.
+//! The copy engine: it moves the conversions' bytes, file to file or memory to file. (The
+//! loader, `src/load`, reads into caller memory by its own plan, and `save.rs` writes tensors
+//! in memory to one SafeTensors file; neither goes through here.)
 //!
 //! A copy is described as a list of [`Extent`]s (`len` bytes from a source at an offset to a
 //! destination at an offset). [`copy_extents`] and [`copy_from_memory`] cut every extent into
@@ -25,44 +27,15 @@
 //! at most one chunk long and unmapped as soon as the chunk is done, so mapped pages never pile
 //! up in the resident set.
 //!
-//! # Measurements (`examples/copy_methods.rs`)
+//! # Measurements
 //!
-//! 2 vCPUs (AMD EPYC VM, 1 MiB L2 per core), ext4 on a virtual disk, Linux 6.18, one 1 GiB
-//! file to one new file, warm page cache, one child process per run, `sync` between runs,
-//! 5 runs interleaved, median seconds; `cp` (coreutils 9.1, one `copy_file_range` call) took
-//! 0.28-0.30 s in the same runs. Peak RSS about 10 MiB, most of it the process itself.
-//!
-//! | method, threads             | 512 KiB chunks | 8 MiB chunks |
-//! |-----------------------------|----------------|--------------|
-//! | ReadWrite, 1                | 0.22           | 0.22-0.24    |
-//! | ReadWrite, 2                | 0.15           | 0.16         |
-//! | ReadWrite, 4                | 0.16           | 0.16         |
-//! | CopyFileRange, 1 / 2 / 4    | 0.22 / 0.22 / 0.22 | 0.21 / 0.21 / 0.24 |
-//! | MmapSource, 1 / 2           | 0.30 / 0.32    | 0.20 / 0.28  |
-//! | Mmap (mapped dst), 1 / 2    | 5.7 / 4.8      | 0.33 / 0.29  |
-//! | from memory (Auto), 1 / 2   | 0.19 / 0.20    | 0.19 / 0.20  |
-//! | from memory, one `write_all`| 0.31-2.85 from run to run | |
-//!
-//! Findings:
-//! - Buffered `pread`/`pwrite` is the fastest method and the only one that gains from a second
-//!   thread, but only with a buffer the kernel copies into and out of quickly: page-aligned
-//!   like the destination offset, and small enough to stay in the core's cache
-//!   ([`BOUNCE_SIZE`]). With a `malloc`ed buffer (16 bytes past a page boundary) and 8 MiB
-//!   pieces, the same copy took 1.1-1.6 s. Each chunk goes through the buffer in pieces of
-//!   [`BOUNCE_SIZE`], so the chunk size does not matter to speed.
-//! - Large `write`s straight from user memory are erratic here: one `write_all` of 1 GiB took
-//!   0.31 s in one run and 2.85 s in another, and 8 MiB `pwrite`s from memory 1.1-2.3 s, while
-//!   the same bytes in [`BOUNCE_SIZE`] pieces took 0.19-0.20 s every time. From memory, the
-//!   engine writes in such pieces.
-//! - `copy_file_range` is steady but does not scale (buffered writes into one file are
-//!   serialized on its inode lock, and splicing costs about what `cp` costs); it gains nothing
-//!   for npkio's layouts, where tensors never sit at block-aligned offsets in both files, so
-//!   filesystems with reflinks could not share blocks either.
-//! - A mapped destination is slow on ext4: each write fault on the fallocated (unwritten)
-//!   file starts read-ahead that zero-fills pages (`ext4_mpage_readpages` → `memset` in
-//!   `perf`), which is pathological with small windows.
-//!
-//! So [`CopyMethod::Auto`] is `pread`/`pwrite` (from memory: `pwrite`), in pieces of
+//! The methods were measured with `examples/copy_methods.rs`; the runs and findings are in
+//! `docs/benchmarks.md` ("The copy engine"). In short: buffered `pread`/`pwrite` through a
+//! page-aligned buffer of [`BOUNCE_SIZE`] is the fastest method and the only one that gains
+//! from a second thread; large writes straight from user memory are erratic, so from memory
+//! the engine writes in such pieces too; `copy_file_range` is steady but does not scale and
+//! gains nothing for npkio's layouts; a mapped destination is slow on ext4. So
+//! [`CopyMethod::Auto`] is `pread`/`pwrite` (from memory: `pwrite`), in pieces of
 //! [`BOUNCE_SIZE`] bytes.
 //!
 //! # Layout
@@ -73,24 +46,14 @@
 //!
 //! # Many small files
 //!
-//! The free functions start a scoped pool per call. A conversion that copies in batches
-//! (thousands of tensor files, bounded by the open-file limit) keeps one [`Workers`] for all
-//! its calls instead: 18,000 files had made 142 threads, one pool per batch of 256. Small new
-//! files are not preallocated ([`size_new_file`]), and no `statx` is made per new file, so
-//! an import costs per file what a plain writer pays: `openat`, `pwrite`, `close`, and a
-//! share of one `pread` (`strace -c -f`). What remains is ext4's own cost of creating files:
-//! `perf` puts most of an 18,000-file import in inode allocation (`find_inode_bit`,
-//! `recently_deleted`, `find_get_block_common`) and the directory lock.
-//!
-//! The other way, many small sources into one file (an export of 100,000 tensors of 10 KB),
-//! one `pwrite` per tensor had the two workers spinning on the file's inode lock for a quarter
-//! of the time and zero-filling the partial pages each write began and ended in for a tenth
-//! (`perf`). Extents that continue each other in a destination are therefore gathered: a
-//! chunk reads its parts into the worker's buffer and writes it [`BOUNCE_SIZE`] bytes at a
-//! time (100,000 `pwrite`s became 2,000; the export's system time fell by about 40 %).
-//! Likewise an import reads small tensors that lie end to end in its source together, up to
-//! [`BOUNCE_SIZE`] bytes, and writes each to its own file (100,000 `pread`s became 2,400).
+//! The free functions start a scoped pool per call; a conversion that copies in batches
+//! keeps one [`Workers`] for all its calls instead. Small new files are not preallocated
+//! ([`size_new_file`]) and no `statx` is made per new file. Extents that continue each other
+//! in a destination are gathered into one buffer and written [`BOUNCE_SIZE`] bytes at a time,
+//! and small extents end to end in one source are read with one `pread`. The measurements
+//! behind these choices are in `docs/benchmarks.md` ("The copy engine").
 
+mod files;
 mod methods;
 mod plan;
 mod scheduler;
@@ -98,12 +61,11 @@ mod scheduler;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 
 pub use crate::fsutil::preallocate;
+pub use files::{NewFiles, SourceFiles};
 pub use methods::BOUNCE_SIZE;
-use plan::{regular_len, Dsts, Sources};
+use plan::{Dsts, Sources};
 pub use scheduler::Workers;
 use scheduler::{run, run_files};
 
@@ -113,8 +75,8 @@ use scheduler::{run, run_files};
 /// holds at most one chunk's mapped window in flight with the mapped methods, and one buffer of
 /// [`BOUNCE_SIZE`] with `pread`/`pwrite`, so the engine's own footprint is at most
 /// `threads × 8 MiB` (16 MiB with the default 2 threads), far below 64 MiB, and 1 MiB with the
-/// default method. Measured (module docs): `pread`/`pwrite` runs as fast with 8 MiB chunks as
-/// with 512 KiB; the mapped methods are much slower with small chunks.
+/// default method. Measured (docs/benchmarks.md): `pread`/`pwrite` runs as fast with 8 MiB
+/// chunks as with 512 KiB; the mapped methods are much slower with small chunks.
 pub const DEFAULT_CHUNK_SIZE: usize = 8 << 20;
 
 /// The `extent` of a [`CopyError`] that is not about one extent (for example a `chunk_size` of 0).
@@ -125,6 +87,7 @@ pub const NO_EXTENT: usize = usize::MAX;
 /// Every method is safe against a source truncated during the copy: it yields a
 /// [`Side::Read`] error, never a signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum CopyMethod {
     /// The fastest method measured (see the module docs): [`CopyMethod::ReadWrite`].
     #[default]
@@ -294,9 +257,10 @@ impl CopyError {
 
 /// The thread count that `threads: 0` resolves to: `min(available_parallelism, 2)`.
 ///
-/// Measured on 2 cores (module docs): a second worker makes `pread`/`pwrite` about 1.4x faster
-/// and is neutral for `copy_file_range`; 4 threads on 2 cores are never better. Measurements on
-/// a 16-core machine also got worse past a few threads (memory bandwidth, page-cache locking).
+/// Measured on 2 cores (docs/benchmarks.md): a second worker makes `pread`/`pwrite` about
+/// 1.4x faster and is neutral for `copy_file_range`; 4 threads on 2 cores are never better.
+/// Measurements on a 16-core machine also got worse past a few threads (memory bandwidth,
+/// page-cache locking).
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -393,230 +357,6 @@ pub fn size_new_file(file: &File, len: u64) -> io::Result<()> {
     preallocate(file, len)
 }
 
-/// Destination files that the workers create themselves, each just before its first chunk.
-///
-/// Creating a file is serialized by the kernel on its directory; when hundreds of files are
-/// created by the workers rather than up front, one worker creates while the other copies. A
-/// file with no bytes to copy is never created here: [`NewFiles::into_files`] says which were.
-pub struct NewFiles<'a> {
-    create: Box<dyn Fn(usize) -> Result<File, Cause> + Sync + 'a>,
-    /// Per destination, once tried: the file, or `None` when creating it failed (its error
-    /// went to the worker that tried).
-    slots: Vec<OnceLock<Option<Created>>>,
-}
-
-struct Created {
-    file: File,
-    /// Its length just after creation (None: not a regular file), asked only by the mapped
-    /// method: a `statx` per file is a cost of its own with thousands of small files.
-    len: OnceLock<Option<u64>>,
-}
-
-impl Created {
-    fn len(&self) -> Option<u64> {
-        *self.len.get_or_init(|| regular_len(&self.file))
-    }
-}
-
-impl<'a> NewFiles<'a> {
-    /// `count` destinations; destination `i` is `create(i)`, called at most once, from
-    /// whichever worker first needs it. `create` may size the file (see [`size_new_file`]);
-    /// the copy's writes extend it otherwise.
-    /// Its error is the [`Cause::Io`] of the copy's error.
-    pub fn new(count: usize, create: impl Fn(usize) -> io::Result<File> + Sync + 'a) -> Self {
-        Self::with_cause(count, move |i| create(i).map_err(Cause::Io))
-    }
-
-    /// [`NewFiles::new`] for a `create` that fails with an npkio error (naming the output and
-    /// array as the caller wants them named): the copy's error carries it unchanged, as
-    /// [`Cause::Create`].
-    pub(crate) fn with_npkio_errors(
-        count: usize,
-        create: impl Fn(usize) -> crate::Result<File> + Sync + 'a,
-    ) -> Self {
-        Self::with_cause(count, move |i| create(i).map_err(Cause::Create))
-    }
-
-    fn with_cause(count: usize, create: impl Fn(usize) -> Result<File, Cause> + Sync + 'a) -> Self {
-        NewFiles {
-            create: Box::new(create),
-            slots: (0..count).map(|_| OnceLock::new()).collect(),
-        }
-    }
-
-    /// Number of destinations.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether there are no destinations.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    /// Destination `i`, created on the first call. When creating it fails, the caller that
-    /// tried gets `Err(Some(error))` and every later caller `Err(None)`.
-    fn get(&self, i: usize) -> Result<&Created, Option<Cause>> {
-        let mut failed = None;
-        let slot = self.slots[i].get_or_init(|| match (self.create)(i) {
-            Ok(file) => Some(Created {
-                file,
-                len: OnceLock::new(),
-            }),
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        });
-        slot.as_ref().ok_or(failed)
-    }
-
-    /// The files created, in destination order (`None` where none was: no bytes went there,
-    /// the copy stopped first, or creating it failed).
-    pub fn into_files(self) -> Vec<Option<File>> {
-        self.slots
-            .into_iter()
-            .map(|s| s.into_inner().flatten().map(|c| c.file))
-            .collect()
-    }
-}
-
-/// Source files that the workers open themselves: each when a worker first needs it, and
-/// closed once its last chunk is copied, so that a copy from thousands of small files opens
-/// them in parallel with the copying, a few at a time.
-///
-/// At most `limit` of them are kept open between chunks; past that, a source is opened for
-/// one chunk and closed after it, so the descriptors open at once stay within `limit` plus
-/// one per worker, whatever order the extents use the sources in. The counts of chunks that
-/// tell when a source is done are taken at the start of each copy: use a `SourceFiles` for
-/// one copy.
-pub struct SourceFiles<'a> {
-    open: Box<dyn Fn(usize) -> Result<File, Cause> + Sync + 'a>,
-    slots: Vec<Mutex<SourceSlot>>,
-    /// Per source: reads of it by chunks (see `Plan::reads_per_source`) not yet done.
-    left: Vec<AtomicU64>,
-    limit: usize,
-    /// Sources kept open now.
-    kept: AtomicUsize,
-}
-
-/// A source of [`SourceFiles`].
-enum SourceSlot {
-    Closed,
-    Open(Arc<File>),
-    /// Opening it failed; the error went to the worker that tried.
-    Failed,
-}
-
-impl<'a> SourceFiles<'a> {
-    /// `count` sources, at most `limit` (at least 1) kept open at once; source `i` is
-    /// `open(i)`, called from whichever worker needs it. Its error is the [`Cause::Io`] of
-    /// the copy's error ([`Side::Read`]).
-    pub fn new(
-        count: usize,
-        limit: usize,
-        open: impl Fn(usize) -> io::Result<File> + Sync + 'a,
-    ) -> Self {
-        Self::with_cause(count, limit, move |i| open(i).map_err(Cause::Io))
-    }
-
-    /// [`SourceFiles::new`] for an `open` that fails with an npkio error (naming the file
-    /// and array as the caller wants them named): the copy's error carries it unchanged, as
-    /// [`Cause::Create`].
-    pub(crate) fn with_npkio_errors(
-        count: usize,
-        limit: usize,
-        open: impl Fn(usize) -> crate::Result<File> + Sync + 'a,
-    ) -> Self {
-        Self::with_cause(count, limit, move |i| open(i).map_err(Cause::Create))
-    }
-
-    fn with_cause(
-        count: usize,
-        limit: usize,
-        open: impl Fn(usize) -> Result<File, Cause> + Sync + 'a,
-    ) -> Self {
-        SourceFiles {
-            open: Box::new(open),
-            slots: (0..count).map(|_| Mutex::new(SourceSlot::Closed)).collect(),
-            left: (0..count).map(|_| AtomicU64::new(0)).collect(),
-            limit: limit.max(1),
-            kept: AtomicUsize::new(0),
-        }
-    }
-
-    /// Number of sources.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether there are no sources.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    /// Counts the reads of each source by the chunks of `plan`, before the workers start.
-    fn count_reads(&self, plan: &plan::Plan<'_>) {
-        let mut count = vec![0u64; self.left.len()];
-        plan.reads_per_source(&mut count);
-        for (n, c) in self.left.iter().zip(count) {
-            n.store(c, Ordering::Relaxed);
-        }
-    }
-
-    /// Source `i` for one read by a chunk, opened if it is not open. When opening fails, the worker
-    /// that tried gets `Err(Some(error))` and every later one `Err(None)`.
-    fn acquire(&self, i: usize) -> Result<Arc<File>, Option<Cause>> {
-        let mut slot = match self.slots[i].lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        match &*slot {
-            SourceSlot::Open(f) => return Ok(Arc::clone(f)),
-            SourceSlot::Failed => return Err(None),
-            SourceSlot::Closed => {}
-        }
-        let file = match (self.open)(i) {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                *slot = SourceSlot::Failed;
-                return Err(Some(e));
-            }
-        };
-        // Kept for its next chunks if it has more and the limit allows; else closed when
-        // this chunk is done.
-        let more = self.left[i].load(Ordering::Relaxed) > 1;
-        if more && self.kept.fetch_add(1, Ordering::Relaxed) < self.limit {
-            *slot = SourceSlot::Open(Arc::clone(&file));
-        } else if more {
-            self.kept.fetch_sub(1, Ordering::Relaxed);
-        }
-        Ok(file)
-    }
-
-    /// After a copy that succeeded, every read was counted and released: no source is left
-    /// open (checked in debug builds).
-    fn debug_assert_all_closed(&self) {
-        debug_assert!(self.left.iter().all(|n| n.load(Ordering::Relaxed) == 0));
-        debug_assert_eq!(self.kept.load(Ordering::Relaxed), 0);
-    }
-
-    /// One read of source `i` is done: after its last, the source is closed.
-    fn release(&self, i: usize) {
-        if self.left[i].fetch_sub(1, Ordering::AcqRel) != 1 {
-            return;
-        }
-        let mut slot = match self.slots[i].lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if matches!(*slot, SourceSlot::Open(_)) {
-            *slot = SourceSlot::Closed;
-            self.kept.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// [`copy_extents`] from files opened on first use (see [`SourceFiles`]). A failure to open
 /// a source is a [`Side::Read`] error of the extent that needed it, whose cause is the error
 /// opening it returned. A source shorter than an extent is found by the read, not before
@@ -672,18 +412,6 @@ pub fn copy_from_memory_into(
 /// The copies of this module on threads kept from call to call (see [`Workers`]):
 /// `opts.threads` is ignored, the workers' own count applies.
 impl Workers {
-    /// [`copy_extents`] on these workers.
-    pub fn copy_extents(
-        &self,
-        srcs: &[&File],
-        dsts: &[&File],
-        extents: &[Extent],
-        opts: &CopyOptions,
-        progress: Option<&(dyn Fn(u64) + Sync)>,
-    ) -> Result<(), CopyError> {
-        run_files(Some(self), srcs, &Dsts::Open(dsts), extents, opts, progress)
-    }
-
     /// [`copy_extents_from`] on these workers.
     pub fn copy_extents_from(
         &self,
@@ -696,26 +424,6 @@ impl Workers {
         run(
             Some(self),
             &Sources::OnUse(srcs),
-            &Dsts::Open(dsts),
-            extents,
-            opts,
-            progress,
-        )
-    }
-
-    /// [`copy_from_memory`] on these workers.
-    pub fn copy_from_memory(
-        &self,
-        srcs: &[&[u8]],
-        dsts: &[&File],
-        extents: &[Extent],
-        opts: &CopyOptions,
-        progress: Option<&(dyn Fn(u64) + Sync)>,
-    ) -> Result<(), CopyError> {
-        let sources = Sources::Memory(srcs);
-        run(
-            Some(self),
-            &sources,
             &Dsts::Open(dsts),
             extents,
             opts,
@@ -767,7 +475,7 @@ mod tests {
     #[test]
     fn sources_opened_on_use_copy_every_byte_and_report_their_own_errors() {
         use std::os::unix::fs::FileExt;
-        use std::sync::atomic::AtomicUsize;
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let n = 40usize;
         let len = 9_000u64;
         let srcs: Vec<File> = (0..n)

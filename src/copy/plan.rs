@@ -57,13 +57,10 @@ pub(super) fn regular_len(f: &File) -> Option<u64> {
 pub(super) fn page_size() -> u64 {
     static PAGE: OnceLock<u64> = OnceLock::new();
     *PAGE.get_or_init(|| {
-        #[cfg(unix)]
-        {
-            // SAFETY: sysconf only reads its integer argument.
-            let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-            if p > 0 && (p as u64).is_power_of_two() {
-                return p as u64;
-            }
+        // SAFETY: sysconf only reads its integer argument.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if p > 0 && (p as u64).is_power_of_two() {
+            return p as u64;
         }
         4096
     })

@@ -2,6 +2,7 @@
 //! NULL (where a value is required), alignment, size and UTF-8 before the core sees it.
 //! Out-parameters are checked up front the same way ([`Out`]) and written only on success.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::{c_char, CStr};
 use std::path::Path;
@@ -204,6 +205,23 @@ pub(crate) unsafe fn desc_input<'a>(d: &NpkioTensorDesc, i: usize) -> FfiResult<
     }
 }
 
+thread_local! {
+    /// The last document a `*_json` function of this thread could not copy to the caller's
+    /// buffer, for `npkio_json_take`; empty when there is none.
+    static UNTAKEN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps `doc` as the calling thread's untaken document (an empty one: none), freeing the
+/// one kept before.
+fn keep_untaken(doc: Vec<u8>) {
+    UNTAKEN.with(|u| *u.borrow_mut() = doc);
+}
+
+/// Takes the calling thread's untaken document (empty when there is none).
+pub(crate) fn take_untaken() -> Vec<u8> {
+    UNTAKEN.with(|u| std::mem::take(&mut *u.borrow_mut()))
+}
+
 /// Copies a JSON document to a caller's buffer: its length to `len_out` always; the bytes
 /// (NUL-terminated when there is room) only when `capacity` holds them, else
 /// `NPKIO_STATUS_BUFFER_TOO_SMALL`, so that the caller can retry with a buffer that fits,
@@ -227,10 +245,10 @@ pub(crate) unsafe fn give_json(
                 doc.len()
             ),
         );
-        super::summary::keep_untaken(doc);
+        keep_untaken(doc);
         return Err(err);
     }
-    super::summary::keep_untaken(Vec::new());
+    keep_untaken(Vec::new());
     if buffer.is_null() {
         return Err(FfiError::null("buffer"));
     }

@@ -85,6 +85,7 @@ use run::Target;
 
 /// A part of one dimension of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Slice {
     /// Indices `[start, end)` of dimension `dim`.
     Range {
@@ -160,6 +161,7 @@ pub struct Output {
 
 /// How chunks are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Method {
     /// Per chunk: buffered when at least half its pages are in the page cache, `O_DIRECT`
     /// otherwise (chunks under 256 KiB are always buffered).
@@ -180,8 +182,11 @@ pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 /// the call (the staging buffer is reused afterwards). An `Err` stops the load.
 pub type SinkFn<'a> = dyn Fn(usize, u64, &[u8]) -> std::result::Result<(), String> + Sync + 'a;
 
-/// Options of a load.
+/// Options of a load: [`LoadOptions::default`], then the builder methods named after the
+/// fields (`LoadOptions::default().threads(2).chunk_size(1 << 20)`), so that options can be
+/// added without breaking callers.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// Worker threads; 0 lets npkio choose (`copy::default_threads()`, or 4 when some chunk
     /// is read with `O_DIRECT`).
@@ -208,6 +213,38 @@ impl Default for LoadOptions {
     }
 }
 
+impl LoadOptions {
+    /// With [`LoadOptions::threads`] set.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// With [`LoadOptions::method`] set.
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// With [`LoadOptions::drop_behind`] set.
+    pub fn drop_behind(mut self, drop_behind: bool) -> Self {
+        self.drop_behind = drop_behind;
+        self
+    }
+
+    /// With [`LoadOptions::chunk_size`] set.
+    pub fn chunk_size(mut self, chunk_size: usize) -> Self {
+        self.chunk_size = chunk_size;
+        self
+    }
+
+    /// With [`LoadOptions::progress`] set.
+    pub fn progress(mut self, progress: Option<Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+}
+
 impl std::fmt::Debug for LoadOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadOptions")
@@ -222,6 +259,7 @@ impl std::fmt::Debug for LoadOptions {
 
 /// Staging buffers for a sink load.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Staging<'a> {
     /// npkio allocates one buffer of this many bytes per worker (at least 4096).
     Size(usize),

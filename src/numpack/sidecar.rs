@@ -21,8 +21,8 @@ pub const FILE_NAME: &str = "npkio.json";
 /// Largest sidecar npkio reads.
 pub const MAX_LEN: u64 = 256 << 20;
 
-/// The whole sidecar.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The whole sidecar, written by [`Sidecar::encode`] and [`Sidecar::encode_with`] alone.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Sidecar {
     /// Always `"npkio"`.
     #[serde(default = "format_name")]
@@ -502,13 +502,31 @@ impl Sidecar {
         (format == "npkio" && version == 1).then_some(fields)
     }
 
-    /// Serializes the sidecar (pretty JSON, entries sorted by name).
+    /// Serializes the sidecar (pretty JSON, entries sorted by name, a final newline).
     pub fn encode(&self) -> Vec<u8> {
-        let mut s = self.clone();
-        s.arrays.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut out = serde_json::to_vec_pretty(&s).expect("a sidecar always serializes");
-        out.push(b'\n');
+        let mut out = Vec::new();
+        self.encode_with(std::iter::empty(), &mut out)
+            .expect("a sidecar always serializes");
         out
+    }
+
+    /// Writes to `w` what [`Sidecar::encode`] gives for this sidecar with the entries `more`
+    /// added (sorted by name; names this sidecar has no entry for), taking `more` as it
+    /// writes them: a sidecar of many entries is streamed, never held whole in memory.
+    pub fn encode_with(
+        &self,
+        more: impl Iterator<Item = Entry>,
+        mut w: impl std::io::Write,
+    ) -> std::io::Result<()> {
+        let mut old: Vec<&Entry> = self.arrays.iter().collect();
+        old.sort_by(|a, b| a.name.cmp(&b.name));
+        let view = Encoded {
+            sidecar: self,
+            old,
+            more: std::cell::RefCell::new(Some(more)),
+        };
+        serde_json::to_writer_pretty(&mut w, &view)?;
+        w.write_all(b"\n")
     }
 
     /// Whether the sidecar says nothing (no need to write it).
@@ -538,6 +556,69 @@ impl Sidecar {
                 self.source_header = next.source_header;
             }
         }
+    }
+}
+
+/// The one encoding of a sidecar: its fields in order, `None`s omitted, its entries the
+/// sorted merge of `old` and `more`, `more` taken as it is written.
+struct Encoded<'a, I> {
+    sidecar: &'a Sidecar,
+    old: Vec<&'a Entry>,
+    more: std::cell::RefCell<Option<I>>,
+}
+
+impl<I: Iterator<Item = Entry>> Serialize for Encoded<'_, I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let sc = self.sidecar;
+        let mut st = s.serialize_struct("Sidecar", 7)?;
+        st.serialize_field("format", &sc.format)?;
+        st.serialize_field("version", &sc.version)?;
+        match &sc.metadata {
+            Some(m) => st.serialize_field("metadata", m)?,
+            None => st.skip_field("metadata")?,
+        }
+        st.serialize_field("arrays", &Merged(self))?;
+        match &sc.sharding {
+            Some(x) => st.serialize_field("sharding", x)?,
+            None => st.skip_field("sharding")?,
+        }
+        match &sc.source_header {
+            Some(x) => st.serialize_field("source_header", x)?,
+            None => st.skip_field("source_header")?,
+        }
+        match &sc.next {
+            Some(x) => st.serialize_field("next", x)?,
+            None => st.skip_field("next")?,
+        }
+        st.end()
+    }
+}
+
+/// The entries of an [`Encoded`] sidecar, merged by name as they are written.
+struct Merged<'v, 'a, I>(&'v Encoded<'a, I>);
+
+impl<I: Iterator<Item = Entry>> Serialize for Merged<'_, '_, I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let more = self.0.more.borrow_mut().take();
+        let mut more = more.into_iter().flatten().peekable();
+        let mut old = self.0.old.iter().copied().peekable();
+        let mut seq = s.serialize_seq(None)?;
+        loop {
+            let take_old = match (old.peek(), more.peek()) {
+                (Some(o), Some(n)) => o.name <= n.name,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_old {
+                seq.serialize_element(old.next().expect("peeked"))?;
+            } else {
+                seq.serialize_element(&more.next().expect("peeked"))?;
+            }
+        }
+        seq.end()
     }
 }
 

@@ -4,37 +4,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
-use serde::Deserialize;
-
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::view::TensorView;
+use memmap2::Mmap;
 
-/// One tensor's entry in the header.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorInfo {
-    /// The tensor's name.
-    pub name: String,
-    /// Its dtype.
-    pub dtype: DType,
-    /// Its shape (empty for a 0-d tensor).
-    pub shape: Vec<u64>,
-    /// `[begin, end)` relative to the start of the data section.
-    pub data_offsets: (u64, u64),
-}
-
-impl TensorInfo {
-    /// Byte length.
-    pub fn len(&self) -> u64 {
-        self.data_offsets.1 - self.data_offsets.0
-    }
-
-    /// Whether the tensor has no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use super::header::TensorInfo;
+use super::header::{culprit, describe, read_metadata};
 
 /// An owned, zero-copy tensor: it keeps the file's mapping alive, so it may outlive the
 /// [`SafeTensorsFile`] it came from.
@@ -306,14 +282,14 @@ impl SafeTensorsFile {
         // The header is at most 100 MB (checked above); failing to get that memory is a
         // resource error, not a malformed file.
         let mut head = Vec::new();
-        head.try_reserve_exact(8 + declared as usize).map_err(|_| {
+        head.try_reserve_exact(declared as usize).map_err(|_| {
             Error::io(
                 path,
                 "allocating memory for the header of",
                 std::io::Error::from(std::io::ErrorKind::OutOfMemory),
             )
         })?;
-        head.resize(8 + declared as usize, 0);
+        head.resize(declared as usize, 0);
         // Parsing a header takes several times its length in memory (names, shapes, maps),
         // and an allocation that fails while parsing aborts the process. Make sure that much
         // address space can be had first, so that a header too large for the memory
@@ -330,12 +306,14 @@ impl SafeTensorsFile {
                     )
                 })?;
         }
-        head[..8].copy_from_slice(&len_bytes);
-        read_at(&mut head[8..], 8)?;
-        let parsed = read_metadata(&head, file_len).map_err(|e| {
+        read_at(&mut head, 8)?;
+        let header = String::from_utf8(head).map_err(|_| {
+            Error::malformed(path, "invalid SafeTensors file: header is not valid UTF-8")
+        })?;
+        let parsed = read_metadata(&header, file_len).map_err(|e| {
             let mut err =
                 Error::malformed(path, format!("invalid SafeTensors file: {}", describe(&e)));
-            if let Some(name) = culprit(&head[8..], &e) {
+            if let Some(name) = culprit(header.as_bytes(), &e) {
                 err = err.array(name);
             }
             err
@@ -355,10 +333,6 @@ impl SafeTensorsFile {
         }
         // The mapping keeps the file: the descriptor is not needed any more.
         drop(file);
-        head.drain(..8);
-        let header = String::from_utf8(head).map_err(|_| {
-            Error::malformed(path, "invalid SafeTensors file: header is not valid UTF-8")
-        })?;
         let header_len = header.len() as u64;
         if let Some((name, dtype)) = parsed.unsupported {
             return Err(Error::new(
@@ -512,244 +486,13 @@ const PARSE_MEMORY_FACTOR: usize = 10;
 
 /// Positions of `tensors` sorted by name.
 fn sorted_by_name(tensors: &[TensorInfo]) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..tensors.len()).collect();
-    v.sort_unstable_by(|&a, &b| tensors[a].name.cmp(&tensors[b].name));
-    v
-}
-
-/// A header, parsed and validated.
-struct Parsed {
-    /// In file order (by data offset).
-    tensors: Vec<TensorInfo>,
-    /// `__metadata__` in the header's order.
-    metadata: Option<Vec<(String, String)>>,
-    /// The first tensor whose dtype npkio does not support, and that dtype.
-    unsupported: Option<(String, ::safetensors::Dtype)>,
-}
-
-/// The header's entries in the order they are written: each tensor's entry as the crate's
-/// own `TensorInfo` deserializes it, and `__metadata__` as ordered pairs of strings (the
-/// crate keeps a `HashMap`, which loses the order).
-struct HeaderEntries {
-    tensors: Vec<(String, ::safetensors::tensor::TensorInfo)>,
-    metadata: Option<Vec<(String, String)>>,
-}
-
-impl<'de> Deserialize<'de> for HeaderEntries {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Pairs(Vec<(String, String)>);
-        impl<'de> Deserialize<'de> for Pairs {
-            fn deserialize<D: serde::Deserializer<'de>>(
-                d: D,
-            ) -> std::result::Result<Self, D::Error> {
-                struct V;
-                impl<'de> serde::de::Visitor<'de> for V {
-                    type Value = Pairs;
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str("a map of strings")
-                    }
-                    fn visit_map<A: serde::de::MapAccess<'de>>(
-                        self,
-                        mut m: A,
-                    ) -> std::result::Result<Pairs, A::Error> {
-                        let mut v: Vec<(String, String)> = Vec::new();
-                        let mut at: std::collections::HashMap<String, usize> =
-                            std::collections::HashMap::new();
-                        while let Some((k, x)) = m.next_entry::<String, String>()? {
-                            // As a map would: a key given again keeps its place, takes the
-                            // new value.
-                            match at.get(&k) {
-                                Some(&i) => v[i].1 = x,
-                                None => {
-                                    at.insert(k.clone(), v.len());
-                                    v.push((k, x));
-                                }
-                            }
-                        }
-                        Ok(Pairs(v))
-                    }
-                }
-                d.deserialize_map(V)
-            }
-        }
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = HeaderEntries;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a SafeTensors header object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> std::result::Result<HeaderEntries, A::Error> {
-                let mut tensors = Vec::with_capacity(m.size_hint().unwrap_or(0));
-                let mut metadata = None;
-                let mut seen_metadata = false;
-                while let Some(key) = m.next_key::<String>()? {
-                    if key == "__metadata__" {
-                        if seen_metadata {
-                            return Err(serde::de::Error::duplicate_field("__metadata__"));
-                        }
-                        seen_metadata = true;
-                        metadata = m.next_value::<Option<Pairs>>()?.map(|p| p.0);
-                    } else {
-                        tensors.push((key, m.next_value()?));
-                    }
-                }
-                Ok(HeaderEntries { tensors, metadata })
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// The crate's header parsing and validation for a file of `file_len` bytes whose first
-/// bytes (the length and the header) are `head`, without a buffer as long as the file, and
-/// in one pass over the header.
-///
-/// The crate's `read_metadata` wants the whole file as one buffer, though it reads only the
-/// header and the buffer's length; and it keeps a map of every name that npkio would only
-/// copy into its own table. Instead, the header is parsed once, every tensor's entry by the
-/// crate's own `TensorInfo` deserializer, sorted by offsets as the crate sorts them, and
-/// handed to the crate's `Metadata::new`, which runs the crate's validation (offsets in
-/// order without gaps, shapes and dtypes agreeing with the offsets) and is dropped at once.
-/// The names stay in npkio's table: the crate gets empty ones, since its validation looks
-/// at offsets, dtypes and shapes only (a gap's tensor is named here). The one check left,
-/// that the tensors end exactly at the end of the file, is made here too. When parsing
-/// fails, the crate's `read_metadata` runs on `head` alone to name the error exactly as the
-/// crate does.
-fn read_metadata(
-    head: &[u8],
-    file_len: u64,
-) -> std::result::Result<Parsed, ::safetensors::SafeTensorError> {
-    use ::safetensors::SafeTensorError as E;
-    let parsed = std::str::from_utf8(&head[8..])
-        .map_err(|_| None)
-        .and_then(|text| serde_json::from_str::<HeaderEntries>(text).map_err(Some));
-    let entries = match parsed {
-        Ok(entries) => entries,
-        Err(ours) => {
-            return match ::safetensors::SafeTensors::read_metadata(head) {
-                // The crate takes what npkio does not (cannot be but for a header npkio's
-                // one-pass parser refuses): npkio's reason.
-                Ok(_) | Err(E::MetadataIncompleteBuffer) => {
-                    Err(E::InvalidHeaderDeserialization(ours.unwrap_or_else(|| {
-                        serde_json::from_slice::<HeaderEntries>(&head[8..])
-                            .err()
-                            .expect("not UTF-8")
-                    })))
-                }
-                Err(e) => Err(e),
-            };
-        }
-    };
-    let HeaderEntries {
-        mut tensors,
-        metadata,
-    } = entries;
-    // The crate's order: by offsets, stable (entries of equal offsets, empty tensors, keep
-    // the header's order).
-    tensors.sort_by_key(|(_, t)| t.data_offsets);
-    // A gap or overlap is named here (the crate would see the empty names).
-    let mut at = 0usize;
-    for (name, t) in &tensors {
-        let (s, e) = t.data_offsets;
-        if s != at || e < s {
-            return Err(E::InvalidOffset(name.clone()));
-        }
-        at = e;
-    }
-    let mut ours = Vec::with_capacity(tensors.len());
-    let mut unsupported = None;
-    let mut checked = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        match DType::from_safetensors(t.dtype) {
-            Some(dtype) => ours.push(TensorInfo {
-                name,
-                dtype,
-                shape: t.shape.iter().map(|&d| d as u64).collect(),
-                data_offsets: (t.data_offsets.0 as u64, t.data_offsets.1 as u64),
-            }),
-            None => {
-                if unsupported.is_none() {
-                    unsupported = Some((name, t.dtype));
-                }
-            }
-        }
-        checked.push((String::new(), t));
-    }
-    let meta = ::safetensors::tensor::Metadata::new(None, checked)?;
-    let end = (meta.data_len() as u64).checked_add(head.len() as u64);
-    drop(meta);
-    if end != Some(file_len) {
-        return Err(E::MetadataIncompleteBuffer);
-    }
-    Ok(Parsed {
-        tensors: ours,
-        metadata,
-        unsupported,
-    })
-}
-
-/// A readable account of the crate's error.
-fn describe(e: &::safetensors::SafeTensorError) -> String {
-    use ::safetensors::SafeTensorError as E;
-    match e {
-        E::HeaderTooSmall => "file shorter than the 8-byte header length".into(),
-        E::HeaderTooLarge => "header length above the 100,000,000-byte limit".into(),
-        E::InvalidHeaderLength => "header length points past the end of the file".into(),
-        E::InvalidHeader(_) => "header is not valid UTF-8".into(),
-        E::InvalidHeaderDeserialization(err) => {
-            format!("header is not valid SafeTensors JSON: {err}")
-        }
-        E::InvalidOffset(name) => {
-            format!("tensor {name:?}: data_offsets leave a gap, overlap, or run backwards")
-        }
-        E::ValidationOverflow => "a tensor's element count overflows".into(),
-        E::MisalignedSlice => "a tensor's size is not a whole number of bytes".into(),
-        E::TensorInvalidInfo => "a tensor's shape and dtype do not match its data_offsets".into(),
-        E::MetadataIncompleteBuffer => {
-            "the tensors do not end exactly at the end of the file (truncated, or trailing bytes)"
-                .into()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// The tensor a shape error is about: the crate's errors for these cases do not say.
-fn culprit(header: &[u8], e: &::safetensors::SafeTensorError) -> Option<String> {
-    use ::safetensors::SafeTensorError as E;
-    if !matches!(
-        e,
-        E::ValidationOverflow | E::MisalignedSlice | E::TensorInvalidInfo
-    ) {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(header).ok()?;
-    for (name, t) in v.as_object()? {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = t.get("dtype")?.as_str()?;
-        let bits = u64::from(DType::from_safetensors_name(dtype)?.bits());
-        let shape: Option<Vec<u64>> = t
-            .get("shape")?
-            .as_array()?
-            .iter()
-            .map(|d| d.as_u64())
-            .collect();
-        let offsets = t.get("data_offsets")?.as_array()?;
-        let (b, e2) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
-        let bytes = crate::dtype::element_count(&shape?).and_then(|n| n.checked_mul(bits));
-        let bad = match (e, bytes) {
-            (E::ValidationOverflow, None) => true,
-            (E::MisalignedSlice, Some(bits)) => bits % 8 != 0,
-            (E::TensorInvalidInfo, Some(bits)) => Some(bits / 8) != e2.checked_sub(b),
-            _ => false,
-        };
-        if bad {
-            return Some(name.clone());
-        }
-    }
-    None
+    // Sorting the names beside their positions, not positions looking the names up, keeps
+    // what each comparison reads together (a header may name a million tensors).
+    let mut v: Vec<(&str, usize)> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    v.into_iter().map(|(_, i)| i).collect()
 }

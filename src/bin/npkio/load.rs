@@ -54,18 +54,16 @@ pub fn run(args: &LoadArgs) -> Outcome {
             }
         })
         .collect();
-    let opts = LoadOptions {
-        threads: args.threads,
-        method: if args.direct {
+    let opts = LoadOptions::default()
+        .threads(args.threads)
+        .method(if args.direct {
             Method::Direct
         } else if args.buffered {
             Method::Buffered
         } else {
             Method::Auto
-        },
-        drop_behind: args.drop_behind,
-        ..LoadOptions::default()
-    };
+        })
+        .drop_behind(args.drop_behind);
     let (report, secs) = match args.staging {
         Some(size) => {
             let sink = |_: usize, _: u64, _: &[u8]| -> Result<(), String> { Ok(()) };

@@ -582,8 +582,7 @@ impl NumPack {
 
     /// Files that make up an array, relative to the directory: data file or manifest and
     /// segments, and the deletion bitmap if any.
-    #[doc(hidden)]
-    pub fn array_files(&self, name: &str) -> Result<Vec<PathBuf>> {
+    pub(crate) fn array_files(&self, name: &str) -> Result<Vec<PathBuf>> {
         if self.faults.contains_key(name) {
             // What its record names, as far as it stays inside: enough to leave it out
             // when the array is replaced.
@@ -601,8 +600,7 @@ impl NumPack {
     }
 
     /// The metadata record of an array, as on disk.
-    #[doc(hidden)]
-    pub fn record(&self, name: &str) -> Result<&ArrayRecord> {
+    pub(crate) fn record(&self, name: &str) -> Result<&ArrayRecord> {
         self.find(name)
             .map(|i| &self.arrays[i].record)
             .ok_or_else(|| self.not_found(name))
