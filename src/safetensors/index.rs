@@ -141,7 +141,7 @@ impl Checkpoint {
     /// (its descriptor held open meanwhile, so that its inode cannot be reused; same device
     /// and inode). npkio replaces a checkpoint by removing its index first and renaming the
     /// new index in last, so a shard replaced while the checkpoint was being opened always
-    /// shows as a changed index. Then the open starts again, up to [`OPEN_TRIES`] times
+    /// shows as a changed index. Then the open starts again, up to 12 times
     /// (about a second), and fails with an error of kind [`ErrorKind::Busy`] ("the
     /// checkpoint changed while being opened"): the tensors read are the old checkpoint's
     /// or the new one's, never a mix.
