@@ -234,6 +234,14 @@ extern "C" fn child_main() {
         parts.next().unwrap().to_string(),
         parts.next().unwrap() == "durable",
     );
+    if what == "create_new" {
+        eprintln!("MUTATION-BEGINS");
+        match NumPack::create(&dir, false) {
+            Ok(np) => println!("RESULT ok {}", np.len()),
+            Err(e) => println!("RESULT error {e}"),
+        }
+        std::process::exit(0);
+    }
     let mut np = NumPack::open(&dir).unwrap();
     np.set_durable(durable);
     eprintln!("MUTATION-BEGINS");
@@ -341,12 +349,18 @@ fn count_calls(what: &str, durable: bool, root: &Path) -> BTreeMap<String, (u64,
         "{what}: a clean run failed: {out:?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+    counts_in(what, &log)
+}
+
+/// Per traced call in the strace log `log`, how many times the child made it before the
+/// change started and in all.
+fn counts_in(what: &str, log: &Path) -> BTreeMap<String, (u64, u64)> {
     let mut counts: BTreeMap<String, (u64, u64)> = FS_CALLS
         .split(',')
         .map(|c| (c.to_string(), (0, 0)))
         .collect();
     let mut begun = false;
-    for line in std::fs::read_to_string(&log).unwrap().lines() {
+    for line in std::fs::read_to_string(log).unwrap().lines() {
         if line.contains("MUTATION-BEGINS") {
             begun = true;
         }
@@ -535,6 +549,75 @@ scenario! {
     delete_is_all_or_none => "delete",
     set_safetensors_metadata_is_all_or_none => "set_metadata",
     create_dropping_an_existing_store_is_all_or_none => "recreate",
+}
+
+/// Creating a store where there is none, killed at every filesystem call: the path is then
+/// absent, an empty directory (killed before the metadata's rename; not a store yet), or
+/// the new empty store; in every case the next `create` makes the store and leaves nothing
+/// of the killed one behind.
+#[test]
+fn creating_a_new_store_killed_at_every_step_is_completed_by_the_next_create() {
+    let what = "create_new";
+    if !have_strace(what) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("count.log");
+    let out = child(what, &root.path().join("count.npk"), false)
+        .arg("-o")
+        .arg(&log)
+        .arg("-e")
+        .arg(format!("trace={FS_CALLS}"))
+        .arg(std::env::current_exe().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("RESULT ok 0"),
+        "a clean run failed: {out:?}"
+    );
+    let counts = counts_in(what, &log);
+    let mut runs = 0;
+    for call in FS_CALLS.split(',') {
+        let (before, total) = counts[call];
+        for n in before + 1..=total + 1 {
+            runs += 1;
+            let dir = root.path().join(format!("run{runs}.npk"));
+            let stdout = run_child(what, &dir, false, &Fault::Kill, call, n);
+            let label = format!("create, killed at {call} #{n}");
+            let completed = stdout.as_deref().is_some_and(|o| o.contains("RESULT ok 0"));
+            if std::fs::symlink_metadata(&dir).is_ok() {
+                match NumPack::open(&dir) {
+                    Ok(np) => assert_eq!(np.len(), 0, "{label}"),
+                    Err(e) => {
+                        assert!(!completed, "{label}: completed, yet {e}");
+                        let names: Vec<String> = std::fs::read_dir(&dir)
+                            .unwrap()
+                            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                            .filter(|n| !n.starts_with(".npkio-tmp-"))
+                            .collect();
+                        assert!(
+                            names.is_empty(),
+                            "{label}: {names:?} in a directory that is not a store"
+                        );
+                    }
+                }
+            } else {
+                assert!(!completed, "{label}: completed, yet no store");
+            }
+            let mut np = NumPack::create(&dir, false)
+                .unwrap_or_else(|e| panic!("{label}: the next create failed: {e}"));
+            assert_eq!(np.len(), 0, "{label}");
+            np.set_safetensors_metadata(None).unwrap();
+            drop(np);
+            assert_eq!(leftovers(&dir), Vec::<String>::new(), "{label}");
+            assert_eq!(NumPack::open(&dir).unwrap().len(), 0, "{label}");
+            std::fs::remove_dir_all(&dir).unwrap();
+            if n == total + 1 {
+                assert!(completed, "{label}: a clean run did not complete");
+            }
+        }
+    }
+    eprintln!("{what}: {runs} runs");
 }
 
 /// A store whose directory a conversion replaced since it was opened refuses to change it,

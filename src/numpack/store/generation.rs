@@ -265,6 +265,29 @@ fn ours(path: &Path) -> bool {
     }
 }
 
+/// In a directory that holds no store yet, removes what a killed `create` left: when every
+/// entry is a temporary file of npkio's (its prefix, a regular file of this user), removes
+/// them and says so; otherwise (anything else there) touches nothing. Call holding the lock.
+pub(super) fn remove_create_leftovers(dir: &Path) -> Result<bool> {
+    let mut ours_all = Vec::new();
+    for entry in fs::read_dir(dir).ctx(dir, "listing")? {
+        let entry = entry.ctx(dir, "listing")?;
+        let path = entry.path();
+        let named = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(TMP_PREFIX));
+        if !(named && ours(&path)) {
+            return Ok(false);
+        }
+        ours_all.push(path);
+    }
+    for path in &ours_all {
+        remove_if_exists(path)?;
+    }
+    Ok(!ours_all.is_empty())
+}
+
 /// Removes `path` if it exists.
 pub(super) fn remove_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {

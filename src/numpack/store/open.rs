@@ -19,7 +19,7 @@ use crate::numpack::sidecar::{self, Entry, Sidecar};
 use crate::paths::checked_relative;
 use crate::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 
-use super::generation::{Held, Writer};
+use super::generation::{remove_create_leftovers, Held, Writer};
 use super::index::NameIndex;
 use super::layout::{bitmap_path, Segments, Storage};
 use super::{Array, Fault, NumPack};
@@ -183,7 +183,17 @@ impl NumPack {
         let _lock = crate::publish::lock_output(&lock_path, true).map_err(|e| e.at(dir))?;
         match fs::symlink_metadata(dir) {
             Ok(_) => {
-                let kind = existing_kind(dir)?;
+                let kind = match existing_kind(dir) {
+                    // A create killed before its metadata's rename left its temporary file
+                    // in the new directory: that directory is still the empty one it made.
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        if !remove_create_leftovers(dir)? {
+                            return Err(e);
+                        }
+                        existing_kind(dir)?
+                    }
+                    kind => kind?,
+                };
                 if kind == Existing::NumPack && !drop_if_exists {
                     return NumPack::open(dir);
                 }
