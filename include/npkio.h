@@ -1610,6 +1610,26 @@ NpkioStatus npkio_load_output_size(const struct NpkioLoader *loader,
                                    size_t *nbytes);
 
 /**
+ * Writes the shape of what `request` delivers (the tensor's shape with the sliced
+ * dimension cut to the range or to this rank's part) to `shape[0..ndim]`, and its number
+ * of dimensions to `*ndim` (its `dst` and `capacity` are ignored). `*ndim` is written
+ * always when the request is valid; the shape only when `capacity` holds it, else
+ * `NPKIO_STATUS_BUFFER_TOO_SMALL` (a tensor's `ndim` from `npkio_load_tensor` is always
+ * enough). Fails as `npkio_load_run` would for an invalid request.
+ *
+ * # Safety
+ *
+ * `loader` must be NULL or a live handle; `request` must be NULL or point to a request
+ * whose `name` is NULL or a NUL-terminated string; `shape` must be NULL or point to
+ * `capacity` writable `uint64_t`s; `ndim` must be NULL or point to a writable `size_t`.
+ */
+NpkioStatus npkio_load_output_shape(const struct NpkioLoader *loader,
+                                    const struct NpkioLoadRequest *request,
+                                    uint64_t *shape,
+                                    size_t capacity,
+                                    size_t *ndim);
+
+/**
  * Loads `count` requests, each into its own `dst`, with worker threads reading the files
  * in parallel. `options` may be NULL (defaults); `report` may be NULL.
  *

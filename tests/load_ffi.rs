@@ -468,3 +468,57 @@ fn file_offsets_are_where_the_tensors_start() {
     let loader = npkio::load::Loader::open(&seg).unwrap();
     assert!(loader.tensors().iter().any(|t| t.file_offset().is_none()));
 }
+
+/// The shape the library gives for a request, or the status and `ndim` it reports.
+fn output_shape(
+    l: *const NpkioLoader,
+    r: &NpkioLoadRequest,
+    capacity: usize,
+) -> (NpkioStatus, usize, Vec<u64>) {
+    let mut dims = vec![u64::MAX; capacity];
+    let mut ndim = usize::MAX;
+    // SAFETY: live handle, valid request, `capacity` writable u64s and an out-pointer.
+    let st = unsafe { npkio_load_output_shape(l, r, dims.as_mut_ptr(), capacity, &mut ndim) };
+    (st, ndim, dims)
+}
+
+#[test]
+fn output_shapes_come_from_the_library() {
+    let l = open();
+    let mut none = [0u8; 0];
+    // down_proj is [64, 172]: 172 columns split over 3 ranks are 58, 57, 57.
+    let name = c"model.layers.0.mlp.down_proj.weight";
+    let whole = req(name, &mut none);
+    assert_eq!(
+        output_shape(l, &whole, 2),
+        (NpkioStatus::Ok, 2, vec![64, 172])
+    );
+    for (rank, cols) in [(0, 58), (1, 57), (2, 57)] {
+        let mut r = whole;
+        (r.slice, r.dim, r.start, r.end) = (NPKIO_LOAD_SHARD, 1, rank, 3);
+        assert_eq!(
+            output_shape(l, &r, 4),
+            (NpkioStatus::Ok, 2, vec![64, cols, u64::MAX, u64::MAX])
+        );
+        assert_eq!(size(l, &r), 64 * cols as usize * 2);
+    }
+    let mut range = whole;
+    (range.slice, range.dim, range.start, range.end) = (NPKIO_LOAD_RANGE, 0, 10, 30);
+    assert_eq!(
+        output_shape(l, &range, 2),
+        (NpkioStatus::Ok, 2, vec![20, 172])
+    );
+    // Too small a buffer: the rank is said, nothing else written.
+    assert_eq!(
+        output_shape(l, &range, 1),
+        (NpkioStatus::BufferTooSmall, 2, vec![u64::MAX])
+    );
+    // An invalid request fails as a load would, and writes nothing.
+    let mut bad = whole;
+    (bad.slice, bad.dim, bad.start, bad.end) = (NPKIO_LOAD_RANGE, 2, 0, 1);
+    let (st, ndim, dims) = output_shape(l, &bad, 2);
+    assert_eq!(st, NpkioStatus::InvalidArgument, "{}", message());
+    assert_eq!((ndim, dims), (usize::MAX, vec![u64::MAX; 2]));
+    // SAFETY: the handle is live and freed once.
+    unsafe { npkio_load_free(l) };
+}

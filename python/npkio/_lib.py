@@ -301,6 +301,8 @@ _proto("npkio_load_count", _status, _handle, POINTER(c_size_t))
 _proto("npkio_load_tensor", _status, _handle, c_size_t, POINTER(TensorView))
 _proto("npkio_load_options_init", _status, POINTER(LoadOptions))
 _proto("npkio_load_output_size", _status, _handle, POINTER(LoadRequest), POINTER(c_size_t))
+_proto("npkio_load_output_shape", _status, _handle, POINTER(LoadRequest), POINTER(c_uint64), c_size_t,
+       POINTER(c_size_t))
 _proto("npkio_load_run", _status, _handle, POINTER(LoadRequest), c_size_t,
        POINTER(LoadOptions), POINTER(LoadReport))
 

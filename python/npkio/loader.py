@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from ctypes import c_bool, c_size_t, c_void_p
+from ctypes import c_bool, c_size_t, c_uint64, c_void_p
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -161,17 +161,6 @@ class _Planned(NamedTuple):
     nbytes: int
 
 
-def _out_shape(shape: Tuple[int, ...], kind: int, dim: int, a: int, b: int) -> Tuple[int, ...]:
-    if kind == _lib.NPKIO_LOAD_WHOLE or dim >= len(shape):
-        return shape
-    n = shape[dim]
-    if kind == _lib.NPKIO_LOAD_RANGE:
-        length = max(0, min(b, n) - a)
-    else:
-        length = n // b + (1 if a < n % b else 0) if b else 0
-    return shape[:dim] + (length,) + shape[dim + 1:]
-
-
 def _plan(
     loader: _Loader, name: str, spec: Any, target: Optional[_Row]
 ) -> _Planned:
@@ -214,7 +203,11 @@ def _plan(
     # conversion) and says how many bytes it delivers.
     nbytes = c_size_t()
     check(lib.npkio_load_output_size(loader.handle.ptr, ctypes.byref(req), ctypes.byref(nbytes)))
-    shape = _out_shape(t.shape, req.slice, req.dim, req.start, req.end)
+    dims = (c_uint64 * max(len(t.shape), 1))()
+    ndim = c_size_t()
+    check(lib.npkio_load_output_shape(loader.handle.ptr, ctypes.byref(req), dims, len(dims),
+                                      ctypes.byref(ndim)))
+    shape = tuple(dims[: ndim.value])
     return _Planned(name, req, name_b, row, shape, nbytes.value)
 
 
@@ -466,7 +459,6 @@ def load_tensors(
         else:
             dt, shape = _array_layout(p.row, p.shape, p.nbytes)
             outs.append(_empty(shape, dt))
-    _check_overlap(planned, outs)
     _run(loader, planned, outs, opts)
     return {p.name: arr for p, arr in zip(planned, outs)}
 
@@ -499,17 +491,6 @@ def _empty(shape: Tuple[int, ...], dt: np.dtype) -> np.ndarray:
             return np.empty(shape, dtype=dt)
         finally:
             _SET_MADVISE_HUGEPAGE(old)
-
-
-def _check_overlap(planned: Sequence[_Planned], outs: Sequence[Any]) -> None:
-    spans = sorted(
-        (_ptr(arr)[0], _ptr(arr)[0] + p.nbytes, p.name)
-        for p, arr in zip(planned, outs)
-        if p.nbytes
-    )
-    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
-        if begin < end:
-            raise ValueError(f"into[{a!r}] and into[{b!r}] overlap")
 
 
 # ----------------------------------------------------------------------------------------

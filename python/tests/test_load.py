@@ -467,7 +467,8 @@ def test_the_readme_loading_example_runs(monkeypatch, capsys):
 
 
 def test_the_library_refuses_overlap_and_small_capacity_too():
-    # Past the Python checks: the C side validates every destination before writing.
+    # The Python package leaves these checks to the library: it validates every
+    # destination before writing.
     from npkio import loader as L
 
     ld = L._Loader(TINY)

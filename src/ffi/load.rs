@@ -415,6 +415,66 @@ pub unsafe extern "C" fn npkio_load_output_size(
     })
 }
 
+/// Writes the shape of what `request` delivers (the tensor's shape with the sliced
+/// dimension cut to the range or to this rank's part) to `shape[0..ndim]`, and its number
+/// of dimensions to `*ndim` (its `dst` and `capacity` are ignored). `*ndim` is written
+/// always when the request is valid; the shape only when `capacity` holds it, else
+/// `NPKIO_STATUS_BUFFER_TOO_SMALL` (a tensor's `ndim` from `npkio_load_tensor` is always
+/// enough). Fails as `npkio_load_run` would for an invalid request.
+///
+/// # Safety
+///
+/// `loader` must be NULL or a live handle; `request` must be NULL or point to a request
+/// whose `name` is NULL or a NUL-terminated string; `shape` must be NULL or point to
+/// `capacity` writable `uint64_t`s; `ndim` must be NULL or point to a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_load_output_shape(
+    loader: *const NpkioLoader,
+    request: *const NpkioLoadRequest,
+    shape: *mut u64,
+    capacity: usize,
+    ndim: *mut usize,
+) -> NpkioStatus {
+    status_boundary(|| {
+        // SAFETY: the caller's contract above.
+        let (l, req, ndim) = unsafe {
+            (
+                handle_ref(loader, "loader")?,
+                slice_arg(request, 1, "request")?,
+                Out::new(ndim, "ndim")?,
+            )
+        };
+        // SAFETY: forwarded contract.
+        let r = unsafe { requests(req) }?.remove(0);
+        let dims = l.loader.output(&r)?.shape;
+        ndim.set(dims.len());
+        if capacity < dims.len() {
+            return Err(FfiError::new(
+                NpkioStatus::BufferTooSmall,
+                format!(
+                    "the shape has {} dimensions; the buffer holds {capacity}",
+                    dims.len()
+                ),
+            ));
+        }
+        if dims.is_empty() {
+            return Ok(());
+        }
+        if shape.is_null() {
+            return Err(FfiError::null("shape"));
+        }
+        if !shape.is_aligned() {
+            return Err(FfiError::invalid(
+                "argument `shape` is not aligned for its type",
+            ));
+        }
+        // SAFETY: `shape` is not NULL, aligned, and points to `capacity >= dims.len()`
+        // writable u64s (the caller's contract); npkio's vector cannot overlap it.
+        unsafe { std::ptr::copy_nonoverlapping(dims.as_ptr(), shape, dims.len()) };
+        Ok(())
+    })
+}
+
 /// Loads `count` requests, each into its own `dst`, with worker threads reading the files
 /// in parallel. `options` may be NULL (defaults); `report` may be NULL.
 ///
