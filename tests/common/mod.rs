@@ -1,5 +1,7 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: every area's `main.rs` includes this module.
 #![allow(dead_code)]
+
+pub mod contents;
 
 use std::path::{Path, PathBuf};
 
@@ -78,4 +80,80 @@ pub fn assert_limit(resource: libc::__rlimit_resource_t, limit: u64) {
     // SAFETY: a valid out pointer.
     assert_eq!(unsafe { libc::getrlimit(resource, &mut lim) }, 0);
     assert_eq!((lim.rlim_cur, lim.rlim_max), (limit, limit));
+}
+
+/// A file or directory under `tests/fixtures`.
+pub fn fixture(rel: &str) -> PathBuf {
+    fixtures().join(rel)
+}
+
+/// Copies the directory tree `from` to `to` (created if missing).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The calling thread's last error message from the C API.
+pub fn last_message() -> String {
+    // SAFETY: never NULL, valid until the next status-returning call on this thread.
+    unsafe { std::ffi::CStr::from_ptr(npkio::ffi::npkio_last_error_message()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Tensors by name.
+pub type Tensors = std::collections::BTreeMap<String, Vec<u8>>;
+
+/// U8 tensors from `(name, seed, length)`: bytes that differ with the seed and the offset.
+pub fn tensors(spec: &[(&str, u8, usize)]) -> Tensors {
+    spec.iter()
+        .map(|&(n, seed, len)| {
+            let bytes = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect();
+            (n.to_string(), bytes)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Children: this test binary run again, with one test and an environment variable saying
+// what to do.
+
+/// The name the test harness gives the test `name` of module `module` (`module_path!()`):
+/// the module's path without the crate's name, then the test's.
+pub fn test_name(module: &str, name: &str) -> String {
+    match module.split_once("::") {
+        Some((_, path)) => format!("{path}::{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// A command that runs this test binary again with only the test `name` of module `module`
+/// (`module_path!()`) and `env_var` set to `value`: the test, finding it set, does the
+/// child's part. Its stdin is closed; what it prints comes back with `--nocapture`.
+pub fn rerun(
+    module: &str,
+    name: &str,
+    env_var: &str,
+    value: impl AsRef<std::ffi::OsStr>,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        &test_name(module, name),
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(env_var, value)
+    .stdin(std::process::Stdio::null());
+    c
 }

@@ -1,11 +1,11 @@
-//! Helpers shared by the `reliability_*` tests: child processes, test data, and checks that
-//! an output holds exactly the tensors it should.
+//! Test data of the reliability tests: tensors held in memory, containers written from and
+//! read back into them, golden old outputs, and checks that an output holds exactly the
+//! tensors it should.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use npkio::ArrayInput;
 use npkio::{DType, NumPack};
@@ -252,16 +252,6 @@ pub fn remove(path: &Path) {
         Ok(_) => fs::remove_file(path).unwrap(),
         Err(_) => {}
     }
-}
-
-/// A command that re-runs this test binary as a child, running only the test `entry`
-/// with `env_var` set to `spec`.
-pub fn child(entry: &str, env_var: &str, spec: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", entry, "--nocapture", "--test-threads=1"])
-        .env(env_var, spec)
-        .stdin(Stdio::null());
-    c
 }
 
 /// The line a child prints after `CHILD-ERROR: `, if any.

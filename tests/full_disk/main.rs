@@ -9,15 +9,20 @@
 //!   below what the conversion needs, so that the very last allocation fails too;
 //! - RLIMIT_FSIZE in a child process (works anywhere), with limits that make a different
 //!   file of the output the first one too large.
+//!
+//! A test binary of its own: a child process started by a test of another file, sharing the
+//! binary, would hold the small filesystem's files open until its `exec` (see `SERIAL`).
 
-mod reliability_support;
+#[path = "../common/mod.rs"]
+mod common;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use npkio::{DType, Options};
-use reliability_support::*;
+use crate::common::contents::*;
+use crate::common::rerun;
 
 const ALL: Option<&[&str]> = None;
 const CHILD_ENV: &str = "NPKIO_FULL_DISK_CHILD";
@@ -346,7 +351,7 @@ fn file_size_limit_at_each_file_leaves_old_output_and_no_temporaries() {
                 if durable { "durable" } else { "fast" },
                 fx.total
             );
-            let o = child("child_entry", CHILD_ENV, &spec).output().unwrap();
+            let o = rerun(module_path!(), "child_entry", CHILD_ENV, &spec).output().unwrap();
             let stdout = String::from_utf8_lossy(&o.stdout);
             assert!(
                 o.status.success(),

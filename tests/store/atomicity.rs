@@ -19,7 +19,7 @@ use npkio::internals::numpack::metadata::Metadata;
 use npkio::ArrayInput;
 use npkio::{DType, NumPack};
 
-mod common;
+use crate::common;
 use common::have_strace;
 
 const CHILD_ENV: &str = "NPKIO_STORE_MUTATE_CHILD";

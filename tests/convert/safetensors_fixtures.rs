@@ -1,7 +1,7 @@
 //! Files written by the safetensors serializer convert to NumPack and back byte-identical,
 //! and the NumPack side is what the format says a NumPack 0.7 reader sees.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

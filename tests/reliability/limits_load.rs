@@ -195,11 +195,8 @@ fn cli_load_of_outputs_adding_up_past_2_pow_64_is_refused() {
 /// Runs test `entry` of this binary as a child with `NPKIO_LIMITS_CHILD=spec`, `prepare`
 /// applied to its command; returns its exit code and output.
 fn child(entry: &str, spec: &str, prepare: impl FnOnce(&mut Command)) -> (i32, String) {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", entry, "--nocapture", "--test-threads=1"])
-        .env("NPKIO_LIMITS_CHILD", spec)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null());
+    let mut c = crate::common::rerun(module_path!(), entry, "NPKIO_LIMITS_CHILD", spec);
+    c.env_remove("RUST_BACKTRACE");
     prepare(&mut c);
     let out = c.output().unwrap();
     let text = format!(

@@ -2,10 +2,9 @@
 //! temporary files behind. The failure is real: the conversion runs in a child process
 //! whose file size limit (RLIMIT_FSIZE) makes writing the third tensor fail with EFBIG.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::ALL;
 use npkio::ArrayInput;
@@ -71,9 +70,7 @@ fn child_entry() {
 }
 
 fn run_child(spec: &str) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, spec)
+    let out = common::rerun(module_path!(), "child_entry", CHILD_ENV, spec)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

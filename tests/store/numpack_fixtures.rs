@@ -1,7 +1,7 @@
 //! Directories written by NumPack 0.7.0 itself read exactly as `expected.json` says, and
 //! export to SafeTensors files the `safetensors` crate reads back with the same tensors.
 
-mod common;
+use crate::common;
 
 use common::{expected, fixtures, sha256, shape_of, ALL};
 use npkio::{DType, ErrorKind, NumPack};

@@ -1,7 +1,7 @@
 //! Sharded checkpoints: read through the index as one checkpoint, checked against it, and
 //! written back in the `save_pretrained` layout.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

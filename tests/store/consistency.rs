@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-mod common;
+use crate::common;
 
 use npkio::internals::hooks;
 use npkio::{ArrayInput, DType, ErrorKind, NumPack};
@@ -338,14 +338,7 @@ fn readers_see_whole_generations_while_another_process_keeps_replacing_arrays() 
     let writer = {
         let (dir, stop) = (dir.clone(), stop.clone());
         std::thread::spawn(move || {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "writer_child_entry",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(WRITER_CHILD, &dir)
+            let out = common::rerun(module_path!(), "writer_child_entry", WRITER_CHILD, &dir)
                 .output()
                 .unwrap();
             stop.store(true, Ordering::SeqCst);
@@ -711,14 +704,12 @@ fn a_failed_save_of_an_array_with_dropped_rows_leaves_it_under_its_own_name() {
     store_with(&dir, &["d"]);
     NumPack::open(&dir).unwrap().drop_rows("d", &[3]).unwrap();
     let before = files_of(&dir);
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
+    let mut cmd = common::rerun(
+        module_path!(),
         "failed_save_child_entry",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(FAILED_SAVE_CHILD, &dir);
+        FAILED_SAVE_CHILD,
+        &dir,
+    );
     common::limit_child(&mut cmd, libc::RLIMIT_FSIZE, 16 << 10);
     // SAFETY: only signal(), async-signal-safe, between fork and exec: a write past the
     // limit fails with EFBIG instead of killing the child.

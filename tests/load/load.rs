@@ -6,7 +6,7 @@
 //! the destinations untouched; `O_DIRECT` on a file whose size is not a block multiple;
 //! truncated sources.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use npkio::ArrayInput;
 use npkio::{DType, NumPack};
 
-mod common;
+use crate::common;
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
 

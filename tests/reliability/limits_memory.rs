@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-mod common;
+use crate::common;
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
 

@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 
 use npkio::{DType, NumPack, TensorInput};
 
-mod common;
+use crate::common;
 use common::have_strace;
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
@@ -466,16 +466,9 @@ fn as_nobody(cmd: &mut Command) -> &mut Command {
 
 /// This test binary, run again as `nobody`, saving the array `name` into `store`.
 fn save_as_nobody(store: &Path, name: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--exact",
-        "nobody_child_entry",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(NOBODY_CHILD, format!("{name}|{}", store.display()))
-    .stdout(std::process::Stdio::piped())
-    .stdin(std::process::Stdio::null());
+    let spec = format!("{name}|{}", store.display());
+    let mut c = common::rerun(module_path!(), "nobody_child_entry", NOBODY_CHILD, spec);
+    c.stdout(std::process::Stdio::piped());
     as_nobody(&mut c);
     c
 }

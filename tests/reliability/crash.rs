@@ -14,7 +14,6 @@
 //! conversion, small and medium sources; default 100), `NPKIO_CRASH_BIG_KILLS` (same for
 //! the 300 MiB source; default 6).
 
-mod reliability_support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +21,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use npkio::{DType, Options};
-use reliability_support::*;
+use crate::common::contents::*;
+use crate::common::rerun;
 
 const CHILD_ENV: &str = "NPKIO_CRASH_CHILD";
 const ALL: Option<&[&str]> = None;
@@ -280,7 +280,7 @@ fn run_child(spec: &str, kill: Option<Kill>) -> Child {
     use std::io::{BufRead, BufReader, Read};
     use std::os::unix::process::ExitStatusExt;
     let start = Instant::now();
-    let mut c = child("child_entry", CHILD_ENV, spec)
+    let mut c = rerun(module_path!(), "child_entry", CHILD_ENV, spec)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

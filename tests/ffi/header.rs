@@ -1,6 +1,6 @@
 //! The header drift test: `include/npkio.h` must be exactly what cbindgen generates from
 //! `src/ffi/` and `cbindgen.toml`, plus the version macros below. Regenerate with
-//! `NPKIO_BLESS=1 cargo test --test header`.
+//! `NPKIO_BLESS=1 cargo test --test ffi header::`.
 //!
 //! The version is written in one place, `Cargo.toml`. cbindgen reads only literal values, so
 //! the `NPKIO_VERSION_*` macros are made here from the crate's version and put after the
@@ -61,7 +61,7 @@ fn header_matches_the_source() {
             .unwrap_or(committed.lines().count().min(fresh.lines().count()));
         panic!(
             "include/npkio.h is stale (first difference at line {}); regenerate it with \
-             `NPKIO_BLESS=1 cargo test --test header` and commit it",
+             `NPKIO_BLESS=1 cargo test --test ffi header::` and commit it",
             line + 1
         );
     }

@@ -4,7 +4,6 @@
 //! into a clean `Busy` error): the result is exactly one complete conversion, never a mix,
 //! and merges lose no update.
 
-mod reliability_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -12,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use npkio::{DType, NumPack, Options};
-use reliability_support::*;
+use crate::common::contents::*;
+use crate::common::rerun;
 
 const ALL: Option<&[&str]> = None;
 const CHILD_ENV: &str = "NPKIO_CONCURRENCY_CHILD";
@@ -50,7 +50,7 @@ fn spawn(mode: &str, src: &Path, out: &Path, wait: bool, rounds: usize) -> Child
         out.display(),
         if wait { "wait" } else { "nowait" }
     );
-    child("child_entry", CHILD_ENV, &spec)
+    rerun(module_path!(), "child_entry", CHILD_ENV, &spec)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()
@@ -369,7 +369,8 @@ fn store_opened_before_a_replacement_errors_instead_of_faulting_on_a_shorter_fil
     write_numpack(&contents(1, &["w"], 4 << 20), &out);
     let src = dir.path().join("small.safetensors");
     write_safetensors(&contents(2, &["w"], 64 << 10), &src);
-    let o = child(
+    let o = rerun(
+        module_path!(),
         "stale_handle_child_entry",
         "NPKIO_STALE_HANDLE_CHILD",
         &format!("{}|{}", out.display(), src.display()),

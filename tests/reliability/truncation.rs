@@ -11,7 +11,6 @@
 //! file truncated by someone else faults when touched. That risk is documented; the last
 //! test shows it is real, so that the documentation stays honest.
 
-mod reliability_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -22,7 +21,8 @@ use std::sync::{Arc, Once};
 
 use npkio::CopyMethod;
 use npkio::{DType, Options};
-use reliability_support::*;
+use crate::common::contents::*;
+use crate::common::rerun;
 
 const ALL: Option<&[&str]> = None;
 const CHILD_ENV: &str = "NPKIO_TRUNCATION_CHILD";
@@ -98,7 +98,7 @@ fn convert_and_truncate(
         src.display(),
         out.display()
     );
-    let mut c = child("child_entry", CHILD_ENV, &spec)
+    let mut c = rerun(module_path!(), "child_entry", CHILD_ENV, &spec)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -275,7 +275,8 @@ fn zero_copy_view_of_a_file_truncated_by_someone_else_faults_as_documented() {
     let mut c = Contents::new();
     c.insert("w".into(), tensor(1, DType::U8, 1 << 20));
     write_safetensors(&c, &path);
-    let o = child(
+    let o = rerun(
+        module_path!(),
         "view_child_entry",
         "NPKIO_TRUNCATION_VIEW_CHILD",
         &path.display().to_string(),

@@ -9,7 +9,7 @@ use std::thread::ThreadId;
 
 use npkio::{DType, NumPack, Options, TensorInput};
 
-mod common;
+use crate::common;
 
 const N: usize = 20_000;
 
@@ -171,14 +171,12 @@ fn twenty_thousand_tensors_convert_both_ways_under_64_open_files() {
     }
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(&dir.path().join("moe.safetensors"), &tensors());
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
+    let mut cmd = common::rerun(
+        module_path!(),
         "twenty_thousand_tensors_convert_both_ways_under_64_open_files",
-        "--test-threads",
-        "1",
-    ])
-    .env(CHILD, dir.path());
+        CHILD,
+        dir.path(),
+    );
     common::limit_child(&mut cmd, libc::RLIMIT_NOFILE, 64);
     let out = cmd.output().unwrap();
     assert!(

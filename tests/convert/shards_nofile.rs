@@ -7,12 +7,11 @@
 //! alone.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use npkio::load::{LoadOptions, Loader, Request};
 use npkio::{ArrayInput, DType, ErrorKind, NumPack, Options};
 
-mod common;
+use crate::common;
 
 const SHARDS: usize = 150;
 const PER_SHARD: usize = 2;
@@ -131,14 +130,12 @@ fn a_hundred_and_fifty_shards_read_under_64_open_files() {
         assert_eq!(store.view(&name).unwrap().data, &bytes[..], "{name}");
     }
 
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
+    let mut cmd = common::rerun(
+        module_path!(),
         "a_hundred_and_fifty_shards_read_under_64_open_files",
-        "--test-threads",
-        "1",
-    ])
-    .env(CHILD, tmp.path());
+        CHILD,
+        tmp.path(),
+    );
     common::limit_child(&mut cmd, libc::RLIMIT_NOFILE, 64);
     let out = cmd.output().unwrap();
     assert!(

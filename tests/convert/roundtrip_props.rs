@@ -1,7 +1,7 @@
 //! Property tests: random arrays and tensor sets survive every path bit-exact, and npkio's
 //! SafeTensors output is byte-identical to the `safetensors` crate's own serializer.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
