@@ -28,7 +28,10 @@ fn metadata_and_iteration_do_not_touch_tensor_data() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "the child failed:\n{stdout}\n{stderr}");
+        assert!(
+            out.status.success(),
+            "the child failed:\n{stdout}\n{stderr}"
+        );
         // The child ran the test (a filter that matches nothing passes too).
         assert!(stdout.contains("1 passed"), "{stdout}");
         return;

@@ -3,28 +3,15 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, CStr, CString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::ptr;
 
+use crate::common::{fixture, last_message};
 use npkio::ffi::*;
 use sha2::{Digest, Sha256};
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
-}
-
 fn c(p: impl AsRef<Path>) -> CString {
     CString::new(p.as_ref().to_str().unwrap()).unwrap()
-}
-
-fn last_message() -> String {
-    // SAFETY: never NULL, valid until the next status-returning call on this thread.
-    unsafe { CStr::from_ptr(npkio_last_error_message()) }
-        .to_str()
-        .unwrap()
-        .to_string()
 }
 
 fn ok(status: NpkioStatus) {

@@ -6,6 +6,7 @@
 //! the `NPKIO_VERSION_*` macros are made here from the crate's version and put after the
 //! header's includes: a version bump makes the committed header stale until regenerated.
 
+use crate::common::copy_dir;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -104,17 +105,4 @@ fn a_changed_signature_changes_the_header() {
     let drifted = generate(tmp.path());
     assert_ne!(committed, drifted);
     assert!(drifted.contains("uint32_t durable"));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }

@@ -1,21 +1,15 @@
 //! Every malformed fixture through the C API: a status and a message naming the input,
 //! never a crash, and nothing written.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::ptr;
 
+use crate::common::last_message;
 use npkio::ffi::*;
 
 fn malformed_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/malformed")
-}
-
-fn last_message() -> String {
-    // SAFETY: never NULL, valid until the next status-returning call on this thread.
-    unsafe { CStr::from_ptr(npkio_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 fn cases() -> Vec<String> {

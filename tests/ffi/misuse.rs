@@ -5,20 +5,13 @@
 //! Not testable, and documented as the caller's error in the header: freeing a handle
 //! twice, and using a view after its handle is freed.
 
-use std::ffi::{c_char, CStr, CString};
-use std::path::Path;
+use std::ffi::{c_char, CString};
 use std::ptr::{null, null_mut};
 
+use crate::common::last_message;
 use npkio::ffi::*;
 
 const N: NpkioStatus = NpkioStatus::NullArgument;
-
-fn last_message() -> String {
-    // SAFETY: never NULL, valid until the next status-returning call on this thread.
-    unsafe { CStr::from_ptr(npkio_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// Asserts a NULL-argument failure whose message names the argument.
 #[track_caller]
@@ -32,10 +25,7 @@ fn null_arg(status: NpkioStatus, arg: &str) {
 }
 
 fn fixture(rel: &str) -> CString {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel);
-    CString::new(p.to_str().unwrap()).unwrap()
+    CString::new(crate::common::fixture(rel).to_str().unwrap()).unwrap()
 }
 
 #[test]

@@ -2,22 +2,16 @@
 //! own last-error messages, never another thread's, and shared handles work concurrently
 //! through their `const` functions.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::path::Path;
 use std::ptr::{null, null_mut};
 use std::sync::Barrier;
 
+use crate::common::last_message;
 use npkio::ffi::*;
 
 const THREADS: usize = 8;
 const ROUNDS: usize = 60; // × 6 calls a round = 360 calls a thread
-
-fn last_message() -> String {
-    // SAFETY: never NULL, valid until the next status-returning call on this thread.
-    unsafe { CStr::from_ptr(npkio_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// A handle shared by the threads, used through `const` functions only.
 struct Shared(*const NpkioSafetensors);

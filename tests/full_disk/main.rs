@@ -20,9 +20,9 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use npkio::{DType, Options};
 use crate::common::contents::*;
 use crate::common::rerun;
+use npkio::{DType, Options};
 
 const ALL: Option<&[&str]> = None;
 const CHILD_ENV: &str = "NPKIO_FULL_DISK_CHILD";
@@ -351,7 +351,9 @@ fn file_size_limit_at_each_file_leaves_old_output_and_no_temporaries() {
                 if durable { "durable" } else { "fast" },
                 fx.total
             );
-            let o = rerun(module_path!(), "child_entry", CHILD_ENV, &spec).output().unwrap();
+            let o = rerun(module_path!(), "child_entry", CHILD_ENV, &spec)
+                .output()
+                .unwrap();
             let stdout = String::from_utf8_lossy(&o.stdout);
             assert!(
                 o.status.success(),

@@ -15,6 +15,7 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::common::copy_dir;
 use npkio::internals::numpack::bitmap::Bitmap;
 use npkio::internals::numpack::metadata::Metadata;
 use npkio::internals::numpack::segments;
@@ -403,19 +404,6 @@ fn mutated_sharded_indexes_never_panic_hang_or_overallocate() {
 
 // ---------------------------------------------------------------------------------------
 // NumPack
-
-/// Copies a fixture directory.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
 
 fn dir_size(p: &Path) -> usize {
     std::fs::read_dir(p)

@@ -4,15 +4,14 @@
 //! into a clean `Busy` error): the result is exactly one complete conversion, never a mix,
 //! and merges lose no update.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use npkio::{DType, NumPack, Options};
 use crate::common::contents::*;
 use crate::common::rerun;
+use npkio::{DType, NumPack, Options};
 
 const ALL: Option<&[&str]> = None;
 const CHILD_ENV: &str = "NPKIO_CONCURRENCY_CHILD";

@@ -14,15 +14,14 @@
 //! conversion, small and medium sources; default 100), `NPKIO_CRASH_BIG_KILLS` (same for
 //! the 300 MiB source; default 6).
 
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use npkio::{DType, Options};
 use crate::common::contents::*;
 use crate::common::rerun;
+use npkio::{DType, Options};
 
 const CHILD_ENV: &str = "NPKIO_CRASH_CHILD";
 const ALL: Option<&[&str]> = None;

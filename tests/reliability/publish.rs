@@ -8,7 +8,6 @@
 //! Needs `strace` (`scripts/test.sh` installs it): without it the tests fail when `CI` is
 //! set and otherwise say that they skipped.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -16,23 +15,10 @@ use std::process::{Command, Output};
 use npkio::{DType, NumPack, TensorInput};
 
 use crate::common;
+use crate::common::{tensors, Tensors};
 use common::have_strace;
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
-
-/// Tensors by name.
-type Tensors = BTreeMap<String, Vec<u8>>;
-
-fn tensors(spec: &[(&str, u8, usize)]) -> Tensors {
-    spec.iter()
-        .map(|&(n, seed, len)| {
-            let bytes = (0..len)
-                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-                .collect();
-            (n.to_string(), bytes)
-        })
-        .collect()
-}
 
 /// Writes `t` as the SafeTensors file `path` (U8 vectors).
 fn write_st(path: &Path, t: &Tensors) {

@@ -11,7 +11,6 @@
 //! file truncated by someone else faults when touched. That risk is documented; the last
 //! test shows it is real, so that the documentation stays honest.
 
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -19,10 +18,10 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 
-use npkio::CopyMethod;
-use npkio::{DType, Options};
 use crate::common::contents::*;
 use crate::common::rerun;
+use npkio::CopyMethod;
+use npkio::{DType, Options};
 
 const ALL: Option<&[&str]> = None;
 const CHILD_ENV: &str = "NPKIO_TRUNCATION_CHILD";

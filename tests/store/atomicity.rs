@@ -20,6 +20,7 @@ use npkio::ArrayInput;
 use npkio::{DType, NumPack};
 
 use crate::common;
+use crate::common::copy_dir;
 use common::have_strace;
 
 const CHILD_ENV: &str = "NPKIO_STORE_MUTATE_CHILD";
@@ -268,14 +269,6 @@ fn show(v: &View) -> String {
 fn digest(v: &View) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(format!("{v:?}").as_bytes()))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 /// Filesystem calls a change makes, at which the child is killed.

@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use npkio::{ErrorKind, NumPack};
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/numpack-0.7-spec/drop_then_append.npk")
+    crate::common::fixture("numpack-0.7-spec/drop_then_append.npk")
 }
 
 /// One metadata record, as laid out in `metadata.npkm`.
