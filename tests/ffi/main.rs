@@ -11,5 +11,6 @@ mod header;
 mod load;
 mod malformed;
 mod misuse;
+mod prototypes;
 mod stress;
 mod units;
