@@ -157,3 +157,64 @@ pub fn rerun(
     .stdin(std::process::Stdio::null());
     c
 }
+
+/// Runs `cmd`, a child made by [`rerun`], and asserts that it ran its one test and passed
+/// (a test binary given a filter that matches nothing passes too); returns its output.
+pub fn child_passes(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{what}: the child failed or ran no test:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The directory holding the `libnpkio.so` that cargo built for this test run.
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/<profile>
+    assert!(
+        dir.join("libnpkio.so").exists(),
+        "no libnpkio.so beside the test binary in {} (run `cargo build` before `cargo test`)",
+        dir.display()
+    );
+    dir
+}
+
+/// Writes `t` (U8 vectors) into the NumPack directory `path`, merging unless
+/// `drop_if_exists`.
+pub fn write_npk(path: &Path, t: &Tensors, drop_if_exists: bool) -> npkio::Result<()> {
+    let shapes: Vec<[u64; 1]> = t.values().map(|v| [v.len() as u64]).collect();
+    let inputs: Vec<npkio::TensorInput<'_>> = t
+        .iter()
+        .zip(&shapes)
+        .map(|((name, data), shape)| npkio::TensorInput {
+            name,
+            dtype: npkio::DType::U8,
+            shape,
+            data,
+        })
+        .collect();
+    npkio::from_safetensors(&inputs, path, drop_if_exists)
+}
+
+/// Writes `t` (U8 vectors) as the SafeTensors file `path`.
+pub fn write_st(path: &Path, t: &Tensors) {
+    let dir = tempfile::tempdir().unwrap();
+    let npk = dir.path().join("t.npk");
+    write_npk(&npk, t, false).unwrap();
+    npkio::to_safetensors_file(&npk, path, None::<&[&str]>, None, 1 << 20).unwrap();
+}
+
+/// The arrays of the NumPack directory `path`, by name.
+pub fn read_npk(path: &Path) -> Result<Tensors, String> {
+    let s = npkio::NumPack::open(path).map_err(|e| e.to_string())?;
+    let mut out = Tensors::new();
+    for n in s.names() {
+        let v = s.view(n).map_err(|e| e.to_string())?;
+        out.insert(n.to_string(), v.data.to_vec());
+    }
+    Ok(out)
+}

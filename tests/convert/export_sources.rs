@@ -5,7 +5,6 @@
 //! holds, and a good export is byte-identical to one without the limit.
 
 use std::ffi::CString;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -158,19 +157,7 @@ fn convert_limited(limit: u64, from: &Path, to: &Path) -> std::process::Output {
         .arg("--quiet")
         .stdin(Stdio::null())
         .env_remove("RUST_BACKTRACE");
-    // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::common::limit_child(&mut cmd, libc::RLIMIT_NOFILE, limit);
     cmd.output().expect("the npkio binary runs")
 }
 

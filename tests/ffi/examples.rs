@@ -5,23 +5,12 @@
 //! (`make -C examples-c check`, run by scripts/test.sh, builds every example in both link
 //! modes and runs them under valgrind and the sanitizers.)
 
+use crate::common::lib_dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The directory holding the `libnpkio.so` that cargo built for this test run.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/<profile>
-    assert!(
-        dir.join("libnpkio.so").exists(),
-        "no libnpkio.so beside the test binary in {} (run `cargo build` before `cargo test`)",
-        dir.display()
-    );
-    dir
 }
 
 fn build_iterate_sum(out: &Path) -> PathBuf {

@@ -3,10 +3,11 @@
 //! progress through C callbacks, and `examples-c/load_tp.c` built and run.
 
 use std::ffi::{c_void, CStr, CString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::ptr;
 
+use crate::common::lib_dir;
 use npkio::ffi::*;
 
 fn model() -> CString {
@@ -376,17 +377,6 @@ fn tensors_are_listed_with_their_shapes() {
     );
     // SAFETY: live handle, freed once.
     unsafe { npkio_load_free(l) };
-}
-
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("libnpkio.so").exists(),
-        "no libnpkio.so in {} (run `cargo build` before `cargo test`)",
-        dir.display()
-    );
-    dir
 }
 
 #[test]

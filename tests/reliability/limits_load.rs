@@ -492,20 +492,7 @@ fn cli_load_into_more_memory_than_there_is_is_an_io_error() {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .env_remove("RUST_BACKTRACE");
-        use std::os::unix::process::CommandExt;
-        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::common::limit_child(&mut cmd, libc::RLIMIT_AS, limit);
         let out = cmd.output().unwrap();
         (
             out.status.code().unwrap_or(-1),

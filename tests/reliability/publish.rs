@@ -12,42 +12,13 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use npkio::{DType, NumPack, TensorInput};
+use npkio::{DType, NumPack};
 
 use crate::common;
-use crate::common::{tensors, Tensors};
+use crate::common::{read_npk, tensors, write_st, Tensors};
 use common::have_strace;
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
-
-/// Writes `t` as the SafeTensors file `path` (U8 vectors).
-fn write_st(path: &Path, t: &Tensors) {
-    let dir = tempfile::tempdir().unwrap();
-    let npk = dir.path().join("t.npk");
-    let shapes: Vec<[u64; 1]> = t.values().map(|v| [v.len() as u64]).collect();
-    let inputs: Vec<TensorInput<'_>> = t
-        .iter()
-        .zip(&shapes)
-        .map(|((n, v), s)| TensorInput {
-            name: n,
-            dtype: DType::U8,
-            shape: s,
-            data: v,
-        })
-        .collect();
-    npkio::from_safetensors(&inputs, &npk, false).unwrap();
-    npkio::to_safetensors_file(&npk, path, None::<&[&str]>, None, 1 << 20).unwrap();
-}
-
-fn read_npk(path: &Path) -> Result<Tensors, String> {
-    let s = NumPack::open(path).map_err(|e| e.to_string())?;
-    let mut out = Tensors::new();
-    for n in s.names() {
-        let v = s.view(n).map_err(|e| e.to_string())?;
-        out.insert(n.to_string(), v.data.to_vec());
-    }
-    Ok(out)
-}
 
 fn read_st(path: &Path) -> Result<Tensors, String> {
     let f = npkio::SafeTensorsFile::open(path).map_err(|e| e.to_string())?;

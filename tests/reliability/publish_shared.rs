@@ -10,53 +10,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{tensors, Tensors};
-use npkio::{DType, ErrorKind, NumPack, Options, TensorInput};
+use crate::common::{read_npk, tensors, write_npk, write_st, Tensors};
+use npkio::{ErrorKind, Options};
 
 mod permissions;
 
 const NPKIO: &str = env!("CARGO_BIN_EXE_npkio");
-
-/// Shapes and (name, bytes) pairs of tensors.
-type Inputs<'a> = (Vec<[u64; 1]>, Vec<(&'a str, &'a [u8])>);
-
-fn inputs(t: &Tensors) -> Inputs<'_> {
-    let shapes = t.values().map(|v| [v.len() as u64]).collect();
-    let named = t.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
-    (shapes, named)
-}
-
-fn write_npk(path: &Path, t: &Tensors, drop_if_exists: bool) -> npkio::Result<()> {
-    let (shapes, named) = inputs(t);
-    let ins: Vec<TensorInput<'_>> = named
-        .iter()
-        .zip(&shapes)
-        .map(|(&(name, data), s)| TensorInput {
-            name,
-            dtype: DType::U8,
-            shape: s,
-            data,
-        })
-        .collect();
-    npkio::from_safetensors(&ins, path, drop_if_exists)
-}
-
-fn write_st(path: &Path, t: &Tensors) {
-    let dir = tempfile::tempdir().unwrap();
-    let npk = dir.path().join("t.npk");
-    write_npk(&npk, t, false).unwrap();
-    npkio::to_safetensors_file(&npk, path, None::<&[&str]>, None, 1 << 20).unwrap();
-}
-
-fn read_npk(path: &Path) -> Result<Tensors, String> {
-    let s = NumPack::open(path).map_err(|e| e.to_string())?;
-    let mut out = Tensors::new();
-    for n in s.names() {
-        let v = s.view(n).map_err(|e| e.to_string())?;
-        out.insert(n.to_string(), v.data.to_vec());
-    }
-    Ok(out)
-}
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
