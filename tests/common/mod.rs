@@ -218,3 +218,31 @@ pub fn read_npk(path: &Path) -> Result<Tensors, String> {
     }
     Ok(out)
 }
+
+/// Builds the C program `examples-c/<name>.c` into `dir/<name>` against the library and
+/// header of this checkout, strictly (C99, every warning an error); returns its path.
+pub fn build_c_example(name: &str, dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = dir.join(name);
+    let lib = lib_dir();
+    let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args([
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-O1",
+        ])
+        .arg(format!("-I{}", root.join("include").display()))
+        .arg(root.join(format!("examples-c/{name}.c")))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lnpkio")
+        .status()
+        .expect("a C compiler (cc)");
+    assert!(status.success(), "building {name}.c failed");
+    exe
+}

@@ -5,7 +5,6 @@
 //! (`make -C examples-c check`, run by scripts/test.sh, builds every example in both link
 //! modes and runs them under valgrind and the sanitizers.)
 
-use crate::common::lib_dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,28 +13,7 @@ fn root() -> &'static Path {
 }
 
 fn build_iterate_sum(out: &Path) -> PathBuf {
-    let exe = out.join("iterate_sum");
-    let lib = lib_dir();
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args([
-            "-std=c99",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-O1",
-        ])
-        .arg(format!("-I{}", root().join("include").display()))
-        .arg(root().join("examples-c/iterate_sum.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(format!("-L{}", lib.display()))
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-lnpkio")
-        .status()
-        .expect("a C compiler (cc)");
-    assert!(status.success(), "building iterate_sum.c failed");
-    exe
+    crate::common::build_c_example("iterate_sum", out)
 }
 
 /// (name, sum) for every F32 tensor in file order, computed without npkio.

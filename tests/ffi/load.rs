@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::Command;
 use std::ptr;
 
-use crate::common::lib_dir;
 use npkio::ffi::*;
 
 fn model() -> CString {
@@ -383,27 +382,7 @@ fn tensors_are_listed_with_their_shapes() {
 fn the_tensor_parallel_c_example_joins_its_halves() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
-    let exe = tmp.path().join("load_tp");
-    let lib = lib_dir();
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args([
-            "-std=c99",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-O1",
-        ])
-        .arg(format!("-I{}", root.join("include").display()))
-        .arg(root.join("examples-c/load_tp.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(format!("-L{}", lib.display()))
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-lnpkio")
-        .status()
-        .expect("a C compiler (cc)");
-    assert!(status.success(), "building load_tp.c failed");
+    let exe = crate::common::build_c_example("load_tp", tmp.path());
     let out = Command::new(&exe)
         .arg(root.join("examples/tiny-llama.safetensors"))
         .output()
