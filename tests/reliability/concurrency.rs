@@ -372,7 +372,7 @@ fn store_opened_before_a_replacement_errors_instead_of_faulting_on_a_shorter_fil
         module_path!(),
         "stale_handle_child_entry",
         "NPKIO_STALE_HANDLE_CHILD",
-        &format!("{}|{}", out.display(), src.display()),
+        format!("{}|{}", out.display(), src.display()),
     )
     .output()
     .unwrap();

@@ -278,7 +278,7 @@ fn zero_copy_view_of_a_file_truncated_by_someone_else_faults_as_documented() {
         module_path!(),
         "view_child_entry",
         "NPKIO_TRUNCATION_VIEW_CHILD",
-        &path.display().to_string(),
+        path.display().to_string(),
     )
     .output()
     .unwrap();
