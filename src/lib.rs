@@ -22,8 +22,10 @@
 //! - [`ffi`]: the C ABI (`include/npkio.h`), a thin skin over the above.
 //! - `error`: one [`Error`] whose [`ErrorKind`] is the C status and the CLI's exit code.
 //! - `container` ([`Container::detect`]), `save` ([`save_safetensors_file`]), `units`
-//!   ([`parse_size`]); and the filesystem helpers (`fsutil`, `safe_open`: files inside a
-//!   directory, never followed out; `fdlimit`: batches sized from `RLIMIT_NOFILE`).
+//!   ([`parse_size`]).
+//! - `sys`: the filesystem layer under all of the above (positioned reads, `openat`,
+//!   `safe_open`: files inside a directory, never followed out; atomic small files;
+//!   `fdlimit`: batches sized from `RLIMIT_NOFILE`).
 //!
 //! ```
 //! # fn main() -> npkio::Result<()> {
@@ -56,18 +58,15 @@ mod convert;
 mod copy;
 mod dtype;
 mod error;
-mod fdlimit;
 pub mod ffi;
-mod fsutil;
 mod hook;
 pub mod load;
 mod names;
 mod numpack;
-mod paths;
 mod publish;
-mod safe_open;
 mod safetensors;
 mod save;
+mod sys;
 mod units;
 mod view;
 

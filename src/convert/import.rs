@@ -12,7 +12,6 @@ use super::{max_open_files, progress_ref, refuse_overlap, Options};
 use crate::copy::{self, Cause, CopyError, Extent, NewFiles, Side};
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::now_micros;
 use crate::numpack::metadata::{self, ArrayRecord};
 use crate::numpack::sidecar::{self, Entry, ShardRecord, Sharding, Sidecar};
 use crate::numpack::store::{existing_kind, make_record, needs_entry, ArrayInput, Existing};
@@ -22,6 +21,7 @@ use crate::safetensors::index::Checkpoint;
 use crate::safetensors::reader::Reopener;
 use crate::safetensors::writer::is_planned_header;
 use crate::safetensors::TensorInfo;
+use crate::sys::fsutil::now_micros;
 
 /// Converts a SafeTensors file (or a sharded checkpoint: its index, or a directory holding
 /// one) to a NumPack directory, streaming in bounded memory.
@@ -298,7 +298,7 @@ fn import(
         Some(Existing::NumPack) if !drop_if_exists => Some(NumPack::open(output)?),
         _ => None,
     };
-    let staging = Staging::new(output)?;
+    let staging = Staging::new(output, metadata::FILE_NAME)?;
 
     // Arrays kept from the old output, their files linked into the staging directory.
     let replaced: HashSet<&str> = arrays.iter().map(|a| &*a.name).collect();

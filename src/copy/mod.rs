@@ -62,7 +62,7 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 
-pub use crate::fsutil::preallocate;
+pub use crate::sys::fsutil::preallocate;
 pub use files::{NewFiles, SourceFiles};
 pub use methods::BOUNCE_SIZE;
 use plan::{Dsts, Sources};

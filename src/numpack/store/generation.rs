@@ -43,10 +43,10 @@ use std::sync::Mutex;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use std::io::Write;
 
-use crate::fsutil::{sync_dir, temp_file_in};
 use crate::numpack::metadata::{self, ArrayRecord, Metadata};
 use crate::numpack::naming;
 use crate::numpack::sidecar::{self, Entry, Next, Sidecar};
+use crate::sys::fsutil::{sync_dir, temp_file_in};
 
 use super::layout::{bitmap_path, files_of, Storage};
 use super::NumPack;

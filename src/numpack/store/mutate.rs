@@ -10,11 +10,11 @@ use std::sync::atomic::AtomicBool;
 
 use crate::dtype::{self, DType};
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::fsutil::{now_micros, sync_dir, temp_file_in, write_atomic};
 use crate::numpack::bitmap::Bitmap;
 use crate::numpack::metadata::{self, ArrayRecord, Metadata};
 use crate::numpack::naming;
 use crate::numpack::sidecar::{self, Sidecar};
+use crate::sys::fsutil::{now_micros, sync_dir, temp_file_in, write_atomic};
 
 use super::generation::{
     canonical_stem, link_over, published, remove_if_exists, replace_file, write_sidecar, TMP_PREFIX,

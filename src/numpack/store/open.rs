@@ -16,8 +16,8 @@ use crate::numpack::metadata::{self, ArrayRecord, Records};
 use crate::numpack::naming;
 use crate::numpack::segments::{self, Segment};
 use crate::numpack::sidecar::{self, Entry, Sidecar};
-use crate::paths::checked_relative;
-use crate::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
+use crate::sys::paths::checked_relative;
+use crate::sys::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 
 use super::generation::{remove_create_leftovers, Held, Writer};
 use super::index::NameIndex;
