@@ -236,35 +236,26 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let out = CString::new(dir.path().join("m.safetensors").to_str().unwrap()).unwrap();
-        // SAFETY: valid descriptions and path.
-        let st = unsafe {
-            npkio_save_safetensors_file(
-                descs.as_ptr(),
-                2,
-                std::ptr::null(),
-                std::ptr::null(),
-                0,
-                out.as_ptr(),
-                0,
-            )
+        let save = |flags| {
+            // SAFETY: valid descriptions and path.
+            unsafe {
+                npkio_save_safetensors_file(
+                    descs.as_ptr(),
+                    2,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    0,
+                    out.as_ptr(),
+                    flags,
+                )
+            }
         };
-        assert_eq!(st, NpkioStatus::Ok);
+        assert_eq!(save(0), NpkioStatus::Ok);
         assert_eq!(
             std::fs::read(dir.path().join("m.safetensors")).unwrap(),
             want
         );
-        // SAFETY: as above; flag bit 4 is unknown.
-        let st = unsafe {
-            npkio_save_safetensors_file(
-                descs.as_ptr(),
-                2,
-                std::ptr::null(),
-                std::ptr::null(),
-                0,
-                out.as_ptr(),
-                4,
-            )
-        };
-        assert_eq!(st, NpkioStatus::InvalidArgument);
+        // Flag bit 4 is unknown.
+        assert_eq!(save(4), NpkioStatus::InvalidArgument);
     }
 }

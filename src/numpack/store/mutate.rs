@@ -16,7 +16,7 @@ use crate::numpack::sidecar::{self, Sidecar};
 use crate::sys::fsutil::{now_micros, sync_dir, temp_file_in, write_atomic};
 
 use super::generation::{
-    canonical_stem, link_over, published, remove_if_exists, write_sidecar, TMP_PREFIX,
+    canonical_stem, link_over, published, remove_if_exists, write_sidecar, Late, TMP_PREFIX,
 };
 use super::index::NameIndex;
 use super::layout::{files_of, make_record, Storage};
@@ -400,16 +400,7 @@ impl NumPack {
             let old = s.arrays.remove(i);
             s.faults.remove(&old.record.name);
             s.index = NameIndex::of(&s.arrays);
-            let old_files = files_of(&old);
-            if let Some(d) = old.data.into_inner() {
-                s.retired.push(*d);
-            }
-            s.prune_sidecar(&on_disk);
-            if let Some(e) = late {
-                return Err(e);
-            }
-            s.remove_unreferenced(old_files);
-            Ok(())
+            s.after_removal(vec![old], &on_disk, late)
         })
     }
 
@@ -424,20 +415,27 @@ impl NumPack {
             s.st_metadata = None;
             s.sharding = None;
             s.source_header = None;
-            let mut files = Vec::new();
-            for a in old {
-                files.extend(files_of(&a));
-                if let Some(d) = a.data.into_inner() {
-                    s.retired.push(*d);
-                }
-            }
-            s.prune_sidecar(&on_disk);
-            if let Some(e) = late {
-                return Err(e);
-            }
-            s.remove_unreferenced(files);
-            Ok(())
+            s.after_removal(old, &on_disk, late)
         })
+    }
+
+    /// After a commit without the arrays `removed`: their mappings kept for the views still
+    /// out, the sidecar pruned, then (unless the directory's sync failed, `late`) their
+    /// files removed where no array of the new generation uses them.
+    fn after_removal(&mut self, removed: Vec<Array>, on_disk: &Sidecar, late: Late) -> Result<()> {
+        let mut files = Vec::new();
+        for a in removed {
+            files.extend(files_of(&a));
+            if let Some(d) = a.data.into_inner() {
+                self.retired.push(*d);
+            }
+        }
+        self.prune_sidecar(on_disk);
+        if let Some(e) = late {
+            return Err(e);
+        }
+        self.remove_unreferenced(files);
+        Ok(())
     }
 
     /// Writes the sidecar and then `metadata.npkm` as the store describes them now (a new
