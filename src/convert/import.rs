@@ -175,13 +175,14 @@ fn unusual_header(f: &crate::safetensors::SafeTensorsFile) -> Option<String> {
     (!same).then(|| f.header_json().to_string())
 }
 
-/// An in-memory tensor for [`from_safetensors`].
+/// Another name for [`ArrayInput`], the in-memory tensor [`from_safetensors`] and
+/// [`NumPack::save`](crate::NumPack::save) take; kept for existing callers.
 pub type TensorInput<'a> = ArrayInput<'a>;
 
 /// Saves tensors held in memory to a NumPack directory, with the same merge/replace rules
 /// and atomicity as [`from_safetensors_file`].
 pub fn from_safetensors(
-    tensors: &[TensorInput<'_>],
+    tensors: &[ArrayInput<'_>],
     output_path: impl AsRef<Path>,
     drop_if_exists: bool,
 ) -> Result<()> {
@@ -190,7 +191,7 @@ pub fn from_safetensors(
 
 /// [`from_safetensors`] with every option.
 pub fn from_safetensors_with(
-    tensors: &[TensorInput<'_>],
+    tensors: &[ArrayInput<'_>],
     output_path: impl AsRef<Path>,
     drop_if_exists: bool,
     opts: &Options,
@@ -640,7 +641,7 @@ fn link_or_copy(src: &Path, target: &Path, to: &Staging) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{DType, ErrorKind, TensorInput};
+    use crate::{ArrayInput, DType, ErrorKind};
 
     /// The streamed sidecar is the sidecar's fields as `serde_json` lays them out (pretty,
     /// in declaration order, `None`s omitted, entries sorted by name, a final newline), byte
@@ -751,7 +752,7 @@ mod tests {
     fn a_data_file_that_cannot_be_created_names_the_output_and_array() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.npk");
-        let t = |name, data| TensorInput {
+        let t = |name, data| ArrayInput {
             name,
             dtype: DType::U8,
             shape: &[4],

@@ -10,7 +10,8 @@ use super::convert::{NPKIO_FLAG_DURABLE, NPKIO_FLAG_NO_WAIT};
 use super::dtype::NpkioTensorDesc;
 use super::error::{FfiError, FfiResult, NpkioStatus};
 use super::panic::status_boundary;
-use crate::convert::{Options, TensorInput};
+use crate::convert::Options;
+use crate::numpack::ArrayInput;
 use crate::save::{safetensors_header, save_safetensors_file};
 
 /// The options `flags` ask for (`NPKIO_FLAG_DURABLE`, `NPKIO_FLAG_NO_WAIT`).
@@ -35,7 +36,7 @@ fn flag_options(flags: u32) -> FfiResult<Options> {
 unsafe fn inputs<'a>(
     tensors: *const NpkioTensorDesc,
     count: usize,
-) -> FfiResult<Vec<TensorInput<'a>>> {
+) -> FfiResult<Vec<ArrayInput<'a>>> {
     // SAFETY: forwarded contract.
     let descs = unsafe { slice_arg(tensors, count, "tensors") }?;
     descs

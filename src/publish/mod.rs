@@ -712,10 +712,10 @@ mod tests {
     /// (or fails fast with Busy).
     #[test]
     fn a_store_change_and_conversions_into_its_directory_exclude_each_other() {
-        use crate::{DType, Options, TensorInput};
+        use crate::{ArrayInput, DType, Options};
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("s.npk");
-        let t = [TensorInput {
+        let t = [ArrayInput {
             name: "a",
             dtype: DType::U8,
             shape: &[2],
