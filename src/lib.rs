@@ -63,6 +63,7 @@ mod hook;
 pub mod load;
 mod names;
 mod numpack;
+mod positions;
 mod publish;
 mod safetensors;
 mod save;

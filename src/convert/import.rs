@@ -16,6 +16,7 @@ use crate::numpack::metadata::{self, ArrayRecord};
 use crate::numpack::sidecar::{self, Entry, ShardRecord, Sharding, Sidecar};
 use crate::numpack::store::{existing_kind, make_record, needs_entry, ArrayInput, Existing};
 use crate::numpack::{naming, NumPack};
+use crate::positions::Positions;
 use crate::publish::{self, Staging};
 use crate::safetensors::index::Checkpoint;
 use crate::safetensors::reader::Reopener;
@@ -478,27 +479,24 @@ fn write_streamed(
     staging.publish_file(tmp, name, durable)
 }
 
-/// The stems of records' data files, found ignoring ASCII case: an open-addressing table
-/// of record positions (at most half full), hashed by the lowercased stem, the stems
-/// compared where the records keep them. No stem is copied.
+/// The stems of records' data files, found ignoring ASCII case: the positions of the
+/// records in a [`Positions`] table, hashed by the lowercased stem, the stems compared where
+/// the records keep them. No stem is copied.
 struct Stems {
-    slots: Vec<u32>,
-    len: usize,
+    positions: Positions,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl Stems {
-    const EMPTY: u32 = u32::MAX;
-
     fn with_capacity(n: usize) -> Stems {
         Stems {
-            slots: vec![Stems::EMPTY; n.saturating_mul(2).max(8).next_power_of_two()],
-            len: 0,
+            positions: Positions::with_capacity(n),
             hasher: Default::default(),
         }
     }
 
-    fn start(&self, stem: &str) -> usize {
+    /// The hash of `stem` lowercased (ASCII).
+    fn hash(&self, stem: &str) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.hasher.build_hasher();
         let mut buf = [0u8; 64];
@@ -508,49 +506,23 @@ impl Stems {
             lower.make_ascii_lowercase();
             h.write(lower);
         }
-        (h.finish() as usize) & (self.slots.len() - 1)
+        h.finish()
     }
 
     /// A stem of `records` equal to `name` ignoring ASCII case.
     fn find<'r>(&self, name: &str, records: &'r [ArrayRecord]) -> Option<&'r str> {
-        let mask = self.slots.len() - 1;
-        let mut at = self.start(name);
-        loop {
-            match self.slots[at] {
-                Stems::EMPTY => return None,
-                i => {
-                    let stem = naming::stem_of(&records[i as usize].data_file);
-                    if let Some(s) = stem.filter(|s| s.eq_ignore_ascii_case(name)) {
-                        return Some(s);
-                    }
-                    at = (at + 1) & mask;
-                }
-            }
-        }
+        let stem = |i: usize| naming::stem_of(&records[i].data_file);
+        let i = self.positions.get(self.hash(name), |i| {
+            stem(i).is_some_and(|s| s.eq_ignore_ascii_case(name))
+        })?;
+        stem(i)
     }
 
     /// Adds the stem of `records[i]`, if its data file has one.
     fn insert(&mut self, i: usize, records: &[ArrayRecord]) {
-        let Some(stem) = naming::stem_of(&records[i].data_file) else {
-            return;
-        };
-        if (self.len + 1) * 2 > self.slots.len() {
-            let mut grown = Stems::with_capacity(self.len + 1);
-            grown.hasher = std::mem::take(&mut self.hasher);
-            for j in std::mem::take(&mut self.slots) {
-                if j != Stems::EMPTY {
-                    grown.insert(j as usize, records);
-                }
-            }
-            *self = grown;
+        if let Some(stem) = naming::stem_of(&records[i].data_file) {
+            self.positions.insert(self.hash(stem), i);
         }
-        let mask = self.slots.len() - 1;
-        let mut at = self.start(stem);
-        while self.slots[at] != Stems::EMPTY {
-            at = (at + 1) & mask;
-        }
-        self.slots[at] = u32::try_from(i).expect("fewer than 2^32 arrays");
-        self.len += 1;
     }
 }
 
