@@ -26,6 +26,7 @@
 //! - `sys`: the filesystem layer under all of the above (positioned reads, `openat`,
 //!   `safe_open`: files inside a directory, never followed out; atomic small files;
 //!   `fdlimit`: batches sized from `RLIMIT_NOFILE`).
+//! - `positions`: one hash table of positions, for lookups by name without copying names.
 //!
 //! ```
 //! # fn main() -> npkio::Result<()> {

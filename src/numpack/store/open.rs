@@ -495,7 +495,8 @@ impl Parts<'_> {
 
     /// `rel` opened inside the directory, a missing file being a malformed directory.
     fn open_part(&self, rel: &str, what: &str) -> Result<Opened> {
-        open_part(self.root, self.dir, rel, what, self.listed_regular(rel))
+        open_member(self.root, self.dir, rel, what, self.listed_regular(rel))
+            .map_err(|e| missing_is_malformed(e, self.dir))
     }
 }
 
@@ -510,17 +511,6 @@ fn refuse_dangling(dir: &Path, rel: &str, what: &str) -> Result<()> {
         )),
         Err(_) => Ok(()),
     }
-}
-
-/// Opens `rel` inside `dir` (see `safe_open`), a missing file being a malformed directory.
-pub(super) fn open_part(
-    root: &OwnedFd,
-    dir: &Path,
-    rel: &str,
-    what: &str,
-    listed_regular: bool,
-) -> Result<Opened> {
-    open_member(root, dir, rel, what, listed_regular).map_err(|e| missing_is_malformed(e, dir))
 }
 
 /// An error opening a file the directory `dir` needs: a missing file makes the directory
