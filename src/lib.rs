@@ -14,8 +14,8 @@
 //! - `publish`: outputs are built beside their target under a lock and appear in one
 //!   rename.
 //! - `view`: [`TensorView`], the borrowed view of a tensor that both formats hand out.
-//! - `copy`: the one place that moves bytes between files, in parallel page-aligned chunks
-//!   ([`CopyMethod`]).
+//! - `copy`: the copy engine that moves the conversions' bytes, in parallel page-aligned
+//!   chunks ([`CopyMethod`]).
 //! - [`load`]: the loader: tensors and slices of any checkpoint into the caller's memory or
 //!   a sink, buffered or `O_DIRECT`, validated before any byte moves. A public module of
 //!   its own: its vocabulary (`Request`, `Slice`, `Method`, `Staging`) is the loader's.
