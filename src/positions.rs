@@ -1,9 +1,9 @@
 //! One small hash table for npkio's lookups by name: positions in a list the caller keeps
-//! (the arrays of a store, the records of a conversion, the entries of a directory
-//! listing), found by a 64-bit hash the caller computes (keyed per process, as `HashMap`
-//! is) and a comparison the caller makes. No key is copied: each slot holds a position and
-//! the high 32 bits of its hash, so that a probe compares a key only when those match;
-//! eight bytes a slot, at most half full, instead of a map entry and a copy of the name.
+//! (the arrays of a store, the records of a conversion), found by a 64-bit hash the caller
+//! computes (keyed per process, as `HashMap` is) and a comparison the caller makes. No key
+//! is copied: each slot holds a position and the high 32 bits of its hash, so that a probe
+//! compares a key only when those match; eight bytes a slot, at most half full, instead of
+//! a map entry and a copy of the name.
 
 /// No position in this slot.
 const EMPTY: u64 = 0;

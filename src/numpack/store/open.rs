@@ -16,7 +16,6 @@ use crate::numpack::metadata::{self, ArrayRecord, Records};
 use crate::numpack::naming;
 use crate::numpack::segments::{self, Segment};
 use crate::numpack::sidecar::{self, Entry, Sidecar};
-use crate::positions::Positions;
 use crate::sys::paths::checked_relative;
 use crate::sys::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 
@@ -420,54 +419,61 @@ fn one_component(rel: &str) -> bool {
         && !rel.bytes().any(|b| matches!(b, b'/' | b'\\' | 0))
 }
 
-/// What a listing of the directory says of its entries: keyed 64-bit hashes of the names,
-/// each with whether a name of that hash is a regular file, found through a [`Positions`]
-/// table. Two names may share a hash, so an entry may be taken for present (or regular)
-/// when it is not; both answers only save a look before opening, which still decides (a
-/// name that is not there fails to open, as `NotFound`; what is opened is checked to be a
-/// regular file by `fstat`).
+/// What a listing of the directory says of its entries: a table (at most half full) of
+/// keyed 64-bit hashes of the names, the lowest bit set for a regular file. Two names may
+/// share a hash, so an entry may be taken for present (or regular) when it is not; both
+/// answers only save a look before opening, which still decides (a name that is not there
+/// fails to open, as `NotFound`; what is opened is checked to be a regular file by `fstat`).
 struct Listing {
-    /// (hash of a name, whether a name of that hash is a regular file), each hash once.
-    entries: Vec<(u64, bool)>,
-    positions: Positions,
+    hashes: Vec<u64>,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl Listing {
     /// The listing of `root`, `None` when it cannot be listed.
     fn of(root: &OwnedFd) -> Option<Listing> {
-        let mut l = Listing {
-            entries: Vec::new(),
-            positions: Positions::with_capacity(0),
-            hasher: std::collections::hash_map::RandomState::new(),
-        };
+        let mut keys = Vec::new();
+        let hasher = std::collections::hash_map::RandomState::new();
         list_dir(root, |name, kind| {
-            let h = l.hash(name);
-            let regular = kind == libc::DT_REG;
-            match l.positions.get(h, |i| l.entries[i].0 == h) {
-                Some(i) => l.entries[i].1 |= regular,
-                None => {
-                    l.positions.insert(h, l.entries.len());
-                    l.entries.push((h, regular));
-                }
-            }
+            keys.push(Listing::key(&hasher, name) | u64::from(kind == libc::DT_REG));
         })
         .ok()?;
+        let size = keys.len().saturating_mul(2).max(8).next_power_of_two();
+        let mut l = Listing {
+            hashes: vec![0; size],
+            hasher,
+        };
+        let mask = size - 1;
+        for k in keys {
+            let mut at = (k >> 32) as usize & mask;
+            while l.hashes[at] != 0 {
+                at = (at + 1) & mask;
+            }
+            l.hashes[at] = k;
+        }
         Some(l)
     }
 
-    fn hash(&self, name: &[u8]) -> u64 {
+    /// The slot value of `name` but its regular-file bit: never 0 (an empty slot).
+    fn key(hasher: &std::collections::hash_map::RandomState, name: &[u8]) -> u64 {
         use std::hash::BuildHasher;
-        self.hasher.hash_one(name)
+        (hasher.hash_one(name) & !3) | 2
     }
 
     /// Whether `name` may be in the directory, and whether as a regular file.
     fn find(&self, name: &str) -> (bool, bool) {
-        let h = self.hash(name.as_bytes());
-        match self.positions.get(h, |i| self.entries[i].0 == h) {
-            Some(i) => (true, self.entries[i].1),
-            None => (false, false),
+        let key = Listing::key(&self.hasher, name.as_bytes());
+        let mask = self.hashes.len() - 1;
+        let mut at = (key >> 32) as usize & mask;
+        let mut found = (false, false);
+        while self.hashes[at] != 0 {
+            let h = self.hashes[at];
+            if h & !1 == key {
+                found = (true, found.1 || h & 1 == 1);
+            }
+            at = (at + 1) & mask;
         }
+        found
     }
 }
 
