@@ -429,12 +429,8 @@ pub unsafe extern "C" fn npkio_numpack_append_rows(
     unsafe { append(npk, name, data, nbytes, Some(rows)) }
 }
 
-/// The body of `npkio_numpack_append` (`rows` counted from the bytes) and
-/// `npkio_numpack_append_rows`.
-///
-/// # Safety
-///
-/// As `npkio_numpack_append`.
+/// The body of `npkio_numpack_append` (`rows: None`) and `npkio_numpack_append_rows`.
+/// Safety: the contract of `npkio_numpack_append`.
 unsafe fn append(
     npk: *mut NpkioNumpack,
     name: *const c_char,
