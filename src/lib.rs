@@ -14,16 +14,19 @@
 //! - `publish`: outputs are built beside their target under a lock and appear in one
 //!   rename.
 //! - `view`: [`TensorView`], the borrowed view of a tensor that both formats hand out.
-//! - `copy`: the one place that moves bytes between files, in parallel page-aligned chunks
-//!   ([`CopyMethod`]).
+//! - `copy`: the copy engine that moves the conversions' bytes, in parallel page-aligned
+//!   chunks ([`CopyMethod`]).
 //! - [`load`]: the loader: tensors and slices of any checkpoint into the caller's memory or
 //!   a sink, buffered or `O_DIRECT`, validated before any byte moves. A public module of
 //!   its own: its vocabulary (`Request`, `Slice`, `Method`, `Staging`) is the loader's.
 //! - [`ffi`]: the C ABI (`include/npkio.h`), a thin skin over the above.
 //! - `error`: one [`Error`] whose [`ErrorKind`] is the C status and the CLI's exit code.
 //! - `container` ([`Container::detect`]), `save` ([`save_safetensors_file`]), `units`
-//!   ([`parse_size`]); and the filesystem helpers (`fsutil`, `safe_open`: files inside a
-//!   directory, never followed out; `fdlimit`: batches sized from `RLIMIT_NOFILE`).
+//!   ([`parse_size`]).
+//! - `sys`: the filesystem layer under all of the above (positioned reads, `openat`,
+//!   `safe_open`: files inside a directory, never followed out; atomic small files;
+//!   `fdlimit`: batches sized from `RLIMIT_NOFILE`).
+//! - `positions`: one hash table of positions, for lookups by name without copying names.
 //!
 //! ```
 //! # fn main() -> npkio::Result<()> {
@@ -56,18 +59,16 @@ mod convert;
 mod copy;
 mod dtype;
 mod error;
-mod fdlimit;
 pub mod ffi;
-mod fsutil;
 mod hook;
 pub mod load;
 mod names;
 mod numpack;
-mod paths;
+mod positions;
 mod publish;
-mod safe_open;
 mod safetensors;
 mod save;
+mod sys;
 mod units;
 mod view;
 

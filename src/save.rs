@@ -7,8 +7,9 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::convert::{Options, TensorInput};
+use crate::convert::Options;
 use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::numpack::ArrayInput;
 use crate::publish;
 use crate::safetensors::writer::PlanInput;
 use crate::safetensors::{plan_header, HeaderPlan};
@@ -17,7 +18,7 @@ use crate::safetensors::{plan_header, HeaderPlan};
 /// file: the header bytes, the order of the tensors in the file and each one's byte range.
 /// Each tensor's data must be exactly as long as its dtype and shape say.
 pub fn safetensors_header(
-    tensors: &[TensorInput<'_>],
+    tensors: &[ArrayInput<'_>],
     metadata: Option<&[(String, String)]>,
 ) -> Result<HeaderPlan> {
     let inputs: Vec<PlanInput<'_>> = tensors
@@ -50,7 +51,7 @@ pub fn safetensors_header(
 /// the output and renamed into place, under the output's lock, as every conversion does;
 /// `opts.durable` and `opts.wait_for_lock` apply.
 pub fn save_safetensors_file(
-    tensors: &[TensorInput<'_>],
+    tensors: &[ArrayInput<'_>],
     metadata: Option<&[(String, String)]>,
     output_path: impl AsRef<Path>,
     opts: &Options,

@@ -12,16 +12,17 @@ use super::{max_open_files, progress_ref, refuse_overlap, Options};
 use crate::copy::{self, Cause, CopyError, Extent, NewFiles, Side};
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::now_micros;
 use crate::numpack::metadata::{self, ArrayRecord};
 use crate::numpack::sidecar::{self, Entry, ShardRecord, Sharding, Sidecar};
 use crate::numpack::store::{existing_kind, make_record, needs_entry, ArrayInput, Existing};
 use crate::numpack::{naming, NumPack};
+use crate::positions::Positions;
 use crate::publish::{self, Staging};
 use crate::safetensors::index::Checkpoint;
 use crate::safetensors::reader::Reopener;
 use crate::safetensors::writer::is_planned_header;
 use crate::safetensors::TensorInfo;
+use crate::sys::fsutil::now_micros;
 
 /// Converts a SafeTensors file (or a sharded checkpoint: its index, or a directory holding
 /// one) to a NumPack directory, streaming in bounded memory.
@@ -175,13 +176,14 @@ fn unusual_header(f: &crate::safetensors::SafeTensorsFile) -> Option<String> {
     (!same).then(|| f.header_json().to_string())
 }
 
-/// An in-memory tensor for [`from_safetensors`].
+/// Another name for [`ArrayInput`], the in-memory tensor [`from_safetensors`] and
+/// [`NumPack::save`](crate::NumPack::save) take; kept for existing callers.
 pub type TensorInput<'a> = ArrayInput<'a>;
 
 /// Saves tensors held in memory to a NumPack directory, with the same merge/replace rules
 /// and atomicity as [`from_safetensors_file`].
 pub fn from_safetensors(
-    tensors: &[TensorInput<'_>],
+    tensors: &[ArrayInput<'_>],
     output_path: impl AsRef<Path>,
     drop_if_exists: bool,
 ) -> Result<()> {
@@ -190,7 +192,7 @@ pub fn from_safetensors(
 
 /// [`from_safetensors`] with every option.
 pub fn from_safetensors_with(
-    tensors: &[TensorInput<'_>],
+    tensors: &[ArrayInput<'_>],
     output_path: impl AsRef<Path>,
     drop_if_exists: bool,
     opts: &Options,
@@ -298,7 +300,7 @@ fn import(
         Some(Existing::NumPack) if !drop_if_exists => Some(NumPack::open(output)?),
         _ => None,
     };
-    let staging = Staging::new(output)?;
+    let staging = Staging::new(output, metadata::FILE_NAME)?;
 
     // Arrays kept from the old output, their files linked into the staging directory.
     let replaced: HashSet<&str> = arrays.iter().map(|a| &*a.name).collect();
@@ -477,27 +479,24 @@ fn write_streamed(
     staging.publish_file(tmp, name, durable)
 }
 
-/// The stems of records' data files, found ignoring ASCII case: an open-addressing table
-/// of record positions (at most half full), hashed by the lowercased stem, the stems
-/// compared where the records keep them. No stem is copied.
+/// The stems of records' data files, found ignoring ASCII case: the positions of the
+/// records in a [`Positions`] table, hashed by the lowercased stem, the stems compared where
+/// the records keep them. No stem is copied.
 struct Stems {
-    slots: Vec<u32>,
-    len: usize,
+    positions: Positions,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl Stems {
-    const EMPTY: u32 = u32::MAX;
-
     fn with_capacity(n: usize) -> Stems {
         Stems {
-            slots: vec![Stems::EMPTY; n.saturating_mul(2).max(8).next_power_of_two()],
-            len: 0,
+            positions: Positions::with_capacity(n),
             hasher: Default::default(),
         }
     }
 
-    fn start(&self, stem: &str) -> usize {
+    /// The hash of `stem` lowercased (ASCII).
+    fn hash(&self, stem: &str) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.hasher.build_hasher();
         let mut buf = [0u8; 64];
@@ -507,49 +506,23 @@ impl Stems {
             lower.make_ascii_lowercase();
             h.write(lower);
         }
-        (h.finish() as usize) & (self.slots.len() - 1)
+        h.finish()
     }
 
     /// A stem of `records` equal to `name` ignoring ASCII case.
     fn find<'r>(&self, name: &str, records: &'r [ArrayRecord]) -> Option<&'r str> {
-        let mask = self.slots.len() - 1;
-        let mut at = self.start(name);
-        loop {
-            match self.slots[at] {
-                Stems::EMPTY => return None,
-                i => {
-                    let stem = naming::stem_of(&records[i as usize].data_file);
-                    if let Some(s) = stem.filter(|s| s.eq_ignore_ascii_case(name)) {
-                        return Some(s);
-                    }
-                    at = (at + 1) & mask;
-                }
-            }
-        }
+        let stem = |i: usize| naming::stem_of(&records[i].data_file);
+        let i = self.positions.get(self.hash(name), |i| {
+            stem(i).is_some_and(|s| s.eq_ignore_ascii_case(name))
+        })?;
+        stem(i)
     }
 
     /// Adds the stem of `records[i]`, if its data file has one.
     fn insert(&mut self, i: usize, records: &[ArrayRecord]) {
-        let Some(stem) = naming::stem_of(&records[i].data_file) else {
-            return;
-        };
-        if (self.len + 1) * 2 > self.slots.len() {
-            let mut grown = Stems::with_capacity(self.len + 1);
-            grown.hasher = std::mem::take(&mut self.hasher);
-            for j in std::mem::take(&mut self.slots) {
-                if j != Stems::EMPTY {
-                    grown.insert(j as usize, records);
-                }
-            }
-            *self = grown;
+        if let Some(stem) = naming::stem_of(&records[i].data_file) {
+            self.positions.insert(self.hash(stem), i);
         }
-        let mask = self.slots.len() - 1;
-        let mut at = self.start(stem);
-        while self.slots[at] != Stems::EMPTY {
-            at = (at + 1) & mask;
-        }
-        self.slots[at] = u32::try_from(i).expect("fewer than 2^32 arrays");
-        self.len += 1;
     }
 }
 
@@ -640,7 +613,7 @@ fn link_or_copy(src: &Path, target: &Path, to: &Staging) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{DType, ErrorKind, TensorInput};
+    use crate::{ArrayInput, DType, ErrorKind};
 
     /// The streamed sidecar is the sidecar's fields as `serde_json` lays them out (pretty,
     /// in declaration order, `None`s omitted, entries sorted by name, a final newline), byte
@@ -751,7 +724,7 @@ mod tests {
     fn a_data_file_that_cannot_be_created_names_the_output_and_array() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.npk");
-        let t = |name, data| TensorInput {
+        let t = |name, data| ArrayInput {
             name,
             dtype: DType::U8,
             shape: &[4],

@@ -39,7 +39,7 @@ pub use read::{
 /// Most files a conversion keeps open at once, from the open-file limit (see `fdlimit`);
 /// larger conversions go in batches.
 fn max_open_files() -> usize {
-    crate::fdlimit::open_file_budget()
+    crate::sys::fdlimit::open_file_budget()
 }
 
 /// A progress callback: called with the number of bytes just copied, from any thread.

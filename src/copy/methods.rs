@@ -6,8 +6,9 @@ use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::plan::{page_size, regular_len, short_source, Chunk, Dsts, Part, Plan, Sources};
+use super::plan::{regular_len, short_source, Chunk, Dsts, Part, Plan, Sources};
 use super::{Cause, CopyMethod, Side};
+use crate::sys::io::{page_size, read_counted, read_exact_at};
 
 /// How a chunk's bytes travel, as [`CopyMethod`] resolves for the sources and platform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -494,33 +495,8 @@ fn copy_range(_sh: &Route<'_>, src: &File, dst: &File, c: &Chunk, buf: &mut Boun
 // ---------------------------------------------------------------------------------------------
 // Positioned I/O.
 
-fn read_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(f, buf, off)
-}
-
 fn write_at(f: &File, buf: &[u8], off: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::write_at(f, buf, off)
-}
-
-/// Read exactly `buf.len()` bytes at `off`; a source that ends first is `UnexpectedEof`.
-fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
-    read_counted(f, buf, off).map_err(|(_, e)| e)
-}
-
-/// [`read_exact_at`], saying on failure how many bytes were read.
-fn read_counted(f: &File, buf: &mut [u8], off: u64) -> Result<(), (usize, io::Error)> {
-    let end = off + buf.len() as u64;
-    let mut got = 0usize;
-    while got < buf.len() {
-        let at = off + got as u64;
-        match read_at(f, &mut buf[got..], at) {
-            Ok(0) => return Err((got, short_source(end, at))),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err((got, e)),
-        }
-    }
-    Ok(())
 }
 
 fn write_all_at(f: &File, mut buf: &[u8], mut off: u64) -> io::Result<()> {

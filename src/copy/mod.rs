@@ -62,7 +62,7 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 
-pub use crate::fsutil::preallocate;
+pub use crate::sys::fsutil::preallocate;
 pub use files::{NewFiles, SourceFiles};
 pub use methods::BOUNCE_SIZE;
 use plan::{Dsts, Sources};
@@ -329,31 +329,10 @@ pub const PREALLOCATE_MIN: u64 = 1 << 20;
 /// 18,000 of them bought nothing measurable (`docs/benchmarks.md`); a full disk is then
 /// reported by the write. The mapped method writes such files with `pwrite`.
 pub fn size_new_file(file: &File, len: u64) -> io::Result<()> {
-    if len < PREALLOCATE_MIN {
+    if len < PREALLOCATE_MIN || crate::sys::fsutil::fallocate(file, len)? {
         return Ok(());
     }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::unix::io::AsRawFd;
-        let off_len = libc::off_t::try_from(len).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "length does not fit in off_t")
-        })?;
-        loop {
-            // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
-            // `file`, which outlives the call.
-            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // Not supported here: set the length instead, as `preallocate` does.
-                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
-                _ => return Err(err),
-            }
-        }
-    }
+    // Not supported here: set the length instead, as `preallocate` does.
     preallocate(file, len)
 }
 

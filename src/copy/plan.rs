@@ -3,11 +3,11 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::OnceLock;
 
 use super::{
     Cause, CopyError, CopyOptions, Extent, NewFiles, Side, SourceFiles, BOUNCE_SIZE, NO_EXTENT,
 };
+use crate::sys::io::page_size;
 
 /// Where chunks come from: files, or slices of memory.
 pub(super) enum Sources<'a> {
@@ -51,19 +51,6 @@ pub(super) fn regular_len(f: &File) -> Option<u64> {
         Ok(m) if m.is_file() => Some(m.len()),
         _ => None,
     }
-}
-
-/// The system's page size (4096 where it cannot be asked).
-pub(super) fn page_size() -> u64 {
-    static PAGE: OnceLock<u64> = OnceLock::new();
-    *PAGE.get_or_init(|| {
-        // SAFETY: sysconf only reads its integer argument.
-        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if p > 0 && (p as u64).is_power_of_two() {
-            return p as u64;
-        }
-        4096
-    })
 }
 
 /// How extents map to chunks.

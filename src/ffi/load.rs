@@ -44,6 +44,21 @@ pub struct NpkioLoader {
     names: Vec<Box<[u8]>>,
 }
 
+impl NpkioLoader {
+    /// The `index`-th tensor, `IndexOutOfRange` past the last.
+    fn tensor(&self, index: usize) -> FfiResult<&crate::load::LoadTensor> {
+        self.loader.tensors().get(index).ok_or_else(|| {
+            FfiError::new(
+                NpkioStatus::IndexOutOfRange,
+                format!(
+                    "tensor index {index} is out of range ({} tensors)",
+                    self.names.len()
+                ),
+            )
+        })
+    }
+}
+
 /// One thing to load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -300,15 +315,7 @@ pub unsafe extern "C" fn npkio_load_tensor(
     status_boundary(|| {
         // SAFETY: the caller's contract above.
         let (l, view) = unsafe { (handle_ref(loader, "loader")?, Out::new(view, "view")?) };
-        let Some(t) = l.loader.tensors().get(index) else {
-            return Err(FfiError::new(
-                NpkioStatus::IndexOutOfRange,
-                format!(
-                    "tensor index {index} is out of range ({} tensors)",
-                    l.names.len()
-                ),
-            ));
-        };
+        let t = l.tensor(index)?;
         let (name, name_len) = name_parts(&l.names[index]);
         view.set(NpkioTensorView {
             name,
@@ -345,15 +352,7 @@ pub unsafe extern "C" fn npkio_load_tensor_file_offset(
     status_boundary(|| {
         // SAFETY: the caller's contract above.
         let (l, out) = unsafe { (handle_ref(loader, "loader")?, Out::new(offset, "offset")?) };
-        let Some(t) = l.loader.tensors().get(index) else {
-            return Err(FfiError::new(
-                NpkioStatus::IndexOutOfRange,
-                format!(
-                    "tensor index {index} is out of range ({} tensors)",
-                    l.names.len()
-                ),
-            ));
-        };
+        let t = l.tensor(index)?;
         let off = t.file_offset().ok_or_else(|| {
             FfiError::new(
                 NpkioStatus::Unsupported,

@@ -405,18 +405,8 @@ pub unsafe extern "C" fn npkio_numpack_append(
     data: *const u8,
     nbytes: usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
-        let (h, name, data) = unsafe {
-            (
-                handle_mut(npk, "npk")?,
-                str_arg(name, "name")?,
-                slice_arg(data, nbytes, "data")?,
-            )
-        };
-        h.store.append(name, data)?;
-        Ok(())
-    })
+    // SAFETY: the caller's contract above is the one `append` needs.
+    unsafe { append(npk, name, data, nbytes, None) }
 }
 
 /// Appends `rows` rows to the array called `name`: `nbytes` bytes holding exactly that many
@@ -435,8 +425,21 @@ pub unsafe extern "C" fn npkio_numpack_append_rows(
     nbytes: usize,
     rows: u64,
 ) -> NpkioStatus {
+    // SAFETY: the caller's contract above is the one `append` needs.
+    unsafe { append(npk, name, data, nbytes, Some(rows)) }
+}
+
+/// The body of `npkio_numpack_append` (`rows: None`) and `npkio_numpack_append_rows`.
+/// Safety: the contract of `npkio_numpack_append`.
+unsafe fn append(
+    npk: *mut NpkioNumpack,
+    name: *const c_char,
+    data: *const u8,
+    nbytes: usize,
+    rows: Option<u64>,
+) -> NpkioStatus {
     status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
+        // SAFETY: the caller's contract, checked for NULL inside.
         let (h, name, data) = unsafe {
             (
                 handle_mut(npk, "npk")?,
@@ -444,7 +447,10 @@ pub unsafe extern "C" fn npkio_numpack_append_rows(
                 slice_arg(data, nbytes, "data")?,
             )
         };
-        h.store.append_rows(name, data, rows)?;
+        match rows {
+            None => h.store.append(name, data)?,
+            Some(rows) => h.store.append_rows(name, data, rows)?,
+        }
         Ok(())
     })
 }

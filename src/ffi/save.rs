@@ -10,7 +10,8 @@ use super::convert::{NPKIO_FLAG_DURABLE, NPKIO_FLAG_NO_WAIT};
 use super::dtype::NpkioTensorDesc;
 use super::error::{FfiError, FfiResult, NpkioStatus};
 use super::panic::status_boundary;
-use crate::convert::{Options, TensorInput};
+use crate::convert::Options;
+use crate::numpack::ArrayInput;
 use crate::save::{safetensors_header, save_safetensors_file};
 
 /// The options `flags` ask for (`NPKIO_FLAG_DURABLE`, `NPKIO_FLAG_NO_WAIT`).
@@ -35,7 +36,7 @@ fn flag_options(flags: u32) -> FfiResult<Options> {
 unsafe fn inputs<'a>(
     tensors: *const NpkioTensorDesc,
     count: usize,
-) -> FfiResult<Vec<TensorInput<'a>>> {
+) -> FfiResult<Vec<ArrayInput<'a>>> {
     // SAFETY: forwarded contract.
     let descs = unsafe { slice_arg(tensors, count, "tensors") }?;
     descs
@@ -236,35 +237,26 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let out = CString::new(dir.path().join("m.safetensors").to_str().unwrap()).unwrap();
-        // SAFETY: valid descriptions and path.
-        let st = unsafe {
-            npkio_save_safetensors_file(
-                descs.as_ptr(),
-                2,
-                std::ptr::null(),
-                std::ptr::null(),
-                0,
-                out.as_ptr(),
-                0,
-            )
+        let save = |flags| {
+            // SAFETY: valid descriptions and path.
+            unsafe {
+                npkio_save_safetensors_file(
+                    descs.as_ptr(),
+                    2,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    0,
+                    out.as_ptr(),
+                    flags,
+                )
+            }
         };
-        assert_eq!(st, NpkioStatus::Ok);
+        assert_eq!(save(0), NpkioStatus::Ok);
         assert_eq!(
             std::fs::read(dir.path().join("m.safetensors")).unwrap(),
             want
         );
-        // SAFETY: as above; flag bit 4 is unknown.
-        let st = unsafe {
-            npkio_save_safetensors_file(
-                descs.as_ptr(),
-                2,
-                std::ptr::null(),
-                std::ptr::null(),
-                0,
-                out.as_ptr(),
-                4,
-            )
-        };
-        assert_eq!(st, NpkioStatus::InvalidArgument);
+        // Flag bit 4 is unknown.
+        assert_eq!(save(4), NpkioStatus::InvalidArgument);
     }
 }

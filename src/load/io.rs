@@ -10,44 +10,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::sys::io::short;
+pub(crate) use crate::sys::io::{page_size, read_exact_at};
+
 /// Alignment of `O_DIRECT` offsets, lengths and buffers. 4096 covers every logical block
 /// size in common use (512 and 4096 bytes).
 pub(crate) const BLOCK: u64 = 4096;
-
-/// The page size.
-pub(crate) fn page_size() -> u64 {
-    // SAFETY: sysconf only reads its integer argument.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 && (p as u64).is_power_of_two() {
-        p as u64
-    } else {
-        4096
-    }
-}
-
-/// Reads exactly `buf.len()` bytes at `off`; a file that ends first is `UnexpectedEof`.
-pub(crate) fn read_exact_at(f: &File, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
-    let end = off + buf.len() as u64;
-    while !buf.is_empty() {
-        match f.read_at(buf, off) {
-            Ok(0) => return Err(short(end, off)),
-            Ok(n) => {
-                buf = &mut buf[n..];
-                off += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn short(end: u64, at: u64) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        format!("the file ends at byte {at}, before byte {end} (truncated during the load?)"),
-    )
-}
 
 /// A buffer whose start is aligned to [`BLOCK`], reused from task to task: an anonymous
 /// mapping, with transparent huge pages asked for (`MADV_HUGEPAGE`) when it is 2 MiB or

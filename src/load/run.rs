@@ -169,7 +169,7 @@ pub(crate) fn run(
 ) -> Result<LoadReport> {
     let files = &loader.opened.files;
     let units = &plan.units;
-    let per_window = (crate::fdlimit::open_file_budget() / 2).max(1);
+    let per_window = (crate::sys::fdlimit::open_file_budget() / 2).max(1);
     let mut report = LoadReport {
         bytes_out: total,
         bytes_read: plan.read_len(),

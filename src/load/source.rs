@@ -136,7 +136,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
     // Shards are kept open when they fit in half the open-file budget (the other half for
     // `O_DIRECT` descriptors and the caller); more are opened a window at a time by each
     // load, so that no number of shards runs the process out of descriptors.
-    let keep = ck.shards().len() <= (crate::fdlimit::open_file_budget() / 2).max(1);
+    let keep = ck.shards().len() <= (crate::sys::fdlimit::open_file_budget() / 2).max(1);
     let mut files = Vec::new();
     reserve(&mut files, ck.shards().len(), path, "the shards")?;
     for s in ck.shards() {
@@ -198,8 +198,8 @@ fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
     // Data files are kept open when they fit in half the open-file budget (as a checkpoint's
     // shards are); more are checked here, closed, and opened a window at a time by each
     // load, so that no number of arrays runs the process out of descriptors.
-    crate::fdlimit::raise_soft_limit();
-    let keep = store.data_file_total() <= (crate::fdlimit::open_file_budget() / 2).max(1);
+    crate::sys::fdlimit::raise_soft_limit();
+    let keep = store.data_file_total() <= (crate::sys::fdlimit::open_file_budget() / 2).max(1);
     let names = store.names();
     let mut files: Vec<SourceFile> = Vec::new();
     let mut tensors = Vec::new();

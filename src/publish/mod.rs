@@ -55,13 +55,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::{AsRawFd, FromRawFd};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use tempfile::{NamedTempFile, TempPath};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::sync_dir;
+use crate::sys::fsutil::sync_dir;
 
 /// The marker file inside a staging directory.
 const MARKER: &str = ".npkio-staging";
@@ -84,16 +84,10 @@ pub(crate) fn split(output: &Path) -> Result<(PathBuf, String)> {
     Ok((parent, name))
 }
 
+/// `openat` of `name` in the directory `dir`.
 fn openat(dir: &File, name: &str, flags: i32, mode: libc::mode_t) -> io::Result<File> {
-    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid directory descriptor and NUL-terminated name; the returned descriptor
-    // is owned by the File.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, mode as libc::c_uint) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    let c = crate::sys::io::cstr(OsStr::new(name))?;
+    crate::sys::io::openat(dir.as_raw_fd(), &c, flags, mode).map(File::from)
 }
 
 fn euid() -> u32 {
@@ -347,14 +341,15 @@ struct Kept {
 }
 
 /// The permissions of an existing directory output to keep: its own, and for new files the
-/// mode of its `metadata.npkm` (else the directory's without the execute bits).
-fn kept_of(output: &Path) -> Option<Kept> {
+/// mode of its file `mode_of` (a store's `metadata.npkm`; else the directory's without the
+/// execute bits).
+fn kept_of(output: &Path, mode_of: &str) -> Option<Kept> {
     let md = fs::symlink_metadata(output).ok()?;
     if !md.is_dir() {
         return None;
     }
     let dir_mode = md.mode() & 0o7777;
-    let file_mode = match fs::symlink_metadata(output.join(crate::numpack::metadata::FILE_NAME)) {
+    let file_mode = match fs::symlink_metadata(output.join(mode_of)) {
         Ok(m) if m.is_file() => m.mode() & 0o7777,
         _ => dir_mode & 0o666,
     };
@@ -397,8 +392,9 @@ impl Drop for Staging {
 
 impl Staging {
     /// A fresh staging directory beside `output`. Call it holding the output's lock: the
-    /// permissions of an existing output are read here, to be kept.
-    pub(crate) fn new(output: &Path) -> Result<Staging> {
+    /// permissions of an existing output are read here, to be kept (for the files written
+    /// into it, those of its file `mode_of`).
+    pub(crate) fn new(output: &Path, mode_of: &str) -> Result<Staging> {
         let (parent, name) = split(output)?;
         let mut tries = 0;
         let wrapper = loop {
@@ -413,7 +409,7 @@ impl Staging {
             new: wrapper.join("new"),
             wrapper,
             output: output.to_path_buf(),
-            kept: kept_of(output),
+            kept: kept_of(output, mode_of),
             done: false,
         };
         let marker = staging.wrapper.join(MARKER);
@@ -456,7 +452,7 @@ impl Staging {
     /// the old output's (see [`Kept`]), or the umask-based default it was created with.
     fn set_mode(&self, file: &File) -> io::Result<()> {
         match self.kept {
-            Some(k) => crate::fsutil::set_owner_mode(file, k.gid, k.file_mode),
+            Some(k) => crate::sys::fsutil::set_owner_mode(file, k.gid, k.file_mode),
             None => Ok(()),
         }
     }
@@ -517,7 +513,8 @@ impl Staging {
         let kept = self.kept;
         let set_mode = |dir: &Path| {
             kept.map_or(Ok(()), |k| {
-                File::open(dir).and_then(|d| crate::fsutil::set_owner_mode(&d, k.gid, k.dir_mode))
+                File::open(dir)
+                    .and_then(|d| crate::sys::fsutil::set_owner_mode(&d, k.gid, k.dir_mode))
             })
         };
         let writable = kept.is_none_or(|k| k.dir_mode & 0o200 != 0);
@@ -609,7 +606,7 @@ pub(crate) fn staging_file(output: &Path) -> Result<NamedTempFile> {
 /// Publishes a complete staging file as `output` (rename, replacing any old file, whose
 /// mode and group the new one keeps).
 pub(crate) fn publish_file(staging: NamedTempFile, output: &Path, durable: bool) -> Result<()> {
-    crate::fsutil::keep_file_mode(staging.as_file(), output)
+    crate::sys::fsutil::keep_file_mode(staging.as_file(), output)
         .ctx(staging.path(), "setting the permissions of")?;
     if durable {
         staging
@@ -715,10 +712,10 @@ mod tests {
     /// (or fails fast with Busy).
     #[test]
     fn a_store_change_and_conversions_into_its_directory_exclude_each_other() {
-        use crate::{DType, Options, TensorInput};
+        use crate::{ArrayInput, DType, Options};
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("s.npk");
-        let t = [TensorInput {
+        let t = [ArrayInput {
             name: "a",
             dtype: DType::U8,
             shape: &[2],

@@ -17,8 +17,8 @@ use tempfile::{NamedTempFile, TempPath};
 
 use super::{lock_output, publish_file, remove_leftovers_inside, Staging};
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::fsutil;
 use crate::safetensors::index::INDEX_NAME;
+use crate::sys::fsutil;
 
 /// A sharded checkpoint to write into a directory.
 pub(crate) struct ShardedOutput<'a> {
@@ -59,7 +59,7 @@ impl ShardedOutput<'_> {
         }
         let _lock = lock_output(output, self.wait_for_lock)?;
         let build = if fs::symlink_metadata(output).is_err() {
-            Build::Fresh(Staging::new(output)?)
+            Build::Fresh(Staging::new(output, INDEX_NAME)?)
         } else {
             // Temporary shards of a conversion killed while writing into this directory.
             remove_leftovers_inside(output);
@@ -73,7 +73,7 @@ impl ShardedOutput<'_> {
             prepare(k, tmp.as_file())?;
             tmps.push(tmp.into_temp_path());
         }
-        let batch = (crate::fdlimit::open_file_budget() / 2).max(1);
+        let batch = (crate::sys::fdlimit::open_file_budget() / 2).max(1);
         for (b, paths) in tmps.chunks(batch).enumerate() {
             let files: Vec<File> = paths.iter().map(reopen).collect::<Result<_>>()?;
             fill(b * batch, &files.iter().collect::<Vec<_>>())?;
@@ -100,7 +100,7 @@ impl ShardedOutput<'_> {
             let index_path = dir.join(INDEX_NAME);
             if let Some(t) = &index_tmp {
                 // The new index keeps the old one's mode and group.
-                crate::fsutil::keep_file_mode(t.as_file(), &index_path)
+                crate::sys::fsutil::keep_file_mode(t.as_file(), &index_path)
                     .ctx(t.path(), "setting the permissions of")?;
             }
             match fs::remove_file(&index_path) {
@@ -164,11 +164,11 @@ impl Build<'_> {
 /// plain names of `*.safetensors` files in `dir` itself (an index naming `config.json` or
 /// `../x` does not make them weights).
 fn indexed_files(dir: &Path) -> Vec<String> {
-    let Ok(Some(opened)) = crate::safe_open::open_inside_if_present(dir, INDEX_NAME, "index")
+    let Ok(Some(opened)) = crate::sys::safe_open::open_inside_if_present(dir, INDEX_NAME, "index")
     else {
         return Vec::new();
     };
-    let Ok(bytes) = crate::safe_open::read_to_vec(opened, 256 << 20, "index") else {
+    let Ok(bytes) = crate::sys::safe_open::read_to_vec(opened, 256 << 20, "index") else {
         return Vec::new();
     };
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
@@ -182,7 +182,7 @@ fn indexed_files(dir: &Path) -> Vec<String> {
         .filter_map(|f| f.as_str())
         .filter(|f| {
             f.ends_with(".safetensors")
-                && crate::paths::checked_relative(f)
+                && crate::sys::paths::checked_relative(f)
                     .is_ok_and(|p| p.components().count() == 1 && p.as_os_str() == *f)
         })
         .map(str::to_string)

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::names::list_names;
-use crate::paths::checked_relative;
 use crate::safetensors::reader::{SafeTensorsFile, Tensor, TensorInfo};
+use crate::sys::paths::checked_relative;
 use crate::view::TensorView;
 
 /// The usual index file name.
@@ -201,7 +201,7 @@ impl Checkpoint {
     /// read. `found` says the index was found in a directory a moment ago (so a missing one
     /// was just removed).
     fn try_open_index(index: &Path, found: bool, attempt: u32) -> Attempt {
-        let opened = match crate::safe_open::open_regular(index, "index") {
+        let opened = match crate::sys::safe_open::open_regular(index, "index") {
             Ok(o) => o,
             Err(e) if found && e.io_kind() == std::io::ErrorKind::NotFound => {
                 return Attempt::Changed
@@ -230,7 +230,7 @@ impl Checkpoint {
 
     fn open_index(
         index: &Path,
-        opened: crate::safe_open::Opened,
+        opened: crate::sys::safe_open::Opened,
         #[allow(unused_variables)] attempt: u32,
     ) -> Result<Checkpoint> {
         // An open shard holds no descriptor (see `SafeTensorsFile`): any number of shards
@@ -242,7 +242,7 @@ impl Checkpoint {
                 format!("index of {} bytes is too large", opened.len),
             ));
         }
-        let bytes = crate::safe_open::read_to_vec(opened, MAX_INDEX_LEN, "index")?;
+        let bytes = crate::sys::safe_open::read_to_vec(opened, MAX_INDEX_LEN, "index")?;
         let text = String::from_utf8(bytes)
             .map_err(|_| Error::malformed(index, "index is not valid UTF-8"))?;
         let parsed = parse_index(&text).map_err(|m| Error::malformed(index, m))?;

@@ -113,7 +113,7 @@ impl Reopener {
         let file = match &self.route {
             Reopen::Path => open_nonblocking(&self.path)?,
             Reopen::Inside { dir, name, what } => {
-                crate::safe_open::open_inside(dir, name, what)?.file
+                crate::sys::safe_open::open_inside(dir, name, what)?.file
             }
         };
         let md = file.metadata().ctx(&self.path, "inspecting")?;
@@ -191,7 +191,7 @@ impl SafeTensorsFile {
     /// Opens `name`, a shard file name read from an index, inside `dir` (see `safe_open`:
     /// never through a link leading out, never blocking, a regular file).
     pub(crate) fn open_inside(dir: &Path, name: &str) -> Result<SafeTensorsFile> {
-        let opened = crate::safe_open::open_inside(dir, name, "shard")?;
+        let opened = crate::sys::safe_open::open_inside(dir, name, "shard")?;
         let md = opened.file.metadata().ctx(&opened.path, "inspecting")?;
         let reopen = Reopen::Inside {
             dir: dir.to_path_buf(),

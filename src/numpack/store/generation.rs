@@ -41,18 +41,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use std::io::Write;
 
-use crate::fsutil::{sync_dir, temp_file_in};
 use crate::numpack::metadata::{self, ArrayRecord, Metadata};
 use crate::numpack::naming;
 use crate::numpack::sidecar::{self, Entry, Next, Sidecar};
+use crate::sys::fsutil::{replace_contents, sync_dir};
 
 use super::layout::{bitmap_path, files_of, Storage};
 use super::NumPack;
 
 /// Prefix of every temporary file a change creates inside the directory.
-pub(super) const TMP_PREFIX: &str = ".npkio-tmp-";
+pub(super) use crate::sys::fsutil::TMP_PREFIX;
 
 /// What identifies a file's current version: a rename, a rewrite or a replacement changes
 /// at least one of these. On its own an inode number may be reused by a later file and a
@@ -359,15 +358,7 @@ pub(super) fn published(dir: &Path, e: Error) -> Error {
 /// Writes `dir/name` through a temporary file renamed into place (synced first with
 /// `durable`). `Err`: nothing changed. `Ok(Some(_))`: renamed, the directory sync failed.
 pub(super) fn replace_file(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<Late> {
-    let target = dir.join(name);
-    let mut tmp = temp_file_in(dir, TMP_PREFIX)?;
-    tmp.write_all(bytes).ctx(tmp.path(), "writing")?;
-    if durable {
-        tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
-    }
-    tmp.persist(&target)
-        .map_err(|e| e.error)
-        .ctx(&target, "renaming a temporary file onto")?;
+    replace_contents(dir, name, bytes, durable, false)?;
     Ok(late_sync(dir, durable))
 }
 

@@ -130,7 +130,7 @@ pub(super) fn files_of(a: &Array) -> Vec<PathBuf> {
 /// `./x` is `x`).
 pub(super) fn data_files_of(a: &Array) -> Vec<PathBuf> {
     match &a.storage {
-        Storage::Plain => crate::paths::checked_relative(&a.record.data_file)
+        Storage::Plain => crate::sys::paths::checked_relative(&a.record.data_file)
             .ok()
             .into_iter()
             .collect(),

@@ -17,6 +17,7 @@ mod layout;
 mod mutate;
 mod open;
 mod query;
+mod row_changes;
 mod rows;
 
 use std::collections::HashMap;

@@ -16,8 +16,8 @@ use crate::numpack::metadata::{self, ArrayRecord, Records};
 use crate::numpack::naming;
 use crate::numpack::segments::{self, Segment};
 use crate::numpack::sidecar::{self, Entry, Sidecar};
-use crate::paths::checked_relative;
-use crate::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
+use crate::sys::paths::checked_relative;
+use crate::sys::safe_open::{dir_handle, list_dir, open_member, read_to_vec, Opened};
 
 use super::generation::{remove_create_leftovers, Held, Writer};
 use super::index::NameIndex;
@@ -501,7 +501,8 @@ impl Parts<'_> {
 
     /// `rel` opened inside the directory, a missing file being a malformed directory.
     fn open_part(&self, rel: &str, what: &str) -> Result<Opened> {
-        open_part(self.root, self.dir, rel, what, self.listed_regular(rel))
+        open_member(self.root, self.dir, rel, what, self.listed_regular(rel))
+            .map_err(|e| missing_is_malformed(e, self.dir))
     }
 }
 
@@ -516,17 +517,6 @@ fn refuse_dangling(dir: &Path, rel: &str, what: &str) -> Result<()> {
         )),
         Err(_) => Ok(()),
     }
-}
-
-/// Opens `rel` inside `dir` (see `safe_open`), a missing file being a malformed directory.
-pub(super) fn open_part(
-    root: &OwnedFd,
-    dir: &Path,
-    rel: &str,
-    what: &str,
-    listed_regular: bool,
-) -> Result<Opened> {
-    open_member(root, dir, rel, what, listed_regular).map_err(|e| missing_is_malformed(e, dir))
 }
 
 /// An error opening a file the directory `dir` needs: a missing file makes the directory

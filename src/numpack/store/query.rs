@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::names::list_names;
 use crate::numpack::metadata::{ArrayRecord, Metadata};
 use crate::numpack::sidecar::{Entry, Sidecar};
-use crate::safe_open::open_below;
+use crate::sys::safe_open::open_below;
 use crate::view::TensorView;
 
 use super::layout::{
@@ -587,7 +587,7 @@ impl NumPack {
             // What its record names, as far as it stays inside: enough to leave it out
             // when the array is replaced.
             let r = self.record(name)?;
-            let data = crate::paths::checked_relative(&r.data_file).ok();
+            let data = crate::sys::paths::checked_relative(&r.data_file).ok();
             return Ok(data.into_iter().chain([bitmap_path(r)]).collect());
         }
         let a = self.get(name)?;

@@ -14,9 +14,27 @@ use crate::error::{IoContext, Result};
 /// group (where the process may set it). With `durable`, the data is synced before the
 /// rename and the directory after it.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
+    replace_contents(dir, name, bytes, durable, true)?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// [`write_atomic`] without syncing the directory (the caller does it) and, unless
+/// `keep_mode`, without keeping the replaced file's mode and group.
+pub(crate) fn replace_contents(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    durable: bool,
+    keep_mode: bool,
+) -> Result<()> {
     let target = dir.join(name);
-    let mut tmp = temp_file_in(dir, ".npkio-tmp-")?;
-    keep_file_mode(tmp.as_file(), &target).ctx(tmp.path(), "setting the permissions of")?;
+    let mut tmp = temp_file_in(dir, TMP_PREFIX)?;
+    if keep_mode {
+        keep_file_mode(tmp.as_file(), &target).ctx(tmp.path(), "setting the permissions of")?;
+    }
     tmp.write_all(bytes).ctx(tmp.path(), "writing")?;
     if durable {
         tmp.as_file().sync_all().ctx(tmp.path(), "syncing")?;
@@ -24,11 +42,11 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Resu
     tmp.persist(&target)
         .map_err(|e| e.error)
         .ctx(&target, "renaming a temporary file onto")?;
-    if durable {
-        sync_dir(dir)?;
-    }
     Ok(())
 }
+
+/// The prefix of npkio's temporary files in a directory.
+pub(crate) const TMP_PREFIX: &str = ".npkio-tmp-";
 
 /// fsync a directory so that renames inside it survive power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
@@ -63,28 +81,8 @@ pub fn temp_file_in(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile>
 /// filesystem does not support it; the file is then set to exactly `len` bytes. Elsewhere it is
 /// `set_len`.
 pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::unix::io::AsRawFd;
-        if len > 0 {
-            let off_len = libc::off_t::try_from(len).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, "length does not fit in off_t")
-            })?;
-            loop {
-                // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
-                // `file`, which outlives the call.
-                let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
-                if rc == 0 {
-                    break;
-                }
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
-                    _ => return Err(err),
-                }
-            }
-        }
+    if len > 0 {
+        fallocate(file, len)?;
     }
     // fallocate grows but never shrinks; set_len makes the length exactly `len` (a no-op when
     // fallocate already did it).
@@ -92,6 +90,37 @@ pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
         file.set_len(len)?;
     }
     Ok(())
+}
+
+/// `fallocate(file, 0, 0, len)`: reserves the first `len` bytes of `file`, growing it to
+/// `len` if shorter. `Ok(false)` where the filesystem (or the system) cannot, and nothing
+/// was done.
+pub(crate) fn fallocate(file: &File, len: u64) -> io::Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let off_len = libc::off_t::try_from(len).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "length does not fit in off_t")
+        })?;
+        loop {
+            // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
+            // `file`, which outlives the call.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+            if rc == 0 {
+                return Ok(true);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return Ok(false),
+                _ => return Err(err),
+            }
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (file, len);
+        Ok(false)
+    }
 }
 
 /// Gives `file` the group `gid` (where the process may) and the mode `mode`.

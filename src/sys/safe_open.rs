@@ -16,16 +16,16 @@
 //! The length returned is the one `fstat` saw, for the caller to check against its limit
 //! before reading anything ([`read_to_vec`]).
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
+use super::io::{cstr, openat};
+use super::paths::checked_relative;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::paths::checked_relative;
 
 /// A regular file opened inside a directory, with the length `fstat` gave.
 #[derive(Debug)]
@@ -36,30 +36,11 @@ pub(crate) struct Opened {
     pub(crate) path: PathBuf,
 }
 
-fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-fn openat(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    loop {
-        // SAFETY: `name` is a valid NUL-terminated string; the result is checked.
-        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) };
-        if fd >= 0 {
-            // SAFETY: `fd` was just returned by openat and is owned by nobody else.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Opens the directory `dir` itself (the caller named it: links to it are followed).
 fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
     let c = cstr(dir.as_os_str())?;
     // O_PATH: searching a directory needs only its execute permission, as for any path.
-    openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY)
+    openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0)
 }
 
 /// What kind of non-regular file a type is, for messages.
@@ -103,6 +84,7 @@ fn walk(root: &OwnedFd, comps: &[&OsStr], look: bool) -> std::result::Result<(Fi
             cur,
             &name,
             libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+            0,
         ) {
             Ok(fd) => owned = Some(fd),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(Failure::Link),
@@ -128,7 +110,7 @@ fn walk(root: &OwnedFd, comps: &[&OsStr], look: bool) -> std::result::Result<(Fi
             Err(e) => return Err(Failure::Io(e)),
         }
     }
-    let fd = match openat(cur, &name, nofollow | libc::O_NONBLOCK | libc::O_NOCTTY) {
+    let fd = match openat(cur, &name, nofollow | libc::O_NONBLOCK | libc::O_NOCTTY, 0) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(Failure::Link),
         Err(e) => return Err(Failure::Io(e)),
@@ -288,7 +270,12 @@ pub(crate) fn open_below(
 /// `DT_UNKNOWN` where the filesystem does not say): one pass over the directory, nothing
 /// kept (the caller keeps what it needs).
 pub(crate) fn list_dir(root: &OwnedFd, mut each: impl FnMut(&[u8], u8)) -> io::Result<()> {
-    let fd = openat(root.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let fd = openat(
+        root.as_raw_fd(),
+        c".",
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
     // SAFETY: `fd` is an open directory descriptor; fdopendir takes it over (closedir below
     // closes it), so it is released from the OwnedFd first.
     let dirp = unsafe { libc::fdopendir(fd.as_raw_fd()) };
