@@ -65,6 +65,7 @@ mod names;
 mod numpack;
 mod paths;
 mod publish;
+pub mod remote;
 mod safe_open;
 mod safetensors;
 mod save;

@@ -102,6 +102,11 @@ pub struct NpkioLoadOptions {
     pub progress: NpkioLoadProgress,
     /// Passed to `progress` as is.
     pub progress_user: *mut c_void,
+    /// Checkpoints in object storage: the largest ranged GET, in bytes (at least 4096); 0
+    /// means 8 MiB.
+    pub range_size: usize,
+    /// Checkpoints in object storage: ranged GETs in flight; 0 means 16.
+    pub concurrency: u32,
 }
 
 /// What a load did.
@@ -155,6 +160,8 @@ fn default_options() -> NpkioLoadOptions {
         chunk_size: crate::copy::DEFAULT_CHUNK_SIZE,
         progress: None,
         progress_user: std::ptr::null_mut(),
+        range_size: crate::load::DEFAULT_RANGE_SIZE,
+        concurrency: 0,
     }
 }
 
@@ -188,6 +195,12 @@ fn load_options(o: Option<&NpkioLoadOptions>) -> FfiResult<LoadOptions> {
             o.chunk_size
         },
         progress,
+        range_size: if o.range_size == 0 {
+            crate::load::DEFAULT_RANGE_SIZE
+        } else {
+            o.range_size
+        },
+        concurrency: o.concurrency as usize,
     })
 }
 

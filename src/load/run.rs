@@ -167,6 +167,18 @@ pub(crate) fn run(
     staging_size: usize,
     total: u64,
 ) -> Result<LoadReport> {
+    // Objects in object storage: ranged GETs by `concurrency` workers, no `O_DIRECT`.
+    let remote_opts;
+    let opts = if loader.is_remote() {
+        remote_opts = opts
+            .clone()
+            .method(Method::Buffered)
+            .drop_behind(false)
+            .threads(opts.concurrency_or_default());
+        &remote_opts
+    } else {
+        opts
+    };
     let files = &loader.opened.files;
     let units = &plan.units;
     let per_window = (crate::fdlimit::open_file_budget() / 2).max(1);
@@ -367,6 +379,9 @@ fn worker(sh: &Shared<'_>, w: usize) {
             let f = &sh.loader.opened.files[task.file];
             let name = &sh.reqs[req].name;
             let err = match e {
+                TaskError::Io(e) if remote_error(&e).is_some() => {
+                    remote_error(&e).expect("checked just above")
+                }
                 TaskError::Io(e) => Error::io(
                     &f.path,
                     &format!(
@@ -444,13 +459,35 @@ fn read_span<'b>(
             }
         }
     }
-    let file = sh.file(f);
     let b = bounce.get(len)?;
-    lio::read_exact_at(file, b, off)?;
-    if sh.opts.drop_behind {
-        lio::drop_cache(file, off, len as u64);
-    }
+    read_at(sh, f, b, off)?;
+    drop_behind(sh, f, off, len as u64);
     Ok(b)
+}
+
+/// Reads exactly `buf.len()` bytes of file `f` at `off`: `pread` of a local file, a ranged
+/// GET of an object in object storage (whose error, naming the URL and the bytes, travels
+/// inside the `io::Error`: see [`remote_error`]).
+fn read_at(sh: &Shared<'_>, f: usize, buf: &mut [u8], off: u64) -> io::Result<()> {
+    match &sh.loader.opened.files[f].remote {
+        Some(r) => r.read_into(off, &mut [buf]).map_err(io::Error::other),
+        None => lio::read_exact_at(sh.file(f), buf, off),
+    }
+}
+
+/// The error of a ranged GET carried by `e`, if it carries one.
+fn remote_error(e: &io::Error) -> Option<Error> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<Error>())
+        .map(Error::duplicate)
+}
+
+/// With [`LoadOptions::drop_behind`], drops `[off, off + len)` of local file `f` from the
+/// page cache.
+fn drop_behind(sh: &Shared<'_>, f: usize, off: u64, len: u64) {
+    if sh.opts.drop_behind && sh.loader.opened.files[f].remote.is_none() {
+        lio::drop_cache(sh.file(f), off, len);
+    }
 }
 
 /// The output bytes `[off, off + len)` of request `req` in memory.
@@ -688,6 +725,16 @@ unsafe fn pread_direct(
 /// `pread` after a short read).
 fn read_vectored(sh: &Shared<'_>, dsts: &[RawDst], t: &Task, segs: &[Seg]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    if let Some(r) = &sh.loader.opened.files[t.file].remote {
+        // One ranged GET whose body is scattered into the segments.
+        let mut bufs: Vec<&mut [u8]> = segs
+            .iter()
+            // SAFETY: validated ranges of the requests' destinations, disjoint, written by
+            // this task alone.
+            .map(|s| unsafe { dst_slice(dsts, s.req, s.out_off, s.len) })
+            .collect();
+        return r.read_into(t.offset, &mut bufs).map_err(io::Error::other);
+    }
     let file = sh.file(t.file);
     if let [s] = segs {
         // SAFETY: validated range of the request's destination, written by this task alone.
@@ -760,11 +807,8 @@ fn fill(
                 let src = read_span(sh, t.file, t.offset, t.len as usize, true, bounce)?;
                 out.copy_from_slice(src);
             } else {
-                let file = sh.file(t.file);
-                lio::read_exact_at(file, out, t.offset)?;
-                if sh.opts.drop_behind {
-                    lio::drop_cache(file, t.offset, t.len);
-                }
+                read_at(sh, t.file, out, t.offset)?;
+                drop_behind(sh, t.file, t.offset, t.len);
             }
         }
         &Kind::Rows {
@@ -783,16 +827,14 @@ fn fill(
                     let off = t.offset + r as u64 * stride;
                     let o = &mut out[r * run_out..(r + 1) * run_out];
                     if conv == Conversion::None && !direct {
-                        let file = sh.file(t.file);
-                        lio::read_exact_at(file, o, off)?;
+                        read_at(sh, t.file, o, off)?;
                     } else {
                         let src = read_span(sh, t.file, off, run, direct, bounce)?;
                         conv.run(src, o);
                     }
                 }
-                if sh.opts.drop_behind && !direct {
-                    let file = sh.file(t.file);
-                    lio::drop_cache(file, t.offset, t.len);
+                if !direct {
+                    drop_behind(sh, t.file, t.offset, t.len);
                 }
             } else {
                 let src = read_span(sh, t.file, t.offset, t.len as usize, direct, bounce)?;

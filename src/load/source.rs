@@ -67,6 +67,9 @@ pub(crate) struct SourceFile {
     /// Whether it is a data file of a NumPack store (which other writers change by
     /// replacing files, never in place).
     pub(crate) of_store: bool,
+    /// An object in object storage instead of a local file (`file` and `reopen` are then
+    /// `None`).
+    pub(crate) remote: Option<crate::remote::RemoteObject>,
 }
 
 impl SourceFile {
@@ -118,10 +121,15 @@ pub(crate) fn out_of_memory(path: &Path, what: &str) -> Error {
 }
 
 pub(crate) fn open(path: &Path) -> Result<Opened> {
-    let mut o = match Container::detect(path)? {
+    let o = match Container::detect(path)? {
         Container::NumPack => open_numpack(path)?,
         _ => open_safetensors(path)?,
     };
+    with_names(o, path)
+}
+
+/// `o` with its table of names.
+pub(crate) fn with_names(mut o: Opened, path: &Path) -> Result<Opened> {
     o.by_name
         .try_reserve(o.tensors.len())
         .map_err(|_| out_of_memory(path, "the table of tensor names"))?;
@@ -145,6 +153,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
             file: if keep { Some(s.reopen()?) } else { None },
             reopen: Some(s.reopener()),
             of_store: false,
+            remote: None,
         });
     }
     let container = if ck.is_sharded() {
@@ -158,26 +167,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
     // the parsed headers.
     for (shard, s) in ck.into_shards().into_iter().enumerate() {
         let data_start = s.data_start();
-        for info in s.into_tensors() {
-            let start = data_start + info.data_offsets.0;
-            let pieces = if info.is_empty() {
-                Vec::new()
-            } else {
-                vec![Piece {
-                    file: shard,
-                    offset: start,
-                    logical: 0,
-                    len: info.len(),
-                }]
-            };
-            tensors.push(LoadTensor {
-                nbytes: info.len(),
-                name: info.name,
-                dtype: info.dtype,
-                shape: info.shape,
-                pieces,
-            });
-        }
+        push_tensors(&mut tensors, shard, data_start, s.into_tensors());
     }
     Ok(Opened {
         container,
@@ -185,6 +175,36 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
         tensors,
         by_name: HashMap::new(),
     })
+}
+
+/// Appends the tensors of SafeTensors file `shard`, whose data section starts at
+/// `data_start` (room reserved by the caller).
+pub(crate) fn push_tensors(
+    tensors: &mut Vec<LoadTensor>,
+    shard: usize,
+    data_start: u64,
+    infos: Vec<crate::safetensors::TensorInfo>,
+) {
+    for info in infos {
+        let start = data_start + info.data_offsets.0;
+        let pieces = if info.is_empty() {
+            Vec::new()
+        } else {
+            vec![Piece {
+                file: shard,
+                offset: start,
+                logical: 0,
+                len: info.len(),
+            }]
+        };
+        tensors.push(LoadTensor {
+            nbytes: info.len(),
+            name: info.name,
+            dtype: info.dtype,
+            shape: info.shape,
+            pieces,
+        });
+    }
 }
 
 fn open_numpack(dir: &Path) -> Result<Opened> {
@@ -256,6 +276,7 @@ fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
                         file: reopen.is_none().then_some(file),
                         reopen,
                         of_store: true,
+                        remote: None,
                     });
                     opened[fi] = Some(files.len() - 1);
                     files.len() - 1
