@@ -65,10 +65,12 @@
 //! ```
 
 mod convert;
+mod dst;
 mod io;
 mod plan;
 #[cfg(feature = "remote")]
 mod remote;
+mod resolve;
 mod run;
 mod source;
 
@@ -76,14 +78,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use convert::{f16_to_f32, f32_to_bf16, f32_to_f16};
-pub use plan::{shard_range, STRIDE_MAX_GAP, STRIDE_ROW_READ};
+pub use plan::{STRIDE_MAX_GAP, STRIDE_ROW_READ};
+pub use resolve::shard_range;
 pub use source::{Container, LoadTensor};
 
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 pub use crate::remote::RemoteOptions;
+pub(crate) use dst::RawDst;
 use plan::{Limits, Resolved};
-pub(crate) use run::RawDst;
 use run::Target;
 
 /// A part of one dimension of a tensor.

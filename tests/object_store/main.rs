@@ -5,4 +5,5 @@ mod http;
 mod proxy;
 mod server;
 
+mod engine;
 mod harness;
