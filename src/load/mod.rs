@@ -403,6 +403,24 @@ impl Loader {
         self.opened.container
     }
 
+    /// A SafeTensors checkpoint's `__metadata__` (a sharded one's first shard's); `None`
+    /// when it has none, and for NumPack.
+    pub fn metadata(&self) -> Option<&[(String, String)]> {
+        self.opened.metadata.as_deref()
+    }
+
+    /// Where each file's bytes are read from, in file order: a path, or the URL of an
+    /// object in object storage.
+    pub fn files(&self) -> impl ExactSizeIterator<Item = &Path> {
+        self.opened.files.iter().map(|f| f.path.as_path())
+    }
+
+    /// The file (index into [`Loader::files`]) holding `tensor`'s first byte, and where;
+    /// `None` for a tensor without bytes.
+    pub fn location(&self, tensor: &LoadTensor) -> Option<(usize, u64)> {
+        tensor.pieces.first().map(|p| (p.file, p.offset))
+    }
+
     /// Every tensor, in the checkpoint's order.
     pub fn tensors(&self) -> &[LoadTensor] {
         &self.opened.tensors

@@ -120,6 +120,7 @@ fn open_single(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
         files: vec![source(obj)],
         tensors,
         by_name: HashMap::new(),
+        metadata: head.metadata,
     })
 }
 
@@ -145,6 +146,7 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
     reserve(&mut files, names.len(), at, "the shards")?;
     let mut tensors = Vec::new();
     let mut total = 0u64;
+    let mut metadata = None;
     for (k, name) in names.iter().enumerate() {
         if name.is_empty()
             || name.starts_with('/')
@@ -172,6 +174,9 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
             total = total.saturating_add(t.len());
         }
         let data_start = 8 + head.header.len() as u64;
+        if k == 0 {
+            metadata = head.metadata;
+        }
         reserve(&mut tensors, head.tensors.len(), at, "the tensors")?;
         push_tensors(&mut tensors, k, data_start, head.tensors);
         files.push(source(obj));
@@ -202,5 +207,6 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
         files,
         tensors,
         by_name: HashMap::new(),
+        metadata,
     })
 }

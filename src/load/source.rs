@@ -102,6 +102,8 @@ pub(crate) struct Opened {
     pub(crate) files: Vec<SourceFile>,
     pub(crate) tensors: Vec<LoadTensor>,
     pub(crate) by_name: HashMap<String, usize>,
+    /// A SafeTensors checkpoint's `__metadata__` (its first file's).
+    pub(crate) metadata: Option<Vec<(String, String)>>,
 }
 
 /// Reserves room for `n` more items in `v`; out of memory is an `Io` error naming `path`
@@ -161,6 +163,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
     } else {
         Container::SafeTensors
     };
+    let metadata = ck.metadata().map(<[_]>::to_vec);
     let mut tensors = Vec::new();
     reserve(&mut tensors, ck.len(), path, "the tensors")?;
     // Shard by shard in file order (the checkpoint's order), names and shapes moved out of
@@ -174,6 +177,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
         files,
         tensors,
         by_name: HashMap::new(),
+        metadata,
     })
 }
 
@@ -314,6 +318,7 @@ fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
         files,
         tensors,
         by_name: HashMap::new(),
+        metadata: None,
     })
 }
 
