@@ -421,6 +421,12 @@ impl Loader {
         tensor.pieces.first().map(|p| (p.file, p.offset))
     }
 
+    /// For a SafeTensors checkpoint, where file `file`'s data section starts (the header's
+    /// `data_offsets` count from there); 0 for NumPack.
+    pub fn data_start(&self, file: usize) -> Option<u64> {
+        self.opened.files.get(file).map(|f| f.data_start)
+    }
+
     /// Every tensor, in the checkpoint's order.
     pub fn tensors(&self) -> &[LoadTensor] {
         &self.opened.tensors

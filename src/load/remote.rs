@@ -94,13 +94,14 @@ fn open_object(
     Ok((obj, head))
 }
 
-fn source(obj: RemoteObject) -> SourceFile {
+fn source(obj: RemoteObject, data_start: u64) -> SourceFile {
     SourceFile {
         path: obj.url().into(),
         file: None,
         reopen: None,
         of_store: false,
         remote: Some(obj),
+        data_start,
     }
 }
 
@@ -117,7 +118,7 @@ fn open_single(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
     push_tensors(&mut tensors, 0, data_start, head.tensors);
     Ok(Opened {
         container: Container::SafeTensors,
-        files: vec![source(obj)],
+        files: vec![source(obj, data_start)],
         tensors,
         by_name: HashMap::new(),
         metadata: head.metadata,
@@ -179,7 +180,7 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
         }
         reserve(&mut tensors, head.tensors.len(), at, "the tensors")?;
         push_tensors(&mut tensors, k, data_start, head.tensors);
-        files.push(source(obj));
+        files.push(source(obj, data_start));
     }
     if tensors.len() != parsed.weight_map.len() {
         let held: BTreeSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();

@@ -70,6 +70,8 @@ pub(crate) struct SourceFile {
     /// An object in object storage instead of a local file (`file` and `reopen` are then
     /// `None`).
     pub(crate) remote: Option<crate::remote::RemoteObject>,
+    /// Where a SafeTensors file's data section starts (0 for a NumPack data file).
+    pub(crate) data_start: u64,
 }
 
 impl SourceFile {
@@ -156,6 +158,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
             reopen: Some(s.reopener()),
             of_store: false,
             remote: None,
+            data_start: s.data_start(),
         });
     }
     let container = if ck.is_sharded() {
@@ -281,6 +284,7 @@ fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
                         reopen,
                         of_store: true,
                         remote: None,
+                        data_start: 0,
                     });
                     opened[fi] = Some(files.len() - 1);
                     files.len() - 1

@@ -145,6 +145,19 @@ mod tests {
         }
     }
 
+    #[cfg(not(feature = "remote"))]
+    #[test]
+    fn without_the_feature_a_url_is_a_clear_error() {
+        let url = "s3://bucket/model.safetensors";
+        let e = crate::load::Loader::open(url).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(
+            e.to_string().contains("without the `remote` feature"),
+            "{e}"
+        );
+        assert!(e.to_string().contains(url), "{e}");
+    }
+
     #[test]
     fn options_never_print_their_values() {
         let o = RemoteOptions::default().with("aws_secret_access_key", "hunter2-secret");

@@ -316,3 +316,39 @@ fn missing_objects_and_empty_prefixes_are_not_found_errors() {
     let e = Loader::open_url(&s.url("m/other.bin"), &bad).unwrap_err();
     assert!(!e.to_string().contains("wrong-secret-value-123"), "{e}");
 }
+
+/// `npkio_safetensors_metadata_json` of `path`.
+fn metadata_json(path: &str) -> serde_json::Value {
+    let c = std::ffi::CString::new(path).unwrap();
+    let mut len = 0usize;
+    // SAFETY: a NUL-terminated path, no buffer (capacity 0), a writable length.
+    let st = unsafe {
+        npkio::ffi::npkio_safetensors_metadata_json(c.as_ptr(), std::ptr::null_mut(), 0, &mut len)
+    };
+    assert_ne!(st as i32, 0, "a document cannot fit in no buffer");
+    let mut buf = vec![0u8; len + 1];
+    // SAFETY: a buffer of `len + 1` writable bytes.
+    let st = unsafe { npkio::ffi::npkio_json_take(buf.as_mut_ptr().cast(), buf.len(), &mut len) };
+    assert_eq!(st as i32, 0, "{path}");
+    serde_json::from_slice(&buf[..len]).unwrap()
+}
+
+/// The C ABI reads the environment, as C and Python callers configure it: the only test
+/// here that sets it (the others pass their options explicitly, which take precedence).
+#[test]
+fn the_c_metadata_of_a_url_equals_the_local_one() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    s.put_dir("sh", &sharded_dir());
+    for (k, v) in env_for(&s.endpoint()) {
+        std::env::set_var(k, v);
+    }
+    let local = metadata_json(model().to_str().unwrap());
+    assert_eq!(metadata_json(&s.url("m/model.safetensors")), local);
+    let local = metadata_json(sharded_dir().to_str().unwrap());
+    assert_eq!(metadata_json(&s.url("sh")), local);
+    assert_eq!(
+        metadata_json(&s.url("sh/model.safetensors.index.json")),
+        local
+    );
+}
