@@ -8,7 +8,7 @@ use object_store::path::Path as ObjPath;
 
 use super::source::{push_tensors, reserve, Container, Opened, SourceFile};
 use crate::error::{Error, ErrorKind, Result};
-use crate::remote::{connect, Remote, RemoteObject, RemoteOptions};
+use crate::remote::{connect, Listed, Remote, RemoteObject, RemoteOptions};
 use crate::safetensors::index::{parse_index, INDEX_NAME, SINGLE_FILE_NAME};
 use crate::safetensors::reader::{parse_header, ParsedHeader};
 
@@ -29,7 +29,7 @@ pub(crate) fn open(url: &str, opts: &RemoteOptions) -> Result<Opened> {
         let listed = remote.list(&path, url)?;
         let has = |n: &str| {
             let p = child(&path, n);
-            listed.iter().any(|(q, _)| *q == p)
+            listed.iter().any(|l| l.path == p)
         };
         let dir = url.trim_end_matches('/');
         if has(INDEX_NAME) {
@@ -38,6 +38,8 @@ pub(crate) fn open(url: &str, opts: &RemoteOptions) -> Result<Opened> {
                 child(&path, INDEX_NAME),
                 format!("{dir}/{INDEX_NAME}"),
             )?
+        } else if has(crate::numpack::metadata::FILE_NAME) {
+            return open_numpack(&remote, &path, url, listed);
         } else if has(SINGLE_FILE_NAME) {
             let u = format!("{dir}/{SINGLE_FILE_NAME}");
             open_single(&remote, child(&path, SINGLE_FILE_NAME), u)?
@@ -210,4 +212,79 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
         by_name: HashMap::new(),
         metadata,
     })
+}
+
+/// Largest small file of a NumPack store read (metadata, sidecar, bitmaps, manifests).
+const MAX_SMALL_FILE: u64 = 256 << 20;
+
+/// A NumPack store under `prefix`: its small files (metadata, sidecar, deletion bitmaps,
+/// segment manifests) are fetched into a temporary directory, with an empty sparse file of
+/// the listed size for each data file (`*.npkd`), and opened there by the store's own code;
+/// the data files then become the listed objects, read by ranged GETs that carry the
+/// listing's ETag. One LIST, one or two GETs per small file, none per data file. The
+/// temporary directory is gone when this returns.
+fn open_numpack(
+    remote: &Remote,
+    prefix: &ObjPath,
+    url: &str,
+    listed: Vec<Listed>,
+) -> Result<Opened> {
+    let at = Path::new(url);
+    let dir = url.trim_end_matches('/');
+    let tmp = tempfile::tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), "creating a temporary directory in", e))?;
+    let skip = prefix.parts().count();
+    let mut data: HashMap<std::path::PathBuf, (Listed, String)> = HashMap::new();
+    for l in listed {
+        let rel: Vec<String> = l
+            .path
+            .parts()
+            .skip(skip)
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        if rel.is_empty() || rel.iter().any(|p| p == ".." || p == ".") {
+            continue;
+        }
+        let rel = rel.join("/");
+        let local = tmp.path().join(&rel);
+        if let Some(parent) = local.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, "creating", e))?;
+        }
+        let obj_url = format!("{dir}/{rel}");
+        if rel.ends_with(".npkd") {
+            let f = std::fs::File::create(&local).map_err(|e| Error::io(&local, "creating", e))?;
+            f.set_len(l.size)
+                .map_err(|e| Error::io(&local, "sizing", e))?;
+            data.insert(local, (l, obj_url));
+        } else {
+            let (obj, first) = remote.open(l.path.clone(), obj_url)?;
+            let bytes = if first.len() as u64 == obj.size() {
+                first
+            } else {
+                obj.read_all(MAX_SMALL_FILE)?
+            };
+            std::fs::write(&local, bytes).map_err(|e| Error::io(&local, "writing", e))?;
+        }
+    }
+    let mut o = super::source::open(tmp.path()).map_err(|e| {
+        // The temporary directory means nothing to the caller: the URL does.
+        let mut out = Error::new(e.kind(), e.message().to_string()).at(at);
+        if let Some(a) = e.array_name() {
+            out = out.array(a);
+        }
+        out
+    })?;
+    for f in &mut o.files {
+        let Some((l, obj_url)) = data.remove(&f.path) else {
+            return Err(Error::malformed(
+                at,
+                "the store reads a data file that the listing did not show",
+            ));
+        };
+        f.path = obj_url.clone().into();
+        f.file = None;
+        f.reopen = None;
+        f.remote = Some(remote.listed(l, obj_url));
+    }
+    Ok(o)
 }

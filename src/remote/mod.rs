@@ -23,7 +23,7 @@
 mod object;
 
 #[cfg(feature = "remote")]
-pub(crate) use object::{connect, Remote, RemoteObject};
+pub(crate) use object::{connect, Listed, Remote, RemoteObject};
 
 #[cfg(not(feature = "remote"))]
 use crate::error::{Error, Result};

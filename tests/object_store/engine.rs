@@ -352,3 +352,42 @@ fn the_c_metadata_of_a_url_equals_the_local_one() {
         local
     );
 }
+
+#[test]
+fn a_numpack_prefix_loads_as_the_local_store_does() {
+    let s = S3Server::start();
+    let p = Proxy::start(s.addr());
+    let opts = opts_for(&p.endpoint());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/numpack-0.7");
+    for store in ["basic.npk", "dropped.npk", "segmented.npk", "appended.npk"] {
+        let local = fixtures.join(store);
+        s.put_dir(store, &local);
+        p.reset();
+        let loader = Loader::open_url(&s.url(store), &opts).unwrap();
+        assert_eq!(loader.container(), npkio::Container::NumPack);
+        // One LIST and the small files; no data file is read to open.
+        let small_files = std::fs::read_dir(&local)
+            .unwrap()
+            .filter(|e| {
+                let e = e.as_ref().unwrap();
+                e.file_type().unwrap().is_file()
+                    && !e.file_name().to_string_lossy().ends_with(".npkd")
+            })
+            .count();
+        assert!(
+            p.requests() <= 1 + 2 * small_files,
+            "{store}: {} requests for {small_files} small files: {:?}",
+            p.requests(),
+            p.records()
+        );
+        let mut reqs = requests(&loader, None);
+        for t in loader.tensors() {
+            if t.shape.first().is_some_and(|&n| n > 1) {
+                reqs.push(Request::new(&t.name).shard(0, 1, 2));
+            }
+        }
+        let want = local_bytes(&local, &reqs);
+        let (got, _) = load(&loader, &reqs, &small()).unwrap();
+        assert!(got == want, "{store}: bytes differ from the local load");
+    }
+}
