@@ -148,43 +148,32 @@ pub(crate) fn connect(url: &str, opts: &RemoteOptions) -> Result<(Remote, ObjPat
             redact(&secrets, &e.to_string())
         ))
     };
+    // Each builder: the environment's configuration (or none, for plain HTTP), the URL,
+    // then the caller's pairs, the retry policy.
+    macro_rules! build {
+        ($builder:expr) => {{
+            let mut b = $builder;
+            for (k, v) in &opts.config {
+                if let Ok(key) = k.to_ascii_lowercase().parse() {
+                    b = b.with_config(key, v);
+                }
+            }
+            Arc::new(b.with_retry(retry).build().map_err(failed)?) as Arc<dyn ObjectStore>
+        }};
+    }
     let store: Arc<dyn ObjectStore> = match scheme {
         ObjectStoreScheme::AmazonS3 => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
-            for (k, v) in &opts.config {
-                if let Ok(key) = k.to_ascii_lowercase().parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.with_retry(retry).build().map_err(failed)?)
+            build!(object_store::aws::AmazonS3Builder::from_env().with_url(url))
         }
         ObjectStoreScheme::GoogleCloudStorage => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
-            for (k, v) in &opts.config {
-                if let Ok(key) = k.to_ascii_lowercase().parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.with_retry(retry).build().map_err(failed)?)
+            build!(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url))
         }
         ObjectStoreScheme::MicrosoftAzure => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
-            for (k, v) in &opts.config {
-                if let Ok(key) = k.to_ascii_lowercase().parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.with_retry(retry).build().map_err(failed)?)
+            build!(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url))
         }
         ObjectStoreScheme::Http => {
             let origin = &parsed[..url::Position::BeforePath];
-            let mut b = object_store::http::HttpBuilder::new().with_url(origin);
-            for (k, v) in &opts.config {
-                if let Ok(key) = k.to_ascii_lowercase().parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.with_retry(retry).build().map_err(failed)?)
+            build!(object_store::http::HttpBuilder::new().with_url(origin))
         }
         _ => return Err(bad("not a URL of object storage npkio reads".into())),
     };
@@ -363,6 +352,11 @@ impl Remote {
                     e
                 }));
             }
+            // Refused credentials: asking again changes nothing.
+            Err(
+                e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ) => return Err(Failure::Final(self.error(url, what, e))),
             Err(e) => return Err(Failure::Again(e.to_string())),
         };
         if let (Some(was), Some(now)) = (etag, r.meta.e_tag.as_deref()) {

@@ -239,13 +239,20 @@ fn an_object_replaced_after_opening_is_a_typed_error_naming_the_url() {
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
 }
 
-#[test]
-fn server_errors_and_broken_bodies_are_retried() {
+/// The model on a server, a proxy in front of it, the model's URL and a loader through the
+/// proxy.
+fn behind_a_proxy() -> (S3Server, Proxy, String, Loader) {
     let s = S3Server::start();
     s.put_file("m/model.safetensors", &model());
     let p = Proxy::start(s.addr());
     let url = s.url("m/model.safetensors");
     let loader = Loader::open_url(&url, &opts_for(&p.endpoint())).unwrap();
+    (s, p, url, loader)
+}
+
+#[test]
+fn server_errors_and_broken_bodies_are_retried() {
+    let (_s, p, _url, loader) = behind_a_proxy();
     let reqs = requests(&loader, None);
     let want = local_bytes(&model(), &reqs);
     for fault in [
@@ -267,11 +274,7 @@ fn server_errors_and_broken_bodies_are_retried() {
 
 #[test]
 fn persistent_faults_are_reported_with_the_url_and_the_bytes_never_the_secret() {
-    let s = S3Server::start();
-    s.put_file("m/model.safetensors", &model());
-    let p = Proxy::start(s.addr());
-    let url = s.url("m/model.safetensors");
-    let loader = Loader::open_url(&url, &opts_for(&p.endpoint())).unwrap();
+    let (_s, p, url, loader) = behind_a_proxy();
     let reqs = requests(&loader, None);
     let o = LoadOptions::default().concurrency(1);
     for fault in [
