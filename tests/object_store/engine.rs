@@ -394,3 +394,30 @@ fn a_numpack_prefix_loads_as_the_local_store_does() {
         assert!(got == want, "{store}: bytes differ from the local load");
     }
 }
+
+#[test]
+fn a_strided_shard_is_fetched_in_few_requests() {
+    // [64, 4096] F32: rows of 16 KiB; rank 0 of 2 along dimension 1 wants 8 KiB of each,
+    // 8 KiB apart: 64 rows in one or two spans, not a GET per row.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.safetensors");
+    let data: Vec<u8> = (0..64 * 4096 * 4).map(|i| (i % 253) as u8).collect();
+    let t = npkio::ArrayInput {
+        name: "w",
+        dtype: npkio::DType::F32,
+        shape: &[64, 4096],
+        data: &data,
+    };
+    npkio::save_safetensors_file(&[t], None, &path, &npkio::Options::default()).unwrap();
+    let s = S3Server::start();
+    s.put_file("wide.safetensors", &path);
+    let p = Proxy::start(s.addr());
+    let loader = Loader::open_url(&s.url("wide.safetensors"), &opts_for(&p.endpoint())).unwrap();
+    for rank in 0..2 {
+        let reqs = [Request::new("w").shard(1, rank, 2)];
+        p.reset();
+        let (got, _) = load(&loader, &reqs, &LoadOptions::default()).unwrap();
+        assert!(got == local_bytes(&path, &reqs), "rank {rank} differs");
+        assert!(p.requests() <= 2, "rank {rank}: {:?}", p.records());
+    }
+}
