@@ -481,3 +481,24 @@ impl RemoteObject {
         Ok(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_wherever_they_appear() {
+        let secrets = vec!["s3cr3t-value".to_string(), "tok-123456".to_string()];
+        let text = "GET failed: key=s3cr3t-value&t=tok-123456 (s3cr3t-value)";
+        let out = redact(&secrets, text);
+        assert!(
+            !out.contains("s3cr3t-value") && !out.contains("tok-123456"),
+            "{out}"
+        );
+        assert_eq!(out.matches("<redacted>").count(), 3, "{out}");
+        assert!(is_secret_key("aws_secret_access_key"));
+        assert!(is_secret_key("AWS_SESSION_TOKEN"));
+        assert!(!is_secret_key("aws_region"));
+        assert!(!is_secret_key("aws_endpoint"));
+    }
+}
