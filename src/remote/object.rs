@@ -482,6 +482,114 @@ impl RemoteObject {
     }
 }
 
+/// Part size of an upload.
+const UPLOAD_PART: usize = 8 << 20;
+/// Parts of an upload in flight.
+const UPLOAD_CONCURRENCY: usize = 8;
+
+/// Uploads the local file `path` as the object `url` names, by multipart upload (parts of
+/// 8 MiB, 8 in flight): the object appears whole when the upload completes, or not at all
+/// (a failed upload is aborted).
+pub fn upload_file(path: &std::path::Path, url: &str, opts: &RemoteOptions) -> Result<()> {
+    let (remote, obj) = connect(url, opts)?;
+    remote.upload(path, obj, url)
+}
+
+/// Uploads every file under the local directory `dir` to the prefix `url` names
+/// (`url/<relative path>`), one multipart upload each, `last` (a file name in `dir`, such
+/// as an index or a store's metadata) after all the others, so that readers who look for
+/// it find the files it names.
+pub fn upload_dir(
+    dir: &std::path::Path,
+    url: &str,
+    last: Option<&str>,
+    opts: &RemoteOptions,
+) -> Result<()> {
+    let (remote, prefix) = connect(url, opts)?;
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, "listing", e))? {
+            let p = e.map_err(|e| Error::io(&d, "listing", e))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    let rel = |p: &std::path::Path| {
+        p.strip_prefix(dir)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    files.sort_by_key(|p| (Some(rel(p).as_str()) == last, rel(p)));
+    let base = url.trim_end_matches('/');
+    for f in &files {
+        let r = rel(f);
+        let obj: ObjPath = prefix
+            .parts()
+            .chain(r.split('/').map(object_store::path::PathPart::from))
+            .collect();
+        remote.upload(f, obj, &format!("{base}/{r}"))?;
+    }
+    Ok(())
+}
+
+impl Remote {
+    fn upload(&self, path: &std::path::Path, obj: ObjPath, url: &str) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "inspecting", e))?
+            .len();
+        let store = self.store.clone();
+        let done = block_on(async move {
+            if len == 0 {
+                // A multipart upload needs a part: an empty object is one PUT.
+                store
+                    .put(&obj, object_store::PutPayload::default())
+                    .await
+                    .map_err(|e| (e, 0))?;
+                return Ok(());
+            }
+            let upload = store.put_multipart(&obj).await.map_err(|e| (e, 0))?;
+            let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART);
+            let mut buf = vec![0u8; UPLOAD_PART];
+            let mut at = 0u64;
+            while at < len {
+                let n = (len - at).min(UPLOAD_PART as u64) as usize;
+                if let Err(e) = file.read_exact_at(&mut buf[..n], at) {
+                    let _ = w.abort().await;
+                    return Err((
+                        object_store::Error::Generic {
+                            store: "local file",
+                            source: Box::new(e),
+                        },
+                        at,
+                    ));
+                }
+                if let Err(e) = w.wait_for_capacity(UPLOAD_CONCURRENCY).await {
+                    let _ = w.abort().await;
+                    return Err((e, at));
+                }
+                w.write(&buf[..n]);
+                at += n as u64;
+            }
+            w.finish().await.map_err(|e| (e, len))?;
+            Ok(())
+        })?;
+        done.map_err(|(e, at)| {
+            self.error(
+                url,
+                &format!("uploading {} (at byte {at})", path.display()),
+                e,
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -421,3 +421,30 @@ fn a_strided_shard_is_fetched_in_few_requests() {
         assert!(p.requests() <= 2, "rank {rank}: {:?}", p.records());
     }
 }
+
+#[test]
+fn a_file_of_several_parts_uploads_whole() {
+    let s = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.bin");
+    // Three parts of 8 MiB, the last one short.
+    let data: Vec<u8> = (0..(17usize << 20) + 123)
+        .map(|i| (i * 31 + i / 4093) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let url = s.url("up/big.bin");
+    npkio::remote::upload_file(&path, &url, &opts_for(&s.endpoint())).unwrap();
+    let got = s.client().get("up/big.bin", None).unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(got.body == data, "the uploaded object differs");
+    // An empty file is an empty object.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    npkio::remote::upload_file(&empty, &s.url("up/empty"), &opts_for(&s.endpoint())).unwrap();
+    assert!(s.client().get("up/empty", None).unwrap().body.is_empty());
+    // Without credentials that the server accepts: an error naming the URL, no secret.
+    let bad = opts_for(&s.endpoint()).with("aws_secret_access_key", "not-the-secret-9876");
+    let e = npkio::remote::upload_file(&path, &s.url("up/x"), &bad).unwrap_err();
+    assert!(e.to_string().contains(&s.url("up/x")), "{e}");
+    assert!(!e.to_string().contains("not-the-secret-9876"), "{e}");
+}
