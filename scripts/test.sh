@@ -35,7 +35,11 @@ python3 scripts/check_cycles.py --strict
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test (library, CLI, C ABI, doc tests)"
+step "the S3-compatible test server (s3s-fs, built once into target/s3s-fs)"
+# The object-storage tests start it on 127.0.0.1 themselves and stop it afterwards.
+scripts/install-s3s-fs.sh
+
+step "cargo test (library, CLI, C ABI, object storage, doc tests)"
 # The shared library the C-example test links against is built by `cargo build`, not by
 # `cargo test` alone.
 cargo build

@@ -66,6 +66,7 @@ mod names;
 mod numpack;
 mod positions;
 mod publish;
+pub mod remote;
 mod safetensors;
 mod save;
 mod sys;

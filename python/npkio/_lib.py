@@ -264,6 +264,8 @@ class LoadOptions(ctypes.Structure):
         ("chunk_size", c_size_t),
         ("progress", c_void_p),
         ("progress_user", c_void_p),
+        ("range_size", c_size_t),
+        ("concurrency", c_uint32),
     ]
 
 

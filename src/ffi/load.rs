@@ -117,6 +117,11 @@ pub struct NpkioLoadOptions {
     pub progress: NpkioLoadProgress,
     /// Passed to `progress` as is.
     pub progress_user: *mut c_void,
+    /// Checkpoints in object storage: the largest ranged GET, in bytes (at least 4096); 0
+    /// means 8 MiB.
+    pub range_size: usize,
+    /// Checkpoints in object storage: ranged GETs in flight; 0 means 16.
+    pub concurrency: u32,
 }
 
 /// What a load did.
@@ -170,6 +175,8 @@ fn default_options() -> NpkioLoadOptions {
         chunk_size: crate::copy::DEFAULT_CHUNK_SIZE,
         progress: None,
         progress_user: std::ptr::null_mut(),
+        range_size: crate::load::DEFAULT_RANGE_SIZE,
+        concurrency: 0,
     }
 }
 
@@ -203,6 +210,12 @@ fn load_options(o: Option<&NpkioLoadOptions>) -> FfiResult<LoadOptions> {
             o.chunk_size
         },
         progress,
+        range_size: if o.range_size == 0 {
+            crate::load::DEFAULT_RANGE_SIZE
+        } else {
+            o.range_size
+        },
+        concurrency: o.concurrency as usize,
     })
 }
 
@@ -243,6 +256,14 @@ unsafe fn requests(reqs: &[NpkioLoadRequest]) -> FfiResult<Vec<Request>> {
 /// Opens a checkpoint for loading: a SafeTensors file, a sharded checkpoint (its
 /// `*.safetensors.index.json` or the directory holding it) or a NumPack directory. Reads
 /// headers and metadata only; the data files stay open until the handle is freed.
+///
+/// `path` may also be a URL of object storage (`s3://bucket/key`, `gs://`, `az://`,
+/// `http(s)://`) naming a SafeTensors object, an index or a prefix holding one, with
+/// credentials and endpoint from the environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP=true` for
+/// plain HTTP); loads then use ranged GETs (`range_size`, `concurrency` in
+/// `NpkioLoadOptions`). A library built without the `remote` feature answers
+/// `NPKIO_STATUS_INVALID_ARGUMENT`.
 ///
 /// On success `*out` receives a new handle, which the caller owns and frees with
 /// `npkio_load_free`. The handle may be used by several threads at once.

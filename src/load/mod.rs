@@ -65,8 +65,12 @@
 //! ```
 
 mod convert;
+mod dst;
 mod io;
 mod plan;
+#[cfg(feature = "remote")]
+mod remote;
+mod resolve;
 mod run;
 mod source;
 
@@ -74,13 +78,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use convert::{f16_to_f32, f32_to_bf16, f32_to_f16};
-pub use plan::{shard_range, STRIDE_MAX_GAP, STRIDE_ROW_READ};
+pub use plan::{REMOTE_ROW_READ, STRIDE_MAX_GAP, STRIDE_ROW_READ};
+pub use resolve::shard_range;
 pub use source::{Container, LoadTensor};
 
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, IoContext, Result};
+pub use crate::remote::RemoteOptions;
+pub(crate) use dst::RawDst;
 use plan::{Limits, Resolved};
-pub(crate) use run::RawDst;
 use run::Target;
 
 /// A part of one dimension of a tensor.
@@ -199,7 +205,18 @@ pub struct LoadOptions {
     pub chunk_size: usize,
     /// Called after each chunk.
     pub progress: Option<Progress>,
+    /// Checkpoints in object storage: the largest ranged GET, in bytes (default 8 MiB; at
+    /// least 4096). Replaces [`LoadOptions::chunk_size`] there.
+    pub range_size: usize,
+    /// Checkpoints in object storage: ranged GETs in flight (worker threads); 0 means the
+    /// default, 16. Replaces [`LoadOptions::threads`] there.
+    pub concurrency: usize,
 }
+
+/// Default [`LoadOptions::range_size`].
+pub const DEFAULT_RANGE_SIZE: usize = 8 << 20;
+/// Default [`LoadOptions::concurrency`].
+pub const DEFAULT_CONCURRENCY: usize = 16;
 
 impl Default for LoadOptions {
     fn default() -> Self {
@@ -209,6 +226,8 @@ impl Default for LoadOptions {
             drop_behind: false,
             chunk_size: crate::copy::DEFAULT_CHUNK_SIZE,
             progress: None,
+            range_size: DEFAULT_RANGE_SIZE,
+            concurrency: 0,
         }
     }
 }
@@ -243,6 +262,26 @@ impl LoadOptions {
         self.progress = progress;
         self
     }
+
+    /// With [`LoadOptions::range_size`] set.
+    pub fn range_size(mut self, range_size: usize) -> Self {
+        self.range_size = range_size;
+        self
+    }
+
+    /// With [`LoadOptions::concurrency`] set.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// [`LoadOptions::concurrency`], or its default for 0.
+    pub(crate) fn concurrency_or_default(&self) -> usize {
+        match self.concurrency {
+            0 => DEFAULT_CONCURRENCY,
+            n => n,
+        }
+    }
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -253,6 +292,8 @@ impl std::fmt::Debug for LoadOptions {
             .field("drop_behind", &self.drop_behind)
             .field("chunk_size", &self.chunk_size)
             .field("progress", &self.progress.is_some())
+            .field("range_size", &self.range_size)
+            .field("concurrency", &self.concurrency)
             .finish()
     }
 }
@@ -311,15 +352,48 @@ impl Loader {
     /// NumPack directory. Reads headers and metadata only. Keeps a checkpoint's shards or a
     /// NumPack directory's data files open when they fit in half the open-file budget (more
     /// are opened by each load, a window at a time, and checked to be the files validated).
+    ///
+    /// A path that is a URL of object storage (`s3://`, `gs://`, `az://`, `http(s)://`, see
+    /// [`crate::remote`]) opens the object or prefix it names, configured from the
+    /// environment: [`Loader::open_url`].
     pub fn open(path: impl AsRef<Path>) -> Result<Loader> {
         let path = path.as_ref();
+        if let Some(url) = path.to_str().filter(|s| crate::remote::is_url(s)) {
+            return Loader::open_url(url, &RemoteOptions::default());
+        }
         Ok(Loader {
             path: path.to_path_buf(),
             opened: source::open(path)?,
         })
     }
 
-    /// The path given to [`Loader::open`].
+    /// Opens a checkpoint in object storage: a SafeTensors object (`.../model.safetensors`),
+    /// a sharded checkpoint's index (`.../model.safetensors.index.json`), or a prefix
+    /// holding one of them or a NumPack store's files. Costs at most two GETs per file
+    /// (a first ranged GET usually holds the whole header) and, for a prefix, one LIST.
+    /// `opts` adds configuration to the environment's. Without the `remote` feature, an
+    /// `InvalidArgument` error.
+    pub fn open_url(url: &str, opts: &RemoteOptions) -> Result<Loader> {
+        #[cfg(feature = "remote")]
+        {
+            Ok(Loader {
+                path: PathBuf::from(url),
+                opened: remote::open(url, opts)?,
+            })
+        }
+        #[cfg(not(feature = "remote"))]
+        {
+            let _ = opts;
+            Err(crate::remote::not_built(url))
+        }
+    }
+
+    /// Whether the checkpoint is in object storage.
+    pub fn is_remote(&self) -> bool {
+        self.opened.files.iter().any(|f| f.remote.is_some())
+    }
+
+    /// The path given to [`Loader::open`] (or the URL).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -327,6 +401,30 @@ impl Loader {
     /// What kind of checkpoint this is.
     pub fn container(&self) -> Container {
         self.opened.container
+    }
+
+    /// A SafeTensors checkpoint's `__metadata__` (a sharded one's first shard's); `None`
+    /// when it has none, and for NumPack.
+    pub fn metadata(&self) -> Option<&[(String, String)]> {
+        self.opened.metadata.as_deref()
+    }
+
+    /// Where each file's bytes are read from, in file order: a path, or the URL of an
+    /// object in object storage.
+    pub fn files(&self) -> impl ExactSizeIterator<Item = &Path> {
+        self.opened.files.iter().map(|f| f.path.as_path())
+    }
+
+    /// The file (index into [`Loader::files`]) holding `tensor`'s first byte, and where;
+    /// `None` for a tensor without bytes.
+    pub fn location(&self, tensor: &LoadTensor) -> Option<(usize, u64)> {
+        tensor.pieces.first().map(|p| (p.file, p.offset))
+    }
+
+    /// For a SafeTensors checkpoint, where file `file`'s data section starts (the header's
+    /// `data_offsets` count from there); 0 for NumPack.
+    pub fn data_start(&self, file: usize) -> Option<u64> {
+        self.opened.files.get(file).map(|f| f.data_start)
     }
 
     /// Every tensor, in the checkpoint's order.
@@ -395,9 +493,10 @@ impl Loader {
         }
         let res = self.validate(reqs, Some(dsts))?;
         let lim = Limits {
-            chunk: opts.chunk_size as u64,
+            chunk: self.chunk_size(opts),
             out: u64::MAX,
             merge_requests: true,
+            remote: self.is_remote(),
         };
         let plan = plan::plan(self, &res, lim)?;
         self.check_files(reqs, &plan)?;
@@ -469,14 +568,25 @@ impl Loader {
         }
         let res = self.validate(reqs, None)?;
         let lim = Limits {
-            chunk: (opts.chunk_size as u64).min(size as u64),
+            chunk: self.chunk_size(opts).min(size as u64),
             out: size as u64,
             merge_requests: false,
+            remote: self.is_remote(),
         };
         let plan = plan::plan(self, &res, lim)?;
         self.check_files(reqs, &plan)?;
         let target = Target::Sink { sink, buffers };
         run::run(self, reqs, &plan, &target, opts, size, total_out(&res))
+    }
+
+    /// The largest read: [`LoadOptions::range_size`] in object storage,
+    /// [`LoadOptions::chunk_size`] elsewhere.
+    fn chunk_size(&self, opts: &LoadOptions) -> u64 {
+        if self.is_remote() {
+            opts.range_size as u64
+        } else {
+            opts.chunk_size as u64
+        }
     }
 
     /// Resolves every request and checks the destinations; one error for all problems.
@@ -555,6 +665,23 @@ impl Loader {
             if need[i] == 0 {
                 continue;
             }
+            if let Some(r) = &f.remote {
+                // Read by ranged GETs of the object as it was opened (its ETag checked).
+                if r.size() < need[i] {
+                    return Err(Error::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "the object is {} bytes, but request {} needs bytes up to {}",
+                            r.size(),
+                            who[i],
+                            need[i]
+                        ),
+                    )
+                    .at(&f.path)
+                    .array(reqs[who[i]].name.clone()));
+                }
+                continue;
+            }
             // A shard opened by each load: opening checks that it is the file validated
             // (same inode, same length), which holds every byte the plan reads.
             let Some(file) = &f.file else {
@@ -598,6 +725,12 @@ fn placeholder() -> Resolved {
 }
 
 fn check_options(opts: &LoadOptions) -> Result<()> {
+    if opts.range_size < 4096 {
+        return Err(Error::invalid_argument(format!(
+            "range size {} is too small (at least 4096)",
+            opts.range_size
+        )));
+    }
     if opts.chunk_size < 4096 {
         return Err(Error::invalid_argument(format!(
             "chunk size {} is too small (at least 4096)",

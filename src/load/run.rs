@@ -8,17 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use super::convert::Conversion;
+use super::dst::{dst_slice, pread_direct, scatter, RawDst};
 use super::io::{self as lio, Aligned, BLOCK};
 use super::plan::{Kind, Plan, Seg, Task, Unit};
 use super::{LoadOptions, LoadReport, Loader, Method, Request, SinkFn};
 use crate::error::{Error, ErrorKind, Result};
-
-/// A request's destination: `cap` writable bytes at `ptr`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RawDst {
-    pub(crate) ptr: *mut u8,
-    pub(crate) cap: usize,
-}
 
 /// Where tasks deliver.
 pub(crate) enum Target<'a> {
@@ -31,14 +25,6 @@ pub(crate) enum Target<'a> {
         buffers: Vec<RawDst>,
     },
 }
-
-// SAFETY: the destinations are caller memory that the caller lends for the duration of the
-// load (the Rust API takes `&mut` borrows, the C ABI states the contract); workers write
-// disjoint ranges of them (validated: no two requests overlap, tasks never overlap within a
-// request), and each staging buffer is used by one worker.
-unsafe impl Send for RawDst {}
-// SAFETY: as above.
-unsafe impl Sync for RawDst {}
 
 struct Shared<'a> {
     loader: &'a Loader,
@@ -167,6 +153,18 @@ pub(crate) fn run(
     staging_size: usize,
     total: u64,
 ) -> Result<LoadReport> {
+    // Objects in object storage: ranged GETs by `concurrency` workers, no `O_DIRECT`.
+    let remote_opts;
+    let opts = if loader.is_remote() {
+        remote_opts = opts
+            .clone()
+            .method(Method::Buffered)
+            .drop_behind(false)
+            .threads(opts.concurrency_or_default());
+        &remote_opts
+    } else {
+        opts
+    };
     let files = &loader.opened.files;
     let units = &plan.units;
     let per_window = (crate::sys::fdlimit::open_file_budget() / 2).max(1);
@@ -367,6 +365,9 @@ fn worker(sh: &Shared<'_>, w: usize) {
             let f = &sh.loader.opened.files[task.file];
             let name = &sh.reqs[req].name;
             let err = match e {
+                TaskError::Io(e) if remote_error(&e).is_some() => {
+                    remote_error(&e).expect("checked just above")
+                }
                 TaskError::Io(e) => Error::io(
                     &f.path,
                     &format!(
@@ -444,26 +445,35 @@ fn read_span<'b>(
             }
         }
     }
-    let file = sh.file(f);
     let b = bounce.get(len)?;
-    lio::read_exact_at(file, b, off)?;
-    if sh.opts.drop_behind {
-        lio::drop_cache(file, off, len as u64);
-    }
+    read_at(sh, f, b, off)?;
+    drop_behind(sh, f, off, len as u64);
     Ok(b)
 }
 
-/// The output bytes `[off, off + len)` of request `req` in memory.
-///
-/// # Safety
-///
-/// The range must lie inside the request's destination (validated before the run) and no
-/// other live slice may cover it (tasks write disjoint ranges).
-unsafe fn dst_slice<'a>(dsts: &[RawDst], req: usize, off: u64, len: u64) -> &'a mut [u8] {
-    let d = dsts[req];
-    debug_assert!(off + len <= d.cap as u64);
-    // SAFETY: the caller's contract above; the pointer is valid for `cap` bytes.
-    unsafe { std::slice::from_raw_parts_mut(d.ptr.add(off as usize), len as usize) }
+/// Reads exactly `buf.len()` bytes of file `f` at `off`: `pread` of a local file, a ranged
+/// GET of an object in object storage (whose error, naming the URL and the bytes, travels
+/// inside the `io::Error`: see [`remote_error`]).
+fn read_at(sh: &Shared<'_>, f: usize, buf: &mut [u8], off: u64) -> io::Result<()> {
+    match &sh.loader.opened.files[f].remote {
+        Some(r) => r.read_into(off, &mut [buf]).map_err(io::Error::other),
+        None => lio::read_exact_at(sh.file(f), buf, off),
+    }
+}
+
+/// The error of a ranged GET carried by `e`, if it carries one.
+fn remote_error(e: &io::Error) -> Option<Error> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<Error>())
+        .map(Error::duplicate)
+}
+
+/// With [`LoadOptions::drop_behind`], drops `[off, off + len)` of local file `f` from the
+/// page cache.
+fn drop_behind(sh: &Shared<'_>, f: usize, off: u64, len: u64) {
+    if sh.opts.drop_behind && sh.loader.opened.files[f].remote.is_none() {
+        lio::drop_cache(sh.file(f), off, len);
+    }
 }
 
 fn do_task(
@@ -614,80 +624,20 @@ fn direct_into(
     Ok(())
 }
 
-/// Copies `bytes`, the file's bytes from offset `at`, into the segments, which hold the
-/// file's bytes from offset `start` on.
-fn scatter(dsts: &[RawDst], segs: &[Seg], start: u64, at: u64, bytes: &[u8]) {
-    let end = at + bytes.len() as u64;
-    let mut pos = start;
-    for s in segs {
-        let (x, y) = (pos.max(at), (pos + s.len).min(end));
-        if x < y {
-            // SAFETY: validated range of the request's destination, written by this task
-            // alone.
-            let d = unsafe { dst_slice(dsts, s.req, s.out_off + (x - pos), y - x) };
-            d.copy_from_slice(&bytes[(x - at) as usize..(y - at) as usize]);
-        }
-        pos += s.len;
-    }
-}
-
-/// Reads exactly `len` bytes at `off` into `ptr` with an `O_DIRECT` descriptor (address,
-/// offset and length block-aligned), by system calls on the raw pointer: the bytes may
-/// span several requests' destinations that follow each other in memory. Returns how many
-/// were read with `O_DIRECT`: after a short count that is not a block multiple, offsets
-/// are no longer aligned and the rest is read through `plain`, a buffered descriptor of the
-/// same file (`df` keeps `O_DIRECT`).
-///
-/// # Safety
-///
-/// `ptr` must be valid for writes of `len` bytes that nothing else accesses meanwhile.
-unsafe fn pread_direct(
-    df: &File,
-    plain: &File,
-    mut ptr: *mut u8,
-    mut len: usize,
-    mut off: u64,
-) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let mut fd = df.as_raw_fd();
-    let mut direct = 0u64;
-    while len > 0 {
-        // SAFETY: the caller's contract; the kernel writes at most `len` bytes.
-        let n = unsafe { libc::pread(fd, ptr.cast(), len, off as libc::off_t) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let n = n as usize;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "the file ends at byte {off}, before byte {} (truncated during the load?)",
-                    off + len as u64
-                ),
-            ));
-        }
-        if fd == df.as_raw_fd() {
-            direct += n as u64;
-            if n % BLOCK as usize != 0 {
-                fd = plain.as_raw_fd();
-            }
-        }
-        ptr = ptr.wrapping_add(n);
-        len -= n;
-        off += n as u64;
-    }
-    Ok(direct)
-}
-
 /// Buffered read of a contiguous task into its segments: one `preadv` (continued with
 /// `pread` after a short read).
 fn read_vectored(sh: &Shared<'_>, dsts: &[RawDst], t: &Task, segs: &[Seg]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    if let Some(r) = &sh.loader.opened.files[t.file].remote {
+        // One ranged GET whose body is scattered into the segments.
+        let mut bufs: Vec<&mut [u8]> = segs
+            .iter()
+            // SAFETY: validated ranges of the requests' destinations, disjoint, written by
+            // this task alone.
+            .map(|s| unsafe { dst_slice(dsts, s.req, s.out_off, s.len) })
+            .collect();
+        return r.read_into(t.offset, &mut bufs).map_err(io::Error::other);
+    }
     let file = sh.file(t.file);
     if let [s] = segs {
         // SAFETY: validated range of the request's destination, written by this task alone.
@@ -760,11 +710,8 @@ fn fill(
                 let src = read_span(sh, t.file, t.offset, t.len as usize, true, bounce)?;
                 out.copy_from_slice(src);
             } else {
-                let file = sh.file(t.file);
-                lio::read_exact_at(file, out, t.offset)?;
-                if sh.opts.drop_behind {
-                    lio::drop_cache(file, t.offset, t.len);
-                }
+                read_at(sh, t.file, out, t.offset)?;
+                drop_behind(sh, t.file, t.offset, t.len);
             }
         }
         &Kind::Rows {
@@ -783,16 +730,14 @@ fn fill(
                     let off = t.offset + r as u64 * stride;
                     let o = &mut out[r * run_out..(r + 1) * run_out];
                     if conv == Conversion::None && !direct {
-                        let file = sh.file(t.file);
-                        lio::read_exact_at(file, o, off)?;
+                        read_at(sh, t.file, o, off)?;
                     } else {
                         let src = read_span(sh, t.file, off, run, direct, bounce)?;
                         conv.run(src, o);
                     }
                 }
-                if sh.opts.drop_behind && !direct {
-                    let file = sh.file(t.file);
-                    lio::drop_cache(file, t.offset, t.len);
+                if !direct {
+                    drop_behind(sh, t.file, t.offset, t.len);
                 }
             } else {
                 let src = read_span(sh, t.file, t.offset, t.len as usize, direct, bounce)?;

@@ -67,6 +67,11 @@ pub(crate) struct SourceFile {
     /// Whether it is a data file of a NumPack store (which other writers change by
     /// replacing files, never in place).
     pub(crate) of_store: bool,
+    /// An object in object storage instead of a local file (`file` and `reopen` are then
+    /// `None`).
+    pub(crate) remote: Option<crate::remote::RemoteObject>,
+    /// Where a SafeTensors file's data section starts (0 for a NumPack data file).
+    pub(crate) data_start: u64,
 }
 
 impl SourceFile {
@@ -99,6 +104,8 @@ pub(crate) struct Opened {
     pub(crate) files: Vec<SourceFile>,
     pub(crate) tensors: Vec<LoadTensor>,
     pub(crate) by_name: HashMap<String, usize>,
+    /// A SafeTensors checkpoint's `__metadata__` (its first file's).
+    pub(crate) metadata: Option<Vec<(String, String)>>,
 }
 
 /// Reserves room for `n` more items in `v`; out of memory is an `Io` error naming `path`
@@ -118,10 +125,15 @@ pub(crate) fn out_of_memory(path: &Path, what: &str) -> Error {
 }
 
 pub(crate) fn open(path: &Path) -> Result<Opened> {
-    let mut o = match Container::detect(path)? {
+    let o = match Container::detect(path)? {
         Container::NumPack => open_numpack(path)?,
         _ => open_safetensors(path)?,
     };
+    with_names(o, path)
+}
+
+/// `o` with its table of names.
+pub(crate) fn with_names(mut o: Opened, path: &Path) -> Result<Opened> {
     o.by_name
         .try_reserve(o.tensors.len())
         .map_err(|_| out_of_memory(path, "the table of tensor names"))?;
@@ -145,6 +157,8 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
             file: if keep { Some(s.reopen()?) } else { None },
             reopen: Some(s.reopener()),
             of_store: false,
+            remote: None,
+            data_start: s.data_start(),
         });
     }
     let container = if ck.is_sharded() {
@@ -152,39 +166,52 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
     } else {
         Container::SafeTensors
     };
+    let metadata = ck.metadata().map(<[_]>::to_vec);
     let mut tensors = Vec::new();
     reserve(&mut tensors, ck.len(), path, "the tensors")?;
     // Shard by shard in file order (the checkpoint's order), names and shapes moved out of
     // the parsed headers.
     for (shard, s) in ck.into_shards().into_iter().enumerate() {
         let data_start = s.data_start();
-        for info in s.into_tensors() {
-            let start = data_start + info.data_offsets.0;
-            let pieces = if info.is_empty() {
-                Vec::new()
-            } else {
-                vec![Piece {
-                    file: shard,
-                    offset: start,
-                    logical: 0,
-                    len: info.len(),
-                }]
-            };
-            tensors.push(LoadTensor {
-                nbytes: info.len(),
-                name: info.name,
-                dtype: info.dtype,
-                shape: info.shape,
-                pieces,
-            });
-        }
+        push_tensors(&mut tensors, shard, data_start, s.into_tensors());
     }
     Ok(Opened {
         container,
         files,
         tensors,
         by_name: HashMap::new(),
+        metadata,
     })
+}
+
+/// Appends the tensors of SafeTensors file `shard`, whose data section starts at
+/// `data_start` (room reserved by the caller).
+pub(crate) fn push_tensors(
+    tensors: &mut Vec<LoadTensor>,
+    shard: usize,
+    data_start: u64,
+    infos: Vec<crate::safetensors::TensorInfo>,
+) {
+    for info in infos {
+        let start = data_start + info.data_offsets.0;
+        let pieces = if info.is_empty() {
+            Vec::new()
+        } else {
+            vec![Piece {
+                file: shard,
+                offset: start,
+                logical: 0,
+                len: info.len(),
+            }]
+        };
+        tensors.push(LoadTensor {
+            nbytes: info.len(),
+            name: info.name,
+            dtype: info.dtype,
+            shape: info.shape,
+            pieces,
+        });
+    }
 }
 
 fn open_numpack(dir: &Path) -> Result<Opened> {
@@ -256,6 +283,8 @@ fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
                         file: reopen.is_none().then_some(file),
                         reopen,
                         of_store: true,
+                        remote: None,
+                        data_start: 0,
                     });
                     opened[fi] = Some(files.len() - 1);
                     files.len() - 1
@@ -293,6 +322,7 @@ fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
         files,
         tensors,
         by_name: HashMap::new(),
+        metadata: None,
     })
 }
 

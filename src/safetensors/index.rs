@@ -480,12 +480,12 @@ impl Checkpoint {
     }
 }
 
-struct ParsedIndex {
-    total_size: Option<u64>,
-    weight_map: BTreeMap<String, String>,
+pub(crate) struct ParsedIndex {
+    pub(crate) total_size: Option<u64>,
+    pub(crate) weight_map: BTreeMap<String, String>,
 }
 
-fn parse_index(text: &str) -> std::result::Result<ParsedIndex, String> {
+pub(crate) fn parse_index(text: &str) -> std::result::Result<ParsedIndex, String> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("index is not valid JSON: {e}"))?;
     let obj = v.as_object().ok_or("index is not a JSON object")?;

@@ -251,72 +251,12 @@ impl SafeTensorsFile {
                 "not a SafeTensors file any more: it shrank while being opened",
             )
         };
-        let read_at = |buf: &mut [u8], at: u64| -> Result<()> {
+        let head = parse_header(path, file_len, |buf: &mut [u8], at: u64| -> Result<()> {
             use std::os::unix::fs::FileExt;
             match file.read_exact_at(buf, at) {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(shrank()),
                 r => r.ctx(path, "reading"),
             }
-        };
-        let mut len_bytes = [0u8; 8];
-        read_at(&mut len_bytes, 0)?;
-        let declared = u64::from_le_bytes(len_bytes);
-        let past_end = declared > file_len - 8;
-        let over_limit = declared > crate::safetensors::writer::MAX_HEADER_SIZE as u64;
-        if past_end || over_limit {
-            let mut msg = format!("invalid SafeTensors file: header length {declared}");
-            if over_limit {
-                msg.push_str(" is above the 100,000,000-byte limit");
-            }
-            if past_end {
-                if over_limit {
-                    msg.push_str(" and");
-                }
-                msg.push_str(&format!(
-                    " points past the end of the file ({} bytes)",
-                    file_len
-                ));
-            }
-            return Err(Error::malformed(path, msg));
-        }
-        // The header is at most 100 MB (checked above); failing to get that memory is a
-        // resource error, not a malformed file.
-        let mut head = Vec::new();
-        head.try_reserve_exact(declared as usize).map_err(|_| {
-            Error::io(
-                path,
-                "allocating memory for the header of",
-                std::io::Error::from(std::io::ErrorKind::OutOfMemory),
-            )
-        })?;
-        head.resize(declared as usize, 0);
-        // Parsing a header takes several times its length in memory (names, shapes, maps),
-        // and an allocation that fails while parsing aborts the process. Make sure that much
-        // address space can be had first, so that a header too large for the memory
-        // available (as under `ulimit -v`) is an error, not an abort.
-        if declared > PARSE_PROBE_FROM {
-            let mut probe: Vec<u8> = Vec::new();
-            probe
-                .try_reserve_exact((declared as usize).saturating_mul(PARSE_MEMORY_FACTOR))
-                .map_err(|_| {
-                    Error::io(
-                        path,
-                        "finding memory to parse the header of",
-                        std::io::Error::from(std::io::ErrorKind::OutOfMemory),
-                    )
-                })?;
-        }
-        read_at(&mut head, 8)?;
-        let header = String::from_utf8(head).map_err(|_| {
-            Error::malformed(path, "invalid SafeTensors file: header is not valid UTF-8")
-        })?;
-        let parsed = read_metadata(&header, file_len).map_err(|e| {
-            let mut err =
-                Error::malformed(path, format!("invalid SafeTensors file: {}", describe(&e)));
-            if let Some(name) = culprit(header.as_bytes(), &e) {
-                err = err.array(name);
-            }
-            err
         })?;
         // The mapping serves the zero-copy views only. It must show the file that was
         // validated: if the file changed size since, refuse it.
@@ -333,27 +273,13 @@ impl SafeTensorsFile {
         }
         // The mapping keeps the file: the descriptor is not needed any more.
         drop(file);
+        let ParsedHeader {
+            header,
+            tensors,
+            by_name,
+            metadata,
+        } = head;
         let header_len = header.len() as u64;
-        if let Some((name, dtype)) = parsed.unsupported {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("dtype {dtype} is not supported"),
-            )
-            .at(path)
-            .array(name));
-        }
-        let tensors = parsed.tensors;
-        let by_name = sorted_by_name(&tensors);
-        if let Some(w) = by_name
-            .windows(2)
-            .find(|w| tensors[w[0]].name == tensors[w[1]].name)
-        {
-            return Err(Error::malformed(
-                path,
-                "invalid SafeTensors file: the header names the tensor twice",
-            )
-            .array(tensors[w[0]].name.clone()));
-        }
         Ok(SafeTensorsFile {
             path: path.to_path_buf(),
             reopener: Reopener {
@@ -366,7 +292,7 @@ impl SafeTensorsFile {
             header_len,
             by_name,
             tensors: Arc::new(tensors),
-            metadata: parsed.metadata,
+            metadata,
         })
     }
 
@@ -483,6 +409,110 @@ const PARSE_PROBE_FROM: u64 = 1 << 20;
 /// Memory a header takes while parsed, per byte of header (measured: about 7 for a header
 /// of a million one-dimensional tensors).
 const PARSE_MEMORY_FACTOR: usize = 10;
+
+/// A SafeTensors header read and validated: its text, its tensors in file order, their
+/// order by name, and `__metadata__`.
+pub(crate) struct ParsedHeader {
+    pub(crate) header: String,
+    pub(crate) tensors: Vec<TensorInfo>,
+    pub(crate) by_name: Vec<usize>,
+    pub(crate) metadata: Option<Vec<(String, String)>>,
+}
+
+/// Reads the header of a SafeTensors file of `file_len` bytes (at least 8) through
+/// `read_at(buf, offset)`, which fills `buf` exactly or fails, and validates it: the one
+/// route for local files and objects in object storage alike. Errors name `path`.
+pub(crate) fn parse_header(
+    path: &Path,
+    file_len: u64,
+    mut read_at: impl FnMut(&mut [u8], u64) -> Result<()>,
+) -> Result<ParsedHeader> {
+    let mut len_bytes = [0u8; 8];
+    read_at(&mut len_bytes, 0)?;
+    let declared = u64::from_le_bytes(len_bytes);
+    let past_end = declared > file_len - 8;
+    let over_limit = declared > crate::safetensors::writer::MAX_HEADER_SIZE as u64;
+    if past_end || over_limit {
+        let mut msg = format!("invalid SafeTensors file: header length {declared}");
+        if over_limit {
+            msg.push_str(" is above the 100,000,000-byte limit");
+        }
+        if past_end {
+            if over_limit {
+                msg.push_str(" and");
+            }
+            msg.push_str(&format!(
+                " points past the end of the file ({} bytes)",
+                file_len
+            ));
+        }
+        return Err(Error::malformed(path, msg));
+    }
+    // The header is at most 100 MB (checked above); failing to get that memory is a
+    // resource error, not a malformed file.
+    let mut head = Vec::new();
+    head.try_reserve_exact(declared as usize).map_err(|_| {
+        Error::io(
+            path,
+            "allocating memory for the header of",
+            std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+        )
+    })?;
+    head.resize(declared as usize, 0);
+    // Parsing a header takes several times its length in memory (names, shapes, maps),
+    // and an allocation that fails while parsing aborts the process. Make sure that much
+    // address space can be had first, so that a header too large for the memory
+    // available (as under `ulimit -v`) is an error, not an abort.
+    if declared > PARSE_PROBE_FROM {
+        let mut probe: Vec<u8> = Vec::new();
+        probe
+            .try_reserve_exact((declared as usize).saturating_mul(PARSE_MEMORY_FACTOR))
+            .map_err(|_| {
+                Error::io(
+                    path,
+                    "finding memory to parse the header of",
+                    std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                )
+            })?;
+    }
+    read_at(&mut head, 8)?;
+    let header = String::from_utf8(head).map_err(|_| {
+        Error::malformed(path, "invalid SafeTensors file: header is not valid UTF-8")
+    })?;
+    let parsed = read_metadata(&header, file_len).map_err(|e| {
+        let mut err = Error::malformed(path, format!("invalid SafeTensors file: {}", describe(&e)));
+        if let Some(name) = culprit(header.as_bytes(), &e) {
+            err = err.array(name);
+        }
+        err
+    })?;
+    if let Some((name, dtype)) = parsed.unsupported {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("dtype {dtype} is not supported"),
+        )
+        .at(path)
+        .array(name));
+    }
+    let tensors = parsed.tensors;
+    let by_name = sorted_by_name(&tensors);
+    if let Some(w) = by_name
+        .windows(2)
+        .find(|w| tensors[w[0]].name == tensors[w[1]].name)
+    {
+        return Err(Error::malformed(
+            path,
+            "invalid SafeTensors file: the header names the tensor twice",
+        )
+        .array(tensors[w[0]].name.clone()));
+    }
+    Ok(ParsedHeader {
+        header,
+        tensors,
+        by_name,
+        metadata: parsed.metadata,
+    })
+}
 
 /// Positions of `tensors` sorted by name.
 fn sorted_by_name(tensors: &[TensorInfo]) -> Vec<usize> {

@@ -63,7 +63,12 @@ pub fn run(args: &LoadArgs) -> Outcome {
         } else {
             Method::Auto
         })
-        .drop_behind(args.drop_behind);
+        .drop_behind(args.drop_behind)
+        .concurrency(args.concurrency);
+    let opts = match args.range_size {
+        Some(n) => opts.range_size(n),
+        None => opts,
+    };
     let (report, secs) = match args.staging {
         Some(size) => {
             let sink = |_: usize, _: u64, _: &[u8]| -> Result<(), String> { Ok(()) };

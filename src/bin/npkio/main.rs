@@ -63,7 +63,8 @@ enum Command {
 #[derive(Args, Debug)]
 struct LoadArgs {
     /// A SafeTensors file, a sharded checkpoint (its index, or the directory holding it) or
-    /// a NumPack directory.
+    /// a NumPack directory; or a URL of object storage (s3://bucket/key, gs://, az://,
+    /// http(s)://) of a SafeTensors object, an index or a prefix holding one.
     checkpoint: PathBuf,
     /// Load only these tensors (default: all).
     #[arg(long, num_args = 1.., value_name = "NAME")]
@@ -88,13 +89,20 @@ struct LoadArgs {
     /// large as the tensors (bounded memory).
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     staging: Option<usize>,
+    /// Object storage: the largest ranged GET (default 8M).
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    range_size: Option<usize>,
+    /// Object storage: ranged GETs in flight (default 16).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    concurrency: usize,
 }
 
 /// Arguments of `npkio inspect`.
 #[derive(Args, Debug)]
 struct InspectArgs {
     /// A SafeTensors file, a sharded checkpoint (its index, or the directory holding it) or
-    /// a NumPack directory.
+    /// a NumPack directory; or a URL of object storage (s3://, gs://, az://, http(s)://) of
+    /// a SafeTensors object, an index or a prefix holding one.
     path: PathBuf,
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
@@ -102,10 +110,12 @@ struct InspectArgs {
 }
 
 /// Arguments of `npkio convert`.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 struct ConvertArgs {
     /// A SafeTensors file, a sharded checkpoint (its index, or the directory holding it) or
-    /// a NumPack directory.
+    /// a NumPack directory; or a URL of object storage (s3://, gs://, az://, http(s)://) of
+    /// a SafeTensors object, an index or a prefix holding one, which is fetched first into
+    /// a temporary SafeTensors file beside the output (removed afterwards).
     input: PathBuf,
     /// The NumPack directory (from SafeTensors) or SafeTensors file (from NumPack; a
     /// directory with --max-shard-size) to write.
