@@ -163,7 +163,7 @@ void load_rank0_through_sink(const std::string &dir, const std::string &layer, D
     check(npkio_load_output_size(loader.get(), &req, &nbytes), "output size");
     dev.memory.assign(nbytes, 0);
     NpkioLoadOptions opts;
-    check(npkio_load_options_init(&opts), "options");
+    check(npkio_load_options_init(&opts, sizeof opts), "options");
     // Two engine-owned staging buffers (pinned in a real engine): at most two workers.
     const size_t staging = 4096;
     std::vector<std::vector<uint8_t>> pinned(2, std::vector<uint8_t>(staging));

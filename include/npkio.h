@@ -450,9 +450,19 @@ typedef void (*NpkioLoadProgress)(void *user,
                                   uint64_t total);
 
 /**
- * How to load. Fill with `npkio_load_options_init`, then change what you need.
+ * How to load. Fill with `npkio_load_options_init(&options, sizeof options)`, then change
+ * what you need.
+ *
+ * Later versions of npkio add fields at the end only. `struct_size` says how many bytes of
+ * the struct the caller's header declared: a library reads no further, and gives the
+ * defaults to fields a caller's struct does not have.
  */
 typedef struct NpkioLoadOptions {
+    /**
+     * `sizeof(NpkioLoadOptions)` as the caller's header declares it, or less when the
+     * library is older than the header (set by `npkio_load_options_init`).
+     */
+    size_t struct_size;
     /**
      * Worker threads; 0 lets npkio choose (2, or 4 when reading with `O_DIRECT`).
      */
@@ -1604,14 +1614,19 @@ NpkioStatus npkio_load_tensor_file_offset(const struct NpkioLoader *loader,
                                           uint64_t *offset);
 
 /**
- * Fills `*options` with the defaults: threads 0 (npkio chooses), `NPKIO_LOAD_AUTO`, no
- * drop-behind, 8 MiB chunks, no progress callback.
+ * Fills the `size` bytes at `options` (pass `sizeof options`) with the defaults: threads 0
+ * (npkio chooses), `NPKIO_LOAD_AUTO`, no drop-behind, 8 MiB chunks, no progress callback,
+ * 8 MiB ranges and 16 in flight for object storage; `struct_size` becomes the bytes it
+ * knows of (`size`, or its own size when `size` is larger: a header newer than the
+ * library). A `size` below the first version's struct is `NPKIO_STATUS_INVALID_ARGUMENT`,
+ * and nothing is written.
  *
  * # Safety
  *
- * `options` must be NULL or point to a writable `NpkioLoadOptions`.
+ * `options` must be NULL or point to `size` writable bytes.
  */
-NpkioStatus npkio_load_options_init(struct NpkioLoadOptions *options);
+NpkioStatus npkio_load_options_init(struct NpkioLoadOptions *options,
+                                    size_t size);
 
 /**
  * Writes to `*nbytes` the size of what `request` delivers (its `dst` and `capacity` are
@@ -1666,7 +1681,8 @@ NpkioStatus npkio_load_output_shape(const struct NpkioLoader *loader,
  * `loader` must be NULL or a live handle; `requests` must be NULL or point to `count`
  * requests whose names are NULL or NUL-terminated strings and whose `dst` point to
  * `capacity` writable bytes that nothing else touches until the call returns; `options`
- * and `report` must be NULL or valid.
+ * must be NULL or point to options filled by `npkio_load_options_init` (at least
+ * `struct_size` readable bytes); `report` must be NULL or valid.
  */
 NpkioStatus npkio_load_run(const struct NpkioLoader *loader,
                            const struct NpkioLoadRequest *requests,

@@ -258,6 +258,7 @@ class LoadOptions(ctypes.Structure):
     """``NpkioLoadOptions``: how to load (filled by ``npkio_load_options_init``)."""
 
     _fields_ = [
+        ("struct_size", c_size_t),
         ("threads", c_uint32),
         ("method", c_uint32),
         ("drop_behind", c_bool),
@@ -301,7 +302,7 @@ _proto("npkio_load_open", _status, c_char_p, _out_handle)
 _proto("npkio_load_free", None, _handle)
 _proto("npkio_load_count", _status, _handle, POINTER(c_size_t))
 _proto("npkio_load_tensor", _status, _handle, c_size_t, POINTER(TensorView))
-_proto("npkio_load_options_init", _status, POINTER(LoadOptions))
+_proto("npkio_load_options_init", _status, POINTER(LoadOptions), c_size_t)
 _proto("npkio_load_output_size", _status, _handle, POINTER(LoadRequest), POINTER(c_size_t))
 _proto("npkio_load_output_shape", _status, _handle, POINTER(LoadRequest), POINTER(c_uint64), c_size_t,
        POINTER(c_size_t))

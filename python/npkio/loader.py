@@ -319,7 +319,7 @@ def _check_into(p: _Planned, arr: Any) -> Any:
 
 def _options(threads: int, method: str, drop_behind: bool) -> LoadOptions:
     opts = LoadOptions()
-    check(lib.npkio_load_options_init(ctypes.byref(opts)))
+    check(lib.npkio_load_options_init(ctypes.byref(opts), ctypes.sizeof(opts)))
     opts.threads = _int(threads, "threads", 2**32 - 1)
     m = _lib.NPKIO_LOAD_METHODS.get(method) if isinstance(method, str) else None
     if m is None:

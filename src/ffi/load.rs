@@ -101,10 +101,18 @@ pub type NpkioLoadSink = Option<
     ) -> i32,
 >;
 
-/// How to load. Fill with `npkio_load_options_init`, then change what you need.
+/// How to load. Fill with `npkio_load_options_init(&options, sizeof options)`, then change
+/// what you need.
+///
+/// Later versions of npkio add fields at the end only. `struct_size` says how many bytes of
+/// the struct the caller's header declared: a library reads no further, and gives the
+/// defaults to fields a caller's struct does not have.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct NpkioLoadOptions {
+    /// `sizeof(NpkioLoadOptions)` as the caller's header declares it, or less when the
+    /// library is older than the header (set by `npkio_load_options_init`).
+    pub struct_size: usize,
     /// Worker threads; 0 lets npkio choose (2, or 4 when reading with `O_DIRECT`).
     pub threads: u32,
     /// `NPKIO_LOAD_AUTO`, `NPKIO_LOAD_BUFFERED` or `NPKIO_LOAD_DIRECT`.
@@ -167,8 +175,12 @@ unsafe impl Send for User {}
 // SAFETY: as above.
 unsafe impl Sync for User {}
 
+/// The smallest `struct_size` npkio accepts: every field of its first version.
+const OPTIONS_MIN_SIZE: usize = std::mem::size_of::<NpkioLoadOptions>();
+
 fn default_options() -> NpkioLoadOptions {
     NpkioLoadOptions {
+        struct_size: std::mem::size_of::<NpkioLoadOptions>(),
         threads: 0,
         method: NPKIO_LOAD_AUTO,
         drop_behind: false,
@@ -180,8 +192,51 @@ fn default_options() -> NpkioLoadOptions {
     }
 }
 
-fn load_options(o: Option<&NpkioLoadOptions>) -> FfiResult<LoadOptions> {
-    let o = o.copied().unwrap_or_else(default_options);
+/// The caller's options, read no further than their `struct_size`, on top of the defaults;
+/// the defaults for NULL.
+///
+/// # Safety
+///
+/// `options` must be NULL or point to `struct_size` readable bytes (at least the first
+/// field) laid out as `NpkioLoadOptions`.
+unsafe fn read_options(options: *const NpkioLoadOptions) -> FfiResult<NpkioLoadOptions> {
+    let mut o = default_options();
+    if options.is_null() {
+        return Ok(o);
+    }
+    if !options.is_aligned() {
+        return Err(FfiError::invalid(
+            "argument `options` is not aligned for its type",
+        ));
+    }
+    // SAFETY: not NULL and aligned; the first field is always there (the caller's contract).
+    let size = unsafe { std::ptr::addr_of!((*options).struct_size).read() };
+    check_options_size(size, "options.struct_size")?;
+    let n = size.min(std::mem::size_of::<NpkioLoadOptions>());
+    // SAFETY: the caller's struct holds `size >= n` bytes; `o` holds `n` (at most its own
+    // size); the two cannot overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            options.cast::<u8>(),
+            std::ptr::addr_of_mut!(o).cast::<u8>(),
+            n,
+        )
+    };
+    o.struct_size = n;
+    Ok(o)
+}
+
+fn check_options_size(size: usize, what: &str) -> FfiResult<()> {
+    if size < OPTIONS_MIN_SIZE {
+        return Err(FfiError::invalid(format!(
+            "{what} is {size}; an NpkioLoadOptions has {OPTIONS_MIN_SIZE} bytes at least \
+             (fill it with npkio_load_options_init(&options, sizeof options))"
+        )));
+    }
+    Ok(())
+}
+
+fn load_options(o: NpkioLoadOptions) -> FfiResult<LoadOptions> {
     let method = match o.method {
         NPKIO_LOAD_AUTO => Method::Auto,
         NPKIO_LOAD_BUFFERED => Method::Buffered,
@@ -388,18 +443,43 @@ pub unsafe extern "C" fn npkio_load_tensor_file_offset(
     })
 }
 
-/// Fills `*options` with the defaults: threads 0 (npkio chooses), `NPKIO_LOAD_AUTO`, no
-/// drop-behind, 8 MiB chunks, no progress callback.
+/// Fills the `size` bytes at `options` (pass `sizeof options`) with the defaults: threads 0
+/// (npkio chooses), `NPKIO_LOAD_AUTO`, no drop-behind, 8 MiB chunks, no progress callback,
+/// 8 MiB ranges and 16 in flight for object storage; `struct_size` becomes the bytes it
+/// knows of (`size`, or its own size when `size` is larger: a header newer than the
+/// library). A `size` below the first version's struct is `NPKIO_STATUS_INVALID_ARGUMENT`,
+/// and nothing is written.
 ///
 /// # Safety
 ///
-/// `options` must be NULL or point to a writable `NpkioLoadOptions`.
+/// `options` must be NULL or point to `size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn npkio_load_options_init(options: *mut NpkioLoadOptions) -> NpkioStatus {
+pub unsafe extern "C" fn npkio_load_options_init(
+    options: *mut NpkioLoadOptions,
+    size: usize,
+) -> NpkioStatus {
     status_boundary(|| {
-        // SAFETY: the caller's contract above.
-        let out = unsafe { Out::new(options, "options") }?;
-        out.set(default_options());
+        if options.is_null() {
+            return Err(FfiError::null("options"));
+        }
+        if !options.is_aligned() {
+            return Err(FfiError::invalid(
+                "argument `options` is not aligned for its type",
+            ));
+        }
+        check_options_size(size, "size")?;
+        let mut o = default_options();
+        let n = size.min(std::mem::size_of::<NpkioLoadOptions>());
+        o.struct_size = n;
+        // SAFETY: `options` is not NULL, aligned, and points to `size >= n` writable bytes
+        // (the caller's contract); `o` is npkio's own.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                std::ptr::addr_of!(o).cast::<u8>(),
+                options.cast::<u8>(),
+                n,
+            )
+        };
         Ok(())
     })
 }
@@ -513,7 +593,8 @@ pub unsafe extern "C" fn npkio_load_output_shape(
 /// `loader` must be NULL or a live handle; `requests` must be NULL or point to `count`
 /// requests whose names are NULL or NUL-terminated strings and whose `dst` point to
 /// `capacity` writable bytes that nothing else touches until the call returns; `options`
-/// and `report` must be NULL or valid.
+/// must be NULL or point to options filled by `npkio_load_options_init` (at least
+/// `struct_size` readable bytes); `report` must be NULL or valid.
 #[no_mangle]
 pub unsafe extern "C" fn npkio_load_run(
     loader: *const NpkioLoader,
@@ -532,7 +613,7 @@ pub unsafe extern "C" fn npkio_load_run(
             )
         };
         // SAFETY: as above.
-        let opts = load_options(unsafe { optional_ref(options, "options") }?)?;
+        let opts = load_options(unsafe { read_options(options) }?)?;
         // SAFETY: as above.
         let reqs = unsafe { self::requests(raw) }?;
         let dsts: Vec<crate::load::RawDst> = raw
@@ -599,7 +680,7 @@ pub unsafe extern "C" fn npkio_load_run_sink(
         };
         let sink = sink.ok_or_else(|| FfiError::null("sink"))?;
         // SAFETY: as above.
-        let opts = load_options(unsafe { optional_ref(options, "options") }?)?;
+        let opts = load_options(unsafe { read_options(options) }?)?;
         // SAFETY: as above.
         let reqs = unsafe { self::requests(raw) }?;
         let mut staging = Vec::with_capacity(bufs.len());
@@ -634,17 +715,4 @@ pub unsafe extern "C" fn npkio_load_run_sink(
         }
         Ok(())
     })
-}
-
-/// An optional `const` struct argument.
-///
-/// # Safety
-///
-/// `p` must be NULL or point to a valid `T` living for `'a`.
-unsafe fn optional_ref<'a, T>(p: *const T, what: &str) -> FfiResult<Option<&'a T>> {
-    if p.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: forwarded contract; `slice_arg` checks alignment.
-    Ok(Some(&unsafe { slice_arg(p, 1, what) }?[0]))
 }

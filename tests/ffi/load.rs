@@ -187,6 +187,7 @@ fn malformed_request_fields_are_named() {
         assert!(buf.iter().all(|&x| x == 0x33), "{text}: bytes written");
     }
     let mut opts = NpkioLoadOptions {
+        struct_size: 0,
         threads: 0,
         method: 0,
         drop_behind: false,
@@ -198,7 +199,7 @@ fn malformed_request_fields_are_named() {
     };
     // SAFETY: valid out-pointer.
     assert_eq!(
-        unsafe { npkio_load_options_init(&mut opts) },
+        unsafe { npkio_load_options_init(&mut opts, std::mem::size_of::<NpkioLoadOptions>()) },
         NpkioStatus::Ok
     );
     assert_eq!(opts.chunk_size, 8 << 20);
@@ -267,6 +268,7 @@ fn sinks_and_progress_through_c_callbacks() {
     p.capacity = n;
     let mut last = (0u64, 0u64);
     let mut opts = NpkioLoadOptions {
+        struct_size: 0,
         threads: 0,
         method: 0,
         drop_behind: false,
@@ -277,7 +279,7 @@ fn sinks_and_progress_through_c_callbacks() {
         concurrency: 0,
     };
     // SAFETY: valid out-pointer.
-    unsafe { npkio_load_options_init(&mut opts) };
+    unsafe { npkio_load_options_init(&mut opts, std::mem::size_of::<NpkioLoadOptions>()) };
     opts.chunk_size = 4096;
     opts.progress = Some(count_progress);
     opts.progress_user = (&mut last as *mut (u64, u64)).cast();
@@ -493,5 +495,67 @@ fn output_shapes_come_from_the_library() {
     assert_eq!(st, NpkioStatus::InvalidArgument, "{}", message());
     assert_eq!((ndim, dims), (usize::MAX, vec![u64::MAX; 2]));
     // SAFETY: the handle is live and freed once.
+    unsafe { npkio_load_free(l) };
+}
+
+/// `NpkioLoadOptions` carries its size: npkio writes and reads no more of a caller's struct
+/// than the caller declared, and refuses one smaller than its first version's.
+#[test]
+fn load_options_carry_their_size() {
+    const N: usize = std::mem::size_of::<NpkioLoadOptions>();
+    #[repr(C, align(8))]
+    struct Bigger([u8; N + 16]);
+    // A header newer than the library: npkio fills what it knows and says how much.
+    let mut big = Bigger([0xAB; N + 16]);
+    let p: *mut NpkioLoadOptions = big.0.as_mut_ptr().cast();
+    // SAFETY: `big` holds N + 16 writable, aligned bytes.
+    assert_eq!(
+        unsafe { npkio_load_options_init(p, N + 16) },
+        NpkioStatus::Ok
+    );
+    // SAFETY: initialised by npkio just above.
+    let o = unsafe { p.read() };
+    assert_eq!((o.struct_size, o.chunk_size, o.threads), (N, 8 << 20, 0));
+    assert!(
+        big.0[N..].iter().all(|&b| b == 0xAB),
+        "wrote past its own struct"
+    );
+    // Too small: refused, nothing written.
+    let mut small = Bigger([0xCD; N + 16]);
+    // SAFETY: as above.
+    let s = unsafe { npkio_load_options_init(small.0.as_mut_ptr().cast(), N - 1) };
+    assert_eq!(s, NpkioStatus::InvalidArgument);
+    assert!(
+        message().contains("npkio_load_options_init"),
+        "{}",
+        message()
+    );
+    assert!(
+        small.0.iter().all(|&b| b == 0xCD),
+        "wrote into a refused struct"
+    );
+    // A load given options whose size was never set is refused before anything is read.
+    let l = open();
+    let name = c"model.norm.weight";
+    let mut probe = [0u8; 0];
+    let mut dst = vec![0x5Au8; size(l, &req(name, &mut probe))];
+    let r = req(name, &mut dst);
+    let mut unset = o;
+    unset.struct_size = 0;
+    // SAFETY: live handle, one valid request, readable options.
+    let s = unsafe { npkio_load_run(l, &r, 1, &unset, ptr::null_mut()) };
+    assert_eq!(s, NpkioStatus::InvalidArgument);
+    assert!(
+        message().contains("options.struct_size is 0"),
+        "{}",
+        message()
+    );
+    assert!(dst.iter().all(|&b| b == 0x5A), "bytes written");
+    // The options npkio filled load.
+    // SAFETY: as above.
+    let s = unsafe { npkio_load_run(l, &r, 1, &o, ptr::null_mut()) };
+    assert_eq!(s, NpkioStatus::Ok, "{}", message());
+    assert!(dst.iter().any(|&b| b != 0x5A));
+    // SAFETY: live handle, freed once.
     unsafe { npkio_load_free(l) };
 }
