@@ -477,6 +477,15 @@ typedef struct NpkioLoadOptions {
      * Passed to `progress` as is.
      */
     void *progress_user;
+    /**
+     * Checkpoints in object storage: the largest ranged GET, in bytes (at least 4096); 0
+     * means 8 MiB.
+     */
+    size_t range_size;
+    /**
+     * Checkpoints in object storage: ranged GETs in flight; 0 means 16.
+     */
+    uint32_t concurrency;
 } NpkioLoadOptions;
 
 /**
@@ -1518,6 +1527,14 @@ NpkioStatus npkio_parse_size(const char *text,
  * Opens a checkpoint for loading: a SafeTensors file, a sharded checkpoint (its
  * `*.safetensors.index.json` or the directory holding it) or a NumPack directory. Reads
  * headers and metadata only; the data files stay open until the handle is freed.
+ *
+ * `path` may also be a URL of object storage (`s3://bucket/key`, `gs://`, `az://`,
+ * `http(s)://`) naming a SafeTensors object, an index or a prefix holding one, with
+ * credentials and endpoint from the environment (`AWS_ACCESS_KEY_ID`,
+ * `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP=true` for
+ * plain HTTP); loads then use ranged GETs (`range_size`, `concurrency` in
+ * `NpkioLoadOptions`). A library built without the `remote` feature answers
+ * `NPKIO_STATUS_INVALID_ARGUMENT`.
  *
  * On success `*out` receives a new handle, which the caller owns and frees with
  * `npkio_load_free`. The handle may be used by several threads at once.

@@ -242,6 +242,14 @@ unsafe fn requests(reqs: &[NpkioLoadRequest]) -> FfiResult<Vec<Request>> {
 /// `*.safetensors.index.json` or the directory holding it) or a NumPack directory. Reads
 /// headers and metadata only; the data files stay open until the handle is freed.
 ///
+/// `path` may also be a URL of object storage (`s3://bucket/key`, `gs://`, `az://`,
+/// `http(s)://`) naming a SafeTensors object, an index or a prefix holding one, with
+/// credentials and endpoint from the environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP=true` for
+/// plain HTTP); loads then use ranged GETs (`range_size`, `concurrency` in
+/// `NpkioLoadOptions`). A library built without the `remote` feature answers
+/// `NPKIO_STATUS_INVALID_ARGUMENT`.
+///
 /// On success `*out` receives a new handle, which the caller owns and frees with
 /// `npkio_load_free`. The handle may be used by several threads at once.
 ///

@@ -24,17 +24,45 @@ fn tensor_json(dtype: &str, shape: &[u64], (begin, end): (u64, u64)) -> Value {
 /// list hundreds of thousands of tensors: no `Value` tree is built for it). The bytes are
 /// those `serde_json` gives for the same document.
 fn metadata_json(c: &Checkpoint) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + c.len() * 96);
-    out.extend_from_slice(b"{\"tensors\":{");
     // Shard by shard, each in file order, as `get_safetensors_metadata` lists them.
-    let tensors = c.shards().iter().flat_map(|s| s.tensors());
-    for (k, t) in tensors.enumerate() {
+    let tensors = c
+        .shards()
+        .iter()
+        .flat_map(|s| s.tensors())
+        .map(|t| (t.name.as_str(), &t.shape[..], t.dtype, t.data_offsets));
+    metadata_json_of(c.len(), tensors, c.metadata())
+}
+
+/// [`metadata_json`] of a checkpoint in object storage, as the loader opened it: file by
+/// file in file order; a tensor without bytes sits where the one before it ends.
+fn metadata_json_remote(l: &crate::load::Loader) -> Vec<u8> {
+    let mut end = 0u64;
+    let tensors = l.tensors().iter().map(|t| {
+        let begin = match l.location(t) {
+            Some((f, off)) => off - l.data_start(f).unwrap_or(0),
+            None => end,
+        };
+        end = begin + t.nbytes;
+        (t.name.as_str(), &t.shape[..], t.dtype, (begin, end))
+    });
+    metadata_json_of(l.tensors().len(), tensors, l.metadata())
+}
+
+/// The document of [`metadata_json`]: `n` tensors (name, shape, dtype, data offsets).
+fn metadata_json_of<'a>(
+    n: usize,
+    tensors: impl Iterator<Item = (&'a str, &'a [u64], crate::DType, (u64, u64))>,
+    metadata: Option<&[(String, String)]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + n * 96);
+    out.extend_from_slice(b"{\"tensors\":{");
+    for (k, (name, shape, dtype, offsets)) in tensors.enumerate() {
         if k > 0 {
             out.push(b',');
         }
-        push_str(&mut out, &t.name);
+        push_str(&mut out, name);
         out.extend_from_slice(b":{\"shape\":[");
-        for (j, &d) in t.shape.iter().enumerate() {
+        for (j, &d) in shape.iter().enumerate() {
             if j > 0 {
                 out.push(b',');
             }
@@ -43,16 +71,16 @@ fn metadata_json(c: &Checkpoint) -> Vec<u8> {
         out.extend_from_slice(b"],\"dtype\":");
         push_str(
             &mut out,
-            t.dtype.safetensors_name().unwrap_or(t.dtype.numpy_name()),
+            dtype.safetensors_name().unwrap_or(dtype.numpy_name()),
         );
         out.extend_from_slice(b",\"data_offsets\":[");
-        push_u64(&mut out, t.data_offsets.0);
+        push_u64(&mut out, offsets.0);
         out.push(b',');
-        push_u64(&mut out, t.data_offsets.1);
+        push_u64(&mut out, offsets.1);
         out.extend_from_slice(b"]}");
     }
     out.extend_from_slice(b"},\"metadata\":{");
-    for (k, (key, value)) in c.metadata().iter().copied().flatten().enumerate() {
+    for (k, (key, value)) in metadata.iter().copied().flatten().enumerate() {
         if k > 0 {
             out.push(b',');
         }
@@ -61,7 +89,7 @@ fn metadata_json(c: &Checkpoint) -> Vec<u8> {
         push_str(&mut out, value);
     }
     out.extend_from_slice(b"},\"has_metadata\":");
-    out.extend_from_slice(if c.metadata().is_some() {
+    out.extend_from_slice(if metadata.is_some() {
         b"true}"
     } else {
         b"false}"
@@ -122,7 +150,8 @@ fn bytes_json(data: &[u8]) -> FfiResult<Vec<u8>> {
 }
 
 /// Describes the SafeTensors file (or sharded checkpoint: its `*.safetensors.index.json`
-/// or a directory holding one) `path` in one UTF-8 JSON document, reading headers only:
+/// or a directory holding one; or a URL of object storage naming one, see
+/// `npkio_load_open`) `path` in one UTF-8 JSON document, reading headers only:
 ///
 /// `{"tensors": {name: {"shape": [..], "dtype": "F32", "data_offsets": [begin, end]}, ...},
 /// "metadata": {key: value, ...}, "has_metadata": true}`
@@ -151,7 +180,10 @@ pub unsafe extern "C" fn npkio_safetensors_metadata_json(
     status_boundary(|| {
         // SAFETY: the caller's contract above, checked for NULL inside.
         let (path, len_out) = unsafe { (path_arg(path, "path")?, Out::new(json_len, "json_len")?) };
-        let doc = metadata_json(&Checkpoint::open(path)?);
+        let doc = match path.to_str().filter(|p| crate::remote::is_url(p)) {
+            Some(_) => metadata_json_remote(&crate::load::Loader::open(path)?),
+            _ => metadata_json(&Checkpoint::open(path)?),
+        };
         // SAFETY: the caller's contract on `buffer`.
         unsafe { give_json(doc, buffer, capacity, len_out) }
     })

@@ -65,10 +65,12 @@
 //! ```
 
 mod convert;
+mod dst;
 mod io;
 mod plan;
 #[cfg(feature = "remote")]
 mod remote;
+mod resolve;
 mod run;
 mod source;
 
@@ -76,14 +78,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use convert::{f16_to_f32, f32_to_bf16, f32_to_f16};
-pub use plan::{shard_range, STRIDE_MAX_GAP, STRIDE_ROW_READ};
+pub use plan::{STRIDE_MAX_GAP, STRIDE_ROW_READ};
+pub use resolve::shard_range;
 pub use source::{Container, LoadTensor};
 
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 pub use crate::remote::RemoteOptions;
+pub(crate) use dst::RawDst;
 use plan::{Limits, Resolved};
-pub(crate) use run::RawDst;
 use run::Target;
 
 /// A part of one dimension of a tensor.
@@ -398,6 +401,30 @@ impl Loader {
     /// What kind of checkpoint this is.
     pub fn container(&self) -> Container {
         self.opened.container
+    }
+
+    /// A SafeTensors checkpoint's `__metadata__` (a sharded one's first shard's); `None`
+    /// when it has none, and for NumPack.
+    pub fn metadata(&self) -> Option<&[(String, String)]> {
+        self.opened.metadata.as_deref()
+    }
+
+    /// Where each file's bytes are read from, in file order: a path, or the URL of an
+    /// object in object storage.
+    pub fn files(&self) -> impl ExactSizeIterator<Item = &Path> {
+        self.opened.files.iter().map(|f| f.path.as_path())
+    }
+
+    /// The file (index into [`Loader::files`]) holding `tensor`'s first byte, and where;
+    /// `None` for a tensor without bytes.
+    pub fn location(&self, tensor: &LoadTensor) -> Option<(usize, u64)> {
+        tensor.pieces.first().map(|p| (p.file, p.offset))
+    }
+
+    /// For a SafeTensors checkpoint, where file `file`'s data section starts (the header's
+    /// `data_offsets` count from there); 0 for NumPack.
+    pub fn data_start(&self, file: usize) -> Option<u64> {
+        self.opened.files.get(file).map(|f| f.data_start)
     }
 
     /// Every tensor, in the checkpoint's order.

@@ -8,7 +8,7 @@ use object_store::path::Path as ObjPath;
 
 use super::source::{push_tensors, reserve, Container, Opened, SourceFile};
 use crate::error::{Error, ErrorKind, Result};
-use crate::remote::{connect, Remote, RemoteObject, RemoteOptions};
+use crate::remote::{connect, Listed, Remote, RemoteObject, RemoteOptions};
 use crate::safetensors::index::{parse_index, INDEX_NAME, SINGLE_FILE_NAME};
 use crate::safetensors::reader::{parse_header, ParsedHeader};
 
@@ -29,7 +29,7 @@ pub(crate) fn open(url: &str, opts: &RemoteOptions) -> Result<Opened> {
         let listed = remote.list(&path, url)?;
         let has = |n: &str| {
             let p = child(&path, n);
-            listed.iter().any(|(q, _)| *q == p)
+            listed.iter().any(|l| l.path == p)
         };
         let dir = url.trim_end_matches('/');
         if has(INDEX_NAME) {
@@ -38,6 +38,8 @@ pub(crate) fn open(url: &str, opts: &RemoteOptions) -> Result<Opened> {
                 child(&path, INDEX_NAME),
                 format!("{dir}/{INDEX_NAME}"),
             )?
+        } else if has(crate::numpack::metadata::FILE_NAME) {
+            return open_numpack(&remote, &path, url, listed);
         } else if has(SINGLE_FILE_NAME) {
             let u = format!("{dir}/{SINGLE_FILE_NAME}");
             open_single(&remote, child(&path, SINGLE_FILE_NAME), u)?
@@ -94,13 +96,14 @@ fn open_object(
     Ok((obj, head))
 }
 
-fn source(obj: RemoteObject) -> SourceFile {
+fn source(obj: RemoteObject, data_start: u64) -> SourceFile {
     SourceFile {
         path: obj.url().into(),
         file: None,
         reopen: None,
         of_store: false,
         remote: Some(obj),
+        data_start,
     }
 }
 
@@ -117,9 +120,10 @@ fn open_single(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
     push_tensors(&mut tensors, 0, data_start, head.tensors);
     Ok(Opened {
         container: Container::SafeTensors,
-        files: vec![source(obj)],
+        files: vec![source(obj, data_start)],
         tensors,
         by_name: HashMap::new(),
+        metadata: head.metadata,
     })
 }
 
@@ -145,6 +149,7 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
     reserve(&mut files, names.len(), at, "the shards")?;
     let mut tensors = Vec::new();
     let mut total = 0u64;
+    let mut metadata = None;
     for (k, name) in names.iter().enumerate() {
         if name.is_empty()
             || name.starts_with('/')
@@ -172,9 +177,12 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
             total = total.saturating_add(t.len());
         }
         let data_start = 8 + head.header.len() as u64;
+        if k == 0 {
+            metadata = head.metadata;
+        }
         reserve(&mut tensors, head.tensors.len(), at, "the tensors")?;
         push_tensors(&mut tensors, k, data_start, head.tensors);
-        files.push(source(obj));
+        files.push(source(obj, data_start));
     }
     if tensors.len() != parsed.weight_map.len() {
         let held: BTreeSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
@@ -202,5 +210,81 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
         files,
         tensors,
         by_name: HashMap::new(),
+        metadata,
     })
+}
+
+/// Largest small file of a NumPack store read (metadata, sidecar, bitmaps, manifests).
+const MAX_SMALL_FILE: u64 = 256 << 20;
+
+/// A NumPack store under `prefix`: its small files (metadata, sidecar, deletion bitmaps,
+/// segment manifests) are fetched into a temporary directory, with an empty sparse file of
+/// the listed size for each data file (`*.npkd`), and opened there by the store's own code;
+/// the data files then become the listed objects, read by ranged GETs that carry the
+/// listing's ETag. One LIST, one or two GETs per small file, none per data file. The
+/// temporary directory is gone when this returns.
+fn open_numpack(
+    remote: &Remote,
+    prefix: &ObjPath,
+    url: &str,
+    listed: Vec<Listed>,
+) -> Result<Opened> {
+    let at = Path::new(url);
+    let dir = url.trim_end_matches('/');
+    let tmp = tempfile::tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), "creating a temporary directory in", e))?;
+    let skip = prefix.parts().count();
+    let mut data: HashMap<std::path::PathBuf, (Listed, String)> = HashMap::new();
+    for l in listed {
+        let rel: Vec<String> = l
+            .path
+            .parts()
+            .skip(skip)
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        if rel.is_empty() || rel.iter().any(|p| p == ".." || p == ".") {
+            continue;
+        }
+        let rel = rel.join("/");
+        let local = tmp.path().join(&rel);
+        if let Some(parent) = local.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, "creating", e))?;
+        }
+        let obj_url = format!("{dir}/{rel}");
+        if rel.ends_with(".npkd") {
+            let f = std::fs::File::create(&local).map_err(|e| Error::io(&local, "creating", e))?;
+            f.set_len(l.size)
+                .map_err(|e| Error::io(&local, "sizing", e))?;
+            data.insert(local, (l, obj_url));
+        } else {
+            let (obj, first) = remote.open(l.path.clone(), obj_url)?;
+            let bytes = if first.len() as u64 == obj.size() {
+                first
+            } else {
+                obj.read_all(MAX_SMALL_FILE)?
+            };
+            std::fs::write(&local, bytes).map_err(|e| Error::io(&local, "writing", e))?;
+        }
+    }
+    let mut o = super::source::open(tmp.path()).map_err(|e| {
+        // The temporary directory means nothing to the caller: the URL does.
+        let mut out = Error::new(e.kind(), e.message().to_string()).at(at);
+        if let Some(a) = e.array_name() {
+            out = out.array(a);
+        }
+        out
+    })?;
+    for f in &mut o.files {
+        let Some((l, obj_url)) = data.remove(&f.path) else {
+            return Err(Error::malformed(
+                at,
+                "the store reads a data file that the listing did not show",
+            ));
+        };
+        f.path = obj_url.clone().into();
+        f.file = None;
+        f.reopen = None;
+        f.remote = Some(remote.listed(l, obj_url));
+    }
+    Ok(o)
 }

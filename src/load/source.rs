@@ -70,6 +70,8 @@ pub(crate) struct SourceFile {
     /// An object in object storage instead of a local file (`file` and `reopen` are then
     /// `None`).
     pub(crate) remote: Option<crate::remote::RemoteObject>,
+    /// Where a SafeTensors file's data section starts (0 for a NumPack data file).
+    pub(crate) data_start: u64,
 }
 
 impl SourceFile {
@@ -102,6 +104,8 @@ pub(crate) struct Opened {
     pub(crate) files: Vec<SourceFile>,
     pub(crate) tensors: Vec<LoadTensor>,
     pub(crate) by_name: HashMap<String, usize>,
+    /// A SafeTensors checkpoint's `__metadata__` (its first file's).
+    pub(crate) metadata: Option<Vec<(String, String)>>,
 }
 
 /// Reserves room for `n` more items in `v`; out of memory is an `Io` error naming `path`
@@ -154,6 +158,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
             reopen: Some(s.reopener()),
             of_store: false,
             remote: None,
+            data_start: s.data_start(),
         });
     }
     let container = if ck.is_sharded() {
@@ -161,6 +166,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
     } else {
         Container::SafeTensors
     };
+    let metadata = ck.metadata().map(<[_]>::to_vec);
     let mut tensors = Vec::new();
     reserve(&mut tensors, ck.len(), path, "the tensors")?;
     // Shard by shard in file order (the checkpoint's order), names and shapes moved out of
@@ -174,6 +180,7 @@ fn open_safetensors(path: &Path) -> Result<Opened> {
         files,
         tensors,
         by_name: HashMap::new(),
+        metadata,
     })
 }
 
@@ -277,6 +284,7 @@ fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
                         reopen,
                         of_store: true,
                         remote: None,
+                        data_start: 0,
                     });
                     opened[fi] = Some(files.len() - 1);
                     files.len() - 1
@@ -314,6 +322,7 @@ fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
         files,
         tensors,
         by_name: HashMap::new(),
+        metadata: None,
     })
 }
 

@@ -23,7 +23,7 @@
 mod object;
 
 #[cfg(feature = "remote")]
-pub(crate) use object::{connect, Remote, RemoteObject};
+pub(crate) use object::{connect, Listed, Remote, RemoteObject};
 
 #[cfg(not(feature = "remote"))]
 use crate::error::{Error, Result};
@@ -143,6 +143,19 @@ mod tests {
         ] {
             assert!(!is_url(p), "{p}");
         }
+    }
+
+    #[cfg(not(feature = "remote"))]
+    #[test]
+    fn without_the_feature_a_url_is_a_clear_error() {
+        let url = "s3://bucket/model.safetensors";
+        let e = crate::load::Loader::open(url).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(
+            e.to_string().contains("without the `remote` feature"),
+            "{e}"
+        );
+        assert!(e.to_string().contains(url), "{e}");
     }
 
     #[test]

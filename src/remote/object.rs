@@ -76,6 +76,14 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+/// An object as a listing names it.
+#[derive(Clone, Debug)]
+pub(crate) struct Listed {
+    pub(crate) path: ObjPath,
+    pub(crate) size: u64,
+    pub(crate) etag: Option<String>,
+}
+
 /// An object of a store, as first seen: its size and ETag.
 #[derive(Debug)]
 pub(crate) struct RemoteObject {
@@ -239,8 +247,19 @@ impl Remote {
         Ok((obj, first))
     }
 
-    /// The objects under `prefix` (one LIST, paged by the store): (path, size).
-    pub(crate) fn list(&self, prefix: &ObjPath, url: &str) -> Result<Vec<(ObjPath, u64)>> {
+    /// The object at `path` as a listing described it (no request).
+    pub(crate) fn listed(&self, l: Listed, url: String) -> RemoteObject {
+        RemoteObject {
+            remote: self.clone(),
+            path: l.path,
+            url,
+            size: l.size,
+            etag: l.etag,
+        }
+    }
+
+    /// The objects under `prefix` (one LIST, paged by the store).
+    pub(crate) fn list(&self, prefix: &ObjPath, url: &str) -> Result<Vec<Listed>> {
         let store = self.store.clone();
         let prefix = prefix.clone();
         let got = block_on(async move {
@@ -251,7 +270,11 @@ impl Remote {
                 if out.len() >= MAX_LISTED {
                     break;
                 }
-                out.push((m.location, m.size));
+                out.push(Listed {
+                    path: m.location,
+                    size: m.size,
+                    etag: m.e_tag,
+                });
             }
             Ok::<_, object_store::Error>(out)
         })?;

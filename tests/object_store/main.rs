@@ -5,4 +5,7 @@ mod http;
 mod proxy;
 mod server;
 
+#[cfg(feature = "cli")]
+mod cli;
+mod engine;
 mod harness;

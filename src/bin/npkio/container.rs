@@ -30,6 +30,10 @@ impl Format {
 /// [`npkio::Container::detect`]): a NumPack directory, or a SafeTensors file or sharded
 /// checkpoint.
 pub fn detect(path: &Path) -> Result<Format> {
+    if path.to_str().is_some_and(npkio::remote::is_url) {
+        // Object storage: SafeTensors objects, indexes and prefixes holding them.
+        return Ok(Format::SafeTensors);
+    }
     Ok(if npkio::Container::detect(path)?.is_safetensors() {
         Format::SafeTensors
     } else {
@@ -91,6 +95,9 @@ pub struct Container {
 impl Container {
     /// Detects and opens `path`.
     pub fn open(path: &Path) -> Result<Container> {
+        if path.to_str().is_some_and(npkio::remote::is_url) {
+            return Self::open_remote(path);
+        }
         match detect(path)? {
             Format::SafeTensors => Self::open_safetensors(path),
             Format::NumPack => Self::open_numpack(path),
@@ -154,6 +161,90 @@ impl Container {
         })
     }
 
+    /// A checkpoint in object storage, as the loader sees it (headers only). Each file's
+    /// data section starts at its first tensor's bytes (a header's offsets start at 0 and
+    /// leave no gap) and ends at the file's end.
+    fn open_remote(path: &Path) -> Result<Container> {
+        let loader = npkio::load::Loader::open(path)?;
+        let files: Vec<PathBuf> = loader.files().map(Path::to_path_buf).collect();
+        // Per file: (data start, data bytes, tensors).
+        let mut per_file = vec![(u64::MAX, 0u64, 0usize); files.len()];
+        let located: Vec<Option<(usize, u64)>> = loader
+            .tensors()
+            .iter()
+            .map(|t| loader.location(t))
+            .collect();
+        for (t, loc) in loader.tensors().iter().zip(&located) {
+            if let Some((f, off)) = *loc {
+                per_file[f].0 = per_file[f].0.min(off);
+                per_file[f].1 = per_file[f].1.saturating_add(t.nbytes);
+                per_file[f].2 += 1;
+            }
+        }
+        let entries = loader
+            .tensors()
+            .iter()
+            .zip(&located)
+            .map(|(t, loc)| {
+                let (extents, offsets, shard) = match *loc {
+                    Some((f, off)) => {
+                        let rel = off - per_file[f].0;
+                        (
+                            vec![(files[f].clone(), off, t.nbytes)],
+                            Some((rel, rel + t.nbytes)),
+                            Some(f),
+                        )
+                    }
+                    None => (Vec::new(), Some((0, 0)), None),
+                };
+                Entry {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    bytes: t.nbytes,
+                    extents,
+                    numpack: None,
+                    data_offsets: offsets,
+                    shard: shard
+                        .filter(|_| files.len() > 1)
+                        .map(|f| file_name(&files[f])),
+                }
+            })
+            .collect();
+        let size = |(start, bytes, _): (u64, u64, usize)| {
+            if start == u64::MAX {
+                0
+            } else {
+                start.saturating_add(bytes)
+            }
+        };
+        let shards = if loader.container() == npkio::Container::ShardedSafeTensors {
+            files
+                .iter()
+                .zip(&per_file)
+                .map(|(f, &p)| Shard {
+                    name: file_name(f),
+                    tensors: p.2,
+                    file_bytes: size(p),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Container {
+            format: Format::SafeTensors,
+            path: path.to_path_buf(),
+            entries,
+            metadata: loader.metadata().map(<[_]>::to_vec),
+            file_bytes: Some(
+                per_file
+                    .iter()
+                    .fold(0u64, |a, &p| a.saturating_add(size(p))),
+            ),
+            shards,
+        })
+    }
+
     fn open_numpack(path: &Path) -> Result<Container> {
         // One committed state: a store changed under the reading starts it again.
         NumPack::open_with(path, |store| Container::of_store(path, &store))
@@ -204,4 +295,10 @@ impl Container {
             .iter()
             .fold(0u64, |sum, e| sum.saturating_add(e.bytes))
     }
+}
+
+/// The last segment of a path or URL.
+fn file_name(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    s.rsplit('/').next().unwrap_or(&s).to_string()
 }

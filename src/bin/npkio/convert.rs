@@ -14,7 +14,14 @@ use crate::{ConvertArgs, Failure, Outcome};
 
 /// Runs `npkio convert`.
 pub fn run(args: &ConvertArgs) -> Outcome {
-    let format = detect(&args.input)?;
+    // From object storage: fetched first into a temporary local file (see `fetch`).
+    let fetched = if args.input.to_str().is_some_and(npkio::remote::is_url) {
+        Some(fetch(&args.input, &args.output, &args.keys)?)
+    } else {
+        None
+    };
+    let input: &Path = fetched.as_ref().map_or(&args.input, |t| t.path());
+    let format = detect(input)?;
     let keys: Option<&[String]> = if args.keys.is_empty() {
         None
     } else {
@@ -39,7 +46,7 @@ pub fn run(args: &ConvertArgs) -> Outcome {
     // Header-only look at the input: the bytes to copy, and unknown keys refused early.
     let (count, total) = match format {
         Format::SafeTensors => {
-            let c = Checkpoint::open(&args.input)?;
+            let c = Checkpoint::open(input)?;
             let selected = c.select(keys)?;
             let tensors: Vec<_> = c.infos().collect();
             let total = selected
@@ -50,7 +57,7 @@ pub fn run(args: &ConvertArgs) -> Outcome {
         }
         Format::NumPack => {
             refuse_to_overwrite(&args.output, args.force, args.max_shard_size.is_some())?;
-            let store = NumPack::open(&args.input)?;
+            let store = NumPack::open(input)?;
             let names: Vec<String> = match keys {
                 None => store.names().into_iter().map(str::to_string).collect(),
                 Some(k) => {
@@ -79,10 +86,10 @@ pub fn run(args: &ConvertArgs) -> Outcome {
     opts.no_clobber = format == Format::NumPack && !args.force;
     let result = match format {
         Format::SafeTensors => {
-            npkio::from_safetensors_file_with(&args.input, &args.output, keys, args.force, &opts)
+            npkio::from_safetensors_file_with(input, &args.output, keys, args.force, &opts)
         }
         Format::NumPack => npkio::to_safetensors_file_with(
-            &args.input,
+            input,
             &args.output,
             keys,
             (!args.metadata.is_empty()).then_some(args.metadata.as_slice()),
@@ -103,6 +110,62 @@ pub fn run(args: &ConvertArgs) -> Outcome {
         )
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// `convert URL OUTPUT`: the conversion reads a local SafeTensors file, so the checkpoint
+/// in object storage (a single object or a sharded one) is first fetched by the loader
+/// (concurrent ranged GETs through staging buffers of bounded size, written in place) into
+/// one temporary SafeTensors file beside the output, removed when the conversion is done.
+/// Only the tensors of `keys` are fetched when some are given.
+fn fetch(url: &Path, output: &Path, keys: &[String]) -> Result<tempfile::NamedTempFile, Error> {
+    use npkio::internals::safetensors::writer;
+    use npkio::load::{LoadOptions, Loader, Request, Staging};
+    use std::os::unix::fs::FileExt;
+    let loader = Loader::open(url)?;
+    let names: Vec<&str> = if keys.is_empty() {
+        loader.tensors().iter().map(|t| t.name.as_str()).collect()
+    } else {
+        keys.iter().map(String::as_str).collect()
+    };
+    let reqs: Vec<Request> = names.iter().map(|n| Request::new(*n)).collect();
+    let mut inputs = Vec::with_capacity(names.len());
+    for n in &names {
+        let t = loader.tensor(n).ok_or_else(|| {
+            Error::new(ErrorKind::KeyNotFound, "no such tensor")
+                .at(url)
+                .array(*n)
+        })?;
+        inputs.push(writer::PlanInput {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+        });
+    }
+    let plan = writer::plan_header(&inputs, loader.metadata())?;
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".npkio-fetch-")
+        .suffix(".safetensors")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, "creating a temporary file in", e))?;
+    let f = tmp.as_file();
+    f.set_len(plan.file_len)
+        .and_then(|()| f.write_all_at(&plan.header, 0))
+        .map_err(|e| Error::io(tmp.path(), "writing", e))?;
+    let sink = |req: usize, off: u64, bytes: &[u8]| -> Result<(), String> {
+        f.write_all_at(bytes, plan.ranges[req].0 + off)
+            .map_err(|e| format!("writing {}: {e}", tmp.path().display()))
+    };
+    loader.load_to_sink(
+        &reqs,
+        Staging::Size(8 << 20),
+        &sink,
+        &LoadOptions::default(),
+    )?;
+    Ok(tmp)
 }
 
 /// A SafeTensors output that exists is replaced only with `--force`: a file, or for a

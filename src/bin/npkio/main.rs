@@ -101,7 +101,8 @@ struct LoadArgs {
 #[derive(Args, Debug)]
 struct InspectArgs {
     /// A SafeTensors file, a sharded checkpoint (its index, or the directory holding it) or
-    /// a NumPack directory.
+    /// a NumPack directory; or a URL of object storage (s3://, gs://, az://, http(s)://) of
+    /// a SafeTensors object, an index or a prefix holding one.
     path: PathBuf,
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
@@ -112,7 +113,9 @@ struct InspectArgs {
 #[derive(Args, Debug)]
 struct ConvertArgs {
     /// A SafeTensors file, a sharded checkpoint (its index, or the directory holding it) or
-    /// a NumPack directory.
+    /// a NumPack directory; or a URL of object storage (s3://, gs://, az://, http(s)://) of
+    /// a SafeTensors object, an index or a prefix holding one, which is fetched first into
+    /// a temporary SafeTensors file beside the output (removed afterwards).
     input: PathBuf,
     /// The NumPack directory (from SafeTensors) or SafeTensors file (from NumPack; a
     /// directory with --max-shard-size) to write.

@@ -1,0 +1,89 @@
+//! `npkio inspect`, `load` and `convert` with URLs, configured by the environment as a
+//! user's shell would be.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::server::{configure_for, S3Server, SECRET_KEY};
+
+fn npkio(s: &S3Server, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_npkio"));
+    s.configure(&mut cmd);
+    cmd.args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn model() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tiny-llama.safetensors")
+}
+
+#[test]
+fn inspect_load_and_convert_read_a_url() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    let url = s.url("m/model.safetensors");
+
+    let remote = npkio(&s, &["inspect", "--json", &url]);
+    assert!(remote.status.success(), "{}", text(&remote));
+    let local = npkio(&s, &["inspect", "--json", model().to_str().unwrap()]);
+    let strip = |o: &Output| {
+        let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_object_mut().unwrap().remove("path");
+        v
+    };
+    assert_eq!(strip(&remote), strip(&local));
+
+    let o = npkio(
+        &s,
+        &[
+            "load",
+            &s.url("m"),
+            "--shard",
+            "0,1,2",
+            "--concurrency",
+            "3",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("3 threads"), "{}", text(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let npk = dir.path().join("m.npk");
+    let back = dir.path().join("back.safetensors");
+    let o = npkio(&s, &["convert", &url, npk.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = npkio(
+        &s,
+        &["convert", npk.to_str().unwrap(), back.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(model()).unwrap());
+    // The temporary file is gone.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+#[test]
+fn a_failing_server_is_an_error_naming_the_url_without_the_secret() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    // A server that is not there: the client retries, then reports.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_npkio"));
+    configure_for(&mut cmd, "http://127.0.0.1:9");
+    let url = s.url("m/model.safetensors");
+    let o = cmd.args(["load", &url]).output().unwrap();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains(&url), "{t}");
+    assert!(!t.contains(SECRET_KEY), "{t}");
+}

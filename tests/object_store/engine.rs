@@ -1,0 +1,393 @@
+//! The loader against object storage: whole loads, slices, shards and sinks equal the local
+//! loads byte for byte; listing costs at most two requests per file; shards fetch their
+//! share; changed objects, 5xx answers and broken bodies are retried or reported with the
+//! URL and the bytes, never delivered as garbage; the secret key never shows.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use npkio::load::{LoadOptions, LoadReport, Loader, Request, Staging};
+use npkio::remote::RemoteOptions;
+use npkio::ErrorKind;
+
+use super::proxy::{Fault, Proxy};
+use super::server::{env_for, S3Server, SECRET_KEY};
+
+fn model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tiny-llama.safetensors")
+}
+
+fn sharded_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/safetensors/sharded")
+}
+
+/// Options reaching `endpoint` (the server or a proxy), given explicitly: the process's
+/// environment is not touched by the tests.
+fn opts_for(endpoint: &str) -> RemoteOptions {
+    env_for(endpoint)
+        .into_iter()
+        .fold(RemoteOptions::default(), |o, (k, v)| {
+            o.with(k.to_ascii_lowercase(), v)
+        })
+}
+
+/// Every tensor of `loader`, whole or `shard(0, rank, world)` where it has dimensions.
+fn requests(loader: &Loader, shard: Option<(u64, u64)>) -> Vec<Request> {
+    loader
+        .tensors()
+        .iter()
+        .map(|t| match shard {
+            Some((rank, world)) if !t.shape.is_empty() => {
+                Request::new(&t.name).shard(0, rank, world)
+            }
+            _ => Request::new(&t.name),
+        })
+        .collect()
+}
+
+/// Loads `reqs` into fresh buffers.
+fn load(
+    loader: &Loader,
+    reqs: &[Request],
+    opts: &LoadOptions,
+) -> npkio::Result<(Vec<Vec<u8>>, LoadReport)> {
+    let mut bufs: Vec<Vec<u8>> = reqs
+        .iter()
+        .map(|r| vec![0xA5u8; loader.output(r).unwrap().nbytes as usize])
+        .collect();
+    let mut dsts: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+    let report = loader.load(reqs, &mut dsts, opts)?;
+    Ok((bufs, report))
+}
+
+/// The local loader's bytes for the same requests (by name, as the remote loader names
+/// them).
+fn local_bytes(path: &Path, reqs: &[Request]) -> Vec<Vec<u8>> {
+    let local = Loader::open(path).unwrap();
+    load(&local, reqs, &LoadOptions::default()).unwrap().0
+}
+
+/// Small ranges, so that one load is many ranged GETs.
+fn small() -> LoadOptions {
+    LoadOptions::default().range_size(16 << 10).concurrency(4)
+}
+
+fn assert_clean(text: &str) {
+    assert!(
+        !text.contains(SECRET_KEY),
+        "the secret key appears in: {text}"
+    );
+}
+
+#[test]
+fn a_whole_load_equals_the_local_load_by_object_and_by_prefix() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    let opts = opts_for(&s.endpoint());
+    for url in [s.url("m/model.safetensors"), s.url("m"), s.url("m/")] {
+        let loader = Loader::open_url(&url, &opts).unwrap();
+        assert!(loader.is_remote());
+        let reqs = requests(&loader, None);
+        let want = local_bytes(&model(), &reqs);
+        for o in [LoadOptions::default(), small()] {
+            let (got, report) = load(&loader, &reqs, &o).unwrap();
+            assert!(
+                got == want,
+                "{url} with {o:?}: bytes differ from the local load"
+            );
+            let total: u64 = want.iter().map(|b| b.len() as u64).sum();
+            assert_eq!(report.bytes_out, total);
+        }
+    }
+}
+
+#[test]
+fn slices_conversions_and_a_sink_deliver_the_local_bytes() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    let loader = Loader::open_url(&s.url("m/model.safetensors"), &opts_for(&s.endpoint())).unwrap();
+    let mut reqs = Vec::new();
+    for t in loader.tensors() {
+        if t.shape.len() == 2 {
+            reqs.push(Request::new(&t.name).slice(1, 3, t.shape[1] - 1));
+            reqs.push(Request::new(&t.name).shard(1, 1, 3).to(npkio::DType::F32));
+        }
+    }
+    assert!(!reqs.is_empty());
+    let want = local_bytes(&model(), &reqs);
+    let (got, _) = load(&loader, &reqs, &small()).unwrap();
+    assert!(
+        got == want,
+        "strided and converted slices differ from the local load"
+    );
+
+    // Sink mode: every byte handed over once, through staging of 8 KiB.
+    let reqs = requests(&loader, None);
+    let want = local_bytes(&model(), &reqs);
+    let out: Mutex<Vec<Vec<u8>>> = Mutex::new(want.iter().map(|w| vec![0u8; w.len()]).collect());
+    let sink = |req: usize, off: u64, bytes: &[u8]| -> Result<(), String> {
+        assert!(
+            bytes.len() <= 8192,
+            "a staging buffer of 8 KiB handed {} bytes",
+            bytes.len()
+        );
+        let mut o = out.lock().unwrap();
+        o[req][off as usize..off as usize + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    };
+    loader
+        .load_to_sink(&reqs, Staging::Size(8192), &sink, &small())
+        .unwrap();
+    assert!(out.into_inner().unwrap() == want, "the sink's bytes differ");
+}
+
+#[test]
+fn opening_costs_at_most_two_requests_per_file() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    s.put_dir("sh", &sharded_dir());
+    let p = Proxy::start(s.addr());
+    let opts = opts_for(&p.endpoint());
+
+    Loader::open_url(&s.url("m/model.safetensors"), &opts).unwrap();
+    assert_eq!(p.requests(), 1, "{:?}", p.records());
+
+    // A header longer than the first GET: a second one.
+    p.reset();
+    Loader::open_url(
+        &s.url("m/model.safetensors"),
+        &opts.clone().header_guess(64),
+    )
+    .unwrap();
+    assert_eq!(p.requests(), 2, "{:?}", p.records());
+
+    // A sharded checkpoint by its prefix: one LIST, the index, each shard's header.
+    p.reset();
+    let loader = Loader::open_url(&s.url("sh"), &opts).unwrap();
+    assert_eq!(loader.container(), npkio::Container::ShardedSafeTensors);
+    let files = 3; // the index and two shards
+    assert!(
+        p.requests() <= 1 + 2 * files,
+        "{} requests: {:?}",
+        p.requests(),
+        p.records()
+    );
+    let reqs = requests(&loader, None);
+    let (got, _) = load(&loader, &reqs, &small()).unwrap();
+    assert!(
+        got == local_bytes(&sharded_dir(), &reqs),
+        "sharded bytes differ"
+    );
+}
+
+#[test]
+fn a_rank_of_two_fetches_about_half_the_bytes() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    let p = Proxy::start(s.addr());
+    let loader = Loader::open_url(&s.url("m/model.safetensors"), &opts_for(&p.endpoint())).unwrap();
+    let whole = std::fs::metadata(model()).unwrap().len();
+    let mut fetched = 0;
+    for rank in 0..2 {
+        let reqs = requests(&loader, Some((rank, 2)));
+        p.reset();
+        let (got, report) = load(&loader, &reqs, &small()).unwrap();
+        assert!(got == local_bytes(&model(), &reqs), "rank {rank} differs");
+        let bytes = p.bytes();
+        assert_eq!(bytes, report.bytes_read, "rank {rank}: {:?}", p.records());
+        assert!(
+            bytes * 100 <= whole * 55,
+            "rank {rank} fetched {bytes} of {whole} bytes"
+        );
+        fetched += bytes;
+    }
+    // Together the two ranks fetch the data once (1-d tensors go whole to both).
+    assert!(fetched <= whole + whole / 10, "{fetched} of {whole}");
+}
+
+#[test]
+fn an_object_replaced_after_opening_is_a_typed_error_naming_the_url() {
+    let s = S3Server::start();
+    let bytes = std::fs::read(model()).unwrap();
+    s.put("m/model.safetensors", &bytes);
+    let url = s.url("m/model.safetensors");
+    let loader = Loader::open_url(&url, &opts_for(&s.endpoint())).unwrap();
+    let reqs = requests(&loader, None);
+    // The same header, other data: only the ETag tells.
+    let mut other = bytes.clone();
+    let n = other.len();
+    other[n - 1] ^= 0xFF;
+    s.put("m/model.safetensors", &other);
+    let e = load(&loader, &reqs, &small()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&url), "{text}");
+    assert!(text.contains("changed since it was opened"), "{text}");
+    assert_clean(&text);
+
+    // A fresh loader sees the new bytes.
+    let loader = Loader::open_url(&url, &opts_for(&s.endpoint())).unwrap();
+    let (got, _) = load(&loader, &reqs, &small()).unwrap();
+    let last = got.iter().rev().find(|b| !b.is_empty()).unwrap();
+    assert_eq!(*last.last().unwrap(), bytes[n - 1] ^ 0xFF);
+
+    // A proxy that answers another ETag: the same error, however many attempts.
+    let p = Proxy::start(s.addr());
+    let loader = Loader::open_url(&url, &opts_for(&p.endpoint())).unwrap();
+    p.inject(Fault::ChangeETag, 1);
+    let e = load(&loader, &reqs, &small()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+}
+
+#[test]
+fn server_errors_and_broken_bodies_are_retried() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    let p = Proxy::start(s.addr());
+    let url = s.url("m/model.safetensors");
+    let loader = Loader::open_url(&url, &opts_for(&p.endpoint())).unwrap();
+    let reqs = requests(&loader, None);
+    let want = local_bytes(&model(), &reqs);
+    for fault in [
+        Fault::Status(503),
+        Fault::Status(500),
+        Fault::Truncate(100),
+        Fault::WrongContentRange,
+        Fault::WrongContentLength,
+        Fault::Close,
+    ] {
+        p.reset();
+        p.inject(fault.clone(), 2);
+        let (got, _) = load(&loader, &reqs, &small())
+            .unwrap_or_else(|e| panic!("{fault:?} twice was not retried: {e}"));
+        assert!(p.faulted() >= 1, "{fault:?} never injected");
+        assert!(got == want, "{fault:?}: bytes differ after retries");
+    }
+}
+
+#[test]
+fn persistent_faults_are_reported_with_the_url_and_the_bytes_never_the_secret() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    let p = Proxy::start(s.addr());
+    let url = s.url("m/model.safetensors");
+    let loader = Loader::open_url(&url, &opts_for(&p.endpoint())).unwrap();
+    let reqs = requests(&loader, None);
+    let o = LoadOptions::default().concurrency(1);
+    for fault in [
+        Fault::Status(503),
+        Fault::Truncate(10),
+        Fault::WrongContentRange,
+    ] {
+        p.reset();
+        p.inject(fault.clone(), usize::MAX);
+        let e = load(&loader, &reqs, &o).unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.kind(), ErrorKind::Io, "{fault:?}: {text}");
+        assert!(text.contains(&url), "{fault:?}: {text}");
+        assert!(text.contains("reading bytes "), "{fault:?}: {text}");
+        assert_clean(&text);
+        // Each of the loader's attempts (and, for 5xx, the client's own retries inside).
+        assert!(text.contains("failed 3 time(s)"), "{fault:?}: {text}");
+        eprintln!("{fault:?}: {text}");
+    }
+    p.clear();
+    // Opening through a failing server: the URL, no secret.
+    p.inject(Fault::Status(500), usize::MAX);
+    let e = Loader::open_url(&url, &opts_for(&p.endpoint())).unwrap_err();
+    assert!(e.to_string().contains(&url), "{e}");
+    assert_clean(&e.to_string());
+}
+
+#[test]
+fn missing_objects_and_empty_prefixes_are_not_found_errors() {
+    let s = S3Server::start();
+    s.put("m/other.bin", b"12345678");
+    let opts = opts_for(&s.endpoint());
+    for url in [s.url("m/nothere.safetensors"), s.url("m")] {
+        let e = Loader::open_url(&url, &opts).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(e.to_string().contains(&url), "{e}");
+    }
+    // A wrong secret: refused, and not echoed.
+    let bad = opts
+        .clone()
+        .with("aws_secret_access_key", "wrong-secret-value-123");
+    let e = Loader::open_url(&s.url("m/other.bin"), &bad).unwrap_err();
+    assert!(!e.to_string().contains("wrong-secret-value-123"), "{e}");
+}
+
+/// `npkio_safetensors_metadata_json` of `path`.
+fn metadata_json(path: &str) -> serde_json::Value {
+    let c = std::ffi::CString::new(path).unwrap();
+    let mut len = 0usize;
+    // SAFETY: a NUL-terminated path, no buffer (capacity 0), a writable length.
+    let st = unsafe {
+        npkio::ffi::npkio_safetensors_metadata_json(c.as_ptr(), std::ptr::null_mut(), 0, &mut len)
+    };
+    assert_ne!(st as i32, 0, "a document cannot fit in no buffer");
+    let mut buf = vec![0u8; len + 1];
+    // SAFETY: a buffer of `len + 1` writable bytes.
+    let st = unsafe { npkio::ffi::npkio_json_take(buf.as_mut_ptr().cast(), buf.len(), &mut len) };
+    assert_eq!(st as i32, 0, "{path}");
+    serde_json::from_slice(&buf[..len]).unwrap()
+}
+
+/// The C ABI reads the environment, as C and Python callers configure it: the only test
+/// here that sets it (the others pass their options explicitly, which take precedence).
+#[test]
+fn the_c_metadata_of_a_url_equals_the_local_one() {
+    let s = S3Server::start();
+    s.put_file("m/model.safetensors", &model());
+    s.put_dir("sh", &sharded_dir());
+    for (k, v) in env_for(&s.endpoint()) {
+        std::env::set_var(k, v);
+    }
+    let local = metadata_json(model().to_str().unwrap());
+    assert_eq!(metadata_json(&s.url("m/model.safetensors")), local);
+    let local = metadata_json(sharded_dir().to_str().unwrap());
+    assert_eq!(metadata_json(&s.url("sh")), local);
+    assert_eq!(
+        metadata_json(&s.url("sh/model.safetensors.index.json")),
+        local
+    );
+}
+
+#[test]
+fn a_numpack_prefix_loads_as_the_local_store_does() {
+    let s = S3Server::start();
+    let p = Proxy::start(s.addr());
+    let opts = opts_for(&p.endpoint());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/numpack-0.7");
+    for store in ["basic.npk", "dropped.npk", "segmented.npk", "appended.npk"] {
+        let local = fixtures.join(store);
+        s.put_dir(store, &local);
+        p.reset();
+        let loader = Loader::open_url(&s.url(store), &opts).unwrap();
+        assert_eq!(loader.container(), npkio::Container::NumPack);
+        // One LIST and the small files; no data file is read to open.
+        let small_files = std::fs::read_dir(&local)
+            .unwrap()
+            .filter(|e| {
+                let e = e.as_ref().unwrap();
+                e.file_type().unwrap().is_file()
+                    && !e.file_name().to_string_lossy().ends_with(".npkd")
+            })
+            .count();
+        assert!(
+            p.requests() <= 1 + 2 * small_files,
+            "{store}: {} requests for {small_files} small files: {:?}",
+            p.requests(),
+            p.records()
+        );
+        let mut reqs = requests(&loader, None);
+        for t in loader.tensors() {
+            if t.shape.first().is_some_and(|&n| n > 1) {
+                reqs.push(Request::new(&t.name).shard(0, 1, 2));
+            }
+        }
+        let want = local_bytes(&local, &reqs);
+        let (got, _) = load(&loader, &reqs, &small()).unwrap();
+        assert!(got == want, "{store}: bytes differ from the local load");
+    }
+}
