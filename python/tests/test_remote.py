@@ -15,6 +15,8 @@ from conftest import FIXTURES, REPO
 from s3server import SECRET_KEY, S3Server
 
 ST = FIXTURES / "safetensors"
+NPK = FIXTURES / "numpack-0.7"
+NUMPACKS = ["basic.npk", "dropped.npk", "segmented.npk", "appended.npk"]
 FILES = ["all_dtypes.safetensors", "edge_cases.safetensors", "with_metadata.safetensors"]
 TINY = REPO / "examples" / "tiny-llama.safetensors"
 
@@ -29,6 +31,8 @@ def s3(tmp_path_factory):
             server.put_file(f"st/{name}", ST / name)
         server.put_file("tiny/model.safetensors", TINY)
         server.put_dir("sharded", ST / "sharded")
+        for name in NUMPACKS:
+            server.put_dir(f"npk/{name}", NPK / name)
         for k in saved:
             del os.environ[k]
         os.environ.update(server.env())
@@ -59,6 +63,8 @@ REMOTE = [(f"st/{n}", ST / n) for n in FILES] + [
     ("sharded", ST / "sharded"),  # a prefix holding the index
 ]
 IDS = [k for k, _ in REMOTE]
+STORES = [(f"npk/{n}", NPK / n) for n in NUMPACKS]  # NumPack directories: prefixes
+STORE_IDS = [k for k, _ in STORES]
 
 
 def test_urls_are_not_local_paths():
@@ -71,7 +77,16 @@ def test_load_tensors_equals_the_local_load(s3, key, local):
     same_dicts(npkio.load_tensors(s3.url(key)), npkio.load_tensors(local))
 
 
-@pytest.mark.parametrize("key,local", REMOTE[3:], ids=IDS[3:])
+@pytest.mark.parametrize("key,local", STORES, ids=STORE_IDS)
+def test_numpack_prefix_equals_the_local_store(s3, key, local):
+    same_dicts(npkio.load_tensors(s3.url(key)), npkio.load_tensors(local))
+    with npkio.safe_open(s3.url(key)) as f, npkio.safe_open(local) as g:
+        assert f.keys() == g.keys()
+        for name in g.keys():
+            same(f.get_tensor(name), g.get_tensor(name))
+
+
+@pytest.mark.parametrize("key,local", REMOTE[3:] + STORES[:3], ids=IDS[3:] + STORE_IDS[:3])
 def test_shards_equal_the_local_shards(s3, key, local):
     for rank in range(2):
         spec = npkio.shard(0, rank, 2)
