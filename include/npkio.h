@@ -1366,7 +1366,8 @@ NpkioStatus npkio_safetensors_header(const struct NpkioTensorDesc *tensors,
 
 /**
  * Describes the SafeTensors file (or sharded checkpoint: its `*.safetensors.index.json`
- * or a directory holding one) `path` in one UTF-8 JSON document, reading headers only:
+ * or a directory holding one; or a URL of object storage naming one, see
+ * `npkio_load_open`) `path` in one UTF-8 JSON document, reading headers only:
  *
  * `{"tensors": {name: {"shape": [..], "dtype": "F32", "data_offsets": [begin, end]}, ...},
  * "metadata": {key: value, ...}, "has_metadata": true}`

@@ -193,6 +193,8 @@ fn malformed_request_fields_are_named() {
         chunk_size: 0,
         progress: None,
         progress_user: ptr::null_mut(),
+        range_size: 0,
+        concurrency: 0,
     };
     // SAFETY: valid out-pointer.
     assert_eq!(
@@ -271,6 +273,8 @@ fn sinks_and_progress_through_c_callbacks() {
         chunk_size: 0,
         progress: None,
         progress_user: ptr::null_mut(),
+        range_size: 0,
+        concurrency: 0,
     };
     // SAFETY: valid out-pointer.
     unsafe { npkio_load_options_init(&mut opts) };

@@ -78,7 +78,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use convert::{f16_to_f32, f32_to_bf16, f32_to_f16};
-pub use plan::{STRIDE_MAX_GAP, STRIDE_ROW_READ};
+pub use plan::{REMOTE_ROW_READ, STRIDE_MAX_GAP, STRIDE_ROW_READ};
 pub use resolve::shard_range;
 pub use source::{Container, LoadTensor};
 
@@ -496,6 +496,7 @@ impl Loader {
             chunk: self.chunk_size(opts),
             out: u64::MAX,
             merge_requests: true,
+            remote: self.is_remote(),
         };
         let plan = plan::plan(self, &res, lim)?;
         self.check_files(reqs, &plan)?;
@@ -570,6 +571,7 @@ impl Loader {
             chunk: self.chunk_size(opts).min(size as u64),
             out: size as u64,
             merge_requests: false,
+            remote: self.is_remote(),
         };
         let plan = plan::plan(self, &res, lim)?;
         self.check_files(reqs, &plan)?;

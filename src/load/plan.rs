@@ -34,6 +34,11 @@ pub const STRIDE_ROW_READ: u64 = 64 << 10;
 /// `pread` costs about as much as copying 4-6 KB here, hence the limit.
 pub const STRIDE_MAX_GAP: u64 = 4 << 10;
 
+/// Strided slices in object storage: rows of at least this many bytes are fetched one
+/// ranged GET each (the gaps not fetched); shorter rows are fetched as spans holding many
+/// rows and their gaps, one GET of up to a chunk each.
+pub const REMOTE_ROW_READ: u64 = 1 << 20;
+
 /// Most bytes of a span read at once for a strided slice: small enough that the buffer
 /// stays in the core's cache while the rows are copied out of it.
 const STRIDE_SPAN: u64 = 1 << 20;
@@ -120,6 +125,10 @@ pub(crate) struct Limits {
     pub(crate) out: u64,
     /// Whether contiguous runs of different requests may share a task.
     pub(crate) merge_requests: bool,
+    /// Whether the files are objects in object storage, where a request costs far more
+    /// than a system call: strided slices are then read as spans of up to a chunk (gaps
+    /// included) unless their rows reach [`REMOTE_ROW_READ`].
+    pub(crate) remote: bool,
 }
 
 /// A contiguous run of source bytes before merging and chunking.
@@ -541,14 +550,17 @@ fn plan_request(
     let (a, b) = r.conv.sizes();
     let run_out = run / a * b;
     let gap = row - run;
-    let long = run >= STRIDE_ROW_READ || run_out > lim.out;
-    let each = gap > STRIDE_MAX_GAP;
+    let (row_read, span) = if lim.remote {
+        (REMOTE_ROW_READ, lim.chunk)
+    } else {
+        (STRIDE_ROW_READ, STRIDE_SPAN)
+    };
+    let long = run >= row_read || run_out > lim.out;
+    let each = !lim.remote && gap > STRIDE_MAX_GAP;
     let per_task = if each {
         (lim.out.min(lim.chunk) / run_out).max(1)
     } else {
-        (lim.chunk.min(STRIDE_SPAN) / row)
-            .min(lim.out / run_out)
-            .max(1)
+        (lim.chunk.min(span) / row).min(lim.out / run_out).max(1)
     };
     let step = step_of(r.conv, lim, 1);
     // One unit per piece: the rows starting in it (a piece holds whole dimension-0 rows,
@@ -651,16 +663,19 @@ mod tests {
             }
         }
         let res = resolve_all(&loader, &reqs).unwrap();
-        for (chunk, out, merge) in [
-            (4096, u64::MAX, true),
-            (4096, 4096, false),
-            (8 << 20, 8192, false),
-            (12288, u64::MAX, true),
+        for (chunk, out, merge, remote) in [
+            (4096, u64::MAX, true, false),
+            (4096, 4096, false, false),
+            (8 << 20, 8192, false, false),
+            (12288, u64::MAX, true, false),
+            (12288, u64::MAX, true, true),
+            (1 << 20, 8192, false, true),
         ] {
             let lim = Limits {
                 chunk,
                 out,
                 merge_requests: merge,
+                remote,
             };
             let plan = plan(&loader, &res, lim).unwrap();
             let tasks = all_tasks(&plan);

@@ -216,6 +216,8 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
 
 /// Largest small file of a NumPack store read (metadata, sidecar, bitmaps, manifests).
 const MAX_SMALL_FILE: u64 = 256 << 20;
+/// Most bytes of small files fetched for one store.
+const MAX_SMALL_TOTAL: u64 = 1 << 30;
 
 /// A NumPack store under `prefix`: its small files (metadata, sidecar, deletion bitmaps,
 /// segment manifests) are fetched into a temporary directory, with an empty sparse file of
@@ -235,6 +237,7 @@ fn open_numpack(
         .map_err(|e| Error::io(std::env::temp_dir(), "creating a temporary directory in", e))?;
     let skip = prefix.parts().count();
     let mut data: HashMap<std::path::PathBuf, (Listed, String)> = HashMap::new();
+    let mut fetched = 0u64;
     for l in listed {
         let rel: Vec<String> = l
             .path
@@ -257,6 +260,17 @@ fn open_numpack(
                 .map_err(|e| Error::io(&local, "sizing", e))?;
             data.insert(local, (l, obj_url));
         } else {
+            fetched = fetched.saturating_add(l.size);
+            if fetched > MAX_SMALL_TOTAL {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the store's files other than data files hold more than the \
+                         {MAX_SMALL_TOTAL} bytes npkio fetches to open it"
+                    ),
+                )
+                .at(at));
+            }
             let (obj, first) = remote.open(l.path.clone(), obj_url)?;
             let bytes = if first.len() as u64 == obj.size() {
                 first

@@ -24,6 +24,8 @@ mod object;
 
 #[cfg(feature = "remote")]
 pub(crate) use object::{connect, Listed, Remote, RemoteObject};
+#[cfg(feature = "remote")]
+pub use object::{upload_dir, upload_file};
 
 #[cfg(not(feature = "remote"))]
 use crate::error::{Error, Result};

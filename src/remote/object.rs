@@ -148,43 +148,32 @@ pub(crate) fn connect(url: &str, opts: &RemoteOptions) -> Result<(Remote, ObjPat
             redact(&secrets, &e.to_string())
         ))
     };
+    // Each builder: the environment's configuration (or none, for plain HTTP), the URL,
+    // then the caller's pairs, the retry policy.
+    macro_rules! build {
+        ($builder:expr) => {{
+            let mut b = $builder;
+            for (k, v) in &opts.config {
+                if let Ok(key) = k.to_ascii_lowercase().parse() {
+                    b = b.with_config(key, v);
+                }
+            }
+            Arc::new(b.with_retry(retry).build().map_err(failed)?) as Arc<dyn ObjectStore>
+        }};
+    }
     let store: Arc<dyn ObjectStore> = match scheme {
         ObjectStoreScheme::AmazonS3 => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
-            for (k, v) in &opts.config {
-                if let Ok(key) = k.to_ascii_lowercase().parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.with_retry(retry).build().map_err(failed)?)
+            build!(object_store::aws::AmazonS3Builder::from_env().with_url(url))
         }
         ObjectStoreScheme::GoogleCloudStorage => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
-            for (k, v) in &opts.config {
-                if let Ok(key) = k.to_ascii_lowercase().parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.with_retry(retry).build().map_err(failed)?)
+            build!(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url))
         }
         ObjectStoreScheme::MicrosoftAzure => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
-            for (k, v) in &opts.config {
-                if let Ok(key) = k.to_ascii_lowercase().parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.with_retry(retry).build().map_err(failed)?)
+            build!(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url))
         }
         ObjectStoreScheme::Http => {
             let origin = &parsed[..url::Position::BeforePath];
-            let mut b = object_store::http::HttpBuilder::new().with_url(origin);
-            for (k, v) in &opts.config {
-                if let Ok(key) = k.to_ascii_lowercase().parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.with_retry(retry).build().map_err(failed)?)
+            build!(object_store::http::HttpBuilder::new().with_url(origin))
         }
         _ => return Err(bad("not a URL of object storage npkio reads".into())),
     };
@@ -363,6 +352,11 @@ impl Remote {
                     e
                 }));
             }
+            // Refused credentials: asking again changes nothing.
+            Err(
+                e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ) => return Err(Failure::Final(self.error(url, what, e))),
             Err(e) => return Err(Failure::Again(e.to_string())),
         };
         if let (Some(was), Some(now)) = (etag, r.meta.e_tag.as_deref()) {
@@ -485,5 +479,134 @@ impl RemoteObject {
         let mut v = vec![0u8; self.size as usize];
         self.read_into(0, &mut [&mut v[..]])?;
         Ok(v)
+    }
+}
+
+/// Part size of an upload.
+const UPLOAD_PART: usize = 8 << 20;
+/// Parts of an upload in flight.
+const UPLOAD_CONCURRENCY: usize = 8;
+
+/// Uploads the local file `path` as the object `url` names, by multipart upload (parts of
+/// 8 MiB, 8 in flight): the object appears whole when the upload completes, or not at all
+/// (a failed upload is aborted).
+pub fn upload_file(path: &std::path::Path, url: &str, opts: &RemoteOptions) -> Result<()> {
+    let (remote, obj) = connect(url, opts)?;
+    remote.upload(path, obj, url)
+}
+
+/// Uploads every file under the local directory `dir` to the prefix `url` names
+/// (`url/<relative path>`), one multipart upload each, `last` (a file name in `dir`, such
+/// as an index or a store's metadata) after all the others, so that readers who look for
+/// it find the files it names.
+pub fn upload_dir(
+    dir: &std::path::Path,
+    url: &str,
+    last: Option<&str>,
+    opts: &RemoteOptions,
+) -> Result<()> {
+    let (remote, prefix) = connect(url, opts)?;
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, "listing", e))? {
+            let p = e.map_err(|e| Error::io(&d, "listing", e))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    let rel = |p: &std::path::Path| {
+        p.strip_prefix(dir)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    files.sort_by_key(|p| (Some(rel(p).as_str()) == last, rel(p)));
+    let base = url.trim_end_matches('/');
+    for f in &files {
+        let r = rel(f);
+        let obj: ObjPath = prefix
+            .parts()
+            .chain(r.split('/').map(object_store::path::PathPart::from))
+            .collect();
+        remote.upload(f, obj, &format!("{base}/{r}"))?;
+    }
+    Ok(())
+}
+
+impl Remote {
+    fn upload(&self, path: &std::path::Path, obj: ObjPath, url: &str) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "inspecting", e))?
+            .len();
+        let store = self.store.clone();
+        let done = block_on(async move {
+            if len == 0 {
+                // A multipart upload needs a part: an empty object is one PUT.
+                store
+                    .put(&obj, object_store::PutPayload::default())
+                    .await
+                    .map_err(|e| (e, 0))?;
+                return Ok(());
+            }
+            let upload = store.put_multipart(&obj).await.map_err(|e| (e, 0))?;
+            let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART);
+            let mut buf = vec![0u8; UPLOAD_PART];
+            let mut at = 0u64;
+            while at < len {
+                let n = (len - at).min(UPLOAD_PART as u64) as usize;
+                if let Err(e) = file.read_exact_at(&mut buf[..n], at) {
+                    let _ = w.abort().await;
+                    return Err((
+                        object_store::Error::Generic {
+                            store: "local file",
+                            source: Box::new(e),
+                        },
+                        at,
+                    ));
+                }
+                if let Err(e) = w.wait_for_capacity(UPLOAD_CONCURRENCY).await {
+                    let _ = w.abort().await;
+                    return Err((e, at));
+                }
+                w.write(&buf[..n]);
+                at += n as u64;
+            }
+            w.finish().await.map_err(|e| (e, len))?;
+            Ok(())
+        })?;
+        done.map_err(|(e, at)| {
+            self.error(
+                url,
+                &format!("uploading {} (at byte {at})", path.display()),
+                e,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_wherever_they_appear() {
+        let secrets = vec!["s3cr3t-value".to_string(), "tok-123456".to_string()];
+        let text = "GET failed: key=s3cr3t-value&t=tok-123456 (s3cr3t-value)";
+        let out = redact(&secrets, text);
+        assert!(
+            !out.contains("s3cr3t-value") && !out.contains("tok-123456"),
+            "{out}"
+        );
+        assert_eq!(out.matches("<redacted>").count(), 3, "{out}");
+        assert!(is_secret_key("aws_secret_access_key"));
+        assert!(is_secret_key("AWS_SESSION_TOKEN"));
+        assert!(!is_secret_key("aws_region"));
+        assert!(!is_secret_key("aws_endpoint"));
     }
 }

@@ -87,3 +87,52 @@ fn a_failing_server_is_an_error_naming_the_url_without_the_secret() {
     assert!(t.contains(&url), "{t}");
     assert!(!t.contains(SECRET_KEY), "{t}");
 }
+
+#[test]
+fn convert_exports_to_object_storage_by_multipart_upload() {
+    let s = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let npk = dir.path().join("m.npk");
+    let o = npkio(
+        &s,
+        &["convert", model().to_str().unwrap(), npk.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    // NumPack to one SafeTensors object, read back whole.
+    let url = s.url("out/model.safetensors");
+    let o = npkio(&s, &["convert", npk.to_str().unwrap(), &url]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = s.client().get("out/model.safetensors", None).unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(
+        got.body == std::fs::read(model()).unwrap(),
+        "the object differs"
+    );
+
+    // Sharded: the index and its shards under the prefix, loadable as a checkpoint.
+    let o = npkio(
+        &s,
+        &[
+            "convert",
+            npk.to_str().unwrap(),
+            &s.url("sh"),
+            "--max-shard-size",
+            "100000",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = npkio(&s, &["inspect", "--json", &s.url("sh")]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("model-00001-of-"), "{}", text(&o));
+
+    // SafeTensors to a NumPack prefix, loadable back.
+    let o = npkio(
+        &s,
+        &["convert", model().to_str().unwrap(), &s.url("st.npk")],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = npkio(&s, &["load", &s.url("st.npk")]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("loaded 21 tensors"), "{}", text(&o));
+}

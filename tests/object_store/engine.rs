@@ -239,13 +239,20 @@ fn an_object_replaced_after_opening_is_a_typed_error_naming_the_url() {
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
 }
 
-#[test]
-fn server_errors_and_broken_bodies_are_retried() {
+/// The model on a server, a proxy in front of it, the model's URL and a loader through the
+/// proxy.
+fn behind_a_proxy() -> (S3Server, Proxy, String, Loader) {
     let s = S3Server::start();
     s.put_file("m/model.safetensors", &model());
     let p = Proxy::start(s.addr());
     let url = s.url("m/model.safetensors");
     let loader = Loader::open_url(&url, &opts_for(&p.endpoint())).unwrap();
+    (s, p, url, loader)
+}
+
+#[test]
+fn server_errors_and_broken_bodies_are_retried() {
+    let (_s, p, _url, loader) = behind_a_proxy();
     let reqs = requests(&loader, None);
     let want = local_bytes(&model(), &reqs);
     for fault in [
@@ -267,11 +274,7 @@ fn server_errors_and_broken_bodies_are_retried() {
 
 #[test]
 fn persistent_faults_are_reported_with_the_url_and_the_bytes_never_the_secret() {
-    let s = S3Server::start();
-    s.put_file("m/model.safetensors", &model());
-    let p = Proxy::start(s.addr());
-    let url = s.url("m/model.safetensors");
-    let loader = Loader::open_url(&url, &opts_for(&p.endpoint())).unwrap();
+    let (_s, p, url, loader) = behind_a_proxy();
     let reqs = requests(&loader, None);
     let o = LoadOptions::default().concurrency(1);
     for fault in [
@@ -390,4 +393,58 @@ fn a_numpack_prefix_loads_as_the_local_store_does() {
         let (got, _) = load(&loader, &reqs, &small()).unwrap();
         assert!(got == want, "{store}: bytes differ from the local load");
     }
+}
+
+#[test]
+fn a_strided_shard_is_fetched_in_few_requests() {
+    // [64, 4096] F32: rows of 16 KiB; rank 0 of 2 along dimension 1 wants 8 KiB of each,
+    // 8 KiB apart: 64 rows in one or two spans, not a GET per row.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.safetensors");
+    let data: Vec<u8> = (0..64 * 4096 * 4).map(|i| (i % 253) as u8).collect();
+    let t = npkio::ArrayInput {
+        name: "w",
+        dtype: npkio::DType::F32,
+        shape: &[64, 4096],
+        data: &data,
+    };
+    npkio::save_safetensors_file(&[t], None, &path, &npkio::Options::default()).unwrap();
+    let s = S3Server::start();
+    s.put_file("wide.safetensors", &path);
+    let p = Proxy::start(s.addr());
+    let loader = Loader::open_url(&s.url("wide.safetensors"), &opts_for(&p.endpoint())).unwrap();
+    for rank in 0..2 {
+        let reqs = [Request::new("w").shard(1, rank, 2)];
+        p.reset();
+        let (got, _) = load(&loader, &reqs, &LoadOptions::default()).unwrap();
+        assert!(got == local_bytes(&path, &reqs), "rank {rank} differs");
+        assert!(p.requests() <= 2, "rank {rank}: {:?}", p.records());
+    }
+}
+
+#[test]
+fn a_file_of_several_parts_uploads_whole() {
+    let s = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.bin");
+    // Three parts of 8 MiB, the last one short.
+    let data: Vec<u8> = (0..(17usize << 20) + 123)
+        .map(|i| (i * 31 + i / 4093) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let url = s.url("up/big.bin");
+    npkio::remote::upload_file(&path, &url, &opts_for(&s.endpoint())).unwrap();
+    let got = s.client().get("up/big.bin", None).unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(got.body == data, "the uploaded object differs");
+    // An empty file is an empty object.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    npkio::remote::upload_file(&empty, &s.url("up/empty"), &opts_for(&s.endpoint())).unwrap();
+    assert!(s.client().get("up/empty", None).unwrap().body.is_empty());
+    // Without credentials that the server accepts: an error naming the URL, no secret.
+    let bad = opts_for(&s.endpoint()).with("aws_secret_access_key", "not-the-secret-9876");
+    let e = npkio::remote::upload_file(&path, &s.url("up/x"), &bad).unwrap_err();
+    assert!(e.to_string().contains(&s.url("up/x")), "{e}");
+    assert!(!e.to_string().contains("not-the-secret-9876"), "{e}");
 }

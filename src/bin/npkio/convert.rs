@@ -14,6 +14,9 @@ use crate::{ConvertArgs, Failure, Outcome};
 
 /// Runs `npkio convert`.
 pub fn run(args: &ConvertArgs) -> Outcome {
+    if args.output.to_str().is_some_and(npkio::remote::is_url) {
+        return run_to_url(args);
+    }
     // From object storage: fetched first into a temporary local file (see `fetch`).
     let fetched = if args.input.to_str().is_some_and(npkio::remote::is_url) {
         Some(fetch(&args.input, &args.output, &args.keys)?)
@@ -110,6 +113,41 @@ pub fn run(args: &ConvertArgs) -> Outcome {
         )
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// `convert INPUT URL`: the output is written into a temporary directory, then uploaded
+/// (one multipart upload per file: each object appears whole or not at all; a sharded
+/// checkpoint's index or a NumPack store's metadata last, so that a reader who finds it
+/// finds the files it names). Objects already there are replaced.
+fn run_to_url(args: &ConvertArgs) -> Outcome {
+    let url = args.output.to_string_lossy().into_owned();
+    let name = url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("output")
+        .to_string();
+    let tmp = tempfile::tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), "creating a temporary directory in", e))?;
+    let local = tmp.path().join(&name);
+    let mut here = args.clone();
+    here.output = local.clone();
+    let code = run(&here)?;
+    let opts = npkio::remote::RemoteOptions::default();
+    if local.is_dir() {
+        let last = if local.join("metadata.npkm").is_file() {
+            "metadata.npkm"
+        } else {
+            "model.safetensors.index.json"
+        };
+        npkio::remote::upload_dir(&local, &url, Some(last), &opts)?;
+    } else {
+        npkio::remote::upload_file(&local, &url, &opts)?;
+    }
+    if !args.quiet {
+        eprintln!("uploaded to {url}");
+    }
+    Ok(code)
 }
 
 /// `convert URL OUTPUT`: the conversion reads a local SafeTensors file, so the checkpoint

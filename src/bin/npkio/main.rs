@@ -110,7 +110,7 @@ struct InspectArgs {
 }
 
 /// Arguments of `npkio convert`.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 struct ConvertArgs {
     /// A SafeTensors file, a sharded checkpoint (its index, or the directory holding it) or
     /// a NumPack directory; or a URL of object storage (s3://, gs://, az://, http(s)://) of
