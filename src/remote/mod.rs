@@ -12,6 +12,15 @@
 //! others), overridden by [`RemoteOptions::config`]. S3 requests are path-style unless
 //! `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`. No credential ever appears in an error message.
 //!
+//! What a URL may name: a SafeTensors object (`.../model.safetensors`), a sharded
+//! checkpoint's index (`.../model.safetensors.index.json`), or a prefix holding an index,
+//! `model.safetensors` or a NumPack store (`metadata.npkm`). Opening costs at most two GETs
+//! per file (a first ranged GET of [`RemoteOptions::header_guess`] bytes usually holds the
+//! whole header) and, for a prefix, one LIST; a NumPack store's small files (metadata,
+//! sidecar, bitmaps) are fetched into a temporary directory and opened by the store's own
+//! code, its data files read by ranged GETs. [`upload_file`] and [`upload_dir`] write
+//! objects by multipart upload (what `npkio convert INPUT URL` uses).
+//!
 //! Consistency: the first ranged GET of an object records its ETag; every later GET of it
 //! carries `If-Match` with that ETag and checks the ETag answered. An object replaced in
 //! between is an error of kind [`crate::ErrorKind::Busy`] naming the URL, never a mix of

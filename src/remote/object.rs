@@ -117,6 +117,14 @@ fn is_secret_key(key: &str) -> bool {
 
 /// Connects to the store `url` names; returns it and the object path of the URL.
 pub(crate) fn connect(url: &str, opts: &RemoteOptions) -> Result<(Remote, ObjPath)> {
+    if let Some((base, _)) = url.split_once('?') {
+        // A query may hold a signature or a token: never repeated.
+        return Err(Error::invalid_argument(
+            "a URL with a query string (a presigned URL?) is not read; give the plain URL \
+             and credentials in the environment (the query is not shown)",
+        )
+        .at(base));
+    }
     let bad = |msg: String| Error::invalid_argument(msg).at(url);
     let parsed = url::Url::parse(url).map_err(|e| bad(format!("not a valid URL: {e}")))?;
     let (scheme, path) = ObjectStoreScheme::parse(&parsed)
@@ -608,5 +616,20 @@ mod tests {
         assert!(is_secret_key("AWS_SESSION_TOKEN"));
         assert!(!is_secret_key("aws_region"));
         assert!(!is_secret_key("aws_endpoint"));
+    }
+
+    #[test]
+    fn a_query_string_is_refused_and_never_shown() {
+        let e = connect(
+            "https://example.com/m.safetensors?X-Amz-Signature=abc123sig",
+            &RemoteOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(!e.to_string().contains("abc123sig"), "{e}");
+        assert!(
+            e.to_string().contains("https://example.com/m.safetensors"),
+            "{e}"
+        );
     }
 }
