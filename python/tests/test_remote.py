@@ -165,3 +165,20 @@ def test_torch_load_file_reads_a_url(s3):
     for name in ref:
         assert got[name].dtype == ref[name].dtype
         assert bool((got[name] == ref[name]).all())
+
+
+def test_an_object_replaced_after_opening_is_an_error_not_a_mix(s3):
+    key = "replaced/model.safetensors"
+    s3.put_file(key, TINY)
+    changed = bytearray(TINY.read_bytes())
+    changed[-1] ^= 0xFF  # same size, same header: only the ETag tells
+    with npkio.safe_open(s3.url(key)) as f:
+        name = f.offset_keys()[-1]
+        before = f.get_tensor(name)
+        s3.put(key, bytes(changed))
+        with pytest.raises(npkio.NpkioBusyError) as e:
+            f.get_tensor(name)
+        assert s3.url(key) in str(e.value) and "changed" in str(e.value)
+    # Opened again, it is the new object.
+    again = npkio.load_tensors(s3.url(key), [name])[name]
+    assert again.tobytes() != before.tobytes()
