@@ -16,7 +16,7 @@
 //! into `--dir`, and uploads the file by PUT (s3s-fs then records its ETag instead of
 //! hashing the object on every GET). Then, for `--reps` rounds, each method once per round
 //! in an order rotating from round to round, each in a child process (this binary again)
-//! that reports its time and its peak RSS (`VmHWM`):
+//! that reports its time, its peak RSS (`VmHWM`) and its CPU time while timed:
 //!
 //! - `floor`: the plain client written for this benchmark: `object_store`'s ranged GETs,
 //!   `--concurrency` in flight on a tokio runtime, each body streamed into its place in one
@@ -150,6 +150,15 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// User and system CPU time of this process so far, in seconds.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 /// A buffer of `n` bytes, every page touched.
 fn touched(n: u64) -> Vec<u8> {
     vec![1u8; n as usize]
@@ -221,20 +230,21 @@ fn all_tensors(l: &Loader) -> Vec<Request> {
     l.tensors().iter().map(|t| Request::new(&t.name)).collect()
 }
 
-/// One method in this process: prints `RESULT <seconds> <peak RSS KiB> <bytes>`.
+/// One method in this process: prints `RESULT <seconds> <peak RSS KiB> <bytes> <CPU
+/// seconds>` (CPU: user and system time of the whole process while timed).
 fn child(a: &Args, method: &str) {
     let local = a.dir.join("model.safetensors");
     let size = std::fs::metadata(&local).unwrap().len();
     let url = format!("s3://{}/{KEY}", server::BUCKET);
     let o = opts(a);
     let mut check = None;
-    let t0;
+    let (t0, c0);
     let bytes;
     match method {
         "floor" => {
             let buf = touched(size);
             let ptr = buf.as_ptr() as usize;
-            t0 = Instant::now();
+            (t0, c0) = (Instant::now(), cpu_secs());
             ranged_gets(a, size, &|at, b| {
                 // SAFETY: the ranges are disjoint and within the buffer (checked above).
                 unsafe {
@@ -256,7 +266,7 @@ fn child(a: &Args, method: &str) {
             }
             let n: u64 = reqs.iter().map(|r| l.output(r).unwrap().nbytes).sum();
             let mut buf = touched(n);
-            t0 = Instant::now();
+            (t0, c0) = (Instant::now(), cpu_secs());
             // Timed from the opening on (the shard's count is of one opening's requests).
             let l = if method == "shard" {
                 l
@@ -272,7 +282,7 @@ fn child(a: &Args, method: &str) {
         }
         "npkio sink" => {
             let got = AtomicU64::new(0);
-            t0 = Instant::now();
+            (t0, c0) = (Instant::now(), cpu_secs());
             let l = Loader::open(&url).expect("Loader::open of the URL");
             let reqs = all_tensors(&l);
             l.load_to_sink(
@@ -291,7 +301,7 @@ fn child(a: &Args, method: &str) {
             let file = a.dir.join("download.safetensors");
             let _ = std::fs::remove_file(&file);
             let mut buf = touched(size);
-            t0 = Instant::now();
+            (t0, c0) = (Instant::now(), cpu_secs());
             let f = File::create(&file).unwrap();
             ranged_gets(a, size, &|at, b| f.write_all_at(b, at).unwrap());
             drop(f);
@@ -306,6 +316,7 @@ fn child(a: &Args, method: &str) {
         _ => panic!("unknown method {method}"),
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - c0;
     let peak = peak_rss_kib(); // before the check, which reads the whole file
     if let Some((buf, start)) = check {
         // The bytes equal the file's, from `start` (the data section for loads).
@@ -316,11 +327,11 @@ fn child(a: &Args, method: &str) {
             "{method}: wrong bytes"
         );
     }
-    println!("RESULT {secs} {peak} {bytes}");
+    println!("RESULT {secs} {peak} {bytes} {cpu}");
 }
 
 /// Runs one method in a child process with `env`; returns (seconds, peak RSS KiB, bytes).
-fn run_child(a: &Args, method: &str, endpoint: &str) -> (f64, u64, u64) {
+fn run_child(a: &Args, method: &str, endpoint: &str) -> (f64, u64, u64, f64) {
     let me = std::env::current_exe().unwrap();
     let mut c = Command::new(me);
     server::configure_for(&mut c, endpoint);
@@ -339,11 +350,8 @@ fn run_child(a: &Args, method: &str, endpoint: &str) -> (f64, u64, u64) {
         );
     };
     let v: Vec<&str> = line.split_whitespace().collect();
-    (
-        v[0].parse().unwrap(),
-        v[1].parse().unwrap(),
-        v[2].parse().unwrap(),
-    )
+    let num = |i: usize| v[i].parse::<f64>().unwrap();
+    (num(0), num(1) as u64, num(2) as u64, num(3))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -379,10 +387,12 @@ fn main() {
 
     let mut times = vec![Vec::new(); METHODS.len()];
     let mut rss = vec![0u64; METHODS.len()];
+    let mut cpu = vec![Vec::new(); METHODS.len()];
     for rep in 0..a.reps {
         for k in 0..METHODS.len() {
             let i = (k + rep) % METHODS.len();
-            let (secs, kib, bytes) = run_child(&a, METHODS[i], &s3.endpoint());
+            let (secs, kib, bytes, c) = run_child(&a, METHODS[i], &s3.endpoint());
+            cpu[i].push(c);
             assert!(
                 bytes >= size - 8 - (size % TENSOR),
                 "{}: {bytes} bytes",
@@ -396,16 +406,17 @@ fn main() {
     // median: the floor's time over the method's, above 1 when faster than the floor.
     let ratio = |i: usize| median((0..a.reps).map(|r| times[0][r] / times[i][r]).collect());
     println!(
-        "\n{:<16} {:>9} {:>7} {:>9} {:>13}",
-        "method", "median s", "GB/s", "vs floor", "peak RSS MiB"
+        "\n{:<16} {:>9} {:>7} {:>9} {:>13} {:>10}",
+        "method", "median s", "GB/s", "vs floor", "peak RSS MiB", "client CPU s"
     );
     for (i, m) in METHODS.iter().enumerate() {
         let t = median(times[i].clone());
         println!(
-            "{m:<16} {t:>9.3} {:>7.3} {:>8.2}x {:>13.1}",
+            "{m:<16} {t:>9.3} {:>7.3} {:>8.2}x {:>13.1} {:>10.2}",
             size as f64 / t / 1e9,
             ratio(i),
-            rss[i] as f64 / 1024.0
+            rss[i] as f64 / 1024.0,
+            median(cpu[i].clone())
         );
     }
 
