@@ -38,7 +38,15 @@ pub struct SafeTensorsMetadata {
 /// Reads a SafeTensors file's header (or a sharded checkpoint's index and every shard's
 /// header): every tensor's dtype, shape and offsets, and the `__metadata__`. No tensor byte
 /// is read, whatever the file's size.
+///
+/// A URL of object storage (`s3://`, `gs://`, `az://`, `http(s)://`, see [`crate::remote`])
+/// naming a SafeTensors object, an index or a prefix holding one is read the same way, by
+/// the loader's first ranged GETs.
 pub fn get_safetensors_metadata(path: impl AsRef<Path>) -> Result<SafeTensorsMetadata> {
+    let path = path.as_ref();
+    if path.to_str().is_some_and(crate::remote::is_url) {
+        return remote_metadata(&crate::load::Loader::open(path)?);
+    }
     let c = Checkpoint::open(path)?;
     let metadata = c.metadata().map(<[_]>::to_vec);
     let names = c.shard_names().to_vec();
@@ -57,6 +65,52 @@ pub fn get_safetensors_metadata(path: impl AsRef<Path>) -> Result<SafeTensorsMet
         }
     }
     Ok(SafeTensorsMetadata { tensors, metadata })
+}
+
+/// [`get_safetensors_metadata`] of a checkpoint in object storage, as the loader opened
+/// it: file by file in file order (a tensor without bytes sits where the one before it
+/// ends).
+fn remote_metadata(l: &crate::load::Loader) -> Result<SafeTensorsMetadata> {
+    if l.container() == crate::Container::NumPack {
+        return Err(crate::Error::invalid_argument(
+            "a NumPack store, not a SafeTensors checkpoint",
+        )
+        .at(l.path()));
+    }
+    let sharded = l.container() == crate::Container::ShardedSafeTensors;
+    let names: Vec<String> = l
+        .files()
+        .map(|p| {
+            let s = p.to_string_lossy();
+            s.rsplit('/').next().unwrap_or_default().to_string()
+        })
+        .collect();
+    let (mut file, mut end) = (0usize, 0u64);
+    let tensors = l
+        .tensors()
+        .iter()
+        .map(|t| {
+            let begin = match l.location(t) {
+                Some((f, off)) => {
+                    file = f;
+                    off - l.data_start(f).unwrap_or(0)
+                }
+                None => end,
+            };
+            end = begin + t.nbytes;
+            let meta = TensorMeta {
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                data_offsets: (begin, end),
+                shard: sharded.then(|| names[file].clone()),
+            };
+            (t.name.clone(), meta)
+        })
+        .collect();
+    Ok(SafeTensorsMetadata {
+        tensors,
+        metadata: l.metadata().map(<[_]>::to_vec),
+    })
 }
 
 /// Iterator over a checkpoint's tensors; see [`iter_safetensors`].

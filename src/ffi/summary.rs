@@ -33,19 +33,18 @@ fn metadata_json(c: &Checkpoint) -> Vec<u8> {
     metadata_json_of(c.len(), tensors, c.metadata())
 }
 
-/// [`metadata_json`] of a checkpoint in object storage, as the loader opened it: file by
-/// file in file order; a tensor without bytes sits where the one before it ends.
-fn metadata_json_remote(l: &crate::load::Loader) -> Vec<u8> {
-    let mut end = 0u64;
-    let tensors = l.tensors().iter().map(|t| {
-        let begin = match l.location(t) {
-            Some((f, off)) => off - l.data_start(f).unwrap_or(0),
-            None => end,
-        };
-        end = begin + t.nbytes;
-        (t.name.as_str(), &t.shape[..], t.dtype, (begin, end))
-    });
-    metadata_json_of(l.tensors().len(), tensors, l.metadata())
+/// [`metadata_json`] of a checkpoint in object storage (see `get_safetensors_metadata`).
+fn metadata_json_remote(path: &std::path::Path) -> crate::Result<Vec<u8>> {
+    let m = crate::get_safetensors_metadata(path)?;
+    let tensors = m
+        .tensors
+        .iter()
+        .map(|(name, t)| (name.as_str(), &t.shape[..], t.dtype, t.data_offsets));
+    Ok(metadata_json_of(
+        m.tensors.len(),
+        tensors,
+        m.metadata.as_deref(),
+    ))
 }
 
 /// The document of [`metadata_json`]: `n` tensors (name, shape, dtype, data offsets).
@@ -181,7 +180,7 @@ pub unsafe extern "C" fn npkio_safetensors_metadata_json(
         // SAFETY: the caller's contract above, checked for NULL inside.
         let (path, len_out) = unsafe { (path_arg(path, "path")?, Out::new(json_len, "json_len")?) };
         let doc = match path.to_str().filter(|p| crate::remote::is_url(p)) {
-            Some(_) => metadata_json_remote(&crate::load::Loader::open(path)?),
+            Some(_) => metadata_json_remote(path)?,
             _ => metadata_json(&Checkpoint::open(path)?),
         };
         // SAFETY: the caller's contract on `buffer`.

@@ -47,8 +47,10 @@ pub(crate) fn open(url: &str, opts: &RemoteOptions) -> Result<Opened> {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
-                    "the prefix holds neither {INDEX_NAME} nor {SINGLE_FILE_NAME} ({} objects \
-                     listed)",
+                    "the prefix holds no {INDEX_NAME}, {SINGLE_FILE_NAME} or NumPack {} ({} \
+                     objects listed; a single object's URL ends in .safetensors, an index's \
+                     in .json)",
+                    crate::numpack::metadata::FILE_NAME,
                     listed.len()
                 ),
             )

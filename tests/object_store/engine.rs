@@ -336,8 +336,8 @@ fn metadata_json(path: &str) -> serde_json::Value {
     serde_json::from_slice(&buf[..len]).unwrap()
 }
 
-/// The C ABI reads the environment, as C and Python callers configure it: the only test
-/// here that sets it (the others pass their options explicitly, which take precedence).
+/// The C ABI (and `get_safetensors_metadata`) read the environment, as C and Python
+/// callers configure it: the only test here that sets it (the others pass their options explicitly, which take precedence).
 #[test]
 fn the_c_metadata_of_a_url_equals_the_local_one() {
     let s = S3Server::start();
@@ -354,6 +354,17 @@ fn the_c_metadata_of_a_url_equals_the_local_one() {
         metadata_json(&s.url("sh/model.safetensors.index.json")),
         local
     );
+    // The Rust reader of headers, shard names included.
+    for (url, path) in [
+        (s.url("m/model.safetensors"), model()),
+        (s.url("sh"), sharded_dir()),
+    ] {
+        assert_eq!(
+            npkio::get_safetensors_metadata(&url).unwrap(),
+            npkio::get_safetensors_metadata(&path).unwrap(),
+            "{url}"
+        );
+    }
 }
 
 #[test]
