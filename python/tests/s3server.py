@@ -6,6 +6,7 @@ records their ETags. The same server the Rust tests use (tests/object_store/serv
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import hashlib
 import hmac
@@ -77,6 +78,7 @@ class S3Server:
              "--secret-key", SECRET_KEY, str(root)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )
+        atexit.register(self.stop)  # not left running by a script that fails before stop()
         found: "queue.Queue[str]" = queue.Queue()
         self.output: list = []
 
