@@ -2,8 +2,10 @@
 
 The package is a ``ctypes`` binding: the Rust crate's C ABI library (``libnpkio``) is built
 by cargo as a plain cdylib (``Binding.NoBinding``: no Python extension module, no PyO3) and
-installed inside the package, where :mod:`npkio._lib` loads it. Only the library is built:
-``--no-default-features`` leaves out the command line and its dependencies.
+installed inside the package, where :mod:`npkio._lib` loads it. Only the library is built,
+with reading from object storage: ``--no-default-features --features remote`` leaves out the
+command line and its dependencies and keeps ``s3://``, ``gs://``, ``az://`` and
+``http(s)://`` URLs.
 
 Where the crate is: one directory up in a checkout (``pip install ./python``); in an sdist,
 beside this file, because :class:`SdistWithCrate` copies the crate's sources into it. The
@@ -88,7 +90,7 @@ setup(
             "npkio.libnpkio",
             path=str(MANIFEST),
             binding=Binding.NoBinding,
-            args=["--no-default-features"],
+            args=["--no-default-features", "--features", "remote"],
             cargo_manifest_args=["--locked"],
             strip=Strip.All,
             py_limited_api=False,

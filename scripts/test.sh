@@ -96,6 +96,11 @@ if [ -d python ]; then
     (cd python && env -u NPKIO_LIBRARY PATH="$nocargo" NPKIO_REQUIRE_INSTALLED=1 \
         "../$venv/bin/python" -m pytest -q tests)
 
+    # Two tensor-parallel ranks as separate processes, each loading its half of one
+    # checkpoint from the S3-compatible test server, checked against a whole local load.
+    step "Python package: two ranks loading their halves from object storage"
+    env -u NPKIO_LIBRARY PATH="$nocargo" "$venv/bin/python" scripts/tp2_object_store.py --size-mib 8
+
     # The tests of safetensors 0.8.0 and NumPack 0.7.0 that npkio claims to pass, taken
     # from their sdists (pip download, cached in target/peer-tests) with only their import
     # lines rewritten; python/peer_tests/expected.toml lists the known failures and why.
@@ -108,6 +113,11 @@ fi
 if [ -f examples/bench.rs ]; then
     step "benchmark at a tiny size (kept working; real numbers: docs/benchmarks.md)"
     cargo run --release -q --example bench -- --size 16MiB --reps 1
+fi
+
+if [ -f examples/remote_bench.rs ]; then
+    step "object-storage benchmark at a tiny size (real numbers: docs/benchmarks.md)"
+    cargo run --release -q --example remote_bench -- --mib 16 --reps 1
 fi
 
 step "all tests passed"

@@ -365,6 +365,17 @@ def call_json(fn: Callable[..., int], *args: Any) -> "bytes | bytearray":
 # Arguments
 
 
+#: The URL schemes of object storage (as the library tells them from local paths).
+URL_SCHEMES = ("s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://",
+               "http://", "https://")
+
+
+def is_url(path: Any) -> bool:
+    """Whether ``path`` is a URL of object storage (by its scheme): passed to the library as
+    it is, never looked up on the local filesystem."""
+    return isinstance(path, str) and path[:8].lower().startswith(URL_SCHEMES)
+
+
 def path_arg(path: "os.PathLike[str] | str | bytes") -> bytes:
     """A path as the NUL-terminated bytes the C ABI takes."""
     b = os.fsencode(os.fspath(path))

@@ -317,10 +317,14 @@ def _check_into(p: _Planned, arr: Any) -> Any:
     return arr
 
 
-def _options(threads: int, method: str, drop_behind: bool) -> LoadOptions:
+def _options(threads: int, method: str, drop_behind: bool, range_size: int = 0,
+             concurrency: int = 0) -> LoadOptions:
     opts = LoadOptions()
     check(lib.npkio_load_options_init(ctypes.byref(opts), ctypes.sizeof(opts)))
     opts.threads = _int(threads, "threads", 2**32 - 1)
+    if range_size:
+        opts.range_size = _int(range_size, "range_size", 2**63 - 1)
+    opts.concurrency = _int(concurrency, "concurrency", 2**32 - 1)
     m = _lib.NPKIO_LOAD_METHODS.get(method) if isinstance(method, str) else None
     if m is None:
         raise ValueError(f"method must be 'auto', 'buffered' or 'direct', not {method!r}")
@@ -358,12 +362,18 @@ def load_tensors(
     method: str = "auto",
     drop_behind: bool = False,
     framework: str = "np",
+    range_size: int = 0,
+    concurrency: int = 0,
 ) -> Dict[str, Any]:
     """Read tensors of a checkpoint into memory of their own (or of the caller's).
 
     Args:
         path: a ``.safetensors`` file, a sharded checkpoint (``*.safetensors.index.json``
-            or its directory) or a NumPack directory.
+            or its directory) or a NumPack directory; or the URL of one in object storage
+            (``s3://bucket/key``, ``gs://``, ``az://``, ``http(s)://``: an object, an index,
+            or a prefix holding one), read with concurrent ranged GETs, credentials and
+            endpoint from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+            ``AWS_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP=true`` for plain HTTP).
         names: tensors to load, in that order (all, in checkpoint order, if ``None``; a
             single ``str`` is one name).
         into: name to a C-contiguous writable NumPy array, or a contiguous CPU torch
@@ -394,6 +404,9 @@ def load_tensors(
         drop_behind: drop what was read from the page cache afterwards.
         framework: ``"np"`` (NumPy arrays, the default) or ``"pt"`` (torch tensors, of
             torch's dtypes: BF16 as ``torch.bfloat16``; needs torch).
+        range_size: object storage: the largest ranged GET in bytes (0: 8 MiB).
+        concurrency: object storage: ranged GETs in flight (0: 16); ``threads`` is for
+            local files.
 
     Returns:
         name to array (or torch tensor), writable and owning its memory (or the object
@@ -438,7 +451,7 @@ def load_tensors(
         for name in wanted:
             if loader.tensor(name).row.name in _FLOATS:
                 targets[name] = target
-    opts = _options(threads, method, drop_behind)
+    opts = _options(threads, method, drop_behind, range_size, concurrency)
 
     if blanket is not None:
         # One shard for every tensor, as the command line's --shard: tensors with no
@@ -730,12 +743,18 @@ class SafeOpen:
         self._device = device
         self._path = os.fspath(path)
         self._last_report: Optional[LoadReport] = None  # of the last get_slice read
-        self._numpack = os.path.isdir(self._path) and os.path.isfile(
+        # A URL of object storage: the loader alone reads it (tensors into memory of their
+        # own; there is no file to map), and nothing looks for it on the local filesystem.
+        self._remote = _lib.is_url(self._path)
+        self._numpack = not self._remote and os.path.isdir(self._path) and os.path.isfile(
             os.path.join(self._path, "metadata.npkm")
         )
         self._closed = False
         try:
-            if self._numpack:
+            if self._remote:
+                self._loader = _Loader(self._path)
+                self._view_handle = None
+            elif self._numpack:
                 self._loader = _Loader(path)
                 self._view_handle: Handle = _lib.open_handle(
                     lib.npkio_numpack_open, lib.npkio_numpack_free, path_arg(path)
@@ -743,7 +762,7 @@ class SafeOpen:
             else:
                 self._loader, self._view_handle = _open_checkpoint_twice(self._path)
         except NpkioFileNotFoundError:
-            if os.path.lexists(self._path):
+            if self._remote or os.path.lexists(self._path):
                 raise  # something inside it is missing: the core's message says what
             # safetensors' own words for a path that is not there.
             raise NpkioFileNotFoundError(f"No such file or directory: {self._path}") from None
@@ -772,8 +791,13 @@ class SafeOpen:
 
     def metadata(self) -> Optional[Dict[str, str]]:
         """The ``__metadata__`` section (for a NumPack directory, the one it keeps from its
-        SafeTensors source), ``None`` when there is none."""
+        SafeTensors source), ``None`` when there is none (or, in object storage, when it is
+        empty)."""
         self._check_open()
+        if self._remote:
+            from .io import get_safetensors_metadata  # noqa: PLC0415
+
+            return get_safetensors_metadata(self._path)["metadata"] or None
         h = self._view_handle
         with h.lock:
             if self._numpack:
@@ -791,12 +815,13 @@ class SafeOpen:
         """The tensor, writable as ``safetensors`` returns it, and zero-copy: a private,
         copy-on-write mapping of its bytes made for this call (a page is copied only when
         written; writes reach neither the file nor other arrays). A NumPack array with
-        segments or dropped rows is gathered into a writable array of its own.
+        segments or dropped rows, or a tensor in object storage, is read into a writable
+        array of its own.
 
         With ``framework="pt"``, a torch tensor of torch's dtype (BF16 as
         ``torch.bfloat16``) read into memory of its own, writable, on ``device``."""
         self._check_open()
-        if self._fw == "pt":
+        if self._fw == "pt" or self._remote:
             t = self._loader.tensor(name)
             return self._out(self._load(name, None), t.row)
         h = self._view_handle
@@ -853,7 +878,9 @@ def safe_open(
     """Open a checkpoint as ``safetensors.safe_open(path, framework, device)`` does.
 
     ``path`` is a ``.safetensors`` file, a model directory holding ``model.safetensors``, a
-    sharded checkpoint (its index or directory) or a NumPack directory.
+    sharded checkpoint (its index or directory) or a NumPack directory; or the URL of one in
+    object storage (``s3://bucket/key``, ...: see :func:`load_tensors`), whose tensors are
+    read with ranged GETs into memory of their own.
 
     ``framework="np"`` returns NumPy arrays (``device`` must be ``"cpu"``);
     ``framework="pt"`` returns torch tensors of torch's dtypes, read into memory of their

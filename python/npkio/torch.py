@@ -39,6 +39,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess by the
 import numpy as np
 
 from . import files as _files
+from . import _lib
 from ._dtypes import _BY_NAME, _Row, raw_dtype
 
 __all__ = ["save_file", "load_file", "save", "load", "torch_dtype", "from_torch_dtype"]
@@ -249,7 +250,7 @@ def load_file(
     if backend not in ("mmap", "pread"):
         raise ValueError(f"backend must be 'mmap' or 'pread', not {backend!r}")
     path = os.fspath(filename)
-    if backend == "pread":
+    if backend == "pread" or _lib.is_url(path):  # nothing to map in object storage
         from .loader import load_tensors  # noqa: PLC0415
 
         out = load_tensors(path, framework="pt")
