@@ -19,7 +19,8 @@
 //! whole header) and, for a prefix, one LIST; a NumPack store's small files (metadata,
 //! sidecar, bitmaps) are fetched into a temporary directory and opened by the store's own
 //! code, its data files read by ranged GETs. [`upload_file`] and [`upload_dir`] write
-//! objects by multipart upload (what `npkio convert INPUT URL` uses).
+//! objects by multipart upload, after [`exists`] has said whether anything is there (what
+//! `npkio convert INPUT URL` uses).
 //!
 //! Consistency: the first ranged GET of an object records its ETag; every later GET of it
 //! carries `If-Match` with that ETag and checks the ETag answered. An object replaced in
@@ -34,7 +35,7 @@ mod object;
 #[cfg(feature = "remote")]
 pub(crate) use object::{connect, Listed, Remote, RemoteObject};
 #[cfg(feature = "remote")]
-pub use object::{upload_dir, upload_file};
+pub use object::{exists, upload_dir, upload_file};
 
 #[cfg(not(feature = "remote"))]
 use crate::error::{Error, Result};

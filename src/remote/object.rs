@@ -503,6 +503,16 @@ pub fn upload_file(path: &std::path::Path, url: &str, opts: &RemoteOptions) -> R
     remote.upload(path, obj, url)
 }
 
+/// Whether anything is stored at `url`: the object it names, or any object under it taken
+/// as a prefix (`url/...`). One LIST, of which only the first answer is read, and when it
+/// finds nothing, one HEAD. `npkio convert INPUT URL` asks this before it replaces anything
+/// (a check, not a lock: an object written by someone else between the check and the upload
+/// is replaced).
+pub fn exists(url: &str, opts: &RemoteOptions) -> Result<bool> {
+    let (remote, obj) = connect(url, opts)?;
+    remote.exists(obj, url)
+}
+
 /// Uploads every file under the local directory `dir` to the prefix `url` names
 /// (`url/<relative path>`), one multipart upload each, `last` (a file name in `dir`, such
 /// as an index or a store's metadata) after all the others, so that readers who look for
@@ -545,6 +555,29 @@ pub fn upload_dir(
 }
 
 impl Remote {
+    fn exists(&self, obj: ObjPath, url: &str) -> Result<bool> {
+        let store = self.store.clone();
+        let got = block_on(async move {
+            // The listing first: a server storing objects as files may fail a HEAD of a
+            // name that is also a prefix (a directory) instead of answering 404.
+            match store.list(Some(&obj)).next().await {
+                Some(Ok(_)) => return Ok(true),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+            // The root of a bucket is no object: its listing has said all.
+            if obj.as_ref().is_empty() {
+                return Ok(false);
+            }
+            match store.head(&obj).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        got.map_err(|e| self.error(url, "checking whether it exists", e))
+    }
+
     fn upload(&self, path: &std::path::Path, obj: ObjPath, url: &str) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;

@@ -136,3 +136,51 @@ fn convert_exports_to_object_storage_by_multipart_upload() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("loaded 21 tensors"), "{}", text(&o));
 }
+
+#[test]
+fn convert_to_a_url_in_use_is_refused_without_force_and_nothing_is_touched() {
+    let s = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let npk = dir.path().join("m.npk");
+    let o = npkio(
+        &s,
+        &["convert", model().to_str().unwrap(), npk.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    // An object of someone else's at the output's name, and one under a prefix.
+    s.put("theirs/model.safetensors", b"not ours");
+    s.put("shelf/notes.txt", b"keep me");
+    for (url, key, kept) in [
+        (
+            s.url("theirs/model.safetensors"),
+            "theirs/model.safetensors",
+            &b"not ours"[..],
+        ),
+        (s.url("shelf"), "shelf/notes.txt", &b"keep me"[..]),
+    ] {
+        let o = npkio(&s, &["convert", npk.to_str().unwrap(), &url]);
+        assert!(!o.status.success(), "{url} was overwritten: {}", text(&o));
+        assert!(
+            text(&o).contains("--force") && text(&o).contains(&url),
+            "{}",
+            text(&o)
+        );
+        let got = s.client().get(key, None).unwrap();
+        assert_eq!((got.status, &got.body[..]), (200, kept), "{key} changed");
+    }
+    // Nothing was added under the prefix either.
+    let listed = s.client().get("shelf/metadata.npkm", None).unwrap();
+    assert_eq!(listed.status, 404, "{}", listed.text());
+
+    // With --force the object is replaced by the conversion.
+    let url = s.url("theirs/model.safetensors");
+    let o = npkio(&s, &["convert", npk.to_str().unwrap(), &url, "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = s.client().get("theirs/model.safetensors", None).unwrap();
+    assert!(got.body == std::fs::read(model()).unwrap(), "not replaced");
+
+    // A name where nothing is stored needs no --force.
+    let o = npkio(&s, &["convert", npk.to_str().unwrap(), &s.url("fresh")]);
+    assert!(o.status.success(), "{}", text(&o));
+}

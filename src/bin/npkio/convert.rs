@@ -118,9 +118,20 @@ pub fn run(args: &ConvertArgs) -> Outcome {
 /// `convert INPUT URL`: the output is written into a temporary directory, then uploaded
 /// (one multipart upload per file: each object appears whole or not at all; a sharded
 /// checkpoint's index or a NumPack store's metadata last, so that a reader who finds it
-/// finds the files it names). Objects already there are replaced.
+/// finds the files it names). Without `--force`, a URL where anything is stored already (the
+/// object, or objects under it as a prefix) is refused before any work; with it, objects of
+/// the same names are replaced and others under the prefix are left.
 fn run_to_url(args: &ConvertArgs) -> Outcome {
     let url = args.output.to_string_lossy().into_owned();
+    let opts = npkio::remote::RemoteOptions::default();
+    if !args.force && npkio::remote::exists(&url, &opts)? {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "holds objects already; pass --force to replace them",
+        )
+        .at(&url)
+        .into());
+    }
     let name = url
         .trim_end_matches('/')
         .rsplit('/')
@@ -133,7 +144,6 @@ fn run_to_url(args: &ConvertArgs) -> Outcome {
     let mut here = args.clone();
     here.output = local.clone();
     let code = run(&here)?;
-    let opts = npkio::remote::RemoteOptions::default();
     if local.is_dir() {
         let last = if local.join("metadata.npkm").is_file() {
             "metadata.npkm"

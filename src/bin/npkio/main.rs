@@ -125,7 +125,8 @@ struct ConvertArgs {
     keys: Vec<String>,
     /// Replace the output whole if it exists. Without it, SafeTensors to NumPack merges into
     /// an existing NumPack directory (arrays of the same name replaced, others kept), and
-    /// NumPack to SafeTensors refuses to overwrite an existing file or sharded weights.
+    /// NumPack to SafeTensors refuses to overwrite an existing file or sharded weights. An
+    /// OUTPUT URL where objects are stored already is refused without it.
     #[arg(long)]
     force: bool,
     /// A `__metadata__` entry for the SafeTensors file written (NumPack to SafeTensors only).
