@@ -82,9 +82,11 @@ pub(crate) struct Listed {
     pub(crate) path: ObjPath,
     pub(crate) size: u64,
     pub(crate) etag: Option<String>,
+    /// Last modification, in whole seconds since the epoch (what an HTTP date can say).
+    pub(crate) modified: i64,
 }
 
-/// An object of a store, as first seen: its size and ETag.
+/// An object of a store, as first seen: its size, ETag and modification time.
 #[derive(Debug)]
 pub(crate) struct RemoteObject {
     remote: Remote,
@@ -92,6 +94,7 @@ pub(crate) struct RemoteObject {
     url: String,
     size: u64,
     etag: Option<String>,
+    modified: i64,
 }
 
 /// Environment variables whose values are credentials.
@@ -224,6 +227,7 @@ struct Answer {
     len: u64,
     size: u64,
     etag: Option<String>,
+    modified: i64,
 }
 
 impl Remote {
@@ -240,6 +244,7 @@ impl Remote {
             url,
             size: a.size,
             etag: a.etag,
+            modified: a.modified,
         };
         Ok((obj, first))
     }
@@ -252,6 +257,7 @@ impl Remote {
             url,
             size: l.size,
             etag: l.etag,
+            modified: l.modified,
         }
     }
 
@@ -271,6 +277,7 @@ impl Remote {
                     path: m.location,
                     size: m.size,
                     etag: m.e_tag,
+                    modified: m.last_modified.timestamp(),
                 });
             }
             Ok::<_, object_store::Error>(out)
@@ -284,7 +291,7 @@ impl Remote {
             object_store::Error::NotFound { .. } => {
                 Error::new(ErrorKind::NotFound, format!("{what}: no such object")).at(url)
             }
-            object_store::Error::Precondition { .. } => changed(url, what),
+            object_store::Error::Precondition { .. } => changed(url, what, "its ETag differs"),
             e => Error::new(
                 ErrorKind::Io,
                 format!("{what}: {}", redact(&self.secrets, &e.to_string())),
@@ -355,7 +362,7 @@ impl Remote {
                 // Found at first, gone now: replaced or deleted since.
                 let e = self.error(url, what, e);
                 return Err(Failure::Final(if etag.is_some() {
-                    changed(url, what)
+                    changed(url, what, "its ETag differs")
                 } else {
                     e
                 }));
@@ -369,7 +376,7 @@ impl Remote {
         };
         if let (Some(was), Some(now)) = (etag, r.meta.e_tag.as_deref()) {
             if was != now {
-                return Err(Failure::Final(changed(url, what)));
+                return Err(Failure::Final(changed(url, what, "its ETag differs")));
             }
         }
         let size = r.meta.size;
@@ -385,6 +392,7 @@ impl Remote {
             )));
         }
         let etag_now = r.meta.e_tag.clone();
+        let modified = r.meta.last_modified.timestamp();
         let need = expect.end - expect.start;
         let mut stream = r.into_stream();
         let mut got = 0u64;
@@ -420,15 +428,16 @@ impl Remote {
             len: got,
             size,
             etag: etag_now,
+            modified,
         })
     }
 }
 
 /// The error of an object that changed since it was opened.
-fn changed(url: &str, what: &str) -> Error {
+fn changed(url: &str, what: &str, how: &str) -> Error {
     Error::new(
         ErrorKind::Busy,
-        format!("{what}: the object changed since it was opened (its ETag differs); open it again"),
+        format!("{what}: the object changed since it was opened ({how}); open it again"),
     )
     .at(url)
 }
@@ -464,7 +473,7 @@ impl RemoteObject {
                 )
                 .at(&self.url)
             })?;
-        self.remote.fetch(
+        let a = self.remote.fetch(
             &self.path,
             &self.url,
             off..end,
@@ -472,6 +481,16 @@ impl RemoteObject {
             bufs,
             false,
         )?;
+        // With an ETag, `If-Match` has already settled it. Without one (a server that sends
+        // none), the size and the modification time are what can tell a replaced object.
+        let what = || format!("reading bytes {off}..{end}");
+        if a.size != self.size {
+            let how = format!("it is {} bytes, not {}", a.size, self.size);
+            return Err(changed(&self.url, &what(), &how));
+        }
+        if self.etag.is_none() && a.modified != self.modified {
+            return Err(changed(&self.url, &what(), "its modification time differs"));
+        }
         Ok(())
     }
 

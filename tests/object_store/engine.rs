@@ -239,6 +239,52 @@ fn an_object_replaced_after_opening_is_a_typed_error_naming_the_url() {
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
 }
 
+#[test]
+fn without_etags_a_replaced_object_is_told_by_its_size_or_modification_time() {
+    let s = S3Server::start();
+    let bytes = std::fs::read(model()).unwrap();
+    s.put("m/model.safetensors", &bytes);
+    let url = s.url("m/model.safetensors");
+    let p = Proxy::start(s.addr());
+    // Every answer without its ETag, from the first on: no If-Match can be sent.
+    p.inject(Fault::NoETag, usize::MAX);
+    let open = || Loader::open_url(&url, &opts_for(&p.endpoint())).unwrap();
+    let loader = open();
+    let reqs = requests(&loader, None);
+    let (got, _) = load(&loader, &reqs, &small()).unwrap();
+    assert!(
+        got.concat() == local_bytes(&model(), &reqs).concat(),
+        "an unchanged object loads"
+    );
+    assert!(
+        p.records().iter().all(|r| r.fault == Some(Fault::NoETag)),
+        "an answer kept its ETag"
+    );
+
+    // Longer: the size answered differs from the size opened.
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0u8; 64]);
+    s.put("m/model.safetensors", &longer);
+    let e = load(&loader, &reqs, &small()).map(|_| ()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(e.to_string().contains(&url), "{e}");
+    assert!(e.to_string().contains("bytes, not"), "{e}");
+
+    // The same size, other bytes, written in a later second than the loader saw (HTTP
+    // dates are whole seconds).
+    s.put("m/model.safetensors", &bytes);
+    let loader = open();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut other = bytes.clone();
+    let n = other.len();
+    other[n - 1] ^= 0xFF;
+    s.put("m/model.safetensors", &other);
+    let e = load(&loader, &reqs, &small()).map(|_| ()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(e.to_string().contains("modification time differs"), "{e}");
+    assert_clean(&e.to_string());
+}
+
 /// The model on a server, a proxy in front of it, the model's URL and a loader through the
 /// proxy.
 fn behind_a_proxy() -> (S3Server, Proxy, String, Loader) {

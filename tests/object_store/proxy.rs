@@ -37,6 +37,8 @@ pub enum Fault {
     WrongContentLength,
     /// Forwards with a different ETag, as if the object had been replaced.
     ChangeETag,
+    /// Forwards without the ETag, as a server that sends none.
+    NoETag,
     /// Closes the connection without answering.
     Close,
 }
@@ -313,6 +315,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> io::R
             (Some(Fault::ChangeETag), _) => {
                 resp.set_header("etag", "\"0123456789abcdef0123456789abcdef\"")
             }
+            (Some(Fault::NoETag), _) => resp.remove_header("etag"),
             (Some(Fault::WrongContentRange), _) => {
                 if let Some(v) = resp.header("content-range").map(shift_content_range) {
                     resp.set_header("content-range", v);
