@@ -25,10 +25,11 @@
 //! Consistency: the first ranged GET of an object records its ETag; every later GET of it
 //! carries `If-Match` with that ETag and checks the ETag answered, and the object size
 //! answered is compared with the size first seen (for a server that sends no ETag, the
-//! modification time too, in whole seconds). An object replaced in between is an error of kind [`crate::ErrorKind::Busy`] naming the URL, never a mix of
-//! old and new bytes. A body shorter or longer than the range asked for, or a wrong
-//! `Content-Range`, is retried and then reported with the URL and the byte range; no byte
-//! is ever written past the range asked for.
+//! modification time too, in whole seconds). An object replaced in between is an error of
+//! kind [`crate::ErrorKind::Busy`] naming the URL, never a mix of old and new bytes. A body
+//! shorter or longer than the range asked for, or a wrong `Content-Range`, is retried and
+//! then reported with the URL and the byte range; no byte is ever written past the range
+//! asked for.
 
 #[cfg(feature = "remote")]
 mod object;

@@ -481,8 +481,9 @@ impl RemoteObject {
             bufs,
             false,
         )?;
-        // With an ETag, `If-Match` has already settled it. Without one (a server that sends
-        // none), the size and the modification time are what can tell a replaced object.
+        // With an ETag, `If-Match` and the comparison in `get_once` have settled it; the
+        // size is compared whatever the ETag. Without one (a server that sends none), the
+        // size and the modification time are what can tell a replaced object.
         let what = || format!("reading bytes {off}..{end}");
         if a.size != self.size {
             let how = format!("it is {} bytes, not {}", a.size, self.size);
