@@ -68,8 +68,8 @@ pub fn get_safetensors_metadata(path: impl AsRef<Path>) -> Result<SafeTensorsMet
 }
 
 /// [`get_safetensors_metadata`] of a checkpoint in object storage, as the loader opened
-/// it: file by file in file order (a tensor without bytes sits where the one before it
-/// ends).
+/// it: file by file in file order, each tensor's offsets as its file's header gives them
+/// (a tensor without bytes included).
 fn remote_metadata(l: &crate::load::Loader) -> Result<SafeTensorsMetadata> {
     if l.container() == crate::Container::NumPack {
         return Err(crate::Error::invalid_argument(
@@ -85,28 +85,25 @@ fn remote_metadata(l: &crate::load::Loader) -> Result<SafeTensorsMetadata> {
             s.rsplit('/').next().unwrap_or_default().to_string()
         })
         .collect();
-    let (mut file, mut end) = (0usize, 0u64);
     let tensors = l
         .tensors()
         .iter()
         .map(|t| {
-            let begin = match l.location(t) {
-                Some((f, off)) => {
-                    file = f;
-                    off - l.data_start(f).unwrap_or(0)
-                }
-                None => end,
-            };
-            end = begin + t.nbytes;
+            // Every tensor of a SafeTensors checkpoint has its place in a header, and its
+            // length was checked against that header's offsets when it was parsed.
+            let (file, begin) = t.in_header.ok_or_else(|| {
+                crate::Error::malformed(l.path(), "a tensor without its place in a header")
+                    .array(t.name.clone())
+            })?;
             let meta = TensorMeta {
                 dtype: t.dtype,
                 shape: t.shape.clone(),
-                data_offsets: (begin, end),
+                data_offsets: (begin, begin + t.nbytes),
                 shard: sharded.then(|| names[file].clone()),
             };
-            (t.name.clone(), meta)
+            Ok((t.name.clone(), meta))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(SafeTensorsMetadata {
         tensors,
         metadata: l.metadata().map(<[_]>::to_vec),

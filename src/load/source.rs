@@ -37,6 +37,9 @@ pub struct LoadTensor {
     /// Logical byte length.
     pub nbytes: u64,
     pub(crate) pieces: Vec<Piece>,
+    /// For a SafeTensors tensor, its file and the `data_offsets` begin its header gives,
+    /// also when it has no bytes (and so no piece); `None` for a NumPack array.
+    pub(crate) in_header: Option<(usize, u64)>,
 }
 
 impl LoadTensor {
@@ -210,6 +213,7 @@ pub(crate) fn push_tensors(
             dtype: info.dtype,
             shape: info.shape,
             pieces,
+            in_header: Some((shard, info.data_offsets.0)),
         });
     }
 }
@@ -315,6 +319,7 @@ fn open_store(dir: &Path, store: &NumPack) -> Result<Opened> {
             shape: info.shape,
             nbytes: info.nbytes,
             pieces,
+            in_header: None,
         });
     }
     Ok(Opened {

@@ -400,10 +400,20 @@ fn the_c_metadata_of_a_url_equals_the_local_one() {
         metadata_json(&s.url("sh/model.safetensors.index.json")),
         local
     );
+    // Tensors without bytes keep their shard and offsets: one ends shard 1, one starts
+    // shard 2 (where the tensor before it in checkpoint order is in shard 1).
+    let with_empty = tempfile::tempdir().unwrap();
+    write_shards_with_empty_tensors(with_empty.path());
+    s.put_dir("empty", with_empty.path());
+    assert_eq!(
+        metadata_json(&s.url("empty")),
+        metadata_json(with_empty.path().to_str().unwrap())
+    );
     // The Rust reader of headers, shard names included.
     for (url, path) in [
         (s.url("m/model.safetensors"), model()),
         (s.url("sh"), sharded_dir()),
+        (s.url("empty"), with_empty.path().to_path_buf()),
     ] {
         assert_eq!(
             npkio::get_safetensors_metadata(&url).unwrap(),
@@ -411,6 +421,52 @@ fn the_c_metadata_of_a_url_equals_the_local_one() {
             "{url}"
         );
     }
+}
+
+/// A sharded checkpoint of two shards in `dir`: shard 1 holds `a` ([2] F32) and
+/// `z_empty` ([0]), shard 2 `b_empty` ([0, 3]) and `c` ([3] F32).
+fn write_shards_with_empty_tensors(dir: &Path) {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let (a, c) = ([1u8; 8], [2u8; 12]);
+    let shards = [
+        (
+            "model-00001-of-00002.safetensors",
+            vec![
+                ("a", TensorView::new(Dtype::F32, vec![2], &a).unwrap()),
+                (
+                    "z_empty",
+                    TensorView::new(Dtype::F32, vec![0], &[]).unwrap(),
+                ),
+            ],
+        ),
+        (
+            "model-00002-of-00002.safetensors",
+            vec![
+                (
+                    "b_empty",
+                    TensorView::new(Dtype::F32, vec![0, 3], &[]).unwrap(),
+                ),
+                ("c", TensorView::new(Dtype::F32, vec![3], &c).unwrap()),
+            ],
+        ),
+    ];
+    let mut weight_map = serde_json::Map::new();
+    for (file, tensors) in shards {
+        for (name, _) in &tensors {
+            weight_map.insert(name.to_string(), file.into());
+        }
+        safetensors::serialize_to_file(tensors, None, &dir.join(file)).unwrap();
+    }
+    let index = serde_json::json!({
+        "metadata": {"total_size": 20},
+        "weight_map": weight_map,
+    });
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
