@@ -15,6 +15,7 @@ use object_store::{
 
 use super::RemoteOptions;
 use crate::error::{Error, ErrorKind, Result};
+use crate::sys::safe_open::{open_inside, open_regular, Opened};
 
 /// First ranged GET of a SafeTensors object: usually the whole header.
 const DEFAULT_HEADER_GUESS: usize = 1 << 20;
@@ -517,10 +518,12 @@ const UPLOAD_CONCURRENCY: usize = 8;
 
 /// Uploads the local file `path` as the object `url` names, by multipart upload (parts of
 /// 8 MiB, 8 in flight): the object appears whole when the upload completes, or not at all
-/// (a failed upload is aborted).
+/// (a failed upload is aborted). `path` must be a regular file (a link the caller names is
+/// followed).
 pub fn upload_file(path: &std::path::Path, url: &str, opts: &RemoteOptions) -> Result<()> {
+    let file = open_regular(path, "the file to upload")?;
     let (remote, obj) = connect(url, opts)?;
-    remote.upload(path, obj, url)
+    remote.upload(&file, obj, url)
 }
 
 /// Whether anything is stored at `url`: the object it names, or any object under it taken
@@ -537,6 +540,9 @@ pub fn exists(url: &str, opts: &RemoteOptions) -> Result<bool> {
 /// (`url/<relative path>`), one multipart upload each, `last` (a file name in `dir`, such
 /// as an index or a store's metadata) after all the others, so that readers who look for
 /// it find the files it names.
+///
+/// Only directories and regular files are taken: anything else below `dir` (a symbolic
+/// link, a FIFO, a device) is an error before any upload, and no link is followed.
 pub fn upload_dir(
     dir: &std::path::Path,
     url: &str,
@@ -548,11 +554,20 @@ pub fn upload_dir(
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, "listing", e))? {
-            let p = e.map_err(|e| Error::io(&d, "listing", e))?.path();
-            if p.is_dir() {
-                stack.push(p);
+            let e = e.map_err(|e| Error::io(&d, "listing", e))?;
+            // The entry's own type: a link is not followed to what it names.
+            let kind = e
+                .file_type()
+                .map_err(|err| Error::io(e.path(), "inspecting", err))?;
+            if kind.is_dir() {
+                stack.push(e.path());
+            } else if kind.is_file() {
+                files.push(e.path());
             } else {
-                files.push(p);
+                return Err(Error::invalid_argument(
+                    "not a regular file or a directory (a link is not followed): not uploaded",
+                )
+                .at(e.path()));
             }
         }
     }
@@ -569,7 +584,10 @@ pub fn upload_dir(
             .parts()
             .chain(r.split('/').map(object_store::path::PathPart::from))
             .collect();
-        remote.upload(f, obj, &format!("{base}/{r}"))?;
+        // Opened link-free inside `dir`, a regular file by `fstat`: whatever replaced the
+        // entry since the walk.
+        let file = open_inside(dir, &r, "the file to upload")?;
+        remote.upload(&file, obj, &format!("{base}/{r}"))?;
     }
     Ok(())
 }
@@ -598,13 +616,9 @@ impl Remote {
         got.map_err(|e| self.error(url, "checking whether it exists", e))
     }
 
-    fn upload(&self, path: &std::path::Path, obj: ObjPath, url: &str) -> Result<()> {
+    fn upload(&self, opened: &Opened, obj: ObjPath, url: &str) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "inspecting", e))?
-            .len();
+        let (file, len, path) = (&opened.file, opened.len, &opened.path);
         let store = self.store.clone();
         let done = block_on(async move {
             if len == 0 {

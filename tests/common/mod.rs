@@ -246,3 +246,11 @@ pub fn build_c_example(name: &str, dir: &Path) -> PathBuf {
     assert!(status.success(), "building {name}.c failed");
     exe
 }
+
+/// Makes a FIFO at `path` (replacing whatever is there).
+pub fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "{path:?}");
+}

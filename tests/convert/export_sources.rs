@@ -4,7 +4,6 @@
 //! readable; under a low open-file limit (a child process, as `ulimit -n` sets it) the same
 //! holds, and a good export is byte-identical to one without the limit.
 
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -48,13 +47,6 @@ fn data_file(dir: &Path, name: &str) -> PathBuf {
     )
 }
 
-fn mkfifo(path: &Path) {
-    let _ = std::fs::remove_file(path);
-    let c = CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid path string.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "{path:?}");
-}
-
 /// Runs `f` in a thread; panics if it has not returned after a long wait (a hang).
 fn without_hanging<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
@@ -78,7 +70,7 @@ const CASES: &[(&str, Damage, &str)] = &[
         "shorter",
     ),
     ("missing", |f| std::fs::remove_file(f).unwrap(), "missing"),
-    ("a FIFO", mkfifo, "FIFO"),
+    ("a FIFO", crate::common::mkfifo, "FIFO"),
     (
         "a link leading out",
         |f| {

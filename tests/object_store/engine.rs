@@ -470,6 +470,45 @@ fn write_shards_with_empty_tensors(dir: &Path) {
 }
 
 #[test]
+fn an_upload_takes_regular_files_only_and_follows_no_link() {
+    let s = S3Server::start();
+    let opts = opts_for(&s.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"not for upload").unwrap();
+    let up = dir.path().join("store");
+    std::fs::create_dir(&up).unwrap();
+    std::fs::write(up.join("a.bin"), b"data").unwrap();
+    let url = s.url("up");
+    // A link to a file or to a directory outside: refused before anything is uploaded.
+    for target in [outside.path().join("secret"), outside.path().to_path_buf()] {
+        let link = up.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = npkio::remote::upload_dir(&up, &url, None, &opts).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("link is not followed"), "{e}");
+        assert_eq!(e.path(), Some(link.as_path()), "{e}");
+        assert!(
+            !npkio::remote::exists(&url, &opts).unwrap(),
+            "something was uploaded"
+        );
+        std::fs::remove_file(&link).unwrap();
+    }
+    // A FIFO, below the directory or named: an error, never a hang.
+    let fifo = up.join("fifo");
+    crate::common::mkfifo(&fifo);
+    let e = npkio::remote::upload_dir(&up, &url, None, &opts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let e = npkio::remote::upload_file(&fifo, &s.url("f"), &opts).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    std::fs::remove_file(&fifo).unwrap();
+    // Regular files only: uploaded.
+    npkio::remote::upload_dir(&up, &url, None, &opts).unwrap();
+    let got = s.client().get("up/a.bin", None).unwrap();
+    assert_eq!((got.status, &got.body[..]), (200, &b"data"[..]));
+}
+
+#[test]
 fn a_numpack_prefix_loads_as_the_local_store_does() {
     let s = S3Server::start();
     let p = Proxy::start(s.addr());
