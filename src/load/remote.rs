@@ -133,13 +133,8 @@ fn open_single(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
 /// two each), checked against each other as a local checkpoint is: every tensor in exactly
 /// the shard the index names, none outside the index, `total_size` right.
 fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
-    let (index, first) = remote.open(path.clone(), url.clone())?;
+    let bytes = remote.read_whole(path.clone(), url.clone(), MAX_INDEX_LEN)?;
     let at = Path::new(&url);
-    let bytes = if first.len() as u64 == index.size() {
-        first
-    } else {
-        index.read_all(MAX_INDEX_LEN)?
-    };
     let text =
         String::from_utf8(bytes).map_err(|_| Error::malformed(at, "index is not valid UTF-8"))?;
     let parsed = parse_index(&text).map_err(|m| Error::malformed(at, m))?;
@@ -273,12 +268,7 @@ fn open_numpack(
                 )
                 .at(at));
             }
-            let (obj, first) = remote.open(l.path.clone(), obj_url)?;
-            let bytes = if first.len() as u64 == obj.size() {
-                first
-            } else {
-                obj.read_all(MAX_SMALL_FILE)?
-            };
+            let bytes = remote.read_whole(l.path.clone(), obj_url, MAX_SMALL_FILE)?;
             std::fs::write(&local, bytes).map_err(|e| Error::io(&local, "writing", e))?;
         }
     }

@@ -250,6 +250,25 @@ impl Remote {
         Ok((obj, first))
     }
 
+    /// The whole object at `path` (a small file: an index, a store's metadata), at most
+    /// `max` bytes: the opening GET, and one more for the rest when the object is longer
+    /// than that GET held.
+    pub(crate) fn read_whole(&self, path: ObjPath, url: String, max: u64) -> Result<Vec<u8>> {
+        let (obj, mut bytes) = self.open(path, url)?;
+        if obj.size > max {
+            return Err(Error::new(
+                ErrorKind::Malformed,
+                format!("{} bytes, more than the {max} npkio reads", obj.size),
+            )
+            .at(&obj.url));
+        }
+        let have = bytes.len();
+        // `obj.size <= max`, a bound npkio chose that fits in memory.
+        bytes.resize(obj.size as usize, 0);
+        obj.read_into(have as u64, &mut [&mut bytes[have..]])?;
+        Ok(bytes)
+    }
+
     /// The object at `path` as a listing described it (no request).
     pub(crate) fn listed(&self, l: Listed, url: String) -> RemoteObject {
         RemoteObject {
@@ -494,20 +513,6 @@ impl RemoteObject {
             return Err(changed(&self.url, &what(), "its modification time differs"));
         }
         Ok(())
-    }
-
-    /// The whole object, at most `max` bytes (an index): one more GET.
-    pub(crate) fn read_all(&self, max: u64) -> Result<Vec<u8>> {
-        if self.size > max {
-            return Err(Error::new(
-                ErrorKind::Malformed,
-                format!("{} bytes, more than the {max} npkio reads", self.size),
-            )
-            .at(&self.url));
-        }
-        let mut v = vec![0u8; self.size as usize];
-        self.read_into(0, &mut [&mut v[..]])?;
-        Ok(v)
     }
 }
 

@@ -178,6 +178,22 @@ fn opening_costs_at_most_two_requests_per_file() {
         got == local_bytes(&sharded_dir(), &reqs),
         "sharded bytes differ"
     );
+
+    // An index longer than the first GET: the rest in one more, no byte fetched twice.
+    p.reset();
+    let index = "sh/model.safetensors.index.json";
+    let len = std::fs::metadata(sharded_dir().join("model.safetensors.index.json"))
+        .unwrap()
+        .len();
+    assert!(len > 64, "{len}");
+    let loader = Loader::open_url(&s.url(index), &opts.clone().header_guess(64)).unwrap();
+    assert_eq!(p.gets_of(index).len(), 2, "{:?}", p.records());
+    assert_eq!(p.bytes_of(index), len, "{:?}", p.gets_of(index));
+    let (got, _) = load(&loader, &reqs, &small()).unwrap();
+    assert!(
+        got == local_bytes(&sharded_dir(), &reqs),
+        "sharded bytes differ"
+    );
 }
 
 #[test]
