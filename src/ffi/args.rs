@@ -142,6 +142,46 @@ impl<T> Out<T> {
     }
 }
 
+/// A caller's array of `count` `T`s for npkio to fill: checked for NULL (when `count > 0`)
+/// and alignment up front, written at the end.
+pub(crate) struct OutArray<T> {
+    p: *mut T,
+    count: usize,
+}
+
+impl<T: Copy> OutArray<T> {
+    /// # Safety
+    ///
+    /// When `count > 0`, `p` must be NULL or point to `count` `T`s writable until
+    /// [`OutArray::set`] and not overlapping npkio's own memory.
+    pub(crate) unsafe fn new(p: *mut T, count: usize, what: &str) -> FfiResult<OutArray<T>> {
+        if count > 0 && p.is_null() {
+            return Err(FfiError::null(what));
+        }
+        if !p.is_aligned() {
+            return Err(FfiError::invalid(format!(
+                "argument `{what}` is not aligned for its type"
+            )));
+        }
+        Ok(OutArray { p, count })
+    }
+
+    /// Writes `values` (at most `count`: the caller checked) to the array's start, without
+    /// reading what was there.
+    pub(crate) fn set(self, values: &[T]) {
+        assert!(
+            values.len() <= self.count,
+            "more values than the array holds"
+        );
+        if values.is_empty() {
+            return;
+        }
+        // SAFETY: checked non-NULL (count > 0) and aligned in `new`, whose caller
+        // guarantees `count >= values.len()` writable `T`s that npkio's cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.p, values.len()) }
+    }
+}
+
 /// An out-parameter the caller may leave NULL.
 ///
 /// # Safety

@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
-use super::args::{optional_out, path_arg, slice_arg, str_arg, Out};
+use super::args::{optional_out, path_arg, slice_arg, str_arg, Out, OutArray};
 use super::dtype::{dtype_arg, NpkioTensorView};
 use super::error::{FfiError, FfiResult, NpkioStatus};
 use super::handle::{c_name, free_handle, handle_ref, into_handle, name_parts, shape_ptr};
@@ -560,17 +560,9 @@ pub unsafe extern "C" fn npkio_load_output_shape(
         if dims.is_empty() {
             return Ok(());
         }
-        if shape.is_null() {
-            return Err(FfiError::null("shape"));
-        }
-        if !shape.is_aligned() {
-            return Err(FfiError::invalid(
-                "argument `shape` is not aligned for its type",
-            ));
-        }
-        // SAFETY: `shape` is not NULL, aligned, and points to `capacity >= dims.len()`
-        // writable u64s (the caller's contract); npkio's vector cannot overlap it.
-        unsafe { std::ptr::copy_nonoverlapping(dims.as_ptr(), shape, dims.len()) };
+        // SAFETY: `shape` points to `capacity >= dims.len()` writable u64s (the caller's
+        // contract).
+        unsafe { OutArray::new(shape, dims.len(), "shape") }?.set(&dims);
         Ok(())
     })
 }

@@ -5,7 +5,7 @@
 
 use std::ffi::c_char;
 
-use super::args::{desc_input, metadata_arg, path_arg, slice_arg, Out};
+use super::args::{desc_input, metadata_arg, path_arg, slice_arg, Out, OutArray};
 use super::convert::{NPKIO_FLAG_DURABLE, NPKIO_FLAG_NO_WAIT};
 use super::dtype::NpkioTensorDesc;
 use super::error::{FfiError, FfiResult, NpkioStatus};
@@ -123,14 +123,8 @@ pub unsafe extern "C" fn npkio_safetensors_header(
                 Out::new(header_len, "header_len")?,
             )
         };
-        if count > 0 && order.is_null() {
-            return Err(FfiError::null("order"));
-        }
-        if !order.is_aligned() {
-            return Err(FfiError::invalid(
-                "argument `order` is not aligned for its type",
-            ));
-        }
+        // SAFETY: the caller's contract above.
+        let order = unsafe { OutArray::new(order, count, "order") }?;
         let plan = safetensors_header(&inputs, metadata.as_deref())?;
         let needed = plan.header.len();
         len_out.set(needed);
@@ -140,18 +134,9 @@ pub unsafe extern "C" fn npkio_safetensors_header(
                 format!("the header takes {needed} bytes; the buffer has {header_capacity}"),
             ));
         }
-        if header.is_null() {
-            return Err(FfiError::null("header"));
-        }
-        // SAFETY: `header` points to `header_capacity >= needed` writable bytes and
-        // `order` (not NULL when count > 0, aligned) to `count` writable `size_t`s, the
-        // caller's contract; npkio's buffers cannot overlap them.
-        unsafe {
-            std::ptr::copy_nonoverlapping(plan.header.as_ptr(), header, needed);
-            for (k, &i) in plan.order.iter().enumerate() {
-                order.add(k).write(i);
-            }
-        }
+        // SAFETY: the caller's contract above (`header_capacity >= needed` bytes).
+        unsafe { OutArray::new(header, needed, "header") }?.set(&plan.header);
+        order.set(&plan.order);
         Ok(())
     })
 }
