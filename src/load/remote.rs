@@ -194,14 +194,7 @@ fn open_index(remote: &Remote, path: ObjPath, url: String) -> Result<Opened> {
                 .array(missing),
         );
     }
-    if let Some(declared) = parsed.total_size {
-        if declared != total {
-            return Err(Error::malformed(
-                at,
-                format!("metadata.total_size is {declared} but the tensors hold {total} bytes"),
-            ));
-        }
-    }
+    parsed.check_total_size(total, at)?;
     Ok(Opened {
         container: Container::ShardedSafeTensors,
         files,

@@ -342,14 +342,7 @@ impl Checkpoint {
                 .array(name.clone()));
             }
         }
-        if let Some(declared) = parsed.total_size {
-            if declared != total {
-                return Err(Error::malformed(
-                    index,
-                    format!("metadata.total_size is {declared} but the tensors hold {total} bytes"),
-                ));
-            }
-        }
+        parsed.check_total_size(total, index)?;
         Ok(Checkpoint {
             path: index.to_path_buf(),
             shards,
@@ -483,6 +476,20 @@ impl Checkpoint {
 pub(crate) struct ParsedIndex {
     pub(crate) total_size: Option<u64>,
     pub(crate) weight_map: BTreeMap<String, String>,
+}
+
+impl ParsedIndex {
+    /// Checks `metadata.total_size`, when the index gives one, against the bytes the
+    /// shards' tensors hold (`index` names the index in the error).
+    pub(crate) fn check_total_size(&self, total: u64, index: &Path) -> Result<()> {
+        match self.total_size {
+            Some(declared) if declared != total => Err(Error::malformed(
+                index,
+                format!("metadata.total_size is {declared} but the tensors hold {total} bytes"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub(crate) fn parse_index(text: &str) -> std::result::Result<ParsedIndex, String> {
