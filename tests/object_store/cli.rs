@@ -88,16 +88,22 @@ fn a_failing_server_is_an_error_naming_the_url_without_the_secret() {
     assert!(!t.contains(SECRET_KEY), "{t}");
 }
 
+/// The model converted to the local NumPack directory `dir/m.npk`, by the command line.
+fn model_store(s: &S3Server, dir: &Path) -> std::path::PathBuf {
+    let npk = dir.join("m.npk");
+    let o = npkio(
+        s,
+        &["convert", model().to_str().unwrap(), npk.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    npk
+}
+
 #[test]
 fn convert_exports_to_object_storage_by_multipart_upload() {
     let s = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let npk = dir.path().join("m.npk");
-    let o = npkio(
-        &s,
-        &["convert", model().to_str().unwrap(), npk.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let npk = model_store(&s, dir.path());
 
     // NumPack to one SafeTensors object, read back whole.
     let url = s.url("out/model.safetensors");
@@ -141,12 +147,7 @@ fn convert_exports_to_object_storage_by_multipart_upload() {
 fn convert_to_a_url_in_use_is_refused_without_force_and_nothing_is_touched() {
     let s = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let npk = dir.path().join("m.npk");
-    let o = npkio(
-        &s,
-        &["convert", model().to_str().unwrap(), npk.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let npk = model_store(&s, dir.path());
 
     // An object of someone else's at the output's name, and one under a prefix.
     s.put("theirs/model.safetensors", b"not ours");
