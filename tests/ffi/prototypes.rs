@@ -551,3 +551,23 @@ fn the_comparison_catches_mismatches() {
         assert!(!bad.is_empty(), "{from} -> {to}: not caught");
     }
 }
+
+/// Python tells a URL from a local path by itself (before anything reaches the library):
+/// its list of schemes must be the library's.
+#[test]
+fn python_url_schemes_are_the_library_s() {
+    let text = read("python/npkio/_lib.py");
+    let start = text
+        .find("URL_SCHEMES = (")
+        .expect("python/npkio/_lib.py defines URL_SCHEMES");
+    let (tuple, _) = balanced(&text, start + "URL_SCHEMES = ".len());
+    let py: Vec<String> = split_top(tuple, ',')
+        .iter()
+        .map(|s| s.trim_matches('"').to_string())
+        .collect();
+    assert_eq!(
+        py,
+        npkio::remote::SCHEMES,
+        "python/npkio/_lib.py URL_SCHEMES"
+    );
+}
