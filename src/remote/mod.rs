@@ -63,7 +63,9 @@ pub const ENABLED: bool = cfg!(feature = "remote");
 pub struct RemoteOptions {
     /// `object_store` configuration pairs (`("aws_endpoint", "http://127.0.0.1:9000")`,
     /// `("aws_access_key_id", ...)`, `("aws_allow_http", "true")`, ...), applied after the
-    /// environment. Values are never printed.
+    /// environment. Values are never printed. A key no kind of store knows is an
+    /// `InvalidArgument` error naming it; a key of another kind of store than the URL's is
+    /// left to that kind (one set of options may serve several).
     pub config: Vec<(String, String)>,
     /// Bytes of the first ranged GET of a SafeTensors object, which usually holds the whole
     /// header (a longer header costs a second GET); 0 means the default, 1 MiB.

@@ -160,6 +160,14 @@ pub(crate) fn connect(url: &str, opts: &RemoteOptions) -> Result<(Remote, ObjPat
             redact(&secrets, &e.to_string())
         ))
     };
+    // A key no kind of store knows is a mistake (a typo would otherwise leave the
+    // environment's or the default setting in force, unseen); a key of another kind of
+    // store is left to the stores it is for, so that one set of options serves all.
+    if let Some((k, _)) = opts.config.iter().find(|(k, _)| !known_key(k)) {
+        return Err(bad(format!(
+            "unknown object_store configuration key {k:?} (RemoteOptions::config)"
+        )));
+    }
     // Each builder: the environment's configuration (or none, for plain HTTP), the URL,
     // then the caller's pairs, the retry policy.
     macro_rules! build {
@@ -202,6 +210,16 @@ pub(crate) fn connect(url: &str, opts: &RemoteOptions) -> Result<(Remote, ObjPat
         },
     };
     Ok((remote, path))
+}
+
+/// Whether some kind of store (S3, GCS, Azure, HTTP) knows the configuration key `k`.
+fn known_key(k: &str) -> bool {
+    use std::str::FromStr;
+    let k = k.to_ascii_lowercase();
+    object_store::aws::AmazonS3ConfigKey::from_str(&k).is_ok()
+        || object_store::gcp::GoogleConfigKey::from_str(&k).is_ok()
+        || object_store::azure::AzureConfigKey::from_str(&k).is_ok()
+        || object_store::ClientConfigKey::from_str(&k).is_ok()
 }
 
 /// `text` with every secret replaced.
@@ -688,6 +706,25 @@ mod tests {
         assert!(is_secret_key("AWS_SESSION_TOKEN"));
         assert!(!is_secret_key("aws_region"));
         assert!(!is_secret_key("aws_endpoint"));
+    }
+
+    #[test]
+    fn an_unknown_configuration_key_is_refused_by_name() {
+        let opts = RemoteOptions::default()
+            .with("aws_region", "us-east-1")
+            .with("google_service_account", "x")
+            .with("aws_endpoit_url", "http://127.0.0.1:1");
+        let e = connect("s3://bucket/m.safetensors", &opts).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("\"aws_endpoit_url\""), "{e}");
+        assert!(!e.to_string().contains("127.0.0.1"), "{e}");
+        // Keys of every kind of store, each applying where it can.
+        let opts = RemoteOptions::default()
+            .with("AWS_REGION", "us-east-1")
+            .with("google_service_account", "x")
+            .with("azure_storage_account_name", "a")
+            .with("allow_http", "true");
+        assert!(connect("s3://bucket/m.safetensors", &opts).is_ok());
     }
 
     #[test]
