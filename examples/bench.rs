@@ -396,9 +396,9 @@ fn child(mut it: impl Iterator<Item = String>) {
                     )
                 })
                 .collect();
-            let inputs: Vec<npkio::TensorInput<'_>> = owned
+            let inputs: Vec<npkio::ArrayInput<'_>> = owned
                 .iter()
-                .map(|(n, d, s, b)| npkio::TensorInput {
+                .map(|(n, d, s, b)| npkio::ArrayInput {
                     name: n,
                     dtype: *d,
                     shape: s,

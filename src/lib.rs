@@ -27,6 +27,21 @@
 //!   `safe_open`: files inside a directory, never followed out; atomic small files;
 //!   `fdlimit`: batches sized from `RLIMIT_NOFILE`).
 //! - `positions`: one hash table of positions, for lookups by name without copying names.
+//! - `progress`: one [`Progress`] callback, `(bytes done, bytes in all)`, for conversions
+//!   and loads alike.
+//!
+//! Tensors are described by kind of question, never twice for one:
+//!
+//! | what | type | holds |
+//! |---|---|---|
+//! | what a file says | [`TensorInfo`] | a SafeTensors header entry: name, dtype, shape, offsets |
+//! | | [`TensorMeta`] | the same in [`get_safetensors_metadata`]'s table (keyed by name), with the shard of a sharded checkpoint |
+//! | | [`ArrayInfo`] | a NumPack array: logical and stored dtype and shape, dropped rows |
+//! | what a load delivers | [`load::LoadTensor`] | a tensor a [`load::Loader`] can read: dtype, logical shape and bytes |
+//! | | [`load::Output`] | what one [`load::Request`] delivers: dtype, sliced shape, bytes |
+//! | bytes, borrowed | [`TensorView`] | name, dtype, shape and bytes borrowed from a mapping |
+//! | | [`Tensor`] | one of [`iter_safetensors`]'s tensors: a view that keeps its file mapped |
+//! | | [`ArrayInput`] | a tensor in the caller's memory, going into a store |
 //!
 //! ```
 //! # fn main() -> npkio::Result<()> {
@@ -65,6 +80,7 @@ pub mod load;
 mod names;
 mod numpack;
 mod positions;
+mod progress;
 mod publish;
 pub mod remote;
 mod safetensors;
@@ -77,18 +93,27 @@ pub use container::Container;
 pub use convert::{
     from_safetensors, from_safetensors_file, from_safetensors_file_with, from_safetensors_with,
     get_safetensors_metadata, iter_safetensors, to_safetensors, to_safetensors_file,
-    to_safetensors_file_with, Options, Progress, SafeTensorsIter, SafeTensorsMetadata, TensorInput,
-    TensorMeta, Tensors, DEFAULT_CHUNK_SIZE,
+    to_safetensors_file_with, Options, SafeTensorsIter, SafeTensorsMetadata, TensorMeta, Tensors,
+    DEFAULT_CHUNK_SIZE,
 };
 pub use copy::CopyMethod;
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
 pub use numpack::{ArrayInfo, ArrayInput, NumPack, Rows};
+pub use progress::Progress;
 pub use safetensors::index::Checkpoint;
 pub use safetensors::{SafeTensorsFile, Tensor, TensorInfo};
 pub use save::{safetensors_header, save_safetensors_file};
 pub use units::parse_size;
 pub use view::TensorView;
+
+/// Another name for [`ArrayInput`], the in-memory tensor [`from_safetensors`] and
+/// [`NumPack::save`] take; kept for existing callers.
+#[deprecated(
+    since = "0.1.0",
+    note = "use `ArrayInput`, the one in-memory tensor type"
+)]
+pub type TensorInput<'a> = ArrayInput<'a>;
 
 /// Building blocks that npkio's own tests, benchmarks and fuzz targets exercise directly:
 /// the copy engine, the NumPack metadata, bitmap and segment codecs, the SafeTensors header

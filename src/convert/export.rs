@@ -7,10 +7,11 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use super::{max_open_files, progress_ref, refuse_overlap, select_arrays, Options};
+use super::{max_open_files, refuse_overlap, select_arrays, Options};
 use crate::copy::{self, Cause, CopyOptions, Extent, Side};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::numpack::NumPack;
+use crate::progress::{copy_progress, CopyProgress, Counter};
 use crate::publish::{self, sharded::ShardedOutput};
 use crate::safetensors::index::{index_json, same_index, shard_file_name, split_into_shards};
 use crate::safetensors::writer::{plan_from_header, PlanInput};
@@ -108,7 +109,9 @@ fn export_store<S: AsRef<str>>(
         names: &names,
         plan: &plan,
     }];
-    copy_arrays(store, &dests, copy_opts, opts)?;
+    let counter = Counter::new(opts.progress.as_ref(), 0, tensor_bytes(store, &names)?);
+    let for_copy = counter.for_copy();
+    copy_arrays(store, &dests, copy_opts, copy_progress(&for_copy))?;
     publish::publish_file(tmp, output, opts.durable)
 }
 
@@ -158,11 +161,20 @@ struct Destination<'a> {
 /// copy, each data file opened by the copy worker that first needs it (checked as every
 /// data file of a store is: `NumPack::open_source`) and closed after its last chunk, at most
 /// the open-file budget of them open at once.
+/// The tensor bytes of arrays `names` of `store`: what exporting them copies.
+fn tensor_bytes(store: &NumPack, names: &[&str]) -> Result<u64> {
+    let mut sum = 0u64;
+    for n in names {
+        sum = sum.saturating_add(store.describe(n)?.nbytes);
+    }
+    Ok(sum)
+}
+
 fn copy_arrays(
     store: &NumPack,
     dests: &[Destination<'_>],
     copy_opts: &CopyOptions,
-    opts: &Options,
+    progress: CopyProgress<'_>,
 ) -> Result<()> {
     // Per source: (array slot, data file of the array). Per extent: its source.
     let mut sources: Vec<(u32, u32)> = Vec::new();
@@ -201,7 +213,7 @@ fn copy_arrays(
     });
     let dst_files: Vec<&File> = dests.iter().map(|d| d.file).collect();
     workers
-        .copy_extents_from(&files, &dst_files, &extents, copy_opts, progress_ref(opts))
+        .copy_extents_from(&files, &dst_files, &extents, copy_opts, progress)
         .map_err(|e| {
             let ext = extents.get(e.extent);
             let source = match e.source {
@@ -353,6 +365,9 @@ fn export_sharded(
     // Held across the write, which takes it again (the lock is re-entrant), so that the
     // no-clobber decision and the write are one step for other writers.
     let _lock = publish::lock_output(output, opts.wait_for_lock)?;
+    let total = sizes.iter().fold(0u64, |sum, &n| sum.saturating_add(n));
+    let counter = Counter::new(opts.progress.as_ref(), 0, total);
+    let for_copy = counter.for_copy();
     if opts.no_clobber && holds_weights(output) {
         return Err(Error::new(
             ErrorKind::AlreadyExists,
@@ -381,7 +396,7 @@ fn export_sharded(
                     plan,
                 })
                 .collect();
-            copy_arrays(store, &dests, &copy_opts, opts)
+            copy_arrays(store, &dests, &copy_opts, copy_progress(&for_copy))
         },
     )
 }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use super::{max_open_files, progress_ref, refuse_overlap, Options};
+use super::{max_open_files, refuse_overlap, Options};
 use crate::copy::{self, Cause, CopyError, Extent, NewFiles, Side};
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
@@ -17,6 +17,7 @@ use crate::numpack::sidecar::{self, Entry, ShardRecord, Sharding, Sidecar};
 use crate::numpack::store::{existing_kind, make_record, needs_entry, ArrayInput, Existing};
 use crate::numpack::{naming, NumPack};
 use crate::positions::Positions;
+use crate::progress::{copy_progress, CopyProgress, Counter};
 use crate::publish::{self, Staging};
 use crate::safetensors::index::Checkpoint;
 use crate::safetensors::reader::Reopener;
@@ -119,7 +120,7 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
         opts,
         arrays,
         Some(source),
-        |batch, dsts| {
+        |batch, dsts, progress| {
             // The shards this batch reads, opened again for it (and checked to be the files
             // validated), closed after it: never more than a batch's worth of descriptors.
             let mut open: Vec<usize> = batch.iter().filter_map(|a| a.shard).collect();
@@ -144,7 +145,7 @@ pub fn from_safetensors_file_with<S: AsRef<str>>(
                 })
                 .collect();
             workers
-                .copy_extents_into(&file_refs, dsts, &extents, &copy_opts, progress_ref(opts))
+                .copy_extents_into(&file_refs, dsts, &extents, &copy_opts, progress)
                 .map_err(|e| {
                     let shard = extents.get(e.extent).map_or(0, |x| open[x.src]);
                     // A failed write is about the output, not the source.
@@ -175,10 +176,6 @@ fn unusual_header(f: &crate::safetensors::SafeTensorsFile) -> Option<String> {
     let same = is_planned_header(f.header_json(), f.tensor_infos(), f.metadata());
     (!same).then(|| f.header_json().to_string())
 }
-
-/// Another name for [`ArrayInput`], the in-memory tensor [`from_safetensors`] and
-/// [`NumPack::save`](crate::NumPack::save) take; kept for existing callers.
-pub type TensorInput<'a> = ArrayInput<'a>;
 
 /// Saves tensors held in memory to a NumPack directory, with the same merge/replace rules
 /// and atomicity as [`from_safetensors_file`].
@@ -223,22 +220,29 @@ pub fn from_safetensors_with(
     let slices: Vec<&[u8]> = tensors.iter().map(|t| t.data).collect();
     let workers =
         copy::Workers::new(copy_opts.threads).ctx(output, "starting the copy threads for")?;
-    import(output, drop_if_exists, opts, arrays, None, |batch, dsts| {
-        let extents: Vec<Extent> = batch
-            .iter()
-            .enumerate()
-            .map(|(d, a)| Extent {
-                src: a.source as usize,
-                src_offset: 0,
-                dst: d,
-                dst_offset: 0,
-                len: a.len,
-            })
-            .collect();
-        workers
-            .copy_from_memory_into(&slices, dsts, &extents, &copy_opts, progress_ref(opts))
-            .map_err(|e| copy_error(e, output, batch.iter().map(|a| &*a.name), None))
-    })
+    import(
+        output,
+        drop_if_exists,
+        opts,
+        arrays,
+        None,
+        |batch, dsts, progress| {
+            let extents: Vec<Extent> = batch
+                .iter()
+                .enumerate()
+                .map(|(d, a)| Extent {
+                    src: a.source as usize,
+                    src_offset: 0,
+                    dst: d,
+                    dst_offset: 0,
+                    len: a.len,
+                })
+                .collect();
+            workers
+                .copy_from_memory_into(&slices, dsts, &extents, &copy_opts, progress)
+                .map_err(|e| copy_error(e, output, batch.iter().map(|a| &*a.name), None))
+        },
+    )
 }
 
 /// A tensor on its way into a NumPack directory (name and shape borrowed from memory, or
@@ -289,7 +293,7 @@ fn import(
     opts: &Options,
     arrays: Vec<NewArray<'_>>,
     source: Option<SourceMeta>,
-    mut copy: impl FnMut(&[NewArray<'_>], &NewFiles<'_>) -> Result<()>,
+    mut copy: impl FnMut(&[NewArray<'_>], &NewFiles<'_>, CopyProgress<'_>) -> Result<()>,
 ) -> Result<()> {
     let _lock = publish::lock_output(output, opts.wait_for_lock)?;
     let existing = match fs::symlink_metadata(output) {
@@ -385,6 +389,10 @@ fn import(
     // Copy, a batch of files at a time. The copy workers create the data files as they reach
     // them, so that creating hundreds of files (serialized by the kernel on the directory)
     // overlaps with copying; files with nothing to copy are created afterwards.
+    let total = arrays.iter().fold(0u64, |sum, a| sum.saturating_add(a.len));
+    let counter = Counter::new(opts.progress.as_ref(), 0, total);
+    let for_copy = counter.for_copy();
+    let progress = copy_progress(&for_copy);
     let mut copy_all = || -> Result<()> {
         for range in batches(&arrays, max_open_files()) {
             let batch = &arrays[range.clone()];
@@ -403,7 +411,7 @@ fn import(
             };
             // A file that cannot be created fails the copy with `create`'s error, unchanged.
             let new_files = NewFiles::with_npkio_errors(batch.len(), create);
-            copy(batch, &new_files)?;
+            copy(batch, &new_files, progress)?;
             for (j, slot) in new_files.into_files().into_iter().enumerate() {
                 let f = match slot {
                     Some(f) => f,

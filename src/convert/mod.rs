@@ -19,17 +19,16 @@ mod read;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::copy::{CopyMethod, CopyOptions};
 use crate::error::{Error, Result};
 use crate::numpack::NumPack;
+use crate::progress::Progress;
 
 pub use crate::copy::DEFAULT_CHUNK_SIZE;
 pub use export::{to_safetensors_file, to_safetensors_file_with};
 pub use import::{
     from_safetensors, from_safetensors_file, from_safetensors_file_with, from_safetensors_with,
-    TensorInput,
 };
 pub use read::{
     get_safetensors_metadata, iter_safetensors, to_safetensors, SafeTensorsIter,
@@ -41,9 +40,6 @@ pub use read::{
 fn max_open_files() -> usize {
     crate::sys::fdlimit::open_file_budget()
 }
-
-/// A progress callback: called with the number of bytes just copied, from any thread.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Knobs shared by the conversions. `Options::default()` (with the `chunk_size` given) is
 /// what the conversion functions without `_with` use.
@@ -65,7 +61,8 @@ pub struct Options {
     /// survives power loss. Off by default: a killed process still leaves a consistent
     /// output, since the kernel keeps what was written.
     pub durable: bool,
-    /// Called as bytes are copied.
+    /// Called as tensor bytes are copied: `(bytes copied so far, bytes to copy in all)`,
+    /// one call at a time (see [`Progress`]).
     pub progress: Option<Progress>,
     /// For exports: write a sharded checkpoint of shards of at most this many tensor bytes
     /// into the output directory, as `save_pretrained` lays it out
@@ -173,11 +170,6 @@ fn refuse_overlap(inputs: &[&Path], output: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The progress callback of `opts` as the copy engine takes it.
-fn progress_ref(opts: &Options) -> Option<&(dyn Fn(u64) + Sync)> {
-    opts.progress.as_deref().map(|p| p as &(dyn Fn(u64) + Sync))
 }
 
 /// The arrays `names` of `store` (all, sorted, when `None`), each once, in the order given;

@@ -75,7 +75,6 @@ mod run;
 mod source;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub use convert::{f16_to_f32, f32_to_bf16, f32_to_f16};
 pub use plan::{REMOTE_ROW_READ, STRIDE_MAX_GAP, STRIDE_ROW_READ};
@@ -180,8 +179,9 @@ pub enum Method {
 }
 
 /// Progress callback: `(bytes delivered so far, bytes to deliver)`, called after each
-/// chunk, one call at a time, from the worker threads.
-pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+/// chunk, one call at a time, from the worker threads. The same type as the conversions'
+/// [`crate::Progress`].
+pub use crate::progress::Progress;
 
 /// A sink: `(request index, byte offset in the request's output, bytes)`. Called from the
 /// worker threads, possibly concurrently and in any order; the bytes are only valid during
@@ -434,10 +434,12 @@ impl Loader {
 
     /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&LoadTensor> {
-        self.opened
-            .by_name
-            .get(name)
-            .map(|&i| &self.opened.tensors[i])
+        self.position(name).map(|i| &self.opened.tensors[i])
+    }
+
+    /// Where the tensor called `name` is in [`Loader::tensors`].
+    pub(crate) fn position(&self, name: &str) -> Option<usize> {
+        self.opened.by_name.get(name).copied()
     }
 
     /// What `req` delivers, or why it is invalid.

@@ -13,6 +13,7 @@ use super::io::{self as lio, Aligned, BLOCK};
 use super::plan::{Kind, Plan, Seg, Task, Unit};
 use super::{LoadOptions, LoadReport, Loader, Method, Request, SinkFn};
 use crate::error::{Error, ErrorKind, Result};
+use crate::progress::Counter;
 
 /// Where tasks deliver.
 pub(crate) enum Target<'a> {
@@ -45,10 +46,8 @@ struct Shared<'a> {
     next: AtomicU64,
     stop: AtomicBool,
     errors: Mutex<Vec<(u64, Error)>>,
-    done: AtomicU64,
-    total: u64,
     direct_bytes: AtomicU64,
-    progress: Mutex<()>,
+    progress: Counter<'a>,
     staging_size: usize,
 }
 
@@ -279,10 +278,8 @@ fn run_window(
         next: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         errors: Mutex::new(Vec::new()),
-        done: AtomicU64::new(*done),
-        total,
         direct_bytes: AtomicU64::new(0),
-        progress: Mutex::new(()),
+        progress: Counter::new(opts.progress.as_ref(), *done, total),
         staging_size,
     };
     if threads == 1 {
@@ -313,7 +310,7 @@ fn run_window(
         });
     }
     *direct_bytes += sh.direct_bytes.load(Ordering::Relaxed);
-    *done = sh.done.load(Ordering::Relaxed);
+    *done = sh.progress.done();
     let mut errors = sh.errors.into_inner().unwrap_or_else(|e| e.into_inner());
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.0);
@@ -390,12 +387,7 @@ fn worker(sh: &Shared<'_>, w: usize) {
             return;
         }
         let out = task.out_len();
-        let done = sh.done.fetch_add(out, Ordering::Relaxed) + out;
-        if let Some(p) = &sh.opts.progress {
-            // One call at a time, so C callbacks need not be thread-safe.
-            let _g = sh.progress.lock().unwrap_or_else(|e| e.into_inner());
-            p(done, sh.total);
-        }
+        sh.progress.add(out);
     }
 }
 

@@ -187,10 +187,10 @@ pub fn lib_dir() -> PathBuf {
 /// `drop_if_exists`.
 pub fn write_npk(path: &Path, t: &Tensors, drop_if_exists: bool) -> npkio::Result<()> {
     let shapes: Vec<[u64; 1]> = t.values().map(|v| [v.len() as u64]).collect();
-    let inputs: Vec<npkio::TensorInput<'_>> = t
+    let inputs: Vec<npkio::ArrayInput<'_>> = t
         .iter()
         .zip(&shapes)
-        .map(|((name, data), shape)| npkio::TensorInput {
+        .map(|((name, data), shape)| npkio::ArrayInput {
             name,
             dtype: npkio::DType::U8,
             shape,

@@ -8,6 +8,7 @@ mod common;
 mod copy_engine;
 mod export_sources;
 mod header_only;
+mod progress;
 mod roundtrip_props;
 mod safetensors_fixtures;
 mod scale;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
-use npkio::{DType, NumPack, Options, TensorInput};
+use npkio::{ArrayInput, DType, NumPack, Options};
 
 use crate::common;
 
@@ -50,7 +50,7 @@ fn options(threads: usize) -> (Options, Arc<Mutex<HashSet<ThreadId>>>) {
     let main = std::thread::current().id();
     let mut opts = Options::default();
     opts.threads = threads;
-    opts.progress = Some(Arc::new(move |_| {
+    opts.progress = Some(Arc::new(move |_, _| {
         let t = std::thread::current();
         if t.id() != main {
             let name = t.name().unwrap_or_default();
@@ -107,9 +107,9 @@ fn twenty_thousand_tensors_from_memory_on_one_thread_stay_on_the_callers_thread(
     let back = dir.path().join("back.safetensors");
     let ts = tensors();
     write_checkpoint(&src, &ts);
-    let inputs: Vec<TensorInput<'_>> = ts
+    let inputs: Vec<ArrayInput<'_>> = ts
         .iter()
-        .map(|(n, s, b)| TensorInput {
+        .map(|(n, s, b)| ArrayInput {
             name: n,
             dtype: DType::BF16,
             shape: s,

@@ -236,9 +236,9 @@ fn readers_of_a_checkpoint_being_exported_again_never_see_a_mix() {
         .iter()
         .map(|&v| {
             let data = vec![v; 4096];
-            let inputs: Vec<npkio::TensorInput> = names
+            let inputs: Vec<npkio::ArrayInput> = names
                 .iter()
-                .map(|n| npkio::TensorInput {
+                .map(|n| npkio::ArrayInput {
                     name: n,
                     dtype: npkio::DType::U8,
                     shape: &[4096],

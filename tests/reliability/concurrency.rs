@@ -404,7 +404,7 @@ fn a_child_forked_during_a_conversion_does_not_keep_the_directory_locked() {
     opts.chunk_size = 64 << 10;
     opts.progress = Some(Arc::new({
         let forked = forked.clone();
-        move |_| {
+        move |_, _| {
             if forked
                 .compare_exchange(0, -1, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()

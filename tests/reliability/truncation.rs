@@ -16,7 +16,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 
 use crate::common::contents::*;
@@ -69,12 +68,11 @@ fn child_entry() {
     let (dir, src, out) = (p[0], p[1], p[2]);
     let total: u64 = p[4].parse().unwrap();
     let pause_at = pause_at(dir, total);
-    let copied = Arc::new(AtomicU64::new(0));
     let pause = Arc::new(Once::new());
     let progress = {
-        let (copied, pause) = (copied.clone(), pause.clone());
-        move |n: u64| {
-            if copied.fetch_add(n, Ordering::SeqCst) + n >= pause_at {
+        let pause = pause.clone();
+        move |copied: u64, _total: u64| {
+            if copied >= pause_at {
                 // Every worker that gets here waits until the parent has truncated.
                 pause.call_once(|| {
                     println!("PAUSED");

@@ -38,10 +38,10 @@ impl Progress {
         }
     }
 
-    /// The callback for `Options::progress`: advances the bar by the bytes just copied.
-    pub fn callback(&self) -> Option<Arc<dyn Fn(u64) + Send + Sync>> {
+    /// The callback for `Options::progress`: moves the bar to the bytes copied so far.
+    pub fn callback(&self) -> Option<npkio::Progress> {
         let bar = self.bar.clone()?;
-        Some(Arc::new(move |n| bar.inc(n)))
+        Some(Arc::new(move |done, _total| bar.set_position(done)))
     }
 
     /// Advances the bar by `n` bytes.
