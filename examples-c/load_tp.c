@@ -79,7 +79,7 @@ int main(int argc, char **argv)
         size_t len[2], n, m, e;
         int rows_ok, cols_ok;
 
-        CHECK(npkio_load_tensor(loader, i, &t));
+        CHECK(npkio_load_get(loader, i, &t));
         if (t.ndim != 2) {
             continue;
         }
@@ -119,7 +119,7 @@ int main(int argc, char **argv)
         size_t need = 0, k;
         int named, untouched;
 
-        CHECK(npkio_load_tensor(loader, 0, &t));
+        CHECK(npkio_load_get(loader, 0, &t));
         memset(req, 0, sizeof req);
         req[0].name = t.name;
         req[0].slice = NPKIO_LOAD_RANGE;

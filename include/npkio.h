@@ -23,6 +23,16 @@
  * - Functions taking a const handle may run concurrently on the same handle; functions
  *   taking a non-const handle need it to themselves.
  * - A panic inside npkio is caught and returned as NPKIO_STATUS_PANIC.
+ * - Lists: a handle holding tensors (npkio_safetensors_*, npkio_tensors_*, npkio_load_*)
+ *   has _count, _get (by position; NPKIO_STATUS_INDEX_OUT_OF_RANGE past the end) and
+ *   _find (by name, also giving the position; NPKIO_STATUS_KEY_NOT_FOUND). A NumPack
+ *   store, whose changes renumber its arrays, lists names (_count, _name) and describes
+ *   an array by name (_info, _view). A *_json function gives a whole table in one call,
+ *   for bindings that parse JSON.
+ * - Options: the conversions take the API's parameters in the API's order, as Rust and
+ *   Python do, with NPKIO_FLAG_* bits for the rest; other options come in a struct whose
+ *   first field, struct_size, its _init function fills (NpkioLoadOptions), so that a
+ *   header and a library of different versions agree on what was passed.
  */
 
 #ifndef NPKIO_H
@@ -1583,16 +1593,43 @@ NpkioStatus npkio_load_count(const struct NpkioLoader *loader,
 /**
  * Describes the `index`-th tensor (checkpoint order) in `*view`: name, dtype, shape and
  * `nbytes`; `data` is NULL (a loader hands out no mapped bytes). The pointers stay valid
- * until the handle is freed.
+ * until the handle is freed. `NPKIO_STATUS_INDEX_OUT_OF_RANGE` past the last tensor.
  *
  * # Safety
  *
  * `loader` must be NULL or a live handle; `view` must be NULL or point to a writable
  * `NpkioTensorView`.
  */
+NpkioStatus npkio_load_get(const struct NpkioLoader *loader,
+                           size_t index,
+                           struct NpkioTensorView *view);
+
+/**
+ * The same as `npkio_load_get`, under the name it had first; kept for existing callers.
+ *
+ * # Safety
+ *
+ * As `npkio_load_get`.
+ */
 NpkioStatus npkio_load_tensor(const struct NpkioLoader *loader,
                               size_t index,
                               struct NpkioTensorView *view);
+
+/**
+ * Describes the tensor called `name` (exact, case-sensitive UTF-8) in `*view`, as
+ * `npkio_load_get` does, and writes its position to `*index` when `index` is not NULL:
+ * the position `npkio_load_tensor_file_offset` takes. `NPKIO_STATUS_KEY_NOT_FOUND` when
+ * there is none.
+ *
+ * # Safety
+ *
+ * `loader` must be NULL or a live handle; `name` NULL or a NUL-terminated string; `view`
+ * NULL or writable; `index` NULL or a writable `size_t`.
+ */
+NpkioStatus npkio_load_find(const struct NpkioLoader *loader,
+                            const char *name,
+                            struct NpkioTensorView *view,
+                            size_t *index);
 
 /**
  * Writes to `*offset` where the `index`-th tensor's bytes start in their file, when they

@@ -301,7 +301,8 @@ class LoadReport(ctypes.Structure):
 _proto("npkio_load_open", _status, c_char_p, _out_handle)
 _proto("npkio_load_free", None, _handle)
 _proto("npkio_load_count", _status, _handle, POINTER(c_size_t))
-_proto("npkio_load_tensor", _status, _handle, c_size_t, POINTER(TensorView))
+_proto("npkio_load_get", _status, _handle, c_size_t, POINTER(TensorView))
+_proto("npkio_load_find", _status, _handle, c_char_p, POINTER(TensorView), POINTER(c_size_t))
 _proto("npkio_load_options_init", _status, POINTER(LoadOptions), c_size_t)
 _proto("npkio_load_output_size", _status, _handle, POINTER(LoadRequest), POINTER(c_size_t))
 _proto("npkio_load_output_shape", _status, _handle, POINTER(LoadRequest), POINTER(c_uint64), c_size_t,

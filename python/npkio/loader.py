@@ -137,7 +137,7 @@ class _Loader:
         self.tensors: Dict[str, _Tensor] = {}
         v = TensorView()
         for i in range(n.value):
-            check(lib.npkio_load_tensor(self.handle.ptr, i, ctypes.byref(v)))
+            check(lib.npkio_load_get(self.handle.ptr, i, ctypes.byref(v)))
             name = take_str(v.name, v.name_len)
             shape = tuple(int(v.shape[k]) for k in range(v.ndim))
             self.tensors[name] = _Tensor(_BY_NUMBER[v.dtype], shape)

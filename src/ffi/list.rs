@@ -73,8 +73,8 @@ pub(crate) unsafe fn count<H: Handle>(
     })
 }
 
-/// Fills `*view` with tensor `index`: the body of `npkio_safetensors_get` and
-/// `npkio_tensors_get`.
+/// Fills `*view` with tensor `index`: the body of `npkio_safetensors_get`,
+/// `npkio_tensors_get` and `npkio_load_get`.
 ///
 /// # Safety
 ///
@@ -93,7 +93,8 @@ pub(crate) unsafe fn get<L: TensorList>(
 }
 
 /// Fills `*view` with the tensor called `name` and `*index`, when `index` is not NULL,
-/// with its position: the body of `npkio_safetensors_find` and `npkio_tensors_find`.
+/// with its position: the body of `npkio_safetensors_find`, `npkio_tensors_find` and
+/// `npkio_load_find`.
 ///
 /// # Safety
 ///

@@ -8,14 +8,18 @@
 //! names every invalid request.
 
 use std::ffi::{c_char, c_void};
+use std::path::Path;
 use std::sync::Arc;
 
 use super::args::{optional_out, path_arg, slice_arg, str_arg, Out, OutArray};
 use super::dtype::{dtype_arg, NpkioTensorView};
 use super::error::{FfiError, FfiResult, NpkioStatus};
-use super::handle::{c_name, free_handle, handle_ref, into_handle, name_parts, shape_ptr};
+use super::handle::{c_name, free_handle, handle_ref, into_handle, name_parts, shape_ptr, Handle};
+use super::list::{self, TensorList};
 use super::panic::status_boundary;
+use crate::error::{Error, ErrorKind};
 use crate::load::{LoadOptions, LoadReport, Loader, Method, Request};
+use crate::names::list_names;
 
 /// `NpkioLoadRequest.slice`: the whole tensor (`dim`, `start`, `end` are ignored).
 pub const NPKIO_LOAD_WHOLE: u32 = 0;
@@ -44,16 +48,43 @@ pub struct NpkioLoader {
     names: Vec<Box<[u8]>>,
 }
 
-impl NpkioLoader {
-    /// The `index`-th tensor, `IndexOutOfRange` past the last.
-    fn tensor(&self, index: usize) -> FfiResult<&crate::load::LoadTensor> {
-        self.loader.tensors().get(index).ok_or_else(|| {
-            FfiError::new(
-                NpkioStatus::IndexOutOfRange,
-                format!(
-                    "tensor index {index} is out of range ({} tensors)",
-                    self.names.len()
-                ),
+impl Handle for NpkioLoader {
+    const ARG: &'static str = "loader";
+}
+
+impl TensorList for NpkioLoader {
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    fn path(&self) -> &Path {
+        self.loader.path()
+    }
+
+    fn view(&self, i: usize) -> FfiResult<NpkioTensorView> {
+        let t = &self.loader.tensors()[i];
+        let (name, name_len) = name_parts(&self.names[i]);
+        Ok(NpkioTensorView {
+            name,
+            name_len,
+            dtype: t.dtype.into(),
+            ndim: t.shape.len(),
+            shape: shape_ptr(&t.shape),
+            data: std::ptr::null(),
+            nbytes: t.nbytes as usize,
+        })
+    }
+
+    fn position(&self, name: &str) -> FfiResult<usize> {
+        self.loader.position(name).ok_or_else(|| {
+            let names: Vec<&str> = self.loader.tensors().iter().map(|t| &*t.name).collect();
+            FfiError::from(
+                Error::new(
+                    ErrorKind::KeyNotFound,
+                    format!("no such tensor (tensors: {})", list_names(&names)),
+                )
+                .at(self.loader.path())
+                .array(name),
             )
         })
     }
@@ -366,44 +397,61 @@ pub unsafe extern "C" fn npkio_load_count(
     loader: *const NpkioLoader,
     count: *mut usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above.
-        let (l, count) = unsafe { (handle_ref(loader, "loader")?, Out::new(count, "count")?) };
-        count.set(l.loader.tensors().len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::count(loader, count, TensorList::len) }
 }
 
 /// Describes the `index`-th tensor (checkpoint order) in `*view`: name, dtype, shape and
 /// `nbytes`; `data` is NULL (a loader hands out no mapped bytes). The pointers stay valid
-/// until the handle is freed.
+/// until the handle is freed. `NPKIO_STATUS_INDEX_OUT_OF_RANGE` past the last tensor.
 ///
 /// # Safety
 ///
 /// `loader` must be NULL or a live handle; `view` must be NULL or point to a writable
 /// `NpkioTensorView`.
 #[no_mangle]
+pub unsafe extern "C" fn npkio_load_get(
+    loader: *const NpkioLoader,
+    index: usize,
+    view: *mut NpkioTensorView,
+) -> NpkioStatus {
+    // SAFETY: the caller's contract above.
+    unsafe { list::get(loader, index, view) }
+}
+
+/// The same as `npkio_load_get`, under the name it had first; kept for existing callers.
+///
+/// # Safety
+///
+/// As `npkio_load_get`.
+#[no_mangle]
 pub unsafe extern "C" fn npkio_load_tensor(
     loader: *const NpkioLoader,
     index: usize,
     view: *mut NpkioTensorView,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        // SAFETY: the caller's contract above.
-        let (l, view) = unsafe { (handle_ref(loader, "loader")?, Out::new(view, "view")?) };
-        let t = l.tensor(index)?;
-        let (name, name_len) = name_parts(&l.names[index]);
-        view.set(NpkioTensorView {
-            name,
-            name_len,
-            dtype: t.dtype.into(),
-            ndim: t.shape.len(),
-            shape: shape_ptr(&t.shape),
-            data: std::ptr::null(),
-            nbytes: t.nbytes as usize,
-        });
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    unsafe { list::get(loader, index, view) }
+}
+
+/// Describes the tensor called `name` (exact, case-sensitive UTF-8) in `*view`, as
+/// `npkio_load_get` does, and writes its position to `*index` when `index` is not NULL:
+/// the position `npkio_load_tensor_file_offset` takes. `NPKIO_STATUS_KEY_NOT_FOUND` when
+/// there is none.
+///
+/// # Safety
+///
+/// `loader` must be NULL or a live handle; `name` NULL or a NUL-terminated string; `view`
+/// NULL or writable; `index` NULL or a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_load_find(
+    loader: *const NpkioLoader,
+    name: *const c_char,
+    view: *mut NpkioTensorView,
+    index: *mut usize,
+) -> NpkioStatus {
+    // SAFETY: the caller's contract above.
+    unsafe { list::find(loader, name, view, index) }
 }
 
 /// Writes to `*offset` where the `index`-th tensor's bytes start in their file, when they
@@ -428,7 +476,7 @@ pub unsafe extern "C" fn npkio_load_tensor_file_offset(
     status_boundary(|| {
         // SAFETY: the caller's contract above.
         let (l, out) = unsafe { (handle_ref(loader, "loader")?, Out::new(offset, "offset")?) };
-        let t = l.tensor(index)?;
+        let t = &l.loader.tensors()[l.check_index(index)?];
         let off = t.file_offset().ok_or_else(|| {
             FfiError::new(
                 NpkioStatus::Unsupported,

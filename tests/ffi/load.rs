@@ -368,7 +368,7 @@ fn tensors_are_listed_with_their_shapes() {
     let mut v = std::mem::MaybeUninit::<NpkioTensorView>::uninit();
     // SAFETY: valid out-pointer.
     assert_eq!(
-        unsafe { npkio_load_tensor(l, 0, v.as_mut_ptr()) },
+        unsafe { npkio_load_get(l, 0, v.as_mut_ptr()) },
         NpkioStatus::Ok
     );
     // SAFETY: written on success.
@@ -377,9 +377,70 @@ fn tensors_are_listed_with_their_shapes() {
     let mut v2 = std::mem::MaybeUninit::<NpkioTensorView>::uninit();
     // SAFETY: valid out-pointer.
     assert_eq!(
-        unsafe { npkio_load_tensor(l, 21, v2.as_mut_ptr()) },
+        unsafe { npkio_load_get(l, 21, v2.as_mut_ptr()) },
         NpkioStatus::IndexOutOfRange
     );
+    // SAFETY: live handle, freed once.
+    unsafe { npkio_load_free(l) };
+}
+
+/// The loader lists as the other handles do: `_count`, `_get` by position and `_find` by
+/// name, with the same statuses; `npkio_load_tensor`, its first name, is `_get`.
+#[test]
+fn tensors_are_found_by_name_as_in_every_other_list() {
+    let l = open();
+    let view = |f: &dyn Fn(*mut NpkioTensorView) -> NpkioStatus| {
+        let mut v = std::mem::MaybeUninit::<NpkioTensorView>::uninit();
+        let status = f(v.as_mut_ptr());
+        // SAFETY: written on success.
+        (status == NpkioStatus::Ok).then(|| unsafe { v.assume_init() })
+    };
+    let describe = |v: &NpkioTensorView| {
+        // SAFETY: the view's pointers are the live handle's; `shape` has `ndim` entries.
+        unsafe {
+            (
+                CStr::from_ptr(v.name).to_owned(),
+                v.name_len,
+                v.dtype,
+                std::slice::from_raw_parts(v.shape, v.ndim).to_vec(),
+                v.nbytes,
+                v.data.is_null(),
+            )
+        }
+    };
+    for i in 0..21 {
+        // SAFETY: live handle, valid out-pointers, NUL-terminated names.
+        let got = view(&|v| unsafe { npkio_load_get(l, i, v) }).unwrap();
+        let old = view(&|v| unsafe { npkio_load_tensor(l, i, v) }).unwrap();
+        let name = describe(&got).0;
+        let index = std::cell::Cell::new(usize::MAX);
+        let found =
+            view(&|v| unsafe { npkio_load_find(l, name.as_ptr(), v, index.as_ptr()) }).unwrap();
+        assert_eq!(index.get(), i, "{name:?}");
+        assert_eq!(describe(&found), describe(&got), "{name:?}");
+        assert_eq!(describe(&old), describe(&got), "{name:?}");
+        // The index is optional.
+        let found =
+            view(&|v| unsafe { npkio_load_find(l, name.as_ptr(), v, std::ptr::null_mut()) });
+        assert!(found.is_some(), "{name:?}");
+    }
+    let mut v = std::mem::MaybeUninit::<NpkioTensorView>::uninit();
+    let mut index = 7usize;
+    // SAFETY: live handle, valid out-pointers.
+    let s = unsafe { npkio_load_find(l, c"lm_head.weigh".as_ptr(), v.as_mut_ptr(), &mut index) };
+    assert_eq!(s, NpkioStatus::KeyNotFound);
+    let msg = crate::common::last_message();
+    assert!(
+        msg.contains("lm_head.weigh") && msg.contains("tiny-llama.safetensors"),
+        "{msg}"
+    );
+    assert_eq!(index, 7, "nothing written on failure");
+    // SAFETY: NULL name.
+    let s = unsafe { npkio_load_find(l, std::ptr::null(), v.as_mut_ptr(), &mut index) };
+    assert_eq!(s, NpkioStatus::NullArgument);
+    // SAFETY: NULL handle.
+    let s = unsafe { npkio_load_find(std::ptr::null(), c"x".as_ptr(), v.as_mut_ptr(), &mut index) };
+    assert_eq!(s, NpkioStatus::NullArgument);
     // SAFETY: live handle, freed once.
     unsafe { npkio_load_free(l) };
 }
@@ -418,7 +479,7 @@ fn file_offsets_are_where_the_tensors_start() {
         let mut v = std::mem::MaybeUninit::<NpkioTensorView>::uninit();
         // SAFETY: valid out-pointer.
         assert_eq!(
-            unsafe { npkio_load_tensor(l, i, v.as_mut_ptr()) },
+            unsafe { npkio_load_get(l, i, v.as_mut_ptr()) },
             NpkioStatus::Ok
         );
         // SAFETY: written on success; the name is a C string.
