@@ -29,10 +29,13 @@
  *   store, whose changes renumber its arrays, lists names (_count, _name) and describes
  *   an array by name (_info, _view). A *_json function gives a whole table in one call,
  *   for bindings that parse JSON.
- * - Options: the conversions take the API's parameters in the API's order, as Rust and
- *   Python do, with NPKIO_FLAG_* bits for the rest; other options come in a struct whose
- *   first field, struct_size, its _init function fills (NpkioLoadOptions), so that a
- *   header and a library of different versions agree on what was passed.
+ * - Options: knobs come in a struct whose first field, struct_size, its _init function
+ *   fills with the defaults (npkio_load_options_init, npkio_convert_options_init), so
+ *   that a header and a library of different versions agree on what was passed; NULL
+ *   means the defaults. The conversions take the API's parameters in the API's order, as
+ *   Rust and Python do: their _with form takes an NpkioConvertOptions, as Rust's takes an
+ *   Options; the first form, kept for the callers it has, takes chunk_size, threads and
+ *   NPKIO_FLAG_* bits as plain arguments.
  */
 
 #ifndef NPKIO_H
@@ -80,6 +83,33 @@
  * `drop_if_exists` instead and ignore this flag.
  */
 #define NPKIO_FLAG_NO_CLOBBER 4
+
+/**
+ * `NpkioConvertOptions.method`: the fastest method measured (`pread` into a page-aligned
+ * buffer, then `pwrite`).
+ */
+#define NPKIO_COPY_AUTO 0
+
+/**
+ * `NpkioConvertOptions.method`: `pread` into a page-aligned buffer, then `pwrite`.
+ */
+#define NPKIO_COPY_READ_WRITE 1
+
+/**
+ * `NpkioConvertOptions.method`: Linux `copy_file_range` (may share blocks on filesystems
+ * that can), `pread`/`pwrite` where it is refused.
+ */
+#define NPKIO_COPY_COPY_FILE_RANGE 2
+
+/**
+ * `NpkioConvertOptions.method`: map a window of the destination and `pread` into it.
+ */
+#define NPKIO_COPY_MMAP 3
+
+/**
+ * `NpkioConvertOptions.method`: map a window of the source and `pwrite` from it.
+ */
+#define NPKIO_COPY_MMAP_SOURCE 4
 
 /**
  * `NpkioLoadRequest.slice`: the whole tensor (`dim`, `start`, `end` are ignored).
@@ -280,6 +310,60 @@ typedef struct NpkioSafetensorsIter NpkioSafetensorsIter;
 typedef struct NpkioTensors NpkioTensors;
 
 /**
+ * Called after each chunk with the bytes done so far and the bytes to do in all, from
+ * npkio's worker threads, one call at a time, `done` never going back.
+ */
+typedef void (*NpkioProgress)(void *user,
+                              uint64_t done,
+                              uint64_t total);
+
+/**
+ * How to convert, for the `_with` conversions. Fill with
+ * `npkio_convert_options_init(&options, sizeof options)`, then change what you need.
+ *
+ * Later versions of npkio add fields at the end only. `struct_size` says how many bytes of
+ * the struct the caller's header declared: a library reads no further, and gives the
+ * defaults to fields a caller's struct does not have.
+ */
+typedef struct NpkioConvertOptions {
+    /**
+     * `sizeof(NpkioConvertOptions)` as the caller's header declares it, or less when the
+     * library is older than the header (set by `npkio_convert_options_init`).
+     */
+    size_t struct_size;
+    /**
+     * Largest piece copied at once, in bytes; 0 means `NPKIO_DEFAULT_CHUNK_SIZE`.
+     */
+    size_t chunk_size;
+    /**
+     * Copy threads; 0 lets npkio choose.
+     */
+    uint32_t threads;
+    /**
+     * `NPKIO_FLAG_*` bits; unknown bits are `NPKIO_STATUS_INVALID_ARGUMENT`.
+     */
+    uint32_t flags;
+    /**
+     * An `NPKIO_COPY_*` method.
+     */
+    uint32_t method;
+    /**
+     * Exports: write a sharded checkpoint of shards of at most this many tensor bytes into
+     * the output directory, as `npkio_to_safetensors_file_sharded` does; 0 writes one file.
+     */
+    uint64_t max_shard_size;
+    /**
+     * Optional progress callback (NULL for none): tensor bytes copied so far, and to copy
+     * in all.
+     */
+    NpkioProgress progress;
+    /**
+     * Passed to `progress` as is.
+     */
+    void *progress_user;
+} NpkioConvertOptions;
+
+/**
  * A tensor handed to npkio (`npkio_from_safetensors`, `npkio_numpack_save`). npkio reads
  * it during the call only and keeps no pointer to it.
  */
@@ -452,14 +536,6 @@ typedef struct NpkioRows {
 } NpkioRows;
 
 /**
- * Called after each chunk with the bytes delivered so far and the total, from npkio's
- * worker threads, one call at a time.
- */
-typedef void (*NpkioLoadProgress)(void *user,
-                                  uint64_t done,
-                                  uint64_t total);
-
-/**
  * How to load. Fill with `npkio_load_options_init(&options, sizeof options)`, then change
  * what you need.
  *
@@ -492,7 +568,7 @@ typedef struct NpkioLoadOptions {
     /**
      * Optional progress callback (NULL for none).
      */
-    NpkioLoadProgress progress;
+    NpkioProgress progress;
     /**
      * Passed to `progress` as is.
      */
@@ -593,6 +669,11 @@ typedef int32_t (*NpkioLoadSink)(void *user,
                                  const uint8_t *data,
                                  size_t len);
 
+/**
+ * `NpkioProgress` under the name it had first; kept for existing callers.
+ */
+typedef NpkioProgress NpkioLoadProgress;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -602,6 +683,20 @@ extern "C" {
  * is static: never free it.
  */
 const char *npkio_version(void);
+
+/**
+ * Fills the `size` bytes at `options` (pass `sizeof options`) with the defaults: 8 MiB
+ * chunks, threads 0 (npkio chooses), no flags, `NPKIO_COPY_AUTO`, one output file, no
+ * progress callback; `struct_size` becomes the bytes it knows of (`size`, or its own size
+ * when `size` is larger: a header newer than the library). A `size` below the first
+ * version's struct is `NPKIO_STATUS_INVALID_ARGUMENT`, and nothing is written.
+ *
+ * # Safety
+ *
+ * `options` must be NULL or point to `size` writable bytes.
+ */
+NpkioStatus npkio_convert_options_init(struct NpkioConvertOptions *options,
+                                       size_t size);
 
 /**
  * Converts the SafeTensors file `input_path` to the NumPack directory `output_path`,
@@ -627,6 +722,22 @@ NpkioStatus npkio_from_safetensors_file(const char *input_path,
                                         size_t chunk_size,
                                         size_t threads,
                                         uint32_t flags);
+
+/**
+ * `npkio_from_safetensors_file` with its knobs in `options` (NULL: the defaults of
+ * `npkio_convert_options_init`); `options.max_shard_size` is for exports and ignored here.
+ *
+ * # Safety
+ *
+ * As `npkio_from_safetensors_file`; `options` NULL or an `NpkioConvertOptions` filled by
+ * `npkio_convert_options_init`.
+ */
+NpkioStatus npkio_from_safetensors_file_with(const char *input_path,
+                                             const char *output_path,
+                                             const char *const *keys,
+                                             size_t keys_count,
+                                             bool drop_if_exists,
+                                             const struct NpkioConvertOptions *options);
 
 /**
  * Exports arrays of the NumPack directory `input_path` to the SafeTensors file
@@ -681,6 +792,26 @@ NpkioStatus npkio_to_safetensors_file_sharded(const char *input_path,
                                               uint32_t flags);
 
 /**
+ * `npkio_to_safetensors_file` with its knobs in `options` (NULL: the defaults of
+ * `npkio_convert_options_init`). With `options.max_shard_size` above 0 it writes a
+ * sharded checkpoint into the directory `output_path`, as
+ * `npkio_to_safetensors_file_sharded` does.
+ *
+ * # Safety
+ *
+ * As `npkio_to_safetensors_file`; `options` NULL or an `NpkioConvertOptions` filled by
+ * `npkio_convert_options_init`.
+ */
+NpkioStatus npkio_to_safetensors_file_with(const char *input_path,
+                                           const char *output_path,
+                                           const char *const *array_names,
+                                           size_t names_count,
+                                           const char *const *metadata_keys,
+                                           const char *const *metadata_values,
+                                           size_t metadata_count,
+                                           const struct NpkioConvertOptions *options);
+
+/**
  * Saves `count` tensors held in the caller's memory to the NumPack directory
  * `output_path`, with the merge/replace rules and atomicity of
  * `npkio_from_safetensors_file`. npkio reads the tensors during the call only and keeps
@@ -698,6 +829,21 @@ NpkioStatus npkio_from_safetensors(const struct NpkioTensorDesc *tensors,
                                    size_t chunk_size,
                                    size_t threads,
                                    uint32_t flags);
+
+/**
+ * `npkio_from_safetensors` with its knobs in `options` (NULL: the defaults of
+ * `npkio_convert_options_init`); `options.max_shard_size` is for exports and ignored here.
+ *
+ * # Safety
+ *
+ * As `npkio_from_safetensors`; `options` NULL or an `NpkioConvertOptions` filled by
+ * `npkio_convert_options_init`.
+ */
+NpkioStatus npkio_from_safetensors_with(const struct NpkioTensorDesc *tensors,
+                                        size_t count,
+                                        const char *output_path,
+                                        bool drop_if_exists,
+                                        const struct NpkioConvertOptions *options);
 
 /**
  * The name of a dtype number: its SafeTensors name (`"F32"`, `"BF16"`), or `"complex128"`

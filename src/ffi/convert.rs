@@ -3,20 +3,23 @@
 //! Reading NumPack arrays as tensors is `npkio_to_safetensors` in `tensors.rs`; reading
 //! a SafeTensors file's description or iterating over its tensors is in `safetensors.rs`.
 //!
-//! Each takes the streaming knobs as plain arguments: `chunk_size` (bytes copied at once;
-//! 0 is `NPKIO_STATUS_INVALID_ARGUMENT`, `NPKIO_DEFAULT_CHUNK_SIZE` is the default),
-//! `threads` (copy threads, 0 picks the default) and `flags` (`NPKIO_FLAG_*` bits; unknown
-//! bits are `NPKIO_STATUS_INVALID_ARGUMENT`).
-
-use std::ffi::c_char;
+//! Each comes in two forms with the API's parameters in the API's order. The first takes
+//! the streaming knobs as plain arguments: `chunk_size` (bytes copied at once; 0 is
+//! `NPKIO_STATUS_INVALID_ARGUMENT`, `NPKIO_DEFAULT_CHUNK_SIZE` is the default), `threads`
+//! (copy threads, 0 picks the default) and `flags` (`NPKIO_FLAG_*` bits; unknown bits are
+//! `NPKIO_STATUS_INVALID_ARGUMENT`). The `_with` form, as in Rust, takes them and the rest
+//! (copy method, sharding, a progress callback) in an `NpkioConvertOptions`.
+use std::ffi::{c_char, c_void};
 
 use super::args::{desc_input, metadata_arg, path_arg, slice_arg, str_list_arg};
 use super::dtype::NpkioTensorDesc;
 use super::error::{FfiError, FfiResult, NpkioStatus};
+use super::options::{self, NpkioProgress, SizedOptions};
 use super::panic::status_boundary;
 use crate::convert::{
     from_safetensors_file_with, from_safetensors_with, to_safetensors_file_with, Options,
 };
+use crate::copy::CopyMethod;
 
 /// The default `chunk_size`: 8 MiB.
 pub const NPKIO_DEFAULT_CHUNK_SIZE: usize = 8388608;
@@ -40,21 +43,142 @@ pub const NPKIO_FLAG_NO_CLOBBER: u32 = 4;
 
 const KNOWN_FLAGS: u32 = NPKIO_FLAG_DURABLE | NPKIO_FLAG_NO_WAIT | NPKIO_FLAG_NO_CLOBBER;
 
+/// `NpkioConvertOptions.method`: the fastest method measured (`pread` into a page-aligned
+/// buffer, then `pwrite`).
+pub const NPKIO_COPY_AUTO: u32 = 0;
+/// `NpkioConvertOptions.method`: `pread` into a page-aligned buffer, then `pwrite`.
+pub const NPKIO_COPY_READ_WRITE: u32 = 1;
+/// `NpkioConvertOptions.method`: Linux `copy_file_range` (may share blocks on filesystems
+/// that can), `pread`/`pwrite` where it is refused.
+pub const NPKIO_COPY_COPY_FILE_RANGE: u32 = 2;
+/// `NpkioConvertOptions.method`: map a window of the destination and `pread` into it.
+pub const NPKIO_COPY_MMAP: u32 = 3;
+/// `NpkioConvertOptions.method`: map a window of the source and `pwrite` from it.
+pub const NPKIO_COPY_MMAP_SOURCE: u32 = 4;
+
+/// How to convert, for the `_with` conversions. Fill with
+/// `npkio_convert_options_init(&options, sizeof options)`, then change what you need.
+///
+/// Later versions of npkio add fields at the end only. `struct_size` says how many bytes of
+/// the struct the caller's header declared: a library reads no further, and gives the
+/// defaults to fields a caller's struct does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NpkioConvertOptions {
+    /// `sizeof(NpkioConvertOptions)` as the caller's header declares it, or less when the
+    /// library is older than the header (set by `npkio_convert_options_init`).
+    pub struct_size: usize,
+    /// Largest piece copied at once, in bytes; 0 means `NPKIO_DEFAULT_CHUNK_SIZE`.
+    pub chunk_size: usize,
+    /// Copy threads; 0 lets npkio choose.
+    pub threads: u32,
+    /// `NPKIO_FLAG_*` bits; unknown bits are `NPKIO_STATUS_INVALID_ARGUMENT`.
+    pub flags: u32,
+    /// An `NPKIO_COPY_*` method.
+    pub method: u32,
+    /// Exports: write a sharded checkpoint of shards of at most this many tensor bytes into
+    /// the output directory, as `npkio_to_safetensors_file_sharded` does; 0 writes one file.
+    pub max_shard_size: u64,
+    /// Optional progress callback (NULL for none): tensor bytes copied so far, and to copy
+    /// in all.
+    pub progress: NpkioProgress,
+    /// Passed to `progress` as is.
+    pub progress_user: *mut c_void,
+}
+
+// SAFETY: `#[repr(C)]`, `struct_size: usize` first; integers, a pointer and an optional
+// function pointer.
+unsafe impl SizedOptions for NpkioConvertOptions {
+    const NAME: &'static str = "NpkioConvertOptions";
+    const INIT: &'static str = "npkio_convert_options_init";
+
+    fn defaults() -> Self {
+        NpkioConvertOptions {
+            struct_size: std::mem::size_of::<NpkioConvertOptions>(),
+            chunk_size: NPKIO_DEFAULT_CHUNK_SIZE,
+            threads: 0,
+            flags: 0,
+            method: NPKIO_COPY_AUTO,
+            max_shard_size: 0,
+            progress: None,
+            progress_user: std::ptr::null_mut(),
+        }
+    }
+
+    fn set_struct_size(&mut self, n: usize) {
+        self.struct_size = n;
+    }
+}
+
+/// The core's options from the plain arguments of the first form.
 fn options(chunk_size: usize, threads: usize, flags: u32) -> FfiResult<Options> {
+    let mut o = Options::with_chunk_size(chunk_size);
+    o.threads = threads;
+    set_flags(&mut o, flags)?;
+    Ok(o)
+}
+
+fn set_flags(o: &mut Options, flags: u32) -> FfiResult<()> {
     if flags & !KNOWN_FLAGS != 0 {
         return Err(FfiError::invalid(format!(
             "unknown flag bits {:#x}",
             flags & !KNOWN_FLAGS
         )));
     }
-    Ok(Options {
-        chunk_size,
-        threads,
-        durable: flags & NPKIO_FLAG_DURABLE != 0,
-        wait_for_lock: flags & NPKIO_FLAG_NO_WAIT == 0,
-        no_clobber: flags & NPKIO_FLAG_NO_CLOBBER != 0,
-        ..Options::default()
-    })
+    o.durable = flags & NPKIO_FLAG_DURABLE != 0;
+    o.wait_for_lock = flags & NPKIO_FLAG_NO_WAIT == 0;
+    o.no_clobber = flags & NPKIO_FLAG_NO_CLOBBER != 0;
+    Ok(())
+}
+
+/// The core's options from an `NpkioConvertOptions` (NULL: the defaults).
+///
+/// # Safety
+///
+/// As `options::read`.
+unsafe fn convert_options(options: *const NpkioConvertOptions) -> FfiResult<Options> {
+    // SAFETY: the caller's contract.
+    let c = unsafe { options::read(options) }?;
+    let method = match c.method {
+        NPKIO_COPY_AUTO => CopyMethod::Auto,
+        NPKIO_COPY_READ_WRITE => CopyMethod::ReadWrite,
+        NPKIO_COPY_COPY_FILE_RANGE => CopyMethod::CopyFileRange,
+        NPKIO_COPY_MMAP => CopyMethod::Mmap,
+        NPKIO_COPY_MMAP_SOURCE => CopyMethod::MmapSource,
+        n => {
+            return Err(FfiError::invalid(format!(
+                "options.method {n} is not an NPKIO_COPY_ method"
+            )))
+        }
+    };
+    let mut o = Options::with_chunk_size(match c.chunk_size {
+        0 => NPKIO_DEFAULT_CHUNK_SIZE,
+        n => n,
+    });
+    o.threads = c.threads as usize;
+    o.method = method;
+    o.max_shard_size = (c.max_shard_size != 0).then_some(c.max_shard_size);
+    o.progress = options::progress(c.progress, c.progress_user);
+    set_flags(&mut o, c.flags)?;
+    Ok(o)
+}
+
+/// Fills the `size` bytes at `options` (pass `sizeof options`) with the defaults: 8 MiB
+/// chunks, threads 0 (npkio chooses), no flags, `NPKIO_COPY_AUTO`, one output file, no
+/// progress callback; `struct_size` becomes the bytes it knows of (`size`, or its own size
+/// when `size` is larger: a header newer than the library). A `size` below the first
+/// version's struct is `NPKIO_STATUS_INVALID_ARGUMENT`, and nothing is written.
+///
+/// # Safety
+///
+/// `options` must be NULL or point to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_convert_options_init(
+    options: *mut NpkioConvertOptions,
+    size: usize,
+) -> NpkioStatus {
+    // SAFETY: the caller's contract above.
+    status_boundary(|| unsafe { options::init(options, size) })
 }
 
 /// Converts the SafeTensors file `input_path` to the NumPack directory `output_path`,
@@ -82,8 +206,57 @@ pub unsafe extern "C" fn npkio_from_safetensors_file(
     threads: usize,
     flags: u32,
 ) -> NpkioStatus {
+    // SAFETY: the caller's contract above is the one `import_file` needs.
+    unsafe {
+        import_file(
+            (input_path, output_path),
+            (keys, keys_count),
+            drop_if_exists,
+            || options(chunk_size, threads, flags),
+        )
+    }
+}
+
+/// `npkio_from_safetensors_file` with its knobs in `options` (NULL: the defaults of
+/// `npkio_convert_options_init`); `options.max_shard_size` is for exports and ignored here.
+///
+/// # Safety
+///
+/// As `npkio_from_safetensors_file`; `options` NULL or an `NpkioConvertOptions` filled by
+/// `npkio_convert_options_init`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_from_safetensors_file_with(
+    input_path: *const c_char,
+    output_path: *const c_char,
+    keys: *const *const c_char,
+    keys_count: usize,
+    drop_if_exists: bool,
+    options: *const NpkioConvertOptions,
+) -> NpkioStatus {
+    // SAFETY: the caller's contract above is the one `import_file` needs.
+    unsafe {
+        import_file(
+            (input_path, output_path),
+            (keys, keys_count),
+            drop_if_exists,
+            || convert_options(options),
+        )
+    }
+}
+
+/// The body of `npkio_from_safetensors_file` and `npkio_from_safetensors_file_with`.
+///
+/// # Safety
+///
+/// As `npkio_from_safetensors_file`, and whatever `opts` needs.
+unsafe fn import_file(
+    (input_path, output_path): (*const c_char, *const c_char),
+    (keys, keys_count): (*const *const c_char, usize),
+    drop_if_exists: bool,
+    opts: impl FnOnce() -> FfiResult<Options>,
+) -> NpkioStatus {
     status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
+        // SAFETY: the caller's contract, checked for NULL inside.
         let (input, output, keys) = unsafe {
             (
                 path_arg(input_path, "input_path")?,
@@ -91,8 +264,7 @@ pub unsafe extern "C" fn npkio_from_safetensors_file(
                 str_list_arg(keys, keys_count, "keys")?,
             )
         };
-        let opts = options(chunk_size, threads, flags)?;
-        from_safetensors_file_with(input, output, keys.as_deref(), drop_if_exists, &opts)?;
+        from_safetensors_file_with(input, output, keys.as_deref(), drop_if_exists, &opts()?)?;
         Ok(())
     })
 }
@@ -127,12 +299,10 @@ pub unsafe extern "C" fn npkio_to_safetensors_file(
     // SAFETY: the caller's contract above is the one `export` needs.
     unsafe {
         export(
-            input_path,
-            output_path,
+            (input_path, output_path),
             (array_names, names_count),
             (metadata_keys, metadata_values, metadata_count),
-            None,
-            (chunk_size, threads, flags),
+            || options(chunk_size, threads, flags),
         )
     }
 }
@@ -165,32 +335,63 @@ pub unsafe extern "C" fn npkio_to_safetensors_file_sharded(
     // SAFETY: the caller's contract above is the one `export` needs.
     unsafe {
         export(
-            input_path,
-            output_path,
+            (input_path, output_path),
             (array_names, names_count),
             (metadata_keys, metadata_values, metadata_count),
-            Some(max_shard_size),
-            (chunk_size, threads, flags),
+            || {
+                let mut o = options(chunk_size, threads, flags)?;
+                o.max_shard_size = Some(max_shard_size);
+                Ok(o)
+            },
         )
     }
 }
 
-/// The body of `npkio_to_safetensors_file` and `npkio_to_safetensors_file_sharded`.
+/// `npkio_to_safetensors_file` with its knobs in `options` (NULL: the defaults of
+/// `npkio_convert_options_init`). With `options.max_shard_size` above 0 it writes a
+/// sharded checkpoint into the directory `output_path`, as
+/// `npkio_to_safetensors_file_sharded` does.
 ///
 /// # Safety
 ///
-/// As `npkio_to_safetensors_file`.
-unsafe fn export(
+/// As `npkio_to_safetensors_file`; `options` NULL or an `NpkioConvertOptions` filled by
+/// `npkio_convert_options_init`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_to_safetensors_file_with(
     input_path: *const c_char,
     output_path: *const c_char,
+    array_names: *const *const c_char,
+    names_count: usize,
+    metadata_keys: *const *const c_char,
+    metadata_values: *const *const c_char,
+    metadata_count: usize,
+    options: *const NpkioConvertOptions,
+) -> NpkioStatus {
+    // SAFETY: the caller's contract above is the one `export` needs.
+    unsafe {
+        export(
+            (input_path, output_path),
+            (array_names, names_count),
+            (metadata_keys, metadata_values, metadata_count),
+            || convert_options(options),
+        )
+    }
+}
+
+/// The body of `npkio_to_safetensors_file`, `_sharded` and `_with`.
+///
+/// # Safety
+///
+/// As `npkio_to_safetensors_file`, and whatever `opts` needs.
+unsafe fn export(
+    (input_path, output_path): (*const c_char, *const c_char),
     (array_names, names_count): (*const *const c_char, usize),
     (metadata_keys, metadata_values, metadata_count): (
         *const *const c_char,
         *const *const c_char,
         usize,
     ),
-    max_shard_size: Option<u64>,
-    (chunk_size, threads, flags): (usize, usize, u32),
+    opts: impl FnOnce() -> FfiResult<Options>,
 ) -> NpkioStatus {
     status_boundary(|| {
         // SAFETY: the caller's contract, checked for NULL inside.
@@ -202,10 +403,7 @@ unsafe fn export(
                 metadata_arg(metadata_keys, metadata_values, metadata_count)?,
             )
         };
-        let opts = Options {
-            max_shard_size,
-            ..options(chunk_size, threads, flags)?
-        };
+        let opts = opts()?;
         to_safetensors_file_with(input, output, names.as_deref(), metadata.as_deref(), &opts)?;
         Ok(())
     })
@@ -230,8 +428,50 @@ pub unsafe extern "C" fn npkio_from_safetensors(
     threads: usize,
     flags: u32,
 ) -> NpkioStatus {
+    // SAFETY: the caller's contract above is the one `import_memory` needs.
+    unsafe {
+        import_memory((tensors, count), output_path, drop_if_exists, || {
+            options(chunk_size, threads, flags)
+        })
+    }
+}
+
+/// `npkio_from_safetensors` with its knobs in `options` (NULL: the defaults of
+/// `npkio_convert_options_init`); `options.max_shard_size` is for exports and ignored here.
+///
+/// # Safety
+///
+/// As `npkio_from_safetensors`; `options` NULL or an `NpkioConvertOptions` filled by
+/// `npkio_convert_options_init`.
+#[no_mangle]
+pub unsafe extern "C" fn npkio_from_safetensors_with(
+    tensors: *const NpkioTensorDesc,
+    count: usize,
+    output_path: *const c_char,
+    drop_if_exists: bool,
+    options: *const NpkioConvertOptions,
+) -> NpkioStatus {
+    // SAFETY: the caller's contract above is the one `import_memory` needs.
+    unsafe {
+        import_memory((tensors, count), output_path, drop_if_exists, || {
+            convert_options(options)
+        })
+    }
+}
+
+/// The body of `npkio_from_safetensors` and `npkio_from_safetensors_with`.
+///
+/// # Safety
+///
+/// As `npkio_from_safetensors`, and whatever `opts` needs.
+unsafe fn import_memory(
+    (tensors, count): (*const NpkioTensorDesc, usize),
+    output_path: *const c_char,
+    drop_if_exists: bool,
+    opts: impl FnOnce() -> FfiResult<Options>,
+) -> NpkioStatus {
     status_boundary(|| {
-        // SAFETY: the caller's contract above, checked for NULL inside.
+        // SAFETY: the caller's contract, checked for NULL inside.
         let (descs, output) = unsafe {
             (
                 slice_arg(tensors, count, "tensors")?,
@@ -244,8 +484,7 @@ pub unsafe extern "C" fn npkio_from_safetensors(
             // SAFETY: each description follows NpkioTensorDesc's rules (the contract).
             .map(|(i, d)| unsafe { desc_input(d, i) })
             .collect::<FfiResult<Vec<_>>>()?;
-        let opts = options(chunk_size, threads, flags)?;
-        from_safetensors_with(&inputs, output, drop_if_exists, &opts)?;
+        from_safetensors_with(&inputs, output, drop_if_exists, &opts()?)?;
         Ok(())
     })
 }

@@ -9,13 +9,13 @@
 
 use std::ffi::{c_char, c_void};
 use std::path::Path;
-use std::sync::Arc;
 
 use super::args::{optional_out, path_arg, slice_arg, str_arg, Out, OutArray};
 use super::dtype::{dtype_arg, NpkioTensorView};
 use super::error::{FfiError, FfiResult, NpkioStatus};
 use super::handle::{c_name, free_handle, handle_ref, into_handle, name_parts, shape_ptr, Handle};
 use super::list::{self, TensorList};
+use super::options::{self, NpkioProgress, SizedOptions, User};
 use super::panic::status_boundary;
 use crate::error::{Error, ErrorKind};
 use crate::load::{LoadOptions, LoadReport, Loader, Method, Request};
@@ -114,9 +114,8 @@ pub struct NpkioLoadRequest {
     pub capacity: usize,
 }
 
-/// Called after each chunk with the bytes delivered so far and the total, from npkio's
-/// worker threads, one call at a time.
-pub type NpkioLoadProgress = Option<unsafe extern "C" fn(user: *mut c_void, done: u64, total: u64)>;
+/// `NpkioProgress` under the name it had first; kept for existing callers.
+pub type NpkioLoadProgress = NpkioProgress;
 
 /// Receives `len` bytes of request `request`'s output, starting at byte `offset` of it.
 /// Called from npkio's worker threads, possibly at the same time from several, in any
@@ -153,7 +152,7 @@ pub struct NpkioLoadOptions {
     /// Largest chunk read at once, in bytes (at least 4096); 0 means 8 MiB.
     pub chunk_size: usize,
     /// Optional progress callback (NULL for none).
-    pub progress: NpkioLoadProgress,
+    pub progress: NpkioProgress,
     /// Passed to `progress` as is.
     pub progress_user: *mut c_void,
     /// Checkpoints in object storage: the largest ranged GET, in bytes (at least 4096); 0
@@ -197,74 +196,29 @@ impl From<LoadReport> for NpkioLoadReport {
     }
 }
 
-/// A caller's pointer, handed to its callbacks from npkio's threads.
-#[derive(Clone, Copy)]
-struct User(*mut c_void);
-// SAFETY: npkio never dereferences it; the caller's callbacks, documented as called from
-// worker threads, decide what it means.
-unsafe impl Send for User {}
-// SAFETY: as above.
-unsafe impl Sync for User {}
+// SAFETY: `#[repr(C)]`, `struct_size: usize` first; integers, a `bool`, a pointer and
+// optional function pointers.
+unsafe impl SizedOptions for NpkioLoadOptions {
+    const NAME: &'static str = "NpkioLoadOptions";
+    const INIT: &'static str = "npkio_load_options_init";
 
-/// The smallest `struct_size` npkio accepts: every field of its first version.
-const OPTIONS_MIN_SIZE: usize = std::mem::size_of::<NpkioLoadOptions>();
+    fn defaults() -> Self {
+        NpkioLoadOptions {
+            struct_size: std::mem::size_of::<NpkioLoadOptions>(),
+            threads: 0,
+            method: NPKIO_LOAD_AUTO,
+            drop_behind: false,
+            chunk_size: crate::copy::DEFAULT_CHUNK_SIZE,
+            progress: None,
+            progress_user: std::ptr::null_mut(),
+            range_size: crate::load::DEFAULT_RANGE_SIZE,
+            concurrency: 0,
+        }
+    }
 
-fn default_options() -> NpkioLoadOptions {
-    NpkioLoadOptions {
-        struct_size: std::mem::size_of::<NpkioLoadOptions>(),
-        threads: 0,
-        method: NPKIO_LOAD_AUTO,
-        drop_behind: false,
-        chunk_size: crate::copy::DEFAULT_CHUNK_SIZE,
-        progress: None,
-        progress_user: std::ptr::null_mut(),
-        range_size: crate::load::DEFAULT_RANGE_SIZE,
-        concurrency: 0,
+    fn set_struct_size(&mut self, n: usize) {
+        self.struct_size = n;
     }
-}
-
-/// The caller's options, read no further than their `struct_size`, on top of the defaults;
-/// the defaults for NULL.
-///
-/// # Safety
-///
-/// `options` must be NULL or point to `struct_size` readable bytes (at least the first
-/// field) laid out as `NpkioLoadOptions`.
-unsafe fn read_options(options: *const NpkioLoadOptions) -> FfiResult<NpkioLoadOptions> {
-    let mut o = default_options();
-    if options.is_null() {
-        return Ok(o);
-    }
-    if !options.is_aligned() {
-        return Err(FfiError::invalid(
-            "argument `options` is not aligned for its type",
-        ));
-    }
-    // SAFETY: not NULL and aligned; the first field is always there (the caller's contract).
-    let size = unsafe { std::ptr::addr_of!((*options).struct_size).read() };
-    check_options_size(size, "options.struct_size")?;
-    let n = size.min(std::mem::size_of::<NpkioLoadOptions>());
-    // SAFETY: the caller's struct holds `size >= n` bytes; `o` holds `n` (at most its own
-    // size); the two cannot overlap.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            options.cast::<u8>(),
-            std::ptr::addr_of_mut!(o).cast::<u8>(),
-            n,
-        )
-    };
-    o.struct_size = n;
-    Ok(o)
-}
-
-fn check_options_size(size: usize, what: &str) -> FfiResult<()> {
-    if size < OPTIONS_MIN_SIZE {
-        return Err(FfiError::invalid(format!(
-            "{what} is {size}; an NpkioLoadOptions has {OPTIONS_MIN_SIZE} bytes at least \
-             (fill it with npkio_load_options_init(&options, sizeof options))"
-        )));
-    }
-    Ok(())
 }
 
 fn load_options(o: NpkioLoadOptions) -> FfiResult<LoadOptions> {
@@ -278,14 +232,7 @@ fn load_options(o: NpkioLoadOptions) -> FfiResult<LoadOptions> {
             )))
         }
     };
-    let progress = o.progress.map(|f| {
-        let user = User(o.progress_user);
-        Arc::new(move |done: u64, total: u64| {
-            let u = user;
-            // SAFETY: the caller's callback with the caller's pointer, as documented.
-            unsafe { f(u.0, done, total) }
-        }) as crate::load::Progress
-    });
+    let progress = options::progress(o.progress, o.progress_user);
     Ok(LoadOptions {
         threads: o.threads as usize,
         method,
@@ -506,30 +453,8 @@ pub unsafe extern "C" fn npkio_load_options_init(
     options: *mut NpkioLoadOptions,
     size: usize,
 ) -> NpkioStatus {
-    status_boundary(|| {
-        if options.is_null() {
-            return Err(FfiError::null("options"));
-        }
-        if !options.is_aligned() {
-            return Err(FfiError::invalid(
-                "argument `options` is not aligned for its type",
-            ));
-        }
-        check_options_size(size, "size")?;
-        let mut o = default_options();
-        let n = size.min(std::mem::size_of::<NpkioLoadOptions>());
-        o.struct_size = n;
-        // SAFETY: `options` is not NULL, aligned, and points to `size >= n` writable bytes
-        // (the caller's contract); `o` is npkio's own.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                std::ptr::addr_of!(o).cast::<u8>(),
-                options.cast::<u8>(),
-                n,
-            )
-        };
-        Ok(())
-    })
+    // SAFETY: the caller's contract above.
+    status_boundary(|| unsafe { options::init(options, size) })
 }
 
 /// Writes to `*nbytes` the size of what `request` delivers (its `dst` and `capacity` are
@@ -653,7 +578,7 @@ pub unsafe extern "C" fn npkio_load_run(
             )
         };
         // SAFETY: as above.
-        let opts = load_options(unsafe { read_options(options) }?)?;
+        let opts = load_options(unsafe { options::read(options) }?)?;
         // SAFETY: as above.
         let reqs = unsafe { self::requests(raw) }?;
         let dsts: Vec<crate::load::RawDst> = raw
@@ -720,7 +645,7 @@ pub unsafe extern "C" fn npkio_load_run_sink(
         };
         let sink = sink.ok_or_else(|| FfiError::null("sink"))?;
         // SAFETY: as above.
-        let opts = load_options(unsafe { read_options(options) }?)?;
+        let opts = load_options(unsafe { options::read(options) }?)?;
         // SAFETY: as above.
         let reqs = unsafe { self::requests(raw) }?;
         let mut staging = Vec::with_capacity(bufs.len());

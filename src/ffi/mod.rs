@@ -41,6 +41,7 @@ pub mod last_error;
 mod list;
 pub mod numpack;
 pub mod numpack_records;
+pub mod options;
 pub(crate) mod panic;
 pub mod safetensors;
 pub mod save;
@@ -50,11 +51,7 @@ pub mod units;
 // The loader's C skin.
 pub mod load;
 
-pub use convert::{
-    npkio_from_safetensors, npkio_from_safetensors_file, npkio_to_safetensors_file,
-    npkio_to_safetensors_file_sharded, NPKIO_DEFAULT_CHUNK_SIZE, NPKIO_FLAG_DURABLE,
-    NPKIO_FLAG_NO_CLOBBER, NPKIO_FLAG_NO_WAIT,
-};
+pub use convert::*;
 pub use dtype::{
     npkio_dtype_bits, npkio_dtype_name, npkio_dtype_numpy_name, NpkioDtype, NpkioTensorDesc,
     NpkioTensorView,
@@ -66,6 +63,7 @@ pub use last_error::{
 pub use load::*;
 pub use numpack::*;
 pub use numpack_records::*;
+pub use options::NpkioProgress;
 pub use safetensors::*;
 pub use save::*;
 pub use summary::*;

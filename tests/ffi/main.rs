@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod convert_with;
 mod examples;
 mod header;
 mod load;
