@@ -157,10 +157,6 @@ struct Destination<'a> {
     plan: &'a HeaderPlan,
 }
 
-/// Copies every destination's arrays from the store: all destinations in one parallel
-/// copy, each data file opened by the copy worker that first needs it (checked as every
-/// data file of a store is: `NumPack::open_source`) and closed after its last chunk, at most
-/// the open-file budget of them open at once.
 /// The tensor bytes of arrays `names` of `store`: what exporting them copies.
 fn tensor_bytes(store: &NumPack, names: &[&str]) -> Result<u64> {
     let mut sum = 0u64;
@@ -170,6 +166,10 @@ fn tensor_bytes(store: &NumPack, names: &[&str]) -> Result<u64> {
     Ok(sum)
 }
 
+/// Copies every destination's arrays from the store: all destinations in one parallel
+/// copy, each data file opened by the copy worker that first needs it (checked as every
+/// data file of a store is: `NumPack::open_source`) and closed after its last chunk, at most
+/// the open-file budget of them open at once.
 fn copy_arrays(
     store: &NumPack,
     dests: &[Destination<'_>],
