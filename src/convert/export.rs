@@ -109,7 +109,12 @@ fn export_store<S: AsRef<str>>(
         names: &names,
         plan: &plan,
     }];
-    let counter = Counter::new(opts.progress.as_ref(), 0, tensor_bytes(store, &names)?);
+    // What the copy writes: the data section the plan lays out.
+    let total = plan
+        .ranges
+        .iter()
+        .fold(0u64, |sum, &(begin, end)| sum.saturating_add(end - begin));
+    let counter = Counter::new(opts.progress.as_ref(), 0, total);
     let for_copy = counter.for_copy();
     copy_arrays(store, &dests, copy_opts, copy_progress(&for_copy))?;
     publish::publish_file(tmp, output, opts.durable)
@@ -155,15 +160,6 @@ struct Destination<'a> {
     path: &'a Path,
     names: &'a [&'a str],
     plan: &'a HeaderPlan,
-}
-
-/// The tensor bytes of arrays `names` of `store`: what exporting them copies.
-fn tensor_bytes(store: &NumPack, names: &[&str]) -> Result<u64> {
-    let mut sum = 0u64;
-    for n in names {
-        sum = sum.saturating_add(store.describe(n)?.nbytes);
-    }
-    Ok(sum)
 }
 
 /// Copies every destination's arrays from the store: all destinations in one parallel
