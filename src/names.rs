@@ -1,4 +1,19 @@
-//! Lists of names in error messages.
+//! Lists of names in error messages, and the error for a name that is not there.
+
+use std::path::Path;
+
+use crate::error::{Error, ErrorKind};
+
+/// The `KeyNotFound` error for the `what` (`"tensor"`, `"array"`) called `name`, which
+/// `at` does not hold, listing some of the `names` it does: "no such tensor (tensors: ...)".
+pub(crate) fn not_found(what: &str, name: &str, names: &[&str], at: &Path) -> Error {
+    Error::new(
+        ErrorKind::KeyNotFound,
+        format!("no such {what} ({what}s: {})", list_names(names)),
+    )
+    .at(at)
+    .array(name)
+}
 
 /// The first names of a list, quoted and joined for an error message ("none" when empty;
 /// past 20, the rest is counted).

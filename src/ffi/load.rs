@@ -17,9 +17,7 @@ use super::handle::{c_name, free_handle, handle_ref, into_handle, name_parts, sh
 use super::list::{self, TensorList};
 use super::options::{self, NpkioProgress, SizedOptions, User};
 use super::panic::status_boundary;
-use crate::error::{Error, ErrorKind};
 use crate::load::{LoadOptions, LoadReport, Loader, Method, Request};
-use crate::names::list_names;
 
 /// `NpkioLoadRequest.slice`: the whole tensor (`dim`, `start`, `end` are ignored).
 pub const NPKIO_LOAD_WHOLE: u32 = 0;
@@ -76,17 +74,9 @@ impl TensorList for NpkioLoader {
     }
 
     fn position(&self, name: &str) -> FfiResult<usize> {
-        self.loader.position(name).ok_or_else(|| {
-            let names: Vec<&str> = self.loader.tensors().iter().map(|t| &*t.name).collect();
-            FfiError::from(
-                Error::new(
-                    ErrorKind::KeyNotFound,
-                    format!("no such tensor (tensors: {})", list_names(&names)),
-                )
-                .at(self.loader.path())
-                .array(name),
-            )
-        })
+        self.loader
+            .position(name)
+            .ok_or_else(|| self.loader.not_found(name).into())
     }
 }
 

@@ -442,6 +442,12 @@ impl Loader {
         self.opened.by_name.get(name).copied()
     }
 
+    /// The error for a name no tensor of the checkpoint has, naming it and some that exist.
+    pub(crate) fn not_found(&self, name: &str) -> Error {
+        let names: Vec<&str> = self.tensors().iter().map(|t| &*t.name).collect();
+        crate::names::not_found("tensor", name, &names, self.path())
+    }
+
     /// What `req` delivers, or why it is invalid.
     pub fn output(&self, req: &Request) -> Result<Output> {
         let r = plan::resolve_all(self, std::slice::from_ref(req))?.remove(0);

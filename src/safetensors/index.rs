@@ -17,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::names::list_names;
+use crate::names;
 use crate::safetensors::reader::{SafeTensorsFile, Tensor, TensorInfo};
 use crate::sys::paths::checked_relative;
 use crate::view::TensorView;
@@ -458,12 +458,7 @@ impl Checkpoint {
             let k = k.as_ref();
             let i = self.find(k).ok_or_else(|| {
                 let names: Vec<&str> = self.infos().map(|t| t.name.as_str()).collect();
-                Error::new(
-                    ErrorKind::KeyNotFound,
-                    format!("no such tensor (tensors: {})", list_names(&names)),
-                )
-                .at(&self.path)
-                .array(k)
+                names::not_found("tensor", k, &names, &self.path)
             })?;
             if seen.insert(i) {
                 out.push(i);

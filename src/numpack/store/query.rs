@@ -9,8 +9,8 @@ use std::sync::Arc;
 use memmap2::MmapOptions;
 
 use crate::dtype::DType;
-use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::names::list_names;
+use crate::error::{Error, IoContext, Result};
+use crate::names;
 use crate::numpack::metadata::{ArrayRecord, Metadata};
 use crate::numpack::sidecar::{Entry, Sidecar};
 use crate::sys::safe_open::open_below;
@@ -269,12 +269,7 @@ impl NumPack {
 
     /// The error for an unknown array name, listing some of the arrays that exist.
     pub(crate) fn not_found(&self, name: &str) -> Error {
-        Error::new(
-            ErrorKind::KeyNotFound,
-            format!("no such array (arrays: {})", list_names(&self.names())),
-        )
-        .at(&self.dir)
-        .array(name)
+        names::not_found("array", name, &self.names(), &self.dir)
     }
 
     /// Describes an array. Its data files are checked (once) as a read would check them, so
