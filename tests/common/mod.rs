@@ -186,6 +186,16 @@ pub fn lib_dir() -> PathBuf {
 /// Writes `t` (U8 vectors) into the NumPack directory `path`, merging unless
 /// `drop_if_exists`.
 pub fn write_npk(path: &Path, t: &Tensors, drop_if_exists: bool) -> npkio::Result<()> {
+    write_npk_with(path, t, drop_if_exists, &npkio::Options::default())
+}
+
+/// [`write_npk`] with the conversion's options.
+pub fn write_npk_with(
+    path: &Path,
+    t: &Tensors,
+    drop_if_exists: bool,
+    opts: &npkio::Options,
+) -> npkio::Result<()> {
     let shapes: Vec<[u64; 1]> = t.values().map(|v| [v.len() as u64]).collect();
     let inputs: Vec<npkio::ArrayInput<'_>> = t
         .iter()
@@ -197,7 +207,7 @@ pub fn write_npk(path: &Path, t: &Tensors, drop_if_exists: bool) -> npkio::Resul
             data,
         })
         .collect();
-    npkio::from_safetensors(&inputs, path, drop_if_exists)
+    npkio::from_safetensors_with(&inputs, path, drop_if_exists, opts)
 }
 
 /// Writes `t` (U8 vectors) as the SafeTensors file `path`.

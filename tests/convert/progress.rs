@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::common::{tensors, write_npk, Tensors};
-use npkio::{ArrayInput, Options};
+use crate::common::{tensors, write_npk, write_npk_with, Tensors};
+use npkio::Options;
 
 /// Every `(done, total)` a callback was given, in order.
 type Reports = Arc<Mutex<Vec<(u64, u64)>>>;
@@ -55,19 +55,8 @@ fn every_conversion_reports_bytes_so_far_of_the_total() {
     let (mut opts, seen) = recording();
 
     // Tensors in memory into a store.
-    let shapes: Vec<[u64; 1]> = t.values().map(|v| [v.len() as u64]).collect();
-    let inputs: Vec<ArrayInput<'_>> = t
-        .iter()
-        .zip(&shapes)
-        .map(|((name, data), shape)| ArrayInput {
-            name,
-            dtype: npkio::DType::U8,
-            shape,
-            data,
-        })
-        .collect();
     let npk = dir.path().join("m.npk");
-    npkio::from_safetensors_with(&inputs, &npk, false, &opts).unwrap();
+    write_npk_with(&npk, &t, false, &opts).unwrap();
     check("from memory", &seen, total);
 
     // The store to one file, then that file into a new store.

@@ -7,16 +7,9 @@ use std::path::Path;
 use std::ptr;
 
 use crate::common::{fixture, last_message};
+use crate::{c, ok};
 use npkio::ffi::*;
 use sha2::{Digest, Sha256};
-
-fn c(p: impl AsRef<Path>) -> CString {
-    CString::new(p.as_ref().to_str().unwrap()).unwrap()
-}
-
-fn ok(status: NpkioStatus) {
-    assert_eq!(status, NpkioStatus::Ok, "{}", last_message());
-}
 
 /// Copies out what a view shows: name, dtype name, shape and the bytes.
 ///

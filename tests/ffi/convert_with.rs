@@ -3,22 +3,16 @@
 //! form; progress through a C callback; every copy method; sharding by option; and the
 //! misuse a C caller can make of the struct.
 
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::mem::{size_of, MaybeUninit};
 use std::path::Path;
 use std::ptr;
 use std::sync::Mutex;
 
-use crate::common::{copy_dir, last_message, sha256};
+use crate::common::contents::{diff, read_numpack, snapshot, Contents};
+use crate::common::{copy_dir, last_message};
+use crate::{c, ok};
 use npkio::ffi::*;
-
-fn c(p: impl AsRef<Path>) -> CString {
-    CString::new(p.as_ref().to_str().unwrap()).unwrap()
-}
-
-fn ok(status: NpkioStatus) {
-    assert_eq!(status, NpkioStatus::Ok, "{}", last_message());
-}
 
 fn model() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tiny-llama.safetensors")
@@ -32,30 +26,9 @@ fn defaults() -> NpkioConvertOptions {
     unsafe { o.assume_init() }
 }
 
-/// Every file below `dir` (not recursing), by name, with a hash of its bytes.
-fn files(dir: &Path) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            (name, sha256(&std::fs::read(&p).unwrap()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// What a store holds, array by array: name, dtype, shape and a hash of the bytes.
-fn store(dir: &Path) -> Vec<(String, npkio::DType, Vec<u64>, String)> {
-    let s = npkio::NumPack::open(dir).unwrap();
-    s.names()
-        .into_iter()
-        .map(|n| {
-            let v = s.view(n).unwrap();
-            (n.to_string(), v.dtype, v.shape.to_vec(), sha256(v.data))
-        })
-        .collect()
+/// What a store holds, or why it cannot be read.
+fn store(dir: &Path) -> Contents {
+    read_numpack(dir).unwrap()
 }
 
 #[test]
@@ -135,10 +108,11 @@ fn the_with_form_writes_what_the_first_form_writes() {
             ptr::null(),
         ));
     }
-    assert_eq!(
+    let (a, b) = (
         store(&tmp.path().join("a.npk")),
-        store(&tmp.path().join("b.npk"))
+        store(&tmp.path().join("b.npk")),
     );
+    assert!(a == b, "{}", diff(&b, &a));
     assert!(
         std::fs::read(model()).unwrap()
             == std::fs::read(tmp.path().join("back.safetensors")).unwrap()
@@ -251,7 +225,9 @@ fn every_copy_method_gives_the_same_store_and_a_shard_size_gives_shards() {
         });
         stores.push(store(&dir));
     }
-    assert!(stores.windows(2).all(|w| w[0] == w[1]));
+    for s in &stores[1..] {
+        assert!(*s == stores[0], "{}", diff(s, &stores[0]));
+    }
 
     // Sharded by option, as by npkio_to_safetensors_file_sharded.
     let npk = tmp.path().join("m0.npk");
@@ -284,13 +260,11 @@ fn every_copy_method_gives_the_same_store_and_a_shard_size_gives_shards() {
             0,
         ));
     }
-    let sharded = files(&by_option);
-    assert!(
-        sharded.len() > 2,
-        "{:?}",
-        sharded.iter().map(|f| &f.0).collect::<Vec<_>>()
-    );
-    assert_eq!(sharded, files(&by_function));
+    // The directory itself, two shards or more, and the index.
+    let sharded = snapshot(&by_option);
+    let names: Vec<_> = sharded.iter().map(|f| &f.0).collect();
+    assert!(sharded.len() > 3, "{names:?}");
+    assert!(sharded == snapshot(&by_function), "{names:?}");
 }
 
 #[test]
@@ -346,7 +320,12 @@ fn bad_options_are_refused_before_anything_is_written() {
         };
         assert_eq!(s, status, "{says}");
         assert!(last_message().contains(says), "{}", last_message());
-        assert!(store(&old) == before, "{says}: the output was touched");
+        let now = store(&old);
+        assert!(
+            now == before,
+            "{says}: the output was touched: {}",
+            diff(&now, &before)
+        );
     }
     // A copy of the store keeps its bytes when exported with a refused option too.
     let copy = tmp.path().join("copy.npk");

@@ -15,3 +15,19 @@ mod misuse;
 mod prototypes;
 mod stress;
 mod units;
+
+/// A path as a C string.
+fn c(p: impl AsRef<std::path::Path>) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_ref().to_str().unwrap()).unwrap()
+}
+
+/// Asserts success, showing the C API's message otherwise.
+#[track_caller]
+fn ok(status: npkio::ffi::NpkioStatus) {
+    assert_eq!(
+        status,
+        npkio::ffi::NpkioStatus::Ok,
+        "{}",
+        common::last_message()
+    );
+}
